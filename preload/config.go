@@ -1,0 +1,64 @@
+package preload
+
+import "time"
+
+// Config is the desired state of one node's image store, as written in the
+// ConfigMap key images.yaml or the file given to `preloader once`.
+type Config struct {
+	Images       []Image
+	SandboxImage string // SandboxAuto, SandboxNone, or a normalized reference
+	ArchiveDir   string
+	Concurrency  int
+	PullVia      string // PullViaCRI or PullViaContainerd
+	MaxDownloads int
+	PullTimeout  time.Duration
+	Retry        Retry
+	Resync       time.Duration
+	Pin          bool
+}
+
+// Retry bounds the exponential backoff between attempts of one image.
+type Retry struct {
+	InitialDelay time.Duration
+	MaxDelay     time.Duration
+}
+
+// Image is one entry of the images list.
+type Image struct {
+	// Ref is the reference as the user wrote it, for messages.
+	Ref string
+	// Name is the reference normalized the way the kubelet passes it to the
+	// runtime: docker.io/library/nginx:latest for "nginx"; a digest
+	// reference keeps its digest (and its tag, if written).
+	Name           string
+	PullSecrets    []string
+	ServiceAccount string
+	NodeSelector   map[string]string
+	Archive        string
+	Mirror         string
+	// Line is where the entry starts in the config file.
+	Line int
+}
+
+const (
+	SandboxAuto = "auto"
+	SandboxNone = "none"
+
+	PullViaCRI        = "cri"
+	PullViaContainerd = "containerd"
+)
+
+// Defaults returns the values of every key the config leaves out.
+func Defaults() Config {
+	return Config{
+		SandboxImage: SandboxAuto,
+		ArchiveDir:   "/var/lib/preloader/archives",
+		Concurrency:  3,
+		PullVia:      PullViaCRI,
+		MaxDownloads: 8,
+		PullTimeout:  15 * time.Minute,
+		Retry:        Retry{InitialDelay: 2 * time.Second, MaxDelay: 5 * time.Minute},
+		Resync:       5 * time.Minute,
+		Pin:          true,
+	}
+}

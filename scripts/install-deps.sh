@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what the tests and the demo need on a fresh Debian 12 machine:
+# Debian packages (containerd 1.6, the distribution registry, etcd, runc, CNI
+# plugins) when missing, and containerd 2.x built from the Go module proxy
+# into a cache outside the repo.
+set -euo pipefail
+
+CACHE="${PRELOADER_CACHE:-$HOME/.cache/kube-preloader}"
+CONTAINERD2_VERSION="${CONTAINERD2_VERSION:-v2.4.2}"
+
+pkgs=(containerd docker-registry etcd-server runc containernetworking-plugins apache2-utils iproute2 zstd)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "install-deps: apt-get install ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # The packages ship services; this machine has no init to start them and the
+  # tests start their own instances.
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The Debian registry package starts a service on :5000 where an init exists;
+# the tests run their own registries on ephemeral ports.
+pkill -x docker-registry 2>/dev/null || true
+
+mkdir -p "$CACHE/bin"
+if [[ ! -x "$CACHE/bin/containerd-$CONTAINERD2_VERSION" ]]; then
+  echo "install-deps: building containerd $CONTAINERD2_VERSION (about 90 s)" >&2
+  tmp=$(mktemp -d)
+  GOBIN="$tmp" go install "github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD2_VERSION" \
+    "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD2_VERSION"
+  mv "$tmp/containerd-shim-runc-v2" "$CACHE/bin/containerd-shim-runc-v2-$CONTAINERD2_VERSION"
+  mv "$tmp/containerd" "$CACHE/bin/containerd-$CONTAINERD2_VERSION"
+  rm -rf "$tmp"
+fi
