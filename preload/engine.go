@@ -1,0 +1,310 @@
+package preload
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/distribution/reference"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// Runtime is the part of the CRI the engine uses; *cri.Client implements it.
+type Runtime interface {
+	ListImages(ctx context.Context) ([]*runtimeapi.Image, error)
+	ImageStatus(ctx context.Context, ref string) (*runtimeapi.Image, error)
+	PullImage(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (string, error)
+}
+
+// Status is what happened to one image.
+type Status string
+
+const (
+	StatusPresent Status = "present" // already there, nothing done
+	StatusPulled  Status = "pulled"
+	StatusFailed  Status = "failed"
+	StatusSkipped Status = "skipped" // does not apply to this node
+)
+
+// Result is the outcome for one image.
+type Result struct {
+	Image    string        `json:"image"`
+	Status   Status        `json:"status"`
+	Reason   string        `json:"reason,omitempty"` // short and stable: "not found", "unauthorized", …
+	Error    string        `json:"error,omitempty"`  // the runtime's last message
+	Size     uint64        `json:"sizeBytes,omitempty"`
+	Duration time.Duration `json:"durationNanos"`
+	Attempts int           `json:"attempts,omitempty"`
+}
+
+// Engine makes images present in a runtime.
+type Engine struct {
+	Runtime Runtime
+	// Auth returns the credentials to try for img, most specific first;
+	// anonymous is always tried after them. Nil means anonymous only.
+	Auth func(img Image) []*runtimeapi.AuthConfig
+	Log  *slog.Logger
+}
+
+// Run makes every image present: one ListImages, a pull of each missing
+// image (cfg.Concurrency at once, transient failures retried with backoff
+// until ctx ends), then CRI ImageStatus of each reference, which alone
+// decides that an image is present. Results are in the order of images;
+// identical references are handled once.
+func (e *Engine) Run(ctx context.Context, cfg *Config, images []Image) ([]Result, error) {
+	listed, err := e.Runtime.ListImages(ctx)
+	if err != nil {
+		return nil, err
+	}
+	have := index(listed)
+
+	images = dedupe(images)
+	results := make([]Result, len(images))
+	sem := make(chan struct{}, max(cfg.Concurrency, 1))
+	var wg sync.WaitGroup
+	for i, img := range images {
+		results[i] = Result{Image: img.Name}
+		if have[presenceKey(img.Name)] {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			select {
+			case sem <- struct{}{}:
+				defer func() { <-sem }()
+			case <-ctx.Done():
+				results[i] = failed(img.Name, ctx.Err(), 0, 0)
+				return
+			}
+			results[i] = e.pull(ctx, cfg, img)
+		}()
+	}
+	wg.Wait()
+
+	for i := range results {
+		r := &results[i]
+		if r.Status == StatusFailed {
+			continue
+		}
+		st, err := e.Runtime.ImageStatus(ctx, r.Image)
+		switch {
+		case err != nil:
+			*r = failed(r.Image, err, r.Duration, r.Attempts)
+		case st == nil:
+			// Listed or pulled, yet the runtime does not find it the way
+			// the kubelet asks: the promise is about ImageStatus, so this
+			// is a failure, never "present".
+			*r = Result{Image: r.Image, Status: StatusFailed, Reason: "not present after pull", Duration: r.Duration, Attempts: r.Attempts}
+		default:
+			if r.Status == "" {
+				r.Status = StatusPresent
+			}
+			r.Size = st.Size
+		}
+	}
+	return results, nil
+}
+
+// pull pulls one image, retrying transient failures with exponential
+// backoff and jitter; permanent failures end it at once.
+func (e *Engine) pull(ctx context.Context, cfg *Config, img Image) Result {
+	start := time.Now()
+	var auths []*runtimeapi.AuthConfig
+	if e.Auth != nil {
+		auths = e.Auth(img)
+	}
+	auths = append(auths, nil)
+	delay := cfg.Retry.InitialDelay
+	for attempt := 1; ; attempt++ {
+		err := e.pullOnce(ctx, cfg, img, auths)
+		if err == nil {
+			e.log().Info("pulled", "image", img.Name, "seconds", time.Since(start).Seconds(), "attempts", attempt)
+			return Result{Image: img.Name, Status: StatusPulled, Duration: time.Since(start), Attempts: attempt}
+		}
+		reason, transient := Classify(err)
+		if !transient || ctx.Err() != nil {
+			e.log().Warn("pull failed", "image", img.Name, "reason", reason, "attempts", attempt, "err", err)
+			return failed(img.Name, err, time.Since(start), attempt)
+		}
+		wait := jitter(delay)
+		e.log().Info("pull failed, retrying", "image", img.Name, "reason", reason, "attempt", attempt, "retryIn", wait.Round(time.Millisecond).String(), "err", err)
+		select {
+		case <-ctx.Done():
+			return failed(img.Name, err, time.Since(start), attempt)
+		case <-time.After(wait):
+		}
+		delay = min(delay*2, cfg.Retry.MaxDelay)
+	}
+}
+
+// pullOnce tries each credential in turn, then anonymous, as the kubelet
+// tries every matching credential. An unauthorized answer moves on to the
+// next credential; anything else ends the attempt.
+func (e *Engine) pullOnce(ctx context.Context, cfg *Config, img Image, auths []*runtimeapi.AuthConfig) error {
+	var err error
+	for _, auth := range auths {
+		pctx, cancel := context.WithTimeout(ctx, cfg.PullTimeout)
+		_, err = e.Runtime.PullImage(pctx, img.Name, auth)
+		timedOut := pctx.Err() == context.DeadlineExceeded && ctx.Err() == nil
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if timedOut {
+			return fmt.Errorf("attempt exceeded pullTimeout %s: %w", cfg.PullTimeout, err)
+		}
+		if reason, _ := Classify(err); reason != ReasonUnauthorized {
+			return err
+		}
+	}
+	return err
+}
+
+func (e *Engine) log() *slog.Logger {
+	if e.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return e.Log
+}
+
+func failed(image string, err error, d time.Duration, attempts int) Result {
+	reason, _ := Classify(err)
+	return Result{Image: image, Status: StatusFailed, Reason: reason, Error: err.Error(), Duration: d, Attempts: attempts}
+}
+
+// jitter spreads retries of many nodes and images over [d/2, d).
+func jitter(d time.Duration) time.Duration {
+	if d <= 1 {
+		return d
+	}
+	return d/2 + rand.N(d/2)
+}
+
+// Reasons for failure, short and stable for tables, status and metrics.
+const (
+	ReasonNotFound     = "not found"
+	ReasonUnauthorized = "unauthorized"
+	ReasonTimeout      = "timeout"
+	ReasonUnreachable  = "registry unreachable"
+	ReasonRegistry     = "registry error"
+	ReasonTLS          = "tls"
+	ReasonNoSpace      = "no space"
+	ReasonRuntime      = "runtime unavailable"
+	ReasonCanceled     = "canceled"
+	ReasonInvalid      = "invalid reference"
+	ReasonOther        = "error"
+)
+
+// Classify maps a pull error to a reason and whether retrying may help.
+// Runtimes report registry failures only as text inside a gRPC Unknown
+// status, so the text is what there is to go on; the patterns are those of
+// containerd's and CRI-O's resolvers.
+func Classify(err error) (reason string, transient bool) {
+	switch {
+	case errors.Is(err, context.Canceled):
+		return ReasonCanceled, false
+	case errors.Is(err, context.DeadlineExceeded):
+		return ReasonTimeout, true
+	}
+	switch status.Code(err) {
+	case codes.Canceled:
+		return ReasonCanceled, false
+	case codes.DeadlineExceeded:
+		return ReasonTimeout, true
+	case codes.Unavailable:
+		return ReasonRuntime, true
+	case codes.InvalidArgument:
+		return ReasonInvalid, false
+	}
+	msg := strings.ToLower(err.Error())
+	has := func(subs ...string) bool {
+		for _, s := range subs {
+			if strings.Contains(msg, s) {
+				return true
+			}
+		}
+		return false
+	}
+	switch {
+	case has("no space left"):
+		return ReasonNoSpace, true
+	case has("401 unauthorized", "403 forbidden", "unauthorized", "authorization failed", "access denied", "denied:"):
+		return ReasonUnauthorized, false
+	case has("not found", "manifest unknown", "name unknown", "no match for platform"):
+		return ReasonNotFound, false
+	case has("x509:", "tls: failed", "certificate"):
+		return ReasonTLS, false
+	case has("deadline exceeded", "i/o timeout", "timeout"):
+		return ReasonTimeout, true
+	case has("connection refused", "no such host", "connection reset", "eof", "network is unreachable", "broken pipe"):
+		return ReasonUnreachable, true
+	case has(" 500 ", " 502 ", " 503 ", " 504 ", "429", "internal server error", "bad gateway", "service unavailable", "gateway timeout", "too many requests"):
+		return ReasonRegistry, true
+	}
+	return ReasonOther, true
+}
+
+// Missing returns the images of which a single ListImages shows no trace:
+// the cheap check the agent runs every resync.
+func Missing(ctx context.Context, rt Runtime, images []Image) ([]Image, error) {
+	listed, err := rt.ListImages(ctx)
+	if err != nil {
+		return nil, err
+	}
+	have := index(listed)
+	var missing []Image
+	for _, img := range images {
+		if !have[presenceKey(img.Name)] {
+			missing = append(missing, img)
+		}
+	}
+	return missing, nil
+}
+
+// index holds every tag and digest reference the runtime lists.
+func index(images []*runtimeapi.Image) map[string]bool {
+	have := make(map[string]bool)
+	for _, img := range images {
+		for _, t := range img.RepoTags {
+			have[t] = true
+		}
+		for _, d := range img.RepoDigests {
+			have[d] = true
+		}
+	}
+	return have
+}
+
+// presenceKey is how a normalized reference appears in ListImages: a digest
+// reference by repo@digest (runtimes resolve name:tag@digest by digest), a
+// tag reference as it is.
+func presenceKey(name string) string {
+	ref, err := reference.ParseNormalizedNamed(name)
+	if err != nil {
+		return name
+	}
+	if d, ok := ref.(reference.Digested); ok {
+		return ref.Name() + "@" + d.Digest().String()
+	}
+	return name
+}
+
+func dedupe(images []Image) []Image {
+	seen := make(map[string]bool, len(images))
+	out := images[:0:0]
+	for _, img := range images {
+		if !seen[img.Name] {
+			seen[img.Name] = true
+			out = append(out, img)
+		}
+	}
+	return out
+}
