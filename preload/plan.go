@@ -1,21 +1,31 @@
 package preload
 
 // Plan splits cfg.Images into those that apply to a node with the given
-// labels and those that do not, and adds the sandbox image (when not empty)
-// in front. Nil labels mean the node is unknown, as in `preloader once`:
-// images with a nodeSelector then do not apply.
+// labels and those that do not. The sandbox image (when not empty) always
+// applies: every pod needs it. Nil labels mean the node is unknown, as in
+// `preloader once`: images with a nodeSelector then do not apply.
 func Plan(cfg *Config, labels map[string]string, sandbox string) (apply, skipped []Image) {
-	if sandbox != "" {
-		apply = append(apply, Image{Ref: sandbox, Name: sandbox})
-	}
 	for _, img := range cfg.Images {
-		if matches(img.NodeSelector, labels) {
+		if matches(img.NodeSelector, labels) || img.Name == sandbox {
 			apply = append(apply, img)
 		} else {
 			skipped = append(skipped, img)
 		}
 	}
+	if sandbox != "" && !contains(apply, sandbox) {
+		// First, so that pods can get sandboxes as early as possible.
+		apply = append([]Image{{Ref: sandbox, Name: sandbox}}, apply...)
+	}
 	return apply, skipped
+}
+
+func contains(images []Image, name string) bool {
+	for _, img := range images {
+		if img.Name == name {
+			return true
+		}
+	}
+	return false
 }
 
 func matches(selector, labels map[string]string) bool {

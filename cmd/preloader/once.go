@@ -1,0 +1,149 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/kube-preloader/kube-preloader/cri"
+	"github.com/kube-preloader/kube-preloader/preload"
+)
+
+func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("once", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		configPath    = fs.String("config", "", "image list (images.yaml)")
+		endpoint      = fs.String("cri-endpoint", "", "CRI endpoint (default: $"+cri.EndpointEnv+", else the first known socket that answers)")
+		_             = fs.String("containerd-address", "/run/containerd/containerd.sock", "containerd socket, for archive import and mirrors")
+		timeout       = fs.Duration("timeout", 30*time.Minute, "bound for the whole run")
+		output        = fs.String("o", "table", "output format: table or json")
+		dockerConfigs stringsFlag
+	)
+	fs.Var(&dockerConfigs, "docker-config", "docker config file with registry credentials (config.json, dockerconfigjson or .dockercfg); repeatable. Default: the kubelet's search paths")
+	if err := fs.Parse(args); err != nil {
+		return &exitError{code: exitInvalid, err: errors.New("")}
+	}
+	if *configPath == "" {
+		return usageError("once: --config is required")
+	}
+	if *output != "table" && *output != "json" {
+		return usageError("once: -o must be table or json, not %q", *output)
+	}
+	if fs.NArg() > 0 {
+		return usageError("once: unexpected arguments %q", fs.Args())
+	}
+
+	cfg, err := preload.Load(*configPath)
+	if err != nil {
+		return err
+	}
+	keyring, err := loadKeyring(dockerConfigs)
+	if err != nil {
+		return &exitError{code: exitInvalid, err: err}
+	}
+
+	if *timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, *timeout)
+		defer cancel()
+	}
+	log := newLogger(stderr)
+	rt, err := cri.Connect(ctx, *endpoint)
+	if err != nil {
+		return err
+	}
+	defer rt.Close()
+	log.Info("connected", "endpoint", rt.Endpoint, "runtime", rt.RuntimeName, "version", rt.RuntimeVersion)
+
+	sandbox, err := resolveSandbox(ctx, rt, cfg)
+	if err != nil {
+		return err
+	}
+	if sandbox != "" {
+		log.Info("sandbox image", "image", sandbox)
+	}
+	apply, skipped := preload.Plan(cfg, nil, sandbox)
+	engine := &preload.Engine{
+		Runtime: rt,
+		Auth:    func(img preload.Image) []*runtimeapi.AuthConfig { return keyring.Lookup(img.Name) },
+		Log:     log,
+	}
+	results, err := engine.Run(ctx, cfg, apply)
+	if err != nil {
+		return &exitError{code: exitUnreachable, err: err}
+	}
+	for _, img := range skipped {
+		results = append(results, preload.Result{Image: img.Name, Status: preload.StatusSkipped, Reason: "nodeSelector: no node labels in once"})
+	}
+	if err := writeResults(stdout, *output, results); err != nil {
+		return err
+	}
+	missing := 0
+	for _, r := range results {
+		if r.Status == preload.StatusFailed {
+			missing++
+		}
+	}
+	if missing > 0 {
+		return &exitError{code: exitMissing, err: fmt.Errorf("%d of %d images not present", missing, len(apply))}
+	}
+	return nil
+}
+
+// resolveSandbox turns sandboxImage into a normalized reference, or "" for none.
+func resolveSandbox(ctx context.Context, rt *cri.Client, cfg *preload.Config) (string, error) {
+	switch cfg.SandboxImage {
+	case preload.SandboxNone:
+		return "", nil
+	case preload.SandboxAuto:
+		img, _, err := rt.SandboxImage(ctx)
+		if err != nil {
+			return "", fmt.Errorf("sandboxImage auto: %w", err)
+		}
+		name, err := preload.NormalizeRef(img)
+		if err != nil {
+			return "", fmt.Errorf("sandboxImage auto: runtime reports %q: %w", img, err)
+		}
+		return name, nil
+	}
+	return cfg.SandboxImage, nil
+}
+
+// kubeletDockerConfigs are where the kubelet looks for node-wide registry
+// credentials (pkg/credentialprovider/config.go), the default for `once`
+// so that a bootstrap hook sees the same credentials the kubelet would.
+var kubeletDockerConfigs = []string{
+	"/var/lib/kubelet/config.json",
+	"/var/lib/kubelet/.dockercfg",
+	filepath.Join(os.Getenv("HOME"), ".docker/config.json"),
+	"/.docker/config.json",
+	filepath.Join(os.Getenv("HOME"), ".dockercfg"),
+	"/.dockercfg",
+}
+
+func loadKeyring(paths []string) (*cri.Keyring, error) {
+	k := &cri.Keyring{}
+	explicit := len(paths) > 0
+	if !explicit {
+		paths = kubeletDockerConfigs
+	}
+	for _, p := range paths {
+		cfg, err := cri.LoadDockerConfigFile(p)
+		if err != nil {
+			if !explicit && errors.Is(err, os.ErrNotExist) {
+				continue
+			}
+			return nil, err
+		}
+		k.Add("file "+p, cfg)
+	}
+	return k, nil
+}

@@ -1,0 +1,320 @@
+package preload_test
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/kube-preloader/kube-preloader/cri"
+	"github.com/kube-preloader/kube-preloader/cri/critest"
+	"github.com/kube-preloader/kube-preloader/preload"
+)
+
+func testConfig() *preload.Config {
+	cfg := preload.Defaults()
+	cfg.Retry = preload.Retry{InitialDelay: 5 * time.Millisecond, MaxDelay: 20 * time.Millisecond}
+	cfg.PullTimeout = time.Second
+	return &cfg
+}
+
+func images(names ...string) []preload.Image {
+	var out []preload.Image
+	for _, n := range names {
+		out = append(out, preload.Image{Ref: n, Name: n})
+	}
+	return out
+}
+
+func connect(t *testing.T, s *critest.Server) *cri.Client {
+	t.Helper()
+	c, err := cri.Connect(context.Background(), s.Endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func TestRunOutcomes(t *testing.T) {
+	user := &runtimeapi.AuthConfig{Username: "u", Password: "p"}
+	other := &runtimeapi.AuthConfig{Username: "v", Password: "q"}
+	tests := []struct {
+		name       string
+		auths      []*runtimeapi.AuthConfig
+		pull       func(attempt int, auth *runtimeapi.AuthConfig) error
+		wantStatus preload.Status
+		wantReason string
+		wantPulls  int
+		wantTries  int
+	}{
+		{
+			name:       "pulled",
+			pull:       func(int, *runtimeapi.AuthConfig) error { return nil },
+			wantStatus: preload.StatusPulled, wantPulls: 1, wantTries: 1,
+		},
+		{
+			name:       "not found is permanent",
+			pull:       func(int, *runtimeapi.AuthConfig) error { return critest.Errorf("failed to resolve reference: not found") },
+			wantStatus: preload.StatusFailed, wantReason: preload.ReasonNotFound, wantPulls: 1, wantTries: 1,
+		},
+		{
+			name:  "second credential works",
+			auths: []*runtimeapi.AuthConfig{other, user},
+			pull: func(_ int, a *runtimeapi.AuthConfig) error {
+				if a != nil && a.Username == "u" {
+					return nil
+				}
+				return critest.Errorf("pulling from host failed with status code [manifests 1.0]: 401 Unauthorized")
+			},
+			wantStatus: preload.StatusPulled, wantPulls: 2, wantTries: 1,
+		},
+		{
+			name:  "unauthorized after every credential and anonymous",
+			auths: []*runtimeapi.AuthConfig{other, user},
+			pull: func(int, *runtimeapi.AuthConfig) error {
+				return critest.Errorf("failed to authorize: 401 Unauthorized")
+			},
+			wantStatus: preload.StatusFailed, wantReason: preload.ReasonUnauthorized, wantPulls: 3, wantTries: 1,
+		},
+		{
+			name: "transient failures are retried",
+			pull: func(attempt int, _ *runtimeapi.AuthConfig) error {
+				if attempt < 3 {
+					return critest.Errorf("dial tcp 127.0.0.1:5000: connect: connection refused")
+				}
+				return nil
+			},
+			wantStatus: preload.StatusPulled, wantPulls: 3, wantTries: 3,
+		},
+		{
+			name: "503 is retried",
+			pull: func(attempt int, _ *runtimeapi.AuthConfig) error {
+				if attempt < 2 {
+					return critest.Errorf("unexpected status from GET request: 503 Service Unavailable")
+				}
+				return nil
+			},
+			wantStatus: preload.StatusPulled, wantPulls: 2, wantTries: 2,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := critest.Start(t)
+			var n atomic.Int32
+			s.Pull = func(_ context.Context, _ string, auth *runtimeapi.AuthConfig) error {
+				attempt := int(n.Add(1))
+				if len(tt.auths) > 0 {
+					attempt = (attempt-1)/(len(tt.auths)+1) + 1
+				}
+				return tt.pull(attempt, auth)
+			}
+			e := &preload.Engine{Runtime: connect(t, s), Auth: func(preload.Image) []*runtimeapi.AuthConfig { return tt.auths }}
+			res, err := e.Run(context.Background(), testConfig(), images("reg.example/app:1"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := res[0]
+			if r.Status != tt.wantStatus || r.Reason != tt.wantReason {
+				t.Errorf("got %s/%q (%s), want %s/%q", r.Status, r.Reason, r.Error, tt.wantStatus, tt.wantReason)
+			}
+			if got := s.Calls("PullImage"); got != tt.wantPulls {
+				t.Errorf("PullImage calls = %d, want %d", got, tt.wantPulls)
+			}
+			if r.Attempts != tt.wantTries {
+				t.Errorf("attempts = %d, want %d", r.Attempts, tt.wantTries)
+			}
+			if r.Status == preload.StatusPulled && r.Size == 0 {
+				t.Errorf("pulled image has no size from ImageStatus")
+			}
+		})
+	}
+}
+
+func TestRunPullsOnlyWhatIsMissing(t *testing.T) {
+	s := critest.Start(t)
+	s.Add("reg.example/a:1", 10)
+	e := &preload.Engine{Runtime: connect(t, s)}
+	imgs := images("reg.example/a:1", "reg.example/b:1", "reg.example/b:1")
+
+	res, err := e.Run(context.Background(), testConfig(), imgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res) != 2 || res[0].Status != preload.StatusPresent || res[1].Status != preload.StatusPulled {
+		t.Fatalf("first run: %+v", res)
+	}
+	if got := s.Calls("PullImage"); got != 1 {
+		t.Fatalf("PullImage calls = %d, want 1 (identical references pulled once)", got)
+	}
+
+	res, err = e.Run(context.Background(), testConfig(), imgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range res {
+		if r.Status != preload.StatusPresent {
+			t.Errorf("second run: %s is %s, want present", r.Image, r.Status)
+		}
+	}
+	if got := s.Calls("PullImage"); got != 1 {
+		t.Errorf("second run made PullImage calls: total %d, want 1", got)
+	}
+	if got := s.Calls("ListImages"); got != 2 {
+		t.Errorf("ListImages calls = %d, want one per run", got)
+	}
+}
+
+func TestRunDigestReference(t *testing.T) {
+	s := critest.Start(t)
+	const ref = "reg.example/a@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+	s.Add(ref, 10)
+	s.Pull = func(context.Context, string, *runtimeapi.AuthConfig) error { return nil }
+	e := &preload.Engine{Runtime: connect(t, s)}
+	res, err := e.Run(context.Background(), testConfig(), images(ref))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res[0].Status != preload.StatusPresent {
+		t.Fatalf("digest reference listed by digest: %+v", res[0])
+	}
+	if s.Calls("PullImage") != 0 {
+		t.Errorf("pulled an image listed by its digest")
+	}
+}
+
+func TestRunConcurrencyBound(t *testing.T) {
+	s := critest.Start(t)
+	var inFlight, peak atomic.Int32
+	s.Pull = func(context.Context, string, *runtimeapi.AuthConfig) error {
+		n := inFlight.Add(1)
+		defer inFlight.Add(-1)
+		for {
+			p := peak.Load()
+			if n <= p || peak.CompareAndSwap(p, n) {
+				break
+			}
+		}
+		time.Sleep(30 * time.Millisecond)
+		return nil
+	}
+	cfg := testConfig()
+	cfg.Concurrency = 3
+	e := &preload.Engine{Runtime: connect(t, s)}
+	res, err := e.Run(context.Background(), cfg, images("r/a:1", "r/b:1", "r/c:1", "r/d:1", "r/e:1", "r/f:1", "r/g:1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range res {
+		if r.Status != preload.StatusPulled {
+			t.Errorf("%s: %s", r.Image, r.Status)
+		}
+	}
+	if p := peak.Load(); p != 3 {
+		t.Errorf("peak concurrent pulls = %d, want 3", p)
+	}
+}
+
+func TestRunPullTimeoutThenCancel(t *testing.T) {
+	s := critest.Start(t)
+	s.Pull = func(ctx context.Context, _ string, _ *runtimeapi.AuthConfig) error {
+		<-ctx.Done() // a stalled registry
+		return ctx.Err()
+	}
+	cfg := testConfig()
+	cfg.PullTimeout = 50 * time.Millisecond
+	e := &preload.Engine{Runtime: connect(t, s)}
+	ctx, cancel := context.WithTimeout(context.Background(), 400*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	res, err := e.Run(ctx, cfg, images("r/stalled:1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("run took %s after its context ended", took)
+	}
+	r := res[0]
+	if r.Status != preload.StatusFailed || r.Reason != preload.ReasonTimeout {
+		t.Errorf("got %s/%q (%s), want failed/timeout", r.Status, r.Reason, r.Error)
+	}
+	if r.Attempts < 2 {
+		t.Errorf("attempts = %d: pullTimeout should cut each stalled attempt and retry", r.Attempts)
+	}
+}
+
+func TestClassify(t *testing.T) {
+	tests := []struct {
+		msg       string
+		reason    string
+		transient bool
+	}{
+		{`failed to pull and unpack image "127.0.0.1:5000/x:1": failed to resolve reference "127.0.0.1:5000/x:1": 127.0.0.1:5000/x:1: not found`, preload.ReasonNotFound, false},
+		{`failed to resolve reference: pulling from host 127.0.0.1:5000 failed with status code [manifests 1]: 401 Unauthorized`, preload.ReasonUnauthorized, false},
+		{`failed to do request: Head "https://127.0.0.1:5000/v2/x/manifests/1": dial tcp 127.0.0.1:5000: connect: connection refused`, preload.ReasonUnreachable, true},
+		{`failed to do request: Head "https://127.0.0.1:5000/v2/": tls: failed to verify certificate: x509: certificate signed by unknown authority`, preload.ReasonTLS, false},
+		{`failed to copy: httpReadSeeker: failed open: unexpected status code https://r/v2/x/blobs/sha256:1: 503 Service Unavailable`, preload.ReasonRegistry, true},
+		{`failed to extract layer: write /var/lib/containerd/x: no space left on device`, preload.ReasonNoSpace, true},
+		{`something new`, preload.ReasonOther, true},
+	}
+	for _, tt := range tests {
+		reason, transient := preload.Classify(critest.Errorf("%s", tt.msg))
+		if reason != tt.reason || transient != tt.transient {
+			t.Errorf("Classify(%q) = %q, %v; want %q, %v", tt.msg, reason, transient, tt.reason, tt.transient)
+		}
+	}
+}
+
+func TestPlan(t *testing.T) {
+	cfg := preload.Defaults()
+	cfg.Images = []preload.Image{
+		{Name: "r/a:1"},
+		{Name: "r/gpu:1", NodeSelector: map[string]string{"gpu": "true"}},
+		{Name: "r/pause:3", NodeSelector: map[string]string{"never": "x"}},
+	}
+	tests := []struct {
+		name    string
+		labels  map[string]string
+		sandbox string
+		apply   []string
+		skipped []string
+	}{
+		{"no labels", nil, "", []string{"r/a:1"}, []string{"r/gpu:1", "r/pause:3"}},
+		{"gpu node", map[string]string{"gpu": "true"}, "", []string{"r/a:1", "r/gpu:1"}, []string{"r/pause:3"}},
+		{"sandbox added first", nil, "r/p:1", []string{"r/p:1", "r/a:1"}, []string{"r/gpu:1", "r/pause:3"}},
+		{"sandbox listed keeps its entry", nil, "r/pause:3", []string{"r/a:1", "r/pause:3"}, []string{"r/gpu:1"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			apply, skipped := preload.Plan(&cfg, tt.labels, tt.sandbox)
+			if got := names(apply); !equal(got, tt.apply) {
+				t.Errorf("apply = %v, want %v", got, tt.apply)
+			}
+			if got := names(skipped); !equal(got, tt.skipped) {
+				t.Errorf("skipped = %v, want %v", got, tt.skipped)
+			}
+		})
+	}
+}
+
+func names(imgs []preload.Image) []string {
+	var out []string
+	for _, i := range imgs {
+		out = append(out, i.Name)
+	}
+	return out
+}
+
+func equal(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
