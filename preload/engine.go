@@ -50,7 +50,11 @@ type Engine struct {
 	// Auth returns the credentials to try for img, most specific first;
 	// anonymous is always tried after them. Nil means anonymous only.
 	Auth func(img Image) []*runtimeapi.AuthConfig
-	Log  *slog.Logger
+	// MaxAttempts bounds the attempts per image in one Run; 0 retries
+	// transient failures until ctx ends. The agent runs short bounded syncs
+	// so that status shows failures and config changes are not held up.
+	MaxAttempts int
+	Log         *slog.Logger
 }
 
 // Run makes every image present: one ListImages, a pull of each missing
@@ -130,7 +134,7 @@ func (e *Engine) pull(ctx context.Context, cfg *Config, img Image) Result {
 			return Result{Image: img.Name, Status: StatusPulled, Duration: time.Since(start), Attempts: attempt}
 		}
 		reason, transient := Classify(err)
-		if !transient || ctx.Err() != nil {
+		if !transient || ctx.Err() != nil || attempt == e.MaxAttempts {
 			e.log().Warn("pull failed", "image", img.Name, "reason", reason, "attempts", attempt, "err", err)
 			return failed(img.Name, err, time.Since(start), attempt)
 		}
