@@ -1,0 +1,44 @@
+# kube-preloader. `make demo` runs it on a local sandbox; `make test` proves it.
+GO        ?= go
+BIN       := bin/preloader
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -s -w -X main.version=$(VERSION)
+GOTEST    := $(GO) test -count=1
+
+.PHONY: all build deps test unit integration demo bench fuzz image e2e clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/preloader
+
+# Debian packages, containerd 2.x and the Kubernetes binaries, each only when
+# missing; builds are cached in ~/.cache/kube-preloader.
+deps:
+	scripts/install-deps.sh
+	scripts/build-kube.sh kube-apiserver
+
+# Unit and integration tests. Integration tests start real containerd
+# (1.6 and 2.x), registries and kube-apiserver; with CI=true a missing
+# prerequisite fails them instead of skipping.
+test: deps
+	$(GOTEST) -timeout 40m -p 2 ./...
+
+unit:
+	$(GOTEST) -short ./cmd/... ./cri/... ./preload/... ./agent/...
+
+integration: deps
+	$(GOTEST) -timeout 40m -p 2 ./integration/...
+
+demo: deps build
+	$(GO) run ./scripts/sandbox $(BIN)
+
+bench: deps build
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./integration/bench/
+
+FUZZTIME ?= 1m
+fuzz:
+	$(GO) test ./preload -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
+
+clean:
+	rm -rf bin
