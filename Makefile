@@ -34,7 +34,7 @@ demo: deps build
 	$(GO) run ./scripts/sandbox $(BIN)
 
 bench: deps build
-	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./integration/bench/
+	PRELOADER_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./integration/bench/
 
 FUZZTIME ?= 1m
 fuzz:

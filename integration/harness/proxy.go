@@ -1,0 +1,100 @@
+package harness
+
+import (
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// ProxyOptions shape the link a Proxy simulates.
+type ProxyOptions struct {
+	// Latency is added before each request is forwarded: a round trip to a
+	// remote registry.
+	Latency time.Duration
+	// BytesPerSec caps each response body; 0 is unlimited.
+	BytesPerSec int64
+	// Fault, when set, may answer a request itself (an injected failure);
+	// it returns false to let the request through.
+	Fault func(w http.ResponseWriter, r *http.Request) bool
+}
+
+// Proxy is a plain-HTTP reverse proxy on 127.0.0.1 in front of a registry,
+// to make a loopback registry behave like a remote one or a failing one.
+type Proxy struct {
+	Host     string
+	Requests atomic.Int64
+	opts     ProxyOptions
+	srv      *http.Server
+}
+
+// StartProxy proxies to the plain-HTTP registry at targetHost.
+func StartProxy(t testing.TB, targetHost string, opts ProxyOptions) *Proxy {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("proxy: %v", err)
+	}
+	p := &Proxy{Host: lis.Addr().String(), opts: opts}
+	rp := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "http", Host: targetHost})
+	// Registries answer with absolute Location headers for blob redirects
+	// only when configured to; distribution's defaults are relative, so no
+	// rewriting is needed.
+	rp.FlushInterval = -1
+	p.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p.Requests.Add(1)
+		if opts.Latency > 0 {
+			select {
+			case <-time.After(opts.Latency):
+			case <-r.Context().Done():
+				return
+			}
+		}
+		if opts.Fault != nil && opts.Fault(w, r) {
+			return
+		}
+		if opts.BytesPerSec > 0 {
+			w = &throttledWriter{ResponseWriter: w, rate: opts.BytesPerSec, start: time.Now()}
+		}
+		rp.ServeHTTP(w, r)
+	})}
+	go p.srv.Serve(lis)
+	t.Cleanup(func() { p.srv.Close() })
+	return p
+}
+
+// throttledWriter paces one response to rate bytes per second.
+type throttledWriter struct {
+	http.ResponseWriter
+	rate    int64
+	start   time.Time
+	written int64
+}
+
+func (w *throttledWriter) Write(b []byte) (int, error) {
+	var n int
+	for len(b) > 0 {
+		chunk := b[:min(len(b), 32<<10)]
+		m, err := w.ResponseWriter.Write(chunk)
+		n += m
+		w.written += int64(m)
+		if err != nil {
+			return n, err
+		}
+		b = b[m:]
+		due := time.Duration(w.written * int64(time.Second) / w.rate)
+		if wait := due - time.Since(w.start); wait > 0 {
+			time.Sleep(wait)
+		}
+	}
+	return n, nil
+}
+
+func (w *throttledWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
