@@ -1,0 +1,489 @@
+package harness
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+)
+
+// KubeVersion is the kube-apiserver release scripts/build-kube.sh builds.
+const KubeVersion = "v1.34.4"
+
+// EtcdPath is the Debian etcd-server binary.
+const EtcdPath = "/usr/bin/etcd"
+
+// KubeBinary is where scripts/build-kube.sh leaves a Kubernetes binary:
+// $PRELOADER_CACHE (default ~/.cache/kube-preloader)/bin/NAME-$KUBE_VERSION.
+func KubeBinary(name string) string {
+	v := os.Getenv("KUBE_VERSION")
+	if v == "" {
+		v = KubeVersion
+	}
+	return filepath.Join(CacheDir(), "bin", name+"-"+v)
+}
+
+// ServiceAccountIssuer is the issuer (and API audience) of the test API server.
+const ServiceAccountIssuer = "https://kubernetes.default.svc.cluster.local"
+
+// Kube is a real etcd and kube-apiserver on 127.0.0.1, owned by one test.
+type Kube struct {
+	// Dir holds etcd data, certificates, keys, logs and kubeconfigs.
+	Dir string
+	// URL is the API server, https://127.0.0.1:PORT.
+	URL string
+	// Kubeconfig is an admin (system:masters) kubeconfig file.
+	Kubeconfig string
+	// Config and Client act as the admin.
+	Config *rest.Config
+	Client kubernetes.Interface
+	// CAData verifies the API server's self-signed serving certificate.
+	CAData []byte
+	// StartupTime is how long the last Start took, etcd spawn to /readyz ok.
+	StartupTime time.Duration
+
+	t          testing.TB
+	adminToken string
+	apiserver  string
+	etcdPort   int
+	peerPort   int
+	apiPort    int
+
+	mu      sync.Mutex
+	etcd    *proc
+	apiProc *proc
+}
+
+// StartKube starts etcd and kube-apiserver in a temporary directory and waits
+// until the API server's /readyz is ok. Without the binaries the test is
+// skipped, or fails under CI=true (see Require). Everything stops when the test ends.
+func StartKube(t testing.TB) *Kube {
+	t.Helper()
+	apiserver := KubeBinary("kube-apiserver")
+	Require(t, "kube-apiserver (scripts/build-kube.sh)", apiserver)
+	Require(t, "etcd (Debian etcd-server)", EtcdPath)
+
+	dir, err := os.MkdirTemp("", "preloader-kube-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := &Kube{Dir: dir, t: t, apiserver: apiserver}
+	t.Cleanup(func() {
+		k.Stop()
+		if !t.Failed() || os.Getenv("PRELOADER_KEEP_KUBE") == "" {
+			os.RemoveAll(dir)
+		} else {
+			t.Logf("kube dir kept: %s", dir)
+		}
+	})
+	ports, err := freePorts(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.etcdPort, k.peerPort, k.apiPort = ports[0], ports[1], ports[2]
+	k.URL = fmt.Sprintf("https://127.0.0.1:%d", k.apiPort)
+
+	if err := k.prepare(); err != nil {
+		t.Fatalf("kube: %v", err)
+	}
+	k.Start()
+
+	// The serving certificate exists once the API server has started.
+	bundle, err := os.ReadFile(filepath.Join(dir, "certs", "apiserver.crt"))
+	if err != nil {
+		t.Fatalf("kube: read serving certificate: %v", err)
+	}
+	k.CAData = bundle
+	k.Config = &rest.Config{
+		Host:            k.URL,
+		BearerToken:     k.adminToken,
+		TLSClientConfig: rest.TLSClientConfig{CAData: bundle},
+		QPS:             200,
+		Burst:           400,
+	}
+	if k.Client, err = kubernetes.NewForConfig(k.Config); err != nil {
+		t.Fatal(err)
+	}
+	k.Kubeconfig = filepath.Join(dir, "admin.kubeconfig")
+	if err := k.writeKubeconfig(k.Kubeconfig, "admin", k.adminToken, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("kube-apiserver %s ready at %s in %v", KubeVersion, k.URL, k.StartupTime.Round(time.Millisecond))
+	return k
+}
+
+// prepare writes the token file and service account key.
+func (k *Kube) prepare() error {
+	for _, d := range []string{"etcd", "certs"} {
+		if err := os.MkdirAll(filepath.Join(k.Dir, d), 0o700); err != nil {
+			return err
+		}
+	}
+	tok := make([]byte, 16)
+	if _, err := rand.Read(tok); err != nil {
+		return err
+	}
+	k.adminToken = hex.EncodeToString(tok)
+	// token,user,uid,"group1,group2"
+	tokens := fmt.Sprintf("%s,admin,admin,\"system:masters\"\n", k.adminToken)
+	if err := os.WriteFile(filepath.Join(k.Dir, "tokens.csv"), []byte(tokens), 0o600); err != nil {
+		return err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	der, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(k.saKeyPath(), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		return err
+	}
+	pub, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(k.Dir, "sa.pub"), pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}), 0o644)
+}
+
+func (k *Kube) saKeyPath() string { return filepath.Join(k.Dir, "sa.key") }
+
+// ServiceAccountKeyFile is the PEM private key that signs service account
+// tokens (for a kube-controller-manager's --service-account-private-key-file).
+func (k *Kube) ServiceAccountKeyFile() string { return k.saKeyPath() }
+
+// CAFile is a PEM file with the API server's serving certificate chain
+// (for --root-ca-file and kubeconfigs of other components).
+func (k *Kube) CAFile() string { return filepath.Join(k.Dir, "certs", "apiserver.crt") }
+
+func (k *Kube) etcdArgs() []string {
+	client := fmt.Sprintf("http://127.0.0.1:%d", k.etcdPort)
+	peer := fmt.Sprintf("http://127.0.0.1:%d", k.peerPort)
+	return []string{
+		"--name=default",
+		"--data-dir=" + filepath.Join(k.Dir, "etcd"),
+		"--listen-client-urls=" + client,
+		"--advertise-client-urls=" + client,
+		"--listen-peer-urls=" + peer,
+		"--initial-advertise-peer-urls=" + peer,
+		"--initial-cluster=default=" + peer,
+		"--log-level=warn",
+	}
+}
+
+func (k *Kube) apiserverArgs() []string {
+	return []string{
+		"--etcd-servers=" + fmt.Sprintf("http://127.0.0.1:%d", k.etcdPort),
+		"--bind-address=127.0.0.1",
+		"--advertise-address=127.0.0.1",
+		"--secure-port=" + strconv.Itoa(k.apiPort),
+		"--cert-dir=" + filepath.Join(k.Dir, "certs"),
+		"--authorization-mode=Node,RBAC",
+		"--token-auth-file=" + filepath.Join(k.Dir, "tokens.csv"),
+		"--service-account-issuer=" + ServiceAccountIssuer,
+		"--api-audiences=" + ServiceAccountIssuer,
+		"--service-account-key-file=" + filepath.Join(k.Dir, "sa.pub"),
+		"--service-account-signing-key-file=" + k.saKeyPath(),
+		"--service-cluster-ip-range=10.96.0.0/16",
+		"--allow-privileged=true",
+		// Each test has its own server; no need for fairness queues.
+		"--enable-priority-and-fairness=false",
+		"--profiling=false",
+		"--v=1",
+	}
+}
+
+// Start starts etcd and the API server (again, after Stop: same ports, same
+// data) and waits for /readyz. It fails the test if they do not come up.
+func (k *Kube) Start() {
+	k.t.Helper()
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.apiProc != nil {
+		return
+	}
+	start := time.Now()
+	var err error
+	if k.etcd == nil {
+		k.etcd, err = startProc(EtcdPath, k.etcdArgs(), filepath.Join(k.Dir, "etcd.log"))
+		if err != nil {
+			k.t.Fatalf("kube: start etcd: %v", err)
+		}
+		if err := waitTCP(fmt.Sprintf("127.0.0.1:%d", k.etcdPort), k.etcd, 20*time.Second); err != nil {
+			k.t.Fatalf("kube: etcd: %v\n%s", err, tail(filepath.Join(k.Dir, "etcd.log"), 30))
+		}
+	}
+	k.apiProc, err = startProc(k.apiserver, k.apiserverArgs(), filepath.Join(k.Dir, "kube-apiserver.log"))
+	if err != nil {
+		k.t.Fatalf("kube: start kube-apiserver: %v", err)
+	}
+	if err := k.waitReady(60 * time.Second); err != nil {
+		k.t.Fatalf("kube: kube-apiserver not ready: %v\n--- kube-apiserver.log (tail)\n%s\n--- etcd.log (tail)\n%s",
+			err, tail(filepath.Join(k.Dir, "kube-apiserver.log"), 40), tail(filepath.Join(k.Dir, "etcd.log"), 10))
+	}
+	k.StartupTime = time.Since(start)
+}
+
+// Stop stops the API server and etcd (SIGTERM, then SIGKILL after 10 s).
+// Clients see connection refused until Start.
+func (k *Kube) Stop() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.apiProc != nil {
+		k.apiProc.stop()
+		k.apiProc = nil
+	}
+	if k.etcd != nil {
+		k.etcd.stop()
+		k.etcd = nil
+	}
+}
+
+// StopAPIServer stops only the API server, leaving etcd running; Start
+// brings it back.
+func (k *Kube) StopAPIServer() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.apiProc != nil {
+		k.apiProc.stop()
+		k.apiProc = nil
+	}
+}
+
+// LogFile is the API server's log.
+func (k *Kube) LogFile() string { return filepath.Join(k.Dir, "kube-apiserver.log") }
+
+func (k *Kube) waitReady(timeout time.Duration) error {
+	bundle, err := waitFile(filepath.Join(k.Dir, "certs", "apiserver.crt"), k.apiProc, timeout)
+	if err != nil {
+		return err
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(bundle)
+	hc := &http.Client{
+		Timeout:   5 * time.Second,
+		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}},
+	}
+	defer hc.CloseIdleConnections()
+	deadline := time.Now().Add(timeout)
+	var last string
+	for time.Now().Before(deadline) {
+		if err := k.apiProc.exited(); err != nil {
+			return fmt.Errorf("kube-apiserver exited: %v", err)
+		}
+		req, _ := http.NewRequest("GET", k.URL+"/readyz", nil)
+		req.Header.Set("Authorization", "Bearer "+k.adminToken)
+		resp, err := hc.Do(req)
+		if err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			last = fmt.Sprintf("HTTP %d: %s", resp.StatusCode, bytes.TrimSpace(body))
+		} else {
+			last = err.Error()
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("/readyz not ok after %v: %s", timeout, last)
+}
+
+// KubeconfigFor mints a token for the ServiceAccount (creating the
+// ServiceAccount if the namespace has none of that name) with TokenRequest,
+// and writes a kubeconfig that acts as it, so tests can prove RBAC.
+func (k *Kube) KubeconfigFor(t testing.TB, namespace, serviceAccount string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: serviceAccount, Namespace: namespace}}
+	if _, err := k.Client.CoreV1().ServiceAccounts(namespace).Create(ctx, sa, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatalf("kube: create ServiceAccount %s/%s: %v", namespace, serviceAccount, err)
+	}
+	expiry := int64(3600)
+	tr, err := k.Client.CoreV1().ServiceAccounts(namespace).CreateToken(ctx, serviceAccount, &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: &expiry},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("kube: TokenRequest for %s/%s: %v", namespace, serviceAccount, err)
+	}
+	path := filepath.Join(k.Dir, fmt.Sprintf("sa-%s-%s.kubeconfig", namespace, serviceAccount))
+	user := "system:serviceaccount:" + namespace + ":" + serviceAccount
+	if err := k.writeKubeconfig(path, user, tr.Status.Token, namespace); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// ConfigFor is KubeconfigFor as a rest.Config.
+func (k *Kube) ConfigFor(t testing.TB, namespace, serviceAccount string) *rest.Config {
+	t.Helper()
+	cfg, err := clientcmd.BuildConfigFromFlags("", k.KubeconfigFor(t, namespace, serviceAccount))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+func (k *Kube) writeKubeconfig(path, user, token, namespace string) error {
+	cfg := clientcmdapi.Config{
+		Clusters: map[string]*clientcmdapi.Cluster{
+			"test": {Server: k.URL, CertificateAuthorityData: k.CAData},
+		},
+		AuthInfos: map[string]*clientcmdapi.AuthInfo{user: {Token: token}},
+		Contexts: map[string]*clientcmdapi.Context{
+			"test": {Cluster: "test", AuthInfo: user, Namespace: namespace},
+		},
+		CurrentContext: "test",
+	}
+	return clientcmd.WriteToFile(cfg, path)
+}
+
+// proc is a child process whose output goes to a log file.
+type proc struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+	err  error
+	log  *os.File
+}
+
+func startProc(path string, args []string, logPath string) (*proc, error) {
+	log, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(log, "=== %s %s %s\n", time.Now().Format(time.RFC3339Nano), path, strings.Join(args, " "))
+	cmd := exec.Command(path, args...)
+	cmd.Stdout, cmd.Stderr = log, log
+	// Die with the test binary, even if it is killed.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		log.Close()
+		return nil, err
+	}
+	p := &proc{cmd: cmd, done: make(chan struct{}), log: log}
+	go func() {
+		p.err = cmd.Wait()
+		if p.err == nil {
+			p.err = errors.New("exit status 0")
+		}
+		log.Close()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+// exited returns why the process ended, or nil while it runs.
+func (p *proc) exited() error {
+	select {
+	case <-p.done:
+		return p.err
+	default:
+		return nil
+	}
+}
+
+func (p *proc) stop() {
+	if p.exited() != nil {
+		return
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+func waitTCP(addr string, p *proc, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if err := p.exited(); err != nil {
+			return fmt.Errorf("exited: %v", err)
+		}
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("%s not listening after %v", addr, timeout)
+}
+
+func waitFile(path string, p *proc, timeout time.Duration) ([]byte, error) {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if b, err := os.ReadFile(path); err == nil && bytes.Contains(b, []byte("END CERTIFICATE")) {
+			return b, nil
+		}
+		if err := p.exited(); err != nil {
+			return nil, fmt.Errorf("kube-apiserver exited: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return nil, fmt.Errorf("%s not written after %v", path, timeout)
+}
+
+// freePorts reserves n distinct ephemeral ports on 127.0.0.1 and releases
+// them for the caller to bind.
+func freePorts(n int) ([]int, error) {
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	var ports []int
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+func tail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
