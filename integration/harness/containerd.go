@@ -1,0 +1,443 @@
+package harness
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials/insecure"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// Flavor selects which containerd binary StartContainerd runs.
+type Flavor string
+
+const (
+	// Containerd16 is the Debian 12 package, /usr/bin/containerd (1.6.x).
+	Containerd16 Flavor = "containerd-1.6"
+	// Containerd2 is containerd Containerd2Version, built by
+	// scripts/install-deps.sh into CacheDir()/bin.
+	Containerd2 Flavor = "containerd-2"
+)
+
+// Containerd2Version is the containerd 2.x release scripts/install-deps.sh builds.
+const Containerd2Version = "v2.4.2"
+
+// CacheDir is where scripts/install-deps.sh puts binaries built from source:
+// $PRELOADER_CACHE, or $HOME/.cache/kube-preloader.
+func CacheDir() string {
+	if d := os.Getenv("PRELOADER_CACHE"); d != "" {
+		return d
+	}
+	home, _ := os.UserHomeDir()
+	return filepath.Join(home, ".cache", "kube-preloader")
+}
+
+// Binaries returns the containerd and containerd-shim-runc-v2 executables of
+// a flavor.
+func (f Flavor) Binaries() (containerd, shim string) {
+	if f == Containerd2 {
+		bin := filepath.Join(CacheDir(), "bin")
+		return filepath.Join(bin, "containerd-"+Containerd2Version),
+			filepath.Join(bin, "containerd-shim-runc-v2-"+Containerd2Version)
+	}
+	return "/usr/bin/containerd", "/usr/bin/containerd-shim-runc-v2"
+}
+
+// ContainerdOptions configure StartContainerd. The zero value is valid.
+type ContainerdOptions struct {
+	Flavor       Flavor // default Containerd16
+	SandboxImage string // CRI sandbox_image; default "registry.k8s.io/pause:3.10"
+	Snapshotter  string // default "native", which works on any filesystem
+}
+
+// Containerd is a containerd daemon with its CRI plugin, confined to its own
+// directory: config, root, state, sockets, CNI config, registry hosts and log.
+type Containerd struct {
+	Flavor     Flavor
+	Binary     string
+	Dir        string // everything below lives here and is removed on cleanup
+	Endpoint   string // CRI endpoint, "unix://" + Address
+	Address    string // gRPC socket path, for the containerd Go client
+	ConfigPath string // CRI registry config_path: <host>/hosts.toml files go here
+	ConfigFile string // the config.toml containerd runs with
+	Root       string
+	State      string
+	LogPath    string
+
+	t    testing.TB
+	env  []string
+	proc *process
+}
+
+// StartContainerd writes a config into a fresh directory, starts containerd
+// and waits until its CRI answers. It skips or fails the test (see Require)
+// when the flavor's binaries or root are missing. The daemon, anything it
+// left mounted and its directory are removed when the test ends.
+//
+// Start, Stop and Kill report failures through t, so call them from the
+// goroutine of the test that started the daemon.
+func StartContainerd(t testing.TB, opts ContainerdOptions) *Containerd {
+	t.Helper()
+	if opts.Flavor == "" {
+		opts.Flavor = Containerd16
+	}
+	if opts.SandboxImage == "" {
+		opts.SandboxImage = "registry.k8s.io/pause:3.10"
+	}
+	if opts.Snapshotter == "" {
+		opts.Snapshotter = "native"
+	}
+	bin, shim := opts.Flavor.Binaries()
+	Require(t, string(opts.Flavor), bin)
+	Require(t, string(opts.Flavor)+" shim", shim)
+
+	// Not t.TempDir(): its path includes the test name and can push the
+	// socket paths past the 108-byte limit of unix socket addresses.
+	dir, err := os.MkdirTemp("/tmp", "ctrd")
+	if err != nil {
+		t.Fatalf("containerd: %v", err)
+	}
+	c := &Containerd{
+		Flavor:     opts.Flavor,
+		Binary:     bin,
+		Dir:        dir,
+		Address:    filepath.Join(dir, "c.sock"),
+		ConfigPath: filepath.Join(dir, "certs.d"),
+		ConfigFile: filepath.Join(dir, "config.toml"),
+		Root:       filepath.Join(dir, "root"),
+		State:      filepath.Join(dir, "state"),
+		LogPath:    filepath.Join(dir, "containerd.log"),
+		t:          t,
+		env:        os.Environ(),
+	}
+	c.Endpoint = "unix://" + c.Address
+	t.Cleanup(c.cleanup)
+
+	if err := c.writeFiles(opts, shim); err != nil {
+		t.Fatalf("containerd: %v", err)
+	}
+	c.Start()
+	return c
+}
+
+// writeFiles writes the config, the CNI config and the shim symlink.
+func (c *Containerd) writeFiles(opts ContainerdOptions, shim string) error {
+	cniDir := filepath.Join(c.Dir, "cni")
+	for _, d := range []string{c.ConfigPath, cniDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	// A loopback-only network is enough for the CRI to report NetworkReady;
+	// test pods use hostNetwork.
+	const conflist = `{"cniVersion": "0.4.0", "name": "harness-loopback", "plugins": [{"type": "loopback"}]}` + "\n"
+	if err := os.WriteFile(filepath.Join(cniDir, "10-loopback.conflist"), []byte(conflist), 0o644); err != nil {
+		return err
+	}
+	if c.Flavor == Containerd2 {
+		// containerd finds its shim as containerd-shim-runc-v2 on PATH; ours
+		// must come before the Debian 1.6 shim in /usr/bin.
+		binDir := filepath.Join(c.Dir, "bin")
+		if err := os.Mkdir(binDir, 0o755); err != nil {
+			return err
+		}
+		if err := os.Symlink(shim, filepath.Join(binDir, "containerd-shim-runc-v2")); err != nil {
+			return err
+		}
+		c.env = append(c.env, "PATH="+binDir+string(os.PathListSeparator)+os.Getenv("PATH"))
+	}
+	cfg := containerdConfig(c, opts, cniDir)
+	if err := os.WriteFile(c.ConfigFile, []byte(cfg), 0o644); err != nil {
+		return fmt.Errorf("write config: %w", err)
+	}
+	return nil
+}
+
+// containerdConfig renders a version 2 config. containerd 1.6 reads it as is;
+// 2.x migrates it in memory (the CRI keys move to io.containerd.cri.v1.images
+// and io.containerd.cri.v1.runtime), so one file serves both flavors.
+func containerdConfig(c *Containerd, opts ContainerdOptions, cniDir string) string {
+	q := strconv.Quote // TOML basic strings accept Go's quoting of paths and names
+	return `version = 2
+root = ` + q(c.Root) + `
+state = ` + q(c.State) + `
+# NRI (enabled by default in 2.x) would listen on the host-wide
+# /var/run/nri/nri.sock, colliding between parallel daemons. 1.6 ignores this.
+disabled_plugins = ["io.containerd.nri.v1.nri"]
+
+[grpc]
+  address = ` + q(c.Address) + `
+
+[ttrpc]
+  address = ` + q(c.Address+".ttrpc") + `
+
+[debug]
+  address = ""
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = ` + q(filepath.Join(c.Dir, "opt")) + `
+
+# 2.x only (1.6 ignores sections of plugins it does not have): keep shim
+# sockets and image verifiers in Dir too, and let the transfer service, which
+# pulls for the CRI, unpack into our snapshotter; its default is overlayfs
+# only, and a CRI pull into "native" fails with "no unpack platforms defined".
+[plugins."io.containerd.shim.v1.manager"]
+  socket_dir = ` + q(filepath.Join(c.Dir, "s")) + `
+
+[plugins."io.containerd.image-verifier.v1.bindir"]
+  bin_dir = ` + q(filepath.Join(c.Dir, "verifiers")) + `
+
+[[plugins."io.containerd.transfer.v1.local".unpack_config]]
+  platform = ` + q("linux/"+runtime.GOARCH) + `
+  snapshotter = ` + q(opts.Snapshotter) + `
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = ` + q(opts.SandboxImage) + `
+  # Root here lacks CAP_SYS_RESOURCE: without this every sandbox fails with
+  # "can't get final child's PID from pipe: EOF".
+  restrict_oom_score_adj = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  cdi_spec_dirs = [` + q(filepath.Join(c.Dir, "cdi")) + `]
+
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = ` + q(opts.Snapshotter) + `
+    default_runtime_name = "runc"
+
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = ` + q(cniDir) + `
+
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = ` + q(c.ConfigPath) + `
+`
+}
+
+// Start starts the daemon again after Stop or Kill, on the same root, state
+// and sockets, and waits until the CRI answers.
+func (c *Containerd) Start() {
+	c.t.Helper()
+	if c.running() {
+		c.t.Fatalf("containerd: Start while running")
+	}
+	start := time.Now()
+	p, err := startProcess(c.LogPath, c.env, c.Binary, "--config", c.ConfigFile)
+	if err != nil {
+		c.t.Fatalf("containerd: %v", err)
+	}
+	c.proc = p
+	if err := c.waitCRI(30 * time.Second); err != nil {
+		c.proc.kill()
+		c.t.Fatalf("containerd (%s) did not become ready: %v\nlog %s:\n%s", c.Flavor, err, c.LogPath, logTail(c.LogPath, 40))
+	}
+	c.t.Logf("containerd (%s) ready in %s at %s", c.Flavor, time.Since(start).Round(time.Millisecond), c.Endpoint)
+}
+
+// waitCRI polls the CRI Version call until it answers or the daemon exits.
+func (c *Containerd) waitCRI(timeout time.Duration) error {
+	// gRPC's default reconnect backoff starts at 1 s, which would be most of
+	// the wait: the daemon itself boots in about 0.2 s.
+	fast := grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.2, MaxDelay: 200 * time.Millisecond}}
+	conn, err := grpc.NewClient(c.Endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithConnectParams(fast))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	client := runtimeapi.NewRuntimeServiceClient(conn)
+	deadline := time.Now().Add(timeout)
+	for {
+		if done, err := c.proc.exited(); done {
+			return fmt.Errorf("containerd exited: %v", err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := client.Version(ctx, &runtimeapi.VersionRequest{})
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("CRI Version after %s: %w", timeout, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Stop sends SIGTERM and waits, with SIGKILL after 10 s. Running containers
+// (shims) are left alone, as with a real containerd restart.
+func (c *Containerd) Stop() {
+	c.t.Helper()
+	if !c.running() {
+		return
+	}
+	if err := c.proc.stop(10 * time.Second); err != nil {
+		c.t.Errorf("containerd: stop: %v", err)
+	}
+}
+
+// Kill kills the daemon with SIGKILL, for fault tests. Start reuses root and
+// state afterwards, as a restarted node would.
+func (c *Containerd) Kill() {
+	if c.running() {
+		c.proc.kill()
+	}
+}
+
+func (c *Containerd) running() bool {
+	if c.proc == nil {
+		return false
+	}
+	done, _ := c.proc.exited()
+	return !done
+}
+
+// Conn returns a gRPC connection to the daemon for CRI clients
+// (runtimeapi.NewRuntimeServiceClient, NewImageServiceClient); it is closed
+// when the test ends.
+func (c *Containerd) Conn(t testing.TB) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(c.Endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatalf("containerd: dial %s: %v", c.Endpoint, err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// cleanup tears down everything the daemon may have created: pod sandboxes
+// (through the CRI while it runs), the daemon, leftover shims, mounts below
+// Dir, and Dir itself.
+func (c *Containerd) cleanup() {
+	if c.running() {
+		c.removeSandboxes()
+		if err := c.proc.stop(10 * time.Second); err != nil {
+			c.t.Logf("containerd: stop: %v", err)
+		}
+	}
+	killShims(c.Address)
+	if err := unmountBelow(c.Dir); err != nil {
+		c.t.Errorf("containerd: %v", err)
+	}
+	if err := os.RemoveAll(c.Dir); err != nil {
+		c.t.Errorf("containerd: remove %s: %v", c.Dir, err)
+	}
+}
+
+// removeSandboxes stops and removes all pod sandboxes, so that their
+// containers and shims end with the test. Best effort.
+func (c *Containerd) removeSandboxes() {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	conn, err := grpc.NewClient(c.Endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	rs := runtimeapi.NewRuntimeServiceClient(conn)
+	resp, err := rs.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{})
+	if err != nil {
+		c.t.Logf("containerd: cleanup: list sandboxes: %v", err)
+		return
+	}
+	for _, sb := range resp.Items {
+		if _, err := rs.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: sb.Id}); err != nil {
+			c.t.Logf("containerd: cleanup: stop sandbox %s: %v", sb.Id, err)
+		}
+		if _, err := rs.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: sb.Id}); err != nil {
+			c.t.Logf("containerd: cleanup: remove sandbox %s: %v", sb.Id, err)
+		}
+	}
+}
+
+// killShims kills the shims started by the daemon at address (their command
+// line has "-address <address>") with their containers. Shims outlive the
+// daemon by design, so after Kill they and their containers would leak.
+func killShims(address string) {
+	children := map[int][]int{} // ppid -> pids
+	var shims []int
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, p := range stats {
+		pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		// "pid (comm) state ppid ...", where comm may contain spaces.
+		fields := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+		if len(fields) < 2 {
+			continue
+		}
+		ppid, _ := strconv.Atoi(fields[1])
+		children[ppid] = append(children[ppid], pid)
+		cmdline, _ := os.ReadFile(filepath.Join(filepath.Dir(p), "cmdline"))
+		args := strings.Split(string(cmdline), "\x00")
+		if strings.Contains(args[0], "containerd-shim") && slices.Contains(args, address) {
+			shims = append(shims, pid)
+		}
+	}
+	// Containers first (a container's init is the shim's child, and killing
+	// it ends its PID namespace), then the shims.
+	var kill func(pid int)
+	kill = func(pid int) {
+		for _, c := range children[pid] {
+			kill(c)
+		}
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	for _, pid := range shims {
+		kill(pid)
+	}
+}
+
+// unmountBelow lazily unmounts every mount point below dir, deepest first.
+func unmountBelow(dir string) error {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var mounts []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 5 {
+			continue
+		}
+		// Field 5 is the mount point, with spaces and such octal-escaped.
+		mp, err := strconv.Unquote(`"` + strings.ReplaceAll(fields[4], `"`, `\"`) + `"`)
+		if err != nil {
+			mp = fields[4]
+		}
+		if strings.HasPrefix(mp, dir+"/") {
+			mounts = append(mounts, mp)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("read mountinfo: %w", err)
+	}
+	// mountinfo lists parents before children; unmount in reverse.
+	for i := len(mounts) - 1; i >= 0; i-- {
+		if err := syscall.Unmount(mounts[i], syscall.MNT_DETACH); err != nil && err != syscall.EINVAL && err != syscall.ENOENT {
+			return fmt.Errorf("unmount %s: %w", mounts[i], err)
+		}
+	}
+	return nil
+}
