@@ -370,8 +370,6 @@ func (p *parser) archive(n *yaml.Node, path string, dst *string) {
 	p.errorf(n, path, "%s, got %s", why, quote(s))
 }
 
-var domainOnly = regexp.MustCompile(`^(?:` + reference.DomainRegexp.String() + `)$`)
-
 // mirror checks a registry host[:port] with an optional path prefix, the
 // place an image's repository is pulled from instead of its own registry.
 func (p *parser) mirror(n *yaml.Node, path string, dst *string) {
@@ -379,15 +377,17 @@ func (p *parser) mirror(n *yaml.Node, path string, dst *string) {
 	if !ok {
 		return
 	}
-	host, _, _ := strings.Cut(s, "/")
-	if !domainOnly.MatchString(host) {
-		p.errorf(n, path, "must be a registry host[:port] with an optional path, got %s", quote(s))
+	// The engine pulls the mirror followed by the image's repository, so
+	// the mirror must read as the start of a reference, and runtimes must
+	// read its first component as a registry: "mirror/image" is on Docker Hub.
+	named, err := reference.ParseNormalizedNamed(s + "/image")
+	if err != nil {
+		p.errorf(n, path, "must be a registry host[:port] with an optional path, got %s: %v", quote(s), err)
 		return
 	}
-	// A repository goes after the mirror, so the mirror must be a valid
-	// start of one: no tag, no digest, lowercase path components.
-	if _, err := reference.Parse(s + "/x"); err != nil {
-		p.errorf(n, path, "must be a registry host[:port] with an optional path, got %s: %v", quote(s), err)
+	if host, _, _ := strings.Cut(s, "/"); reference.Domain(named) != host {
+		p.errorf(n, path, "must start with a registry host, got %s, which runtimes read as a Docker Hub namespace; "+
+			"a host has a dot or a port, as in mirror.corp or mirror:5000, or is localhost", quote(s))
 		return
 	}
 	*dst = s

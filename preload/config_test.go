@@ -136,7 +136,7 @@ images:
   - {image: a, mirror: mirror.corp}
   - {image: b, mirror: "localhost:5000"}
   - {image: c, mirror: "[::1]:5000/a/b"}
-  - {image: d, mirror: registry}
+  - {image: d, mirror: localhost}
 `, func(c *preload.Config) bool { return c.Images[2].Mirror == "[::1]:5000/a/b" }},
 		{"archive in a subdirectory", "images: [{image: a, archive: team/a.tar}]\n", func(c *preload.Config) bool {
 			return c.Images[0].Archive == "team/a.tar"
@@ -272,9 +272,12 @@ func TestParseErrors(t *testing.T) {
 		{"mirror with scheme", "images:\n  - image: a\n    mirror: https://m.corp\n", []string{
 			`images.yaml:3: images[0].mirror: must be a registry host[:port] with an optional path, got "https://m.corp"`,
 		}},
+		{"mirror without a dot or port", "images:\n  - image: a\n    mirror: registry/k8s\n", []string{
+			`images.yaml:3: images[0].mirror: must start with a registry host, got "registry/k8s", which runtimes read as a Docker Hub namespace`,
+		}},
 		{"mirror with tag", "images:\n  - image: a\n    mirror: m.corp/k8s:v1\n", []string{`images.yaml:3: images[0].mirror: must be a registry host[:port]`}},
 		{"mirror with digest", "images:\n  - image: a\n    mirror: m.corp/k8s@" + digest + "\n", []string{`images.yaml:3: images[0].mirror: must be a registry host[:port]`}},
-		{"mirror uppercase path", "images:\n  - image: a\n    mirror: m.corp/K8s\n", []string{`images.yaml:3: images[0].mirror: must be a registry host[:port] with an optional path, got "m.corp/K8s": repository name must be lowercase`}},
+		{"mirror uppercase path", "images:\n  - image: a\n    mirror: m.corp/K8s\n", []string{`images.yaml:3: images[0].mirror: must be a registry host[:port] with an optional path, got "m.corp/K8s": invalid reference format: repository name (K8s/image) must be lowercase`}},
 		{"mirror trailing slash", "images:\n  - image: a\n    mirror: m.corp/\n", []string{`images.yaml:3: images[0].mirror: must be a registry host[:port]`}},
 		{"sandbox image", "images: []\nsandboxImage: Auto\n", []string{`images.yaml:2: sandboxImage: must be auto, none or an image reference; invalid reference "Auto"`}},
 		{"relative archiveDir", "images: []\narchiveDir: archives\n", []string{`images.yaml:2: archiveDir: must be an absolute path, got "archives"`}},
@@ -518,6 +521,12 @@ func FuzzParse(f *testing.F) {
 			seen[img.Name] = true
 			if img.Line < 1 || img.Archive != "" && (img.Mirror != "" || filepath.IsAbs(img.Archive) || strings.Contains(img.Archive, "..")) {
 				t.Fatalf("bad image %+v", img)
+			}
+			if img.Mirror != "" {
+				// The mirror stays the registry of what is pulled from it.
+				if n, err := preload.NormalizeRef(img.Mirror + "/a"); err != nil || !strings.HasPrefix(n, img.Mirror+"/") {
+					t.Fatalf("mirror %q: %q, %v", img.Mirror, n, err)
+				}
 			}
 		}
 		if s := cfg.SandboxImage; s != "auto" && s != "none" {
