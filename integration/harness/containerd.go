@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"testing"
 	"time"
 
 	"google.golang.org/grpc"
@@ -77,7 +76,7 @@ type Containerd struct {
 	State      string
 	LogPath    string
 
-	t    testing.TB
+	t    T
 	env  []string
 	proc *process
 }
@@ -89,7 +88,7 @@ type Containerd struct {
 //
 // Start, Stop and Kill report failures through t, so call them from the
 // goroutine of the test that started the daemon.
-func StartContainerd(t testing.TB, opts ContainerdOptions) *Containerd {
+func StartContainerd(t T, opts ContainerdOptions) *Containerd {
 	t.Helper()
 	if opts.Flavor == "" {
 		opts.Flavor = Containerd16
@@ -312,7 +311,7 @@ func (c *Containerd) running() bool {
 // Conn returns a gRPC connection to the daemon for CRI clients
 // (runtimeapi.NewRuntimeServiceClient, NewImageServiceClient); it is closed
 // when the test ends.
-func (c *Containerd) Conn(t testing.TB) *grpc.ClientConn {
+func (c *Containerd) Conn(t T) *grpc.ClientConn {
 	t.Helper()
 	conn, err := grpc.NewClient(c.Endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {

@@ -10,7 +10,6 @@ import (
 	"math/rand/v2"
 	"runtime"
 	"sort"
-	"testing"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -57,7 +56,7 @@ type TestImage struct {
 
 // PushTestImages builds the images and pushes them to reg, in order. Blobs
 // already pushed (shared base layers) are not uploaded again.
-func PushTestImages(t testing.TB, reg *Registry, specs []ImageSpec) []TestImage {
+func PushTestImages(t T, reg *Registry, specs []ImageSpec) []TestImage {
 	t.Helper()
 	var out []TestImage
 	for _, spec := range specs {

@@ -6,7 +6,6 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"sync/atomic"
-	"testing"
 	"time"
 )
 
@@ -32,7 +31,7 @@ type Proxy struct {
 }
 
 // StartProxy proxies to the plain-HTTP registry at targetHost.
-func StartProxy(t testing.TB, targetHost string, opts ProxyOptions) *Proxy {
+func StartProxy(t T, targetHost string, opts ProxyOptions) *Proxy {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -17,7 +17,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"testing"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -47,7 +46,7 @@ type Registry struct {
 	Dir        string
 	LogPath    string
 
-	t      testing.TB
+	t      T
 	caPool *x509.CertPool
 	config string
 	proc   *process
@@ -56,7 +55,7 @@ type Registry struct {
 // StartRegistry starts a registry and waits until /v2/ answers. It skips or
 // fails the test (see Require) when the binary or root is missing. The
 // registry is stopped when the test ends; its storage goes with t.TempDir.
-func StartRegistry(t testing.TB, opts RegistryOptions) *Registry {
+func StartRegistry(t T, opts RegistryOptions) *Registry {
 	t.Helper()
 	Require(t, "docker-registry", RegistryBinary)
 	r := &Registry{

@@ -3,7 +3,6 @@ package harness
 import (
 	"fmt"
 	"os"
-	"testing"
 )
 
 // Strict reports whether missing prerequisites must fail tests instead of
@@ -16,7 +15,7 @@ func Strict() bool {
 // Require checks that the test runs as root and that path is an executable
 // file (name says what it is, for the message). If not, the test is skipped,
 // or failed when Strict.
-func Require(t testing.TB, name, path string) {
+func Require(t T, name, path string) {
 	t.Helper()
 	var missing string
 	if os.Geteuid() != 0 {

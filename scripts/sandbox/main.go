@@ -1,0 +1,79 @@
+// Command sandbox is `make demo`: it starts containerd and a private
+// registry on 127.0.0.1, pushes a pause image and two private images,
+// runs `preloader once` against them with a docker config, prints its
+// table and cleans up.
+//
+// Usage: go run ./scripts/sandbox PATH-TO-PRELOADER
+package main
+
+import (
+	"encoding/base64"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	"github.com/kube-preloader/kube-preloader/integration/harness"
+)
+
+func main() {
+	if len(os.Args) != 2 {
+		fmt.Fprintln(os.Stderr, "usage: sandbox PATH-TO-PRELOADER")
+		os.Exit(2)
+	}
+	t := harness.NewRunner("demo")
+	code := demo(t, os.Args[1])
+	t.Close()
+	os.Exit(code)
+}
+
+func demo(t *harness.Runner, bin string) (code int) {
+	defer t.Recover(&code)
+	harness.Require(t, "containerd", "/usr/bin/containerd")
+	harness.Require(t, "docker-registry", "/usr/bin/docker-registry")
+
+	const user, password = "demo", "demo-password-not-shown"
+	say("starting a registry with password authentication and containerd 1.6 on 127.0.0.1")
+	reg := harness.StartRegistry(t, harness.RegistryOptions{Username: user, Password: password})
+	pause := harness.PushTestImages(t, reg, []harness.ImageSpec{{Repo: "k8s/pause", Tag: "3.10", OwnLayers: 1, LayerSize: 256 << 10}})[0]
+	apps := harness.PushTestImages(t, reg, []harness.ImageSpec{
+		{Repo: "team/app", Tag: "1.4", BaseLayers: 2, OwnLayers: 2, LayerSize: 2 << 20},
+		{Repo: "team/worker", Tag: "1.4", BaseLayers: 2, OwnLayers: 1, LayerSize: 2 << 20},
+	})
+	ctrd := harness.StartContainerd(t, harness.ContainerdOptions{Flavor: harness.Containerd16, SandboxImage: pause.Ref})
+
+	dir := t.TempDir()
+	config := fmt.Sprintf(`# The runtime's pause image (sandboxImage: auto) lives on the private
+# registry too: without it no pod on this node gets a sandbox.
+sandboxImage: auto
+images:
+  - image: %s
+  - image: %s
+`, apps[0].Ref, apps[1].Ref)
+	auth := base64.StdEncoding.EncodeToString([]byte(user + ":" + password))
+	files := map[string]string{
+		"images.yaml": config,
+		"config.json": fmt.Sprintf(`{"auths":{%q:{"auth":%q}}}`, reg.Host, auth),
+	}
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	say("images.yaml:\n" + config)
+
+	args := []string{"once", "--config", filepath.Join(dir, "images.yaml"),
+		"--docker-config", filepath.Join(dir, "config.json"), "--cri-endpoint", ctrd.Endpoint}
+	say("$ preloader " + strings.Join(args, " "))
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	if err := cmd.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "preloader once:", err)
+		return 1
+	}
+	say("every image is present in containerd as the kubelet asks for it (CRI ImageStatus); cleaning up")
+	return 0
+}
+
+func say(s string) { fmt.Printf("\n# %s\n", s) }
