@@ -21,7 +21,7 @@ const (
 	testPassword = "pw-Zq8vX3-never-print-me"
 )
 
-var flavors = []harness.ContainerdFlavor{harness.Containerd16, harness.Containerd2}
+var flavors = []harness.Flavor{harness.Containerd16, harness.Containerd2}
 
 type onceResult struct {
 	Images []struct {
@@ -113,7 +113,7 @@ func TestOnce(t *testing.T) {
 	}
 }
 
-func testOnce(t *testing.T, flavor harness.ContainerdFlavor) {
+func testOnce(t *testing.T, flavor harness.Flavor) {
 	open := harness.StartRegistry(t, harness.RegistryOptions{})
 	private := harness.StartRegistry(t, harness.RegistryOptions{Username: testUser, Password: testPassword})
 	secure := harness.StartRegistry(t, harness.RegistryOptions{Username: testUser, Password: testPassword, TLS: true})
@@ -128,7 +128,9 @@ func testOnce(t *testing.T, flavor harness.ContainerdFlavor) {
 
 	ctrd := harness.StartContainerd(t, harness.ContainerdOptions{Flavor: flavor, SandboxImage: pause.Ref})
 	secure.TrustIn(ctrd)
-	env := []string{cri.EndpointEnv + "=" + ctrd.Endpoint}
+	// containerd 2.x does not report its sandbox image over the CRI: point
+	// the documented fallback at this containerd's config file.
+	env := []string{cri.EndpointEnv + "=" + ctrd.Endpoint, cri.ContainerdConfigEnv + "=" + ctrd.ConfigFile}
 	dir := t.TempDir()
 	var printed []string
 	once := func(t *testing.T, timeout time.Duration, args ...string) run {

@@ -45,7 +45,7 @@ func BenchmarkPull(b *testing.B) {
 		{"remote-like", &harness.ProxyOptions{Latency: 25 * time.Millisecond, BytesPerSec: 10 << 20}},
 		{"loopback", nil},
 	}
-	for _, flavor := range []harness.ContainerdFlavor{harness.Containerd16, harness.Containerd2} {
+	for _, flavor := range []harness.Flavor{harness.Containerd16, harness.Containerd2} {
 		for _, link := range links {
 			b.Run(fmt.Sprintf("%s/%s", flavor, link.name), func(b *testing.B) {
 				host := reg.Host
@@ -77,7 +77,7 @@ func BenchmarkPull(b *testing.B) {
 
 // sequentialCRIPulls is what a crictl pull loop does: one image after the
 // other, each pull waiting for the last.
-func sequentialCRIPulls(b *testing.B, flavor harness.ContainerdFlavor, refs []string) time.Duration {
+func sequentialCRIPulls(b *testing.B, flavor harness.Flavor, refs []string) time.Duration {
 	ctrd := harness.StartContainerd(b, harness.ContainerdOptions{Flavor: flavor})
 	defer ctrd.Stop()
 	ctx := context.Background()
@@ -95,7 +95,7 @@ func sequentialCRIPulls(b *testing.B, flavor harness.ContainerdFlavor, refs []st
 	return time.Since(start)
 }
 
-func preloaderOnce(b *testing.B, bin string, flavor harness.ContainerdFlavor, refs []string) time.Duration {
+func preloaderOnce(b *testing.B, bin string, flavor harness.Flavor, refs []string) time.Duration {
 	ctrd := harness.StartContainerd(b, harness.ContainerdOptions{Flavor: flavor})
 	defer ctrd.Stop()
 	dir := b.TempDir()
