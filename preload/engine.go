@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"strings"
@@ -14,6 +15,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/kube-preloader/kube-preloader/archive"
 )
 
 // Runtime is the part of the CRI the engine uses; *cri.Client implements it.
@@ -27,16 +30,20 @@ type Runtime interface {
 type Status string
 
 const (
-	StatusPresent Status = "present" // already there, nothing done
-	StatusPulled  Status = "pulled"
-	StatusFailed  Status = "failed"
-	StatusSkipped Status = "skipped" // does not apply to this node
+	StatusPresent  Status = "present" // already there, nothing done
+	StatusPulled   Status = "pulled"
+	StatusImported Status = "imported" // from an archive on the node
+	StatusFailed   Status = "failed"
+	StatusSkipped  Status = "skipped" // does not apply to this node
 )
 
 // Result is the outcome for one image.
 type Result struct {
-	Image    string        `json:"image"`
-	Status   Status        `json:"status"`
+	Image  string `json:"image"`
+	Status Status `json:"status"`
+	// Source is where the image came from when not from its own
+	// registry: the archive file, or the mirror reference pulled.
+	Source   string        `json:"source,omitempty"`
 	Reason   string        `json:"reason,omitempty"` // short and stable: "not found", "unauthorized", …
 	Error    string        `json:"error,omitempty"`  // the runtime's last message
 	Size     uint64        `json:"sizeBytes,omitempty"`
@@ -54,13 +61,31 @@ type Engine struct {
 	// transient failures until ctx ends. The agent runs short bounded syncs
 	// so that status shows failures and config changes are not held up.
 	MaxAttempts int
-	Log         *slog.Logger
+	// Containerd imports archives, records mirror pulls under their
+	// canonical names and pins images. Nil when the runtime is not
+	// containerd: images with an archive or a mirror then fail with a
+	// reason, and nothing is pinned.
+	Containerd Containerd
+	Log        *slog.Logger
 }
 
-// Run makes every image present: one ListImages, a pull of each missing
-// image (cfg.Concurrency at once, transient failures retried with backoff
-// until ctx ends), then CRI ImageStatus of each reference, which alone
-// decides that an image is present. Results are in the order of images;
+// Containerd is what the engine needs beyond the CRI;
+// *containerd.Client implements it.
+type Containerd interface {
+	Import(ctx context.Context, tar io.Reader, images []archive.Image) error
+	Tag(ctx context.Context, name, source string) error
+	SyncPins(ctx context.Context, names []string) (pinned, unpinned []string, err error)
+}
+
+// Run makes every image present: one ListImages; the import of every
+// archive that images name or cfg.ArchiveDir holds, first, because a node
+// that has archives often has no registry; a pull of each image still
+// missing (cfg.Concurrency at once, transient failures retried with backoff
+// until ctx ends; from its mirror if it has one); then CRI ImageStatus of
+// each reference, which alone decides that an image is present. Finally
+// the present images are pinned if cfg.Pin, and images the preloader
+// pinned before lose their pin otherwise. Results are in the order of
+// images, followed by the archives' images that images do not list;
 // identical references are handled once.
 func (e *Engine) Run(ctx context.Context, cfg *Config, images []Image) ([]Result, error) {
 	listed, err := e.Runtime.ListImages(ctx)
@@ -70,11 +95,16 @@ func (e *Engine) Run(ctx context.Context, cfg *Config, images []Image) ([]Result
 	have := index(listed)
 
 	images = dedupe(images)
+	fromArchives, extra := e.importArchives(ctx, cfg, images, imageIDs(listed))
 	results := make([]Result, len(images))
 	sem := make(chan struct{}, max(cfg.Concurrency, 1))
 	var wg sync.WaitGroup
 	for i, img := range images {
 		results[i] = Result{Image: img.Name}
+		if r, ok := fromArchives[img.Name]; ok {
+			results[i] = r
+			continue
+		}
 		if have[presenceKey(img.Name)] {
 			continue
 		}
@@ -88,10 +118,15 @@ func (e *Engine) Run(ctx context.Context, cfg *Config, images []Image) ([]Result
 				results[i] = failed(img.Name, ctx.Err(), 0, 0)
 				return
 			}
-			results[i] = e.pull(ctx, cfg, img)
+			if img.Mirror != "" {
+				results[i] = e.pullMirror(ctx, cfg, img)
+			} else {
+				results[i] = e.pull(ctx, cfg, img)
+			}
 		}()
 	}
 	wg.Wait()
+	results = append(results, extra...)
 
 	for i := range results {
 		r := &results[i]
@@ -106,7 +141,7 @@ func (e *Engine) Run(ctx context.Context, cfg *Config, images []Image) ([]Result
 			// Listed or pulled, yet the runtime does not find it the way
 			// the kubelet asks: the promise is about ImageStatus, so this
 			// is a failure, never "present".
-			*r = Result{Image: r.Image, Status: StatusFailed, Reason: "not present after pull", Duration: r.Duration, Attempts: r.Attempts}
+			*r = Result{Image: r.Image, Status: StatusFailed, Source: r.Source, Reason: "not present after pull", Duration: r.Duration, Attempts: r.Attempts}
 		default:
 			if r.Status == "" {
 				r.Status = StatusPresent
@@ -114,6 +149,7 @@ func (e *Engine) Run(ctx context.Context, cfg *Config, images []Image) ([]Result
 			r.Size = st.Size
 		}
 	}
+	e.syncPins(ctx, cfg, results)
 	return results, nil
 }
 
@@ -204,6 +240,9 @@ const (
 	ReasonRuntime      = "runtime unavailable"
 	ReasonCanceled     = "canceled"
 	ReasonInvalid      = "invalid reference"
+	ReasonArchive      = "bad archive"         // unreadable, unsafe, truncated, wrong digest or platform
+	ReasonImport       = "import failed"       // a sound archive the runtime did not take
+	ReasonUnsupported  = "unsupported runtime" // archive or mirror on a runtime other than containerd
 	ReasonOther        = "error"
 )
 

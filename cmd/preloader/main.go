@@ -38,6 +38,7 @@ var commands = []command{
 	{"once", "make every configured image present on this node, then exit", runOnce},
 	{"status", "show every node's preload status", runStatus},
 	{"warm", "add an image to the agent's ConfigMap, optionally wait until nodes have it", runWarm},
+	{"bundle", "fetch every configured image into one archive for air-gapped nodes", runBundle},
 	{"version", "print the version", func(_ context.Context, _ []string, stdout, _ io.Writer) error {
 		_, err := fmt.Fprintln(stdout, version)
 		return err

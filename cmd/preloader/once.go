@@ -22,7 +22,7 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	var (
 		configPath    = fs.String("config", "", "image list (images.yaml)")
 		endpoint      = fs.String("cri-endpoint", "", "CRI endpoint (default: $"+cri.EndpointEnv+", else the first known socket that answers)")
-		_             = fs.String("containerd-address", "/run/containerd/containerd.sock", "containerd socket, for archive import and mirrors")
+		ctrdAddress   = fs.String("containerd-address", "", "containerd socket, for archive import, mirrors and pinning (default: the one containerd's CRI reports, else "+defaultContainerdAddress+")")
 		timeout       = fs.Duration("timeout", 30*time.Minute, "bound for the whole run")
 		output        = fs.String("o", "table", "output format: table or json")
 		dockerConfigs stringsFlag
@@ -75,6 +75,14 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		Runtime: rt,
 		Auth:    func(img preload.Image) []*runtimeapi.AuthConfig { return keyring.Lookup(img.Name) },
 		Log:     log,
+	}
+	ctrd, err := connectContainerd(ctx, rt, *ctrdAddress, log)
+	if err != nil {
+		return err
+	}
+	if ctrd != nil {
+		defer ctrd.Close()
+		engine.Containerd = ctrd
 	}
 	results, err := engine.Run(ctx, cfg, apply)
 	if err != nil {

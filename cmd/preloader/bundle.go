@@ -1,0 +1,153 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/containerd/platforms"
+	"github.com/google/go-containerregistry/pkg/authn"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/kube-preloader/kube-preloader/bundle"
+	"github.com/kube-preloader/kube-preloader/cri"
+	"github.com/kube-preloader/kube-preloader/preload"
+)
+
+func runBundle(ctx context.Context, args []string, _, stderr io.Writer) error {
+	fs := flag.NewFlagSet("bundle", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		configPath    = fs.String("config", "", "image list (images.yaml)")
+		out           = fs.String("o", "", "bundle file to write; .gz or .zst compresses it")
+		platform      = fs.String("platform", platforms.DefaultString(), "platform of the nodes, os/arch[/variant]")
+		dockerConfigs stringsFlag
+	)
+	fs.Var(&dockerConfigs, "docker-config", "docker config file with registry credentials; repeatable. Default: the kubelet's search paths")
+	if err := fs.Parse(args); err != nil {
+		return &exitError{code: exitInvalid, err: errors.New("")}
+	}
+	if *configPath == "" || *out == "" {
+		return usageError("bundle: --config and -o are required")
+	}
+	if fs.NArg() > 0 {
+		return usageError("bundle: unexpected arguments %q", fs.Args())
+	}
+	p, err := v1.ParsePlatform(*platform)
+	if err != nil {
+		return usageError("bundle: --platform: %v", err)
+	}
+	cfg, err := preload.Load(*configPath)
+	if err != nil {
+		return err
+	}
+	keyring, err := loadKeyring(dockerConfigs)
+	if err != nil {
+		return &exitError{code: exitInvalid, err: err}
+	}
+	sources, err := bundleSources(cfg, keyring, stderr)
+	if err != nil {
+		return err
+	}
+	if len(sources) == 0 {
+		return usageError("bundle: %s lists no image to fetch", *configPath)
+	}
+	start := time.Now()
+	if err := writeBundle(ctx, *out, sources, *p, stderr); err != nil {
+		return fmt.Errorf("bundle %s: %w", *out, err)
+	}
+	fmt.Fprintf(stderr, "bundle: wrote %s in %s\n", *out, time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// bundleSources lists what to fetch: every image of the config, from its
+// mirror if it has one, and the sandbox image if the config names one.
+// Images that come from an archive are the node's already.
+func bundleSources(cfg *preload.Config, keyring *cri.Keyring, stderr io.Writer) ([]bundle.Source, error) {
+	images := cfg.Images
+	switch cfg.SandboxImage {
+	case preload.SandboxAuto:
+		fmt.Fprintln(stderr, "bundle: sandboxImage is auto, so the pause image is not bundled; list it in images or set sandboxImage to its reference")
+	case preload.SandboxNone:
+	default:
+		images = append([]preload.Image{{Ref: cfg.SandboxImage, Name: cfg.SandboxImage}}, images...)
+	}
+	var sources []bundle.Source
+	seen := make(map[string]bool)
+	for _, img := range images {
+		if seen[img.Name] {
+			continue
+		}
+		seen[img.Name] = true
+		if img.Archive != "" {
+			fmt.Fprintf(stderr, "bundle: %s comes from archive %s, not bundled\n", img.Name, img.Archive)
+			continue
+		}
+		s := bundle.Source{Name: img.Name, From: img.Name}
+		if img.Mirror != "" {
+			from, err := preload.MirrorRef(img.Name, img.Mirror)
+			if err != nil {
+				return nil, err
+			}
+			s.From = from
+		}
+		for _, a := range keyring.Lookup(s.From) {
+			s.Auth = append(s.Auth, authn.FromConfig(authn.AuthConfig{
+				Username: a.Username, Password: a.Password, Auth: a.Auth,
+				IdentityToken: a.IdentityToken, RegistryToken: a.RegistryToken,
+			}))
+		}
+		sources = append(sources, s)
+	}
+	return sources, nil
+}
+
+// writeBundle writes to a temporary file beside path and renames it into
+// place only when complete, so that no half bundle is ever imported.
+func writeBundle(ctx context.Context, path string, sources []bundle.Source, p v1.Platform, stderr io.Writer) (err error) {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	var w io.WriteCloser = nopCloser{tmp}
+	switch {
+	case strings.HasSuffix(path, ".gz") || strings.HasSuffix(path, ".tgz"):
+		w = gzip.NewWriter(tmp)
+	case strings.HasSuffix(path, ".zst") || strings.HasSuffix(path, ".zstd"):
+		if w, err = zstd.NewWriter(tmp); err != nil {
+			return err
+		}
+	}
+	opts := bundle.Options{Platform: p, Progress: stderr, ProgressEvery: 2 * time.Second}
+	if err := bundle.Write(ctx, w, sources, opts); err != nil {
+		return err
+	}
+	if err := w.Close(); err != nil {
+		return err
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+type nopCloser struct{ io.Writer }
+
+func (nopCloser) Close() error { return nil }

@@ -1,0 +1,293 @@
+// Package containerd does on a containerd node what the CRI cannot: import
+// image archives, record an image pulled from a mirror under its canonical
+// name, and pin images against the kubelet's image garbage collection. It
+// works in the CRI plugin's namespace and leaves images exactly as the CRI
+// plugin's own pulls do, so that CRI ImageStatus finds them.
+package containerd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/images"
+	ctrarchive "github.com/containerd/containerd/v2/core/images/archive"
+	"github.com/containerd/containerd/v2/core/leases"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/platforms"
+	"github.com/distribution/reference"
+	digest "github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/kube-preloader/kube-preloader/archive"
+)
+
+// Namespace is the containerd namespace of the CRI plugin.
+const Namespace = "k8s.io"
+
+// Labels on image records. The CRI plugin of containerd 1.6 and 2.4 sets
+// io.cri-containerd.image=managed on the tag, digest and ID records of every
+// image it pulls (read from CRI-pulled images; 2.x adds it itself to images
+// it did not pull), and treats io.cri-containerd.pinned=pinned as pinned.
+const (
+	LabelCRIImage = "io.cri-containerd.image"
+	LabelPinned   = "io.cri-containerd.pinned"
+	// LabelPreloaderPinned marks a pin the preloader set, so that it
+	// removes only its own pins, never the sandbox image's or an admin's.
+	LabelPreloaderPinned = "preloader.io/pinned"
+
+	criManaged = "managed"
+	pinned     = "pinned"
+)
+
+// leaseExpiry bounds how long the content of an import that died half-way
+// (a killed preloader) is kept before containerd's GC may collect it.
+const leaseExpiry = time.Hour
+
+// Client is a containerd client in the CRI plugin's namespace.
+type Client struct {
+	c           *client.Client
+	snapshotter string
+	platform    platforms.MatchComparer
+}
+
+// New connects to containerd at address. Images are unpacked into
+// snapshotter, which must be the one the CRI plugin uses, or its
+// containers would find no snapshots.
+func New(ctx context.Context, address, snapshotter string) (*Client, error) {
+	c, err := client.New(address, client.WithDefaultNamespace(Namespace), client.WithTimeout(5*time.Second))
+	if err != nil {
+		return nil, fmt.Errorf("containerd %s: %w", address, err)
+	}
+	vctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := c.Version(vctx); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("containerd %s: %w", address, err)
+	}
+	return &Client{c: c, snapshotter: snapshotter, platform: platforms.Default()}, nil
+}
+
+// Close closes the connection.
+func (c *Client) Close() error { return c.c.Close() }
+
+// Import reads an image archive's tar stream into containerd, unpacks the
+// images want lists (as archive.Inspect found them) and records each under
+// its names. Everything is written under a lease and the images are
+// recorded only once all of them are unpacked, so a failure leaves no image
+// behind and its content to containerd's garbage collector.
+func (c *Client) Import(ctx context.Context, tar io.Reader, want []archive.Image) error {
+	ctx, done, err := c.c.WithLease(ctx, leases.WithRandomID(), leases.WithExpiration(leaseExpiry))
+	if err != nil {
+		return fmt.Errorf("lease: %w", err)
+	}
+	defer done(context.WithoutCancel(ctx))
+
+	cs := c.c.ContentStore()
+	index, err := ctrarchive.ImportIndex(ctx, cs, tar)
+	if err != nil {
+		return err
+	}
+	manifests, err := images.Children(ctx, cs, index)
+	if err != nil {
+		return fmt.Errorf("read imported index: %w", err)
+	}
+	var records []images.Image
+	found := make([]bool, len(want))
+	for _, m := range manifests {
+		cfg, err := images.Config(ctx, cs, m, c.platform)
+		if err != nil {
+			// Not for this platform, or a referrer; archive.Inspect has
+			// already refused archives that lack a wanted image.
+			continue
+		}
+		i := indexOf(want, cfg.Digest)
+		if i < 0 || found[i] {
+			continue
+		}
+		found[i] = true
+		target := ocispec.Descriptor{MediaType: m.MediaType, Digest: m.Digest, Size: m.Size}
+		if err := c.unpack(ctx, target); err != nil {
+			return fmt.Errorf("image %s: %w", describe(want[i]), err)
+		}
+		recs, err := criRecords(want[i].Names, target, cfg.Digest)
+		if err != nil {
+			return err
+		}
+		records = append(records, recs...)
+	}
+	for i, ok := range found {
+		if !ok {
+			return fmt.Errorf("image %s: not in the imported index", describe(want[i]))
+		}
+	}
+	return c.record(ctx, records)
+}
+
+// unpack labels target's content for the platform so that the image record
+// keeps it, and unpacks its layers into the CRI plugin's snapshotter.
+func (c *Client) unpack(ctx context.Context, target ocispec.Descriptor) error {
+	cs := c.c.ContentStore()
+	handler := images.SetChildrenLabels(cs, images.FilterPlatforms(images.ChildrenHandler(cs), c.platform))
+	if err := images.Walk(ctx, handler, target); err != nil {
+		return fmt.Errorf("label content: %w", err)
+	}
+	img := client.NewImageWithPlatform(c.c, images.Image{Name: target.Digest.String(), Target: target}, c.platform)
+	if err := img.Unpack(ctx, c.snapshotter); err != nil {
+		return fmt.Errorf("unpack into snapshotter %s: %w", c.snapshotter, err)
+	}
+	return nil
+}
+
+// Tag records the image recorded as source (a mirror reference the CRI
+// pulled) under name too, as the CRI would have recorded a pull of name.
+func (c *Client) Tag(ctx context.Context, name, source string) error {
+	src, err := c.c.ImageService().Get(ctx, source)
+	if err != nil {
+		return fmt.Errorf("tag %s: %w", source, err)
+	}
+	cfg, err := images.Config(ctx, c.c.ContentStore(), src.Target, c.platform)
+	if err != nil {
+		return fmt.Errorf("tag %s: %w", source, err)
+	}
+	target := ocispec.Descriptor{MediaType: src.Target.MediaType, Digest: src.Target.Digest, Size: src.Target.Size}
+	recs, err := criRecords([]string{name}, target, cfg.Digest)
+	if err != nil {
+		return err
+	}
+	if err := c.record(ctx, recs); err != nil {
+		return fmt.Errorf("tag %s as %s: %w", source, name, err)
+	}
+	return nil
+}
+
+// criRecords are the image records the CRI plugin creates for a pull: each
+// reference, its repository at the target's digest, and the image ID.
+func criRecords(names []string, target ocispec.Descriptor, id digest.Digest) ([]images.Image, error) {
+	labels := map[string]string{LabelCRIImage: criManaged}
+	seen := make(map[string]bool)
+	var recs []images.Image
+	add := func(name string) {
+		if !seen[name] {
+			seen[name] = true
+			recs = append(recs, images.Image{Name: name, Target: target, Labels: labels})
+		}
+	}
+	for _, n := range names {
+		ref, err := reference.ParseNormalizedNamed(n)
+		if err != nil {
+			return nil, fmt.Errorf("image name %q: %w", n, err)
+		}
+		if d, ok := ref.(reference.Digested); ok && d.Digest() != target.Digest {
+			return nil, fmt.Errorf("image name %s: the image's digest is %s", n, target.Digest)
+		}
+		add(n)
+		add(ref.Name() + "@" + target.Digest.String())
+	}
+	add(id.String())
+	return recs, nil
+}
+
+// record creates or updates image records, leaving labels other than the
+// CRI's own (pins) as they are. Records that already say the same are not
+// touched, so a repeated import sends the CRI no events. If one fails, the
+// records this call created are deleted again.
+func (c *Client) record(ctx context.Context, recs []images.Image) error {
+	is := c.c.ImageService()
+	var created []string
+	for _, r := range recs {
+		_, err := is.Create(ctx, r)
+		if err == nil {
+			created = append(created, r.Name)
+			continue
+		}
+		if !errdefs.IsAlreadyExists(err) {
+			return errors.Join(fmt.Errorf("create image %s: %w", r.Name, err), c.remove(ctx, created))
+		}
+		old, err := is.Get(ctx, r.Name)
+		if err != nil {
+			return errors.Join(fmt.Errorf("image %s: %w", r.Name, err), c.remove(ctx, created))
+		}
+		if old.Target.Digest == r.Target.Digest && old.Labels[LabelCRIImage] == criManaged {
+			continue
+		}
+		if _, err := is.Update(ctx, r, "target", "labels."+LabelCRIImage); err != nil {
+			return errors.Join(fmt.Errorf("update image %s: %w", r.Name, err), c.remove(ctx, created))
+		}
+	}
+	return nil
+}
+
+func (c *Client) remove(ctx context.Context, names []string) error {
+	var errs []error
+	for _, n := range names {
+		if err := c.c.ImageService().Delete(context.WithoutCancel(ctx), n); err != nil && !errdefs.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("roll back image %s: %w", n, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// SyncPins pins the image records named names (as the CRI lists them:
+// repo:tag, or repo@digest for digest references) and unpins every record
+// the preloader pinned before that is not among them. Records pinned by
+// someone else are left alone. It returns what it changed.
+func (c *Client) SyncPins(ctx context.Context, names []string) (pinnedNow, unpinned []string, err error) {
+	is := c.c.ImageService()
+	want := make(map[string]bool, len(names))
+	for _, n := range names {
+		want[n] = true
+	}
+	ours, err := is.List(ctx, fmt.Sprintf("labels.%q", LabelPreloaderPinned))
+	if err != nil {
+		return nil, nil, fmt.Errorf("list pinned images: %w", err)
+	}
+	for _, img := range ours {
+		if want[img.Name] {
+			continue
+		}
+		// Absent labels in the update delete them.
+		img.Labels = nil
+		if _, err := is.Update(ctx, img, "labels."+LabelPinned, "labels."+LabelPreloaderPinned); err != nil && !errdefs.IsNotFound(err) {
+			return pinnedNow, unpinned, fmt.Errorf("unpin %s: %w", img.Name, err)
+		}
+		unpinned = append(unpinned, img.Name)
+	}
+	for _, n := range names {
+		img, err := is.Get(ctx, n)
+		if errdefs.IsNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return pinnedNow, unpinned, fmt.Errorf("pin %s: %w", n, err)
+		}
+		if img.Labels[LabelPinned] == pinned {
+			continue
+		}
+		img.Labels = map[string]string{LabelPinned: pinned, LabelPreloaderPinned: "true"}
+		if _, err := is.Update(ctx, img, "labels."+LabelPinned, "labels."+LabelPreloaderPinned); err != nil {
+			return pinnedNow, unpinned, fmt.Errorf("pin %s: %w", n, err)
+		}
+		pinnedNow = append(pinnedNow, n)
+	}
+	return pinnedNow, unpinned, nil
+}
+
+func indexOf(want []archive.Image, cfg digest.Digest) int {
+	for i, w := range want {
+		if w.Config == cfg {
+			return i
+		}
+	}
+	return -1
+}
+
+func describe(img archive.Image) string {
+	if len(img.Names) > 0 {
+		return img.Names[0]
+	}
+	return img.Config.String()
+}

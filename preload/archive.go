@@ -1,0 +1,254 @@
+package preload
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/containerd/platforms"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/kube-preloader/kube-preloader/archive"
+)
+
+// criVisibleTimeout bounds the wait for the CRI to show an image recorded
+// through containerd's API: the CRI plugin learns of it from an event.
+const criVisibleTimeout = 10 * time.Second
+
+// importArchives imports every archive an image names and every archive
+// in cfg.ArchiveDir, each file once. It returns results by image name for
+// images (those with an archive, and those an archive in the directory
+// provided), and results for the archives' other images.
+func (e *Engine) importArchives(ctx context.Context, cfg *Config, images []Image, ids map[string]string) (byName map[string]Result, extra []Result) {
+	files, wanted := archiveFiles(cfg, images)
+	if len(files) == 0 {
+		return nil, nil
+	}
+	listed := make(map[string]bool, len(images))
+	for _, img := range images {
+		listed[img.Name] = true
+	}
+	byName = make(map[string]Result)
+	for _, f := range files {
+		for _, r := range e.importArchive(ctx, cfg.ArchiveDir, f, wanted[f], ids) {
+			if listed[r.Image] {
+				byName[r.Image] = r
+			} else {
+				extra = append(extra, r)
+			}
+		}
+	}
+	return byName, extra
+}
+
+// archiveFiles lists the archives to import, as paths relative to
+// cfg.ArchiveDir: those images name, then the rest of the directory's
+// files, sorted. Hidden files (an upload in progress) are left out.
+func archiveFiles(cfg *Config, images []Image) (files []string, wanted map[string][]Image) {
+	wanted = make(map[string][]Image)
+	for _, img := range images {
+		if img.Archive == "" {
+			continue
+		}
+		f := filepath.Clean(img.Archive)
+		if _, ok := wanted[f]; !ok {
+			files = append(files, f)
+		}
+		wanted[f] = append(wanted[f], img)
+	}
+	entries, err := os.ReadDir(cfg.ArchiveDir)
+	if err != nil {
+		// No directory, no archives: the default directory exists only
+		// where someone put archives. Anything else shows when an image
+		// names an archive in it.
+		return files, wanted
+	}
+	var rest []string
+	for _, d := range entries {
+		if d.IsDir() || strings.HasPrefix(d.Name(), ".") {
+			continue
+		}
+		if _, ok := wanted[d.Name()]; !ok {
+			rest = append(rest, d.Name())
+		}
+	}
+	sort.Strings(rest)
+	return append(files, rest...), wanted
+}
+
+// importArchive imports one archive unless the runtime already has all of
+// its images, by config digest. It returns a result for each image of
+// wanted and each name the archive records, or for the file when it
+// cannot be read and no image names it.
+func (e *Engine) importArchive(ctx context.Context, dir, file string, wanted []Image, ids map[string]string) []Result {
+	start := time.Now()
+	path := filepath.Join(dir, file)
+	fail := func(reason string, err error) []Result {
+		e.log().Warn("archive failed", "archive", path, "reason", reason, "err", err)
+		r := Result{Image: path, Source: path, Status: StatusFailed, Reason: reason, Error: err.Error(), Duration: time.Since(start)}
+		if len(wanted) == 0 {
+			return []Result{r}
+		}
+		var rs []Result
+		for _, img := range wanted {
+			r.Image = img.Name
+			rs = append(rs, r)
+		}
+		return rs
+	}
+	if e.Containerd == nil {
+		return fail(ReasonUnsupported, fmt.Errorf("archive %s: importing archives needs containerd, and the runtime is not containerd or its API did not answer", path))
+	}
+	a, err := archive.Open(dir, file)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return fail(ReasonNotFound, err)
+		}
+		return fail(ReasonArchive, err)
+	}
+	defer a.Close()
+	imgs, err := archive.Inspect(ctx, a, platforms.DefaultSpec())
+	if err != nil {
+		return fail(ReasonArchive, err)
+	}
+
+	var results []Result
+	result := func(name string, status Status, reason string, err error) {
+		r := Result{Image: name, Status: status, Source: path, Reason: reason, Duration: time.Since(start)}
+		if err != nil {
+			r.Error = err.Error()
+			e.log().Warn("archive failed", "archive", path, "image", name, "reason", reason, "err", err)
+		}
+		results = append(results, r)
+	}
+	// An image that names this archive is found in it by name, or is its
+	// only image, whatever the archive calls it.
+	for _, w := range wanted {
+		switch {
+		case slices.ContainsFunc(imgs, func(i archive.Image) bool { return slices.Contains(i.Names, w.Name) }):
+		case len(imgs) == 1:
+			imgs[0].Names = append(imgs[0].Names, w.Name)
+		default:
+			result(w.Name, StatusFailed, ReasonArchive, fmt.Errorf("archive %s holds %d images and none is named %s (it has %s)", path, len(imgs), w.Name, archiveNames(imgs)))
+		}
+	}
+	var named []archive.Image
+	present := true
+	for _, img := range imgs {
+		if len(img.Names) == 0 {
+			result(fmt.Sprintf("%s (%s)", path, img.Config), StatusFailed, ReasonArchive,
+				fmt.Errorf("archive %s: image %s has no name; name it in the archive, or give it one with `archive:` on an image entry", path, img.Config))
+			continue
+		}
+		named = append(named, img)
+		for _, n := range img.Names {
+			present = present && ids[presenceKey(n)] == img.Config.String()
+		}
+	}
+	if len(named) == 0 {
+		return results
+	}
+	if present {
+		for _, img := range named {
+			for _, n := range img.Names {
+				result(n, StatusPresent, "", nil)
+			}
+		}
+		return results
+	}
+
+	tar, err := a.Tar()
+	if err == nil {
+		err = e.Containerd.Import(ctx, tar, named)
+		tar.Close()
+	}
+	if err != nil {
+		err = fmt.Errorf("archive %s: import: %w", path, err)
+		for _, img := range named {
+			for _, n := range img.Names {
+				result(n, StatusFailed, importReason(err), err)
+			}
+		}
+		return results
+	}
+	e.log().Info("imported", "archive", path, "compression", a.Compression, "images", len(named), "seconds", time.Since(start).Seconds())
+	for _, img := range named {
+		for _, n := range img.Names {
+			status := StatusImported
+			if ids[presenceKey(n)] == img.Config.String() {
+				status = StatusPresent
+			}
+			if err := e.awaitCRI(ctx, n, img.Config.String()); err != nil {
+				result(n, StatusFailed, ReasonImport, fmt.Errorf("archive %s: %w", path, err))
+				continue
+			}
+			result(n, status, "", nil)
+		}
+	}
+	return results
+}
+
+// awaitCRI waits until CRI ImageStatus of ref reports image id: the CRI
+// plugin updates its image cache from containerd's events, shortly after
+// an image is recorded through containerd's API.
+func (e *Engine) awaitCRI(ctx context.Context, ref, id string) error {
+	ctx, cancel := context.WithTimeout(ctx, criVisibleTimeout)
+	defer cancel()
+	var got *runtimeapi.Image
+	var err error
+	for {
+		got, err = e.Runtime.ImageStatus(ctx, ref)
+		if err == nil && got != nil && (id == "" || got.Id == id) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			if err == nil {
+				err = fmt.Errorf("CRI ImageStatus(%s) does not show it after %s", ref, criVisibleTimeout)
+			}
+			return err
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// importReason tells the runtime's troubles from the rest.
+func importReason(err error) string {
+	switch reason, _ := Classify(err); reason {
+	case ReasonRuntime, ReasonNoSpace, ReasonCanceled, ReasonTimeout:
+		return reason
+	}
+	return ReasonImport
+}
+
+// imageIDs maps every reference the runtime lists to its image ID.
+func imageIDs(images []*runtimeapi.Image) map[string]string {
+	ids := make(map[string]string)
+	for _, img := range images {
+		for _, t := range img.RepoTags {
+			ids[t] = img.Id
+		}
+		for _, d := range img.RepoDigests {
+			ids[d] = img.Id
+		}
+	}
+	return ids
+}
+
+func archiveNames(imgs []archive.Image) string {
+	var names []string
+	for _, img := range imgs {
+		names = append(names, img.Names...)
+	}
+	if len(names) == 0 {
+		return "no names"
+	}
+	return strings.Join(names, ", ")
+}

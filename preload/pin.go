@@ -1,0 +1,31 @@
+package preload
+
+import "context"
+
+// syncPins pins every image present after the run when cfg.Pin, and
+// unpins what the preloader pinned before and no longer should. A failure
+// is logged: the images are present all the same.
+func (e *Engine) syncPins(ctx context.Context, cfg *Config, results []Result) {
+	if e.Containerd == nil {
+		if cfg.Pin {
+			e.log().Info("images not pinned: the runtime is not containerd or its API did not answer; pin them in the runtime's own config (CRI-O: pinned_images)")
+		}
+		return
+	}
+	var names []string
+	if cfg.Pin {
+		for _, r := range results {
+			switch r.Status {
+			case StatusPresent, StatusPulled, StatusImported:
+				names = append(names, presenceKey(r.Image))
+			}
+		}
+	}
+	pinned, unpinned, err := e.Containerd.SyncPins(ctx, names)
+	if err != nil {
+		e.log().Warn("pinning failed", "err", err)
+	}
+	if len(pinned) > 0 || len(unpinned) > 0 {
+		e.log().Info("pins changed", "pinned", pinned, "unpinned", unpinned)
+	}
+}
