@@ -22,7 +22,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"testing"
 	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
@@ -70,7 +69,7 @@ type Kube struct {
 	// StartupTime is how long the last Start took, etcd spawn to /readyz ok.
 	StartupTime time.Duration
 
-	t          testing.TB
+	t          T
 	adminToken string
 	apiserver  string
 	etcdPort   int
@@ -85,7 +84,7 @@ type Kube struct {
 // StartKube starts etcd and kube-apiserver in a temporary directory and waits
 // until the API server's /readyz is ok. Without the binaries the test is
 // skipped, or fails under CI=true (see Require). Everything stops when the test ends.
-func StartKube(t testing.TB) *Kube {
+func StartKube(t T) *Kube {
 	t.Helper()
 	apiserver := KubeBinary("kube-apiserver")
 	Require(t, "kube-apiserver (scripts/build-kube.sh)", apiserver)
@@ -98,7 +97,7 @@ func StartKube(t testing.TB) *Kube {
 	k := &Kube{Dir: dir, t: t, apiserver: apiserver}
 	t.Cleanup(func() {
 		k.Stop()
-		if !t.Failed() || os.Getenv("PRELOADER_KEEP_KUBE") == "" {
+		if f, ok := t.(interface{ Failed() bool }); !ok || !f.Failed() || os.Getenv("PRELOADER_KEEP_KUBE") == "" {
 			os.RemoveAll(dir)
 		} else {
 			t.Logf("kube dir kept: %s", dir)
@@ -321,7 +320,7 @@ func (k *Kube) waitReady(timeout time.Duration) error {
 // KubeconfigFor mints a token for the ServiceAccount (creating the
 // ServiceAccount if the namespace has none of that name) with TokenRequest,
 // and writes a kubeconfig that acts as it, so tests can prove RBAC.
-func (k *Kube) KubeconfigFor(t testing.TB, namespace, serviceAccount string) string {
+func (k *Kube) KubeconfigFor(t T, namespace, serviceAccount string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -345,7 +344,7 @@ func (k *Kube) KubeconfigFor(t testing.TB, namespace, serviceAccount string) str
 }
 
 // ConfigFor is KubeconfigFor as a rest.Config.
-func (k *Kube) ConfigFor(t testing.TB, namespace, serviceAccount string) *rest.Config {
+func (k *Kube) ConfigFor(t T, namespace, serviceAccount string) *rest.Config {
 	t.Helper()
 	cfg, err := clientcmd.BuildConfigFromFlags("", k.KubeconfigFor(t, namespace, serviceAccount))
 	if err != nil {
