@@ -248,7 +248,7 @@ func testOnce(t *testing.T, flavor harness.Flavor) {
 		tests := []struct{ name, yaml, want string }{
 			{"malformed.yaml", "images:\n  - image: [a\n", "malformed.yaml:2"},
 			{"unknown.yaml", "images:\n  - image: a:1\n    pulSecrets: [x]\n", "unknown.yaml:3"},
-			{"badref.yaml", "images:\n  - image: a:1\n  - image: UPPER/case:1\n", "badref.yaml:3"},
+			{"badref.yaml", "images:\n  - image: a:1\n  - image: corp.example/Team/app:1\n", "badref.yaml:3"},
 		}
 		for _, tt := range tests {
 			r := once(t, time.Minute, "--config", writeFile(t, dir, tt.name, tt.yaml))
