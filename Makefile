@@ -40,5 +40,11 @@ FUZZTIME ?= 1m
 fuzz:
 	$(GO) test ./preload -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
 
+# The agent's container image, the content the Dockerfile describes, built
+# and pushed without a Docker daemon (plain HTTP for loopback registries).
+image:
+	@test -n "$(IMAGE)" || { echo "usage: make image IMAGE=REF" >&2; exit 2; }
+	$(GO) run ./scripts/imagebuild --image $(IMAGE) --version $(VERSION) --revision "$$(git rev-parse HEAD 2>/dev/null)"
+
 clean:
 	rm -rf bin
