@@ -28,6 +28,8 @@ type Server struct {
 	Pull func(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) error
 	// Info is returned by verbose Status.
 	Info map[string]string
+	// Name is the runtime name Version reports; "critest" by default.
+	Name string
 
 	mu     sync.Mutex
 	images map[string]*runtimeapi.Image
@@ -87,7 +89,11 @@ func (s *Server) count(method string) {
 
 func (s *Server) Version(context.Context, *runtimeapi.VersionRequest) (*runtimeapi.VersionResponse, error) {
 	s.count("Version")
-	return &runtimeapi.VersionResponse{Version: "0.1.0", RuntimeName: "critest", RuntimeVersion: "1.0", RuntimeApiVersion: "v1"}, nil
+	name := s.Name
+	if name == "" {
+		name = "critest"
+	}
+	return &runtimeapi.VersionResponse{Version: "0.1.0", RuntimeName: name, RuntimeVersion: "1.0", RuntimeApiVersion: "v1"}, nil
 }
 
 func (s *Server) Status(context.Context, *runtimeapi.StatusRequest) (*runtimeapi.StatusResponse, error) {
