@@ -15,15 +15,19 @@ import (
 	"github.com/kube-preloader/kube-preloader/integration/harness"
 )
 
-// workloadImage builds testdata/workload and pushes it to host as
-// REPO:TAG, with WORKLOAD_VERSION=tag in its env.
-func workloadImage(t *testing.T, host, repo, tag string) harness.PushedImage {
+// workloadImage builds testdata/workload and pushes it to reg as REPO:TAG
+// (a VERSION file makes each tag its own digest).
+func workloadImage(t *testing.T, reg *harness.Registry, repo, tag string) harness.TestImage {
 	t.Helper()
-	img, err := harness.BinaryImage(harness.BuildGoBinary(t, ".", "./testdata/workload"), "WORKLOAD_VERSION="+tag)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return harness.PushImage(t, img, host+"/"+repo+":"+tag, "", "")
+	return harness.PushTestImages(t, reg, []harness.ImageSpec{{
+		Repo: repo,
+		Tag:  tag,
+		Files: map[string][]byte{
+			"workload": harness.BuildGoBinary(t, ".", "./testdata/workload"),
+			"VERSION":  []byte(tag + "\n"),
+		},
+		Entrypoint: []string{"/workload"},
+	}})[0]
 }
 
 // hostPod is a hostNetwork pod on the test node running image with policy,
@@ -61,12 +65,12 @@ func testCluster(t *testing.T, rt harness.Flavor) {
 	start := time.Now()
 	kube := harness.StartKube(t)
 	kubeUp := time.Since(start)
-	reg := harness.StartMemoryRegistry(t)
-	app := workloadImage(t, reg.Host, "team/app", "1.0")
+	reg := harness.StartRegistry(t, harness.RegistryOptions{})
+	app := workloadImage(t, reg, "team/app", "1.0")
 	imageBuilt := time.Since(start) - kubeUp
 
 	nodeStart := time.Now()
-	n := harness.StartNode(t, harness.NodeOptions{Kube: kube, Flavor: rt, HTTPRegistries: []string{reg.Host}})
+	n := harness.StartNode(t, harness.NodeOptions{Kube: kube, Flavor: rt, Registries: []*harness.Registry{reg}})
 	nodeUp := time.Since(nodeStart)
 	n.WaitServiceAccount(t, "default", "default", time.Minute)
 

@@ -12,7 +12,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -44,12 +43,12 @@ type NodeOptions struct {
 	Snapshotter string
 	// SandboxImage is the pod-infra image of the containerd StartNode
 	// starts. Empty: the harness builds its pause program (PauseSource),
-	// pushes it to an in-memory registry it starts, and containerd pulls it
-	// on the first sandbox.
+	// pushes it as pause:3.10 to a registry of its own (StartRegistry), and
+	// containerd pulls it on the first sandbox.
 	SandboxImage string
-	// HTTPRegistries are 127.0.0.1:PORT registries containerd may pull
-	// from over plain HTTP (a hosts.toml each); more with Node.AllowHTTP.
-	HTTPRegistries []string
+	// Registries are trusted in the containerd (Registry.TrustIn) before
+	// the kubelet starts; later ones with reg.TrustIn(node.Containerd).
+	Registries []*Registry
 	// RegisterWithTaints are the taints the kubelet registers the Node with.
 	RegisterWithTaints []corev1.Taint
 	// Labels are extra Node labels (kubelet --node-labels).
@@ -85,7 +84,7 @@ type Node struct {
 	KubeletStarted time.Time
 	ReadyAfter     time.Duration
 
-	t           testing.TB
+	t           T
 	opts        NodeOptions
 	kubeletPort int
 	healthzPort int
@@ -101,7 +100,7 @@ const defaultNodeName = "preloader-node"
 // test (fail it under CI=true). Everything is stopped, unmounted and
 // removed when the test ends (PRELOADER_KEEP_KUBE=1 keeps a failed test's
 // directory).
-func StartNode(t testing.TB, opts NodeOptions) *Node {
+func StartNode(t T, opts NodeOptions) *Node {
 	t.Helper()
 	if opts.Kube == nil {
 		t.Fatal("StartNode: NodeOptions.Kube is required")
@@ -120,9 +119,9 @@ func StartNode(t testing.TB, opts NodeOptions) *Node {
 
 	if opts.Containerd == nil {
 		if opts.SandboxImage == "" {
-			reg := StartMemoryRegistry(t)
-			opts.SandboxImage = PushPauseImage(t, reg.Host).Ref
-			opts.HTTPRegistries = append(opts.HTTPRegistries, reg.Host)
+			reg := StartRegistry(t, RegistryOptions{})
+			opts.SandboxImage = PushTestImages(t, reg, []ImageSpec{PauseImageSpec(t, "pause", "3.10")})[0].Ref
+			opts.Registries = append(opts.Registries, reg)
 		}
 		n.SandboxImage = opts.SandboxImage
 		if opts.Snapshotter == "" {
@@ -131,8 +130,8 @@ func StartNode(t testing.TB, opts NodeOptions) *Node {
 		opts.Containerd = StartContainerd(t, ContainerdOptions{Flavor: opts.Flavor, SandboxImage: opts.SandboxImage, Snapshotter: opts.Snapshotter})
 	}
 	n.Containerd = opts.Containerd
-	for _, h := range opts.HTTPRegistries {
-		n.AllowHTTP(t, h)
+	for _, reg := range opts.Registries {
+		reg.TrustIn(n.Containerd)
 	}
 
 	// Registered after the containerd's cleanup, so it runs before it: the
@@ -195,21 +194,6 @@ func defaultSnapshotter() string {
 	}
 	_ = syscall.Unmount(filepath.Join(probe, "merged"), syscall.MNT_DETACH)
 	return "overlayfs"
-}
-
-// AllowHTTP lets containerd pull from a 127.0.0.1:PORT registry over plain
-// HTTP (containerd rereads its hosts directory on every pull).
-func (n *Node) AllowHTTP(t testing.TB, host string) {
-	t.Helper()
-	d := filepath.Join(n.Containerd.ConfigPath, host)
-	if err := os.MkdirAll(d, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	url := "http://" + host
-	toml := fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", url, url)
-	if err := os.WriteFile(filepath.Join(d, "hosts.toml"), []byte(toml), 0o644); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // APIServerEnv is what a container needs in its env to reach the API
@@ -463,7 +447,7 @@ const uninitializedTaint = "node.cloudprovider.kubernetes.io/uninitialized"
 // and host IP, and the API server reaches the kubelet (kubectl logs, exec)
 // on 127.0.0.1: it prefers a Hostname address, which the node name is not
 // resolvable as, so there is none.
-func (n *Node) initializeNode(t testing.TB, timeout time.Duration) {
+func (n *Node) initializeNode(t T, timeout time.Duration) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
@@ -522,7 +506,7 @@ func (n *Node) initializeNode(t testing.TB, timeout time.Duration) {
 
 // WaitReady waits until the kubelet started last answers its /healthz (its
 // sync loop and PLEG run) and the Node is Ready.
-func (n *Node) WaitReady(t testing.TB, timeout time.Duration) {
+func (n *Node) WaitReady(t T, timeout time.Duration) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
@@ -600,7 +584,7 @@ func (n *Node) StopKubelet() {
 
 // RestartKubelet stops and starts the kubelet with the same configuration
 // and waits for Ready.
-func (n *Node) RestartKubelet(t testing.TB) {
+func (n *Node) RestartKubelet(t T) {
 	t.Helper()
 	n.StopKubelet()
 	if err := n.startKubelet(); err != nil {
@@ -649,7 +633,7 @@ func (n *Node) PodLogs(namespace, pod, container string) (string, error) {
 
 // WaitPod waits until cond is true of the pod (or fails the test with the
 // pod's status and the node's logs) and returns the pod.
-func (n *Node) WaitPod(t testing.TB, namespace, name string, timeout time.Duration, what string, cond func(*corev1.Pod) bool) *corev1.Pod {
+func (n *Node) WaitPod(t T, namespace, name string, timeout time.Duration, what string, cond func(*corev1.Pod) bool) *corev1.Pod {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
@@ -671,7 +655,7 @@ func (n *Node) WaitPod(t testing.TB, namespace, name string, timeout time.Durati
 }
 
 // WaitPodRunning waits until every container of the pod has started.
-func (n *Node) WaitPodRunning(t testing.TB, namespace, name string, timeout time.Duration) *corev1.Pod {
+func (n *Node) WaitPodRunning(t T, namespace, name string, timeout time.Duration) *corev1.Pod {
 	t.Helper()
 	return n.WaitPod(t, namespace, name, timeout, "Running", func(p *corev1.Pod) bool {
 		if p.Status.Phase != corev1.PodRunning {
@@ -688,7 +672,7 @@ func (n *Node) WaitPodRunning(t testing.TB, namespace, name string, timeout time
 
 // WaitContainerWaiting waits until a container of the pod is waiting with
 // the reason (ErrImageNeverPull, ImagePullBackOff, ...) and returns the pod.
-func (n *Node) WaitContainerWaiting(t testing.TB, namespace, name, reason string, timeout time.Duration) *corev1.Pod {
+func (n *Node) WaitContainerWaiting(t T, namespace, name, reason string, timeout time.Duration) *corev1.Pod {
 	t.Helper()
 	return n.WaitPod(t, namespace, name, timeout, "waiting with "+reason, func(p *corev1.Pod) bool {
 		return WaitingReason(p) == reason
@@ -756,7 +740,7 @@ func (n *Node) PodEvents(namespace, name string) []string {
 // WaitServiceAccount waits until the controller-manager has made the
 // namespace's ServiceAccount and kube-root-ca.crt (pods are refused until the
 // ServiceAccount exists).
-func (n *Node) WaitServiceAccount(t testing.TB, namespace, name string, timeout time.Duration) {
+func (n *Node) WaitServiceAccount(t T, namespace, name string, timeout time.Duration) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
@@ -795,7 +779,7 @@ func (n *Node) cleanup() {
 		n.t.Logf("node cleanup: %v", err)
 	}
 	removeContainerLogLinks(n.Dir)
-	if n.t.Failed() && os.Getenv("PRELOADER_KEEP_KUBE") != "" {
+	if f, ok := n.t.(interface{ Failed() bool }); ok && f.Failed() && os.Getenv("PRELOADER_KEEP_KUBE") != "" {
 		n.t.Logf("node dir kept: %s", n.Dir)
 		return
 	}
@@ -817,7 +801,7 @@ func removeContainerLogLinks(dir string) {
 }
 
 // PatchNode applies a strategic merge patch to the Node (labels, taints).
-func (n *Node) PatchNode(t testing.TB, patch string) *corev1.Node {
+func (n *Node) PatchNode(t T, patch string) *corev1.Node {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -1,5 +1,5 @@
 // Command workload is the test workload of the e2e: a static binary that
-// says who it is, proves it reaches the API server with its pod's
+// says which image it is (/VERSION), proves it reaches the API server with its pod's
 // ServiceAccount token the way client-go's in-cluster config does
 // (KUBERNETES_SERVICE_HOST/PORT, the mounted token and ca.crt), and then
 // waits for SIGTERM.
@@ -25,7 +25,8 @@ const saDir = "/var/run/secrets/kubernetes.io/serviceaccount"
 func main() {
 	c := make(chan os.Signal, 1)
 	signal.Notify(c, syscall.SIGTERM, syscall.SIGINT)
-	fmt.Printf("workload %s started\n", os.Getenv("WORKLOAD_VERSION"))
+	version, _ := os.ReadFile("/VERSION") // the image's tag, put there by the test
+	fmt.Printf("workload %s started\n", bytes.TrimSpace(version))
 	if os.Getenv("WORKLOAD_CHECK_API") != "" {
 		if user, err := whoami(); err != nil {
 			fmt.Printf("api: error: %v\n", err)
