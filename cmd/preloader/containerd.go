@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"strings"
 
+	ctrdlog "github.com/containerd/log"
+
 	"github.com/kube-preloader/kube-preloader/containerd"
 	"github.com/kube-preloader/kube-preloader/cri"
 )
@@ -33,6 +35,11 @@ func connectContainerd(ctx context.Context, rt *cri.Client, address string, log 
 		address = defaultContainerdAddress
 	}
 	address = strings.TrimPrefix(address, "unix://")
+	// The containerd client logs through logrus at info level, in its own
+	// format; what matters reaches the user as errors.
+	if err := ctrdlog.SetLevel("warn"); err != nil {
+		return nil, err
+	}
 	c, err := containerd.New(ctx, address, info.Snapshotter)
 	if err != nil {
 		return nil, &cri.UnreachableError{Tried: []string{address}, Err: err}

@@ -94,14 +94,18 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := writeResults(stdout, *output, results); err != nil {
 		return err
 	}
-	missing := 0
+	missing, total := 0, 0
 	for _, r := range results {
-		if r.Status == preload.StatusFailed {
+		switch r.Status {
+		case preload.StatusFailed:
 			missing++
+		case preload.StatusSkipped:
+			continue
 		}
+		total++ // the applied images and the archives' others
 	}
 	if missing > 0 {
-		return &exitError{code: exitMissing, err: fmt.Errorf("%d of %d images not present", missing, len(apply))}
+		return &exitError{code: exitMissing, err: fmt.Errorf("%d of %d images not present", missing, total)}
 	}
 	return nil
 }
