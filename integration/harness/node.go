@@ -67,7 +67,9 @@ type NodeOptions struct {
 // to reach the API server, APIServerEnv() in each container's env.
 type Node struct {
 	Name string
-	// Dir holds every component's state, configuration and log.
+	// Dir holds the kubelet's, controller-manager's and scheduler's state,
+	// configuration and logs (Dir/COMPONENT/COMPONENT.log); containerd's
+	// are in Containerd.Dir.
 	Dir  string
 	Kube *Kube
 	// Client is the Kube's admin client.
@@ -94,9 +96,9 @@ type Node struct {
 
 const defaultNodeName = "preloader-node"
 
-// StartNode starts containerd, kube-controller-manager, kube-scheduler and
-// the kubelet on opts.Kube, each with its own directory and log under
-// Node.Dir, and waits until the Node is Ready. Missing binaries skip the
+// StartNode starts containerd (unless given), kube-controller-manager,
+// kube-scheduler and the kubelet on opts.Kube, each with its own directory
+// and log, and waits until the Node is Ready. Missing binaries skip the
 // test (fail it under CI=true). Everything is stopped, unmounted and
 // removed when the test ends (PRELOADER_KEEP_KUBE=1 keeps a failed test's
 // directory).
