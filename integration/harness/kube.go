@@ -10,18 +10,14 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
@@ -77,8 +73,8 @@ type Kube struct {
 	apiPort    int
 
 	mu      sync.Mutex
-	etcd    *proc
-	apiProc *proc
+	etcd    *process
+	apiProc *process
 }
 
 // StartKube starts etcd and kube-apiserver in a temporary directory and waits
@@ -233,21 +229,21 @@ func (k *Kube) Start() {
 	start := time.Now()
 	var err error
 	if k.etcd == nil {
-		k.etcd, err = startProc(EtcdPath, k.etcdArgs(), filepath.Join(k.Dir, "etcd.log"))
+		k.etcd, err = startProcess(filepath.Join(k.Dir, "etcd.log"), nil, EtcdPath, k.etcdArgs()...)
 		if err != nil {
 			k.t.Fatalf("kube: start etcd: %v", err)
 		}
 		if err := waitTCP(fmt.Sprintf("127.0.0.1:%d", k.etcdPort), k.etcd, 20*time.Second); err != nil {
-			k.t.Fatalf("kube: etcd: %v\n%s", err, tail(filepath.Join(k.Dir, "etcd.log"), 30))
+			k.t.Fatalf("kube: etcd: %v\n%s", err, logTail(filepath.Join(k.Dir, "etcd.log"), 30))
 		}
 	}
-	k.apiProc, err = startProc(k.apiserver, k.apiserverArgs(), filepath.Join(k.Dir, "kube-apiserver.log"))
+	k.apiProc, err = startProcess(filepath.Join(k.Dir, "kube-apiserver.log"), nil, k.apiserver, k.apiserverArgs()...)
 	if err != nil {
 		k.t.Fatalf("kube: start kube-apiserver: %v", err)
 	}
 	if err := k.waitReady(60 * time.Second); err != nil {
 		k.t.Fatalf("kube: kube-apiserver not ready: %v\n--- kube-apiserver.log (tail)\n%s\n--- etcd.log (tail)\n%s",
-			err, tail(filepath.Join(k.Dir, "kube-apiserver.log"), 40), tail(filepath.Join(k.Dir, "etcd.log"), 10))
+			err, logTail(filepath.Join(k.Dir, "kube-apiserver.log"), 40), logTail(filepath.Join(k.Dir, "etcd.log"), 10))
 	}
 	k.StartupTime = time.Since(start)
 }
@@ -258,11 +254,11 @@ func (k *Kube) Stop() {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.apiProc != nil {
-		k.apiProc.stop()
+		k.apiProc.stop(10 * time.Second)
 		k.apiProc = nil
 	}
 	if k.etcd != nil {
-		k.etcd.stop()
+		k.etcd.stop(10 * time.Second)
 		k.etcd = nil
 	}
 }
@@ -273,7 +269,7 @@ func (k *Kube) StopAPIServer() {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.apiProc != nil {
-		k.apiProc.stop()
+		k.apiProc.stop(10 * time.Second)
 		k.apiProc = nil
 	}
 }
@@ -296,7 +292,7 @@ func (k *Kube) waitReady(timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	var last string
 	for time.Now().Before(deadline) {
-		if err := k.apiProc.exited(); err != nil {
+		if err := k.apiProc.exitError(); err != nil {
 			return fmt.Errorf("kube-apiserver exited: %v", err)
 		}
 		req, _ := http.NewRequest("GET", k.URL+"/readyz", nil)
@@ -367,67 +363,10 @@ func (k *Kube) writeKubeconfig(path, user, token, namespace string) error {
 	return clientcmd.WriteToFile(cfg, path)
 }
 
-// proc is a child process whose output goes to a log file.
-type proc struct {
-	cmd  *exec.Cmd
-	done chan struct{}
-	err  error
-	log  *os.File
-}
-
-func startProc(path string, args []string, logPath string) (*proc, error) {
-	log, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	fmt.Fprintf(log, "=== %s %s %s\n", time.Now().Format(time.RFC3339Nano), path, strings.Join(args, " "))
-	cmd := exec.Command(path, args...)
-	cmd.Stdout, cmd.Stderr = log, log
-	// Die with the test binary, even if it is killed.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		log.Close()
-		return nil, err
-	}
-	p := &proc{cmd: cmd, done: make(chan struct{}), log: log}
-	go func() {
-		p.err = cmd.Wait()
-		if p.err == nil {
-			p.err = errors.New("exit status 0")
-		}
-		log.Close()
-		close(p.done)
-	}()
-	return p, nil
-}
-
-// exited returns why the process ended, or nil while it runs.
-func (p *proc) exited() error {
-	select {
-	case <-p.done:
-		return p.err
-	default:
-		return nil
-	}
-}
-
-func (p *proc) stop() {
-	if p.exited() != nil {
-		return
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
-}
-
-func waitTCP(addr string, p *proc, timeout time.Duration) error {
+func waitTCP(addr string, p *process, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
-		if err := p.exited(); err != nil {
+		if err := p.exitError(); err != nil {
 			return fmt.Errorf("exited: %v", err)
 		}
 		c, err := net.DialTimeout("tcp", addr, time.Second)
@@ -440,13 +379,13 @@ func waitTCP(addr string, p *proc, timeout time.Duration) error {
 	return fmt.Errorf("%s not listening after %v", addr, timeout)
 }
 
-func waitFile(path string, p *proc, timeout time.Duration) ([]byte, error) {
+func waitFile(path string, p *process, timeout time.Duration) ([]byte, error) {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
 		if b, err := os.ReadFile(path); err == nil && bytes.Contains(b, []byte("END CERTIFICATE")) {
 			return b, nil
 		}
-		if err := p.exited(); err != nil {
+		if err := p.exitError(); err != nil {
 			return nil, fmt.Errorf("kube-apiserver exited: %v", err)
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -473,16 +412,4 @@ func freePorts(n int) ([]int, error) {
 		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
 	return ports, nil
-}
-
-func tail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

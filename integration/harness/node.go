@@ -91,7 +91,7 @@ type Node struct {
 	kubeletPort int
 	healthzPort int
 	mu          sync.Mutex
-	procs       map[string]*proc
+	procs       map[string]*process
 }
 
 const defaultNodeName = "preloader-node"
@@ -117,7 +117,7 @@ func StartNode(t T, opts NodeOptions) *Node {
 		opts.NodeName = defaultNodeName
 	}
 	k := opts.Kube
-	n := &Node{Name: opts.NodeName, Kube: k, Client: k.Client, t: t, opts: opts, procs: map[string]*proc{}}
+	n := &Node{Name: opts.NodeName, Kube: k, Client: k.Client, t: t, opts: opts, procs: map[string]*process{}}
 
 	if opts.Containerd == nil {
 		if opts.SandboxImage == "" {
@@ -228,13 +228,13 @@ func (n *Node) LogFile(component string) string {
 func (n *Node) Logs(lines int) string {
 	var b strings.Builder
 	for _, c := range []string{"kubelet", "containerd", "kube-controller-manager", "kube-scheduler"} {
-		fmt.Fprintf(&b, "--- %s (tail)\n%s\n", c, tail(n.LogFile(c), lines))
+		fmt.Fprintf(&b, "--- %s (tail)\n%s\n", c, logTail(n.LogFile(c), lines))
 	}
 	return b.String()
 }
 
 func (n *Node) startProcess(name, binary string, args []string) error {
-	p, err := startProc(binary, args, n.LogFile(name))
+	p, err := startProcess(n.LogFile(name), nil, binary, args...)
 	if err != nil {
 		return fmt.Errorf("start %s: %v", name, err)
 	}
@@ -563,7 +563,7 @@ func (n *Node) exited() error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	for name, p := range n.procs {
-		if err := p.exited(); err != nil {
+		if err := p.exitError(); err != nil {
 			return fmt.Errorf("%s exited: %v", name, err)
 		}
 	}
@@ -580,7 +580,7 @@ func (n *Node) StopKubelet() {
 	delete(n.procs, "kubelet")
 	n.mu.Unlock()
 	if p != nil {
-		p.stop()
+		p.stop(10 * time.Second)
 	}
 }
 
@@ -769,12 +769,12 @@ func (n *Node) cleanup() {
 	n.StopKubelet()
 	n.mu.Lock()
 	procs := n.procs
-	n.procs = map[string]*proc{}
+	n.procs = map[string]*process{}
 	n.mu.Unlock()
 	var wg sync.WaitGroup
 	for _, p := range procs {
 		wg.Add(1)
-		go func() { defer wg.Done(); p.stop() }()
+		go func() { defer wg.Done(); p.stop(10 * time.Second) }()
 	}
 	wg.Wait()
 	if err := unmountBelow(n.Dir); err != nil {

@@ -57,6 +57,18 @@ func (p *process) exited() (bool, error) {
 	}
 }
 
+// exitError returns why the process ended, or nil while it runs.
+func (p *process) exitError() error {
+	done, err := p.exited()
+	switch {
+	case !done:
+		return nil
+	case err == nil:
+		return errors.New("exited with status 0")
+	}
+	return err
+}
+
 // stop sends SIGTERM and waits; after grace it sends SIGKILL.
 func (p *process) stop(grace time.Duration) error {
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {

@@ -66,11 +66,11 @@ func StartRegistry(t T, opts RegistryOptions) *Registry {
 	}
 	r.LogPath = filepath.Join(r.Dir, "registry.log")
 	r.config = filepath.Join(r.Dir, "config.yml")
-	port, err := freePort()
+	ports, err := freePorts(1)
 	if err != nil {
 		t.Fatalf("registry: %v", err)
 	}
-	r.Host = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	r.Host = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
 	r.URL = "http://" + r.Host
 	if opts.TLS {
 		r.URL = "https://" + r.Host
@@ -247,17 +247,6 @@ func (r *Registry) TrustIn(c *Containerd) {
 	if err := os.WriteFile(filepath.Join(dir, "hosts.toml"), []byte(hosts), 0o644); err != nil {
 		r.t.Fatalf("registry: %v", err)
 	}
-}
-
-// freePort asks the kernel for a free port on 127.0.0.1. Another process may
-// take it before the registry binds it; that is rare enough for tests.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // writeTestCerts writes ca.crt, server.crt and server.key (for 127.0.0.1 and
