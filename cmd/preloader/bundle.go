@@ -113,6 +113,10 @@ func bundleSources(cfg *preload.Config, keyring *cri.Keyring, stderr io.Writer) 
 // writeBundle writes to a temporary file beside path and renames it into
 // place only when complete, so that no half bundle is ever imported.
 func writeBundle(ctx context.Context, path string, sources []bundle.Source, p v1.Platform, stderr io.Writer) (err error) {
+	// A rename over a device (-o /dev/null) would replace the device node.
+	if fi, err := os.Stat(path); err == nil && !fi.Mode().IsRegular() {
+		return fmt.Errorf("bundle: -o %s is not a regular file", path)
+	}
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
 	if err != nil {
 		return err
