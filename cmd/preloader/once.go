@@ -63,7 +63,7 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	defer rt.Close()
 	log.Info("connected", "endpoint", rt.Endpoint, "runtime", rt.RuntimeName, "version", rt.RuntimeVersion)
 
-	sandbox, err := resolveSandbox(ctx, rt, cfg)
+	sandbox, err := preload.ResolveSandbox(ctx, rt, cfg)
 	if err != nil {
 		return err
 	}
@@ -108,25 +108,6 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return &exitError{code: exitMissing, err: fmt.Errorf("%d of %d images not present", missing, total)}
 	}
 	return nil
-}
-
-// resolveSandbox turns sandboxImage into a normalized reference, or "" for none.
-func resolveSandbox(ctx context.Context, rt *cri.Client, cfg *preload.Config) (string, error) {
-	switch cfg.SandboxImage {
-	case preload.SandboxNone:
-		return "", nil
-	case preload.SandboxAuto:
-		img, _, err := rt.SandboxImage(ctx)
-		if err != nil {
-			return "", fmt.Errorf("sandboxImage auto: %w", err)
-		}
-		name, err := preload.NormalizeRef(img)
-		if err != nil {
-			return "", fmt.Errorf("sandboxImage auto: runtime reports %q: %w", img, err)
-		}
-		return name, nil
-	}
-	return cfg.SandboxImage, nil
 }
 
 // kubeletDockerConfigs are where the kubelet looks for node-wide registry
