@@ -36,6 +36,7 @@ type command struct {
 
 var commands = []command{
 	{"once", "make every configured image present on this node, then exit", runOnce},
+	{"agent", "keep this node's images present as a ConfigMap says, and report on the Node", runAgent},
 	{"status", "show every node's preload status", runStatus},
 	{"warm", "add an image to the agent's ConfigMap, optionally wait until nodes have it", runWarm},
 	{"bundle", "fetch every configured image into one archive for air-gapped nodes", runBundle},

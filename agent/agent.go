@@ -1,0 +1,313 @@
+// Package agent is `preloader agent`: it keeps one node's images present as
+// the agent's ConfigMap says, and reports on its own Node object.
+//
+// Everything that decides or writes runs in one goroutine, the sync loop.
+// Informers only wake it up (a channel of one, so bursts coalesce), and a
+// timer wakes it every resync or, after a failure, on an exponential backoff.
+// At rest a sync costs one CRI ListImages and nothing else: no ImageStatus,
+// no API request.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+
+	"github.com/kube-preloader/kube-preloader/preload"
+)
+
+// ConfigKey is the ConfigMap key that holds the config.
+const ConfigKey = "images.yaml"
+
+// DefaultMetricsAddr is where `preloader agent` serves /metrics, /healthz
+// and /readyz unless told otherwise, as manifests/daemonset.yaml sets it:
+// the agent runs on the host network, and 9741 is clear of the kubelet
+// (10248, 10250), node-exporter (9100) and the usual 8080 and 9090.
+const DefaultMetricsAddr = ":9741"
+
+// Event reasons, stable for `kubectl get events --field-selector reason=…`.
+const (
+	ReasonInvalidConfig      = "InvalidConfig"
+	ReasonConfigMissing      = "ConfigMapMissing"
+	ReasonImagesReady        = "ImagesReady"
+	ReasonPreloadFailed      = "PreloadFailed"
+	ReasonRuntimeUnavailable = "RuntimeUnavailable"
+	ReasonSandboxUnknown     = "SandboxImageUnknown"
+)
+
+// Runtime is what the agent needs of the container runtime; *cri.Client
+// implements it.
+type Runtime interface {
+	preload.Runtime
+	preload.SandboxReporter
+}
+
+// Options configure an Agent.
+type Options struct {
+	// Client talks to the API server.
+	Client kubernetes.Interface
+	// Runtime is this node's container runtime.
+	Runtime Runtime
+	// Containerd, if not nil, is the containerd behind Runtime, for
+	// archive import, mirrors and pinning (see preload.Engine).
+	Containerd preload.Containerd
+	// Namespace and ConfigMap name the agent's ConfigMap. The namespace is
+	// also where pullSecrets and serviceAccounts are looked up.
+	Namespace string
+	ConfigMap string
+	// NodeName is the Node the agent preloads for and reports on.
+	NodeName string
+	// MetricsAddr, if not empty, is where Run serves /metrics, /healthz and
+	// /readyz. Handler serves the same without a listener.
+	MetricsAddr string
+	// Log receives the agent's logs; nil discards them.
+	Log *slog.Logger
+}
+
+// Agent keeps one node's images present. Create it with New, start it
+// with Run.
+type Agent struct {
+	opts    Options
+	log     *slog.Logger
+	metrics *metrics
+	creds   credentials
+	cmKey   string // namespace/name of the ConfigMap in its informer's store
+
+	factories  []informers.SharedInformerFactory
+	configMaps cache.SharedIndexInformer
+	nodes      cache.SharedIndexInformer
+
+	// wake asks the sync loop for a sync; a buffer of one coalesces any
+	// number of changes that arrive while a sync runs into one more sync.
+	wake chan struct{}
+
+	// recorder is set by Run before any sync.
+	recorder record.EventRecorder
+
+	// pending is the view of the Node that our last patch produced, until
+	// the node informer shows it: the sync loop trusts it over a cache
+	// that has not caught up, and the node handler recognises the echo of
+	// our own write instead of waking a sync for it.
+	pending atomic.Pointer[pendingWrite]
+
+	// configLoaded and runtimeOK feed /readyz.
+	configLoaded atomic.Bool
+	runtimeOK    atomic.Bool
+
+	started atomic.Bool
+	syncs   atomic.Int64 // syncs started, for tests
+	// onSynced, if set, is called by the sync loop after each sync: tests
+	// read counters there, knowing no sync runs meanwhile.
+	onSynced func()
+	// testResync, if set, replaces the config's resync, which the config
+	// bounds to at least a second.
+	testResync time.Duration
+
+	state syncState // owned by the sync loop
+}
+
+// New checks opts and sets up the informers; nothing runs until Run.
+func New(opts Options) (*Agent, error) {
+	switch {
+	case opts.Client == nil:
+		return nil, errors.New("agent: Options.Client is required")
+	case opts.Runtime == nil:
+		return nil, errors.New("agent: Options.Runtime is required")
+	case opts.Namespace == "" || opts.ConfigMap == "":
+		return nil, errors.New("agent: Options.Namespace and Options.ConfigMap are required")
+	case opts.NodeName == "":
+		return nil, errors.New("agent: Options.NodeName is required")
+	}
+	log := opts.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	a := &Agent{
+		opts:    opts,
+		log:     log.With("node", opts.NodeName),
+		metrics: newMetrics(),
+		cmKey:   opts.Namespace + "/" + opts.ConfigMap,
+		wake:    make(chan struct{}, 1),
+	}
+
+	// Three factories because a factory has one namespace and one list
+	// filter: the ConfigMap and the Node are each watched alone (a field
+	// selector on the name, so a node in a big cluster receives nothing but
+	// its own object), Secrets and ServiceAccounts across the namespace.
+	// Informers never resync: the sync loop has its own timer.
+	byName := func(name string) informers.SharedInformerOption {
+		return informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", name).String()
+		})
+	}
+	cmFactory := informers.NewSharedInformerFactoryWithOptions(opts.Client, 0, informers.WithNamespace(opts.Namespace), byName(opts.ConfigMap))
+	nodeFactory := informers.NewSharedInformerFactoryWithOptions(opts.Client, 0, byName(opts.NodeName))
+	nsFactory := informers.NewSharedInformerFactoryWithOptions(opts.Client, 0, informers.WithNamespace(opts.Namespace))
+	a.factories = []informers.SharedInformerFactory{cmFactory, nodeFactory, nsFactory}
+
+	a.configMaps = cmFactory.Core().V1().ConfigMaps().Informer()
+	a.nodes = nodeFactory.Core().V1().Nodes().Informer()
+	secrets := nsFactory.Core().V1().Secrets()
+	serviceAccounts := nsFactory.Core().V1().ServiceAccounts()
+	a.creds = credentials{namespace: opts.Namespace, secrets: secrets.Lister(), serviceAccounts: serviceAccounts.Lister()}
+
+	// The name filters repeat the field selectors: they cost nothing and
+	// keep the agent right where a List ignores field selectors (fake
+	// clientsets do).
+	wake := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { a.Wake() },
+		UpdateFunc: func(any, any) { a.Wake() },
+		DeleteFunc: func(any) { a.Wake() },
+	}
+	handlers := []struct {
+		inf cache.SharedIndexInformer
+		h   cache.ResourceEventHandler
+	}{
+		{a.configMaps, cache.FilteringResourceEventHandler{FilterFunc: hasKey(a.cmKey), Handler: wake}},
+		{a.nodes, cache.FilteringResourceEventHandler{FilterFunc: hasKey(opts.NodeName), Handler: cache.ResourceEventHandlerFuncs{
+			AddFunc: func(any) { a.Wake() },
+			UpdateFunc: func(oldObj, newObj any) {
+				o, ok1 := oldObj.(*corev1.Node)
+				n, ok2 := newObj.(*corev1.Node)
+				if !ok1 || !ok2 || a.nodeChanged(o, n) {
+					a.Wake()
+				}
+			},
+			DeleteFunc: func(any) { a.Wake() },
+		}}},
+		// Any Secret or ServiceAccount change may fix an image that failed
+		// for want of credentials; at rest the resulting sync costs one
+		// ListImages, so there is no point in working out which ones matter.
+		{secrets.Informer(), wake},
+		{serviceAccounts.Informer(), wake},
+	}
+	for _, h := range handlers {
+		if _, err := h.inf.AddEventHandler(h.h); err != nil {
+			return nil, fmt.Errorf("agent: informer handler: %w", err)
+		}
+	}
+	return a, nil
+}
+
+// hasKey filters informer events to the object with the given store key,
+// including deletions whose final state is unknown.
+func hasKey(key string) func(any) bool {
+	return func(obj any) bool {
+		k, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
+		return err == nil && k == key
+	}
+}
+
+// Wake asks for a sync as soon as the current one, if any, is done.
+func (a *Agent) Wake() {
+	select {
+	case a.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run watches the ConfigMap, the Node, Secrets and ServiceAccounts and keeps
+// the node's images present until ctx ends. It returns nil when ctx ends,
+// an error only when it cannot start (such as a metrics address in use).
+//
+// A config change while a sync runs does not cancel it: the sync is
+// bounded (one attempt per image, each within pullTimeout), cancelling
+// would throw away partial downloads, and a ConfigMap edited often could
+// otherwise starve pulls for good. The change is picked up by a sync that
+// starts as soon as the running one ends. Only ctx cancels pulls.
+func (a *Agent) Run(ctx context.Context) error {
+	if !a.started.CompareAndSwap(false, true) {
+		return errors.New("agent: Run called twice")
+	}
+
+	var lis net.Listener
+	if a.opts.MetricsAddr != "" {
+		var err error
+		if lis, err = net.Listen("tcp", a.opts.MetricsAddr); err != nil {
+			return fmt.Errorf("metrics address: %w", err)
+		}
+	}
+
+	// The broadcaster is shut down last, once the sync loop, the only
+	// source of Events, has returned; the informers stop with runCtx,
+	// whose deferred cancel runs before the Shutdowns that wait for them.
+	broadcaster := record.NewBroadcaster()
+	defer broadcaster.Shutdown()
+	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: a.opts.Client.CoreV1().Events("")})
+	a.recorder = broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "preloader", Host: a.opts.NodeName})
+
+	runCtx, cancel := context.WithCancel(ctx)
+	for _, f := range a.factories {
+		defer f.Shutdown()
+	}
+	defer cancel()
+
+	if lis != nil {
+		srv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				a.log.Error("metrics server stopped", "err", err)
+			}
+		}()
+		defer srv.Close()
+		a.log.Info("serving metrics", "addr", lis.Addr().String())
+	}
+
+	for _, f := range a.factories {
+		f.Start(runCtx.Done())
+	}
+	a.log.Info("waiting for the API server", "configmap", a.cmKey)
+	for _, f := range a.factories {
+		for typ, ok := range f.WaitForCacheSync(runCtx.Done()) {
+			if !ok {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return fmt.Errorf("informer for %v did not sync", typ)
+			}
+		}
+	}
+	a.log.Info("started", "configmap", a.cmKey, "runtime", fmt.Sprintf("%T", a.opts.Runtime))
+	a.loop(runCtx)
+	a.log.Info("stopped")
+	return nil
+}
+
+// loop runs syncs one at a time: at once, whenever woken, and when the
+// delay the last sync asked for has passed.
+func (a *Agent) loop(ctx context.Context) {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.wake:
+		case <-timer.C:
+		}
+		// Since Go 1.23 Reset and Stop leave no stale tick in timer.C.
+		if next := a.sync(ctx); next > 0 {
+			timer.Reset(next)
+		} else {
+			timer.Stop()
+		}
+		if a.onSynced != nil {
+			a.onSynced()
+		}
+	}
+}

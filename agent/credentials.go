@@ -1,0 +1,128 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	corelisters "k8s.io/client-go/listers/core/v1"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/kube-preloader/kube-preloader/cri"
+	"github.com/kube-preloader/kube-preloader/preload"
+)
+
+// credentials turns each image's pullSecrets and serviceAccount into a
+// keyring, from the informers' caches, as the kubelet does for a pod's
+// imagePullSecrets.
+//
+// Nothing derived from a Secret's data leaves here except as the AuthConfig
+// handed to the runtime. Problems name the Secret, never its content; the
+// keyring's own errors are written to that rule too.
+type credentials struct {
+	namespace       string
+	secrets         corelisters.SecretLister
+	serviceAccounts corelisters.ServiceAccountLister
+}
+
+// imageAuth is what credentials found for one run.
+type imageAuth struct {
+	// keyrings per credential source (see sourceKey); images that name the
+	// same Secrets share one.
+	keyrings map[string]*cri.Keyring
+	// blocked holds, per pull reference (the image's name and, if it has
+	// one, its mirror reference), why it must not be pulled: a Secret or
+	// ServiceAccount it names is missing or unusable. Pulling it anyway,
+	// anonymously, would only earn a misleading "unauthorized".
+	blocked map[string]string
+}
+
+// Auth is the engine's Auth: the credentials for whatever reference it
+// pulls, the image's own or its mirror's, from the image's keyring. Lookup
+// may run concurrently; everything was added before the run.
+func (ia imageAuth) Auth(img preload.Image) []*runtimeapi.AuthConfig {
+	if k := ia.keyrings[sourceKey(img)]; k != nil {
+		return k.Lookup(img.Name)
+	}
+	return nil
+}
+
+// sourceKey identifies where an image's credentials come from.
+func sourceKey(img preload.Image) string {
+	return strings.Join(img.PullSecrets, ",") + "|" + img.ServiceAccount
+}
+
+func (c credentials) resolve(images []preload.Image) imageAuth {
+	out := imageAuth{keyrings: map[string]*cri.Keyring{}, blocked: map[string]string{}}
+	problems := map[string]string{}
+	for _, img := range images {
+		key := sourceKey(img)
+		if key == "|" {
+			continue // anonymous
+		}
+		if _, done := out.keyrings[key]; !done {
+			if _, done := problems[key]; !done {
+				k, problem := c.keyring(img)
+				if problem != "" {
+					problems[key] = problem
+				} else {
+					out.keyrings[key] = k
+				}
+			}
+		}
+		if problem, ok := problems[key]; ok {
+			out.blocked[img.Name] = problem
+			if img.Mirror != "" {
+				if ref, err := preload.MirrorRef(img.Name, img.Mirror); err == nil {
+					out.blocked[ref] = problem
+				}
+			}
+		}
+	}
+	return out
+}
+
+// keyring builds the keyring of img's pullSecrets, then its
+// serviceAccount's imagePullSecrets, or says why it cannot.
+func (c credentials) keyring(img preload.Image) (*cri.Keyring, string) {
+	names := append([]string(nil), img.PullSecrets...)
+	if img.ServiceAccount != "" {
+		sa, err := c.serviceAccounts.ServiceAccounts(c.namespace).Get(img.ServiceAccount)
+		if err != nil {
+			return nil, fmt.Sprintf("serviceaccount %s/%s not found", c.namespace, img.ServiceAccount)
+		}
+		for _, ref := range sa.ImagePullSecrets {
+			names = append(names, ref.Name)
+		}
+	}
+	k := &cri.Keyring{}
+	for _, name := range names {
+		s, err := c.secrets.Secrets(c.namespace).Get(name)
+		if err != nil {
+			return nil, fmt.Sprintf("secret %s/%s not found", c.namespace, name)
+		}
+		// The error names the Secret, its type and what is wrong, by key
+		// and position, never by value.
+		if err := k.AddFromSecret(string(s.Type), s.Data, fmt.Sprintf("secret %s/%s", c.namespace, name)); err != nil {
+			return nil, err.Error()
+		}
+	}
+	return k, ""
+}
+
+// gatedRuntime refuses, without asking the runtime, to pull references
+// whose credentials are missing, so that the engine still checks whether
+// the image is present (it may be) and the credential problem becomes the
+// reason when it is not.
+type gatedRuntime struct {
+	preload.Runtime
+	blocked map[string]string
+}
+
+func (g gatedRuntime) PullImage(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (string, error) {
+	if why, ok := g.blocked[ref]; ok {
+		return "", errors.New(why)
+	}
+	return g.Runtime.PullImage(ctx, ref, auth)
+}

@@ -1,0 +1,259 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"reflect"
+	"strconv"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/retry"
+
+	"github.com/kube-preloader/kube-preloader/preload"
+)
+
+// nodeView is the part of a Node the agent owns.
+type nodeView struct {
+	ready   string // the preloader.io/ready label, "" when absent
+	status  string // the preloader.io/status annotation
+	tainted bool   // has a preloader.io/not-ready taint, whatever its effect
+}
+
+func viewOf(n *corev1.Node) nodeView {
+	v := nodeView{ready: n.Labels[preload.LabelReady], status: n.Annotations[preload.AnnotationStatus]}
+	for _, t := range n.Spec.Taints {
+		if t.Key == preload.TaintNotReady {
+			v.tainted = true
+		}
+	}
+	return v
+}
+
+// pendingWrite is the view a patch of ours produced, and when.
+type pendingWrite struct {
+	view nodeView
+	at   time.Time
+	// seen is set by the node handler when the informer delivers our write:
+	// its store, updated before handlers run, holds it or something newer.
+	seen atomic.Bool
+}
+
+// pendingTTL bounds how long the sync loop trusts its own last write over
+// the informer: long past any watch delay, short enough that a lost
+// event cannot hide a change for long.
+const pendingTTL = 30 * time.Second
+
+// nodeChanged decides whether a Node update calls for a sync: a label that
+// nodeSelectors may use changed, or someone else changed what we own. The
+// echo of our own write is neither.
+func (a *Agent) nodeChanged(old, cur *corev1.Node) bool {
+	v := viewOf(cur)
+	if p := a.pending.Load(); p != nil && v == p.view {
+		p.seen.Store(true)
+		return !labelsEqual(old.Labels, cur.Labels)
+	}
+	return !labelsEqual(old.Labels, cur.Labels) || v != viewOf(old)
+}
+
+// labelsEqual compares labels other than our own, which a nodeSelector
+// has no business using.
+func labelsEqual(a, b map[string]string) bool {
+	a, b = maps.Clone(a), maps.Clone(b)
+	delete(a, preload.LabelReady)
+	delete(b, preload.LabelReady)
+	return maps.Equal(a, b)
+}
+
+// currentNode returns our Node from the informer, nil if it does not exist.
+func (a *Agent) currentNode() *corev1.Node {
+	obj, exists, err := a.nodes.GetStore().GetByKey(a.opts.NodeName)
+	if err != nil || !exists {
+		return nil
+	}
+	n, _ := obj.(*corev1.Node)
+	return n
+}
+
+// ownView returns our Node and what it shows of ours: the informer's copy,
+// unless our last write is younger than pendingTTL and the informer has
+// not delivered it yet. Only the sync loop calls it, and only it clears
+// pending, so a write cannot be forgotten between reading and comparing.
+func (a *Agent) ownView() (*corev1.Node, nodeView) {
+	p := a.pending.Load()
+	seen := p != nil && p.seen.Load() // before reading the store, see pendingWrite.seen
+	n := a.currentNode()
+	if n == nil {
+		return nil, nodeView{}
+	}
+	v := viewOf(n)
+	switch {
+	case p == nil:
+	case seen || v == p.view || time.Since(p.at) >= pendingTTL:
+		a.pending.CompareAndSwap(p, nil)
+	default:
+		return n, p.view
+	}
+	return n, v
+}
+
+// buildStatus summarises a run's results: the images of the config that
+// apply here and, as in `preloader once`, the other images of the archives
+// imported.
+func buildStatus(hash string, results []preload.Result) preload.NodeStatus {
+	st := preload.NodeStatus{ConfigHash: hash}
+	for _, r := range results {
+		switch {
+		case r.Status == preload.StatusSkipped:
+			continue
+		case r.Status == preload.StatusPresent || r.Status == preload.StatusPulled || r.Status == preload.StatusImported:
+			st.Present++
+		case r.Reason == preload.ReasonCanceled:
+			// Not attempted to the end: missing, but nothing failed.
+			st.Missing = append(st.Missing, r.Image)
+		default:
+			st.Failed = append(st.Failed, preload.FailedImage{Image: r.Image, Reason: r.Reason})
+		}
+		st.Total++
+	}
+	return st
+}
+
+// sameStatus compares statuses, ignoring when they changed.
+func sameStatus(a, b preload.NodeStatus) bool {
+	a.Changed, b.Changed = time.Time{}, time.Time{}
+	if len(a.Missing) == 0 {
+		a.Missing = nil
+	}
+	if len(b.Missing) == 0 {
+		b.Missing = nil
+	}
+	if len(a.Failed) == 0 {
+		a.Failed = nil
+	}
+	if len(b.Failed) == 0 {
+		b.Failed = nil
+	}
+	return reflect.DeepEqual(a, b)
+}
+
+// nodeWrite is what a sync has to change on the Node.
+type nodeWrite struct {
+	status      preload.NodeStatus
+	annotation  string
+	ready       string
+	removeTaint bool
+	wasReady    bool // the Node said ready before
+}
+
+// planWrite compares st with what the Node shows and returns the write
+// that makes the Node show st, or false when it already does. Changed
+// keeps its time unless the rest of the status differs, so that it says
+// when something last happened, not when the agent last looked.
+func planWrite(v nodeView, st preload.NodeStatus, now time.Time) (nodeWrite, bool) {
+	var prev preload.NodeStatus
+	same := v.status != "" && json.Unmarshal([]byte(v.status), &prev) == nil && sameStatus(prev, st)
+	if same {
+		st.Changed = prev.Changed
+	} else {
+		st.Changed = now.UTC().Truncate(time.Second)
+	}
+	ann, _ := json.Marshal(st) // plain strings, ints and a time: cannot fail
+	w := nodeWrite{
+		status:      st,
+		annotation:  string(ann),
+		ready:       strconv.FormatBool(st.Ready()),
+		removeTaint: st.Ready() && v.tainted,
+		wasReady:    v.ready == "true",
+	}
+	return w, !same || w.ready != v.ready || w.removeTaint
+}
+
+// writeNode applies w as one patch: label, annotation and, when ready, the
+// node without its not-ready taint. Taints are a list that a merge patch
+// replaces whole, so that part carries the resourceVersion it was computed
+// from and is redone from a fresh read on conflict; the label and
+// annotation are map keys and need no precondition.
+func (a *Agent) writeNode(ctx context.Context, node *corev1.Node, w nodeWrite) error {
+	nodes := a.opts.Client.CoreV1().Nodes()
+	fresh := false
+	var p *pendingWrite
+	err := retry.RetryOnConflict(retry.DefaultBackoff, func() error {
+		if fresh {
+			n, err := nodes.Get(ctx, node.Name, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			node = n
+		}
+		fresh = true
+		body, err := json.Marshal(patchFor(node, w))
+		if err != nil {
+			return err
+		}
+		// Expected before the request: the watch may deliver the echo
+		// before the response arrives.
+		p = &pendingWrite{view: nodeView{ready: w.ready, status: w.annotation, tainted: viewOf(node).tainted && !w.removeTaint}, at: time.Now()}
+		a.pending.Store(p)
+		_, err = nodes.Patch(ctx, node.Name, types.MergePatchType, body, metav1.PatchOptions{FieldManager: "preloader"})
+		return err
+	})
+	if err != nil {
+		a.pending.CompareAndSwap(p, nil)
+		return fmt.Errorf("patch node %s: %w", node.Name, err)
+	}
+	return nil
+}
+
+func patchFor(node *corev1.Node, w nodeWrite) map[string]any {
+	meta := map[string]any{
+		"labels":      map[string]string{preload.LabelReady: w.ready},
+		"annotations": map[string]string{preload.AnnotationStatus: w.annotation},
+	}
+	patch := map[string]any{"metadata": meta}
+	if !w.removeTaint {
+		return patch
+	}
+	var kept []corev1.Taint
+	for _, t := range node.Spec.Taints {
+		if t.Key != preload.TaintNotReady {
+			kept = append(kept, t)
+		}
+	}
+	if len(kept) == len(node.Spec.Taints) {
+		return patch // gone already
+	}
+	meta["resourceVersion"] = node.ResourceVersion
+	patch["spec"] = map[string]any{"taints": kept} // nil: null, which deletes the field
+	return patch
+}
+
+// nodeEvent records an Event on our Node, by its UID when the informer
+// knows it, else by its name as the kubelet does (`kubectl describe node`
+// finds both).
+func (a *Agent) nodeEvent(eventType, reason, msg string) {
+	obj := &corev1.ObjectReference{Kind: "Node", Name: a.opts.NodeName, UID: types.UID(a.opts.NodeName)}
+	if n := a.currentNode(); n != nil {
+		obj.UID = n.UID
+	}
+	a.recorder.Event(obj, eventType, reason, eventMessage(msg))
+}
+
+// eventMessage keeps a message within the 1 KiB an Event note may hold.
+func eventMessage(msg string) string {
+	const limit = 1024
+	if len(msg) <= limit {
+		return msg
+	}
+	cut := limit - len("…")
+	for cut > 0 && !utf8.RuneStart(msg[cut]) {
+		cut--
+	}
+	return msg[:cut] + "…"
+}

@@ -1,0 +1,269 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/kube-preloader/kube-preloader/preload"
+)
+
+// syncState is what one sync leaves for the next; only the sync loop
+// touches it.
+type syncState struct {
+	config configState
+	// sandbox is the resolved sandbox image for the config with hash
+	// sandboxFor; resolving asks the runtime, which a sync at rest must not.
+	sandbox    string
+	sandboxFor string
+	// last is what the last full run found, for the desired set key.
+	last *converged
+	// failures are the failed images and reasons already reported in
+	// Events, so that a failure is reported when it starts or changes, not
+	// every backoff round.
+	failures map[string]string
+	backoff  backoff
+	// syncErr is the last sync-wide problem reported in an Event.
+	syncErr     string
+	nodeMissing bool
+}
+
+type converged struct {
+	key    string
+	status preload.NodeStatus
+}
+
+// sync brings the node one step towards the config and returns when the
+// next sync is due (0: only when woken).
+func (a *Agent) sync(ctx context.Context) time.Duration {
+	a.syncs.Add(1)
+	cfg := a.currentConfig()
+	if cfg == nil {
+		return 0 // the ConfigMap informer wakes us
+	}
+	node := a.currentNode()
+	if node == nil {
+		if !a.state.nodeMissing {
+			a.state.nodeMissing = true
+			a.log.Warn("Node not found; waiting for it")
+		}
+		return 0 // the Node informer wakes us
+	}
+	a.state.nodeMissing = false
+
+	sandbox, err := a.sandboxImage(ctx, cfg)
+	if err != nil {
+		return a.syncFailed(ctx, cfg, ReasonSandboxUnknown, err)
+	}
+	apply, _ := preload.Plan(cfg.Config, node.Labels, sandbox)
+	key := desiredKey(cfg.hash, apply)
+
+	// At rest: the same images as last time, all present then, and one
+	// ListImages says they still are. ImageStatus and the API are left
+	// alone; planWrite below only compares with the informer's Node.
+	var st preload.NodeStatus
+	atRest := false
+	if last := a.state.last; last != nil && last.key == key && last.status.Ready() {
+		missing, err := preload.Missing(ctx, a.opts.Runtime, apply)
+		if err != nil {
+			return a.syncFailed(ctx, cfg, ReasonRuntimeUnavailable, err)
+		}
+		if atRest = len(missing) == 0; atRest {
+			st = last.status
+		} else {
+			a.log.Info("images gone from the runtime; restoring them", "images", imageNames(missing))
+		}
+	}
+	if !atRest {
+		results, err := a.run(ctx, cfg, apply)
+		if err != nil {
+			return a.syncFailed(ctx, cfg, ReasonRuntimeUnavailable, err)
+		}
+		if ctx.Err() != nil {
+			return 0 // shutting down: results say "canceled", not the truth
+		}
+		st = buildStatus(cfg.hash, results)
+		a.state.last = &converged{key: key, status: st}
+		a.reportFailures(results)
+		a.log.Info("synced", "configHash", cfg.hash, "present", st.Present, "total", st.Total, "failed", len(st.Failed))
+	}
+	a.syncSucceeded()
+	a.metrics.desired.Set(float64(st.Total))
+	a.metrics.present.Set(float64(st.Present))
+
+	if err := a.report(ctx, st); err != nil {
+		if ctx.Err() != nil {
+			return 0
+		}
+		a.log.Error("cannot update the Node", "err", err)
+		return a.retryIn(cfg)
+	}
+	if !st.Ready() {
+		return a.retryIn(cfg)
+	}
+	a.state.backoff.reset()
+	a.metrics.lastSuccess.SetToCurrentTime()
+	return a.resync(cfg)
+}
+
+// run makes the images present: one bounded engine run, so that a failure
+// shows in status soon and a new config waits at most one attempt.
+func (a *Agent) run(ctx context.Context, cfg *loadedConfig, images []preload.Image) ([]preload.Result, error) {
+	creds := a.creds.resolve(images)
+	engine := &preload.Engine{
+		Runtime:     gatedRuntime{Runtime: a.opts.Runtime, blocked: creds.blocked},
+		Auth:        creds.Auth,
+		MaxAttempts: 1,
+		Containerd:  a.opts.Containerd,
+		Log:         a.log,
+	}
+	results, err := engine.Run(ctx, cfg.Config, images)
+	if err != nil {
+		return nil, err
+	}
+	if ctx.Err() != nil {
+		return results, nil
+	}
+	for i := range results {
+		r := &results[i]
+		if why, ok := creds.blocked[r.Image]; ok && r.Status == preload.StatusFailed {
+			r.Reason, r.Error = why, why
+		}
+	}
+	a.metrics.countPulls(results, creds.blocked)
+	return results, nil
+}
+
+// report shows st on the Node if it does not already, and says so in
+// Events when the node becomes ready.
+func (a *Agent) report(ctx context.Context, st preload.NodeStatus) error {
+	node, v := a.ownView()
+	if node == nil {
+		return fmt.Errorf("node %s is gone", a.opts.NodeName)
+	}
+	w, needed := planWrite(v, st, time.Now())
+	if !needed {
+		return nil
+	}
+	if err := a.writeNode(ctx, node, w); err != nil {
+		return err
+	}
+	a.log.Info("Node updated", "ready", w.ready, "present", st.Present, "total", st.Total, "taintRemoved", w.removeTaint)
+	if st.Ready() && !w.wasReady {
+		a.nodeEvent(corev1.EventTypeNormal, ReasonImagesReady, fmt.Sprintf("All %d images present (config %s)", st.Total, st.ConfigHash))
+	}
+	return nil
+}
+
+// reportFailures records an Event for each image that newly failed or
+// failed for a new reason.
+func (a *Agent) reportFailures(results []preload.Result) {
+	cur := map[string]string{}
+	for _, r := range results {
+		if r.Status != preload.StatusFailed || r.Reason == preload.ReasonCanceled {
+			continue
+		}
+		cur[r.Image] = r.Reason
+		if a.state.failures[r.Image] == r.Reason {
+			continue
+		}
+		msg := fmt.Sprintf("%s: %s", r.Image, r.Reason)
+		if r.Error != "" && r.Error != r.Reason {
+			msg += " (" + r.Error + ")"
+		}
+		a.nodeEvent(corev1.EventTypeWarning, ReasonPreloadFailed, msg)
+	}
+	a.state.failures = cur
+}
+
+// syncFailed handles a sync that could not run at all, most often because
+// the runtime did not answer: status is left as it is (nothing new is
+// known), /readyz fails, and an Event says why when the problem is new.
+func (a *Agent) syncFailed(ctx context.Context, cfg *loadedConfig, reason string, err error) time.Duration {
+	if ctx.Err() != nil {
+		return 0
+	}
+	a.runtimeOK.Store(false)
+	a.state.sandboxFor = "" // a runtime that restarted may have a new sandbox image
+	a.log.Error("sync failed", "reason", reason, "err", err)
+	if msg := err.Error(); a.state.syncErr != reason+msg {
+		a.state.syncErr = reason + msg
+		a.nodeEvent(corev1.EventTypeWarning, reason, msg)
+	}
+	return a.retryIn(cfg)
+}
+
+func (a *Agent) syncSucceeded() {
+	if !a.runtimeOK.Swap(true) && a.state.syncErr != "" {
+		a.log.Info("container runtime answers again")
+	}
+	a.state.syncErr = ""
+}
+
+// retryIn is the delay before a sync after one that failed: exponential
+// backoff from the config's retry.initialDelay to retry.maxDelay, never
+// beyond resync, which bounds how stale the node may be.
+func (a *Agent) retryIn(cfg *loadedConfig) time.Duration {
+	return min(a.state.backoff.next(cfg.Retry), a.resync(cfg))
+}
+
+// resync is the config's resync, or the shorter one a test set.
+func (a *Agent) resync(cfg *loadedConfig) time.Duration {
+	if a.testResync > 0 {
+		return a.testResync
+	}
+	return cfg.Resync
+}
+
+// sandboxImage resolves the config's sandboxImage once per config.
+func (a *Agent) sandboxImage(ctx context.Context, cfg *loadedConfig) (string, error) {
+	if a.state.sandboxFor == cfg.hash {
+		return a.state.sandbox, nil
+	}
+	img, err := preload.ResolveSandbox(ctx, a.opts.Runtime, cfg.Config)
+	if err != nil {
+		return "", err
+	}
+	if img != "" && img != a.state.sandbox {
+		a.log.Info("sandbox image", "image", img)
+	}
+	a.state.sandbox, a.state.sandboxFor = img, cfg.hash
+	return img, nil
+}
+
+// desiredKey identifies the set of images a sync wants: the config's
+// content and which of its images apply here.
+func desiredKey(hash string, images []preload.Image) string {
+	names := imageNames(images)
+	slices.Sort(names)
+	return hash + "\n" + strings.Join(names, "\n")
+}
+
+func imageNames(images []preload.Image) []string {
+	names := make([]string, len(images))
+	for i, img := range images {
+		names[i] = img.Name
+	}
+	return names
+}
+
+// backoff is exponential with jitter over [d/2, d], so that the nodes of a
+// cluster whose registry went down do not come back at it all at once.
+type backoff struct{ cur time.Duration }
+
+func (b *backoff) next(r preload.Retry) time.Duration {
+	if b.cur == 0 {
+		b.cur = r.InitialDelay
+	} else {
+		b.cur = min(2*b.cur, r.MaxDelay)
+	}
+	b.cur = max(b.cur, time.Millisecond)
+	return b.cur/2 + rand.N(b.cur/2+1)
+}
+
+func (b *backoff) reset() { b.cur = 0 }
