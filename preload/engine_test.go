@@ -56,8 +56,10 @@ func TestRunOutcomes(t *testing.T) {
 			wantStatus: preload.StatusPulled, wantPulls: 1, wantTries: 1,
 		},
 		{
-			name:       "not found is permanent",
-			pull:       func(int, *runtimeapi.AuthConfig) error { return critest.Errorf("failed to resolve reference: not found") },
+			name: "not found is permanent",
+			pull: func(int, *runtimeapi.AuthConfig) error {
+				return critest.Errorf("failed to resolve reference: not found")
+			},
 			wantStatus: preload.StatusFailed, wantReason: preload.ReasonNotFound, wantPulls: 1, wantTries: 1,
 		},
 		{
