@@ -22,6 +22,9 @@ const rounds = 3
 
 var preloaderBin = os.Getenv("PRELOADER_BIN")
 
+// snapshotter is what nodes run: overlayfs where this kernel allows it.
+var snapshotter = harness.NodeSnapshotter()
+
 // BenchmarkPull pulls a 10-image set with shared base layers into a fresh
 // runtime each round, both ways, and reports the ratio of medians.
 func BenchmarkPull(b *testing.B) {
@@ -78,7 +81,7 @@ func BenchmarkPull(b *testing.B) {
 // sequentialCRIPulls is what a crictl pull loop does: one image after the
 // other, each pull waiting for the last.
 func sequentialCRIPulls(b *testing.B, flavor harness.Flavor, refs []string) time.Duration {
-	ctrd := harness.StartContainerd(b, harness.ContainerdOptions{Flavor: flavor})
+	ctrd := harness.StartContainerd(b, harness.ContainerdOptions{Flavor: flavor, Snapshotter: snapshotter})
 	defer ctrd.Stop()
 	ctx := context.Background()
 	c, err := cri.Connect(ctx, ctrd.Endpoint)
@@ -96,7 +99,7 @@ func sequentialCRIPulls(b *testing.B, flavor harness.Flavor, refs []string) time
 }
 
 func preloaderOnce(b *testing.B, bin string, flavor harness.Flavor, refs []string) time.Duration {
-	ctrd := harness.StartContainerd(b, harness.ContainerdOptions{Flavor: flavor})
+	ctrd := harness.StartContainerd(b, harness.ContainerdOptions{Flavor: flavor, Snapshotter: snapshotter})
 	defer ctrd.Stop()
 	dir := b.TempDir()
 	cfg := "sandboxImage: none\nimages:\n"

@@ -127,7 +127,7 @@ func StartNode(t T, opts NodeOptions) *Node {
 		}
 		n.SandboxImage = opts.SandboxImage
 		if opts.Snapshotter == "" {
-			opts.Snapshotter = defaultSnapshotter()
+			opts.Snapshotter = NodeSnapshotter()
 		}
 		opts.Containerd = StartContainerd(t, ContainerdOptions{Flavor: opts.Flavor, SandboxImage: opts.SandboxImage, Snapshotter: opts.Snapshotter})
 	}
@@ -177,9 +177,9 @@ func checkDevNull() error {
 	return nil
 }
 
-// defaultSnapshotter is overlayfs where the kernel lets root mount an
+// NodeSnapshotter is overlayfs, what real nodes use, where the kernel lets root mount an
 // overlay under /tmp, else native.
-func defaultSnapshotter() string {
+func NodeSnapshotter() string {
 	probe, err := os.MkdirTemp("", "overlay-probe")
 	if err != nil {
 		return "native"
