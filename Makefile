@@ -12,11 +12,13 @@ all: build
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/preloader
 
-# Debian packages, containerd 2.x and the Kubernetes binaries, each only when
-# missing; builds are cached in ~/.cache/kube-preloader.
+# Debian packages, containerd 2.x and the Kubernetes binaries (the API
+# server, the node's controller-manager, scheduler and kubelet, and kubectl
+# for the e2e's apply -k), each only when missing; builds are cached in
+# ~/.cache/kube-preloader.
 deps:
 	scripts/install-deps.sh
-	scripts/build-kube.sh kube-apiserver
+	scripts/build-kube.sh kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl
 
 # Unit and integration tests. Integration tests start real containerd
 # (1.6 and 2.x), registries and kube-apiserver; with CI=true a missing
@@ -45,6 +47,14 @@ fuzz:
 image:
 	@test -n "$(IMAGE)" || { echo "usage: make image IMAGE=REF" >&2; exit 2; }
 	$(GO) run ./scripts/imagebuild --image $(IMAGE) --version $(VERSION) --revision "$$(git rev-parse HEAD 2>/dev/null)"
+
+# The real-node proof: a one-node cluster (etcd, kube-apiserver,
+# controller-manager, scheduler, kubelet, containerd 1.6 and 2.x) on
+# 127.0.0.1, the agent image built with `make image` and installed with
+# kubectl apply -k integration/e2e/overlay; prints the scenario table. A
+# missing prerequisite fails it, as under CI.
+e2e: deps
+	PRELOADER_REQUIRE_INTEGRATION=1 $(GO) test ./integration/e2e/ -v -count=1 -timeout 30m
 
 clean:
 	rm -rf bin

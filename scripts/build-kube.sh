@@ -3,7 +3,7 @@
 # the Go module proxy into a cache outside the repo. k8s.io/kubernetes is not
 # meant to be a dependency, so it is built from a throwaway module whose
 # replace lines map every staging module to the matching v0 release.
-# Usage: scripts/build-kube.sh [kube-apiserver kubelet kube-controller-manager kube-scheduler]
+# Usage: scripts/build-kube.sh [kube-apiserver kubelet kube-controller-manager kube-scheduler kubectl]
 set -euo pipefail
 
 CACHE="${PRELOADER_CACHE:-$HOME/.cache/kube-preloader}"
@@ -40,7 +40,10 @@ if [[ ! -f go.mod ]]; then
     for s in "${staging[@]}"; do echo "	k8s.io/$s => k8s.io/$s $STAGING_VERSION"; done
     echo ")"
   } > go.mod
-  cat > tools.go <<'GO'
+fi
+# Every binary this script builds, so that go mod tidy records their modules
+# (rewritten each time: a module made by an older version lacks kubectl).
+cat > tools.go <<'GO'
 //go:build tools
 
 package tools
@@ -49,10 +52,10 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubectl"
 	_ "k8s.io/kubernetes/cmd/kubelet"
 )
 GO
-fi
 # Staging modules that do not exist at this version make go mod tidy fail;
 # drop them and retry.
 for _ in 1 2 3 4 5; do

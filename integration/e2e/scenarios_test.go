@@ -1,0 +1,1126 @@
+package e2e
+
+// The stories of issue 7 on a real node, each judged by what the kubelet
+// reports: pod phase, the container's waiting reason, Events.
+//
+// One cluster (etcd, kube-apiserver, controller-manager, scheduler, kubelet,
+// containerd 1.6) serves scenarios a (after), b, c, d, e and f, in an order
+// that lets each start from the state the one before left: the node boots
+// with the pause image preloaded by the bootstrap hook (a) and the
+// preloader.io/not-ready taint (c), the agent is installed from manifests/
+// (c), then private images (b), the rollout with the registry down (d), the
+// image removed behind the kubelet's back (e), and the search for the
+// password in everything a user or an attacker with read access sees (f).
+// Scenario a's "before" needs a node that boots without the hook: its own
+// short-lived cluster. Scenario b runs again on containerd 2.x.
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/retry"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/kube-preloader/kube-preloader/integration/harness"
+)
+
+const (
+	agentNamespace = "kube-preloader"
+	agentConfigMap = "preloader-config"
+	agentLabel     = "app.kubernetes.io/name=preloader"
+	agentContainer = "preloader"
+	// agentMetrics is the base DaemonSet's --metrics-addr, on the host
+	// network.
+	agentMetrics = "http://127.0.0.1:9741/metrics"
+	// notReadyTaint is the taint nodes register with and the agent lifts.
+	notReadyTaint = "preloader.io/not-ready"
+	// resync is the agent's resync in the test's images.yaml.
+	resync = 5 * time.Second
+)
+
+// TestE2E runs the scenarios on containerd 1.6 (all of them) and 2.x
+// (a's bootstrap hook and b).
+func TestE2E(t *testing.T) {
+	start := time.Now()
+	ok16 := t.Run(string(harness.Containerd16), testScenarios)
+	ok2 := t.Run(string(harness.Containerd2), testScenariosContainerd2)
+	t.Logf("e2e scenarios: %v (containerd-1.6 ok=%v, containerd-2 ok=%v)", time.Since(start).Round(time.Millisecond), ok16, ok2)
+}
+
+func testScenarios(t *testing.T) {
+	start := time.Now()
+	r := newRun(t, harness.Containerd16)
+	step := func(name string, f func()) {
+		t.Helper()
+		s := time.Now()
+		t.Logf("=== scenario %s", name)
+		f()
+		t.Logf("=== scenario %s done in %v", name, time.Since(s).Round(time.Millisecond))
+	}
+
+	t.Run("a-before", r.scenarioPauseBefore)
+	if t.Failed() {
+		t.FailNow()
+	}
+	step("cluster", func() {
+		r.kube = harness.StartKube(t)
+		r.startNode(t, true)
+	})
+	step("a", func() { r.scenarioPauseAfter(t) })
+	step("c", func() {
+		r.entries = []cfgEntry{{Image: r.img["gate"].Ref}}
+		r.scenarioReadinessGate(t)
+	})
+	step("b", func() { r.scenarioPrivate(t, "b") })
+	step("d", func() { r.scenarioRegistryDown(t) })
+	step("e", func() { r.scenarioRemoved(t) })
+	step("f", func() { r.scenarioNoSecrets(t, "f") })
+	t.Logf("%s: every scenario in %v", harness.Containerd16, time.Since(start).Round(time.Millisecond))
+}
+
+// testScenariosContainerd2 boots a containerd 2.x node with the same
+// bootstrap hook and runs scenario b (and f's search) on it.
+func testScenariosContainerd2(t *testing.T) {
+	start := time.Now()
+	r := newRun(t, harness.Containerd2)
+	r.kube = harness.StartKube(t)
+	r.startNode(t, false)
+	r.scenarioPauseAfter(t)
+	// containerd 2.x does not report its sandbox image through the CRI and
+	// the agent's pod has no /etc/containerd/config.toml: name it (README,
+	// sandboxImage).
+	r.sandbox = r.img["pause"].Ref
+	r.deployAgent(t)
+	r.scenarioPrivate(t, "b")
+	r.scenarioNoSecrets(t, "f")
+	t.Logf("%s: scenarios in %v", harness.Containerd2, time.Since(start).Round(time.Millisecond))
+}
+
+// run is one cluster's registries, images, credentials and what the
+// scenarios leave for each other.
+type run struct {
+	flavor harness.Flavor
+	kube   *harness.Kube
+	node   *harness.Node
+	// pub is anonymous (the agent's image, public workloads); priv needs
+	// the password (the pause image, private workloads).
+	pub, priv *harness.Registry
+	img       map[string]harness.TestImage
+	user      string
+	password  string
+	// auth is base64(user:password), the "auth" of docker configs.
+	auth       string
+	kubectl    string
+	agentImage string
+	imageBuilt chan cmdResult
+	agentPod   string
+	// entries and sandbox are the images.yaml the test last wrote.
+	entries []cfgEntry
+	sandbox string
+	// outputs are every command's output and other texts a user sees, for
+	// scenario f.
+	outputs []namedText
+	// onceTook is how long the bootstrap hook's `preloader once` ran.
+	onceTook time.Duration
+	// pauseBefore is the kubelet's verdict on the node booted without the
+	// hook.
+	pauseBefore string
+}
+
+type namedText struct{ name, text string }
+
+type cmdResult struct {
+	out  string
+	code int
+	err  error
+	took time.Duration
+}
+
+func newRun(t *testing.T, flavor harness.Flavor) *run {
+	t.Helper()
+	r := &run{flavor: flavor, img: map[string]harness.TestImage{}, sandbox: "auto"}
+	r.kubectl = kubectlBinary(t)
+	r.user = "e2e-puller"
+	r.password = "pw-" + randomHex(t, 12)
+	r.auth = base64.StdEncoding.EncodeToString([]byte(r.user + ":" + r.password))
+
+	r.pub = harness.StartRegistry(t, harness.RegistryOptions{})
+	r.priv = harness.StartRegistry(t, harness.RegistryOptions{Username: r.user, Password: r.password})
+
+	// The agent's image, built and pushed the way a user does it, while the
+	// rest starts.
+	r.agentImage = r.pub.Host + "/preloader:e2e"
+	r.imageBuilt = make(chan cmdResult, 1)
+	go func() {
+		r.imageBuilt <- runCommand(repoRoot, 10*time.Minute, nil, "make", "image", "IMAGE="+r.agentImage)
+	}()
+
+	workload := harness.BuildGoBinary(t, ".", "./testdata/workload")
+	spec := func(repo, tag string) harness.ImageSpec {
+		return harness.ImageSpec{
+			Repo:       repo,
+			Tag:        tag,
+			Files:      map[string][]byte{"workload": workload, "VERSION": []byte(repo + ":" + tag + "\n")},
+			Entrypoint: []string{"/workload"},
+		}
+	}
+	pub := harness.PushTestImages(t, r.pub, []harness.ImageSpec{
+		spec("team/app", "1.0"),   // a
+		spec("team/gate", "1.0"),  // c
+		spec("team/web", "1.0"),   // d: the running version
+		spec("team/web", "2.0"),   // d: NEW, warmed
+		spec("team/web", "3.0"),   // d: never warmed, the control
+		spec("team/spare", "1.0"), // e
+	})
+	for i, name := range []string{"app", "gate", "web1", "web2", "web3", "spare"} {
+		r.img[name] = pub[i]
+	}
+	priv := harness.PushTestImages(t, r.priv, []harness.ImageSpec{
+		harness.PauseImageSpec(t, "pause", "3.10"),
+		spec("team/private", "1.0"),
+		spec("team/sa-private", "1.0"),
+	})
+	for i, name := range []string{"pause", "private", "sa-private"} {
+		r.img[name] = priv[i]
+	}
+	return r
+}
+
+func randomHex(t *testing.T, n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(b)
+}
+
+// kubectlBinary is the kubectl scripts/build-kube.sh built (the cluster's
+// version), else one on PATH.
+func kubectlBinary(t *testing.T) string {
+	t.Helper()
+	built := harness.KubeBinary("kubectl")
+	if _, err := os.Stat(built); err == nil {
+		return built
+	}
+	if p, err := exec.LookPath("kubectl"); err == nil {
+		return p
+	}
+	harness.Require(t, "kubectl (scripts/build-kube.sh kubectl)", built)
+	return built
+}
+
+// runCommand runs a program to the end, stdout and stderr together.
+func runCommand(dir string, timeout time.Duration, env []string, bin string, args ...string) cmdResult {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), env...)
+	var buf bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &buf, &buf
+	start := time.Now()
+	err := cmd.Run()
+	res := cmdResult{out: buf.String(), took: time.Since(start)}
+	var exit *exec.ExitError
+	switch {
+	case errors.As(err, &exit):
+		res.code = exit.ExitCode()
+	case err != nil:
+		res.err, res.code = err, -1
+	}
+	return res
+}
+
+// command runs a program, keeps its output for scenario f and returns it.
+func (r *run) command(t *testing.T, name string, timeout time.Duration, env []string, bin string, args ...string) cmdResult {
+	t.Helper()
+	res := runCommand(repoRoot, timeout, env, bin, args...)
+	r.outputs = append(r.outputs, namedText{name, res.out})
+	if res.err != nil {
+		t.Fatalf("%s: %v\n%s", name, res.err, res.out)
+	}
+	return res
+}
+
+// ---------------------------------------------------------------------
+// a: the pause image behind a registry containerd has no credentials for.
+
+// scenarioPauseBefore boots a node whose containerd's sandbox image is on
+// the password-protected registry, without the bootstrap hook: the kubelet
+// cannot create any pod's sandbox.
+func (r *run) scenarioPauseBefore(t *testing.T) {
+	kube := harness.StartKube(t)
+	n := harness.StartNode(t, harness.NodeOptions{
+		Kube:         kube,
+		Flavor:       r.flavor,
+		SandboxImage: r.img["pause"].Ref,
+		Registries:   []*harness.Registry{r.pub, r.priv},
+	})
+	n.WaitServiceAccount(t, "default", "default", time.Minute)
+	pod := hostPod(n, "a-pod", r.img["app"].Ref, corev1.PullIfNotPresent)
+	createPod(t, n, pod)
+	msg := waitPodEvent(t, n, "default", "a-pod", "FailedCreatePodSandBox", 2*time.Minute)
+	p := getPod(t, n, "default", "a-pod")
+	if p.Status.Phase != corev1.PodPending {
+		t.Fatalf("a-pod: want Pending without a sandbox, got %s", harness.DescribePod(p))
+	}
+	if !strings.Contains(msg, r.img["pause"].Ref) || !mentionsUnauthorized(msg) {
+		t.Errorf("FailedCreatePodSandBox does not say the pause image was refused: %s", msg)
+	}
+	r.outputs = append(r.outputs, namedText{"a-before: Events", strings.Join(n.PodEvents("default", "a-pod"), "\n")})
+	r.pauseBefore = fmt.Sprintf("%s, %s, FailedCreatePodSandBox (%s)", p.Status.Phase, waitingOr(p, "no sandbox"), unauthorizedWord(msg))
+	t.Logf("a-before: %s\n  event FailedCreatePodSandBox: %s", harness.DescribePod(p), msg)
+}
+
+func mentionsUnauthorized(msg string) bool {
+	return unauthorizedWord(msg) != ""
+}
+
+func unauthorizedWord(msg string) string {
+	for _, w := range []string{"401 Unauthorized", "unauthorized", "401", "authorization failed"} {
+		if strings.Contains(strings.ToLower(msg), strings.ToLower(w)) {
+			return w
+		}
+	}
+	return ""
+}
+
+// startNode starts the run's node: containerd with the pause image on the
+// private registry, the bootstrap hook (`preloader once` with a legacy
+// .dockercfg) before the kubelet, and, with taint, the kubelet registering
+// the node with preloader.io/not-ready.
+func (r *run) startNode(t *testing.T, taint bool) {
+	t.Helper()
+	opts := harness.NodeOptions{
+		Kube:          r.kube,
+		Flavor:        r.flavor,
+		SandboxImage:  r.img["pause"].Ref,
+		Registries:    []*harness.Registry{r.pub, r.priv},
+		BeforeKubelet: func(n *harness.Node) { r.bootstrapHook(t, n) },
+	}
+	if taint {
+		opts.RegisterWithTaints = []corev1.Taint{{Key: notReadyTaint, Effect: corev1.TaintEffectNoSchedule}}
+	}
+	r.node = harness.StartNode(t, opts)
+	t.Cleanup(func() {
+		if t.Failed() && r.agentPod != "" {
+			logs, err := r.node.PodLogs(agentNamespace, r.agentPod, agentContainer)
+			t.Logf("agent %s log (%v):\n%s", r.agentPod, err, tailLines(logs, 60))
+		}
+	})
+	r.node.WaitServiceAccount(t, "default", "default", time.Minute)
+}
+
+// bootstrapHook runs what scripts/preloader-bootstrap.service runs, its
+// ExecStart with this tree's binary, a config of the pause image alone
+// (sandboxImage: auto) and a legacy .dockercfg with the registry's
+// password, once containerd answers and before the kubelet starts.
+func (r *run) bootstrapHook(t *testing.T, n *harness.Node) {
+	t.Helper()
+	dir := t.TempDir()
+	config := filepath.Join(dir, "images.yaml")
+	write(t, config, "# The node's bootstrap list: the runtime's own pause image.\nimages: []\nsandboxImage: auto\n")
+	dockercfg := filepath.Join(dir, ".dockercfg")
+	legacy := map[string]map[string]string{r.priv.Host: {"auth": r.auth, "email": "e2e@example.invalid"}}
+	b, _ := json.Marshal(legacy)
+	writeMode(t, dockercfg, string(b), 0o600)
+
+	unit, err := os.ReadFile(filepath.Join(repoRoot, "scripts", "preloader-bootstrap.service"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var args []string
+	for _, line := range strings.Split(string(unit), "\n") {
+		if rest, ok := strings.CutPrefix(line, "ExecStart="); ok {
+			args = strings.Fields(rest)
+		}
+	}
+	if len(args) < 2 || args[1] != "once" {
+		t.Fatalf("preloader-bootstrap.service: no ExecStart=... once line: %q", args)
+	}
+	for i, a := range args[1:] {
+		if a == "/etc/preloader/images.yaml" {
+			args[i+1] = config
+		}
+	}
+	// The unit finds the runtime at its default socket; the harness's is
+	// in a temporary directory.
+	args = append(args[1:], "--docker-config", dockercfg,
+		"--cri-endpoint", n.Containerd.Endpoint, "--containerd-address", n.Containerd.Address)
+	var env []string
+	if r.flavor == harness.Containerd2 {
+		// 2.x does not report its sandbox image through the CRI; once reads
+		// containerd's config file (README: sandboxImage auto).
+		env = append(env, "PRELOADER_CONTAINERD_CONFIG="+n.Containerd.ConfigFile)
+	}
+	res := r.command(t, "bootstrap: preloader once", 5*time.Minute, env, preloaderBin, args...)
+	r.onceTook = res.took
+	t.Logf("bootstrap hook: preloader %s (%v, exit %d)\n%s", strings.Join(args, " "), res.took.Round(time.Millisecond), res.code, res.out)
+	if res.code != 0 || !strings.Contains(res.out, r.img["pause"].Ref) {
+		t.Fatalf("bootstrap hook: preloader once exit %d, want 0 and the pause image %s pulled:\n%s", res.code, r.img["pause"].Ref, res.out)
+	}
+}
+
+// scenarioPauseAfter: on the node booted with the hook, a pod's sandbox
+// starts with no registry access for the pause image.
+func (r *run) scenarioPauseAfter(t *testing.T) {
+	t.Helper()
+	n := r.node
+	pod := tolerateNotReady(hostPod(n, "a-pod", r.img["app"].Ref, corev1.PullIfNotPresent))
+	created := time.Now()
+	createPod(t, n, pod)
+	p := n.WaitPodRunning(t, "default", "a-pod", 2*time.Minute)
+	took := time.Since(created)
+	for _, e := range n.PodEvents("default", "a-pod") {
+		if strings.HasPrefix(e, "FailedCreatePodSandBox") {
+			t.Errorf("a-pod ran but the kubelet reported %s", e)
+		}
+	}
+	before := r.pauseBefore
+	if before == "" {
+		before = "(not run on this runtime)"
+	}
+	verdicts.add(verdict{
+		scenario:  r.row("a pause image on auth registry, once as hook"),
+		before:    before,
+		after:     fmt.Sprintf("%s, sandbox created (once ran %.1fs before the kubelet)", p.Status.Phase, r.onceTook.Seconds()),
+		toRunning: took,
+	})
+}
+
+// ---------------------------------------------------------------------
+// c: the readiness gate, and the agent's install from manifests/.
+
+func (r *run) scenarioReadinessGate(t *testing.T) {
+	t.Helper()
+	n := r.node
+	ctx := context.Background()
+	if !hasTaint(getNode(t, n), notReadyTaint) {
+		t.Fatalf("node %s did not register with the %s taint", n.Name, notReadyTaint)
+	}
+	gate := deployment(n, "gate", r.img["gate"].Ref, corev1.PullNever, 2)
+	if _, err := n.Client.AppsV1().Deployments("default").Create(ctx, gate, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// Before the agent: the scheduler refuses the node.
+	pods := waitDeploymentPods(t, n, "gate", 2, time.Minute)
+	var msg string
+	for _, p := range pods {
+		msg = waitPodEvent(t, n, "default", p.Name, "FailedScheduling", time.Minute)
+		// The scheduler's message says "untolerated taint(s)" without naming
+		// it; the node has only ours.
+		if !strings.Contains(msg, "untolerated taint") {
+			t.Fatalf("gate pod %s: FailedScheduling is not about a taint: %s", p.Name, msg)
+		}
+		p := getPod(t, n, "default", p.Name)
+		if p.Status.Phase != corev1.PodPending || p.Spec.NodeName != "" {
+			t.Fatalf("gate pod %s: want Pending and unscheduled: %s", p.Name, harness.DescribePod(p))
+		}
+	}
+	if taints := getNode(t, n).Spec.Taints; len(taints) != 1 || taints[0].Key != notReadyTaint {
+		t.Fatalf("node taints %v, want only %s", taints, notReadyTaint)
+	}
+	before := "Pending 2/2, FailedScheduling: untolerated taint " + notReadyTaint
+	t.Logf("c-before: FailedScheduling: %s", msg)
+
+	applied := r.deployAgent(t)
+	// The taint goes once the agent has the images; by then they must be
+	// there (the agent lifts it, nothing else does).
+	untainted := waitNode(t, n, time.Minute+2*resync, "without the "+notReadyTaint+" taint", func(node *corev1.Node) bool {
+		return !hasTaint(node, notReadyTaint)
+	})
+	taintGone := time.Since(applied)
+	if !r.imagePresent(t, r.img["gate"].Ref) {
+		t.Errorf("the %s taint is gone but %s is not in the runtime", notReadyTaint, r.img["gate"].Ref)
+	}
+	if untainted.Labels["preloader.io/ready"] != "true" {
+		t.Errorf("node without the taint but preloader.io/ready=%q", untainted.Labels["preloader.io/ready"])
+	}
+	waitDeploymentRolledOut(t, n, "gate", r.img["gate"].Ref, 2*time.Minute)
+	verdicts.add(verdict{
+		scenario:  r.row("c readiness gate (Deployment first)"),
+		before:    before,
+		after:     fmt.Sprintf("Running 2/2 (Never); agent lifted the taint %.1fs after apply -k", taintGone.Seconds()),
+		toRunning: time.Since(applied),
+	})
+}
+
+// deployAgent installs the agent as a user does: its image (make image),
+// then kubectl apply -k of an overlay whose base is manifests/. The
+// run's own layer on top of integration/e2e/overlay sets what changes with
+// every run: the image's registry, the containerd directory, the API
+// server's port and the images.yaml. It waits until the agent's pod runs
+// and returns when apply finished.
+func (r *run) deployAgent(t *testing.T) time.Time {
+	t.Helper()
+	var built cmdResult
+	select {
+	case built = <-r.imageBuilt:
+	case <-time.After(10 * time.Minute):
+		t.Fatal("make image: still running after 10 minutes")
+	}
+	r.outputs = append(r.outputs, namedText{"make image", built.out})
+	if built.err != nil || built.code != 0 {
+		t.Fatalf("make image IMAGE=%s: exit %d %v\n%s", r.agentImage, built.code, built.err, built.out)
+	}
+	t.Logf("make image IMAGE=%s: %v\n%s", r.agentImage, built.took.Round(time.Millisecond), tailLines(built.out, 5))
+
+	dir := t.TempDir()
+	overlay := filepath.Join(repoRoot, "integration", "e2e", "overlay")
+	rel, err := filepath.Rel(dir, overlay)
+	if err != nil {
+		t.Fatal(err)
+	}
+	name, tag, _ := strings.Cut(strings.TrimPrefix(r.agentImage, r.pub.Host+"/"), ":")
+	write(t, filepath.Join(dir, "kustomization.yaml"), fmt.Sprintf(`apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - %s
+images:
+  - name: ghcr.io/kube-preloader/preloader
+    newName: %s/%s
+    newTag: %s
+patches:
+  - path: daemonset-run.yaml
+  - path: configmap-run.yaml
+`, rel, r.pub.Host, name, tag))
+	port := strconv.Itoa(r.node.APIServerPort())
+	write(t, filepath.Join(dir, "daemonset-run.yaml"), `apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: preloader
+  namespace: kube-preloader
+spec:
+  template:
+    spec:
+      containers:
+        - name: preloader
+          env:
+            - name: KUBERNETES_SERVICE_PORT
+              value: "`+port+`"
+            - name: KUBERNETES_SERVICE_PORT_HTTPS
+              value: "`+port+`"
+      volumes:
+        - name: containerd
+          hostPath:
+            path: `+r.node.Containerd.Dir+`
+`)
+	write(t, filepath.Join(dir, "configmap-run.yaml"), `apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: preloader-config
+  namespace: kube-preloader
+data:
+  images.yaml: |
+`+indent(r.renderConfig(), "    "))
+
+	res := r.command(t, "kubectl apply -k", 2*time.Minute, nil, r.kubectl, "--kubeconfig", r.kube.Kubeconfig, "apply", "-k", dir)
+	applied := time.Now()
+	if res.code != 0 {
+		t.Fatalf("kubectl apply -k: exit %d\n%s", res.code, res.out)
+	}
+	t.Logf("kubectl apply -k %s:\n%s", dir, res.out)
+
+	// The DaemonSet's pod on our node, running.
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		pods, err := r.node.Client.CoreV1().Pods(agentNamespace).List(context.Background(), metav1.ListOptions{LabelSelector: agentLabel})
+		if err == nil && len(pods.Items) == 1 && pods.Items[0].Spec.NodeName == r.node.Name {
+			r.agentPod = pods.Items[0].Name
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no agent pod on %s after 3m: %v %d pods\n%s", r.node.Name, err, len(pods.Items), r.node.Logs(30))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	p := r.node.WaitPodRunning(t, agentNamespace, r.agentPod, 3*time.Minute)
+	t.Logf("agent pod %s running %v after apply (image %s)", r.agentPod, time.Since(applied).Round(time.Millisecond), p.Spec.Containers[0].Image)
+	return applied
+}
+
+// cfgEntry is one image of the test's images.yaml.
+type cfgEntry struct {
+	Image          string
+	PullSecrets    []string
+	ServiceAccount string
+}
+
+func (r *run) renderConfig() string {
+	var b strings.Builder
+	if len(r.entries) == 0 {
+		b.WriteString("images: []\n")
+	} else {
+		b.WriteString("images:\n")
+	}
+	for _, e := range r.entries {
+		fmt.Fprintf(&b, "  - image: %s\n", e.Image)
+		if len(e.PullSecrets) > 0 {
+			fmt.Fprintf(&b, "    pullSecrets: [%s]\n", strings.Join(e.PullSecrets, ", "))
+		}
+		if e.ServiceAccount != "" {
+			fmt.Fprintf(&b, "    serviceAccount: %s\n", e.ServiceAccount)
+		}
+	}
+	fmt.Fprintf(&b, "sandboxImage: %s\nresync: %s\n", r.sandbox, resync)
+	return b.String()
+}
+
+// writeConfig replaces the ConfigMap's images.yaml with the run's entries,
+// as `kubectl edit` would.
+func (r *run) writeConfig(t *testing.T) {
+	t.Helper()
+	cms := r.node.Client.CoreV1().ConfigMaps(agentNamespace)
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		cm, err := cms.Get(context.Background(), agentConfigMap, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		cm.Data["images.yaml"] = r.renderConfig()
+		_, err = cms.Update(context.Background(), cm, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
+		t.Fatalf("update ConfigMap: %v", err)
+	}
+}
+
+// ---------------------------------------------------------------------
+// b: private images, pods with Never and no imagePullSecrets.
+
+func (r *run) scenarioPrivate(t *testing.T, name string) {
+	t.Helper()
+	n := r.node
+	ctx := context.Background()
+	// The credentials, in the agent's namespace only: a Secret named by
+	// pullSecrets (config.json shape), and a legacy .dockercfg Secret that a
+	// ServiceAccount lists as its imagePullSecrets.
+	configJSON, _ := json.Marshal(map[string]any{"auths": map[string]any{
+		r.priv.Host: map[string]string{"username": r.user, "password": r.password},
+	}})
+	dockercfg, _ := json.Marshal(map[string]any{r.priv.Host: map[string]string{"auth": r.auth}})
+	secrets := n.Client.CoreV1().Secrets(agentNamespace)
+	for _, s := range []*corev1.Secret{
+		{ObjectMeta: metav1.ObjectMeta{Name: "regcred"}, Type: corev1.SecretTypeDockerConfigJson,
+			Data: map[string][]byte{corev1.DockerConfigJsonKey: configJSON}},
+		{ObjectMeta: metav1.ObjectMeta{Name: "builder-dockercfg"}, Type: corev1.SecretTypeDockercfg,
+			Data: map[string][]byte{corev1.DockerConfigKey: dockercfg}},
+	} {
+		if _, err := secrets.Create(ctx, s, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sa := &corev1.ServiceAccount{
+		ObjectMeta:       metav1.ObjectMeta{Name: "builder"},
+		ImagePullSecrets: []corev1.LocalObjectReference{{Name: "builder-dockercfg"}},
+	}
+	if _, err := n.Client.CoreV1().ServiceAccounts(agentNamespace).Create(ctx, sa, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	cases := []struct {
+		pod, image, via string
+		entry           cfgEntry
+	}{
+		{"b-secret", r.img["private"].Ref, "pullSecrets", cfgEntry{Image: r.img["private"].Ref, PullSecrets: []string{"regcred"}}},
+		{"b-sa", r.img["sa-private"].Ref, "serviceAccount", cfgEntry{Image: r.img["sa-private"].Ref, ServiceAccount: "builder"}},
+	}
+	before := map[string]string{}
+	for _, c := range cases {
+		pod := hostPod(n, c.pod, c.image, corev1.PullNever)
+		if len(pod.Spec.ImagePullSecrets) != 0 {
+			t.Fatal("pod has imagePullSecrets")
+		}
+		createPod(t, n, pod)
+	}
+	for _, c := range cases {
+		p := n.WaitContainerWaiting(t, "default", c.pod, "ErrImageNeverPull", time.Minute)
+		before[c.pod] = fmt.Sprintf("%s, ErrImageNeverPull", p.Status.Phase)
+	}
+
+	// Listed: with the pod's own Secret, and through a ServiceAccount's.
+	// (e's image joins here, anonymous, so it is present when e starts.)
+	for _, c := range cases {
+		r.entries = append(r.entries, c.entry)
+	}
+	if r.flavor == harness.Containerd16 {
+		r.entries = append(r.entries, cfgEntry{Image: r.img["spare"].Ref})
+	}
+	edited := time.Now()
+	r.writeConfig(t)
+	// When the agent made each present (the rest of the wait to Running is
+	// the kubelet's retry of a pod that failed, about every 10-15 s).
+	present := map[string]time.Duration{}
+	for len(present) < len(cases) {
+		for _, c := range cases {
+			if _, ok := present[c.pod]; !ok && r.imagePresent(t, c.image) {
+				present[c.pod] = time.Since(edited)
+			}
+		}
+		if time.Since(edited) > 2*time.Minute {
+			t.Fatalf("images not present 2m after the ConfigMap edit: %v", present)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	running := map[string]time.Duration{}
+	for _, c := range cases {
+		n.WaitPodRunning(t, "default", c.pod, 2*time.Minute)
+		running[c.pod] = time.Since(edited)
+	}
+	for _, c := range cases {
+		p := getPod(t, n, "default", c.pod)
+		if len(p.Spec.ImagePullSecrets) != 0 || p.Spec.Containers[0].ImagePullPolicy != corev1.PullNever {
+			t.Errorf("%s: imagePullSecrets %v policy %s", c.pod, p.Spec.ImagePullSecrets, p.Spec.Containers[0].ImagePullPolicy)
+		}
+		verdicts.add(verdict{
+			scenario:  r.row(name + " private image, Never, listed with " + c.via),
+			before:    before[c.pod],
+			after:     fmt.Sprintf("%s (no imagePullSecrets); agent had it %.1fs after the edit", p.Status.Phase, present[c.pod].Seconds()),
+			toRunning: running[c.pod],
+		})
+	}
+}
+
+// ---------------------------------------------------------------------
+// d: the registry goes down during a rollout.
+
+func (r *run) scenarioRegistryDown(t *testing.T) {
+	t.Helper()
+	n := r.node
+	ctx := context.Background()
+	web := deployment(n, "web", r.img["web1"].Ref, corev1.PullIfNotPresent, 2)
+	if _, err := n.Client.AppsV1().Deployments("default").Create(ctx, web, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitDeploymentRolledOut(t, n, "web", r.img["web1"].Ref, 2*time.Minute)
+
+	// Pre-warm NEW on every node, as a CI pipeline does before a rollout.
+	newRef := r.img["web2"].Ref
+	res := r.command(t, "preloader warm", 4*time.Minute, nil, preloaderBin, "warm",
+		"--configmap", agentNamespace+"/"+agentConfigMap, "--image", newRef, "--wait", "--timeout", "3m",
+		"--kubeconfig", r.kube.Kubeconfig)
+	t.Logf("preloader warm --wait (%v, exit %d):\n%s", res.took.Round(time.Millisecond), res.code, res.out)
+	if res.code != 0 {
+		t.Fatalf("preloader warm --wait: exit %d\n%s", res.code, res.out)
+	}
+	r.entries = append(r.entries, cfgEntry{Image: newRef})
+
+	r.pub.Stop()
+	defer r.pub.Start()
+
+	// The kubelet's verdict on an image nobody warmed, registry down.
+	control := hostPod(n, "d-unwarmed", r.img["web3"].Ref, corev1.PullIfNotPresent)
+	createPod(t, n, control)
+	p := n.WaitPod(t, "default", "d-unwarmed", 2*time.Minute, "failing to pull", func(p *corev1.Pod) bool {
+		w := harness.WaitingReason(p)
+		return w == "ErrImagePull" || w == "ImagePullBackOff"
+	})
+	before := fmt.Sprintf("unwarmed image: %s, %s", p.Status.Phase, harness.WaitingReason(p))
+
+	switched := time.Now()
+	patch := fmt.Sprintf(`{"spec":{"template":{"spec":{"containers":[{"name":"app","image":%q}]}}}}`, newRef)
+	if _, err := n.Client.AppsV1().Deployments("default").Patch(ctx, "web", types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitDeploymentRolledOut(t, n, "web", newRef, 3*time.Minute)
+	verdicts.add(verdict{
+		scenario:  r.row("d registry down, rollout to warmed NEW"),
+		before:    before,
+		after:     fmt.Sprintf("2/2 updated and ready (IfNotPresent); warm --wait took %.1fs", res.took.Seconds()),
+		toRunning: time.Since(switched),
+	})
+	_ = n.Client.CoreV1().Pods("default").Delete(ctx, "d-unwarmed", metav1.DeleteOptions{})
+}
+
+// ---------------------------------------------------------------------
+// e: an image removed behind the kubelet's back.
+
+func (r *run) scenarioRemoved(t *testing.T) {
+	t.Helper()
+	n := r.node
+	ctx := context.Background()
+	ref := r.img["spare"].Ref
+	if !r.imagePresent(t, ref) {
+		t.Fatalf("%s not present before e", ref)
+	}
+	// Act right after a resync, so that the kubelet looks before the next.
+	r.waitResync(t)
+	is := runtimeapi.NewImageServiceClient(n.Containerd.Conn(t))
+	if _, err := is.RemoveImage(ctx, &runtimeapi.RemoveImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}}); err != nil {
+		t.Fatalf("CRI RemoveImage %s: %v", ref, err)
+	}
+	removed := time.Now()
+	if r.imagePresent(t, ref) {
+		t.Fatalf("%s still present after RemoveImage", ref)
+	}
+	createPod(t, n, hostPod(n, "e-before", ref, corev1.PullNever))
+	p := n.WaitPod(t, "default", "e-before", time.Minute, "ErrImageNeverPull or Running", func(p *corev1.Pod) bool {
+		return harness.WaitingReason(p) == "ErrImageNeverPull" || p.Status.Phase == corev1.PodRunning
+	})
+	before := fmt.Sprintf("%s, %s", p.Status.Phase, harness.WaitingReason(p))
+	if p.Status.Phase == corev1.PodRunning {
+		before = "not seen: restored before the kubelet's first look"
+	}
+
+	var restored time.Duration
+	for {
+		if r.imagePresent(t, ref) {
+			restored = time.Since(removed)
+			break
+		}
+		if time.Since(removed) > 4*resync+time.Minute {
+			t.Fatalf("%s not restored %v after RemoveImage (resync %v)", ref, time.Since(removed), resync)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// Within one resync, plus the pull itself.
+	if restored > resync+5*time.Second {
+		t.Errorf("%s restored %v after RemoveImage, more than one resync (%v)", ref, restored, resync)
+	}
+	createPod(t, n, hostPod(n, "e-after", ref, corev1.PullNever))
+	p = n.WaitPodRunning(t, "default", "e-after", time.Minute)
+	verdicts.add(verdict{
+		scenario:  r.row("e image removed (CRI RemoveImage)"),
+		before:    before,
+		after:     fmt.Sprintf("restored %.1fs after removal (resync %v); new Never pod %s", restored.Seconds(), resync, p.Status.Phase),
+		toRunning: time.Since(removed),
+	})
+}
+
+// waitResync waits until the agent finishes a sync (its last-success
+// metric moves).
+func (r *run) waitResync(t *testing.T) {
+	t.Helper()
+	first := r.lastSync(t)
+	deadline := time.Now().Add(3 * resync)
+	for time.Now().Before(deadline) {
+		if v := r.lastSync(t); v != first && v != 0 {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("agent: preloader_last_successful_sync_timestamp_seconds did not move in %v", 3*resync)
+}
+
+func (r *run) lastSync(t *testing.T) float64 {
+	t.Helper()
+	hc := &http.Client{Timeout: 2 * time.Second}
+	resp, err := hc.Get(agentMetrics)
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "preloader_last_successful_sync_timestamp_seconds "); ok {
+			f, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return f
+		}
+	}
+	return 0
+}
+
+func (r *run) imagePresent(t *testing.T, ref string) bool {
+	t.Helper()
+	is := runtimeapi.NewImageServiceClient(r.node.Containerd.Conn(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := is.ImageStatus(ctx, &runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: ref}})
+	if err != nil {
+		t.Fatalf("CRI ImageStatus %s: %v", ref, err)
+	}
+	return resp.Image != nil
+}
+
+// ---------------------------------------------------------------------
+// f: the password and the auth string appear nowhere a user reads.
+
+func (r *run) scenarioNoSecrets(t *testing.T, name string) {
+	t.Helper()
+	n := r.node
+	ctx := context.Background()
+	texts := append([]namedText(nil), r.outputs...)
+
+	res := r.command(t, "preloader status", time.Minute, nil, preloaderBin, "status", "-o", "wide", "--kubeconfig", r.kube.Kubeconfig)
+	t.Logf("preloader status -o wide (exit %d):\n%s", res.code, res.out)
+	texts = append(texts, namedText{"preloader status", res.out})
+
+	if r.agentPod == "" {
+		t.Fatal("no agent pod")
+	}
+	// The DaemonSet as shipped held up: ready (/readyz), never restarted
+	// (liveness, the 64Mi limit).
+	agent := getPod(t, n, agentNamespace, r.agentPod)
+	for _, c := range agent.Status.ContainerStatuses {
+		if !c.Ready || c.RestartCount != 0 {
+			t.Errorf("agent container %s: ready=%v restarts=%d last state %+v", c.Name, c.Ready, c.RestartCount, c.LastTerminationState)
+		}
+	}
+	logs, err := n.PodLogs(agentNamespace, r.agentPod, agentContainer)
+	if err != nil || !strings.Contains(logs, "synced") {
+		t.Fatalf("agent log: %v\n%s", err, logs)
+	}
+	texts = append(texts, namedText{"agent container log", logs})
+
+	node := getNode(t, n)
+	nodeJSON, _ := json.Marshal(node)
+	texts = append(texts, namedText{"Node " + n.Name, string(nodeJSON)})
+	if node.Annotations["preloader.io/status"] == "" {
+		t.Errorf("Node has no preloader.io/status annotation")
+	}
+
+	events, err := n.Client.CoreV1().Events("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventsJSON, _ := json.Marshal(events)
+	texts = append(texts, namedText{fmt.Sprintf("Events (%d, all namespaces)", len(events.Items)), string(eventsJSON)})
+
+	needles := map[string]string{
+		"the password":               r.password,
+		"the base64 auth string":     r.auth,
+		"the password in base64":     base64.StdEncoding.EncodeToString([]byte(r.password)),
+		"user:password in the clear": r.user + ":" + r.password,
+	}
+	total := 0
+	for _, tx := range texts {
+		total += len(tx.text)
+		for what, needle := range needles {
+			if i := strings.Index(tx.text, needle); i >= 0 {
+				// Say where, not what.
+				t.Errorf("%s contains %s at byte %d of %d", tx.name, what, i, len(tx.text))
+			}
+		}
+	}
+	var names []string
+	for _, tx := range texts {
+		names = append(names, tx.name)
+	}
+	t.Logf("searched %d sources, %d bytes, for the password and auth string: %s", len(texts), total, strings.Join(names, "; "))
+	verdicts.add(verdict{
+		scenario: r.row(name + " no password or auth string anywhere"),
+		before:   "-",
+		after:    fmt.Sprintf("absent from %d sources (%d KiB): agent log, Node, Events, command output", len(texts), total>>10),
+	})
+}
+
+// ---------------------------------------------------------------------
+// helpers
+
+func (r *run) row(s string) string {
+	if r.flavor == harness.Containerd16 {
+		return s
+	}
+	return s + " [" + string(r.flavor) + "]"
+}
+
+func tolerateNotReady(p *corev1.Pod) *corev1.Pod {
+	p.Spec.Tolerations = append(p.Spec.Tolerations, corev1.Toleration{Key: notReadyTaint, Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoSchedule})
+	return p
+}
+
+func createPod(t *testing.T, n *harness.Node, p *corev1.Pod) {
+	t.Helper()
+	if _, err := n.Client.CoreV1().Pods(p.Namespace).Create(context.Background(), p, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create pod %s: %v", p.Name, err)
+	}
+}
+
+func getPod(t *testing.T, n *harness.Node, ns, name string) *corev1.Pod {
+	t.Helper()
+	p, err := n.Client.CoreV1().Pods(ns).Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func getNode(t *testing.T, n *harness.Node) *corev1.Node {
+	t.Helper()
+	node, err := n.Client.CoreV1().Nodes().Get(context.Background(), n.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return node
+}
+
+func hasTaint(node *corev1.Node, key string) bool {
+	for _, tn := range node.Spec.Taints {
+		if tn.Key == key {
+			return true
+		}
+	}
+	return false
+}
+
+func waitNode(t *testing.T, n *harness.Node, timeout time.Duration, what string, cond func(*corev1.Node) bool) *corev1.Node {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		node := getNode(t, n)
+		if cond(node) {
+			return node
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node %s not %s after %v: taints %v labels %v annotations %v\n%s", n.Name, what, timeout,
+				node.Spec.Taints, node.Labels, node.Annotations, n.Logs(20))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// waitPodEvent waits for an Event with reason about the pod and returns its
+// message.
+func waitPodEvent(t *testing.T, n *harness.Node, ns, pod, reason string, timeout time.Duration) string {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		for _, e := range n.PodEvents(ns, pod) {
+			if msg, ok := strings.CutPrefix(e, reason+": "); ok {
+				return msg
+			}
+		}
+		if time.Now().After(deadline) {
+			p, _ := n.Client.CoreV1().Pods(ns).Get(context.Background(), pod, metav1.GetOptions{})
+			t.Fatalf("pod %s/%s: no %s Event after %v; events %q; %s\n%s", ns, pod, reason, timeout,
+				n.PodEvents(ns, pod), harness.DescribePod(p), n.Logs(30))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func waitingOr(p *corev1.Pod, dflt string) string {
+	if w := harness.WaitingReason(p); w != "" {
+		return w
+	}
+	return dflt
+}
+
+// deployment is a Deployment of hostNetwork pods on the test node.
+func deployment(n *harness.Node, name, image string, policy corev1.PullPolicy, replicas int32) *appsv1.Deployment {
+	labels := map[string]string{"app": name}
+	grace := int64(2)
+	return &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default"},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: &replicas,
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: corev1.PodSpec{
+					HostNetwork:                   true,
+					TerminationGracePeriodSeconds: &grace,
+					Containers: []corev1.Container{{
+						Name:            "app",
+						Image:           image,
+						ImagePullPolicy: policy,
+						Env:             n.APIServerEnv(),
+					}},
+				},
+			},
+		},
+	}
+}
+
+// waitDeploymentPods waits until the Deployment has want pods.
+func waitDeploymentPods(t *testing.T, n *harness.Node, name string, want int, timeout time.Duration) []corev1.Pod {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		pods, err := n.Client.CoreV1().Pods("default").List(context.Background(), metav1.ListOptions{LabelSelector: "app=" + name})
+		if err == nil && len(pods.Items) == want {
+			return pods.Items
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("deployment %s: want %d pods after %v: %v", name, want, timeout, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// waitDeploymentRolledOut waits until every replica of the Deployment runs
+// image, is ready and available, and no old pod is left.
+func waitDeploymentRolledOut(t *testing.T, n *harness.Node, name, image string, timeout time.Duration) {
+	t.Helper()
+	ctx := context.Background()
+	deadline := time.Now().Add(timeout)
+	for {
+		d, err := n.Client.AppsV1().Deployments("default").Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pods, err := n.Client.CoreV1().Pods("default").List(ctx, metav1.ListOptions{LabelSelector: "app=" + name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := *d.Spec.Replicas
+		st := d.Status
+		done := st.ObservedGeneration >= d.Generation && st.UpdatedReplicas == want && st.ReadyReplicas == want &&
+			st.AvailableReplicas == want && st.Replicas == want && len(pods.Items) == int(want)
+		var desc []string
+		for _, p := range pods.Items {
+			running := p.Status.Phase == corev1.PodRunning && p.DeletionTimestamp == nil
+			for _, c := range p.Status.ContainerStatuses {
+				running = running && c.Ready
+			}
+			if !running || p.Spec.Containers[0].Image != image {
+				done = false
+			}
+			desc = append(desc, p.Name+" "+p.Spec.Containers[0].Image+": "+harness.DescribePod(&p))
+		}
+		if done {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("deployment %s not rolled out to %s after %v: status %+v\n%s\n%s", name, image, timeout, st,
+				strings.Join(desc, "\n"), n.Logs(30))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func write(t *testing.T, path, content string) { writeMode(t, path, content, 0o644) }
+
+func writeMode(t *testing.T, path, content string, mode os.FileMode) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), mode); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func indent(s, prefix string) string {
+	var b strings.Builder
+	for _, line := range strings.SplitAfter(s, "\n") {
+		if line != "" {
+			b.WriteString(prefix + line)
+		}
+	}
+	return b.String()
+}
+
+func tailLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
