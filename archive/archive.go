@@ -96,8 +96,10 @@ func (a *File) Tar() (io.ReadCloser, error) {
 	if _, err := a.f.Seek(0, io.SeekStart); err != nil {
 		return nil, fmt.Errorf("archive %s: %w", a.Path, err)
 	}
-	// A large buffer: the tar reader reads 512-byte blocks and the
-	// decompressors read in small pieces too.
+	if a.Compression == Plain {
+		return io.NopCloser(a.f), nil
+	}
+	// A large buffer: the decompressors read in small pieces.
 	br := bufio.NewReaderSize(a.f, 1<<20)
 	switch a.Compression {
 	case Gzip:
@@ -113,7 +115,7 @@ func (a *File) Tar() (io.ReadCloser, error) {
 		}
 		return zr.IOReadCloser(), nil
 	}
-	return io.NopCloser(br), nil
+	return nil, fmt.Errorf("archive %s: unknown compression %q", a.Path, a.Compression)
 }
 
 var magics = []struct {

@@ -5,16 +5,19 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/kube-preloader/kube-preloader/archive"
@@ -73,7 +76,11 @@ func inspect(t *testing.T, data []byte) ([]archive.Image, error) {
 		return nil, err
 	}
 	defer a.Close()
-	return archive.Inspect(context.Background(), a, amd64)
+	c, err := archive.Inspect(context.Background(), a, amd64)
+	if err != nil {
+		return nil, err
+	}
+	return c.Images, nil
 }
 
 func configDigest(t *testing.T, img v1.Image) string {
@@ -108,6 +115,73 @@ func TestInspectFormats(t *testing.T) {
 					}
 					if !slices.Equal(got[i].Names, want.Names) {
 						t.Errorf("image %d: names %v, want %v", i, got[i].Names, want.Names)
+					}
+				}
+			})
+		}
+	}
+}
+
+func TestEach(t *testing.T) {
+	imgs := testImages(t)
+	for _, f := range archivetest.Formats {
+		plain := write(t, f, imgs)
+		for _, c := range []string{archivetest.Plain, archivetest.Zstd} {
+			t.Run(string(f)+"/"+c, func(t *testing.T) {
+				data, err := archivetest.Compress(plain, c)
+				if err != nil {
+					t.Fatal(err)
+				}
+				dir := t.TempDir()
+				if err := os.WriteFile(filepath.Join(dir, "a.tar"), data, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				a, err := archive.Open(dir, "a.tar")
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer a.Close()
+				contents, err := archive.Inspect(context.Background(), a, amd64)
+				if err != nil {
+					t.Fatal(err)
+				}
+				want := map[digest.Digest]bool{}
+				var descs []ocispec.Descriptor
+				for _, img := range contents.Images {
+					if img.Blobs[0].Digest != img.Target.Digest {
+						t.Errorf("%v: blobs start with %s, want the target %s", img.Names, img.Blobs[0].Digest, img.Target.Digest)
+					}
+					// Two images with two layers each over a shared base:
+					// target, config and the layers.
+					if len(img.Blobs) != 4 {
+						t.Errorf("%v: %d blobs, want 4", img.Names, len(img.Blobs))
+					}
+					for _, b := range img.Blobs {
+						want[b.Digest] = true
+					}
+					descs = append(descs, img.Blobs...)
+				}
+				var mu sync.Mutex
+				got := map[digest.Digest]int{}
+				err = contents.Each(context.Background(), descs, func(d ocispec.Descriptor, r io.Reader) error {
+					data, err := io.ReadAll(r)
+					if err != nil {
+						return err
+					}
+					if digest.FromBytes(data) != d.Digest || int64(len(data)) != d.Size {
+						t.Errorf("blob %s: got %d bytes with digest %s", d.Digest, len(data), digest.FromBytes(data))
+					}
+					mu.Lock()
+					got[d.Digest]++
+					mu.Unlock()
+					return nil
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+				for d := range want {
+					if got[d] != 1 {
+						t.Errorf("blob %s delivered %d times, want once", d, got[d])
 					}
 				}
 			})

@@ -14,13 +14,20 @@ import (
 	"strings"
 
 	"github.com/containerd/containerd/v2/core/content"
-	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/platforms"
 	"github.com/distribution/reference"
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
+
+// Contents is what an archive holds for a platform, and where.
+type Contents struct {
+	Images []Image
+
+	file  *File
+	blobs map[digest.Digest]blob
+}
 
 // Image is one image an archive holds for a platform.
 type Image struct {
@@ -31,6 +38,19 @@ type Image struct {
 	// Config is the digest of its config for the platform: the image ID
 	// the CRI reports once it is present.
 	Config digest.Digest
+	// Target is what an image record points to: the entry of index.json,
+	// or for docker save the manifest that containerd's own importer
+	// would write for it.
+	Target ocispec.Descriptor
+	// Blobs are Target and every blob below it for the platform.
+	Blobs []ocispec.Descriptor
+}
+
+// blob is where a blob's content is.
+type blob struct {
+	path   string // the tar entry, links resolved
+	offset int64  // of the entry's content in the tar stream
+	data   []byte // a manifest Inspect built, not in the archive
 }
 
 // Limits on what Inspect keeps in memory. Metadata (index, manifests,
@@ -45,45 +65,52 @@ const (
 // stored under, and every image has a manifest and all of its layers for
 // platform. It returns the archive's images, one per config; an error names
 // the file and says what is wrong.
-func Inspect(ctx context.Context, a *File, platform ocispec.Platform) ([]Image, error) {
-	imgs, err := inspect(ctx, a, platform)
+func Inspect(ctx context.Context, a *File, platform ocispec.Platform) (*Contents, error) {
+	c, err := inspect(ctx, a, platform)
 	if err != nil {
 		return nil, fmt.Errorf("archive %s: %w", a.Path, err)
 	}
-	return imgs, nil
+	return c, nil
 }
 
-func inspect(ctx context.Context, a *File, platform ocispec.Platform) ([]Image, error) {
+func inspect(ctx context.Context, a *File, platform ocispec.Platform) (*Contents, error) {
 	r, err := a.Tar()
 	if err != nil {
 		return nil, err
 	}
 	defer r.Close()
 	s := &scan{
-		entries: make(map[string]entry),
-		links:   make(map[string]string),
+		entries:  make(map[string]entry),
+		links:    make(map[string]string),
+		contents: &Contents{file: a, blobs: make(map[digest.Digest]blob)},
+		platform: platforms.Normalize(platform),
 	}
+	s.match = platforms.Only(s.platform)
 	if err := s.read(r); err != nil {
 		return nil, err
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	s.platform = platforms.Normalize(platform)
-	s.match = platforms.Only(s.platform)
-	if _, ok := s.entries[ocispec.ImageLayoutFile]; ok {
+	switch {
+	case s.has(ocispec.ImageLayoutFile):
 		// Docker 25 writes both an OCI layout and manifest.json; like
 		// containerd's importer, prefer the OCI layout.
-		return s.ociImages(ctx)
+		err = s.ociImages(ctx)
+	case s.has("manifest.json"):
+		err = s.dockerImages()
+	default:
+		err = errors.New("not an image archive: it has neither oci-layout nor manifest.json")
 	}
-	if _, ok := s.entries["manifest.json"]; ok {
-		return s.dockerImages()
+	if err != nil {
+		return nil, err
 	}
-	return nil, errors.New("not an image archive: it has neither oci-layout nor manifest.json")
+	return s.contents, nil
 }
 
 // entry is one regular file of the archive.
 type entry struct {
+	offset     int64
 	size       int64
 	digest     digest.Digest // sha256 of its content
 	compressed bool          // starts with gzip or zstd magic
@@ -94,13 +121,27 @@ type scan struct {
 	entries   map[string]entry
 	links     map[string]string // link name to target, both clean archive paths
 	jsonBytes int64
+	contents  *Contents
 	platform  ocispec.Platform
 	match     platforms.MatchComparer
 }
 
+// counter counts the bytes read through it: the offsets of entries.
+type counter struct {
+	r io.Reader
+	n int64
+}
+
+func (c *counter) Read(b []byte) (int, error) {
+	n, err := c.r.Read(b)
+	c.n += int64(n)
+	return n, err
+}
+
 // read walks the tar stream to its end.
 func (s *scan) read(r io.Reader) error {
-	tr := tar.NewReader(r)
+	cr := &counter{r: r}
+	tr := tar.NewReader(cr)
 	buf := make([]byte, 1<<20)
 	for {
 		hdr, err := tr.Next()
@@ -119,10 +160,14 @@ func (s *scan) read(r io.Reader) error {
 		}
 		switch hdr.Typeflag {
 		case tar.TypeReg, tar.TypeRegA: //nolint:staticcheck // old writers still use TypeRegA
+			// tar.Reader reads exactly the header blocks: what it has
+			// read so far ends where the content starts.
+			offset := cr.n
 			e, err := s.readEntry(tr, hdr, buf)
 			if err != nil {
 				return fmt.Errorf("entry %q: %w", hdr.Name, notTar(err))
 			}
+			e.offset = offset
 			s.entries[name] = e
 		case tar.TypeSymlink:
 			// docker save links layers it stores twice: <id>/layer.tar ->
@@ -207,11 +252,16 @@ func notTar(err error) error {
 	return err
 }
 
-// entry returns the regular file at p, following links.
-func (s *scan) entry(p string) (entry, bool) {
+func (s *scan) has(p string) bool {
+	_, ok := s.entries[p]
+	return ok
+}
+
+// entry returns the regular file at p, following links, and its path.
+func (s *scan) entry(p string) (string, entry, bool) {
 	for range 16 {
 		if e, ok := s.entries[p]; ok {
-			return e, true
+			return p, e, true
 		}
 		t, ok := s.links[p]
 		if !ok {
@@ -219,180 +269,25 @@ func (s *scan) entry(p string) (entry, bool) {
 		}
 		p = t
 	}
-	return entry{}, false
+	return "", entry{}, false
 }
 
-// ociImages reads an OCI image layout: oci-layout, index.json, blobs/.
-func (s *scan) ociImages(ctx context.Context) ([]Image, error) {
-	var layout ocispec.ImageLayout
-	if err := s.json(ocispec.ImageLayoutFile, &layout); err != nil {
-		return nil, err
+// addBlob records where the blob desc is: in entry p, which must hold
+// desc.Size bytes.
+func (s *scan) addBlob(desc ocispec.Descriptor, p string) error {
+	real, e, ok := s.entry(p)
+	if !ok {
+		return fmt.Errorf("blob %s (%s) is missing from the archive (truncated or incomplete)", p, desc.Digest)
 	}
-	if layout.Version != ocispec.ImageLayoutVersion {
-		return nil, fmt.Errorf("unsupported OCI layout version %q", layout.Version)
+	if e.size != desc.Size {
+		return fmt.Errorf("blob %s has %d bytes, the manifest says %d", p, e.size, desc.Size)
 	}
-	if err := s.checkBlobDigests(); err != nil {
-		return nil, err
-	}
-	var index ocispec.Index
-	if err := s.json(ocispec.ImageIndexFile, &index); err != nil {
-		return nil, err
-	}
-	var out []Image
-	for _, desc := range index.Manifests {
-		if _, ok := desc.Annotations[images.AnnotationManifestSubject]; ok {
-			continue // a referrer (signature, SBOM), not an image
-		}
-		names, err := ociNames(desc.Annotations)
-		if err != nil {
-			return nil, err
-		}
-		cfg, err := s.resolve(ctx, desc)
-		if err != nil {
-			return nil, fmt.Errorf("image %s: %w", describe(names, desc.Digest), err)
-		}
-		out = addImage(out, cfg, names)
-	}
-	if len(out) == 0 {
-		return nil, errors.New("index.json lists no images")
-	}
-	return out, nil
-}
-
-// checkBlobDigests checks that every blob's content has the digest it is
-// stored under.
-func (s *scan) checkBlobDigests() error {
-	for p, e := range s.entries {
-		rest, ok := strings.CutPrefix(p, "blobs/")
-		if !ok {
-			continue
-		}
-		alg, hex, ok := strings.Cut(rest, "/")
-		if !ok || alg != string(digest.SHA256) {
-			continue // other algorithms are not hashed; the runtime checks them
-		}
-		if want := digest.NewDigestFromEncoded(digest.SHA256, hex); want != e.digest {
-			return fmt.Errorf("digest mismatch: %s has content with digest %s", p, e.digest)
-		}
-	}
+	s.contents.blobs[desc.Digest] = blob{path: real, offset: e.offset}
 	return nil
 }
 
-// resolve finds desc's manifest for platform, checks that its config and
-// layers are in the archive, and returns the config digest.
-func (s *scan) resolve(ctx context.Context, desc ocispec.Descriptor) (digest.Digest, error) {
-	p := provider{s}
-	m, err := images.Manifest(ctx, p, desc, s.match)
-	if err != nil {
-		if errdefs.IsNotFound(err) && strings.Contains(err.Error(), "no match for platform") {
-			return "", fmt.Errorf("no manifest for platform %s (the archive has %s)", platforms.Format(s.platform), s.platforms(ctx, desc))
-		}
-		return "", err
-	}
-	// images.Manifest does not check the platform of a top-level manifest.
-	if images.IsManifestType(desc.MediaType) {
-		cp, err := images.ConfigPlatform(ctx, p, m.Config)
-		if err != nil {
-			return "", fmt.Errorf("config %s: %w", m.Config.Digest, err)
-		}
-		if cp.OS != "" && !s.match.Match(cp) {
-			return "", fmt.Errorf("no manifest for platform %s (the archive has %s)", platforms.Format(s.platform), platforms.Format(cp))
-		}
-	}
-	for _, l := range append([]ocispec.Descriptor{m.Config}, m.Layers...) {
-		e, ok := s.entry(blobPath(l.Digest))
-		if !ok {
-			return "", fmt.Errorf("blob %s is missing from the archive (truncated or incomplete)", l.Digest)
-		}
-		if e.size != l.Size {
-			return "", fmt.Errorf("blob %s has %d bytes, the manifest says %d", l.Digest, e.size, l.Size)
-		}
-	}
-	return m.Config.Digest, nil
-}
-
-// platforms lists the platforms an index offers, for messages.
-func (s *scan) platforms(ctx context.Context, desc ocispec.Descriptor) string {
-	ps, err := images.Platforms(ctx, provider{s}, desc)
-	if err != nil || len(ps) == 0 {
-		return "none"
-	}
-	var names []string
-	for _, p := range ps {
-		names = append(names, platforms.Format(p))
-	}
-	return strings.Join(names, ", ")
-}
-
-// dockerImages reads `docker save` output: manifest.json, configs, layers.
-func (s *scan) dockerImages() ([]Image, error) {
-	var manifest []struct {
-		Config   string
-		RepoTags []string
-		Layers   []string
-	}
-	if err := s.json("manifest.json", &manifest); err != nil {
-		return nil, err
-	}
-	var out []Image
-	for _, m := range manifest {
-		var names []string
-		for _, tag := range m.RepoTags {
-			n, err := normalize(tag)
-			if err != nil {
-				return nil, fmt.Errorf("manifest.json: repo tag %q: %w", tag, err)
-			}
-			names = append(names, n)
-		}
-		cfg, err := s.dockerImage(m.Config, m.Layers)
-		if err != nil {
-			return nil, fmt.Errorf("image %s: %w", describe(names, digest.Digest(m.Config)), err)
-		}
-		out = addImage(out, cfg, names)
-	}
-	if len(out) == 0 {
-		return nil, errors.New("manifest.json lists no images")
-	}
-	return out, nil
-}
-
-func (s *scan) dockerImage(configPath string, layers []string) (digest.Digest, error) {
-	ce, ok := s.entry(path.Clean(configPath))
-	if !ok || ce.data == nil {
-		return "", fmt.Errorf("config %s is missing from the archive (truncated or incomplete)", configPath)
-	}
-	// The config is stored under its digest: <hex>.json, or
-	// blobs/sha256/<hex> since Docker 25.
-	hex := strings.TrimSuffix(path.Base(configPath), ".json")
-	if want := digest.NewDigestFromEncoded(digest.SHA256, hex); want.Validate() == nil && want != ce.digest {
-		return "", fmt.Errorf("digest mismatch: %s has content with digest %s", configPath, ce.digest)
-	}
-	var cfg ocispec.Image
-	if err := json.Unmarshal(ce.data, &cfg); err != nil {
-		return "", fmt.Errorf("config %s: %w", configPath, err)
-	}
-	if p := platforms.Normalize(cfg.Platform); p.OS != "" && !s.match.Match(p) {
-		return "", fmt.Errorf("no image for platform %s (the archive has %s)", platforms.Format(s.platform), platforms.Format(p))
-	}
-	if len(layers) != len(cfg.RootFS.DiffIDs) {
-		return "", fmt.Errorf("manifest.json lists %d layers, config %s has %d", len(layers), configPath, len(cfg.RootFS.DiffIDs))
-	}
-	for i, l := range layers {
-		le, ok := s.entry(path.Clean(l))
-		if !ok {
-			return "", fmt.Errorf("layer %s is missing from the archive (truncated or incomplete)", l)
-		}
-		// docker save stores layers uncompressed: their digest is the
-		// config's diff ID. Compressed ones are checked on unpack.
-		if !le.compressed && le.digest != cfg.RootFS.DiffIDs[i] {
-			return "", fmt.Errorf("digest mismatch: layer %s has digest %s, the config says %s", l, le.digest, cfg.RootFS.DiffIDs[i])
-		}
-	}
-	return ce.digest, nil
-}
-
 func (s *scan) json(p string, v any) error {
-	e, ok := s.entries[p]
+	_, e, ok := s.entry(p)
 	if !ok || e.data == nil {
 		return fmt.Errorf("%s is missing or not JSON", p)
 	}
@@ -402,44 +297,20 @@ func (s *scan) json(p string, v any) error {
 	return nil
 }
 
-// addImage adds names to the image with config cfg, or a new image.
-func addImage(imgs []Image, cfg digest.Digest, names []string) []Image {
+// addImage adds names to the image with config img.Config, or adds img.
+func (s *scan) addImage(img Image) {
+	imgs := s.contents.Images
 	for i := range imgs {
-		if imgs[i].Config == cfg {
-			for _, n := range names {
+		if imgs[i].Config == img.Config {
+			for _, n := range img.Names {
 				if !slices.Contains(imgs[i].Names, n) {
 					imgs[i].Names = append(imgs[i].Names, n)
 				}
 			}
-			return imgs
+			return
 		}
 	}
-	return append(imgs, Image{Names: names, Config: cfg})
-}
-
-// ociNames reads an index.json entry's names: containerd's and Docker's
-// io.containerd.image.name, else org.opencontainers.image.ref.name when it
-// is a full reference. A bare tag there ("1.0", as buildkit writes it)
-// names nothing on its own.
-func ociNames(annotations map[string]string) ([]string, error) {
-	if n := annotations[images.AnnotationImageName]; n != "" {
-		name, err := normalize(n)
-		if err != nil {
-			return nil, fmt.Errorf("index.json: %s %q: %w", images.AnnotationImageName, n, err)
-		}
-		return []string{name}, nil
-	}
-	n := annotations[ocispec.AnnotationRefName]
-	ref, err := reference.ParseNormalizedNamed(n)
-	if err != nil {
-		return nil, nil
-	}
-	_, tagged := ref.(reference.Tagged)
-	_, digested := ref.(reference.Digested)
-	if !tagged && !digested {
-		return nil, nil
-	}
-	return []string{ref.String()}, nil
+	s.contents.Images = append(imgs, img)
 }
 
 // normalize is the reference as the kubelet passes it to the runtime.
@@ -458,16 +329,12 @@ func describe(names []string, d digest.Digest) string {
 	return string(d)
 }
 
-func blobPath(d digest.Digest) string {
-	return path.Join("blobs", d.Algorithm().String(), d.Encoded())
-}
-
 // provider serves the archive's JSON blobs to containerd's image functions,
 // so that platforms resolve exactly as containerd resolves them.
 type provider struct{ s *scan }
 
 func (p provider) ReaderAt(_ context.Context, desc ocispec.Descriptor) (content.ReaderAt, error) {
-	e, ok := p.s.entry(blobPath(desc.Digest))
+	_, e, ok := p.s.entry(blobPath(desc.Digest))
 	if !ok {
 		return nil, fmt.Errorf("blob %s is missing from the archive (truncated or incomplete): %w", desc.Digest, errdefs.ErrNotFound)
 	}
@@ -480,3 +347,7 @@ func (p provider) ReaderAt(_ context.Context, desc ocispec.Descriptor) (content.
 type readerAt struct{ *bytes.Reader }
 
 func (readerAt) Close() error { return nil }
+
+func blobPath(d digest.Digest) string {
+	return path.Join("blobs", d.Algorithm().String(), d.Encoded())
+}

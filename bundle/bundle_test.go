@@ -95,10 +95,11 @@ func TestWriteRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer a.Close()
-	got, err := archive.Inspect(context.Background(), a, ocispec.Platform{OS: "linux", Architecture: "amd64"})
+	contents, err := archive.Inspect(context.Background(), a, ocispec.Platform{OS: "linux", Architecture: "amd64"})
 	if err != nil {
 		t.Fatal(err)
 	}
+	got := contents.Images
 	for i, want := range []v1.Image{app, tool, multiAMD} {
 		cfg, _ := want.ConfigName()
 		if i >= len(got) || string(got[i].Config) != cfg.String() || !slices.Equal(got[i].Names, []string{sources[i].Name}) {

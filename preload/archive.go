@@ -114,10 +114,11 @@ func (e *Engine) importArchive(ctx context.Context, dir, file string, wanted []I
 		return fail(ReasonArchive, err)
 	}
 	defer a.Close()
-	imgs, err := archive.Inspect(ctx, a, platforms.DefaultSpec())
+	contents, err := archive.Inspect(ctx, a, platforms.DefaultSpec())
 	if err != nil {
 		return fail(ReasonArchive, err)
 	}
+	imgs := contents.Images
 
 	var results []Result
 	result := func(name string, status Status, reason string, err error) {
@@ -164,12 +165,7 @@ func (e *Engine) importArchive(ctx context.Context, dir, file string, wanted []I
 		return results
 	}
 
-	tar, err := a.Tar()
-	if err == nil {
-		err = e.Containerd.Import(ctx, tar, named)
-		tar.Close()
-	}
-	if err != nil {
+	if err := e.Containerd.Import(ctx, contents, named); err != nil {
 		err = fmt.Errorf("archive %s: import: %w", path, err)
 		for _, img := range named {
 			for _, n := range img.Names {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"strings"
@@ -72,7 +71,7 @@ type Engine struct {
 // Containerd is what the engine needs beyond the CRI;
 // *containerd.Client implements it.
 type Containerd interface {
-	Import(ctx context.Context, tar io.Reader, images []archive.Image) error
+	Import(ctx context.Context, contents *archive.Contents, images []archive.Image) error
 	Tag(ctx context.Context, name, source string) error
 	SyncPins(ctx context.Context, names []string) (pinned, unpinned []string, err error)
 }

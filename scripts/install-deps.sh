@@ -35,3 +35,12 @@ if [[ ! -x "$CACHE/bin/containerd-$CONTAINERD2_VERSION" ]]; then
   mv "$tmp/containerd" "$CACHE/bin/containerd-$CONTAINERD2_VERSION"
   rm -rf "$tmp"
 fi
+# ctr 2.x, the peer the archive import benchmark compares against on
+# containerd 2.x (Debian's ctr is 1.6).
+if [[ ! -x "$CACHE/bin/ctr-$CONTAINERD2_VERSION" ]]; then
+  echo "install-deps: building ctr $CONTAINERD2_VERSION" >&2
+  tmp=$(mktemp -d)
+  GOBIN="$tmp" go install "github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD2_VERSION"
+  mv "$tmp/ctr" "$CACHE/bin/ctr-$CONTAINERD2_VERSION"
+  rm -rf "$tmp"
+fi

@@ -1,0 +1,114 @@
+package archive
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"path"
+
+	digest "github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/errgroup"
+)
+
+// parallelBlobs is how many blobs of a plain tar Each hands out at once.
+// The runtime's content store syncs every blob to disk on commit; several
+// at once keep the disk busy (200 MiB: 1.9 s one at a time, 1.3 s four at
+// a time, measured on containerd 2.4).
+const parallelBlobs = 4
+
+// Each calls fn with the content of every blob descs name, once per digest:
+// several at a time from a plain tar, which can be read anywhere, and in
+// archive order from a compressed one, which can only be read through.
+// The content is what Inspect checked only if the file has not changed
+// since; fn should check digests itself (containerd's content store does).
+func (c *Contents) Each(ctx context.Context, descs []ocispec.Descriptor, fn func(ocispec.Descriptor, io.Reader) error) error {
+	var (
+		seen     = make(map[digest.Digest]bool)
+		inFile   []ocispec.Descriptor
+		inMemory []ocispec.Descriptor
+	)
+	for _, d := range descs {
+		b, ok := c.blobs[d.Digest]
+		if !ok {
+			return fmt.Errorf("archive %s: blob %s was not inspected", c.file.Path, d.Digest)
+		}
+		if seen[d.Digest] {
+			continue
+		}
+		seen[d.Digest] = true
+		if b.data != nil {
+			inMemory = append(inMemory, d)
+		} else {
+			inFile = append(inFile, d)
+		}
+	}
+	for _, d := range inMemory {
+		if err := fn(d, bytes.NewReader(c.blobs[d.Digest].data)); err != nil {
+			return err
+		}
+	}
+	var err error
+	if c.file.Compression == Plain {
+		err = c.eachAt(ctx, inFile, fn)
+	} else {
+		err = c.eachStreamed(ctx, inFile, fn)
+	}
+	if err != nil {
+		return fmt.Errorf("archive %s: %w", c.file.Path, err)
+	}
+	return nil
+}
+
+// eachAt hands out blobs in the order of descs, several at a time.
+func (c *Contents) eachAt(ctx context.Context, descs []ocispec.Descriptor, fn func(ocispec.Descriptor, io.Reader) error) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(parallelBlobs)
+	for _, d := range descs {
+		g.Go(func() error {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			return fn(d, io.NewSectionReader(c.file.f, c.blobs[d.Digest].offset, d.Size))
+		})
+	}
+	return g.Wait()
+}
+
+func (c *Contents) eachStreamed(ctx context.Context, descs []ocispec.Descriptor, fn func(ocispec.Descriptor, io.Reader) error) error {
+	byPath := make(map[string]ocispec.Descriptor, len(descs))
+	for _, d := range descs {
+		byPath[c.blobs[d.Digest].path] = d
+	}
+	r, err := c.file.Tar()
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	tr := tar.NewReader(r)
+	for len(byPath) > 0 {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return notTar(err)
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		p := path.Clean(hdr.Name)
+		if d, ok := byPath[p]; ok {
+			if err := fn(d, tr); err != nil {
+				return err
+			}
+			delete(byPath, p)
+		}
+	}
+	if len(byPath) > 0 {
+		return fmt.Errorf("blobs are gone: the file changed since it was inspected")
+	}
+	return nil
+}

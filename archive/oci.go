@@ -1,0 +1,146 @@
+package archive
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/platforms"
+	"github.com/distribution/reference"
+	digest "github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// ociImages reads an OCI image layout: oci-layout, index.json, blobs/.
+func (s *scan) ociImages(ctx context.Context) error {
+	var layout ocispec.ImageLayout
+	if err := s.json(ocispec.ImageLayoutFile, &layout); err != nil {
+		return err
+	}
+	if layout.Version != ocispec.ImageLayoutVersion {
+		return fmt.Errorf("unsupported OCI layout version %q", layout.Version)
+	}
+	if err := s.checkBlobDigests(); err != nil {
+		return err
+	}
+	var index ocispec.Index
+	if err := s.json(ocispec.ImageIndexFile, &index); err != nil {
+		return err
+	}
+	for _, desc := range index.Manifests {
+		if _, ok := desc.Annotations[images.AnnotationManifestSubject]; ok {
+			continue // a referrer (signature, SBOM), not an image
+		}
+		names, err := ociNames(desc.Annotations)
+		if err != nil {
+			return err
+		}
+		img, err := s.resolve(ctx, desc)
+		if err != nil {
+			return fmt.Errorf("image %s: %w", describe(names, desc.Digest), err)
+		}
+		img.Names = names
+		s.addImage(img)
+	}
+	if len(s.contents.Images) == 0 {
+		return errors.New("index.json lists no images")
+	}
+	return nil
+}
+
+// checkBlobDigests checks that every blob's content has the digest it is
+// stored under.
+func (s *scan) checkBlobDigests() error {
+	for p, e := range s.entries {
+		rest, ok := strings.CutPrefix(p, "blobs/")
+		if !ok {
+			continue
+		}
+		alg, hex, ok := strings.Cut(rest, "/")
+		if !ok || alg != string(digest.SHA256) {
+			continue // other algorithms are not hashed; the runtime checks them
+		}
+		if want := digest.NewDigestFromEncoded(digest.SHA256, hex); want != e.digest {
+			return fmt.Errorf("digest mismatch: %s has content with digest %s", p, e.digest)
+		}
+	}
+	return nil
+}
+
+// resolve walks desc down to the platform's manifest as a pull does,
+// checks that every blob on the way is in the archive, and returns the
+// image.
+func (s *scan) resolve(ctx context.Context, desc ocispec.Descriptor) (Image, error) {
+	p := provider{s}
+	m, err := images.Manifest(ctx, p, desc, s.match)
+	if err != nil {
+		if strings.Contains(err.Error(), "no match for platform") {
+			return Image{}, fmt.Errorf("no manifest for platform %s (the archive has %s)", platforms.Format(s.platform), s.platforms(ctx, desc))
+		}
+		return Image{}, err
+	}
+	// images.Manifest does not check the platform of a top-level manifest.
+	if images.IsManifestType(desc.MediaType) {
+		cp, err := images.ConfigPlatform(ctx, p, m.Config)
+		if err != nil {
+			return Image{}, fmt.Errorf("config %s: %w", m.Config.Digest, err)
+		}
+		if cp.OS != "" && !s.match.Match(cp) {
+			return Image{}, fmt.Errorf("no manifest for platform %s (the archive has %s)", platforms.Format(s.platform), platforms.Format(cp))
+		}
+	}
+	img := Image{
+		Config: m.Config.Digest,
+		Target: ocispec.Descriptor{MediaType: desc.MediaType, Digest: desc.Digest, Size: desc.Size},
+	}
+	collect := images.HandlerFunc(func(ctx context.Context, d ocispec.Descriptor) ([]ocispec.Descriptor, error) {
+		if err := s.addBlob(d, blobPath(d.Digest)); err != nil {
+			return nil, err
+		}
+		img.Blobs = append(img.Blobs, ocispec.Descriptor{MediaType: d.MediaType, Digest: d.Digest, Size: d.Size})
+		return images.Children(ctx, p, d)
+	})
+	if err := images.Walk(ctx, images.LimitManifests(images.FilterPlatforms(collect, s.match), s.match, 1), img.Target); err != nil {
+		return Image{}, err
+	}
+	return img, nil
+}
+
+// platforms lists the platforms an index offers, for messages.
+func (s *scan) platforms(ctx context.Context, desc ocispec.Descriptor) string {
+	ps, err := images.Platforms(ctx, provider{s}, desc)
+	if err != nil || len(ps) == 0 {
+		return "none"
+	}
+	var names []string
+	for _, p := range ps {
+		names = append(names, platforms.Format(p))
+	}
+	return strings.Join(names, ", ")
+}
+
+// ociNames reads an index.json entry's names: containerd's and Docker's
+// io.containerd.image.name, else org.opencontainers.image.ref.name when it
+// is a full reference. A bare tag there ("1.0", as buildkit writes it)
+// names nothing on its own.
+func ociNames(annotations map[string]string) ([]string, error) {
+	if n := annotations[images.AnnotationImageName]; n != "" {
+		name, err := normalize(n)
+		if err != nil {
+			return nil, fmt.Errorf("index.json: %s %q: %w", images.AnnotationImageName, n, err)
+		}
+		return []string{name}, nil
+	}
+	ref, err := reference.ParseNormalizedNamed(annotations[ocispec.AnnotationRefName])
+	if err != nil {
+		return nil, nil
+	}
+	_, tagged := ref.(reference.Tagged)
+	_, digested := ref.(reference.Digested)
+	if !tagged && !digested {
+		return nil, nil
+	}
+	return []string{ref.String()}, nil
+}
