@@ -67,6 +67,16 @@ func (s *Server) Add(ref string, size uint64) {
 	s.images[ref] = &runtimeapi.Image{Id: "sha256:" + ref, RepoTags: []string{ref}, Size: size}
 }
 
+// AddImage stores img under each of its tags, as an import through
+// containerd's API would leave it.
+func (s *Server) AddImage(img *runtimeapi.Image) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, t := range img.RepoTags {
+		s.images[t] = img
+	}
+}
+
 // Remove deletes an image behind the preloader's back, as image GC does.
 func (s *Server) Remove(ref string) {
 	s.mu.Lock()

@@ -1,0 +1,326 @@
+package preload_test
+
+import (
+	"bytes"
+	"context"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/kube-preloader/kube-preloader/archive"
+	"github.com/kube-preloader/kube-preloader/archive/archivetest"
+	"github.com/kube-preloader/kube-preloader/cri/critest"
+	"github.com/kube-preloader/kube-preloader/preload"
+)
+
+// fakeContainerd records what the engine asks of containerd and makes
+// imports and tags visible in the fake CRI, as containerd's CRI plugin
+// does.
+type fakeContainerd struct {
+	cri *critest.Server
+
+	mu      sync.Mutex
+	imports int
+	tags    map[string]string
+	pins    []string
+}
+
+func (f *fakeContainerd) Import(_ context.Context, _ *archive.Contents, imgs []archive.Image) error {
+	f.mu.Lock()
+	f.imports++
+	f.mu.Unlock()
+	for _, img := range imgs {
+		f.cri.AddImage(&runtimeapi.Image{Id: img.Config.String(), RepoTags: img.Names, Size: 1})
+	}
+	return nil
+}
+
+func (f *fakeContainerd) Tag(_ context.Context, name, source string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.tags == nil {
+		f.tags = map[string]string{}
+	}
+	f.tags[name] = source
+	f.cri.Add(name, 1)
+	return nil
+}
+
+func (f *fakeContainerd) SyncPins(_ context.Context, names []string) ([]string, []string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.pins = slices.Clone(names)
+	return names, nil, nil
+}
+
+// testArchive writes an OCI layout archive of images named names[i] into
+// dir/file and returns their config digests.
+func testArchive(t *testing.T, dir, file string, f archivetest.Format, names ...[]string) []string {
+	t.Helper()
+	var imgs []archivetest.Image
+	var ids []string
+	for i, n := range names {
+		l, err := archivetest.Layer(uint64(len(file)*100+i), 1024, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		img, err := archivetest.NewImage("linux/amd64", l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, _ := img.ConfigName()
+		ids = append(ids, id.String())
+		imgs = append(imgs, archivetest.Image{Names: n, Image: img})
+	}
+	var buf bytes.Buffer
+	if err := archivetest.Write(&buf, f, imgs); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, file), buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return ids
+}
+
+type outcome struct {
+	status preload.Status
+	reason string
+}
+
+func outcomes(results []preload.Result) map[string]outcome {
+	m := map[string]outcome{}
+	for _, r := range results {
+		m[r.Image] = outcome{r.Status, r.Reason}
+	}
+	return m
+}
+
+func TestRunArchives(t *testing.T) {
+	const a, b, x = "registry.example/a:1", "registry.example/b:1", "registry.example/x:1"
+	tests := []struct {
+		name        string
+		setup       func(t *testing.T, dir string, s *critest.Server)
+		images      []preload.Image
+		noCtrd      bool
+		want        map[string]outcome
+		wantImports int
+	}{
+		{
+			name: "archiveDir: images in the config and the archive's others",
+			setup: func(t *testing.T, dir string, _ *critest.Server) {
+				testArchive(t, dir, "ab.tar", archivetest.OCILayout, []string{a}, []string{b})
+			},
+			images: images(a),
+			want: map[string]outcome{
+				a: {preload.StatusImported, ""},
+				b: {preload.StatusImported, ""},
+			},
+			wantImports: 1,
+		},
+		{
+			name: "present by config digest: not imported again",
+			setup: func(t *testing.T, dir string, s *critest.Server) {
+				ids := testArchive(t, dir, "ab.tar", archivetest.OCILayout, []string{a}, []string{b})
+				s.AddImage(&runtimeapi.Image{Id: ids[0], RepoTags: []string{a}})
+				s.AddImage(&runtimeapi.Image{Id: ids[1], RepoTags: []string{b}})
+			},
+			images: images(a),
+			want: map[string]outcome{
+				a: {preload.StatusPresent, ""},
+				b: {preload.StatusPresent, ""},
+			},
+		},
+		{
+			name: "same name, other content: imported again",
+			setup: func(t *testing.T, dir string, s *critest.Server) {
+				ids := testArchive(t, dir, "ab.tar", archivetest.OCILayout, []string{a}, []string{b})
+				s.AddImage(&runtimeapi.Image{Id: "sha256:0000000000000000000000000000000000000000000000000000000000000000", RepoTags: []string{a}})
+				s.AddImage(&runtimeapi.Image{Id: ids[1], RepoTags: []string{b}})
+			},
+			images: images(a),
+			want: map[string]outcome{
+				a: {preload.StatusImported, ""},
+				b: {preload.StatusPresent, ""},
+			},
+			wantImports: 1,
+		},
+		{
+			name: "an archive's only image takes the name of the entry that names the archive",
+			setup: func(t *testing.T, dir string, _ *critest.Server) {
+				testArchive(t, dir, "untagged.tar", archivetest.DockerSave, nil)
+			},
+			images:      []preload.Image{{Ref: x, Name: x, Archive: "untagged.tar"}},
+			want:        map[string]outcome{x: {preload.StatusImported, ""}},
+			wantImports: 1,
+		},
+		{
+			name: "several images, none with the entry's name",
+			setup: func(t *testing.T, dir string, _ *critest.Server) {
+				testArchive(t, dir, "ab.tar", archivetest.OCILayout, []string{a}, []string{b})
+			},
+			images: []preload.Image{{Ref: x, Name: x, Archive: "ab.tar"}},
+			want: map[string]outcome{
+				x: {preload.StatusFailed, preload.ReasonArchive},
+				a: {preload.StatusImported, ""},
+				b: {preload.StatusImported, ""},
+			},
+			wantImports: 1,
+		},
+		{
+			name:   "archive missing",
+			images: []preload.Image{{Ref: x, Name: x, Archive: "missing.tar"}},
+			want:   map[string]outcome{x: {preload.StatusFailed, preload.ReasonNotFound}},
+		},
+		{
+			name: "not containerd",
+			setup: func(t *testing.T, dir string, _ *critest.Server) {
+				testArchive(t, dir, "x.tar", archivetest.OCILayout, []string{x})
+			},
+			images: []preload.Image{{Ref: x, Name: x, Archive: "x.tar"}},
+			noCtrd: true,
+			want:   map[string]outcome{x: {preload.StatusFailed, preload.ReasonUnsupported}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := critest.Start(t)
+			dir := t.TempDir()
+			if tt.setup != nil {
+				tt.setup(t, dir, s)
+			}
+			cfg := testConfig()
+			cfg.ArchiveDir = dir
+			ctrd := &fakeContainerd{cri: s}
+			e := &preload.Engine{Runtime: connect(t, s), MaxAttempts: 1}
+			if !tt.noCtrd {
+				e.Containerd = ctrd
+			}
+			results, err := e.Run(context.Background(), cfg, tt.images)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := outcomes(results); !maps.Equal(got, tt.want) {
+				t.Errorf("results %+v, want %+v", got, tt.want)
+			}
+			for _, r := range results {
+				if r.Status == preload.StatusFailed && !strings.Contains(r.Error, dir) {
+					t.Errorf("%s: error %q does not name the archive", r.Image, r.Error)
+				}
+			}
+			if ctrd.imports != tt.wantImports {
+				t.Errorf("%d imports, want %d", ctrd.imports, tt.wantImports)
+			}
+			if n := s.Calls("PullImage"); n != 0 {
+				t.Errorf("%d pulls, want none: archives come first", n)
+			}
+		})
+	}
+}
+
+func TestMirrorRef(t *testing.T) {
+	tests := []struct{ name, mirror, want string }{
+		{"registry.k8s.io/coredns/coredns:v1.12.0", "artifacts.corp/k8s", "artifacts.corp/k8s/coredns/coredns:v1.12.0"},
+		{"registry.k8s.io/pause:3.10", "mirror.local:5000", "mirror.local:5000/pause:3.10"},
+		{"docker.io/library/nginx:1.27", "harbor.corp/dockerhub", "harbor.corp/dockerhub/library/nginx:1.27"},
+		{"registry.k8s.io/pause@sha256:ee6521f290b2168b6e0935a181d4cff9be1ac3f505666ef0e3c98fae8199917a", "m.corp",
+			"m.corp/pause@sha256:ee6521f290b2168b6e0935a181d4cff9be1ac3f505666ef0e3c98fae8199917a"},
+		{"registry.k8s.io/pause:3.10@sha256:ee6521f290b2168b6e0935a181d4cff9be1ac3f505666ef0e3c98fae8199917a", "m.corp",
+			"m.corp/pause:3.10@sha256:ee6521f290b2168b6e0935a181d4cff9be1ac3f505666ef0e3c98fae8199917a"},
+	}
+	for _, tt := range tests {
+		got, err := preload.MirrorRef(tt.name, tt.mirror)
+		if err != nil || got != tt.want {
+			t.Errorf("MirrorRef(%s, %s) = %s, %v; want %s", tt.name, tt.mirror, got, err, tt.want)
+		}
+	}
+}
+
+func TestRunMirror(t *testing.T) {
+	const canonical, mirror = "registry.k8s.io/pause:3.10", "mirror.corp/k8s"
+	user := &runtimeapi.AuthConfig{Username: "u", Password: "p"}
+	img := preload.Image{Ref: canonical, Name: canonical, Mirror: mirror}
+
+	t.Run("pulled from the mirror with its credentials, recorded under the canonical name", func(t *testing.T) {
+		s := critest.Start(t)
+		var pulled []string
+		var mu sync.Mutex
+		s.Pull = func(_ context.Context, ref string, auth *runtimeapi.AuthConfig) error {
+			mu.Lock()
+			defer mu.Unlock()
+			pulled = append(pulled, ref)
+			if auth == nil || auth.Username != "u" {
+				return critest.Errorf("401 Unauthorized")
+			}
+			return nil
+		}
+		ctrd := &fakeContainerd{cri: s}
+		var asked []string
+		e := &preload.Engine{Runtime: connect(t, s), Containerd: ctrd, MaxAttempts: 1,
+			Auth: func(img preload.Image) []*runtimeapi.AuthConfig {
+				asked = append(asked, img.Name)
+				return []*runtimeapi.AuthConfig{user}
+			}}
+		results, err := e.Run(context.Background(), testConfig(), []preload.Image{img})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := results[0]
+		if r.Image != canonical || r.Status != preload.StatusPulled || r.Source != mirror+"/pause:3.10" {
+			t.Errorf("result %+v, want %s pulled from %s/pause:3.10", r, canonical, mirror)
+		}
+		if !slices.Equal(pulled, []string{mirror + "/pause:3.10"}) || !slices.Equal(asked, []string{mirror + "/pause:3.10"}) {
+			t.Errorf("pulled %v with credentials for %v, want the mirror reference for both", pulled, asked)
+		}
+		if ctrd.tags[canonical] != mirror+"/pause:3.10" {
+			t.Errorf("tags %v, want %s from the mirror reference", ctrd.tags, canonical)
+		}
+	})
+
+	t.Run("not containerd", func(t *testing.T) {
+		s := critest.Start(t)
+		e := &preload.Engine{Runtime: connect(t, s), MaxAttempts: 1}
+		results, err := e.Run(context.Background(), testConfig(), []preload.Image{img})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := results[0]; r.Status != preload.StatusFailed || r.Reason != preload.ReasonUnsupported || !strings.Contains(r.Error, "registries.conf") {
+			t.Errorf("result %+v, want failed with a pointer to the runtime's mirror config", r)
+		}
+		if n := s.Calls("PullImage"); n != 0 {
+			t.Errorf("%d pulls, want none", n)
+		}
+	})
+}
+
+func TestRunPins(t *testing.T) {
+	for _, pin := range []bool{true, false} {
+		s := critest.Start(t)
+		s.Add("registry.example/present:1", 1)
+		s.Pull = func(_ context.Context, ref string, _ *runtimeapi.AuthConfig) error {
+			if strings.Contains(ref, "missing") {
+				return critest.Errorf("not found")
+			}
+			return nil
+		}
+		ctrd := &fakeContainerd{cri: s}
+		cfg := testConfig()
+		cfg.Pin = pin
+		e := &preload.Engine{Runtime: connect(t, s), Containerd: ctrd, MaxAttempts: 1}
+		if _, err := e.Run(context.Background(), cfg, images("registry.example/present:1", "registry.example/pulled:1", "registry.example/missing:1")); err != nil {
+			t.Fatal(err)
+		}
+		var want []string
+		if pin {
+			want = []string{"registry.example/present:1", "registry.example/pulled:1"}
+		}
+		if !slices.Equal(ctrd.pins, want) {
+			t.Errorf("pin %v: pinned %v, want %v (and every other pin of ours removed)", pin, ctrd.pins, want)
+		}
+	}
+}
