@@ -259,14 +259,15 @@ func (c *Client) remove(ctx context.Context, names []string) error {
 	return errors.Join(errs...)
 }
 
-// SyncPins pins the image records named names (as the CRI lists them:
+// SyncPins pins the image records named pin (as the CRI lists them:
 // repo:tag, or repo@digest for digest references) and unpins every record
-// the preloader pinned before that is not among them. Records pinned by
-// someone else are left alone. It returns what it changed.
-func (c *Client) SyncPins(ctx context.Context, names []string) (pinnedNow, unpinned []string, err error) {
+// the preloader pinned before that is not in keep: an image that only
+// failed this time keeps its pin. Records pinned by someone else are left
+// alone. It returns what it changed.
+func (c *Client) SyncPins(ctx context.Context, pin, keep []string) (pinnedNow, unpinned []string, err error) {
 	is := c.c.ImageService()
-	want := make(map[string]bool, len(names))
-	for _, n := range names {
+	want := make(map[string]bool, len(pin)+len(keep))
+	for _, n := range slices.Concat(pin, keep) {
 		want[n] = true
 	}
 	ours, err := is.List(ctx, fmt.Sprintf("labels.%q", LabelPreloaderPinned))
@@ -284,7 +285,7 @@ func (c *Client) SyncPins(ctx context.Context, names []string) (pinnedNow, unpin
 		}
 		unpinned = append(unpinned, img.Name)
 	}
-	for _, n := range names {
+	for _, n := range pin {
 		img, err := is.Get(ctx, n)
 		if errdefs.IsNotFound(err) {
 			continue

@@ -29,6 +29,7 @@ type fakeContainerd struct {
 	imports int
 	tags    map[string]string
 	pins    []string
+	keeps   []string
 }
 
 func (f *fakeContainerd) Import(_ context.Context, _ *archive.Contents, imgs []archive.Image) error {
@@ -52,11 +53,11 @@ func (f *fakeContainerd) Tag(_ context.Context, name, source string) error {
 	return nil
 }
 
-func (f *fakeContainerd) SyncPins(_ context.Context, names []string) ([]string, []string, error) {
+func (f *fakeContainerd) SyncPins(_ context.Context, pin, keep []string) ([]string, []string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.pins = slices.Clone(names)
-	return names, nil, nil
+	f.pins, f.keeps = slices.Clone(pin), slices.Clone(keep)
+	return pin, nil, nil
 }
 
 // testArchive writes an OCI layout archive of images named names[i] into
@@ -315,12 +316,14 @@ func TestRunPins(t *testing.T) {
 		if _, err := e.Run(context.Background(), cfg, images("registry.example/present:1", "registry.example/pulled:1", "registry.example/missing:1")); err != nil {
 			t.Fatal(err)
 		}
-		var want []string
+		var want, keep []string
 		if pin {
 			want = []string{"registry.example/present:1", "registry.example/pulled:1"}
+			// A failure now does not take a pin away.
+			keep = append(want, "registry.example/missing:1")
 		}
-		if !slices.Equal(ctrd.pins, want) {
-			t.Errorf("pin %v: pinned %v, want %v (and every other pin of ours removed)", pin, ctrd.pins, want)
+		if !slices.Equal(ctrd.pins, want) || !slices.Equal(ctrd.keeps, keep) {
+			t.Errorf("pin %v: pinned %v keeping %v, want %v keeping %v (and every other pin of ours removed)", pin, ctrd.pins, ctrd.keeps, want, keep)
 		}
 	}
 }

@@ -73,7 +73,7 @@ type Engine struct {
 type Containerd interface {
 	Import(ctx context.Context, contents *archive.Contents, images []archive.Image) error
 	Tag(ctx context.Context, name, source string) error
-	SyncPins(ctx context.Context, names []string) (pinned, unpinned []string, err error)
+	SyncPins(ctx context.Context, pin, keep []string) (pinned, unpinned []string, err error)
 }
 
 // Run makes every image present: one ListImages; the import of every

@@ -3,8 +3,9 @@ package preload
 import "context"
 
 // syncPins pins every image present after the run when cfg.Pin, and
-// unpins what the preloader pinned before and no longer should. A failure
-// is logged: the images are present all the same.
+// unpins what the preloader pinned before and the run no longer lists (or
+// everything, without cfg.Pin). A failure is logged: the images are
+// present all the same.
 func (e *Engine) syncPins(ctx context.Context, cfg *Config, results []Result) {
 	if e.Containerd == nil {
 		if cfg.Pin {
@@ -12,16 +13,17 @@ func (e *Engine) syncPins(ctx context.Context, cfg *Config, results []Result) {
 		}
 		return
 	}
-	var names []string
+	var pin, keep []string
 	if cfg.Pin {
 		for _, r := range results {
+			keep = append(keep, presenceKey(r.Image))
 			switch r.Status {
 			case StatusPresent, StatusPulled, StatusImported:
-				names = append(names, presenceKey(r.Image))
+				pin = append(pin, presenceKey(r.Image))
 			}
 		}
 	}
-	pinned, unpinned, err := e.Containerd.SyncPins(ctx, names)
+	pinned, unpinned, err := e.Containerd.SyncPins(ctx, pin, keep)
 	if err != nil {
 		e.log().Warn("pinning failed", "err", err)
 	}
