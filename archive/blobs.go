@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"path"
@@ -18,6 +19,10 @@ import (
 // at once keep the disk busy (200 MiB: 1.9 s one at a time, 1.3 s four at
 // a time, measured on containerd 2.4).
 const parallelBlobs = 4
+
+// maxBuffered bounds the blobs of a compressed archive held in memory to
+// be written while the stream moves on: parallelBlobs of them at most.
+const maxBuffered = 32 << 20
 
 // Each calls fn with the content of every blob descs name, once per digest:
 // several at a time from a plain tar, which can be read anywhere, and in
@@ -77,6 +82,10 @@ func (c *Contents) eachAt(ctx context.Context, descs []ocispec.Descriptor, fn fu
 	return g.Wait()
 }
 
+// eachStreamed reads the tar stream through and hands out blobs as they
+// come. Blobs up to maxBuffered are read into memory and handed out
+// several at a time, so that the stream moves on while they are written;
+// a larger one is handed out straight from the stream.
 func (c *Contents) eachStreamed(ctx context.Context, descs []ocispec.Descriptor, fn func(ocispec.Descriptor, io.Reader) error) error {
 	byPath := make(map[string]ocispec.Descriptor, len(descs))
 	for _, d := range descs {
@@ -87,28 +96,44 @@ func (c *Contents) eachStreamed(ctx context.Context, descs []ocispec.Descriptor,
 		return err
 	}
 	defer r.Close()
-	tr := tar.NewReader(r)
-	for len(byPath) > 0 {
-		hdr, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return notTar(err)
-		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		p := path.Clean(hdr.Name)
-		if d, ok := byPath[p]; ok {
-			if err := fn(d, tr); err != nil {
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(parallelBlobs)
+	err = func() error {
+		tr := tar.NewReader(r)
+		for len(byPath) > 0 {
+			hdr, err := tr.Next()
+			if err == io.EOF {
+				return errors.New("blobs are gone: the file changed since it was inspected")
+			}
+			if err != nil {
+				return notTar(err)
+			}
+			if err := ctx.Err(); err != nil {
 				return err
 			}
+			p := path.Clean(hdr.Name)
+			d, ok := byPath[p]
+			if !ok {
+				continue
+			}
 			delete(byPath, p)
+			if d.Size > maxBuffered {
+				if err := fn(d, tr); err != nil {
+					return err
+				}
+				continue
+			}
+			data := make([]byte, d.Size)
+			if _, err := io.ReadFull(tr, data); err != nil {
+				return notTar(err)
+			}
+			g.Go(func() error { return fn(d, bytes.NewReader(data)) })
 		}
+		return nil
+	}()
+	// A failed write stops the loop with a canceled ctx: report the write.
+	if werr := g.Wait(); werr != nil {
+		return werr
 	}
-	if len(byPath) > 0 {
-		return fmt.Errorf("blobs are gone: the file changed since it was inspected")
-	}
-	return nil
+	return err
 }

@@ -156,10 +156,13 @@ func (c *Client) Import(ctx context.Context, contents *archive.Contents, want []
 }
 
 // unpack labels target's content for the platform so that the image record
-// keeps it, and unpacks its layers into the CRI plugin's snapshotter.
+// keeps it, and unpacks its layers into the CRI plugin's snapshotter. Of an
+// index it follows the one best manifest for the platform, as a pull and
+// archive.Inspect do: only that one was written.
 func (c *Client) unpack(ctx context.Context, target ocispec.Descriptor) error {
 	cs := c.c.ContentStore()
-	handler := images.SetChildrenLabels(cs, images.FilterPlatforms(images.ChildrenHandler(cs), c.platform))
+	children := images.LimitManifests(images.FilterPlatforms(images.ChildrenHandler(cs), c.platform), c.platform, 1)
+	handler := images.SetChildrenLabels(cs, children)
 	if err := images.Walk(ctx, handler, target); err != nil {
 		return fmt.Errorf("label content: %w", err)
 	}
