@@ -81,15 +81,6 @@ func Open(dir, name string) (*File, error) {
 // Close closes the file.
 func (a *File) Close() error { return a.f.Close() }
 
-// Size is the size of the file as stored.
-func (a *File) Size() int64 {
-	fi, err := a.f.Stat()
-	if err != nil {
-		return 0
-	}
-	return fi.Size()
-}
-
 // Tar returns the archive's tar stream from its start, decompressed. Close
 // it before the next call.
 func (a *File) Tar() (io.ReadCloser, error) {

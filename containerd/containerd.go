@@ -47,8 +47,9 @@ const (
 )
 
 // leaseExpiry bounds how long the content of an import that died half-way
-// (a killed preloader) is kept before containerd's GC may collect it.
-const leaseExpiry = time.Hour
+// (a killed preloader) is kept before containerd's GC may collect it; as
+// containerd's own default, long enough for any import to finish.
+const leaseExpiry = 24 * time.Hour
 
 // Client is a containerd client in the CRI plugin's namespace.
 type Client struct {
