@@ -1,0 +1,660 @@
+package integration
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/retry"
+
+	"github.com/kube-preloader/kube-preloader/cri"
+	"github.com/kube-preloader/kube-preloader/integration/harness"
+	"github.com/kube-preloader/kube-preloader/preload"
+)
+
+// The agent's ConfigMap, as manifests/ names it.
+const (
+	agentNS = "kube-preloader"
+	agentCM = "preloader-config"
+	agentSA = "preloader"
+)
+
+// agentProcess is `preloader agent` running as its own process, the way
+// the DaemonSet runs it, with its stderr in a file.
+type agentProcess struct {
+	cmd     *exec.Cmd
+	logPath string
+	metrics string // http://ADDR of /metrics, /healthz, /readyz
+	done    chan struct{}
+	err     error // valid once done is closed
+}
+
+// startAgent runs the built binary against the API server (as the
+// identity in kubeconfig) and ctrd, and waits until it serves /healthz.
+// It is stopped with SIGTERM when the test ends, if not before.
+func startAgent(t *testing.T, kubeconfig, node string, ctrd *harness.Containerd) *agentProcess {
+	t.Helper()
+	a := &agentProcess{logPath: filepath.Join(t.TempDir(), "agent.log"), done: make(chan struct{})}
+	f, err := os.Create(a.logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.cmd = exec.Command(preloaderBin, "agent",
+		"--configmap", agentNS+"/"+agentCM,
+		"--node-name", node,
+		"--kubeconfig", kubeconfig,
+		"--cri-endpoint", ctrd.Endpoint,
+		"--containerd-address", ctrd.Address,
+		"--metrics-addr", "127.0.0.1:0")
+	// containerd 2.x does not report its sandbox image over the CRI; the
+	// documented fallback reads this containerd's config file.
+	a.cmd.Env = append(os.Environ(), cri.ContainerdConfigEnv+"="+ctrd.ConfigFile)
+	a.cmd.Stdout, a.cmd.Stderr = f, f
+	a.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := a.cmd.Start(); err != nil {
+		f.Close()
+		t.Fatal(err)
+	}
+	go func() {
+		a.err = a.cmd.Wait()
+		f.Close()
+		close(a.done)
+	}()
+	t.Cleanup(func() {
+		if err := a.stop(15 * time.Second); err != nil {
+			t.Errorf("agent: %v", err)
+		}
+		if t.Failed() {
+			t.Logf("agent log (tail):\n%s", a.tail(60))
+		}
+	})
+
+	// --metrics-addr 127.0.0.1:0: the agent logs the port it got.
+	addr := regexp.MustCompile(`msg="serving metrics".* addr=(\S+)`)
+	deadline := time.Now().Add(30 * time.Second)
+	for a.metrics == "" {
+		if m := addr.FindStringSubmatch(a.log()); m != nil {
+			a.metrics = "http://" + m[1]
+			break
+		}
+		select {
+		case <-a.done:
+			t.Fatalf("agent exited: %v\n%s", a.err, a.log())
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent does not serve metrics after 30s:\n%s", a.log())
+		}
+	}
+	return a
+}
+
+func (a *agentProcess) log() string {
+	b, _ := os.ReadFile(a.logPath)
+	return string(b)
+}
+
+func (a *agentProcess) tail(n int) string {
+	lines := strings.Split(strings.TrimRight(a.log(), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// stop sends SIGTERM and waits for a clean exit, as the kubelet does when
+// it deletes the pod.
+func (a *agentProcess) stop(grace time.Duration) error {
+	select {
+	case <-a.done:
+		return nil // already stopped (and judged) by the test
+	default:
+	}
+	_ = a.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-a.done:
+		if a.err != nil {
+			return fmt.Errorf("exited after SIGTERM: %v", a.err)
+		}
+		return nil
+	case <-time.After(grace):
+		_ = a.cmd.Process.Kill()
+		<-a.done
+		return fmt.Errorf("ignored SIGTERM for %v, killed", grace)
+	}
+}
+
+func (a *agentProcess) get(t *testing.T, path string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(a.metrics + path)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// eventually polls cond until it returns "" or timeout passes; then the
+// test fails with cond's last explanation and the agent's log.
+func (a *agentProcess) eventually(t *testing.T, timeout time.Duration, what string, cond func() string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		why := cond()
+		if why == "" {
+			return
+		}
+		select {
+		case <-a.done:
+			t.Fatalf("%s: the agent exited (%v); last: %s\nagent log:\n%s", what, a.err, why, a.tail(60))
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not after %v: %s\nagent log (tail):\n%s", what, timeout, why, a.tail(60))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// nodeView is what `kubectl get node -o yaml` shows of the agent's work.
+type nodeView struct {
+	node    *corev1.Node
+	ready   string
+	status  *preload.NodeStatus
+	tainted bool // preloader.io/not-ready
+	err     string
+}
+
+func viewNode(c kubernetes.Interface, name string) nodeView {
+	n, err := c.CoreV1().Nodes().Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		return nodeView{err: err.Error()}
+	}
+	v := nodeView{node: n, ready: n.Labels[preload.LabelReady]}
+	for _, tn := range n.Spec.Taints {
+		if tn.Key == preload.TaintNotReady {
+			v.tainted = true
+		}
+	}
+	if a, ok := n.Annotations[preload.AnnotationStatus]; ok {
+		var st preload.NodeStatus
+		if err := json.Unmarshal([]byte(a), &st); err != nil {
+			v.err = fmt.Sprintf("annotation %s is not JSON: %v: %s", preload.AnnotationStatus, err, a)
+		} else {
+			v.status = &st
+		}
+	}
+	return v
+}
+
+func (v nodeView) String() string {
+	if v.err != "" {
+		return v.err
+	}
+	ann := "<none>"
+	if v.node != nil {
+		if a, ok := v.node.Annotations[preload.AnnotationStatus]; ok {
+			ann = a
+		}
+	}
+	return fmt.Sprintf("label %s=%q, taint %s: %v, annotation %s", preload.LabelReady, v.ready, preload.TaintNotReady, v.tainted, ann)
+}
+
+// shows reports whether the Node shows config hash with present/total and
+// the ready label to match; "" when it does, else what it shows.
+func (v nodeView) shows(hash string, present, total int) string {
+	switch {
+	case v.err != "":
+		return v.err
+	case v.status == nil || v.status.ConfigHash != hash || v.status.Present != present || v.status.Total != total ||
+		v.ready != fmt.Sprint(present == total):
+		return fmt.Sprintf("want config %s with %d/%d; node shows %s", hash, present, total, v)
+	}
+	return ""
+}
+
+// failedReason is the reason the Node's status gives for image, "" if it
+// does not list it as failed.
+func (v nodeView) failedReason(image string) string {
+	if v.status != nil {
+		for _, f := range v.status.Failed {
+			if f.Image == image {
+				return f.Reason
+			}
+		}
+	}
+	return ""
+}
+
+// listEvents lists core Events in ns ("" for all) matching a field selector.
+func listEvents(t *testing.T, c kubernetes.Interface, ns, selector string) []corev1.Event {
+	t.Helper()
+	l, err := c.CoreV1().Events(ns).List(context.Background(), metav1.ListOptions{FieldSelector: selector})
+	if err != nil {
+		t.Fatalf("list events %q: %v", selector, err)
+	}
+	return l.Items
+}
+
+// eventWith returns "" if one of the Events has the type and a message with
+// every one of wants, else what the Events say.
+func eventWith(evs []corev1.Event, typ string, wants ...string) string {
+	var seen []string
+next:
+	for _, e := range evs {
+		seen = append(seen, e.Type+" "+e.Reason+": "+e.Message)
+		if e.Type != typ {
+			continue
+		}
+		for _, w := range wants {
+			if !strings.Contains(e.Message, w) {
+				continue next
+			}
+		}
+		return ""
+	}
+	return fmt.Sprintf("no %s Event with %q; events: %q", typ, wants, seen)
+}
+
+// setImagesYAML replaces the ConfigMap's images.yaml, as `kubectl edit`
+// would, and returns the config hash the agent will report for it.
+func setImagesYAML(t *testing.T, c kubernetes.Interface, data string) string {
+	t.Helper()
+	cms := c.CoreV1().ConfigMaps(agentNS)
+	err := retry.RetryOnConflict(retry.DefaultBackoff, func() error {
+		cm, err := cms.Get(context.Background(), agentCM, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if cm.Data == nil {
+			cm.Data = map[string]string{}
+		}
+		cm.Data["images.yaml"] = data
+		_, err = cms.Update(context.Background(), cm, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
+		t.Fatalf("edit ConfigMap: %v", err)
+	}
+	return preload.ConfigHash([]byte(data))
+}
+
+// agentConfig is an images.yaml with quick retries and a short resync, so
+// that a removed image comes back within seconds.
+func agentConfig(entries ...string) string {
+	return "# Images for the agent test.\nsandboxImage: auto\nresync: 3s\nretry: {initialDelay: 200ms, maxDelay: 2s}\nimages:\n" + strings.Join(entries, "")
+}
+
+// criImage is the image ID the runtime answers to ImageStatus(ref), as the
+// kubelet asks it; "" when absent.
+func criImage(t *testing.T, rt *cri.Client, ref string) string {
+	t.Helper()
+	img, err := rt.ImageStatus(context.Background(), ref)
+	if err != nil {
+		t.Fatalf("CRI ImageStatus(%s): %v", ref, err)
+	}
+	if img == nil {
+		return ""
+	}
+	return img.Id
+}
+
+// TestAgent runs `preloader agent` as a process, under the ServiceAccount
+// and RBAC of manifests/, against a real kube-apiserver and containerd, and
+// checks what a user sees: the Node's label, annotation and taint, Events,
+// CRI ImageStatus, and the output of `preloader status` and `warm --wait`.
+func TestAgent(t *testing.T) {
+	for _, flavor := range flavors {
+		t.Run(string(flavor), func(t *testing.T) { testAgent(t, flavor) })
+	}
+}
+
+func testAgent(t *testing.T, flavor harness.Flavor) {
+	const nodeName = "worker-1"
+	k := harness.StartKube(t)
+	c := k.Client
+	ctx := context.Background()
+	start := time.Now()
+	kubectl(t, k.Kubeconfig, "apply", "-k", "../manifests")
+
+	open := harness.StartRegistry(t, harness.RegistryOptions{})
+	private := harness.StartRegistry(t, harness.RegistryOptions{Username: testUser, Password: testPassword})
+	pause := harness.PushTestImages(t, open, []harness.ImageSpec{{Repo: "pause", Tag: "3.10", OwnLayers: 1, LayerSize: 4 << 10}})[0]
+	pub := harness.PushTestImages(t, open, []harness.ImageSpec{
+		{Repo: "team/app", Tag: "1.0", BaseLayers: 2, OwnLayers: 1, LayerSize: 64 << 10},
+		{Repo: "team/tool", Tag: "2.0", BaseLayers: 2, OwnLayers: 1, LayerSize: 64 << 10},
+		{Repo: "team/gpu", Tag: "1.0", BaseLayers: 2, OwnLayers: 1, LayerSize: 64 << 10},
+		{Repo: "team/warm", Tag: "1.0", BaseLayers: 2, OwnLayers: 1, LayerSize: 64 << 10},
+	})
+	app, tool, gpu, warm := pub[0].Ref, pub[1].Ref, pub[2].Ref, pub[3].Ref
+	priv := harness.PushTestImages(t, private, []harness.ImageSpec{
+		{Repo: "corp/secret", Tag: "1.0", OwnLayers: 1, LayerSize: 32 << 10},
+		{Repo: "corp/sa", Tag: "1.0", OwnLayers: 1, LayerSize: 32 << 10},
+	})
+	bySecret, bySA := priv[0].Ref, priv[1].Ref
+
+	ctrd := harness.StartContainerd(t, harness.ContainerdOptions{Flavor: flavor, SandboxImage: pause.Ref})
+	rt, err := cri.Connect(ctx, ctrd.Endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Close()
+
+	// The node registers as kubelet --register-with-taints would have it,
+	// with a taint of someone else's that must stay.
+	other := corev1.Taint{Key: "example.com/dedicated", Value: "infra", Effect: corev1.TaintEffectNoSchedule}
+	createNode(t, c, nodeName, nil, func(n *corev1.Node) {
+		n.Spec.Taints = []corev1.Taint{{Key: preload.TaintNotReady, Effect: corev1.TaintEffectNoSchedule}, other}
+	})
+
+	// Not ready at first: the Secret that image names does not exist yet.
+	secretEntry := "  - image: " + bySecret + "\n    pullSecrets: [regcred]\n"
+	first := agentConfig(
+		"  - image: "+app+"\n",
+		secretEntry,
+		"  - image: "+gpu+"\n    nodeSelector: {gpu: \"true\"}\n",
+	)
+	hash := setImagesYAML(t, c, first)
+
+	agent := startAgent(t, k.KubeconfigFor(t, agentNS, agentSA), nodeName, ctrd)
+	node := func() nodeView { return viewNode(c, nodeName) }
+	nodeEvents := func(reason string) []corev1.Event {
+		return listEvents(t, c, "", "involvedObject.kind=Node,involvedObject.name="+nodeName+",reason="+reason)
+	}
+	var printed []string // command output to check for credentials
+
+	ok := t.Run("ConfigMap drives the preload; a missing Secret keeps the node tainted", func(t *testing.T) {
+		// pause (the runtime's sandbox image), app and the private image;
+		// the gpu image's nodeSelector does not match.
+		agent.eventually(t, time.Minute, "node status", func() string {
+			v := node()
+			if why := v.shows(hash, 2, 3); why != "" {
+				return why
+			}
+			if r := v.failedReason(bySecret); !strings.Contains(r, "secret kube-preloader/regcred not found") {
+				return fmt.Sprintf("reason for %s: %q, want the missing Secret named", bySecret, r)
+			}
+			return ""
+		})
+		if v := node(); !v.tainted {
+			t.Errorf("not-ready taint removed from a node that is not ready: %s", v)
+		}
+		for _, ref := range []string{pause.Ref, app} {
+			if criImage(t, rt, ref) == "" {
+				t.Errorf("CRI ImageStatus(%s): absent, want present", ref)
+			}
+		}
+		if id := criImage(t, rt, gpu); id != "" {
+			t.Errorf("%s pulled although its nodeSelector does not match", gpu)
+		}
+		agent.eventually(t, 30*time.Second, "PreloadFailed Event on the Node", func() string {
+			return eventWith(nodeEvents(agentReasonPreloadFailed), corev1.EventTypeWarning, bySecret, "regcred")
+		})
+		if code, body := agent.get(t, "/readyz"); code != http.StatusOK {
+			t.Errorf("/readyz: %d %s", code, body)
+		}
+	})
+	if !ok {
+		return
+	}
+
+	ok = t.Run("pullSecrets: the Secret appears, the image is pulled, the taint goes", func(t *testing.T) {
+		auth := dockerConfigJSON(private.Host, testUser, testPassword)
+		sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "regcred", Namespace: agentNS},
+			Type: corev1.SecretTypeDockerConfigJson, Data: map[string][]byte{corev1.DockerConfigJsonKey: []byte(auth)}}
+		if _, err := c.CoreV1().Secrets(agentNS).Create(ctx, sec, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		agent.eventually(t, time.Minute, "node ready", func() string { return node().shows(hash, 3, 3) })
+		v := node()
+		if v.tainted {
+			t.Errorf("ready node keeps the %s taint: %v", preload.TaintNotReady, v.node.Spec.Taints)
+		}
+		// Other taints stay: ours, and the node.kubernetes.io/not-ready the
+		// API server's TaintNodesByCondition gave the new Node.
+		kept := false
+		for _, tn := range v.node.Spec.Taints {
+			kept = kept || tn == other
+		}
+		if !kept {
+			t.Errorf("taints %v: %v was removed too", v.node.Spec.Taints, other)
+		}
+		if criImage(t, rt, bySecret) == "" {
+			t.Errorf("CRI ImageStatus(%s): absent", bySecret)
+		}
+		agent.eventually(t, 30*time.Second, "ImagesReady Event on the Node", func() string {
+			return eventWith(nodeEvents(agentReasonImagesReady), corev1.EventTypeNormal, "All 3 images present", hash)
+		})
+	})
+	if !ok {
+		return
+	}
+
+	base := []string{"  - image: " + app + "\n", secretEntry, "  - image: " + gpu + "\n    nodeSelector: {gpu: \"true\"}\n"}
+	ok = t.Run("an edit that adds an image shows it present in the node's status", func(t *testing.T) {
+		base = append(base, "  - image: "+tool+"\n")
+		s := time.Now()
+		hash = setImagesYAML(t, c, agentConfig(base...))
+		agent.eventually(t, time.Minute, "status of the new config", func() string { return node().shows(hash, 4, 4) })
+		t.Logf("config edit → node status with the pulled image: %v", time.Since(s).Round(time.Millisecond))
+		if criImage(t, rt, tool) == "" {
+			t.Errorf("CRI ImageStatus(%s): absent", tool)
+		}
+	})
+	if !ok {
+		return
+	}
+
+	ok = t.Run("serviceAccount: its imagePullSecrets are used once it exists", func(t *testing.T) {
+		base = append(base, "  - image: "+bySA+"\n    serviceAccount: builder\n")
+		hash = setImagesYAML(t, c, agentConfig(base...))
+		agent.eventually(t, time.Minute, "failure for the missing ServiceAccount", func() string {
+			v := node()
+			if why := v.shows(hash, 4, 5); why != "" {
+				return why
+			}
+			if r := v.failedReason(bySA); !strings.Contains(r, "serviceaccount kube-preloader/builder not found") {
+				return fmt.Sprintf("reason for %s: %q", bySA, r)
+			}
+			return ""
+		})
+		// A legacy .dockercfg Secret, only for the ServiceAccount: the
+		// regcred of the other image is not this image's credential.
+		auth := base64.StdEncoding.EncodeToString([]byte(testUser + ":" + testPassword))
+		sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "builder-pull", Namespace: agentNS}, Type: corev1.SecretTypeDockercfg,
+			Data: map[string][]byte{corev1.DockerConfigKey: fmt.Appendf(nil, `{"%s":{"auth":%q}}`, private.Host, auth)}}
+		if _, err := c.CoreV1().Secrets(agentNS).Create(ctx, sec, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "builder", Namespace: agentNS},
+			ImagePullSecrets: []corev1.LocalObjectReference{{Name: "builder-pull"}}}
+		if _, err := c.CoreV1().ServiceAccounts(agentNS).Create(ctx, sa, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		agent.eventually(t, time.Minute, "image via the ServiceAccount", func() string { return node().shows(hash, 5, 5) })
+		if criImage(t, rt, bySA) == "" {
+			t.Errorf("CRI ImageStatus(%s): absent", bySA)
+		}
+	})
+	if !ok {
+		return
+	}
+
+	ok = t.Run("a malformed edit keeps the last good config and says so in Events", func(t *testing.T) {
+		good := hash
+		bad := agentConfig(base...) + "concurrency: lots\n"
+		badLine := strings.Count(bad, "\n")
+		setImagesYAML(t, c, bad)
+		where := fmt.Sprintf("images.yaml:%d", badLine)
+		agent.eventually(t, 30*time.Second, "InvalidConfig Event on the ConfigMap", func() string {
+			evs := listEvents(t, c, agentNS, "involvedObject.kind=ConfigMap,involvedObject.name="+agentCM+",reason="+agentReasonInvalidConfig)
+			return eventWith(evs, corev1.EventTypeWarning, where, "keeping the last good config "+good)
+		})
+		agent.eventually(t, 30*time.Second, "InvalidConfig Event on the Node", func() string {
+			return eventWith(nodeEvents(agentReasonInvalidConfig), corev1.EventTypeWarning, agentNS+"/"+agentCM, where)
+		})
+		if why := node().shows(good, 5, 5); why != "" {
+			t.Errorf("after a malformed edit: %s", why)
+		}
+		// The last good config is still enforced, not just still shown:
+		// an image removed behind the agent's back comes back at resync.
+		if err := rt.RemoveImage(ctx, tool); err != nil {
+			t.Fatalf("CRI RemoveImage(%s): %v", tool, err)
+		}
+		agent.eventually(t, 30*time.Second, tool+" restored under the last good config", func() string {
+			if criImage(t, rt, tool) == "" {
+				return "absent"
+			}
+			return ""
+		})
+		if why := node().shows(good, 5, 5); why != "" {
+			t.Errorf("after the restore: %s", why)
+		}
+		// Fixed again: applied as any edit.
+		base = append(base, "# fixed\n")
+		hash = setImagesYAML(t, c, agentConfig(base...))
+		agent.eventually(t, 30*time.Second, "the fixed config", func() string { return node().shows(hash, 5, 5) })
+	})
+	if !ok {
+		return
+	}
+
+	ok = t.Run("nodeSelector: labelling the Node brings the image", func(t *testing.T) {
+		if criImage(t, rt, gpu) != "" {
+			t.Fatalf("%s present before the label", gpu)
+		}
+		patch := `{"metadata":{"labels":{"gpu":"true"}}}`
+		if _, err := c.CoreV1().Nodes().Patch(ctx, nodeName, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		agent.eventually(t, time.Minute, "gpu image on the labelled node", func() string { return node().shows(hash, 6, 6) })
+		if criImage(t, rt, gpu) == "" {
+			t.Errorf("CRI ImageStatus(%s): absent", gpu)
+		}
+	})
+	if !ok {
+		return
+	}
+
+	ok = t.Run("preloader status shows the node", func(t *testing.T) {
+		r := preloader(t, time.Minute, nil, "status", "--kubeconfig", k.Kubeconfig)
+		printed = append(printed, r.stdout, r.stderr)
+		if r.code != 0 {
+			t.Fatalf("want exit 0:\n%s", r)
+		}
+		rows := tableRows(t, r.stdout)
+		want := map[string]string{"NODE": nodeName, "READY": "true", "PRESENT": "6/6", "MISSING": "<none>"}
+		if len(rows) != 1 {
+			t.Fatalf("want one row:\n%s", r.stdout)
+		}
+		for col, w := range want {
+			if rows[0][col] != w {
+				t.Errorf("%s = %q, want %q\n%s", col, rows[0][col], w, r.stdout)
+			}
+		}
+		r = preloader(t, time.Minute, nil, "status", "-o", "wide", "--kubeconfig", k.Kubeconfig)
+		printed = append(printed, r.stdout, r.stderr)
+		if rows := tableRows(t, r.stdout); len(rows) != 1 || rows[0]["CONFIG"] != hash {
+			t.Errorf("wide: want CONFIG %s:\n%s", hash, r)
+		}
+	})
+	if !ok {
+		return
+	}
+
+	ok = t.Run("warm --wait exits 0 once the agent reports the image", func(t *testing.T) {
+		if criImage(t, rt, warm) != "" {
+			t.Fatalf("%s present before warm", warm)
+		}
+		s := time.Now()
+		r := preloader(t, 2*time.Minute, nil, "warm", "--configmap", agentNS+"/"+agentCM, "--image", warm,
+			"--wait", "--timeout", "90s", "--kubeconfig", k.Kubeconfig)
+		printed = append(printed, r.stdout, r.stderr)
+		if r.code != 0 || !strings.Contains(r.stderr, "1/1 nodes have "+warm) {
+			t.Fatalf("want exit 0 with 1/1 nodes:\n%s", r)
+		}
+		t.Logf("warm --wait took %v", time.Since(s).Round(time.Millisecond))
+		if criImage(t, rt, warm) == "" {
+			t.Errorf("warm --wait exited 0 but CRI ImageStatus(%s) is absent", warm)
+		}
+		hash = preload.ConfigHash([]byte(cmData(c, agentNS, agentCM)))
+		if why := node().shows(hash, 7, 7); why != "" {
+			t.Errorf("after warm: %s", why)
+		}
+	})
+	if !ok {
+		return
+	}
+
+	ok = t.Run("a deleted ConfigMap keeps the last good config and warns", func(t *testing.T) {
+		if err := c.CoreV1().ConfigMaps(agentNS).Delete(ctx, agentCM, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		agent.eventually(t, 30*time.Second, "ConfigMapMissing Event on the Node", func() string {
+			return eventWith(nodeEvents(agentReasonConfigMissing), corev1.EventTypeWarning, "keeping the last good config "+hash)
+		})
+		if why := node().shows(hash, 7, 7); why != "" {
+			t.Errorf("after the ConfigMap was deleted: %s", why)
+		}
+		if code, body := agent.get(t, "/readyz"); code != http.StatusOK {
+			t.Errorf("/readyz with the last good config: %d %s", code, body)
+		}
+	})
+	if !ok {
+		return
+	}
+
+	t.Run("metrics, and a clean stop on SIGTERM", func(t *testing.T) {
+		code, body := agent.get(t, "/metrics")
+		for _, want := range []string{"preloader_images_desired 7", "preloader_images_present 7", `preloader_pulls_total{reason="",result="pulled"}`} {
+			if code != http.StatusOK || !strings.Contains(body, want) {
+				t.Errorf("/metrics lacks %q (HTTP %d)", want, code)
+			}
+		}
+		if err := agent.stop(15 * time.Second); err != nil {
+			t.Error(err)
+		}
+		if !strings.Contains(agent.log(), `msg=stopped`) {
+			t.Errorf("no \"stopped\" in the agent's log:\n%s", agent.tail(20))
+		}
+	})
+
+	// What the agent may not have done, whatever passed above: show a
+	// credential anywhere, or hit a wall of its RBAC.
+	log := agent.log()
+	n, err := c.CoreV1().Nodes().Get(ctx, nodeName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodeJSON, _ := json.Marshal(n)
+	evs, _ := json.Marshal(listEvents(t, c, "", ""))
+	assertNoSecret(t, append(printed, log, string(nodeJSON), string(evs))...)
+	for _, bad := range []string{"forbidden", "Forbidden"} {
+		if strings.Contains(log, bad) {
+			t.Errorf("the agent met RBAC refusals (%q) under manifests/:\n%s", bad, log)
+		}
+	}
+	t.Logf("%s: agent scenarios took %v (%d log lines)", flavor, time.Since(start).Round(time.Millisecond), strings.Count(log, "\n"))
+}
+
+// Event reasons (agent.Reason*), spelled out: the test reads them as users
+// do, from `kubectl get events`.
+const (
+	agentReasonInvalidConfig = "InvalidConfig"
+	agentReasonImagesReady   = "ImagesReady"
+	agentReasonPreloadFailed = "PreloadFailed"
+	agentReasonConfigMissing = "ConfigMapMissing"
+)
