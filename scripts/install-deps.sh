@@ -20,10 +20,11 @@ if ((${#missing[@]})); then
   # The packages ship services; this machine has no init to start them and the
   # tests start their own instances.
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The registry package may start its service on :5000; the tests run their
+  # own registries on ephemeral ports. Only the packaged service is stopped,
+  # never a registry a running test started.
+  pkill -f '^/usr/bin/docker-registry serve /etc/docker/registry/config.yml' 2>/dev/null || true
 fi
-# The Debian registry package starts a service on :5000 where an init exists;
-# the tests run their own registries on ephemeral ports.
-pkill -x docker-registry 2>/dev/null || true
 
 mkdir -p "$CACHE/bin"
 if [[ ! -x "$CACHE/bin/containerd-$CONTAINERD2_VERSION" ]]; then
