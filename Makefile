@@ -39,8 +39,13 @@ bench: deps build
 	PRELOADER_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./integration/bench/
 
 FUZZTIME ?= 1m
+# Every fuzz target for FUZZTIME each. Archive inputs are large: minimizing
+# each new one for the default 60 s would take most of a short run.
 fuzz:
-	$(GO) test ./preload -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
+	$(GO) test ./preload -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./preload -run '^$$' -fuzz '^FuzzNormalizeRef$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./cri -run '^$$' -fuzz '^FuzzParseDockerConfig$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./archive -run '^$$' -fuzz '^FuzzArchive$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 5s
 
 # The agent's container image, the content the Dockerfile describes, built
 # and pushed without a Docker daemon (plain HTTP for loopback registries).
