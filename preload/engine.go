@@ -162,11 +162,17 @@ func (e *Engine) pull(ctx context.Context, cfg *Config, img Image) Result {
 	}
 	auths = append(auths, nil)
 	delay := cfg.Retry.InitialDelay
+	var prev error
 	for attempt := 1; ; attempt++ {
 		err := e.pullOnce(ctx, cfg, img, auths)
 		if err == nil {
 			e.log().Info("pulled", "image", img.Name, "seconds", time.Since(start).Seconds(), "attempts", attempt)
 			return Result{Image: img.Name, Status: StatusPulled, Duration: time.Since(start), Attempts: attempt}
+		}
+		if ctx.Err() != nil && prev != nil {
+			// The run ended mid-attempt: why the image is missing is what
+			// the attempts before said (registry down), not the deadline.
+			err = fmt.Errorf("%w (run ended while retrying)", prev)
 		}
 		reason, transient := Classify(err)
 		if !transient || ctx.Err() != nil || attempt == e.MaxAttempts {
@@ -180,6 +186,7 @@ func (e *Engine) pull(ctx context.Context, cfg *Config, img Image) Result {
 			return failed(img.Name, err, time.Since(start), attempt)
 		case <-time.After(wait):
 		}
+		prev = err
 		delay = min(delay*2, cfg.Retry.MaxDelay)
 	}
 }
