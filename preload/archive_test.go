@@ -174,6 +174,18 @@ func TestRunArchives(t *testing.T) {
 			wantImports: 1,
 		},
 		{
+			name: "a file in archiveDir that is not an archive fails as itself",
+			setup: func(t *testing.T, dir string, _ *critest.Server) {
+				if err := os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("images for the lab\n"), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(filepath.Join(dir, ".upload.tmp"), []byte("hidden: skipped"), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			},
+			want: map[string]outcome{"notes.txt": {preload.StatusFailed, preload.ReasonArchive}},
+		},
+		{
 			name:   "archive missing",
 			images: []preload.Image{{Ref: x, Name: x, Archive: "missing.tar"}},
 			want:   map[string]outcome{x: {preload.StatusFailed, preload.ReasonNotFound}},
@@ -206,7 +218,15 @@ func TestRunArchives(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := outcomes(results); !maps.Equal(got, tt.want) {
+			got := outcomes(results)
+			// A file that fails before it is read is reported by its path.
+			for name, o := range got {
+				if rel, ok := strings.CutPrefix(name, dir+"/"); ok {
+					delete(got, name)
+					got[rel] = o
+				}
+			}
+			if !maps.Equal(got, tt.want) {
 				t.Errorf("results %+v, want %+v", got, tt.want)
 			}
 			for _, r := range results {
