@@ -104,7 +104,7 @@ func (e *Engine) importArchive(ctx context.Context, dir, file string, wanted []I
 		return rs
 	}
 	if e.Containerd == nil {
-		return fail(ReasonUnsupported, fmt.Errorf("archive %s: importing archives needs containerd, and the runtime is not containerd or its API did not answer", path))
+		return fail(ReasonUnsupported, fmt.Errorf("archive %s: importing archives needs containerd, and the runtime is not containerd", path))
 	}
 	a, err := archive.Open(dir, file)
 	if err != nil {

@@ -40,7 +40,7 @@ func (e *Engine) pullMirror(ctx context.Context, cfg *Config, img Image) Result 
 	start := time.Now()
 	if e.Containerd == nil {
 		return Result{Image: img.Name, Status: StatusFailed, Reason: ReasonUnsupported,
-			Error: "mirror: recording a mirror pull under the canonical name needs containerd, and the runtime is not containerd or its API did not answer; configure the mirror in the runtime itself instead (CRI-O: registries.conf [[registry.mirror]]; containerd: hosts.toml)"}
+			Error: "mirror: recording a mirror pull under the canonical name needs containerd, and the runtime is not containerd; configure the mirror in the runtime itself instead (CRI-O: registries.conf [[registry.mirror]]; containerd: hosts.toml)"}
 	}
 	src, err := MirrorRef(img.Name, img.Mirror)
 	if err != nil {

@@ -9,7 +9,7 @@ import "context"
 func (e *Engine) syncPins(ctx context.Context, cfg *Config, results []Result) {
 	if e.Containerd == nil {
 		if cfg.Pin {
-			e.log().Info("images not pinned: the runtime is not containerd or its API did not answer; pin them in the runtime's own config (CRI-O: pinned_images)")
+			e.log().Info("images not pinned: the runtime is not containerd; pin them in the runtime's own config (CRI-O: pinned_images)")
 		}
 		return
 	}
