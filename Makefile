@@ -5,7 +5,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 GOTEST    := $(GO) test -count=1
 
-.PHONY: all build deps test unit integration demo bench fuzz image e2e clean
+.PHONY: all build deps runtime-deps test unit integration demo bench fuzz image e2e clean
 
 all: build
 
@@ -16,9 +16,12 @@ build:
 # server, the node's controller-manager, scheduler and kubelet, and kubectl
 # for the e2e's apply -k), each only when missing; builds are cached in
 # ~/.cache/kube-preloader.
-deps:
-	scripts/install-deps.sh
+deps: runtime-deps
 	scripts/build-kube.sh kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl
+
+# What the demo needs: Debian packages and containerd 2.x, no Kubernetes.
+runtime-deps:
+	scripts/install-deps.sh
 
 # Unit and integration tests. Integration tests start real containerd
 # (1.6 and 2.x), registries and kube-apiserver; with CI=true a missing
@@ -32,7 +35,7 @@ unit:
 integration: deps
 	$(GOTEST) -timeout 40m -p 2 ./integration/...
 
-demo: deps build
+demo: runtime-deps build
 	$(GO) run ./scripts/sandbox $(BIN)
 
 bench: deps build
