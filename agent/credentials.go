@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 
@@ -122,7 +121,14 @@ type gatedRuntime struct {
 
 func (g gatedRuntime) PullImage(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (string, error) {
 	if why, ok := g.blocked[ref]; ok {
-		return "", errors.New(why)
+		return "", credentialsError(why)
 	}
 	return g.Runtime.PullImage(ctx, ref, auth)
 }
+
+// credentialsError is a pull refused for missing credentials; it is its
+// own reason ("secret NS/NAME not found"), which preload.Classify reports.
+type credentialsError string
+
+func (e credentialsError) Error() string  { return string(e) }
+func (e credentialsError) Reason() string { return string(e) }

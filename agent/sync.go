@@ -129,12 +129,6 @@ func (a *Agent) run(ctx context.Context, cfg *loadedConfig, images []preload.Ima
 	if ctx.Err() != nil {
 		return results, nil
 	}
-	for i := range results {
-		r := &results[i]
-		if why, ok := creds.blocked[r.Image]; ok && r.Status == preload.StatusFailed {
-			r.Reason, r.Error = why, why
-		}
-	}
 	a.metrics.countPulls(results, creds.blocked)
 	return results, nil
 }

@@ -257,6 +257,12 @@ const (
 // status, so the text is what there is to go on; the patterns are those of
 // containerd's and CRI-O's resolvers.
 func Classify(err error) (reason string, transient bool) {
+	// An error that knows its reason (the agent's missing credentials) is
+	// final: retrying cannot supply what is not there.
+	var known interface{ Reason() string }
+	if errors.As(err, &known) {
+		return known.Reason(), false
+	}
 	switch {
 	case errors.Is(err, context.Canceled):
 		return ReasonCanceled, false

@@ -2,6 +2,7 @@ package preload_test
 
 import (
 	"context"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -319,4 +320,18 @@ func equal(a, b []string) bool {
 		}
 	}
 	return true
+}
+
+type reasoned string
+
+func (r reasoned) Error() string  { return string(r) }
+func (r reasoned) Reason() string { return string(r) }
+
+func TestClassifyKnownReason(t *testing.T) {
+	// Missing credentials say "not found" in their text; their own reason,
+	// not the text, is what users must read.
+	err := fmt.Errorf("pull: %w", reasoned("secret ns/regcred not found"))
+	if reason, transient := preload.Classify(err); reason != "secret ns/regcred not found" || transient {
+		t.Errorf("Classify = %q, %v; want the error's own reason, permanent", reason, transient)
+	}
 }
