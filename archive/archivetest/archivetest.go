@@ -129,23 +129,16 @@ func Write(w io.Writer, f Format, imgs []Image) error {
 		}
 		return tarball.MultiRefWrite(refs, w)
 	case OCILayout:
-		dir, err := os.MkdirTemp("", "oci-layout")
-		if err != nil {
-			return err
-		}
-		defer os.RemoveAll(dir)
-		p, err := layout.Write(dir, empty.Index)
-		if err != nil {
-			return err
-		}
-		for _, img := range imgs {
-			for _, n := range img.Names {
-				if err := p.AppendImage(img.Image, layout.WithAnnotations(map[string]string{"org.opencontainers.image.ref.name": n})); err != nil {
-					return err
+		return writeLayout(w, func(p layout.Path) error {
+			for _, img := range imgs {
+				for _, n := range img.Names {
+					if err := p.AppendImage(img.Image, layout.WithAnnotations(map[string]string{"org.opencontainers.image.ref.name": n})); err != nil {
+						return err
+					}
 				}
 			}
-		}
-		return TarDir(w, dir)
+			return nil
+		})
 	}
 	return fmt.Errorf("unknown format %q", f)
 }
@@ -153,6 +146,14 @@ func Write(w io.Writer, f Format, imgs []Image) error {
 // WriteIndex writes an OCI layout holding one multi-platform index named
 // name.
 func WriteIndex(w io.Writer, idx v1.ImageIndex, name string) error {
+	return writeLayout(w, func(p layout.Path) error {
+		return p.AppendIndex(idx, layout.WithAnnotations(map[string]string{"io.containerd.image.name": name}))
+	})
+}
+
+// writeLayout fills a temporary OCI layout with fill and writes it to w as
+// a tar.
+func writeLayout(w io.Writer, fill func(layout.Path) error) error {
 	dir, err := os.MkdirTemp("", "oci-layout")
 	if err != nil {
 		return err
@@ -162,7 +163,7 @@ func WriteIndex(w io.Writer, idx v1.ImageIndex, name string) error {
 	if err != nil {
 		return err
 	}
-	if err := p.AppendIndex(idx, layout.WithAnnotations(map[string]string{"io.containerd.image.name": name})); err != nil {
+	if err := fill(p); err != nil {
 		return err
 	}
 	return TarDir(w, dir)
