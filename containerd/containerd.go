@@ -24,6 +24,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/kube-preloader/kube-preloader/archive"
 )
@@ -42,6 +43,11 @@ const (
 	// removes only its own pins, never the sandbox image's or an admin's.
 	LabelPreloaderPinned = "preloader.io/pinned"
 
+	// LabelLease marks the preloader's own leases (value: what for), so
+	// that they can be told from the CRI plugin's, which are otherwise
+	// alike: a random ID and an expiry.
+	LabelLease = "preloader.io/lease"
+
 	criManaged = "managed"
 	pinned     = "pinned"
 )
@@ -56,12 +62,18 @@ type Client struct {
 	c           *client.Client
 	snapshotter string
 	platform    platforms.MatchComparer
+	hostRoots   []string // the CRI's registry config_path
+
+	shared     keyedMutex // blobs and snapshots that concurrent pulls share
+	mu         sync.Mutex
+	downloads  *semaphore.Weighted
+	downloadsN int
 }
 
 // New connects to containerd at address. Images are unpacked into
 // snapshotter, which must be the one the CRI plugin uses, or its
 // containers would find no snapshots.
-func New(ctx context.Context, address, snapshotter string) (*Client, error) {
+func New(ctx context.Context, address, snapshotter string, opts ...Option) (*Client, error) {
 	c, err := client.New(address, client.WithDefaultNamespace(Namespace), client.WithTimeout(5*time.Second))
 	if err != nil {
 		return nil, fmt.Errorf("containerd %s: %w", address, err)
@@ -72,7 +84,11 @@ func New(ctx context.Context, address, snapshotter string) (*Client, error) {
 		c.Close()
 		return nil, fmt.Errorf("containerd %s: %w", address, err)
 	}
-	return &Client{c: c, snapshotter: snapshotter, platform: platforms.Default()}, nil
+	cl := &Client{c: c, snapshotter: snapshotter, platform: platforms.Default()}
+	for _, o := range opts {
+		o(cl)
+	}
+	return cl, nil
 }
 
 // Close closes the connection.
@@ -91,7 +107,7 @@ func (c *Client) Close() error { return c.c.Close() }
 // `ctr images import` uses it) writes every tar entry one at a time,
 // unchecked, before any unpacking; integration/bench compares the two.
 func (c *Client) Import(ctx context.Context, contents *archive.Contents, want []archive.Image) error {
-	ctx, done, err := c.c.WithLease(ctx, leases.WithRandomID(), leases.WithExpiration(leaseExpiry))
+	ctx, done, err := c.c.WithLease(ctx, leases.WithRandomID(), leases.WithExpiration(leaseExpiry), leases.WithLabel(LabelLease, "import"))
 	if err != nil {
 		return fmt.Errorf("lease: %w", err)
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 
@@ -12,11 +13,22 @@ import (
 )
 
 // ContainerdInfo is what containerd's CRI plugin says about its containerd:
-// the socket of its API and the snapshotter the CRI unpacks images into.
+// the socket of its API, the snapshotter the CRI unpacks images into, and
+// where its registry host configuration lives.
 type ContainerdInfo struct {
 	Address     string // empty when not reported
 	Snapshotter string
+	// RegistryConfigPath is the CRI's registry config_path: directories,
+	// colon-separated, holding <host>/hosts.toml. Empty when the CRI uses
+	// no hosts.toml (containerd 1.x with the deprecated mirrors settings,
+	// which the preloader does not read).
+	RegistryConfigPath string
 }
+
+// containerd2DefaultConfigPath is the config_path containerd 2.x uses when
+// its config sets neither config_path nor mirrors
+// (plugins/cri/images/plugin.go in v2.4.2).
+const containerd2DefaultConfigPath = "/etc/containerd/certs.d:/etc/docker/certs.d"
 
 // Containerd asks a containerd runtime where its API is and which
 // snapshotter its CRI plugin uses. containerd 1.6 reports the snapshotter
@@ -41,11 +53,19 @@ func (c *Client) Containerd(ctx context.Context) (ContainerdInfo, error) {
 				Snapshotter string `json:"snapshotter"`
 			} `json:"runtimes"`
 		} `json:"containerd"`
+		Registry *struct {
+			ConfigPath string `json:"configPath"`
+		} `json:"registry"`
 	}
 	if err := json.Unmarshal([]byte(info["config"]), &cfg); err != nil {
 		return ContainerdInfo{}, fmt.Errorf("containerd status config: %w", err)
 	}
 	ci := ContainerdInfo{Address: cfg.Endpoint, Snapshotter: cfg.Containerd.Snapshotter}
+	if cfg.Registry != nil {
+		ci.RegistryConfigPath = cfg.Registry.ConfigPath
+	} else if ci.RegistryConfigPath, err = registryConfigPathFromFile(containerdConfigPath()); err != nil {
+		return ContainerdInfo{}, err
+	}
 	if ci.Snapshotter == "" {
 		ci.Snapshotter = cfg.Containerd.Runtimes[cfg.Containerd.DefaultRuntimeName].Snapshotter
 	}
@@ -55,6 +75,28 @@ func (c *Client) Containerd(ctx context.Context) (ContainerdInfo, error) {
 		}
 	}
 	return ci, nil
+}
+
+// registryConfigPathFromFile is the config_path of containerd 2.x, whose
+// status no longer shows the image service's config: the config file's,
+// else the 2.x default. A node without the file runs on defaults.
+func registryConfigPathFromFile(path string) (string, error) {
+	cfg, err := readContainerdConfig(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return containerd2DefaultConfigPath, nil
+	}
+	if err != nil {
+		return "", err
+	}
+	for _, r := range []registryConfigFile{cfg.Plugins.Images.Registry, cfg.Plugins.CRI.Registry} {
+		if r.ConfigPath != "" {
+			return r.ConfigPath, nil
+		}
+		if len(r.Mirrors) > 0 {
+			return "", nil
+		}
+	}
+	return containerd2DefaultConfigPath, nil
 }
 
 const snapshotterDirPrefix = "io.containerd.snapshotter.v1."

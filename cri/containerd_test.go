@@ -2,6 +2,8 @@ package cri_test
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/kube-preloader/kube-preloader/cri"
@@ -13,20 +15,56 @@ func TestContainerd(t *testing.T) {
 		name    string
 		runtime string
 		config  string
+		file    string // containerd's config file, for 2.x; none if empty
 		want    cri.ContainerdInfo
 		wantErr bool
 	}{
 		{
-			name:    "containerd 1.6 reports its snapshotter",
+			name:    "containerd 1.6 reports its snapshotter and config_path",
 			runtime: "containerd",
-			config:  `{"containerd":{"snapshotter":"native","defaultRuntimeName":"runc"},"containerdEndpoint":"/run/k3s/containerd/containerd.sock"}`,
-			want:    cri.ContainerdInfo{Address: "/run/k3s/containerd/containerd.sock", Snapshotter: "native"},
+			config:  `{"containerd":{"snapshotter":"native","defaultRuntimeName":"runc"},"registry":{"configPath":"/etc/containerd/certs.d"},"containerdEndpoint":"/run/k3s/containerd/containerd.sock"}`,
+			file:    "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\nconfig_path = \"/ignored\"\n",
+			want:    cri.ContainerdInfo{Address: "/run/k3s/containerd/containerd.sock", Snapshotter: "native", RegistryConfigPath: "/etc/containerd/certs.d"},
 		},
 		{
-			name:    "containerd 2.x: the default runtime's own snapshotter",
+			name:    "containerd 1.6 with the deprecated mirrors: no config_path",
+			runtime: "containerd",
+			config:  `{"containerd":{"snapshotter":"overlayfs"},"registry":{"configPath":"","mirrors":{"docker.io":{"endpoint":["https://m"]}}}}`,
+			want:    cri.ContainerdInfo{Snapshotter: "overlayfs"},
+		},
+		{
+			name:    "containerd 2.x: the default runtime's own snapshotter, no config file",
 			runtime: "containerd",
 			config:  `{"containerd":{"defaultRuntimeName":"runc","runtimes":{"runc":{"snapshotter":"overlayfs"},"kata":{"snapshotter":"devmapper"}}},"containerdEndpoint":"/run/containerd/containerd.sock"}`,
-			want:    cri.ContainerdInfo{Address: "/run/containerd/containerd.sock", Snapshotter: "overlayfs"},
+			want:    cri.ContainerdInfo{Address: "/run/containerd/containerd.sock", Snapshotter: "overlayfs", RegistryConfigPath: "/etc/containerd/certs.d:/etc/docker/certs.d"},
+		},
+		{
+			name:    "containerd 2.x: config_path of a version 3 file",
+			runtime: "containerd",
+			config:  `{"containerd":{"defaultRuntimeName":"runc","runtimes":{"runc":{"snapshotter":"overlayfs"}}}}`,
+			file:    "version = 3\n[plugins.\"io.containerd.cri.v1.images\".registry]\nconfig_path = \"/etc/containerd/certs.d\"\n",
+			want:    cri.ContainerdInfo{Snapshotter: "overlayfs", RegistryConfigPath: "/etc/containerd/certs.d"},
+		},
+		{
+			name:    "containerd 2.x: config_path of a version 2 file",
+			runtime: "containerd",
+			config:  `{"containerd":{"defaultRuntimeName":"runc","runtimes":{"runc":{"snapshotter":"overlayfs"}}}}`,
+			file:    "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\nconfig_path = \"/srv/hosts\"\n",
+			want:    cri.ContainerdInfo{Snapshotter: "overlayfs", RegistryConfigPath: "/srv/hosts"},
+		},
+		{
+			name:    "containerd 2.x: a file without registry settings gets the 2.x default",
+			runtime: "containerd",
+			config:  `{"containerd":{"defaultRuntimeName":"runc","runtimes":{"runc":{"snapshotter":"overlayfs"}}}}`,
+			file:    "version = 3\n",
+			want:    cri.ContainerdInfo{Snapshotter: "overlayfs", RegistryConfigPath: "/etc/containerd/certs.d:/etc/docker/certs.d"},
+		},
+		{
+			name:    "containerd 2.x: a broken config file is an error",
+			runtime: "containerd",
+			config:  `{"containerd":{"defaultRuntimeName":"runc","runtimes":{"runc":{"snapshotter":"overlayfs"}}}}`,
+			file:    "version = [\n",
+			wantErr: true,
 		},
 		{
 			// Then the image filesystem decides, which this fake runtime
@@ -40,6 +78,13 @@ func TestContainerd(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "config.toml")
+			if tt.file != "" {
+				if err := os.WriteFile(path, []byte(tt.file), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			t.Setenv(cri.ContainerdConfigEnv, path)
 			s := critest.Start(t)
 			s.Name = tt.runtime
 			s.Info = map[string]string{"config": tt.config}

@@ -48,10 +48,7 @@ func (c *Client) SandboxImage(ctx context.Context) (image, source string, err er
 	if c.RuntimeName != "containerd" {
 		return "", "", fmt.Errorf("runtime %s %s does not report its sandbox image: set sandboxImage in the config", c.RuntimeName, c.RuntimeVersion)
 	}
-	path := os.Getenv(ContainerdConfigEnv)
-	if path == "" {
-		path = "/etc/containerd/config.toml"
-	}
+	path := containerdConfigPath()
 	img, err := sandboxImageFromConfigFile(path)
 	switch {
 	case err == nil && img != "":
@@ -62,28 +59,57 @@ func (c *Client) SandboxImage(ctx context.Context) (image, source string, err er
 	return containerd2DefaultSandboxImage, "containerd 2.x default", nil
 }
 
-// sandboxImageFromConfigFile reads the sandbox image from a containerd
-// config file of version 2 (plugins."io.containerd.grpc.v1.cri".sandbox_image)
-// or version 3 (plugins."io.containerd.cri.v1.images".pinned_images.sandbox).
-func sandboxImageFromConfigFile(path string) (string, error) {
+// containerdConfigFile is what the preloader reads from a containerd config
+// file when the runtime's status does not tell: version 2 files keep the CRI
+// settings under plugins."io.containerd.grpc.v1.cri" (2.x migrates them on
+// load), version 3 files under plugins."io.containerd.cri.v1.images".
+type containerdConfigFile struct {
+	Plugins struct {
+		CRI struct {
+			SandboxImage string             `toml:"sandbox_image"`
+			Registry     registryConfigFile `toml:"registry"`
+		} `toml:"io.containerd.grpc.v1.cri"`
+		Images struct {
+			PinnedImages struct {
+				Sandbox string `toml:"sandbox"`
+			} `toml:"pinned_images"`
+			Registry registryConfigFile `toml:"registry"`
+		} `toml:"io.containerd.cri.v1.images"`
+	} `toml:"plugins"`
+}
+
+type registryConfigFile struct {
+	ConfigPath string         `toml:"config_path"`
+	Mirrors    map[string]any `toml:"mirrors"`
+}
+
+// containerdConfigPath is the containerd config file the node's containerd
+// reads: PRELOADER_CONTAINERD_CONFIG, else containerd's default.
+func containerdConfigPath() string {
+	if p := os.Getenv(ContainerdConfigEnv); p != "" {
+		return p
+	}
+	return "/etc/containerd/config.toml"
+}
+
+func readContainerdConfig(path string) (*containerdConfigFile, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	var cfg struct {
-		Plugins struct {
-			CRI struct {
-				SandboxImage string `toml:"sandbox_image"`
-			} `toml:"io.containerd.grpc.v1.cri"`
-			Images struct {
-				PinnedImages struct {
-					Sandbox string `toml:"sandbox"`
-				} `toml:"pinned_images"`
-			} `toml:"io.containerd.cri.v1.images"`
-		} `toml:"plugins"`
-	}
+	var cfg containerdConfigFile
 	if err := toml.Unmarshal(data, &cfg); err != nil {
-		return "", fmt.Errorf("containerd config %s: %w", path, err)
+		return nil, fmt.Errorf("containerd config %s: %w", path, err)
+	}
+	return &cfg, nil
+}
+
+// sandboxImageFromConfigFile reads the sandbox image from a containerd
+// config file of version 2 (sandbox_image) or 3 (pinned_images.sandbox).
+func sandboxImageFromConfigFile(path string) (string, error) {
+	cfg, err := readContainerdConfig(path)
+	if err != nil {
+		return "", err
 	}
 	if img := cfg.Plugins.Images.PinnedImages.Sandbox; img != "" {
 		return img, nil

@@ -27,9 +27,18 @@ type fakeContainerd struct {
 
 	mu      sync.Mutex
 	imports int
+	pulls   []string
 	tags    map[string]string
 	pins    []string
 	keeps   []string
+}
+
+func (f *fakeContainerd) Pull(_ context.Context, ref string, _ *runtimeapi.AuthConfig, _ int) error {
+	f.mu.Lock()
+	f.pulls = append(f.pulls, ref)
+	f.mu.Unlock()
+	f.cri.Add(ref, 1)
+	return nil
 }
 
 func (f *fakeContainerd) Import(_ context.Context, _ *archive.Contents, imgs []archive.Image) error {
@@ -315,6 +324,44 @@ func TestRunMirror(t *testing.T) {
 		}
 		if n := s.Calls("PullImage"); n != 0 {
 			t.Errorf("%d pulls, want none", n)
+		}
+	})
+}
+
+func TestRunPullViaContainerd(t *testing.T) {
+	const name = "registry.example/team/app:1"
+	cfg := testConfig()
+	cfg.PullVia = preload.PullViaContainerd
+
+	t.Run("pulled by the containerd client, not the CRI", func(t *testing.T) {
+		s := critest.Start(t)
+		ctrd := &fakeContainerd{cri: s}
+		e := &preload.Engine{Runtime: connect(t, s), Containerd: ctrd, MaxAttempts: 1}
+		results, err := e.Run(context.Background(), cfg, images(name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := results[0]; r.Status != preload.StatusPulled {
+			t.Errorf("result %+v, want pulled", r)
+		}
+		if !slices.Equal(ctrd.pulls, []string{name}) || s.Calls("PullImage") != 0 {
+			t.Errorf("containerd pulls %v, CRI pulls %d; want containerd only", ctrd.pulls, s.Calls("PullImage"))
+		}
+	})
+
+	t.Run("not containerd: a reason, no retries", func(t *testing.T) {
+		s := critest.Start(t)
+		e := &preload.Engine{Runtime: connect(t, s), MaxAttempts: 5}
+		results, err := e.Run(context.Background(), cfg, images(name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := results[0]
+		if r.Status != preload.StatusFailed || r.Reason != preload.ReasonUnsupported || r.Attempts != 1 || !strings.Contains(r.Error, "pullVia: cri") {
+			t.Errorf("result %+v, want one failed attempt, unsupported runtime, pointing to pullVia: cri", r)
+		}
+		if n := s.Calls("PullImage"); n != 0 {
+			t.Errorf("%d CRI pulls, want none", n)
 		}
 	})
 }

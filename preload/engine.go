@@ -71,6 +71,9 @@ type Engine struct {
 // Containerd is what the engine needs beyond the CRI;
 // *containerd.Client implements it.
 type Containerd interface {
+	// Pull pulls and records ref as a CRI pull would, for pullVia
+	// containerd, with maxDownloads layer downloads at once on the node.
+	Pull(ctx context.Context, ref string, auth *runtimeapi.AuthConfig, maxDownloads int) error
 	Import(ctx context.Context, contents *archive.Contents, images []archive.Image) error
 	Tag(ctx context.Context, name, source string) error
 	SyncPins(ctx context.Context, pin, keep []string) (pinned, unpinned []string, err error)
@@ -198,7 +201,7 @@ func (e *Engine) pullOnce(ctx context.Context, cfg *Config, img Image, auths []*
 	var err error
 	for _, auth := range auths {
 		pctx, cancel := context.WithTimeout(ctx, cfg.PullTimeout)
-		_, err = e.Runtime.PullImage(pctx, img.Name, auth)
+		err = e.pullWith(pctx, cfg, img.Name, auth)
 		timedOut := pctx.Err() == context.DeadlineExceeded && ctx.Err() == nil
 		cancel()
 		if err == nil {
@@ -213,6 +216,33 @@ func (e *Engine) pullOnce(ctx context.Context, cfg *Config, img Image, auths []*
 	}
 	return err
 }
+
+// pullWith pulls ref the way cfg.PullVia says: by the runtime's own CRI
+// pull, or by the containerd client. The latter is done only once the CRI
+// shows the image, which containerd 1.6's CRI learns of from an event.
+func (e *Engine) pullWith(ctx context.Context, cfg *Config, ref string, auth *runtimeapi.AuthConfig) error {
+	if cfg.PullVia != PullViaContainerd {
+		_, err := e.Runtime.PullImage(ctx, ref, auth)
+		return err
+	}
+	if e.Containerd == nil {
+		return errPullViaNeedsContainerd
+	}
+	if err := e.Containerd.Pull(ctx, ref, auth, cfg.MaxDownloads); err != nil {
+		return err
+	}
+	return e.awaitCRI(ctx, ref, "")
+}
+
+// reasonedError is a failure that says its own reason; retrying cannot
+// mend it.
+type reasonedError struct{ reason, msg string }
+
+func (e *reasonedError) Error() string  { return e.msg }
+func (e *reasonedError) Reason() string { return e.reason }
+
+var errPullViaNeedsContainerd = &reasonedError{ReasonUnsupported,
+	"pullVia: containerd needs a containerd runtime, and the runtime is not containerd; use pullVia: cri"}
 
 func (e *Engine) log() *slog.Logger {
 	if e.Log == nil {
@@ -248,7 +278,7 @@ const (
 	ReasonInvalid      = "invalid reference"
 	ReasonArchive      = "bad archive"         // unreadable, unsafe, truncated, wrong digest or platform
 	ReasonImport       = "import failed"       // a sound archive the runtime did not take
-	ReasonUnsupported  = "unsupported runtime" // archive or mirror on a runtime other than containerd
+	ReasonUnsupported  = "unsupported runtime" // archive, mirror or pullVia containerd on a runtime other than containerd
 	ReasonOther        = "error"
 )
 
@@ -290,7 +320,11 @@ func Classify(err error) (reason string, transient bool) {
 	}
 	switch {
 	case has("no space left"):
-		return ReasonNoSpace, true
+		// Final for the run: another attempt fills the disk again, taking
+		// the space the other images need, and `once` would hold a node's
+		// boot until its timeout. The agent tries again at its next sync,
+		// when the kubelet's image GC may have made room.
+		return ReasonNoSpace, false
 	case has("401 unauthorized", "403 forbidden", "unauthorized", "authorization failed", "access denied", "denied:"):
 		return ReasonUnauthorized, false
 	case has("not found", "manifest unknown", "name unknown", "no match for platform"):

@@ -15,7 +15,7 @@ import (
 const defaultContainerdAddress = "/run/containerd/containerd.sock"
 
 // connectContainerd connects to the containerd behind the CRI, for archive
-// import, mirrors and pinning: at address if set, else where its CRI plugin
+// import, mirrors, pinning and pullVia containerd: at address if set, else where its CRI plugin
 // says, else the default socket. It returns nil when the runtime is not
 // containerd (images with an archive or a mirror then fail with a reason
 // that says so), and an UnreachableError when containerd does not answer.
@@ -40,10 +40,10 @@ func connectContainerd(ctx context.Context, rt *cri.Client, address string, log 
 	if err := ctrdlog.SetLevel("warn"); err != nil {
 		return nil, err
 	}
-	c, err := containerd.New(ctx, address, info.Snapshotter)
+	c, err := containerd.New(ctx, address, info.Snapshotter, containerd.WithRegistryConfigPath(info.RegistryConfigPath))
 	if err != nil {
 		return nil, &cri.UnreachableError{Tried: []string{address}, Err: err}
 	}
-	log.Info("connected to containerd", "address", address, "snapshotter", info.Snapshotter)
+	log.Info("connected to containerd", "address", address, "snapshotter", info.Snapshotter, "registryConfigPath", info.RegistryConfigPath)
 	return c, nil
 }
