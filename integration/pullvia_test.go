@@ -1,0 +1,226 @@
+package integration
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"maps"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/errdefs"
+	digest "github.com/opencontainers/go-digest"
+
+	"github.com/kube-preloader/kube-preloader/cri"
+	"github.com/kube-preloader/kube-preloader/integration/harness"
+)
+
+func TestPullViaContainerd(t *testing.T) {
+	for _, flavor := range flavors {
+		t.Run(string(flavor), func(t *testing.T) { testPullViaContainerd(t, flavor) })
+	}
+}
+
+// pullViaConfig is a config of refs with pullVia and pin set.
+func pullViaConfig(via string, extra string, refs ...string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "sandboxImage: none\npullVia: %s\npin: true\nretry: {initialDelay: 200ms, maxDelay: 1s}\n%simages:\n", via, extra)
+	for _, r := range refs {
+		fmt.Fprintf(&b, "  - image: %s\n", r)
+	}
+	return b.String()
+}
+
+// A private image pulled by the containerd client must look to the kubelet
+// exactly like one the CRI pulled: same ListImages/ImageStatus shape, same
+// image records and labels, pinned. The node's hosts.toml decides mirrors
+// and CAs, as it does for the CRI.
+func testPullViaContainerd(t *testing.T, flavor harness.Flavor) {
+	private := harness.StartRegistry(t, harness.RegistryOptions{Username: testUser, Password: testPassword})
+	secure := harness.StartRegistry(t, harness.RegistryOptions{Username: testUser, Password: testPassword, TLS: true})
+	mirror := harness.StartRegistry(t, harness.RegistryOptions{Username: testUser, Password: testPassword})
+	imgs := harness.PushTestImages(t, private, []harness.ImageSpec{
+		{Repo: "team/by-cri", Tag: "1.0", BaseLayers: 2, OwnLayers: 1, LayerSize: 64 << 10},
+		{Repo: "team/by-client", Tag: "1.0", BaseLayers: 2, OwnLayers: 1, LayerSize: 64 << 10},
+		{Repo: "team/by-digest", Tag: "1.0", BaseLayers: 2, OwnLayers: 2, LayerSize: 64 << 10},
+	})
+	byCRI, byClient, byDigest := imgs[0], imgs[1], imgs[2]
+	tlsImg := harness.PushTestImages(t, secure, []harness.ImageSpec{{Repo: "corp/tls", Tag: "1.0", OwnLayers: 1, LayerSize: 32 << 10}})[0]
+	harness.PushTestImages(t, mirror, []harness.ImageSpec{{Repo: "team/mirrored", Tag: "1.0", OwnLayers: 1, LayerSize: 32 << 10}})
+	// Reachable only through the hosts.toml mirror: the name does not resolve.
+	const mirrored = "registry.example.test/team/mirrored:1.0"
+
+	node := newTestNode(t, flavor)
+	// containerd 2.x does not report its registry config_path; the
+	// preloader reads it from the config file, as on a node.
+	node.env = append(node.env, cri.ContainerdConfigEnv+"="+node.ctrd.ConfigFile)
+	secure.TrustIn(node.ctrd)
+	writeHostsTOML(t, node.ctrd, "registry.example.test", mirror.URL)
+	auth := base64.StdEncoding.EncodeToString([]byte(testUser + ":" + testPassword))
+	creds := writeFile(t, node.dir, "config.json", fmt.Sprintf(`{"auths":{%q:{"auth":%q},%q:{"auth":%q},%q:{"auth":%q}}}`,
+		private.Host, auth, secure.Host, auth, "registry.example.test", auth))
+
+	r := node.once(t, pullViaConfig("cri", "", byCRI.Ref), "--docker-config", creds)
+	if r.code != 0 {
+		t.Fatalf("pullVia cri: want exit 0:\n%s", r)
+	}
+	refs := []string{byClient.Ref, byDigest.DigestRef, tlsImg.Ref, mirrored}
+	// byCRI stays listed, and so keeps its pin.
+	r = node.once(t, pullViaConfig("containerd", "", append([]string{byCRI.Ref}, refs...)...), "--docker-config", creds)
+	assertNoSecret(t, r.stdout, r.stderr)
+	if r.code != 0 {
+		t.Fatalf("pullVia containerd: want exit 0:\n%s", r)
+	}
+	out := parseOnce(t, r)
+	for _, ref := range refs {
+		if st, reason := out.status(ref); st != "pulled" {
+			t.Errorf("%s: %s %s, want pulled", ref, st, reason)
+		}
+	}
+	assertPresent(t, node.ctrd.Endpoint, refs...)
+
+	t.Run("indistinguishable from a CRI pull", func(t *testing.T) {
+		c := node.cri(t)
+		for _, img := range []harness.TestImage{byCRI, byClient} {
+			st, err := c.ImageStatus(context.Background(), img.Ref)
+			if err != nil || st == nil {
+				t.Fatalf("ImageStatus(%s) = %v, %v", img.Ref, st, err)
+			}
+			repo := img.Ref[:strings.LastIndex(img.Ref, ":")]
+			if !slices.Equal(st.RepoTags, []string{img.Ref}) || !slices.Equal(st.RepoDigests, []string{repo + "@" + img.Digest}) {
+				t.Errorf("%s: tags %v digests %v, want [%s] [%s@%s]", img.Ref, st.RepoTags, st.RepoDigests, img.Ref, repo, img.Digest)
+			}
+			if flavor == harness.Containerd2 && !st.Pinned {
+				t.Errorf("%s: not pinned", img.Ref)
+			}
+		}
+		ctrd := node.containerd(t)
+		want, got := recordLabels(t, ctrd, byCRI.Ref), recordLabels(t, ctrd, byClient.Ref)
+		if len(want) != 3 || !slices.Equal(labelSets(want), labelSets(got)) {
+			t.Errorf("image records: CRI pull %v, containerd client pull %v; want the same three records with the same labels", want, got)
+		}
+		if w, g := manifestLabelKeys(t, ctrd, byCRI), manifestLabelKeys(t, ctrd, byClient); !slices.Equal(w, g) {
+			t.Errorf("manifest content labels: CRI pull %v, containerd client pull %v", w, g)
+		}
+	})
+
+	t.Run("digest reference", func(t *testing.T) {
+		st, err := node.cri(t).ImageStatus(context.Background(), byDigest.DigestRef)
+		if err != nil || st == nil || !slices.Contains(st.RepoDigests, byDigest.DigestRef) {
+			t.Errorf("ImageStatus(%s) = %v, %v; want it listed by digest", byDigest.DigestRef, st, err)
+		}
+	})
+}
+
+// TestPullViaContainerdInterrupted: a pull cut off by the run's deadline
+// while a layer is downloading leaves no image record, nothing the CRI
+// lists, and no lease of the preloader's.
+func TestPullViaContainerdInterrupted(t *testing.T) {
+	for _, flavor := range flavors {
+		t.Run(string(flavor), func(t *testing.T) {
+			reg := harness.StartRegistry(t, harness.RegistryOptions{})
+			img := harness.PushTestImages(t, reg, []harness.ImageSpec{{Repo: "team/stalled", Tag: "1.0", BaseLayers: 1, OwnLayers: 1, LayerSize: 256 << 10}})[0]
+			var stalled atomic.Int32
+			proxy := harness.StartProxy(t, reg.Host, harness.ProxyOptions{Fault: func(w http.ResponseWriter, r *http.Request) bool {
+				if r.Method != http.MethodGet || !slices.ContainsFunc(img.Layers, func(l string) bool { return strings.HasSuffix(r.URL.Path, l) }) {
+					return false
+				}
+				stalled.Add(1)
+				w.Header().Set("Content-Length", "262144")
+				w.WriteHeader(http.StatusOK)
+				w.(http.Flusher).Flush()
+				<-r.Context().Done()
+				return true
+			}})
+			node := newTestNode(t, flavor)
+			node.env = append(node.env, cri.ContainerdConfigEnv+"="+node.ctrd.ConfigFile)
+			ref := proxy.Host + "/team/stalled:1.0"
+			before := leaseIDs(t, node.containerd(t))
+
+			start := time.Now()
+			r := node.once(t, pullViaConfig("containerd", "pullTimeout: 1m\n", ref), "--timeout", "3s")
+			took := time.Since(start)
+			if r.code != 1 || stalled.Load() == 0 {
+				t.Fatalf("want exit 1 after a stalled layer download (%d stalled):\n%s", stalled.Load(), r)
+			}
+			if st, reason := parseOnce(t, r).status(ref); st != "failed" || reason == "" {
+				t.Errorf("%s: %s %q, want failed with a reason", ref, st, reason)
+			}
+			if took > 10*time.Second {
+				t.Errorf("run took %v with --timeout 3s", took)
+			}
+			if refs := node.refs(t); len(refs) != 0 {
+				t.Errorf("CRI lists %v after an interrupted pull, want nothing", refs)
+			}
+			if _, err := node.containerd(t).ImageService().Get(context.Background(), ref); !errdefs.IsNotFound(err) {
+				t.Errorf("image record of %s: %v, want not found", ref, err)
+			}
+			if after := leaseIDs(t, node.containerd(t)); !slices.Equal(before, after) {
+				t.Errorf("leases %v before, %v after: the pull's lease was left behind", before, after)
+			}
+			t.Logf("%s: interrupted pull ended %v after start", flavor, took.Round(time.Millisecond))
+		})
+	}
+}
+
+// writeHostsTOML makes host served by the mirror at url (plain HTTP), as
+// an admin's /etc/containerd/certs.d/<host>/hosts.toml would.
+func writeHostsTOML(t *testing.T, c *harness.Containerd, host, url string) {
+	t.Helper()
+	dir := filepath.Join(c.ConfigPath, host)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	hosts := fmt.Sprintf("server = \"https://%s\"\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", host, url)
+	if err := os.WriteFile(filepath.Join(dir, "hosts.toml"), []byte(hosts), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// labelSets is the label maps of image records, in a comparable form.
+func labelSets(recs map[string]map[string]string) []string {
+	var out []string
+	for _, l := range recs {
+		out = append(out, fmt.Sprint(l))
+	}
+	slices.Sort(out)
+	return out
+}
+
+// manifestLabelKeys is the label keys on an image's manifest content,
+// repository-independent.
+func manifestLabelKeys(t *testing.T, c *client.Client, img harness.TestImage) []string {
+	t.Helper()
+	info, err := c.ContentStore().Info(context.Background(), digest.Digest(img.Digest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := slices.Sorted(maps.Keys(info.Labels))
+	for i, k := range keys {
+		if strings.HasPrefix(k, "containerd.io/gc.ref.content.") {
+			keys[i] = "containerd.io/gc.ref.content.*"
+		}
+	}
+	return slices.Compact(keys)
+}
+
+func leaseIDs(t *testing.T, c *client.Client) []string {
+	t.Helper()
+	ls, err := c.LeasesService().List(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, l := range ls {
+		ids = append(ids, l.ID)
+	}
+	slices.Sort(ids)
+	return ids
+}
