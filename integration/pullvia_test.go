@@ -111,6 +111,24 @@ func testPullViaContainerd(t *testing.T, flavor harness.Flavor) {
 		}
 	})
 
+	t.Run("failures say why, without retries", func(t *testing.T) {
+		missing, noCreds := private.Host+"/team/missing:1.0", tlsImg.Ref
+		r := node.once(t, pullViaConfig("containerd", "", missing, noCreds)) // no docker config
+		assertNoSecret(t, r.stdout, r.stderr)
+		out := parseOnce(t, r)
+		for ref, want := range map[string]string{missing: "unauthorized", noCreds: "present"} {
+			if st, reason := out.status(ref); st != want && reason != want {
+				t.Errorf("%s: %s %q, want %s", ref, st, reason, want)
+			}
+		}
+		r = node.once(t, pullViaConfig("containerd", "", missing), "--docker-config", creds)
+		for _, img := range parseOnce(t, r).Images {
+			if img.Status != "failed" || img.Reason != "not found" || img.Attempts != 1 {
+				t.Errorf("%s: %s %q after %d attempts, want failed, not found, 1 attempt\n%s", img.Image, img.Status, img.Reason, img.Attempts, r)
+			}
+		}
+	})
+
 	t.Run("digest reference", func(t *testing.T) {
 		st, err := node.cri(t).ImageStatus(context.Background(), byDigest.DigestRef)
 		if err != nil || st == nil || !slices.Contains(st.RepoDigests, byDigest.DigestRef) {
