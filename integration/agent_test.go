@@ -5,14 +5,8 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"regexp"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -20,7 +14,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/util/retry"
 
 	"github.com/kube-preloader/kube-preloader/cri"
 	"github.com/kube-preloader/kube-preloader/integration/harness"
@@ -29,214 +22,16 @@ import (
 
 // The agent's ConfigMap, as manifests/ names it.
 const (
-	agentNS = "kube-preloader"
-	agentCM = "preloader-config"
-	agentSA = "preloader"
+	agentNS = harness.AgentNamespace
+	agentCM = harness.AgentConfigMap
+	agentSA = harness.AgentServiceAccount
 )
 
-// agentProcess is `preloader agent` running as its own process, the way
-// the DaemonSet runs it, with its stderr in a file.
-type agentProcess struct {
-	cmd     *exec.Cmd
-	logPath string
-	metrics string // http://ADDR of /metrics, /healthz, /readyz
-	done    chan struct{}
-	err     error // valid once done is closed
-}
-
 // startAgent runs the built binary against the API server (as the
-// identity in kubeconfig) and ctrd, and waits until it serves /healthz.
-// It is stopped with SIGTERM when the test ends, if not before.
-func startAgent(t *testing.T, kubeconfig, node string, ctrd *harness.Containerd) *agentProcess {
+// identity in kubeconfig) and ctrd; see harness.StartAgent.
+func startAgent(t *testing.T, kubeconfig, node string, ctrd *harness.Containerd) *harness.Agent {
 	t.Helper()
-	a := &agentProcess{logPath: filepath.Join(t.TempDir(), "agent.log"), done: make(chan struct{})}
-	f, err := os.Create(a.logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a.cmd = exec.Command(preloaderBin, "agent",
-		"--configmap", agentNS+"/"+agentCM,
-		"--node-name", node,
-		"--kubeconfig", kubeconfig,
-		"--cri-endpoint", ctrd.Endpoint,
-		"--containerd-address", ctrd.Address,
-		"--metrics-addr", "127.0.0.1:0")
-	// containerd 2.x does not report its sandbox image over the CRI; the
-	// documented fallback reads this containerd's config file.
-	a.cmd.Env = append(os.Environ(), cri.ContainerdConfigEnv+"="+ctrd.ConfigFile)
-	a.cmd.Stdout, a.cmd.Stderr = f, f
-	a.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := a.cmd.Start(); err != nil {
-		f.Close()
-		t.Fatal(err)
-	}
-	go func() {
-		a.err = a.cmd.Wait()
-		f.Close()
-		close(a.done)
-	}()
-	t.Cleanup(func() {
-		if err := a.stop(15 * time.Second); err != nil {
-			t.Errorf("agent: %v", err)
-		}
-		if t.Failed() {
-			t.Logf("agent log (tail):\n%s", a.tail(60))
-		}
-	})
-
-	// --metrics-addr 127.0.0.1:0: the agent logs the port it got.
-	addr := regexp.MustCompile(`msg="serving metrics".* addr=(\S+)`)
-	deadline := time.Now().Add(30 * time.Second)
-	for a.metrics == "" {
-		if m := addr.FindStringSubmatch(a.log()); m != nil {
-			a.metrics = "http://" + m[1]
-			break
-		}
-		select {
-		case <-a.done:
-			t.Fatalf("agent exited: %v\n%s", a.err, a.log())
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("agent does not serve metrics after 30s:\n%s", a.log())
-		}
-	}
-	return a
-}
-
-func (a *agentProcess) log() string {
-	b, _ := os.ReadFile(a.logPath)
-	return string(b)
-}
-
-func (a *agentProcess) tail(n int) string {
-	lines := strings.Split(strings.TrimRight(a.log(), "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
-}
-
-// stop sends SIGTERM and waits for a clean exit, as the kubelet does when
-// it deletes the pod.
-func (a *agentProcess) stop(grace time.Duration) error {
-	select {
-	case <-a.done:
-		return nil // already stopped (and judged) by the test
-	default:
-	}
-	_ = a.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-a.done:
-		if a.err != nil {
-			return fmt.Errorf("exited after SIGTERM: %v", a.err)
-		}
-		return nil
-	case <-time.After(grace):
-		_ = a.cmd.Process.Kill()
-		<-a.done
-		return fmt.Errorf("ignored SIGTERM for %v, killed", grace)
-	}
-}
-
-func (a *agentProcess) get(t *testing.T, path string) (int, string) {
-	t.Helper()
-	resp, err := http.Get(a.metrics + path)
-	if err != nil {
-		t.Fatalf("GET %s: %v", path, err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
-}
-
-// eventually polls cond until it returns "" or timeout passes; then the
-// test fails with cond's last explanation and the agent's log.
-func (a *agentProcess) eventually(t *testing.T, timeout time.Duration, what string, cond func() string) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		why := cond()
-		if why == "" {
-			return
-		}
-		select {
-		case <-a.done:
-			t.Fatalf("%s: the agent exited (%v); last: %s\nagent log:\n%s", what, a.err, why, a.tail(60))
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not after %v: %s\nagent log (tail):\n%s", what, timeout, why, a.tail(60))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// nodeView is what `kubectl get node -o yaml` shows of the agent's work.
-type nodeView struct {
-	node    *corev1.Node
-	ready   string
-	status  *preload.NodeStatus
-	tainted bool // preloader.io/not-ready
-	err     string
-}
-
-func viewNode(c kubernetes.Interface, name string) nodeView {
-	n, err := c.CoreV1().Nodes().Get(context.Background(), name, metav1.GetOptions{})
-	if err != nil {
-		return nodeView{err: err.Error()}
-	}
-	v := nodeView{node: n, ready: n.Labels[preload.LabelReady]}
-	for _, tn := range n.Spec.Taints {
-		if tn.Key == preload.TaintNotReady {
-			v.tainted = true
-		}
-	}
-	if a, ok := n.Annotations[preload.AnnotationStatus]; ok {
-		var st preload.NodeStatus
-		if err := json.Unmarshal([]byte(a), &st); err != nil {
-			v.err = fmt.Sprintf("annotation %s is not JSON: %v: %s", preload.AnnotationStatus, err, a)
-		} else {
-			v.status = &st
-		}
-	}
-	return v
-}
-
-func (v nodeView) String() string {
-	if v.err != "" {
-		return v.err
-	}
-	ann := "<none>"
-	if v.node != nil {
-		if a, ok := v.node.Annotations[preload.AnnotationStatus]; ok {
-			ann = a
-		}
-	}
-	return fmt.Sprintf("label %s=%q, taint %s: %v, annotation %s", preload.LabelReady, v.ready, preload.TaintNotReady, v.tainted, ann)
-}
-
-// shows reports whether the Node shows config hash with present/total and
-// the ready label to match; "" when it does, else what it shows.
-func (v nodeView) shows(hash string, present, total int) string {
-	switch {
-	case v.err != "":
-		return v.err
-	case v.status == nil || v.status.ConfigHash != hash || v.status.Present != present || v.status.Total != total ||
-		v.ready != fmt.Sprint(present == total):
-		return fmt.Sprintf("want config %s with %d/%d; node shows %s", hash, present, total, v)
-	}
-	return ""
-}
-
-// failedReason is the reason the Node's status gives for image, "" if it
-// does not list it as failed.
-func (v nodeView) failedReason(image string) string {
-	if v.status != nil {
-		for _, f := range v.status.Failed {
-			if f.Image == image {
-				return f.Reason
-			}
-		}
-	}
-	return ""
+	return harness.StartAgent(t, harness.AgentOptions{Bin: preloaderBin, Kubeconfig: kubeconfig, Node: node, Containerd: ctrd})
 }
 
 // listEvents lists core Events in ns ("" for all) matching a field selector.
@@ -267,29 +62,6 @@ next:
 		return ""
 	}
 	return fmt.Sprintf("no %s Event with %q; events: %q", typ, wants, seen)
-}
-
-// setImagesYAML replaces the ConfigMap's images.yaml, as `kubectl edit`
-// would, and returns the config hash the agent will report for it.
-func setImagesYAML(t *testing.T, c kubernetes.Interface, data string) string {
-	t.Helper()
-	cms := c.CoreV1().ConfigMaps(agentNS)
-	err := retry.RetryOnConflict(retry.DefaultBackoff, func() error {
-		cm, err := cms.Get(context.Background(), agentCM, metav1.GetOptions{})
-		if err != nil {
-			return err
-		}
-		if cm.Data == nil {
-			cm.Data = map[string]string{}
-		}
-		cm.Data["images.yaml"] = data
-		_, err = cms.Update(context.Background(), cm, metav1.UpdateOptions{})
-		return err
-	})
-	if err != nil {
-		t.Fatalf("edit ConfigMap: %v", err)
-	}
-	return preload.ConfigHash([]byte(data))
 }
 
 // agentConfig is an images.yaml with quick retries and a short resync, so
@@ -328,7 +100,7 @@ func testAgent(t *testing.T, flavor harness.Flavor) {
 	c := k.Client
 	ctx := context.Background()
 	start := time.Now()
-	kubectl(t, k.Kubeconfig, "apply", "-k", "../manifests")
+	k.Kubectl(t, "apply", "-k", "../manifests")
 
 	open := harness.StartRegistry(t, harness.RegistryOptions{})
 	private := harness.StartRegistry(t, harness.RegistryOptions{Username: testUser, Password: testPassword})
@@ -367,10 +139,10 @@ func testAgent(t *testing.T, flavor harness.Flavor) {
 		secretEntry,
 		"  - image: "+gpu+"\n    nodeSelector: {gpu: \"true\"}\n",
 	)
-	hash := setImagesYAML(t, c, first)
+	hash := harness.SetImagesYAML(t, c, first)
 
 	agent := startAgent(t, k.KubeconfigFor(t, agentNS, agentSA), nodeName, ctrd)
-	node := func() nodeView { return viewNode(c, nodeName) }
+	node := func() harness.NodeView { return harness.ViewNode(c, nodeName) }
 	nodeEvents := func(reason string) []corev1.Event {
 		return listEvents(t, c, "", "involvedObject.kind=Node,involvedObject.name="+nodeName+",reason="+reason)
 	}
@@ -379,17 +151,17 @@ func testAgent(t *testing.T, flavor harness.Flavor) {
 	ok := t.Run("ConfigMap drives the preload; a missing Secret keeps the node tainted", func(t *testing.T) {
 		// pause (the runtime's sandbox image), app and the private image;
 		// the gpu image's nodeSelector does not match.
-		agent.eventually(t, time.Minute, "node status", func() string {
+		agent.Eventually(t, time.Minute, "node status", func() string {
 			v := node()
-			if why := v.shows(hash, 2, 3); why != "" {
+			if why := v.Shows(hash, 2, 3); why != "" {
 				return why
 			}
-			if r := v.failedReason(bySecret); !strings.Contains(r, "secret kube-preloader/regcred not found") {
+			if r := v.FailedReason(bySecret); !strings.Contains(r, "secret kube-preloader/regcred not found") {
 				return fmt.Sprintf("reason for %s: %q, want the missing Secret named", bySecret, r)
 			}
 			return ""
 		})
-		if v := node(); !v.tainted {
+		if v := node(); !v.Tainted {
 			t.Errorf("not-ready taint removed from a node that is not ready: %s", v)
 		}
 		for _, ref := range []string{pause.Ref, app} {
@@ -400,10 +172,10 @@ func testAgent(t *testing.T, flavor harness.Flavor) {
 		if id := criImage(t, rt, gpu); id != "" {
 			t.Errorf("%s pulled although its nodeSelector does not match", gpu)
 		}
-		agent.eventually(t, 30*time.Second, "PreloadFailed Event on the Node", func() string {
+		agent.Eventually(t, 30*time.Second, "PreloadFailed Event on the Node", func() string {
 			return eventWith(nodeEvents(agentReasonPreloadFailed), corev1.EventTypeWarning, bySecret, "regcred")
 		})
-		if code, body := agent.get(t, "/readyz"); code != http.StatusOK {
+		if code, body := agent.Get(t, "/readyz"); code != http.StatusOK {
 			t.Errorf("/readyz: %d %s", code, body)
 		}
 	})
@@ -418,24 +190,24 @@ func testAgent(t *testing.T, flavor harness.Flavor) {
 		if _, err := c.CoreV1().Secrets(agentNS).Create(ctx, sec, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		agent.eventually(t, time.Minute, "node ready", func() string { return node().shows(hash, 3, 3) })
+		agent.Eventually(t, time.Minute, "node ready", func() string { return node().Shows(hash, 3, 3) })
 		v := node()
-		if v.tainted {
-			t.Errorf("ready node keeps the %s taint: %v", preload.TaintNotReady, v.node.Spec.Taints)
+		if v.Tainted {
+			t.Errorf("ready node keeps the %s taint: %v", preload.TaintNotReady, v.Node.Spec.Taints)
 		}
 		// Other taints stay: ours, and the node.kubernetes.io/not-ready the
 		// API server's TaintNodesByCondition gave the new Node.
 		kept := false
-		for _, tn := range v.node.Spec.Taints {
+		for _, tn := range v.Node.Spec.Taints {
 			kept = kept || tn == other
 		}
 		if !kept {
-			t.Errorf("taints %v: %v was removed too", v.node.Spec.Taints, other)
+			t.Errorf("taints %v: %v was removed too", v.Node.Spec.Taints, other)
 		}
 		if criImage(t, rt, bySecret) == "" {
 			t.Errorf("CRI ImageStatus(%s): absent", bySecret)
 		}
-		agent.eventually(t, 30*time.Second, "ImagesReady Event on the Node", func() string {
+		agent.Eventually(t, 30*time.Second, "ImagesReady Event on the Node", func() string {
 			return eventWith(nodeEvents(agentReasonImagesReady), corev1.EventTypeNormal, "All 3 images present", hash)
 		})
 	})
@@ -447,8 +219,8 @@ func testAgent(t *testing.T, flavor harness.Flavor) {
 	ok = t.Run("an edit that adds an image shows it present in the node's status", func(t *testing.T) {
 		base = append(base, "  - image: "+tool+"\n")
 		s := time.Now()
-		hash = setImagesYAML(t, c, agentConfig(base...))
-		agent.eventually(t, time.Minute, "status of the new config", func() string { return node().shows(hash, 4, 4) })
+		hash = harness.SetImagesYAML(t, c, agentConfig(base...))
+		agent.Eventually(t, time.Minute, "status of the new config", func() string { return node().Shows(hash, 4, 4) })
 		t.Logf("config edit → node status with the pulled image: %v", time.Since(s).Round(time.Millisecond))
 		if criImage(t, rt, tool) == "" {
 			t.Errorf("CRI ImageStatus(%s): absent", tool)
@@ -460,13 +232,13 @@ func testAgent(t *testing.T, flavor harness.Flavor) {
 
 	ok = t.Run("serviceAccount: its imagePullSecrets are used once it exists", func(t *testing.T) {
 		base = append(base, "  - image: "+bySA+"\n    serviceAccount: builder\n")
-		hash = setImagesYAML(t, c, agentConfig(base...))
-		agent.eventually(t, time.Minute, "failure for the missing ServiceAccount", func() string {
+		hash = harness.SetImagesYAML(t, c, agentConfig(base...))
+		agent.Eventually(t, time.Minute, "failure for the missing ServiceAccount", func() string {
 			v := node()
-			if why := v.shows(hash, 4, 5); why != "" {
+			if why := v.Shows(hash, 4, 5); why != "" {
 				return why
 			}
-			if r := v.failedReason(bySA); !strings.Contains(r, "serviceaccount kube-preloader/builder not found") {
+			if r := v.FailedReason(bySA); !strings.Contains(r, "serviceaccount kube-preloader/builder not found") {
 				return fmt.Sprintf("reason for %s: %q", bySA, r)
 			}
 			return ""
@@ -484,7 +256,7 @@ func testAgent(t *testing.T, flavor harness.Flavor) {
 		if _, err := c.CoreV1().ServiceAccounts(agentNS).Create(ctx, sa, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		agent.eventually(t, time.Minute, "image via the ServiceAccount", func() string { return node().shows(hash, 5, 5) })
+		agent.Eventually(t, time.Minute, "image via the ServiceAccount", func() string { return node().Shows(hash, 5, 5) })
 		if criImage(t, rt, bySA) == "" {
 			t.Errorf("CRI ImageStatus(%s): absent", bySA)
 		}
@@ -497,16 +269,16 @@ func testAgent(t *testing.T, flavor harness.Flavor) {
 		good := hash
 		bad := agentConfig(base...) + "concurrency: lots\n"
 		badLine := strings.Count(bad, "\n")
-		setImagesYAML(t, c, bad)
+		harness.SetImagesYAML(t, c, bad)
 		where := fmt.Sprintf("images.yaml:%d", badLine)
-		agent.eventually(t, 30*time.Second, "InvalidConfig Event on the ConfigMap", func() string {
+		agent.Eventually(t, 30*time.Second, "InvalidConfig Event on the ConfigMap", func() string {
 			evs := listEvents(t, c, agentNS, "involvedObject.kind=ConfigMap,involvedObject.name="+agentCM+",reason="+agentReasonInvalidConfig)
 			return eventWith(evs, corev1.EventTypeWarning, where, "keeping the last good config "+good)
 		})
-		agent.eventually(t, 30*time.Second, "InvalidConfig Event on the Node", func() string {
+		agent.Eventually(t, 30*time.Second, "InvalidConfig Event on the Node", func() string {
 			return eventWith(nodeEvents(agentReasonInvalidConfig), corev1.EventTypeWarning, agentNS+"/"+agentCM, where)
 		})
-		if why := node().shows(good, 5, 5); why != "" {
+		if why := node().Shows(good, 5, 5); why != "" {
 			t.Errorf("after a malformed edit: %s", why)
 		}
 		// The last good config is still enforced, not just still shown:
@@ -514,19 +286,19 @@ func testAgent(t *testing.T, flavor harness.Flavor) {
 		if err := rt.RemoveImage(ctx, tool); err != nil {
 			t.Fatalf("CRI RemoveImage(%s): %v", tool, err)
 		}
-		agent.eventually(t, 30*time.Second, tool+" restored under the last good config", func() string {
+		agent.Eventually(t, 30*time.Second, tool+" restored under the last good config", func() string {
 			if criImage(t, rt, tool) == "" {
 				return "absent"
 			}
 			return ""
 		})
-		if why := node().shows(good, 5, 5); why != "" {
+		if why := node().Shows(good, 5, 5); why != "" {
 			t.Errorf("after the restore: %s", why)
 		}
 		// Fixed again: applied as any edit.
 		base = append(base, "# fixed\n")
-		hash = setImagesYAML(t, c, agentConfig(base...))
-		agent.eventually(t, 30*time.Second, "the fixed config", func() string { return node().shows(hash, 5, 5) })
+		hash = harness.SetImagesYAML(t, c, agentConfig(base...))
+		agent.Eventually(t, 30*time.Second, "the fixed config", func() string { return node().Shows(hash, 5, 5) })
 	})
 	if !ok {
 		return
@@ -540,7 +312,7 @@ func testAgent(t *testing.T, flavor harness.Flavor) {
 		if _, err := c.CoreV1().Nodes().Patch(ctx, nodeName, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		agent.eventually(t, time.Minute, "gpu image on the labelled node", func() string { return node().shows(hash, 6, 6) })
+		agent.Eventually(t, time.Minute, "gpu image on the labelled node", func() string { return node().Shows(hash, 6, 6) })
 		if criImage(t, rt, gpu) == "" {
 			t.Errorf("CRI ImageStatus(%s): absent", gpu)
 		}
@@ -591,7 +363,7 @@ func testAgent(t *testing.T, flavor harness.Flavor) {
 			t.Errorf("warm --wait exited 0 but CRI ImageStatus(%s) is absent", warm)
 		}
 		hash = preload.ConfigHash([]byte(cmData(c, agentNS, agentCM)))
-		if why := node().shows(hash, 7, 7); why != "" {
+		if why := node().Shows(hash, 7, 7); why != "" {
 			t.Errorf("after warm: %s", why)
 		}
 	})
@@ -603,13 +375,13 @@ func testAgent(t *testing.T, flavor harness.Flavor) {
 		if err := c.CoreV1().ConfigMaps(agentNS).Delete(ctx, agentCM, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		agent.eventually(t, 30*time.Second, "ConfigMapMissing Event on the Node", func() string {
+		agent.Eventually(t, 30*time.Second, "ConfigMapMissing Event on the Node", func() string {
 			return eventWith(nodeEvents(agentReasonConfigMissing), corev1.EventTypeWarning, "keeping the last good config "+hash)
 		})
-		if why := node().shows(hash, 7, 7); why != "" {
+		if why := node().Shows(hash, 7, 7); why != "" {
 			t.Errorf("after the ConfigMap was deleted: %s", why)
 		}
-		if code, body := agent.get(t, "/readyz"); code != http.StatusOK {
+		if code, body := agent.Get(t, "/readyz"); code != http.StatusOK {
 			t.Errorf("/readyz with the last good config: %d %s", code, body)
 		}
 	})
@@ -618,23 +390,23 @@ func testAgent(t *testing.T, flavor harness.Flavor) {
 	}
 
 	t.Run("metrics, and a clean stop on SIGTERM", func(t *testing.T) {
-		code, body := agent.get(t, "/metrics")
+		code, body := agent.Get(t, "/metrics")
 		for _, want := range []string{"preloader_images_desired 7", "preloader_images_present 7", `preloader_pulls_total{reason="",result="pulled"}`} {
 			if code != http.StatusOK || !strings.Contains(body, want) {
 				t.Errorf("/metrics lacks %q (HTTP %d)", want, code)
 			}
 		}
-		if err := agent.stop(15 * time.Second); err != nil {
+		if err := agent.Stop(15 * time.Second); err != nil {
 			t.Error(err)
 		}
-		if !strings.Contains(agent.log(), `msg=stopped`) {
-			t.Errorf("no \"stopped\" in the agent's log:\n%s", agent.tail(20))
+		if !strings.Contains(agent.Log(), `msg=stopped`) {
+			t.Errorf("no \"stopped\" in the agent's log:\n%s", agent.Tail(20))
 		}
 	})
 
 	// What the agent may not have done, whatever passed above: show a
 	// credential anywhere, or hit a wall of its RBAC.
-	log := agent.log()
+	log := agent.Log()
 	n, err := c.CoreV1().Nodes().Get(ctx, nodeName, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)

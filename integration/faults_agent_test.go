@@ -36,7 +36,7 @@ func TestFaultAPIServerDown(t *testing.T) {
 	k := harness.StartKube(t)
 	c := k.Client
 	ctx := context.Background()
-	kubectl(t, k.Kubeconfig, "apply", "-k", "../manifests")
+	k.Kubectl(t, "apply", "-k", "../manifests")
 
 	reg := harness.StartRegistry(t, harness.RegistryOptions{})
 	pause := harness.PushTestImages(t, reg, []harness.ImageSpec{{Repo: "pause", Tag: "3.10", OwnLayers: 1, LayerSize: 4 << 10}})[0]
@@ -65,18 +65,18 @@ func TestFaultAPIServerDown(t *testing.T) {
 
 	createNode(t, c, nodeName, nil, nil)
 	cfg := "# Images for the API-outage test.\nsandboxImage: auto\nresync: 1s\nretry: {initialDelay: 200ms, maxDelay: 1s}\nimages:\n  - image: " + imgA + "\n  - image: " + imgB + "\n"
-	hash := setImagesYAML(t, c, cfg)
+	hash := harness.SetImagesYAML(t, c, cfg)
 
 	proxy := startAPIRecorder(t, k)
 	agent := startAgent(t, proxy.kubeconfig(t, k.KubeconfigFor(t, agentNS, agentSA)), nodeName, ctrd)
-	node := func() nodeView { return viewNode(c, nodeName) }
+	node := func() harness.NodeView { return harness.ViewNode(c, nodeName) }
 
-	agent.eventually(t, time.Minute, "node with A, B failing", func() string {
+	agent.Eventually(t, time.Minute, "node with A, B failing", func() string {
 		v := node()
-		if why := v.shows(hash, 2, 3); why != "" {
+		if why := v.Shows(hash, 2, 3); why != "" {
 			return why
 		}
-		if v.failedReason(imgB) == "" {
+		if v.FailedReason(imgB) == "" {
 			return imgB + " not listed as failed"
 		}
 		return ""
@@ -101,7 +101,7 @@ func TestFaultAPIServerDown(t *testing.T) {
 		t.Fatalf("CRI RemoveImage(%s): %v", imgA, err)
 	}
 	removed := time.Now()
-	agent.eventually(t, 30*time.Second, imgA+" restored with the API server down", func() string {
+	agent.Eventually(t, 30*time.Second, imgA+" restored with the API server down", func() string {
 		if criImage(t, rt, imgA) == "" {
 			return "absent"
 		}
@@ -110,7 +110,7 @@ func TestFaultAPIServerDown(t *testing.T) {
 	restored := time.Since(removed)
 	// The registry heals while the API is still down: B is pulled.
 	registryDown.Store(false)
-	agent.eventually(t, 30*time.Second, imgB+" pulled with the API server down", func() string {
+	agent.Eventually(t, 30*time.Second, imgB+" pulled with the API server down", func() string {
 		if criImage(t, rt, imgB) == "" {
 			return "absent"
 		}
@@ -122,8 +122,8 @@ func TestFaultAPIServerDown(t *testing.T) {
 	// Stay down past a few resyncs: the agent must neither exit nor lose A.
 	time.Sleep(3 * time.Second)
 	select {
-	case <-agent.done:
-		t.Fatalf("the agent exited while the API server was down: %v\n%s", agent.err, agent.tail(60))
+	case <-agent.Done():
+		t.Fatalf("the agent exited while the API server was down: %v\n%s", agent.Err(), agent.Tail(60))
 	default:
 	}
 	for _, ref := range []string{imgA, imgB} {
@@ -141,23 +141,23 @@ func TestFaultAPIServerDown(t *testing.T) {
 	t.Logf("API server down for %v; restarted (ready) in %v", up.Sub(down).Round(time.Millisecond), k.StartupTime.Round(time.Millisecond))
 
 	// The agent is connected again once one of its requests succeeds.
-	agent.eventually(t, 30*time.Second, "the agent reaches the API server again", func() string {
+	agent.Eventually(t, 30*time.Second, "the agent reaches the API server again", func() string {
 		if len(proxy.okSince(down)) == 0 {
 			return "no successful request yet"
 		}
 		return ""
 	})
 	reconnected := time.Since(up)
-	agent.eventually(t, 30*time.Second, "node status after the outage", func() string { return node().shows(hash, 3, 3) })
+	agent.Eventually(t, 30*time.Second, "node status after the outage", func() string { return node().Shows(hash, 3, 3) })
 	caughtUp := time.Since(up)
 	// Let a few resyncs pass so that a late or repeated write is counted.
 	time.Sleep(4 * time.Second)
-	if why := node().shows(hash, 3, 3); why != "" {
+	if why := node().Shows(hash, 3, 3); why != "" {
 		t.Errorf("node status after settling: %s", why)
 	}
 	select {
-	case <-agent.done:
-		t.Fatalf("the agent exited after the API server came back: %v\n%s", agent.err, agent.tail(60))
+	case <-agent.Done():
+		t.Fatalf("the agent exited after the API server came back: %v\n%s", agent.Err(), agent.Tail(60))
 	default:
 	}
 	for _, ref := range []string{imgA, imgB} {
@@ -181,8 +181,8 @@ func TestFaultAPIServerDown(t *testing.T) {
 	if len(nodeWrites) > 1 {
 		t.Errorf("the agent made %d Node writes after the API came back, want at most 1: %s", len(nodeWrites), describeAPI(nodeWrites))
 	}
-	if strings.Contains(agent.log(), "panic") {
-		t.Errorf("panic in the agent's log:\n%s", agent.tail(60))
+	if strings.Contains(agent.Log(), "panic") {
+		t.Errorf("panic in the agent's log:\n%s", agent.Tail(60))
 	}
 }
 

@@ -2,8 +2,6 @@ package integration
 
 import (
 	"context"
-	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -51,23 +49,6 @@ func TestKubeHarness(t *testing.T) {
 	}
 }
 
-func kubectl(t *testing.T, kubeconfig string, args ...string) string {
-	t.Helper()
-	path, err := exec.LookPath("kubectl")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("kubectl not found (CI=true: required)")
-		}
-		t.Skip("kubectl not found")
-	}
-	cmd := exec.Command(path, append([]string{"--kubeconfig", kubeconfig}, args...)...)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
-
 // TestManifests applies manifests/ to a real API server (server-side dry
 // run, then for real) and proves the agent's ServiceAccount can do what the
 // agent does and nothing more.
@@ -80,7 +61,7 @@ func TestManifests(t *testing.T) {
 	if _, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kube-preloader"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	out := kubectl(t, k.Kubeconfig, "apply", "-k", "../manifests", "--dry-run=server")
+	out := k.Kubectl(t, "apply", "-k", "../manifests", "--dry-run=server")
 	t.Logf("dry run:\n%s", out)
 	for _, want := range []string{"daemonset.apps/preloader", "configmap/preloader-config", "role.rbac.authorization.k8s.io/preloader",
 		"clusterrole.rbac.authorization.k8s.io/kube-preloader", "serviceaccount/preloader"} {
@@ -88,7 +69,7 @@ func TestManifests(t *testing.T) {
 			t.Errorf("dry run lacks %s", want)
 		}
 	}
-	kubectl(t, k.Kubeconfig, "apply", "-k", "../manifests")
+	k.Kubectl(t, "apply", "-k", "../manifests")
 
 	ds, err := c.AppsV1().DaemonSets("kube-preloader").Get(ctx, "preloader", metav1.GetOptions{})
 	if err != nil {

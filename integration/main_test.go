@@ -10,9 +10,10 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/kube-preloader/kube-preloader/integration/harness"
 )
 
 // preloaderBin is the binary under test, built once by TestMain exactly as
@@ -25,12 +26,9 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	preloaderBin = filepath.Join(dir, "preloader")
-	build := exec.Command("go", "build", "-o", preloaderBin, "../cmd/preloader")
-	build.Stderr = os.Stderr
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build preloader:", err)
+	preloaderBin, err = harness.BuildPreloader(dir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	code := m.Run()

@@ -15,8 +15,10 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -361,6 +363,23 @@ func (k *Kube) writeKubeconfig(path, user, token, namespace string) error {
 		CurrentContext: "test",
 	}
 	return clientcmd.WriteToFile(cfg, path)
+}
+
+// Kubectl runs kubectl (from PATH, else the one scripts/build-kube.sh
+// builds) as the admin and returns its combined output; it fails the test if
+// kubectl fails. Without kubectl the test is skipped, or fails when Strict.
+func (k *Kube) Kubectl(t T, args ...string) string {
+	t.Helper()
+	path, err := exec.LookPath("kubectl")
+	if err != nil {
+		path = KubeBinary("kubectl")
+		Require(t, "kubectl (scripts/build-kube.sh)", path)
+	}
+	out, err := exec.Command(path, append([]string{"--kubeconfig", k.Kubeconfig}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
 }
 
 func waitTCP(addr string, p *process, timeout time.Duration) error {
