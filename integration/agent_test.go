@@ -184,7 +184,7 @@ func testAgent(t *testing.T, flavor harness.Flavor) {
 	}
 
 	ok = t.Run("pullSecrets: the Secret appears, the image is pulled, the taint goes", func(t *testing.T) {
-		auth := dockerConfigJSON(private.Host, testUser, testPassword)
+		auth := harness.DockerConfigJSON(private.Host, testUser, testPassword)
 		sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "regcred", Namespace: agentNS},
 			Type: corev1.SecretTypeDockerConfigJson, Data: map[string][]byte{corev1.DockerConfigJsonKey: []byte(auth)}}
 		if _, err := c.CoreV1().Secrets(agentNS).Create(ctx, sec, metav1.CreateOptions{}); err != nil {

@@ -511,7 +511,7 @@ func testMirror(t *testing.T, flavor harness.Flavor) {
 	mirror := harness.StartRegistry(t, harness.RegistryOptions{Username: testUser, Password: testPassword})
 	harness.PushTestImages(t, mirror, []harness.ImageSpec{{Repo: "k8s/pause", Tag: "3.10-mirrored", OwnLayers: 1, LayerSize: 4 << 10}})
 	node := newTestNode(t, flavor)
-	creds := writeFile(t, node.dir, "config.json", dockerConfigJSON(mirror.Host, testUser, testPassword))
+	creds := writeFile(t, node.dir, "config.json", harness.DockerConfigJSON(mirror.Host, testUser, testPassword))
 	canonical := "registry.k8s.io/pause:3.10-mirrored"
 	cfg := fmt.Sprintf("sandboxImage: none\nretry: {initialDelay: 200ms, maxDelay: 1s}\nimages:\n  - image: %s\n    mirror: %s/k8s\n", canonical, mirror.Host)
 
@@ -653,7 +653,7 @@ func TestBundleRoundTrip(t *testing.T) {
 		{Repo: "mirror/k8s/pause", Tag: "3.10", OwnLayers: 1, LayerSize: 4 << 10},
 	})
 	dir := t.TempDir()
-	creds := writeFile(t, dir, "config.json", dockerConfigJSON(reg.Host, testUser, testPassword))
+	creds := writeFile(t, dir, "config.json", harness.DockerConfigJSON(reg.Host, testUser, testPassword))
 	byDigest := reg.Host + "/team/tool@" + pushed[1].Digest
 	cfg := fmt.Sprintf(`sandboxImage: none
 images:

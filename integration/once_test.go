@@ -70,12 +70,6 @@ func imagesYAML(sandbox string, refs ...string) string {
 	return b.String()
 }
 
-// dockerConfigJSON is a config.json for one registry.
-func dockerConfigJSON(host, user, password string) string {
-	auth := base64.StdEncoding.EncodeToString([]byte(user + ":" + password))
-	return fmt.Sprintf(`{"auths":{%q:{"auth":%q}}}`, host, auth)
-}
-
 // assertPresent asks the runtime the way the kubelet does.
 func assertPresent(t *testing.T, endpoint string, refs ...string) {
 	t.Helper()
@@ -172,8 +166,8 @@ func testOnce(t *testing.T, flavor harness.Flavor) {
 			t.Errorf("without credentials: %s %q, want failed unauthorized\n%s", st, reason, r)
 		}
 
-		wrong := writeFile(t, dir, "wrong.json", dockerConfigJSON(private.Host, testUser, "not-the-password"))
-		right := writeFile(t, dir, "config.json", dockerConfigJSON(private.Host, testUser, testPassword))
+		wrong := writeFile(t, dir, "wrong.json", harness.DockerConfigJSON(private.Host, testUser, "not-the-password"))
+		right := writeFile(t, dir, "config.json", harness.DockerConfigJSON(private.Host, testUser, testPassword))
 		// The wrong credential is tried too and does not stop the right one.
 		r = once(t, time.Minute, "--config", cfg, "-o", "json", "--docker-config", wrong, "--docker-config", right)
 		if r.code != 0 {

@@ -298,6 +298,13 @@ func (v NodeView) FailedReason(image string) string {
 	return ""
 }
 
+// DockerConfigJSON is a docker config.json (also the content of a
+// kubernetes.io/dockerconfigjson Secret) for one registry host.
+func DockerConfigJSON(host, user, password string) string {
+	auth := base64.StdEncoding.EncodeToString([]byte(user + ":" + password))
+	return fmt.Sprintf(`{"auths":{%q:{"auth":%q}}}`, host, auth)
+}
+
 // AssertNoSecret fails the test if any of texts holds password or the
 // docker config auth string derived from user and password.
 func AssertNoSecret(t T, user, password string, texts ...string) {
