@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"github.com/containerd/platforms"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
@@ -37,7 +38,7 @@ func (e *Engine) importArchives(ctx context.Context, cfg *Config, images []Image
 	}
 	byName = make(map[string]Result)
 	for _, f := range files {
-		for _, r := range e.importArchive(ctx, cfg.ArchiveDir, f, wanted[f], ids) {
+		for _, r := range e.importArchive(ctx, cfg, f, wanted[f], ids) {
 			if listed[r.Image] {
 				byName[r.Image] = r
 			} else {
@@ -87,8 +88,9 @@ func archiveFiles(cfg *Config, images []Image) (files []string, wanted map[strin
 // its images, by config digest. It returns a result for each image of
 // wanted and each name the archive records, or for the file when it
 // cannot be read and no image names it.
-func (e *Engine) importArchive(ctx context.Context, dir, file string, wanted []Image, ids map[string]string) []Result {
+func (e *Engine) importArchive(ctx context.Context, cfg *Config, file string, wanted []Image, ids map[string]string) []Result {
 	start := time.Now()
+	dir := cfg.ArchiveDir
 	path := filepath.Join(dir, file)
 	fail := func(reason string, err error) []Result {
 		e.log().Warn("archive failed", "archive", path, "reason", reason, "err", err)
@@ -165,7 +167,7 @@ func (e *Engine) importArchive(ctx context.Context, dir, file string, wanted []I
 		return results
 	}
 
-	if err := e.Containerd.Import(ctx, contents, named); err != nil {
+	if err := e.importRetrying(ctx, cfg.Retry, path, contents, named); err != nil {
 		err = fmt.Errorf("archive %s: import: %w", path, err)
 		for _, img := range named {
 			for _, n := range img.Names {
@@ -189,6 +191,28 @@ func (e *Engine) importArchive(ctx context.Context, dir, file string, wanted []I
 		}
 	}
 	return results
+}
+
+// importRetrying imports, and imports again with backoff while containerd
+// is unavailable (restarting): an air-gapped node has no registry to fall
+// back on, and its containerd is usually back within seconds. Anything
+// else is final, as a bad or oversized archive stays so.
+func (e *Engine) importRetrying(ctx context.Context, retry Retry, path string, contents *archive.Contents, imgs []archive.Image) error {
+	delay := retry.InitialDelay
+	for attempt := 1; ; attempt++ {
+		err := e.Containerd.Import(ctx, contents, imgs)
+		if err == nil || importReason(err) != ReasonRuntime || ctx.Err() != nil || attempt == e.MaxAttempts {
+			return err
+		}
+		wait := jitter(delay)
+		e.log().Info("import failed, retrying", "archive", path, "reason", ReasonRuntime, "attempt", attempt, "retryIn", wait.Round(time.Millisecond).String(), "err", err)
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		delay = min(delay*2, retry.MaxDelay)
+	}
 }
 
 // awaitCRI waits until CRI ImageStatus of ref reports image id: the CRI
@@ -217,6 +241,12 @@ func (e *Engine) awaitCRI(ctx context.Context, ref, id string) error {
 
 // importReason tells the runtime's troubles from the rest.
 func importReason(err error) string {
+	// The containerd client turns gRPC codes into errdefs errors, which
+	// Classify would judge by their text ("connection refused": a
+	// registry's trouble).
+	if errdefs.IsUnavailable(err) {
+		return ReasonRuntime
+	}
 	switch reason, _ := Classify(err); reason {
 	case ReasonRuntime, ReasonNoSpace, ReasonCanceled, ReasonTimeout:
 		return reason

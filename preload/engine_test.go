@@ -259,7 +259,7 @@ func TestClassify(t *testing.T) {
 		{`failed to do request: Head "https://127.0.0.1:5000/v2/x/manifests/1": dial tcp 127.0.0.1:5000: connect: connection refused`, preload.ReasonUnreachable, true},
 		{`failed to do request: Head "https://127.0.0.1:5000/v2/": tls: failed to verify certificate: x509: certificate signed by unknown authority`, preload.ReasonTLS, false},
 		{`failed to copy: httpReadSeeker: failed open: unexpected status code https://r/v2/x/blobs/sha256:1: 503 Service Unavailable`, preload.ReasonRegistry, true},
-		{`failed to extract layer: write /var/lib/containerd/x: no space left on device`, preload.ReasonNoSpace, true},
+		{`failed to extract layer: write /var/lib/containerd/x: no space left on device`, preload.ReasonNoSpace, false},
 		{`something new`, preload.ReasonOther, true},
 	}
 	for _, tt := range tests {
