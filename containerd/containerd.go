@@ -106,12 +106,23 @@ func (c *Client) Close() error { return c.c.Close() }
 // are still being written. containerd's own importer (client.Import, as
 // `ctr images import` uses it) writes every tar entry one at a time,
 // unchecked, before any unpacking; integration/bench compares the two.
-func (c *Client) Import(ctx context.Context, contents *archive.Contents, want []archive.Image) error {
-	ctx, done, err := c.c.WithLease(ctx, leases.WithRandomID(), leases.WithExpiration(leaseExpiry), leases.WithLabel(LabelLease, "import"))
+func (c *Client) Import(ctx context.Context, contents *archive.Contents, want []archive.Image) (err error) {
+	ls := c.c.LeasesService()
+	lease, err := ls.Create(ctx, leases.WithRandomID(), leases.WithExpiration(leaseExpiry), leases.WithLabel(LabelLease, "import"))
 	if err != nil {
 		return fmt.Errorf("lease: %w", err)
 	}
-	defer done(context.WithoutCancel(ctx))
+	ctx = leases.WithLease(ctx, lease.ID)
+	defer func() {
+		// After a failure, containerd collects what was written before
+		// the delete returns rather than at its next GC: on a full disk,
+		// the next archive needs that space at once.
+		var opts []leases.DeleteOpt
+		if err != nil {
+			opts = append(opts, leases.SynchronousDelete)
+		}
+		ls.Delete(context.WithoutCancel(ctx), lease, opts...)
+	}()
 
 	var records []images.Image
 	for _, img := range want {
@@ -170,6 +181,23 @@ func (c *Client) Import(ctx context.Context, contents *archive.Contents, want []
 		return err
 	}
 	return c.record(ctx, records)
+}
+
+// CollectGarbage has containerd collect what no image or lease holds,
+// and returns once it has: a lease deleted with SynchronousDelete runs
+// the collector before the delete returns. After a pull failed for want
+// of space, that frees what the failed pull wrote before the next starts;
+// containerd would collect it a moment later, in the background.
+func (c *Client) CollectGarbage(ctx context.Context) error {
+	ls := c.c.LeasesService()
+	lease, err := ls.Create(ctx, leases.WithRandomID(), leases.WithExpiration(time.Minute), leases.WithLabel(LabelLease, "gc"))
+	if err != nil {
+		return fmt.Errorf("collect garbage: %w", err)
+	}
+	if err := ls.Delete(ctx, lease, leases.SynchronousDelete); err != nil {
+		return fmt.Errorf("collect garbage: %w", err)
+	}
+	return nil
 }
 
 // unpack labels target's content for the platform so that the image record

@@ -125,6 +125,9 @@ func (e *Engine) Run(ctx context.Context, cfg *Config, images []Image) ([]Result
 			} else {
 				results[i] = e.pull(ctx, cfg, img)
 			}
+			if results[i].Reason == ReasonNoSpace {
+				e.collectGarbage(ctx)
+			}
 		}()
 	}
 	wg.Wait()
@@ -243,6 +246,19 @@ func (e *reasonedError) Reason() string { return e.reason }
 
 var errPullViaNeedsContainerd = &reasonedError{ReasonUnsupported,
 	"pullVia: containerd needs a containerd runtime, and the runtime is not containerd; use pullVia: cri"}
+
+// collectGarbage frees what a pull that ran out of space wrote, before
+// the next pull takes its place (with concurrency 1, the image that does
+// not fit is then the only one to fail), when the runtime can be asked.
+func (e *Engine) collectGarbage(ctx context.Context) {
+	gc, ok := e.Containerd.(interface{ CollectGarbage(context.Context) error })
+	if !ok {
+		return
+	}
+	if err := gc.CollectGarbage(ctx); err != nil {
+		e.log().Warn("cannot have containerd collect garbage after a pull ran out of space", "err", err)
+	}
+}
 
 func (e *Engine) log() *slog.Logger {
 	if e.Log == nil {

@@ -60,6 +60,9 @@ type ContainerdOptions struct {
 	Flavor       Flavor // default Containerd16
 	SandboxImage string // CRI sandbox_image; default "registry.k8s.io/pause:3.10"
 	Snapshotter  string // default "native", which works on any filesystem
+	// RootSize, when set, puts containerd's root (content store, snapshots,
+	// metadata) on a tmpfs of that many bytes, for disk-full tests.
+	RootSize int64
 }
 
 // Containerd is a containerd daemon with its CRI plugin, confined to its own
@@ -127,6 +130,12 @@ func StartContainerd(t T, opts ContainerdOptions) *Containerd {
 
 	if err := c.writeFiles(opts, shim); err != nil {
 		t.Fatalf("containerd: %v", err)
+	}
+	if opts.RootSize > 0 {
+		// Unmounted by cleanup, with everything else mounted below Dir.
+		if err := mountTmpfs(c.Root, opts.RootSize); err != nil {
+			t.Fatalf("containerd: %v", err)
+		}
 	}
 	c.Start()
 	return c
@@ -229,6 +238,16 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
   [plugins."io.containerd.grpc.v1.cri".registry]
     config_path = ` + q(c.ConfigPath) + `
 `
+}
+
+func mountTmpfs(dir string, size int64) error {
+	if err := os.MkdirAll(dir, 0o711); err != nil {
+		return err
+	}
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, fmt.Sprintf("size=%d,mode=0711", size)); err != nil {
+		return fmt.Errorf("mount a tmpfs of %d bytes at %s: %w", size, dir, err)
+	}
+	return nil
 }
 
 // Start starts the daemon again after Stop or Kill, on the same root, state
