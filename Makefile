@@ -5,7 +5,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 GOTEST    := $(GO) test -count=1
 
-.PHONY: all build deps runtime-deps test unit integration demo bench fuzz image e2e clean
+.PHONY: all build deps runtime-deps test unit integration demo bench fuzz image e2e soak test-faults clean
 
 all: build
 
@@ -49,6 +49,22 @@ fuzz:
 	$(GO) test ./preload -run '^$$' -fuzz '^FuzzNormalizeRef$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./cri -run '^$$' -fuzz '^FuzzParseDockerConfig$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./archive -run '^$$' -fuzz '^FuzzArchive$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 5s
+
+SOAK         ?= 10m
+SOAK_TIMEOUT ?= 2h
+# The agent for SOAK against a registry that fails and heals every 20 s
+# (503, dropped connections, stalls) while its ConfigMap changes every 3 s
+# and images vanish from the runtime: prints RSS and goroutines every 10 s,
+# fails if they grow or if the end state is not the last config's. Too long
+# for make test; `make soak SOAK=2m` for a quick run.
+soak: deps
+	PRELOADER_SOAK=$(SOAK) $(GOTEST) -run '^TestSoak$$' -v -timeout $(SOAK_TIMEOUT) ./integration/soak/
+
+# The fault suite of issue 5 verbose, with its table for the README's
+# reliability section, then the soak.
+test-faults: deps
+	$(GOTEST) -run '^TestFault' -v -timeout 40m ./integration/
+	$(MAKE) --no-print-directory soak
 
 # The agent's container image, the content the Dockerfile describes, built
 # and pushed without a Docker daemon (plain HTTP for loopback registries).
