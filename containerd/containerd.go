@@ -68,6 +68,7 @@ type Client struct {
 	mu         sync.Mutex
 	downloads  *semaphore.Weighted
 	downloadsN int
+	orphans    []leases.Lease // leases whose delete failed
 }
 
 // New connects to containerd at address. Images are unpacked into

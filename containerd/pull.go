@@ -45,16 +45,16 @@ func WithRegistryConfigPath(path string) Option {
 //
 // The pull runs under a lease: an interrupted pull records no image, and
 // its partial content goes to containerd's garbage collector.
-func (c *Client) Pull(ctx context.Context, ref string, auth *runtimeapi.AuthConfig, maxDownloads int) error {
+func (c *Client) Pull(ctx context.Context, ref string, auth *runtimeapi.AuthConfig, maxDownloads int) (err error) {
 	named, err := reference.ParseDockerRef(ref)
 	if err != nil {
 		return fmt.Errorf("pull %s: %w", ref, err)
 	}
-	ctx, done, err := c.c.WithLease(ctx, leases.WithRandomID(), leases.WithExpiration(leaseExpiry))
+	ctx, release, err := c.lease(ctx, "pull")
 	if err != nil {
-		return fmt.Errorf("pull %s: lease: %w", ref, err)
+		return fmt.Errorf("pull %s: %w", ref, err)
 	}
-	defer done(context.WithoutCancel(ctx))
+	defer func() { release(err) }()
 
 	resolver := docker.NewResolver(docker.ResolverOptions{
 		Hosts: config.ConfigureHosts(ctx, config.HostOptions{
@@ -89,6 +89,46 @@ func (c *Client) Pull(ctx context.Context, ref string, auth *runtimeapi.AuthConf
 		return fmt.Errorf("pull %s: %w", ref, err)
 	}
 	return nil
+}
+
+// lease starts a lease of the preloader's, labelled with what it is for,
+// and returns the context that holds it and its release. Release deletes
+// the lease; after a failure synchronously, so that containerd has
+// collected what was written before the next attempt needs the space. A
+// lease that cannot be deleted (containerd was down) is deleted when the
+// next one starts, rather than hold partial content for the 24 h of its
+// expiry.
+func (c *Client) lease(ctx context.Context, what string) (context.Context, func(error), error) {
+	ls := c.c.LeasesService()
+	c.mu.Lock()
+	orphans := c.orphans
+	c.orphans = nil
+	c.mu.Unlock()
+	for _, l := range orphans {
+		if err := ls.Delete(ctx, l); err != nil && !errdefs.IsNotFound(err) {
+			c.orphan(l)
+		}
+	}
+	l, err := ls.Create(ctx, leases.WithRandomID(), leases.WithExpiration(leaseExpiry), leases.WithLabel(LabelLease, what))
+	if err != nil {
+		return nil, nil, fmt.Errorf("lease: %w", err)
+	}
+	release := func(err error) {
+		var opts []leases.DeleteOpt
+		if err != nil {
+			opts = append(opts, leases.SynchronousDelete)
+		}
+		if err := ls.Delete(context.WithoutCancel(ctx), l, opts...); err != nil && !errdefs.IsNotFound(err) {
+			c.orphan(l)
+		}
+	}
+	return leases.WithLease(ctx, l.ID), release, nil
+}
+
+func (c *Client) orphan(l leases.Lease) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.orphans = append(c.orphans, l)
 }
 
 // hostDir finds <host>/hosts.toml in the first config_path root that has
