@@ -108,22 +108,11 @@ func (c *Client) Close() error { return c.c.Close() }
 // `ctr images import` uses it) writes every tar entry one at a time,
 // unchecked, before any unpacking; integration/bench compares the two.
 func (c *Client) Import(ctx context.Context, contents *archive.Contents, want []archive.Image) (err error) {
-	ls := c.c.LeasesService()
-	lease, err := ls.Create(ctx, leases.WithRandomID(), leases.WithExpiration(leaseExpiry), leases.WithLabel(LabelLease, "import"))
+	ctx, release, err := c.lease(ctx, "import")
 	if err != nil {
-		return fmt.Errorf("lease: %w", err)
+		return err
 	}
-	ctx = leases.WithLease(ctx, lease.ID)
-	defer func() {
-		// After a failure, containerd collects what was written before
-		// the delete returns rather than at its next GC: on a full disk,
-		// the next archive needs that space at once.
-		var opts []leases.DeleteOpt
-		if err != nil {
-			opts = append(opts, leases.SynchronousDelete)
-		}
-		ls.Delete(context.WithoutCancel(ctx), lease, opts...)
-	}()
+	defer func() { release(err) }()
 
 	var records []images.Image
 	for _, img := range want {
