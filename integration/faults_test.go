@@ -34,30 +34,39 @@ type faultRow struct {
 	lost, leaked      int
 }
 
-func TestFaults(t *testing.T) {
-	var (
-		mu   sync.Mutex
-		rows []faultRow
-	)
-	report := func(r faultRow) {
-		mu.Lock()
-		defer mu.Unlock()
-		rows = append(rows, r)
-	}
-	t.Cleanup(func() {
-		var b strings.Builder
-		fmt.Fprintf(&b, "\n%-44s %-34s %-10s %-11s %s\n", "scenario", "outcome", "recover", "images lost", "secrets leaked")
-		for _, r := range rows {
-			rec := "-"
-			if r.recover > 0 {
-				rec = r.recover.Round(10 * time.Millisecond).String()
-			}
-			fmt.Fprintf(&b, "%-44s %-34s %-10s %-11d %d\n", r.scenario, r.outcome, rec, r.lost, r.leaked)
+// faultRows is the fault table: every fault test of the package adds its
+// rows, and TestFaults prints them all, as a markdown table for the
+// README's reliability section.
+var faultRows struct {
+	mu   sync.Mutex
+	rows []faultRow
+}
+
+func reportFault(r faultRow) {
+	faultRows.mu.Lock()
+	defer faultRows.mu.Unlock()
+	faultRows.rows = append(faultRows.rows, r)
+}
+
+func faultTable() string {
+	faultRows.mu.Lock()
+	defer faultRows.mu.Unlock()
+	var b strings.Builder
+	b.WriteString("\n| scenario | outcome | time to recover | images lost | secrets leaked |\n|---|---|---|---|---|\n")
+	for _, r := range faultRows.rows {
+		rec := "-"
+		if r.recover > 0 {
+			rec = r.recover.Round(10 * time.Millisecond).String()
 		}
-		t.Log(b.String())
-	})
+		fmt.Fprintf(&b, "| %s | %s | %s | %d | %d |\n", r.scenario, r.outcome, rec, r.lost, r.leaked)
+	}
+	return b.String()
+}
+
+func TestFaults(t *testing.T) {
+	t.Cleanup(func() { t.Log(faultTable()) })
 	for _, flavor := range flavors {
-		t.Run(string(flavor), func(t *testing.T) { testFaults(t, flavor, report) })
+		t.Run(string(flavor), func(t *testing.T) { testFaults(t, flavor, reportFault) })
 	}
 }
 
@@ -96,6 +105,10 @@ func testFaults(t *testing.T, flavor harness.Flavor, report func(faultRow)) {
 		{"connection dropped mid-blob", f.droppedMidBlob},
 		{"slow link", f.slowLink},
 		{"SIGTERM during pulls", f.sigterm},
+		{"disk full", f.diskFull},
+		{"containerd killed mid-import", f.containerdKilledImport},
+		{"SIGTERM during an import", f.sigtermImport},
+		{"hostile input", f.hostileInput},
 	} {
 		f.scenario = s.name
 		t.Run(s.name, s.fn)
@@ -128,8 +141,14 @@ func (f *faultEnv) config(pullTimeout time.Duration, hosts []string, refs ...str
 	for _, r := range refs {
 		fmt.Fprintf(&b, "  - image: %s\n", r)
 	}
+	return f.configYAML(b.String(), hosts)
+}
+
+// configYAML writes images.yaml as given, and the docker config of config.
+func (f *faultEnv) configYAML(yaml string, hosts []string) []string {
+	f.t.Helper()
 	f.seq++
-	cfg := writeFile(f.t, f.dir, fmt.Sprintf("images-%d.yaml", f.seq), b.String())
+	cfg := writeFile(f.t, f.dir, fmt.Sprintf("images-%d.yaml", f.seq), yaml)
 	auth := base64.StdEncoding.EncodeToString([]byte(testUser + ":" + testPassword))
 	var auths []string
 	for _, h := range append([]string{f.reg.Host}, hosts...) {
@@ -271,7 +290,7 @@ func (f *faultEnv) verify(t *testing.T, r run, refs ...string) (lost int) {
 	for _, img := range out.Images {
 		seen[img.Image] = true
 		switch img.Status {
-		case "present", "pulled":
+		case "present", "pulled", "imported":
 			st, err := c.ImageStatus(ctx, img.Image)
 			if err != nil || st == nil {
 				lost++
@@ -562,6 +581,12 @@ func (f *faultEnv) sigterm(t *testing.T) {
 			}
 		}
 	}
-	outcome := fmt.Sprintf("exit %d in %s, %d listed", r.code, took.Round(10*time.Millisecond), half)
+	// The CRI's own pull leases are not ours to judge; the preloader's
+	// (none in a CRI pull) must be gone.
+	ours := len(f.ourLeases(t))
+	if ours != 0 {
+		t.Errorf("%d leases of the preloader left after SIGTERM", ours)
+	}
+	outcome := fmt.Sprintf("exit %d in %s, %d listed, %d leases left", r.code, took.Round(10*time.Millisecond), half, ours)
 	f.report(faultRow{scenario: string(f.flavor) + ": SIGTERM during pulls", outcome: outcome, lost: lost + half, leaked: f.leaked(r)})
 }
