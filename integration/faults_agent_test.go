@@ -12,13 +12,17 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kube-preloader/kube-preloader/cri"
@@ -184,6 +188,92 @@ func TestFaultAPIServerDown(t *testing.T) {
 	if strings.Contains(agent.Log(), "panic") {
 		t.Errorf("panic in the agent's log:\n%s", agent.Tail(60))
 	}
+	lost := 0
+	for _, ref := range []string{imgA, imgB} {
+		if criImage(t, rt, ref) == "" {
+			lost++
+		}
+	}
+	reportFault(faultRow{
+		scenario: string(flavor) + ": kube-apiserver stopped under the agent",
+		outcome:  fmt.Sprintf("removed image re-pulled in %s with the API down; %d Node write once back", restored.Round(10*time.Millisecond), len(nodeWrites)),
+		recover:  caughtUp, lost: lost, leaked: harness.AssertNoSecret(t, testUser, testPassword, agent.Log()),
+	})
+
+	t.Run("an oversized ConfigMap keeps the last good config", func(t *testing.T) {
+		oversizedConfigMap(t, c, agent, rt, hash, nodeName, imgA, imgB)
+	})
+}
+
+// agentMaxGrowth bounds what a ConfigMap as large as the API server allows
+// may add to the agent's peak RSS: it is decoded from the watch, parsed (a
+// YAML node tree of 20000 entries), rejected and dropped. Measured: 16 MiB
+// over 60; four times that still tells a bounded parse from one that
+// keeps or multiplies what it read.
+const agentMaxGrowth = 64 << 20
+
+// oversizedConfigMap is issue 5, scenario 6, for the agent: the ConfigMap
+// at the API server's limit (1 MiB), with far more images than a config
+// may list. The agent keeps the last good config (the Node still shows
+// it, the images stay), says why in a Warning Event, and its peak memory
+// grows by a bounded amount.
+func oversizedConfigMap(t *testing.T, c kubernetes.Interface, agent *harness.Agent, rt *cri.Client, good, nodeName string, refs ...string) {
+	before := vmHWM(t, agent.Pid())
+	var b strings.Builder
+	b.WriteString("# As large as a ConfigMap can be.\nimages:\n")
+	n := 0
+	for ; b.Len() < 1000000; n++ {
+		fmt.Fprintf(&b, "  - image: registry.example/oversized/app-%d:1\n", n)
+	}
+	start := time.Now()
+	harness.SetImagesYAML(t, c, b.String())
+	want := fmt.Sprintf("%d images, more than the limit of 10000", n)
+	agent.Eventually(t, 30*time.Second, "InvalidConfig Event on the ConfigMap", func() string {
+		evs := listEvents(t, c, agentNS, "involvedObject.kind=ConfigMap,involvedObject.name="+agentCM+",reason="+agentReasonInvalidConfig)
+		return eventWith(evs, corev1.EventTypeWarning, "images.yaml:3", want, "keeping the last good config "+good)
+	})
+	said := time.Since(start)
+	if why := harness.ViewNode(c, nodeName).Shows(good, len(refs)+1, len(refs)+1); why != "" {
+		t.Errorf("after an oversized edit: %s", why)
+	}
+	lost := 0
+	for _, ref := range refs {
+		if criImage(t, rt, ref) == "" {
+			lost++
+			t.Errorf("%s gone after an oversized edit", ref)
+		}
+	}
+	after := vmHWM(t, agent.Pid())
+	t.Logf("%d images, %d KiB: InvalidConfig after %s; agent peak RSS %d -> %d MiB", n, b.Len()>>10, said.Round(time.Millisecond), before>>20, after>>20)
+	if after-before > agentMaxGrowth {
+		t.Errorf("the agent's peak RSS grew by %d MiB, want at most %d MiB", (after-before)>>20, agentMaxGrowth>>20)
+	}
+	reportFault(faultRow{
+		scenario: fmt.Sprintf("agent: 1 MiB ConfigMap of %d images", n),
+		outcome:  fmt.Sprintf("last good config kept, InvalidConfig Event in %s, peak RSS %d -> %d MiB", said.Round(10*time.Millisecond), before>>20, after>>20),
+		lost:     lost, leaked: harness.AssertNoSecret(t, testUser, testPassword, agent.Log()),
+	})
+}
+
+// vmHWM is the peak RSS of process pid so far, from /proc; a process
+// started by exec has its own, unlike getrusage's, which keeps the test's.
+func vmHWM(t *testing.T, pid int) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kib, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			if err != nil {
+				t.Fatalf("VmHWM %q: %v", v, err)
+			}
+			return kib << 10
+		}
+	}
+	t.Fatalf("no VmHWM in /proc/%d/status", pid)
+	return 0
 }
 
 // apiRecorder stands between the agent and the API server and records every
