@@ -1,0 +1,72 @@
+package preload_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/kube-preloader/kube-preloader/archive"
+	"github.com/kube-preloader/kube-preloader/archive/archivetest"
+	"github.com/kube-preloader/kube-preloader/cri/critest"
+	"github.com/kube-preloader/kube-preloader/preload"
+)
+
+// failingImports fails the first imports with err, then imports.
+type failingImports struct {
+	*fakeContainerd
+	fail  int
+	err   error
+	calls int
+}
+
+func (f *failingImports) Import(ctx context.Context, c *archive.Contents, imgs []archive.Image) error {
+	f.calls++
+	if f.calls <= f.fail {
+		return f.err
+	}
+	return f.fakeContainerd.Import(ctx, c, imgs)
+}
+
+func TestImportRetry(t *testing.T) {
+	const a = "registry.example/a:1"
+	// What the containerd client returns while containerd restarts: gRPC
+	// Unavailable as an errdefs error, whose text names a connection.
+	unavailable := fmt.Errorf("write blob sha256:1: %w", fmt.Errorf("connection error: desc = \"transport: Error while dialing: dial unix /run/containerd/containerd.sock: connect: connection refused\": %w", errdefs.ErrUnavailable))
+	tests := []struct {
+		name        string
+		err         error
+		fail        int
+		maxAttempts int
+		want        outcome
+		wantCalls   int
+	}{
+		{"containerd restarting: retried until it answers", unavailable, 2, 0, outcome{preload.StatusImported, ""}, 3},
+		{"containerd restarting, one attempt (the agent)", unavailable, 2, 1, outcome{preload.StatusFailed, preload.ReasonRuntime}, 1},
+		{"no space: final", errors.New("write /var/lib/containerd/x: no space left on device"), 1, 0, outcome{preload.StatusFailed, preload.ReasonNoSpace}, 1},
+		{"anything else: final", errors.New("unpack: invalid layer"), 1, 0, outcome{preload.StatusFailed, preload.ReasonImport}, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := critest.Start(t)
+			dir := t.TempDir()
+			testArchive(t, dir, "a.tar", archivetest.OCILayout, []string{a})
+			cfg := testConfig()
+			cfg.ArchiveDir = dir
+			ctrd := &failingImports{fakeContainerd: &fakeContainerd{cri: s}, fail: tt.fail, err: tt.err}
+			e := &preload.Engine{Runtime: connect(t, s), MaxAttempts: tt.maxAttempts, Containerd: ctrd}
+			results, err := e.Run(context.Background(), cfg, images(a))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := outcomes(results)[a]; got != tt.want {
+				t.Errorf("%s: %+v, want %+v", a, got, tt.want)
+			}
+			if ctrd.calls != tt.wantCalls {
+				t.Errorf("%d imports, want %d", ctrd.calls, tt.wantCalls)
+			}
+		})
+	}
+}
