@@ -4,15 +4,17 @@ package e2e
 // reports: pod phase, the container's waiting reason, Events.
 //
 // One cluster (etcd, kube-apiserver, controller-manager, scheduler, kubelet,
-// containerd 1.6) serves scenarios a (after), b, c, d, e and f, in an order
-// that lets each start from the state the one before left: the node boots
-// with the pause image preloaded by the bootstrap hook (a) and the
-// preloader.io/not-ready taint (c), the agent is installed from manifests/
-// (c), then private images (b), the rollout with the registry down (d), the
-// image removed behind the kubelet's back (e), and the search for the
-// password in everything a user or an attacker with read access sees (f).
+// containerd 1.6) serves scenarios a (after), b, c, d, e, f and g, in an
+// order that lets each start from the state the one before left: the node
+// boots with the pause image preloaded by the bootstrap hook (a) and the
+// preloader.io/not-ready taint (c), `once` pulls a private image with
+// pullVia containerd before the agent runs (g), the agent is installed from
+// manifests/ (c), then private images (b), the rollout with the registry
+// down (d), the image removed behind the kubelet's back (e), and the search
+// for the password in everything a user or an attacker with read access
+// sees (f).
 // Scenario a's "before" needs a node that boots without the hook: its own
-// short-lived cluster. Scenario b runs again on containerd 2.x.
+// short-lived cluster. Scenarios b and g run again on containerd 2.x.
 
 import (
 	"bytes"
@@ -24,15 +26,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/containerd/containerd/v2/client"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -58,7 +63,7 @@ const (
 )
 
 // TestE2E runs the scenarios on containerd 1.6 (all of them) and 2.x
-// (a's bootstrap hook and b).
+// (a's bootstrap hook, g and b).
 func TestE2E(t *testing.T) {
 	start := time.Now()
 	ok16 := t.Run(string(harness.Containerd16), testScenarios)
@@ -86,6 +91,8 @@ func testScenarios(t *testing.T) {
 		r.startNode(t, true)
 	})
 	step("a", func() { r.scenarioPauseAfter(t) })
+	// Before the agent, which would unpin an image its config does not list.
+	step("g", func() { r.scenarioPullViaContainerd(t, "g") })
 	step("c", func() {
 		r.entries = []cfgEntry{{Image: r.img["gate"].Ref}}
 		r.scenarioReadinessGate(t)
@@ -98,13 +105,14 @@ func testScenarios(t *testing.T) {
 }
 
 // testScenariosContainerd2 boots a containerd 2.x node with the same
-// bootstrap hook and runs scenario b (and f's search) on it.
+// bootstrap hook and runs scenarios g and b (and f's search) on it.
 func testScenariosContainerd2(t *testing.T) {
 	start := time.Now()
 	r := newRun(t, harness.Containerd2)
 	r.kube = harness.StartKube(t)
 	r.startNode(t, false)
 	r.scenarioPauseAfter(t)
+	r.scenarioPullViaContainerd(t, "g")
 	// containerd 2.x does not report its sandbox image through the CRI and
 	// the agent's pod has no /etc/containerd/config.toml: name it (README,
 	// sandboxImage).
@@ -198,8 +206,10 @@ func newRun(t *testing.T, flavor harness.Flavor) *run {
 		harness.PauseImageSpec(t, "pause", "3.10"),
 		spec("team/private", "1.0"),
 		spec("team/sa-private", "1.0"),
+		spec("team/via-client", "1.0"), // g
+		spec("team/via-cri", "1.0"),    // g: the CRI pull to compare with
 	})
-	for i, name := range []string{"pause", "private", "sa-private"} {
+	for i, name := range []string{"pause", "private", "sa-private", "via-client", "via-cri"} {
 		r.img[name] = priv[i]
 	}
 	return r
@@ -920,6 +930,115 @@ func (r *run) scenarioNoSecrets(t *testing.T, name string) {
 		scenario: r.row(name + " no password or auth string anywhere"),
 		before:   "-",
 		after:    fmt.Sprintf("absent from %d sources (%d KiB): agent log, Node, Events, command output", len(texts), total>>10),
+	})
+}
+
+// ---------------------------------------------------------------------
+// g: pullVia containerd. `preloader once` pulls a private image with the
+// containerd client; the kubelet runs a Never pod on it, and the CRI and
+// containerd show it as they show a sibling image the test pulled through
+// the CRI, as the kubelet pulls.
+
+func (r *run) scenarioPullViaContainerd(t *testing.T, name string) {
+	t.Helper()
+	n := r.node
+	ctx := context.Background()
+	img, viaCRI := r.img["via-client"], r.img["via-cri"]
+
+	// Before: the kubelet's verdict on the absent image.
+	createPod(t, n, tolerateNotReady(hostPod(n, name+"-before", img.Ref, corev1.PullNever)))
+	p := n.WaitContainerWaiting(t, "default", name+"-before", "ErrImageNeverPull", time.Minute)
+	before := fmt.Sprintf("%s, ErrImageNeverPull", p.Status.Phase)
+	_ = n.Client.CoreV1().Pods("default").Delete(ctx, name+"-before", metav1.DeleteOptions{})
+
+	// The bootstrap hook's list (the sandbox image, so that its pin stays)
+	// and the private image, pulled by the containerd client.
+	dir := t.TempDir()
+	config := filepath.Join(dir, "images.yaml")
+	write(t, config, "sandboxImage: auto\npullVia: containerd\nimages:\n  - image: "+img.Ref+"\n")
+	creds, _ := json.Marshal(map[string]any{"auths": map[string]any{r.priv.Host: map[string]string{"auth": r.auth}}})
+	dockerConfig := filepath.Join(dir, "config.json")
+	writeMode(t, dockerConfig, string(creds), 0o600)
+	// containerd 2.x reports neither its sandbox image nor its registry
+	// config_path (hosts.toml); once reads containerd's config file.
+	env := []string{"PRELOADER_CONTAINERD_CONFIG=" + n.Containerd.ConfigFile}
+	res := r.command(t, "preloader once (pullVia containerd)", 2*time.Minute, env, preloaderBin, "once", "--config", config,
+		"--docker-config", dockerConfig, "--cri-endpoint", n.Containerd.Endpoint, "--containerd-address", n.Containerd.Address)
+	t.Logf("preloader once, pullVia containerd (%v, exit %d):\n%s", res.took.Round(time.Millisecond), res.code, res.out)
+	if res.code != 0 || !strings.Contains(res.out, "pulled") {
+		t.Fatalf("preloader once, pullVia containerd: exit %d, want 0 and %s pulled:\n%s", res.code, img.Ref, res.out)
+	}
+
+	created := time.Now()
+	createPod(t, n, tolerateNotReady(hostPod(n, name+"-after", img.Ref, corev1.PullNever)))
+	p = n.WaitPodRunning(t, "default", name+"-after", time.Minute)
+	took := time.Since(created)
+
+	// The CRI's view (what the kubelet reads) and containerd's records, side
+	// by side with the CRI's own pull of the sibling.
+	is := runtimeapi.NewImageServiceClient(n.Containerd.Conn(t))
+	if _, err := is.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: viaCRI.Ref},
+		Auth: &runtimeapi.AuthConfig{Username: r.user, Password: r.password}}); err != nil {
+		t.Fatalf("CRI PullImage %s: %v", viaCRI.Ref, err)
+	}
+	list, err := is.ListImages(ctx, &runtimeapi.ListImagesRequest{})
+	if err != nil {
+		t.Fatalf("CRI ListImages: %v", err)
+	}
+	cc, err := client.New(n.Containerd.Address, client.WithDefaultNamespace("k8s.io"))
+	if err != nil {
+		t.Fatalf("containerd client: %v", err)
+	}
+	defer cc.Close()
+	var labels []map[string]string
+	for _, ti := range []harness.TestImage{viaCRI, img} {
+		st, err := is.ImageStatus(ctx, &runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: ti.Ref}})
+		if err != nil || st.Image == nil {
+			t.Fatalf("CRI ImageStatus %s: %v %v", ti.Ref, st, err)
+		}
+		cfg, err := ti.Image.ConfigName()
+		if err != nil {
+			t.Fatal(err)
+		}
+		repo := ti.Ref[:strings.LastIndex(ti.Ref, ":")]
+		got := st.Image
+		if got.Id != cfg.String() || !slices.Equal(got.RepoTags, []string{ti.Ref}) ||
+			!slices.Equal(got.RepoDigests, []string{repo + "@" + ti.Digest}) || got.GetSize() != uint64(ti.Size) {
+			t.Errorf("CRI ImageStatus %s: id %s tags %v digests %v size %d; want %s [%s] [%s@%s] %d",
+				ti.Ref, got.Id, got.RepoTags, got.RepoDigests, got.GetSize(), cfg, ti.Ref, repo, ti.Digest, ti.Size)
+		}
+		listed := slices.IndexFunc(list.Images, func(i *runtimeapi.Image) bool { return i.Id == got.Id })
+		if listed < 0 || !slices.Equal(list.Images[listed].RepoTags, got.RepoTags) ||
+			!slices.Equal(list.Images[listed].RepoDigests, got.RepoDigests) || list.Images[listed].GetSize() != got.GetSize() {
+			t.Errorf("CRI ListImages: %s not listed as ImageStatus shows it", ti.Ref)
+		}
+		// The three records the CRI keeps per image (reference,
+		// repository@digest, image ID), each labelled managed; pins are the
+		// preloader's (pin: true), not the pull's.
+		recs := map[string]string{}
+		for kind, rec := range map[string]string{"ref": ti.Ref, "digest": repo + "@" + ti.Digest, "id": cfg.String()} {
+			ci, err := cc.ImageService().Get(ctx, rec)
+			if err != nil {
+				t.Errorf("containerd image record %s: %v", rec, err)
+				continue
+			}
+			if ci.Labels["io.cri-containerd.image"] != "managed" {
+				t.Errorf("containerd image record %s: labels %v, want io.cri-containerd.image=managed", rec, ci.Labels)
+			}
+			delete(ci.Labels, "io.cri-containerd.pinned")
+			delete(ci.Labels, "preloader.io/pinned")
+			recs[kind] = fmt.Sprint(ci.Labels)
+		}
+		labels = append(labels, recs)
+	}
+	if !maps.Equal(labels[0], labels[1]) {
+		t.Errorf("containerd image record labels besides pins: CRI pull %v, containerd client pull %v", labels[0], labels[1])
+	}
+	verdicts.add(verdict{
+		scenario:  r.row(name + " private image, Never, once with pullVia containerd"),
+		before:    before,
+		after:     fmt.Sprintf("%s; once pulled it in %.1fs; CRI and containerd show it as a CRI pull", p.Status.Phase, res.took.Seconds()),
+		toRunning: took,
 	})
 }
 
