@@ -195,13 +195,13 @@ func TestFaultAPIServerDown(t *testing.T) {
 		}
 	}
 	reportFault(faultRow{
-		scenario: string(flavor) + ": kube-apiserver stopped under the agent",
+		scenario: string(flavor) + ": agent, kube-apiserver stopped",
 		outcome:  fmt.Sprintf("removed image re-pulled in %s with the API down; %d Node write once back", restored.Round(10*time.Millisecond), len(nodeWrites)),
 		recover:  caughtUp, lost: lost, leaked: harness.AssertNoSecret(t, testUser, testPassword, agent.Log()),
 	})
 
 	t.Run("an oversized ConfigMap keeps the last good config", func(t *testing.T) {
-		oversizedConfigMap(t, c, agent, rt, hash, nodeName, imgA, imgB)
+		oversizedConfigMap(t, flavor, c, agent, rt, hash, nodeName, imgA, imgB)
 	})
 }
 
@@ -217,7 +217,7 @@ const agentMaxGrowth = 64 << 20
 // may list. The agent keeps the last good config (the Node still shows
 // it, the images stay), says why in a Warning Event, and its peak memory
 // grows by a bounded amount.
-func oversizedConfigMap(t *testing.T, c kubernetes.Interface, agent *harness.Agent, rt *cri.Client, good, nodeName string, refs ...string) {
+func oversizedConfigMap(t *testing.T, flavor harness.Flavor, c kubernetes.Interface, agent *harness.Agent, rt *cri.Client, good, nodeName string, refs ...string) {
 	before := vmHWM(t, agent.Pid())
 	var b strings.Builder
 	b.WriteString("# As large as a ConfigMap can be.\nimages:\n")
@@ -249,7 +249,7 @@ func oversizedConfigMap(t *testing.T, c kubernetes.Interface, agent *harness.Age
 		t.Errorf("the agent's peak RSS grew by %d MiB, want at most %d MiB", (after-before)>>20, agentMaxGrowth>>20)
 	}
 	reportFault(faultRow{
-		scenario: fmt.Sprintf("agent: 1 MiB ConfigMap of %d images", n),
+		scenario: fmt.Sprintf("%s: agent, 1 MiB ConfigMap of %d images", flavor, n),
 		outcome:  fmt.Sprintf("last good config kept, InvalidConfig Event in %s, peak RSS %d -> %d MiB", said.Round(10*time.Millisecond), before>>20, after>>20),
 		lost:     lost, leaked: harness.AssertNoSecret(t, testUser, testPassword, agent.Log()),
 	})
