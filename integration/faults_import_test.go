@@ -125,10 +125,9 @@ func (f *faultEnv) withContainerd(c *harness.Containerd) (restore func()) {
 // diskFull: containerd's root on a 40 MiB tmpfs of its own, and a config
 // of two 1 MiB images and one of 48 MiB, pulled one at a time (in any
 // order: the engine starts them together). The big one fails with "no
-// space" after one attempt, the small ones are there all the same (what
-// the failed attempt wrote is collected before the next image starts; the
-// engine lists the big one last, and Go's scheduler tends to run it
-// first), and the runtime has no record of the big one. The same with each image in an archive of its
+// space" after one attempt, the small ones are there all the same, even
+// when the big one went first (what its attempt wrote is collected before
+// the next image starts), and the runtime has no record of the big one. The same with each image in an archive of its
 // own, imported in the order of the config.
 func (f *faultEnv) diskFull(t *testing.T) {
 	defer f.withContainerd(harness.StartContainerd(t, harness.ContainerdOptions{Flavor: f.flavor, RootSize: diskFullRoot}))()
