@@ -132,15 +132,24 @@ func (f *faultEnv) withContainerd(c *harness.Containerd) (restore func()) {
 func (f *faultEnv) diskFull(t *testing.T) {
 	defer f.withContainerd(harness.StartContainerd(t, harness.ContainerdOptions{Flavor: f.flavor, RootSize: diskFullRoot}))()
 
-	t.Run("pull", func(t *testing.T) {
-		_, a := f.image(1<<20, "")
-		_, big := f.image(diskFullBig, "")
-		_, b := f.image(1<<20, "")
-		yaml := fmt.Sprintf("sandboxImage: none\nconcurrency: 1\nretry: {initialDelay: 200ms, maxDelay: 1s}\nimages:\n  - image: %s\n  - image: %s\n  - image: %s\n", a, b, big)
-		start := time.Now()
-		r := f.wait(f.start(f.configYAML(yaml, nil)...), 60*time.Second)
-		f.checkDiskFull(t, r, time.Since(start), "pull", "pulled", big, a, b)
-	})
+	for _, via := range []string{"cri", "containerd"} {
+		t.Run("pull via "+via, func(t *testing.T) {
+			_, a := f.image(1<<20, "")
+			_, big := f.image(diskFullBig, "")
+			_, b := f.image(1<<20, "")
+			yaml := fmt.Sprintf("sandboxImage: none\npullVia: %s\nconcurrency: 1\nretry: {initialDelay: 200ms, maxDelay: 1s}\nimages:\n  - image: %s\n  - image: %s\n  - image: %s\n", via, a, b, big)
+			start := time.Now()
+			r := f.wait(f.start(f.configYAML(yaml, nil)...), 60*time.Second)
+			what := "pull"
+			if via != "cri" {
+				what = "pullVia containerd"
+			}
+			f.checkDiskFull(t, r, time.Since(start), what, "pulled", big, a, b)
+			if n := len(f.ourLeases(t)); n != 0 {
+				t.Errorf("%d leases of the preloader left after the run", n)
+			}
+		})
+	}
 	t.Run("import", func(t *testing.T) {
 		dir := t.TempDir()
 		repo := "diskfull-" + strings.ReplaceAll(string(f.flavor), ".", "")
