@@ -12,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/containerd/errdefs"
 	"github.com/containerd/platforms"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
@@ -241,12 +240,6 @@ func (e *Engine) awaitCRI(ctx context.Context, ref, id string) error {
 
 // importReason tells the runtime's troubles from the rest.
 func importReason(err error) string {
-	// The containerd client turns gRPC codes into errdefs errors, which
-	// Classify would judge by their text ("connection refused": a
-	// registry's trouble).
-	if errdefs.IsUnavailable(err) {
-		return ReasonRuntime
-	}
 	switch reason, _ := Classify(err); reason {
 	case ReasonRuntime, ReasonNoSpace, ReasonCanceled, ReasonTimeout:
 		return reason

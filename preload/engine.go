@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"github.com/distribution/reference"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -314,6 +315,12 @@ func Classify(err error) (reason string, transient bool) {
 		return ReasonCanceled, false
 	case errors.Is(err, context.DeadlineExceeded):
 		return ReasonTimeout, true
+	}
+	// The containerd client (imports, pullVia containerd) turns gRPC codes
+	// into errdefs errors, whose text ("connection refused") would read
+	// as a registry's trouble.
+	if errdefs.IsUnavailable(err) {
+		return ReasonRuntime, true
 	}
 	switch status.Code(err) {
 	case codes.Canceled:

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/errdefs"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/kube-preloader/kube-preloader/cri"
@@ -267,6 +268,12 @@ func TestClassify(t *testing.T) {
 		if reason != tt.reason || transient != tt.transient {
 			t.Errorf("Classify(%q) = %q, %v; want %q, %v", tt.msg, reason, transient, tt.reason, tt.transient)
 		}
+	}
+	// From the containerd client rather than the CRI: containerd itself is
+	// down, though the text says "connection refused".
+	down := fmt.Errorf("pull x: %w", fmt.Errorf("connection error: dial unix /run/containerd/containerd.sock: connect: connection refused: %w", errdefs.ErrUnavailable))
+	if reason, transient := preload.Classify(down); reason != preload.ReasonRuntime || !transient {
+		t.Errorf("Classify(%v) = %q, %v; want %q, transient", down, reason, transient, preload.ReasonRuntime)
 	}
 }
 
