@@ -15,7 +15,6 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/kube-preloader/kube-preloader/agent"
-	"github.com/kube-preloader/kube-preloader/cri"
 )
 
 func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
@@ -26,8 +25,7 @@ func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 		nodeName    = fs.String("node-name", os.Getenv("NODE_NAME"), "this node's name (default: $NODE_NAME, set from the downward API)")
 		kubeconfig  = fs.String("kubeconfig", "", "kubeconfig file (default: the pod's service account)")
 		metricsAddr = fs.String("metrics-addr", agent.DefaultMetricsAddr, "address for /metrics, /healthz and /readyz; empty disables them")
-		endpoint    = fs.String("cri-endpoint", "", "CRI endpoint (default: $"+cri.EndpointEnv+", else the first known socket that answers)")
-		ctrdAddress = fs.String("containerd-address", "", "containerd socket, for archive import, mirrors and pinning (default: the one containerd's CRI reports, else "+defaultContainerdAddress+")")
+		runtime     = addRuntimeFlags(fs)
 	)
 	if err := fs.Parse(args); err != nil {
 		return &exitError{code: exitInvalid, err: errors.New("")}
@@ -57,12 +55,11 @@ func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 	// write); send that to the same place in the same format.
 	klog.SetSlogLogger(log)
 
-	rt, err := cri.Connect(ctx, *endpoint)
+	rt, ctrd, closeRuntime, err := runtime.connect(ctx, log)
 	if err != nil {
 		return err
 	}
-	defer rt.Close()
-	log.Info("connected", "endpoint", rt.Endpoint, "runtime", rt.RuntimeName, "version", rt.RuntimeVersion)
+	defer closeRuntime()
 
 	opts := agent.Options{
 		Client:      client,
@@ -73,12 +70,7 @@ func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 		MetricsAddr: *metricsAddr,
 		Log:         log,
 	}
-	ctrd, err := connectContainerd(ctx, rt, *ctrdAddress, log)
-	if err != nil {
-		return err
-	}
 	if ctrd != nil {
-		defer ctrd.Close()
 		opts.Containerd = ctrd
 	}
 	a, err := agent.New(opts)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -13,6 +14,39 @@ import (
 )
 
 const defaultContainerdAddress = "/run/containerd/containerd.sock"
+
+// runtimeFlags say where the node's runtime is, for once and agent.
+type runtimeFlags struct {
+	endpoint, containerdAddress *string
+}
+
+func addRuntimeFlags(fs *flag.FlagSet) runtimeFlags {
+	return runtimeFlags{
+		endpoint:          fs.String("cri-endpoint", "", "CRI endpoint (default: $"+cri.EndpointEnv+", else the first known socket that answers)"),
+		containerdAddress: fs.String("containerd-address", "", "containerd socket, for archive import, mirrors, pinning and pullVia containerd (default: the one containerd's CRI reports, else "+defaultContainerdAddress+")"),
+	}
+}
+
+// connect connects to the CRI and, when the runtime is containerd, to
+// containerd itself; ctrd is nil otherwise. close closes both.
+func (f runtimeFlags) connect(ctx context.Context, log *slog.Logger) (rt *cri.Client, ctrd *containerd.Client, close func(), err error) {
+	rt, err = cri.Connect(ctx, *f.endpoint)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	log.Info("connected", "endpoint", rt.Endpoint, "runtime", rt.RuntimeName, "version", rt.RuntimeVersion)
+	ctrd, err = connectContainerd(ctx, rt, *f.containerdAddress, log)
+	if err != nil {
+		rt.Close()
+		return nil, nil, nil, err
+	}
+	return rt, ctrd, func() {
+		if ctrd != nil {
+			ctrd.Close()
+		}
+		rt.Close()
+	}, nil
+}
 
 // connectContainerd connects to the containerd behind the CRI, for archive
 // import, mirrors, pinning and pullVia containerd: at address if set, else where its CRI plugin

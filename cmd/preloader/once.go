@@ -21,8 +21,7 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.SetOutput(stderr)
 	var (
 		configPath    = fs.String("config", "", "image list (images.yaml)")
-		endpoint      = fs.String("cri-endpoint", "", "CRI endpoint (default: $"+cri.EndpointEnv+", else the first known socket that answers)")
-		ctrdAddress   = fs.String("containerd-address", "", "containerd socket, for archive import, mirrors and pinning (default: the one containerd's CRI reports, else "+defaultContainerdAddress+")")
+		runtime       = addRuntimeFlags(fs)
 		timeout       = fs.Duration("timeout", 30*time.Minute, "bound for the whole run")
 		output        = fs.String("o", "table", "output format: table or json")
 		dockerConfigs stringsFlag
@@ -56,12 +55,11 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		defer cancel()
 	}
 	log := newLogger(stderr)
-	rt, err := cri.Connect(ctx, *endpoint)
+	rt, ctrd, closeRuntime, err := runtime.connect(ctx, log)
 	if err != nil {
 		return err
 	}
-	defer rt.Close()
-	log.Info("connected", "endpoint", rt.Endpoint, "runtime", rt.RuntimeName, "version", rt.RuntimeVersion)
+	defer closeRuntime()
 
 	sandbox, err := preload.ResolveSandbox(ctx, rt, cfg)
 	if err != nil {
@@ -76,12 +74,7 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		Auth:    func(img preload.Image) []*runtimeapi.AuthConfig { return keyring.Lookup(img.Name) },
 		Log:     log,
 	}
-	ctrd, err := connectContainerd(ctx, rt, *ctrdAddress, log)
-	if err != nil {
-		return err
-	}
 	if ctrd != nil {
-		defer ctrd.Close()
 		engine.Containerd = ctrd
 	}
 	results, err := engine.Run(ctx, cfg, apply)
