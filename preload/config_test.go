@@ -104,6 +104,18 @@ pin: false
 				c.PullTimeout == 90*time.Second && c.Retry == (preload.Retry{InitialDelay: time.Second, MaxDelay: time.Second}) &&
 				c.Resync == time.Second && !c.Pin
 		}},
+		{"pullVia containerd: images at once to fill the download slots", "images: []\npullVia: containerd\nmaxDownloads: 12\n", func(c *preload.Config) bool {
+			return c.Concurrency == 12
+		}},
+		{"pullVia containerd: an explicit concurrency stays", "images: []\npullVia: containerd\nconcurrency: 2\n", func(c *preload.Config) bool {
+			return c.Concurrency == 2 && c.MaxDownloads == 8
+		}},
+		{"pullVia containerd: never fewer images than the default", "images: []\npullVia: containerd\nmaxDownloads: 1\n", func(c *preload.Config) bool {
+			return c.Concurrency == 3
+		}},
+		{"pullVia cri keeps the default", "images: []\nmaxDownloads: 12\n", func(c *preload.Config) bool {
+			return c.Concurrency == 3
+		}},
 		{"sandbox image normalized", "images: []\nsandboxImage: pause\n", func(c *preload.Config) bool {
 			return c.SandboxImage == "docker.io/library/pause:latest"
 		}},
