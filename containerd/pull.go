@@ -57,10 +57,10 @@ func (c *Client) Pull(ctx context.Context, ref string, auth *runtimeapi.AuthConf
 	defer func() { release(err) }()
 
 	resolver := docker.NewResolver(docker.ResolverOptions{
-		Hosts: config.ConfigureHosts(ctx, config.HostOptions{
+		Hosts: memoHosts(config.ConfigureHosts(ctx, config.HostOptions{
 			HostDir:     c.hostDir,
 			Credentials: func(host string) (string, string, error) { return credentials(auth, host) },
-		}),
+		})),
 	})
 	labels := map[string]string{LabelCRIImage: criManaged}
 	img, err := c.c.Pull(ctx, named.String(),
@@ -129,6 +129,27 @@ func (c *Client) orphan(l leases.Lease) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.orphans = append(c.orphans, l)
+}
+
+// memoHosts answers every question of one pull about a host with the same
+// hosts: ConfigureHosts builds a new HTTP client and authorizer on each
+// call, so the manifest's resolution and the blobs' fetcher would each open
+// their own connections and each be refused once before authenticating.
+func memoHosts(hosts docker.RegistryHosts) docker.RegistryHosts {
+	var mu sync.Mutex
+	memo := make(map[string][]docker.RegistryHost)
+	return func(host string) ([]docker.RegistryHost, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if h, ok := memo[host]; ok {
+			return h, nil
+		}
+		h, err := hosts(host)
+		if err == nil {
+			memo[host] = h
+		}
+		return h, err
+	}
 }
 
 // hostDir finds <host>/hosts.toml in the first config_path root that has

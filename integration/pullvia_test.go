@@ -129,6 +129,29 @@ func testPullViaContainerd(t *testing.T, flavor harness.Flavor) {
 		}
 	})
 
+	t.Run("one authentication per pull", func(t *testing.T) {
+		// Requests without credentials are those the registry refuses
+		// before the client authenticates: a pull whose manifest and blobs
+		// share one authorizer is refused once.
+		var anonymous atomic.Int32
+		proxy := harness.StartProxy(t, private.Host, harness.ProxyOptions{Fault: func(_ http.ResponseWriter, r *http.Request) bool {
+			if r.Header.Get("Authorization") == "" && r.URL.Path != "/v2/" {
+				anonymous.Add(1)
+			}
+			return false
+		}})
+		fresh := harness.PushTestImages(t, private, []harness.ImageSpec{{Repo: "team/auth-once", Tag: "1.0", OwnLayers: 2, LayerSize: 32 << 10}})[0]
+		via := strings.Replace(fresh.Ref, private.Host, proxy.Host, 1)
+		proxyCreds := writeFile(t, node.dir, "proxy.json", fmt.Sprintf(`{"auths":{%q:{"auth":%q}}}`, proxy.Host, auth))
+		r := node.once(t, pullViaConfig("containerd", "", via), "--docker-config", proxyCreds)
+		if st, reason := parseOnce(t, r).status(via); st != "pulled" {
+			t.Fatalf("%s: %s %s, want pulled\n%s", via, st, reason, r)
+		}
+		if n := anonymous.Load(); n != 1 {
+			t.Errorf("%d requests without credentials, want 1", n)
+		}
+	})
+
 	t.Run("digest reference", func(t *testing.T) {
 		st, err := node.cri(t).ImageStatus(context.Background(), byDigest.DigestRef)
 		if err != nil || st == nil || !slices.Contains(st.RepoDigests, byDigest.DigestRef) {
