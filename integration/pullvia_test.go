@@ -1,16 +1,19 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"fmt"
 	"maps"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -161,7 +164,7 @@ func testPullViaContainerd(t *testing.T, flavor harness.Flavor) {
 }
 
 // TestPullViaContainerdInterrupted: a pull cut off while a layer is
-// downloading, by the run's deadline or by containerd dying under it,
+// downloading, by the run's deadline, SIGTERM or containerd dying under it,
 // leaves no image record, nothing the CRI lists and no lease of the
 // preloader's; after a restart the retry completes it.
 func TestPullViaContainerdInterrupted(t *testing.T) {
@@ -212,6 +215,38 @@ func TestPullViaContainerdInterrupted(t *testing.T) {
 					t.Errorf("run took %v with --timeout 3s", took)
 				}
 				leftover(t)
+			})
+
+			t.Run("SIGTERM", func(t *testing.T) {
+				stalled.Store(0)
+				path := writeFile(t, node.dir, "sigterm.yaml", pullViaConfig("containerd", "pullTimeout: 1m\n", ref))
+				cmd := exec.Command(preloaderBin, "once", "--config", path, "-o", "json")
+				cmd.Env = append(os.Environ(), node.env...)
+				var out bytes.Buffer
+				cmd.Stdout, cmd.Stderr = &out, &out
+				if err := cmd.Start(); err != nil {
+					t.Fatal(err)
+				}
+				deadline := time.Now().Add(time.Minute)
+				for stalled.Load() == 0 && time.Now().Before(deadline) {
+					time.Sleep(20 * time.Millisecond)
+				}
+				sent := time.Now()
+				cmd.Process.Signal(syscall.SIGTERM)
+				exited := make(chan error, 1)
+				go func() { exited <- cmd.Wait() }()
+				select {
+				case <-exited:
+				case <-time.After(10 * time.Second):
+					cmd.Process.Kill()
+					t.Fatalf("still running 10s after SIGTERM:\n%s", out.String())
+				}
+				took := time.Since(sent)
+				if code := cmd.ProcessState.ExitCode(); code == 0 || stalled.Load() == 0 {
+					t.Errorf("exit %d after SIGTERM mid-download (%d stalled), want non-zero:\n%s", code, stalled.Load(), out.String())
+				}
+				leftover(t)
+				t.Logf("%s: exited %v after SIGTERM", flavor, took.Round(time.Millisecond))
 			})
 
 			t.Run("containerd restarted", func(t *testing.T) {
