@@ -312,10 +312,13 @@ func (f *faultEnv) verify(t *testing.T, r run, refs ...string) (lost int) {
 	return lost
 }
 
-func (f *faultEnv) leaked(r run) int {
+func (f *faultEnv) leaked(r run) int { return leakedIn(r.stdout, r.stderr) }
+
+// leakedIn counts the texts that hold the test password or its auth string.
+func leakedIn(texts ...string) int {
 	auth := base64.StdEncoding.EncodeToString([]byte(testUser + ":" + testPassword))
 	n := 0
-	for _, s := range []string{r.stdout, r.stderr} {
+	for _, s := range texts {
 		if strings.Contains(s, testPassword) || strings.Contains(s, auth) {
 			n++
 		}

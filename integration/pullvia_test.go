@@ -1,24 +1,19 @@
 package integration
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
 	"fmt"
 	"maps"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/containerd/containerd/v2/client"
-	"github.com/containerd/errdefs"
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/kube-preloader/kube-preloader/cri"
@@ -161,134 +156,6 @@ func testPullViaContainerd(t *testing.T, flavor harness.Flavor) {
 			t.Errorf("ImageStatus(%s) = %v, %v; want it listed by digest", byDigest.DigestRef, st, err)
 		}
 	})
-}
-
-// TestPullViaContainerdInterrupted: a pull cut off while a layer is
-// downloading, by the run's deadline, SIGTERM or containerd dying under it,
-// leaves no image record, nothing the CRI lists and no lease of the
-// preloader's; after a restart the retry completes it.
-func TestPullViaContainerdInterrupted(t *testing.T) {
-	for _, flavor := range flavors {
-		t.Run(string(flavor), func(t *testing.T) {
-			reg := harness.StartRegistry(t, harness.RegistryOptions{})
-			img := harness.PushTestImages(t, reg, []harness.ImageSpec{{Repo: "team/stalled", Tag: "1.0", BaseLayers: 1, OwnLayers: 1, LayerSize: 256 << 10}})[0]
-			var stalled atomic.Int32
-			proxy := harness.StartProxy(t, reg.Host, harness.ProxyOptions{Fault: func(w http.ResponseWriter, r *http.Request) bool {
-				if r.Method != http.MethodGet || !slices.ContainsFunc(img.Layers, func(l string) bool { return strings.HasSuffix(r.URL.Path, l) }) {
-					return false
-				}
-				stalled.Add(1)
-				w.Header().Set("Content-Length", "262144")
-				w.WriteHeader(http.StatusOK)
-				w.(http.Flusher).Flush()
-				<-r.Context().Done()
-				return true
-			}})
-			node := newTestNode(t, flavor)
-			node.env = append(node.env, cri.ContainerdConfigEnv+"="+node.ctrd.ConfigFile)
-			ref := proxy.Host + "/team/stalled:1.0"
-			before := leaseIDs(t, node.containerd(t))
-			leftover := func(t *testing.T) {
-				t.Helper()
-				if refs := node.refs(t); len(refs) != 0 {
-					t.Errorf("CRI lists %v after an interrupted pull, want nothing", refs)
-				}
-				if _, err := node.containerd(t).ImageService().Get(context.Background(), ref); !errdefs.IsNotFound(err) {
-					t.Errorf("image record of %s: %v, want not found", ref, err)
-				}
-				if after := leaseIDs(t, node.containerd(t)); !slices.Equal(before, after) {
-					t.Errorf("leases %v before, %v after: the pull's lease was left behind", before, after)
-				}
-			}
-
-			t.Run("deadline", func(t *testing.T) {
-				start := time.Now()
-				r := node.once(t, pullViaConfig("containerd", "pullTimeout: 1m\n", ref), "--timeout", "3s")
-				took := time.Since(start)
-				if r.code != 1 || stalled.Load() == 0 {
-					t.Fatalf("want exit 1 after a stalled layer download (%d stalled):\n%s", stalled.Load(), r)
-				}
-				if st, reason := parseOnce(t, r).status(ref); st != "failed" || reason == "" {
-					t.Errorf("%s: %s %q, want failed with a reason", ref, st, reason)
-				}
-				if took > 10*time.Second {
-					t.Errorf("run took %v with --timeout 3s", took)
-				}
-				leftover(t)
-			})
-
-			t.Run("SIGTERM", func(t *testing.T) {
-				stalled.Store(0)
-				path := writeFile(t, node.dir, "sigterm.yaml", pullViaConfig("containerd", "pullTimeout: 1m\n", ref))
-				cmd := exec.Command(preloaderBin, "once", "--config", path, "-o", "json")
-				cmd.Env = append(os.Environ(), node.env...)
-				var out bytes.Buffer
-				cmd.Stdout, cmd.Stderr = &out, &out
-				if err := cmd.Start(); err != nil {
-					t.Fatal(err)
-				}
-				deadline := time.Now().Add(time.Minute)
-				for stalled.Load() == 0 && time.Now().Before(deadline) {
-					time.Sleep(20 * time.Millisecond)
-				}
-				sent := time.Now()
-				cmd.Process.Signal(syscall.SIGTERM)
-				exited := make(chan error, 1)
-				go func() { exited <- cmd.Wait() }()
-				select {
-				case <-exited:
-				case <-time.After(10 * time.Second):
-					cmd.Process.Kill()
-					t.Fatalf("still running 10s after SIGTERM:\n%s", out.String())
-				}
-				took := time.Since(sent)
-				if code := cmd.ProcessState.ExitCode(); code == 0 || stalled.Load() == 0 {
-					t.Errorf("exit %d after SIGTERM mid-download (%d stalled), want non-zero:\n%s", code, stalled.Load(), out.String())
-				}
-				leftover(t)
-				t.Logf("%s: exited %v after SIGTERM", flavor, took.Round(time.Millisecond))
-			})
-
-			t.Run("containerd restarted", func(t *testing.T) {
-				// A slow link rather than a stall: the download is still
-				// flowing when containerd dies, so its next write fails.
-				var fetching atomic.Int32
-				slow := harness.StartProxy(t, reg.Host, harness.ProxyOptions{BytesPerSec: 128 << 10, Fault: func(_ http.ResponseWriter, r *http.Request) bool {
-					if slices.ContainsFunc(img.Layers, func(l string) bool { return strings.HasSuffix(r.URL.Path, l) }) {
-						fetching.Add(1)
-					}
-					return false
-				}})
-				ref := slow.Host + "/team/stalled:1.0"
-				done := make(chan run, 1)
-				go func() { done <- node.once(t, pullViaConfig("containerd", "", ref)) }()
-				deadline := time.Now().Add(time.Minute)
-				for fetching.Load() == 0 && time.Now().Before(deadline) {
-					time.Sleep(20 * time.Millisecond)
-				}
-				node.ctrd.Kill()
-				killed := time.Now()
-				node.ctrd.Start()
-				// Nothing of the cut pull may show before the retry.
-				if refs := node.refs(t); len(refs) != 0 {
-					t.Errorf("CRI lists %v right after the restart, want nothing", refs)
-				}
-				r := <-done
-				if r.code != 0 {
-					t.Fatalf("want the retry to complete the pull, exit 0:\n%s", r)
-				}
-				out := parseOnce(t, r)
-				if st, _ := out.status(ref); st != "pulled" || out.Images[0].Attempts < 2 {
-					t.Errorf("%s: %s after %d attempts, want pulled by a retry", ref, st, out.Images[0].Attempts)
-				}
-				assertPresent(t, node.ctrd.Endpoint, ref)
-				if after := leaseIDs(t, node.containerd(t)); !slices.Equal(before, after) {
-					t.Errorf("leases %v before, %v after the completed pull", before, after)
-				}
-				t.Logf("%s: pulled %v after containerd was killed", flavor, time.Since(killed).Round(time.Millisecond))
-			})
-		})
-	}
 }
 
 // writeHostsTOML makes host served by the mirror at url (plain HTTP), as
