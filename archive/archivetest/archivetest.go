@@ -245,14 +245,17 @@ func uncompressedSize(l v1.Layer) (int64, error) {
 	return io.Copy(io.Discard, rc)
 }
 
+// dockerManifestEntry is one image in the manifest.json of docker save,
+// in both layouts.
+type dockerManifestEntry struct {
+	Config   string
+	RepoTags []string
+	Layers   []string
+}
+
 func writeDockerSave(w io.Writer, imgs []Image) error {
 	t := newTarWriter(w)
-	type entry struct {
-		Config   string
-		RepoTags []string
-		Layers   []string
-	}
-	var manifest []entry
+	var manifest []dockerManifestEntry
 	layerDir := make(map[v1.Hash]string) // diff ID to the directory that holds it
 	for _, img := range imgs {
 		cfgName, err := img.Image.ConfigName()
@@ -263,7 +266,7 @@ func writeDockerSave(w io.Writer, imgs []Image) error {
 		if err != nil {
 			return err
 		}
-		e := entry{Config: cfgName.Hex + ".json", RepoTags: img.Names}
+		e := dockerManifestEntry{Config: cfgName.Hex + ".json", RepoTags: img.Names}
 		if err := t.file(e.Config, raw); err != nil {
 			return err
 		}
@@ -319,12 +322,7 @@ func writeDockerSave(w io.Writer, imgs []Image) error {
 
 func writeDocker25(w io.Writer, imgs []Image) error {
 	t := newTarWriter(w)
-	type entry struct {
-		Config   string
-		RepoTags []string
-		Layers   []string
-	}
-	var manifest []entry
+	var manifest []dockerManifestEntry
 	index := v1.IndexManifest{SchemaVersion: 2, MediaType: types.OCIImageIndex}
 	for _, img := range imgs {
 		cfgName, err := img.Image.ConfigName()
@@ -335,7 +333,7 @@ func writeDocker25(w io.Writer, imgs []Image) error {
 		if err != nil {
 			return err
 		}
-		e := entry{Config: "blobs/sha256/" + cfgName.Hex, RepoTags: img.Names}
+		e := dockerManifestEntry{Config: "blobs/sha256/" + cfgName.Hex, RepoTags: img.Names}
 		if err := t.file(e.Config, raw); err != nil {
 			return err
 		}
