@@ -206,7 +206,7 @@ func (e *Engine) pullOnce(ctx context.Context, cfg *Config, img Image, auths []*
 	for _, auth := range auths {
 		pctx, cancel := context.WithTimeout(ctx, cfg.PullTimeout)
 		err = e.pullWith(pctx, cfg, img.Name, auth)
-		timedOut := pctx.Err() == context.DeadlineExceeded && ctx.Err() == nil
+		timedOut := err != nil && attemptTimedOut(ctx, pctx, err)
 		cancel()
 		if err == nil {
 			return nil
@@ -219,6 +219,24 @@ func (e *Engine) pullOnce(ctx context.Context, cfg *Config, img Image, auths []*
 		}
 	}
 	return err
+}
+
+// attemptTimedOut tells whether pullTimeout, not the end of the run, cut
+// an attempt that failed with err. The runtime learns the deadline from the
+// request and may end the pull a moment before pctx's own timer fires.
+func attemptTimedOut(ctx, pctx context.Context, err error) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	if pctx.Err() == context.DeadlineExceeded {
+		return true
+	}
+	deadline, _ := pctx.Deadline()
+	if run, ok := ctx.Deadline(); ok && !run.After(deadline) {
+		return false // the run's own deadline is the nearer one
+	}
+	fromDeadline := status.Code(err) == codes.DeadlineExceeded || errors.Is(err, context.DeadlineExceeded)
+	return fromDeadline && time.Until(deadline) < time.Second
 }
 
 // pullWith pulls ref the way cfg.PullVia says: by the runtime's own CRI

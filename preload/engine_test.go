@@ -3,11 +3,14 @@ package preload_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/containerd/errdefs"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/kube-preloader/kube-preloader/cri"
@@ -340,5 +343,27 @@ func TestClassifyKnownReason(t *testing.T) {
 	err := fmt.Errorf("pull: %w", reasoned("secret ns/regcred not found"))
 	if reason, transient := preload.Classify(err); reason != "secret ns/regcred not found" || transient {
 		t.Errorf("Classify = %q, %v; want the error's own reason, permanent", reason, transient)
+	}
+}
+
+// The runtime learns the attempt's deadline from the request and may end
+// the pull a moment before the engine's own timer fires: that is still
+// pullTimeout cutting the attempt, and the log must say so.
+func TestRunPullTimeoutSeenFirstByTheRuntime(t *testing.T) {
+	s := critest.Start(t)
+	s.Pull = func(ctx context.Context, _ string, _ *runtimeapi.AuthConfig) error {
+		dl, _ := ctx.Deadline()
+		time.Sleep(time.Until(dl) - 100*time.Millisecond)
+		return status.Error(codes.DeadlineExceeded, "stream terminated by RST_STREAM with error code: CANCEL")
+	}
+	cfg := testConfig()
+	cfg.PullTimeout = 300 * time.Millisecond
+	e := &preload.Engine{Runtime: connect(t, s), MaxAttempts: 1}
+	res, err := e.Run(context.Background(), cfg, images("r/stalled:1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := res[0]; r.Reason != preload.ReasonTimeout || !strings.Contains(r.Error, "exceeded pullTimeout 300ms") {
+		t.Errorf("got %q: %s; want a timeout that names pullTimeout", r.Reason, r.Error)
 	}
 }
