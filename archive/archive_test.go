@@ -109,12 +109,22 @@ func TestInspectFormats(t *testing.T) {
 				if len(got) != len(imgs) {
 					t.Fatalf("got %d images, want %d: %+v", len(got), len(imgs), got)
 				}
+				// go-containerregistry writes its tarball from a map: the
+				// order of images and of their tags is not the fixture's,
+				// and no reader relies on it. Images are matched by config.
+				names := map[string][]string{}
+				for _, g := range got {
+					names[string(g.Config)] = slices.Sorted(slices.Values(g.Names))
+				}
 				for i, want := range imgs {
-					if d := configDigest(t, want.Image); string(got[i].Config) != d {
-						t.Errorf("image %d: config %s, want %s", i, got[i].Config, d)
+					d := configDigest(t, want.Image)
+					n, ok := names[d]
+					if !ok {
+						t.Errorf("image %d: config %s not in the archive's %+v", i, d, got)
+						continue
 					}
-					if !slices.Equal(got[i].Names, want.Names) {
-						t.Errorf("image %d: names %v, want %v", i, got[i].Names, want.Names)
+					if w := slices.Sorted(slices.Values(want.Names)); !slices.Equal(n, w) {
+						t.Errorf("image %d: names %v, want %v", i, n, w)
 					}
 				}
 			})

@@ -7,7 +7,7 @@
 set -euo pipefail
 
 CACHE="${PRELOADER_CACHE:-$HOME/.cache/kube-preloader}"
-KUBE_VERSION="${KUBE_VERSION:-v1.34.4}"
+KUBE_VERSION="${KUBE_VERSION:-v1.37.2}"
 STAGING_VERSION="v0${KUBE_VERSION#v1}"
 bins=("$@")
 ((${#bins[@]})) || bins=(kube-apiserver)
@@ -23,23 +23,26 @@ mod="$CACHE/kube-build-$KUBE_VERSION"
 mkdir -p "$mod"
 cd "$mod"
 if [[ ! -f go.mod ]]; then
-  staging=(api apiextensions-apiserver apimachinery apiserver cli-runtime client-go cloud-provider
-    cluster-bootstrap code-generator component-base component-helpers controller-manager cri-api
-    cri-client csi-translation-lib dynamic-resource-allocation endpointslice externaljwt kms
-    kube-aggregator kube-controller-manager kube-proxy kube-scheduler kubectl kubelet metrics
-    mount-utils pod-security-admission sample-apiserver sample-cli-plugin sample-controller
-    streaming)
+  # The staging modules are the ones this version's own go.mod replaces with
+  # ./staging/src/k8s.io/<name> (1.37 added cri-streaming); each maps to the
+  # v0 release of the same number.
+  kmod=$(go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | sed -n 's/^\t"GoMod": "\(.*\)",$/\1/p')
+  [[ -f "$kmod" ]] || { echo "build-kube: cannot download k8s.io/kubernetes@$KUBE_VERSION" >&2; exit 1; }
+  mapfile -t staging < <(sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => \./staging/src/.*#\1#p' "$kmod")
+  ((${#staging[@]})) || { echo "build-kube: no staging modules in $kmod" >&2; exit 1; }
+  goversion=$(sed -n 's/^go //p' "$kmod")
   {
     echo "module kubebuild"
     echo
-    echo "go 1.24"
+    echo "go ${goversion:-1.24}"
     echo
     echo "require k8s.io/kubernetes $KUBE_VERSION"
     echo
     echo "replace ("
-    for s in "${staging[@]}"; do echo "	k8s.io/$s => k8s.io/$s $STAGING_VERSION"; done
+    for s in "${staging[@]}"; do echo "	$s => $s $STAGING_VERSION"; done
     echo ")"
-  } > go.mod
+  } > go.mod.tmp
+  mv go.mod.tmp go.mod
 fi
 # Every binary this script builds, so that go mod tidy records their modules
 # (rewritten each time: a module made by an older version lacks kubectl).
@@ -56,14 +59,7 @@ import (
 	_ "k8s.io/kubernetes/cmd/kubelet"
 )
 GO
-# Staging modules that do not exist at this version make go mod tidy fail;
-# drop them and retry.
-for _ in 1 2 3 4 5; do
-  if out=$(GOFLAGS=-mod=mod go mod tidy 2>&1); then break; fi
-  bad=$(grep -oE 'k8s.io/[a-z-]+@'"$STAGING_VERSION"': (reading|invalid|unknown)' <<<"$out" | sed 's/@.*//' | sort -u)
-  [[ -n "$bad" ]] || { echo "$out" >&2; exit 1; }
-  for m in $bad; do sed -i "\#	$m => #d" go.mod; done
-done
+GOFLAGS=-mod=mod go mod tidy
 for b in "${todo[@]}"; do
   echo "build-kube: building $b $KUBE_VERSION" >&2
   CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o "$CACHE/bin/$b-$KUBE_VERSION.tmp" "k8s.io/kubernetes/cmd/$b"
