@@ -40,6 +40,7 @@ var commands = []command{
 	{"status", "show every node's preload status", runStatus},
 	{"warm", "add an image to the agent's ConfigMap, optionally wait until nodes have it", runWarm},
 	{"bundle", "fetch every configured image into one archive for air-gapped nodes", runBundle},
+	{"allowlist", "print the kubelet config that lets pods without credentials use the images", runAllowlist},
 	{"version", "print the version", func(_ context.Context, _ []string, stdout, _ io.Writer) error {
 		_, err := fmt.Fprintln(stdout, version)
 		return err
@@ -71,7 +72,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: preloader COMMAND [flags]\n\ncommands:")
 	for _, c := range commands {
-		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  %-9s %s\n", c.name, c.summary)
 	}
 }
 

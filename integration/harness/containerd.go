@@ -24,7 +24,8 @@ import (
 type Flavor string
 
 const (
-	// Containerd16 is the Debian 12 package, /usr/bin/containerd (1.6.x).
+	// Containerd16 is the Debian 12 package, /usr/bin/containerd (1.6.x):
+	// end of life, and served by kubelets up to 1.35 only; legacy coverage.
 	Containerd16 Flavor = "containerd-1.6"
 	// Containerd2 is containerd Containerd2Version, built by
 	// scripts/install-deps.sh into CacheDir()/bin.
@@ -57,7 +58,7 @@ func (f Flavor) Binaries() (containerd, shim string) {
 
 // ContainerdOptions configure StartContainerd. The zero value is valid.
 type ContainerdOptions struct {
-	Flavor       Flavor // default Containerd16
+	Flavor       Flavor // default Containerd2
 	SandboxImage string // CRI sandbox_image; default "registry.k8s.io/pause:3.10"
 	Snapshotter  string // default "native", which works on any filesystem
 	// RootSize, when set, puts containerd's root (content store, snapshots,
@@ -94,7 +95,7 @@ type Containerd struct {
 func StartContainerd(t T, opts ContainerdOptions) *Containerd {
 	t.Helper()
 	if opts.Flavor == "" {
-		opts.Flavor = Containerd16
+		opts.Flavor = Containerd2
 	}
 	if opts.SandboxImage == "" {
 		opts.SandboxImage = "registry.k8s.io/pause:3.10"

@@ -5,7 +5,7 @@
 // is torn down by t.Cleanup.
 //
 //	ctrd := harness.StartContainerd(t, harness.ContainerdOptions{
-//		Flavor:       harness.Containerd2, // default Containerd16
+//		Flavor:       harness.Containerd2, // default Containerd2
 //		SandboxImage: "registry.k8s.io/pause:3.10",
 //		Snapshotter:  "native", // the default
 //	})

@@ -32,8 +32,14 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 )
 
-// KubeVersion is the kube-apiserver release scripts/build-kube.sh builds.
-const KubeVersion = "v1.34.4"
+// KubeVersion is the control plane's release (kube-apiserver,
+// controller-manager, scheduler, kubectl) and the default kubelet's, the
+// newest supported one; scripts/build-kube.sh builds it.
+const KubeVersion = "v1.37.2"
+
+// OldestKubeletVersion is the oldest supported kubelet minor, the last that
+// runs on containerd 1.x; `make deps` builds its kubelet too.
+const OldestKubeletVersion = "v1.35.4"
 
 // EtcdPath is the Debian etcd-server binary.
 const EtcdPath = "/usr/bin/etcd"
@@ -46,6 +52,11 @@ func KubeBinary(name string) string {
 		v = KubeVersion
 	}
 	return filepath.Join(CacheDir(), "bin", name+"-"+v)
+}
+
+// KubeletBinary is the kubelet of a release scripts/build-kube.sh built.
+func KubeletBinary(version string) string {
+	return filepath.Join(CacheDir(), "bin", "kubelet-"+version)
 }
 
 // ServiceAccountIssuer is the issuer (and API audience) of the test API server.
@@ -202,6 +213,9 @@ func (k *Kube) apiserverArgs() []string {
 		"--etcd-servers=" + fmt.Sprintf("http://127.0.0.1:%d", k.etcdPort),
 		"--bind-address=127.0.0.1",
 		"--advertise-address=127.0.0.1",
+		// 1.37 refuses a loopback advertise address for the endpoint
+		// reconciler; the tests need no kubernetes Service endpoints.
+		"--endpoint-reconciler-type=none",
 		"--secure-port=" + strconv.Itoa(k.apiPort),
 		"--cert-dir=" + filepath.Join(k.Dir, "certs"),
 		"--authorization-mode=Node,RBAC",

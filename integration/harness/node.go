@@ -2,8 +2,10 @@ package harness
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -36,7 +38,7 @@ type NodeOptions struct {
 	// SandboxImage, Snapshotter and Flavor are then its own). Nil: StartNode
 	// starts one with Flavor, Snapshotter and SandboxImage.
 	Containerd *Containerd
-	// Flavor of the containerd StartNode starts; default Containerd16.
+	// Flavor of the containerd StartNode starts; default Containerd2.
 	Flavor Flavor
 	// Snapshotter of the containerd StartNode starts; default overlayfs
 	// where the kernel lets root mount an overlay, else native.
@@ -51,6 +53,15 @@ type NodeOptions struct {
 	Registries []*Registry
 	// RegisterWithTaints are the taints the kubelet registers the Node with.
 	RegisterWithTaints []corev1.Taint
+	// KubeletVersion is the kubelet's release (a binary scripts/build-kube.sh
+	// built); default KubeVersion, the control plane's.
+	KubeletVersion string
+	// KubeletConfig is merged into the KubeletConfiguration the harness
+	// writes (e.g. imagePullCredentialsVerificationPolicy).
+	KubeletConfig map[string]any
+	// KubeletDropIns are files written to the kubelet's --config-dir
+	// (name -> content) before it starts.
+	KubeletDropIns map[string]string
 	// Labels are extra Node labels (kubelet --node-labels).
 	Labels map[string]string
 	// BeforeKubelet runs once containerd answers and before the kubelet
@@ -81,6 +92,12 @@ type Node struct {
 	SandboxImage string
 	// PodLogsDir is the kubelet's podLogsDir (PodLogs reads it).
 	PodLogsDir string
+	// KubeletVersion is the kubelet's release.
+	KubeletVersion string
+	// KubeletConfigFile is the kubelet's --config and KubeletConfigDir its
+	// --config-dir (drop-ins), as on a kubeadm node.
+	KubeletConfigFile string
+	KubeletConfigDir  string
 	// KubeletStarted is when the kubelet was started; ReadyAfter is how long
 	// the Node took from there to Ready (zero with NoWaitReady).
 	KubeletStarted time.Time
@@ -107,9 +124,13 @@ func StartNode(t T, opts NodeOptions) *Node {
 	if opts.Kube == nil {
 		t.Fatal("StartNode: NodeOptions.Kube is required")
 	}
-	for _, b := range []string{"kube-controller-manager", "kube-scheduler", "kubelet"} {
+	if opts.KubeletVersion == "" {
+		opts.KubeletVersion = KubeVersion
+	}
+	for _, b := range []string{"kube-controller-manager", "kube-scheduler"} {
 		Require(t, b+" (scripts/build-kube.sh "+b+")", KubeBinary(b))
 	}
+	Require(t, "kubelet "+opts.KubeletVersion+" (KUBE_VERSION="+opts.KubeletVersion+" scripts/build-kube.sh kubelet)", KubeletBinary(opts.KubeletVersion))
 	if err := checkDevNull(); err != nil {
 		t.Fatalf("StartNode: %v", err)
 	}
@@ -117,7 +138,7 @@ func StartNode(t T, opts NodeOptions) *Node {
 		opts.NodeName = defaultNodeName
 	}
 	k := opts.Kube
-	n := &Node{Name: opts.NodeName, Kube: k, Client: k.Client, t: t, opts: opts, procs: map[string]*process{}}
+	n := &Node{Name: opts.NodeName, Kube: k, Client: k.Client, KubeletVersion: opts.KubeletVersion, t: t, opts: opts, procs: map[string]*process{}}
 
 	if opts.Containerd == nil {
 		if opts.SandboxImage == "" {
@@ -379,20 +400,34 @@ func (n *Node) startKubelet() error {
 		// Leave the machine's iptables alone (hostNetwork pods need none).
 		MakeIPTablesChains: false,
 	}
-	b, err := yaml.Marshal(cfg)
+	b, err := mergedKubeletConfig(cfg, n.opts.KubeletConfig)
 	if err != nil {
 		return err
 	}
-	cfgPath := filepath.Join(dir, "config.yaml")
-	if err := os.WriteFile(cfgPath, b, 0o600); err != nil {
+	n.KubeletConfigFile = filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(n.KubeletConfigFile, b, 0o644); err != nil {
 		return err
+	}
+	n.KubeletConfigDir = filepath.Join(dir, "config.d")
+	// Only this start's drop-ins: a restart with others replaces them.
+	if err := os.RemoveAll(n.KubeletConfigDir); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(n.KubeletConfigDir, 0o755); err != nil {
+		return err
+	}
+	for name, content := range n.opts.KubeletDropIns {
+		if err := os.WriteFile(filepath.Join(n.KubeletConfigDir, name), []byte(content), 0o644); err != nil {
+			return err
+		}
 	}
 	kubeconfig := filepath.Join(dir, "kubelet.kubeconfig")
 	if err := n.writeNodeKubeconfig(kubeconfig); err != nil {
 		return err
 	}
 	args := []string{
-		"--config=" + cfgPath,
+		"--config=" + n.KubeletConfigFile,
+		"--config-dir=" + n.KubeletConfigDir,
 		"--kubeconfig=" + kubeconfig,
 		"--root-dir=" + filepath.Join(dir, "root"),
 		"--cert-dir=" + filepath.Join(dir, "pki"),
@@ -412,7 +447,21 @@ func (n *Node) startKubelet() error {
 		args = append(args, "--node-labels="+strings.Join(ls, ","))
 	}
 	n.KubeletStarted = time.Now()
-	return n.startProcess("kubelet", KubeBinary("kubelet"), args)
+	return n.startProcess("kubelet", KubeletBinary(n.opts.KubeletVersion), args)
+}
+
+// mergedKubeletConfig is cfg with extra's top-level fields set over it.
+func mergedKubeletConfig(cfg kubeletConfig, extra map[string]any) ([]byte, error) {
+	b, err := json.Marshal(cfg)
+	if err != nil {
+		return nil, err
+	}
+	m := map[string]any{}
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, err
+	}
+	maps.Copy(m, extra)
+	return yaml.Marshal(m)
 }
 
 // writeNodeKubeconfig writes the kubelet's kubeconfig: it acts as
@@ -593,6 +642,15 @@ func (n *Node) RestartKubelet(t T) {
 		t.Fatal(err)
 	}
 	n.WaitReady(t, 2*time.Minute)
+}
+
+// RestartKubeletWith restarts the kubelet with config merged into the
+// harness's KubeletConfiguration and dropIns as its --config-dir, each
+// replacing what the last start had, and waits for Ready.
+func (n *Node) RestartKubeletWith(t T, config map[string]any, dropIns map[string]string) {
+	t.Helper()
+	n.opts.KubeletConfig, n.opts.KubeletDropIns = config, dropIns
+	n.RestartKubelet(t)
 }
 
 // PodLogs is what a container of a pod on this node has written so far
