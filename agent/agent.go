@@ -48,6 +48,7 @@ const (
 	ReasonPreloadFailed      = "PreloadFailed"
 	ReasonRuntimeUnavailable = "RuntimeUnavailable"
 	ReasonSandboxUnknown     = "SandboxImageUnknown"
+	ReasonKubeletRefuses     = "KubeletRefusesImages"
 )
 
 // Runtime is what the agent needs of the container runtime; *cri.Client
@@ -75,6 +76,12 @@ type Options struct {
 	// MetricsAddr, if not empty, is where Run serves /metrics, /healthz and
 	// /readyz. Handler serves the same without a listener.
 	MetricsAddr string
+	// KubeletConfig and KubeletConfigDir are the node kubelet's --config
+	// and --config-dir as the agent sees them, read every sync for its
+	// credential verification policy (KEP-2535). Empty KubeletConfig: the
+	// policy is not read and status does not show it.
+	KubeletConfig    string
+	KubeletConfigDir string
 	// Log receives the agent's logs; nil discards them.
 	Log *slog.Logger
 }

@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -86,6 +88,12 @@ func newConfigMap(data string) *corev1.ConfigMap {
 // in-process CRI runtime; setup may adjust the runtime before it runs.
 func start(t *testing.T, setup func(*critest.Server), objs ...runtime.Object) *testEnv {
 	t.Helper()
+	return startWith(t, setup, nil, objs...)
+}
+
+// startWith is start with the agent's Options adjusted by opts.
+func startWith(t *testing.T, setup func(*critest.Server), opts func(*Options), objs ...runtime.Object) *testEnv {
+	t.Helper()
 	e := &testEnv{t: t, client: fake.NewClientset(objs...), runtime: critest.Start(t), logs: &syncBuffer{}, done: make(chan error, 1)}
 	if setup != nil {
 		setup(e.runtime)
@@ -95,14 +103,18 @@ func start(t *testing.T, setup func(*critest.Server), objs ...runtime.Object) *t
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { rt.Close() })
-	e.agent, err = New(Options{
+	o := Options{
 		Client:    e.client,
 		Runtime:   rt,
 		Namespace: testNS,
 		ConfigMap: testCM,
 		NodeName:  testNode,
 		Log:       slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-	})
+	}
+	if opts != nil {
+		opts(&o)
+	}
+	e.agent, err = New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -724,4 +736,74 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// The kubelet's credential verification policy (KEP-2535) decides ready:
+// images it refuses to pods without credentials are named in status and an
+// Event, the label says false and the taint stays, until its config allows
+// them; refusals at rest make no writes either.
+func TestKubeletPolicyDecidesReady(t *testing.T) {
+	kubeletConfig := filepath.Join(t.TempDir(), "config.yaml")
+	writeFile(t, kubeletConfig, "kind: KubeletConfiguration\nimagePullCredentialsVerificationPolicy: AlwaysVerify\n")
+	node := newNode(nil, corev1.Taint{Key: preload.TaintNotReady, Effect: corev1.TaintEffectNoSchedule})
+	node.Status.NodeInfo.KubeletVersion = "v1.37.2"
+	data := testConfig("  - image: " + appImage + "\n  - image: " + gpuImage + "\n")
+	e := startWith(t, nil, func(o *Options) { o.KubeletConfig = kubeletConfig }, node, newConfigMap(data))
+
+	st := e.waitStatus("refused by AlwaysVerify", func(st preload.NodeStatus) bool { return st.Policy == "AlwaysVerify" && st.Complete() })
+	if st.Refused != 2 || len(st.RefusedImages) != 2 || st.Ready() {
+		t.Errorf("status %+v: want both images refused, not ready", st)
+	}
+	n := e.node()
+	if got := n.Labels[preload.LabelReady]; got != "false" {
+		t.Errorf("label %s = %q with every image refused, want false", preload.LabelReady, got)
+	}
+	if len(n.Spec.Taints) != 1 {
+		t.Errorf("taints = %+v: the not-ready taint must stay while the kubelet refuses the images", n.Spec.Taints)
+	}
+	e.waitEvent(metav1.NamespaceDefault, "Node", ReasonKubeletRefuses, "preloader allowlist")
+
+	snaps := e.waitSyncs(6)
+	if d := snaps[5].writes - snaps[0].writes; d != 0 {
+		t.Errorf("%d API writes in 5 syncs with refused images at rest, want 0", d)
+	}
+	if d := snaps[5].listImages - snaps[0].listImages; d != 5 {
+		t.Errorf("%d ListImages in 5 syncs at rest, want 5", d)
+	}
+
+	// The admin allows one repository: the other stays refused.
+	writeFile(t, kubeletConfig, "imagePullCredentialsVerificationPolicy: NeverVerifyAllowlistedImages\npreloadedImagesVerificationAllowlist: [corp.example/team/app]\n")
+	st = e.waitStatus("one refused", func(st preload.NodeStatus) bool { return st.Policy == "NeverVerifyAllowlistedImages" })
+	if st.Refused != 1 || len(st.RefusedImages) != 1 || st.RefusedImages[0] != gpuImage {
+		t.Errorf("status %+v: want only %s refused", st, gpuImage)
+	}
+	e.waitEvent(metav1.NamespaceDefault, "Node", ReasonKubeletRefuses, "refuses 1 preloaded images to pods without pull credentials: "+gpuImage)
+
+	writeFile(t, kubeletConfig, "imagePullCredentialsVerificationPolicy: NeverVerifyAllowlistedImages\npreloadedImagesVerificationAllowlist: [corp.example/team/*]\n")
+	e.waitStatus("ready", func(st preload.NodeStatus) bool { return st.Ready() && st.Refused == 0 })
+	eventually(t, "label true, taint lifted", func() (bool, string) {
+		n := e.node()
+		return n.Labels[preload.LabelReady] == "true" && len(n.Spec.Taints) == 0, fmt.Sprintf("%v %v", n.Labels, n.Spec.Taints)
+	})
+
+	// Unreadable: unknown, and presence alone decides.
+	if err := os.Remove(kubeletConfig); err != nil {
+		t.Fatal(err)
+	}
+	st = e.waitStatus("policy unknown", func(st preload.NodeStatus) bool { return st.Policy == "unknown" })
+	if !st.Ready() {
+		t.Errorf("status %+v: an unknown policy refuses nothing", st)
+	}
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	// Renamed into place, as config management writes it: a sync never reads half a file.
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -10,6 +10,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/kube-preloader/kube-preloader/kubelet"
 	"github.com/kube-preloader/kube-preloader/preload"
 )
 
@@ -31,6 +32,8 @@ type syncState struct {
 	// syncErr is the last sync-wide problem reported in an Event.
 	syncErr     string
 	nodeMissing bool
+	// policy is the kubelet policy and refused images last reported.
+	policy string
 }
 
 type converged struct {
@@ -68,7 +71,7 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 	// alone; planWrite below only compares with the informer's Node.
 	var st preload.NodeStatus
 	atRest := false
-	if last := a.state.last; last != nil && last.key == key && last.status.Ready() {
+	if last := a.state.last; last != nil && last.key == key && last.status.Complete() {
 		missing, err := preload.Missing(ctx, a.opts.Runtime, apply)
 		if err != nil {
 			return a.syncFailed(ctx, cfg, ReasonRuntimeUnavailable, err)
@@ -93,6 +96,7 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 		a.log.Info("synced", "configHash", cfg.hash, "present", st.Present, "total", st.Total, "failed", len(st.Failed))
 	}
 	a.syncSucceeded()
+	st = a.judge(node, st, apply, sandbox)
 	a.metrics.desired.Set(float64(st.Total))
 	a.metrics.present.Set(float64(st.Present))
 
@@ -103,7 +107,7 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 		a.log.Error("cannot update the Node", "err", err)
 		return a.retryIn(cfg)
 	}
-	if !st.Ready() {
+	if !st.Complete() {
 		return a.retryIn(cfg)
 	}
 	a.state.backoff.reset()
@@ -261,3 +265,48 @@ func (b *backoff) next(r preload.Retry) time.Duration {
 }
 
 func (b *backoff) reset() { b.cur = 0 }
+
+// judge adds to st what the node's kubelet will do with its images for
+// pods without pull credentials (KEP-2535), from the kubelet's config as
+// it is now; refusals are reported in an Event when they change. The
+// sandbox image is not judged: the runtime uses it, not a pod.
+func (a *Agent) judge(node *corev1.Node, st preload.NodeStatus, apply []preload.Image, sandbox string) preload.NodeStatus {
+	if a.opts.KubeletConfig == "" {
+		return st
+	}
+	p := kubelet.ReadPolicy(a.opts.KubeletConfig, a.opts.KubeletConfigDir, kubelet.Minor(node.Status.NodeInfo.KubeletVersion))
+	st.Policy = p.Name
+	var refused []string
+	for _, img := range apply {
+		if img.Name != sandbox && p.Refuses(img.Ref) {
+			refused = append(refused, img.Ref)
+		}
+	}
+	st.Refused = len(refused)
+	st.RefusedImages = refused[:min(len(refused), preload.MaxListed)]
+	a.reportPolicy(p, refused)
+	return st
+}
+
+// reportPolicy logs the policy when it changes and records a Warning Event
+// on the Node when the images it refuses change to a non-empty set.
+func (a *Agent) reportPolicy(p kubelet.Policy, refused []string) {
+	key := p.Name + "\n" + strings.Join(refused, "\n")
+	if a.state.policy == key {
+		return
+	}
+	a.state.policy = key
+	a.log.Info("kubelet credential verification", "policy", p.Name, "source", p.Reason, "refused", len(refused))
+	if len(refused) == 0 {
+		return
+	}
+	names := refused[:min(len(refused), 5)]
+	more := ""
+	if len(refused) > len(names) {
+		more = fmt.Sprintf(" and %d more", len(refused)-len(names))
+	}
+	a.nodeEvent(corev1.EventTypeWarning, ReasonKubeletRefuses, fmt.Sprintf(
+		"kubelet imagePullCredentialsVerificationPolicy %s (%s) refuses %d preloaded images to pods without pull credentials: %s%s. "+
+			"Set imagePullCredentialsVerificationPolicy: NeverVerifyAllowlistedImages with the allowlist `preloader allowlist --config images.yaml` prints",
+		p.Name, p.Reason, len(refused), strings.Join(names, ", "), more))
+}

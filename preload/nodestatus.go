@@ -21,6 +21,15 @@ type NodeStatus struct {
 	Total      int           `json:"total"`
 	Missing    []string      `json:"missing,omitempty"`
 	Failed     []FailedImage `json:"failed,omitempty"`
+	// Policy is the node kubelet's imagePullCredentialsVerificationPolicy
+	// (KEP-2535), "unknown" where its config cannot be read, empty where
+	// the agent was not asked to read it.
+	Policy string `json:"policy,omitempty"`
+	// Refused counts the images, present or not, that the kubelet will
+	// refuse to pods without pull credentials; RefusedImages names the
+	// first MaxListed of them.
+	Refused       int      `json:"refused,omitempty"`
+	RefusedImages []string `json:"refusedImages,omitempty"`
 	// Changed is when this status last differed from the one before.
 	Changed time.Time `json:"changed"`
 }
@@ -31,8 +40,16 @@ type FailedImage struct {
 	Reason string `json:"reason"`
 }
 
-// Ready reports whether every image that applies to the node is present.
-func (s NodeStatus) Ready() bool { return s.Present == s.Total }
+// MaxListed bounds the images a status names in one list: it lives on
+// every Node.
+const MaxListed = 20
+
+// Complete reports whether every image that applies to the node is present.
+func (s NodeStatus) Complete() bool { return s.Present == s.Total }
+
+// Ready reports whether pods without pull credentials can use every image
+// that applies to the node: present, and none refused by the kubelet.
+func (s NodeStatus) Ready() bool { return s.Complete() && s.Refused == 0 }
 
 // ConfigHash identifies a config's content, so that status can say which
 // config it describes.

@@ -15,6 +15,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/kube-preloader/kube-preloader/agent"
+	"github.com/kube-preloader/kube-preloader/kubelet"
 )
 
 func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
@@ -25,6 +26,8 @@ func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 		nodeName    = fs.String("node-name", os.Getenv("NODE_NAME"), "this node's name (default: $NODE_NAME, set from the downward API)")
 		kubeconfig  = fs.String("kubeconfig", "", "kubeconfig file (default: the pod's service account)")
 		metricsAddr = fs.String("metrics-addr", agent.DefaultMetricsAddr, "address for /metrics, /healthz and /readyz; empty disables them")
+		kubeletCfg  = fs.String("kubelet-config", kubelet.DefaultConfigFile, "the node kubelet's --config file, read for its credential verification policy; empty: do not read it")
+		kubeletDir  = fs.String("kubelet-config-dir", "", "the node kubelet's --config-dir (drop-ins), if it has one")
 		runtime     = addRuntimeFlags(fs)
 	)
 	if err := fs.Parse(args); err != nil {
@@ -69,6 +72,9 @@ func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 		NodeName:    *nodeName,
 		MetricsAddr: *metricsAddr,
 		Log:         log,
+
+		KubeletConfig:    *kubeletCfg,
+		KubeletConfigDir: *kubeletDir,
 	}
 	if ctrd != nil {
 		opts.Containerd = ctrd

@@ -133,12 +133,12 @@ func writeNodeStatus(w io.Writer, format string, views []nodeView, now time.Time
 	wide := format == "wide"
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	if wide {
-		fmt.Fprintln(tw, "NODE\tREADY\tPRESENT\tMISSING\tUPDATED\tCONFIG\tFAILED")
+		fmt.Fprintln(tw, "NODE\tREADY\tPRESENT\tMISSING\tUPDATED\tCONFIG\tPOLICY\tREFUSED\tFAILED")
 	} else {
 		fmt.Fprintln(tw, "NODE\tREADY\tPRESENT\tMISSING\tUPDATED")
 	}
 	for _, v := range views {
-		present, missing, updated, config, failed := "-", "-", "-", "-", "-"
+		present, missing, updated, config, policy, refused, failed := "-", "-", "-", "-", "-", "-", "-"
 		if st := v.Status; st != nil {
 			present = fmt.Sprintf("%d/%d", st.Present, st.Total)
 			missing = missingList(st, wide)
@@ -147,11 +147,12 @@ func writeNodeStatus(w io.Writer, format string, views []nodeView, now time.Time
 			}
 			config = st.ConfigHash
 			failed = failedList(st)
+			policy, refused = policyOf(st), refusedList(st)
 		} else if v.Error != "" {
 			failed = v.Error
 		}
 		if wide {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, v.Ready, present, missing, updated, config, failed)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, v.Ready, present, missing, updated, config, policy, refused, failed)
 		} else {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", v.Name, v.Ready, present, missing, updated)
 		}
@@ -204,6 +205,26 @@ func failedList(st *preload.NodeStatus) string {
 	return strings.Join(parts, "; ")
 }
 
+func policyOf(st *preload.NodeStatus) string {
+	if st.Policy == "" {
+		return "-"
+	}
+	return st.Policy
+}
+
+// refusedList names the images the kubelet refuses to pods without
+// credentials, and how many more the status did not name.
+func refusedList(st *preload.NodeStatus) string {
+	if st.Refused == 0 {
+		return "<none>"
+	}
+	s := strings.Join(st.RefusedImages, ",")
+	if more := st.Refused - len(st.RefusedImages); more > 0 {
+		s += fmt.Sprintf(",+%d more", more)
+	}
+	return s
+}
+
 // nodeStatusVerdict is status's exit: 0 when every node the agent reports on
 // is ready, 1 when one is not (or no node reports at all).
 func nodeStatusVerdict(views []nodeView) error {
@@ -215,7 +236,11 @@ func nodeStatusVerdict(views []nodeView) error {
 		}
 		reporting++
 		if v.Ready != "true" {
-			notReady = append(notReady, v.Name)
+			name := v.Name
+			if st := v.Status; st != nil && st.Refused > 0 {
+				name += fmt.Sprintf(" (kubelet policy %s refuses %d images to pods without credentials)", st.Policy, st.Refused)
+			}
+			notReady = append(notReady, name)
 		}
 	}
 	if reporting == 0 {
