@@ -12,12 +12,15 @@ all: build
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/preloader
 
-# Debian packages, containerd 2.x and the Kubernetes binaries (the API
-# server, the node's controller-manager, scheduler and kubelet, and kubectl
-# for the e2e's apply -k), each only when missing; builds are cached in
-# ~/.cache/kube-preloader.
+# Debian packages, containerd 2.x and the Kubernetes binaries of the test
+# matrix: the newest supported release (API server, controller-manager,
+# scheduler, kubectl and kubelet) and the oldest supported kubelet, each
+# only when missing; builds are cached in ~/.cache/kube-preloader.
+KUBE_VERSION        ?= v1.37.2
+OLDEST_KUBELET      ?= v1.35.4
 deps: runtime-deps
-	scripts/build-kube.sh kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl
+	KUBE_VERSION=$(KUBE_VERSION) scripts/build-kube.sh kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl
+	KUBE_VERSION=$(OLDEST_KUBELET) scripts/build-kube.sh kubelet
 
 # What the demo needs: Debian packages and containerd 2.x, no Kubernetes.
 runtime-deps:
@@ -30,7 +33,7 @@ test: deps
 	$(GOTEST) -timeout 40m -p 2 ./...
 
 unit:
-	$(GOTEST) -short ./cmd/... ./cri/... ./preload/... ./agent/... ./archive/... ./containerd/... ./bundle/...
+	$(GOTEST) -short ./cmd/... ./cri/... ./preload/... ./agent/... ./archive/... ./containerd/... ./bundle/... ./kubelet/...
 
 integration: deps
 	$(GOTEST) -timeout 40m -p 2 ./integration/...

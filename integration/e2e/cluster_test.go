@@ -50,18 +50,18 @@ func hostPod(n *harness.Node, name, image string, policy corev1.PullPolicy) *cor
 	}
 }
 
-// TestCluster proves the one-node cluster itself, on both containerd
-// flavors: a hostNetwork pod with IfNotPresent pulls and runs, reaches the
+// TestCluster proves the one-node cluster itself, on every node kind of
+// the matrix: a hostNetwork pod with IfNotPresent pulls and runs, reaches the
 // API server with its ServiceAccount token, and its log reads through the
 // API server; a pod with Never on an absent image gets the kubelet's
 // ErrImageNeverPull, the "before" verdict of the scenarios.
 func TestCluster(t *testing.T) {
-	for _, rt := range []harness.Flavor{harness.Containerd16, harness.Containerd2} {
-		t.Run(string(rt), func(t *testing.T) { testCluster(t, rt) })
+	for _, k := range []nodeKind{primary, oldest2, oldest16} {
+		t.Run(k.String(), func(t *testing.T) { testCluster(t, k) })
 	}
 }
 
-func testCluster(t *testing.T, rt harness.Flavor) {
+func testCluster(t *testing.T, k nodeKind) {
 	start := time.Now()
 	kube := harness.StartKube(t)
 	kubeUp := time.Since(start)
@@ -70,7 +70,7 @@ func testCluster(t *testing.T, rt harness.Flavor) {
 	imageBuilt := time.Since(start) - kubeUp
 
 	nodeStart := time.Now()
-	n := harness.StartNode(t, harness.NodeOptions{Kube: kube, Flavor: rt, Registries: []*harness.Registry{reg}})
+	n := harness.StartNode(t, harness.NodeOptions{Kube: kube, KubeletVersion: k.kubelet, Flavor: k.flavor, Registries: []*harness.Registry{reg}})
 	nodeUp := time.Since(nodeStart)
 	n.WaitServiceAccount(t, "default", "default", time.Minute)
 
@@ -125,7 +125,7 @@ func testCluster(t *testing.T, rt harness.Flavor) {
 	t.Logf("%s: API server up %v; workload image built and pushed %v; StartNode %v (pause image, containerd, "+
 		"controllers, kubelet; Ready %v after the kubelet started); pod Running %v with pulls, %v with the image present; "+
 		"%v from test start",
-		rt, kubeUp.Round(time.Millisecond), imageBuilt.Round(time.Millisecond), nodeUp.Round(time.Millisecond),
+		k, kubeUp.Round(time.Millisecond), imageBuilt.Round(time.Millisecond), nodeUp.Round(time.Millisecond),
 		n.ReadyAfter.Round(time.Millisecond), coldRunning.Round(time.Millisecond), warmRunning.Round(time.Millisecond),
 		time.Since(start).Round(time.Millisecond))
 }

@@ -60,20 +60,46 @@ const (
 	notReadyTaint = "preloader.io/not-ready"
 	// resync is the agent's resync in the test's images.yaml.
 	resync = 5 * time.Second
+	// kubeletDropIns is where the agent's pod sees the kubelet's
+	// --config-dir (the conventional path; the harness's is a temp dir).
+	kubeletDropIns = "/etc/kubernetes/kubelet.conf.d"
 )
 
-// TestE2E runs the scenarios on containerd 1.6 (all of them) and 2.x
-// (a's bootstrap hook, g and b).
-func TestE2E(t *testing.T) {
-	start := time.Now()
-	ok16 := t.Run(string(harness.Containerd16), testScenarios)
-	ok2 := t.Run(string(harness.Containerd2), testScenariosContainerd2)
-	t.Logf("e2e scenarios: %v (containerd-1.6 ok=%v, containerd-2 ok=%v)", time.Since(start).Round(time.Millisecond), ok16, ok2)
+// nodeKind is one row of the test matrix: a kubelet release on a
+// containerd flavor.
+type nodeKind struct {
+	kubelet string
+	flavor  harness.Flavor
 }
 
-func testScenarios(t *testing.T) {
+func (k nodeKind) String() string { return "kubelet-" + k.kubelet + "/" + string(k.flavor) }
+
+// primary is what every scenario runs on: the newest supported kubelet on
+// containerd 2.x. The oldest supported kubelet runs a subset, on 2.x and
+// on containerd 1.6 (its last release to support 1.x: the legacy row).
+var (
+	primary  = nodeKind{harness.KubeVersion, harness.Containerd2}
+	oldest2  = nodeKind{harness.OldestKubeletVersion, harness.Containerd2}
+	oldest16 = nodeKind{harness.OldestKubeletVersion, harness.Containerd16}
+)
+
+// TestE2E runs every scenario, the KEP-2535 rows included, on the primary
+// node kind, and the bootstrap hook, pullVia containerd, private images and
+// the search for secrets on the oldest supported kubelet.
+func TestE2E(t *testing.T) {
 	start := time.Now()
-	r := newRun(t, harness.Containerd16)
+	ok := map[string]bool{}
+	ok[primary.String()] = t.Run(primary.String(), func(t *testing.T) { testScenarios(t, primary) })
+	for _, k := range []nodeKind{oldest2, oldest16} {
+		ok[k.String()] = t.Run(k.String(), func(t *testing.T) { testScenariosSubset(t, k) })
+	}
+	t.Logf("e2e scenarios: %v (ok %v)", time.Since(start).Round(time.Millisecond), ok)
+}
+
+func testScenarios(t *testing.T, kind nodeKind) {
+	start := time.Now()
+	r := newRun(t, kind)
+	r.full = true
 	step := func(name string, f func()) {
 		t.Helper()
 		s := time.Now()
@@ -100,35 +126,37 @@ func testScenarios(t *testing.T) {
 	step("b", func() { r.scenarioPrivate(t, "b") })
 	step("d", func() { r.scenarioRegistryDown(t) })
 	step("e", func() { r.scenarioRemoved(t) })
+	// k before f, so that f searches its outputs too.
+	step("k", func() { r.scenarioCredentialPolicy(t) })
 	step("f", func() { r.scenarioNoSecrets(t, "f") })
-	t.Logf("%s: every scenario in %v", harness.Containerd16, time.Since(start).Round(time.Millisecond))
+	t.Logf("%s: every scenario in %v", kind, time.Since(start).Round(time.Millisecond))
 }
 
-// testScenariosContainerd2 boots a containerd 2.x node with the same
-// bootstrap hook and runs scenarios g and b (and f's search) on it.
-func testScenariosContainerd2(t *testing.T) {
+// testScenariosSubset boots a node with the same bootstrap hook and runs
+// scenarios g and b (and f's search) on it.
+func testScenariosSubset(t *testing.T, kind nodeKind) {
 	start := time.Now()
-	r := newRun(t, harness.Containerd2)
+	r := newRun(t, kind)
 	r.kube = harness.StartKube(t)
 	r.startNode(t, false)
 	r.scenarioPauseAfter(t)
 	r.scenarioPullViaContainerd(t, "g")
-	// containerd 2.x does not report its sandbox image through the CRI and
-	// the agent's pod has no /etc/containerd/config.toml: name it (README,
-	// sandboxImage).
-	r.sandbox = r.img["pause"].Ref
 	r.deployAgent(t)
 	r.scenarioPrivate(t, "b")
 	r.scenarioNoSecrets(t, "f")
-	t.Logf("%s: scenarios in %v", harness.Containerd2, time.Since(start).Round(time.Millisecond))
+	t.Logf("%s: scenarios in %v", kind, time.Since(start).Round(time.Millisecond))
 }
 
 // run is one cluster's registries, images, credentials and what the
 // scenarios leave for each other.
 type run struct {
+	kind   nodeKind
 	flavor harness.Flavor
-	kube   *harness.Kube
-	node   *harness.Node
+	// full: every scenario runs on this cluster, each leaving state for
+	// the next.
+	full bool
+	kube *harness.Kube
+	node *harness.Node
 	// pub is anonymous (the agent's image, public workloads); priv needs
 	// the password (the pause image, private workloads).
 	pub, priv *harness.Registry
@@ -163,9 +191,9 @@ type cmdResult struct {
 	took time.Duration
 }
 
-func newRun(t *testing.T, flavor harness.Flavor) *run {
+func newRun(t *testing.T, kind nodeKind) *run {
 	t.Helper()
-	r := &run{flavor: flavor, img: map[string]harness.TestImage{}, sandbox: "auto"}
+	r := &run{kind: kind, flavor: kind.flavor, img: map[string]harness.TestImage{}, sandbox: "auto"}
 	r.kubectl = kubectlBinary(t)
 	r.user = "e2e-puller"
 	r.password = "pw-" + randomHex(t, 12)
@@ -198,8 +226,9 @@ func newRun(t *testing.T, flavor harness.Flavor) *run {
 		spec("team/web", "2.0"),   // d: NEW, warmed
 		spec("team/web", "3.0"),   // d: never warmed, the control
 		spec("team/spare", "1.0"), // e
+		spec("team/late", "1.0"),  // k4: outside the allowlist
 	})
-	for i, name := range []string{"app", "gate", "web1", "web2", "web3", "spare"} {
+	for i, name := range []string{"app", "gate", "web1", "web2", "web3", "spare", "late"} {
 		r.img[name] = pub[i]
 	}
 	priv := harness.PushTestImages(t, r.priv, []harness.ImageSpec{
@@ -211,6 +240,12 @@ func newRun(t *testing.T, flavor harness.Flavor) *run {
 	})
 	for i, name := range []string{"pause", "private", "sa-private", "via-client", "via-cri"} {
 		r.img[name] = priv[i]
+	}
+	if r.flavor == harness.Containerd2 {
+		// containerd 2.x does not report its sandbox image through the
+		// CRI and the agent's pod has no /etc/containerd/config.toml:
+		// name it (README, sandboxImage).
+		r.sandbox = r.img["pause"].Ref
 	}
 	return r
 }
@@ -280,10 +315,11 @@ func (r *run) command(t *testing.T, name string, timeout time.Duration, env []st
 func (r *run) scenarioPauseBefore(t *testing.T) {
 	kube := harness.StartKube(t)
 	n := harness.StartNode(t, harness.NodeOptions{
-		Kube:         kube,
-		Flavor:       r.flavor,
-		SandboxImage: r.img["pause"].Ref,
-		Registries:   []*harness.Registry{r.pub, r.priv},
+		Kube:           kube,
+		KubeletVersion: r.kind.kubelet,
+		Flavor:         r.flavor,
+		SandboxImage:   r.img["pause"].Ref,
+		Registries:     []*harness.Registry{r.pub, r.priv},
 	})
 	n.WaitServiceAccount(t, "default", "default", time.Minute)
 	pod := hostPod(n, "a-pod", r.img["app"].Ref, corev1.PullIfNotPresent)
@@ -321,11 +357,12 @@ func unauthorizedWord(msg string) string {
 func (r *run) startNode(t *testing.T, taint bool) {
 	t.Helper()
 	opts := harness.NodeOptions{
-		Kube:          r.kube,
-		Flavor:        r.flavor,
-		SandboxImage:  r.img["pause"].Ref,
-		Registries:    []*harness.Registry{r.pub, r.priv},
-		BeforeKubelet: func(n *harness.Node) { r.bootstrapHook(t, n) },
+		Kube:           r.kube,
+		KubeletVersion: r.kind.kubelet,
+		Flavor:         r.flavor,
+		SandboxImage:   r.img["pause"].Ref,
+		Registries:     []*harness.Registry{r.pub, r.priv},
+		BeforeKubelet:  func(n *harness.Node) { r.bootstrapHook(t, n) },
 	}
 	if taint {
 		opts.RegisterWithTaints = []corev1.Taint{{Key: notReadyTaint, Effect: corev1.TaintEffectNoSchedule}}
@@ -512,7 +549,21 @@ images:
 patches:
   - path: daemonset-run.yaml
   - path: configmap-run.yaml
-`, rel, r.pub.Host, name, tag))
+  # The kubelet's drop-ins (--config-dir), which the base does not mount.
+  - target:
+      kind: DaemonSet
+      name: preloader
+    patch: |-
+      - op: add
+        path: /spec/template/spec/containers/0/args/-
+        value: --kubelet-config-dir=%s
+      - op: add
+        path: /spec/template/spec/containers/0/volumeMounts/-
+        value: {name: kubelet-config-dir, mountPath: %s, readOnly: true}
+      - op: add
+        path: /spec/template/spec/volumes/-
+        value: {name: kubelet-config-dir, hostPath: {path: %s, type: Directory}}
+`, rel, r.pub.Host, name, tag, kubeletDropIns, kubeletDropIns, r.node.KubeletConfigDir))
 	port := strconv.Itoa(r.node.APIServerPort())
 	write(t, filepath.Join(dir, "daemonset-run.yaml"), `apiVersion: apps/v1
 kind: DaemonSet
@@ -533,6 +584,9 @@ spec:
         - name: containerd
           hostPath:
             path: `+r.node.Containerd.Dir+`
+        - name: kubelet-config
+          hostPath:
+            path: `+r.node.KubeletConfigFile+`
 `)
 	write(t, filepath.Join(dir, "configmap-run.yaml"), `apiVersion: v1
 kind: ConfigMap
@@ -672,7 +726,7 @@ func (r *run) scenarioPrivate(t *testing.T, name string) {
 	for _, c := range cases {
 		r.entries = append(r.entries, c.entry)
 	}
-	if r.flavor == harness.Containerd16 {
+	if r.full {
 		r.entries = append(r.entries, cfgEntry{Image: r.img["spare"].Ref})
 	}
 	edited := time.Now()
@@ -1046,10 +1100,10 @@ func (r *run) scenarioPullViaContainerd(t *testing.T, name string) {
 // helpers
 
 func (r *run) row(s string) string {
-	if r.flavor == harness.Containerd16 {
+	if r.kind == primary {
 		return s
 	}
-	return s + " [" + string(r.flavor) + "]"
+	return s + " [" + strings.TrimPrefix(r.kind.kubelet, "v") + ", " + string(r.flavor) + "]"
 }
 
 func tolerateNotReady(p *corev1.Pod) *corev1.Pod {

@@ -380,7 +380,10 @@ func (n *Node) startKubelet() error {
 		CgroupDriver:           "cgroupfs",
 		FailCgroupV1:           false,
 		CgroupsPerQOS:          false,
-		EnforceNodeAllocatable: []string{},
+		// "none", not []: with --config-dir the kubelet's merge drops an
+		// empty list and defaults it to ["pods"], which cgroupsPerQOS
+		// false refuses.
+		EnforceNodeAllocatable: []string{"none"},
 		FailSwapOn:             false,
 		PodLogsDir:             n.PodLogsDir,
 		VolumePluginDir:        filepath.Join(dir, "volume-plugins"),
@@ -409,12 +412,19 @@ func (n *Node) startKubelet() error {
 		return err
 	}
 	n.KubeletConfigDir = filepath.Join(dir, "config.d")
-	// Only this start's drop-ins: a restart with others replaces them.
-	if err := os.RemoveAll(n.KubeletConfigDir); err != nil {
-		return err
-	}
+	// Only this start's drop-ins: a restart with others replaces them. The
+	// directory itself stays, as a pod's bind mount of it holds its inode.
 	if err := os.MkdirAll(n.KubeletConfigDir, 0o755); err != nil {
 		return err
+	}
+	old, err := os.ReadDir(n.KubeletConfigDir)
+	if err != nil {
+		return err
+	}
+	for _, e := range old {
+		if err := os.RemoveAll(filepath.Join(n.KubeletConfigDir, e.Name())); err != nil {
+			return err
+		}
 	}
 	for name, content := range n.opts.KubeletDropIns {
 		if err := os.WriteFile(filepath.Join(n.KubeletConfigDir, name), []byte(content), 0o644); err != nil {
