@@ -76,23 +76,7 @@ func (r *run) scenarioCredentialPolicy(t *testing.T) {
 	})
 
 	// k3: the allowlist `preloader allowlist` prints, as a kubelet drop-in.
-	dropIn := r.allowlist(t)
-	restarted = time.Now()
-	n.RestartKubeletWith(t, nil, map[string]string{"50-preloader.conf": dropIn})
-	createPod(t, n, hostPod(n, "k-allowed", r.img["private"].Ref, corev1.PullNever))
-	n.WaitPodRunning(t, "default", "k-allowed", 2*time.Minute)
-	toRunning := time.Since(restarted)
-	node = waitNode(t, n, time.Minute, "ready under the allowlist", func(node *corev1.Node) bool {
-		st := nodeStatus(t, node)
-		return st.Policy == "NeverVerifyAllowlistedImages" && st.Refused == 0 && node.Labels[preload.LabelReady] == "true"
-	})
-	entries := strings.Count(dropIn, "\n- ")
-	verdicts.add(verdict{
-		scenario:  r.row("k3 allowlist from preloader allowlist"),
-		before:    "Pending, ErrImageNeverPull (AlwaysVerify)",
-		after:     fmt.Sprintf("Running (Never, no imagePullSecrets) with the printed drop-in (%d entries); agent ready=true again", entries),
-		toRunning: toRunning,
-	})
+	r.scenarioAllowlist(t, "Pending, ErrImageNeverPull (AlwaysVerify)")
 
 	// k4: an image the allowlist does not cover joins the config: the agent
 	// preloads it and reports the refusal before any pod needs it.
@@ -120,6 +104,31 @@ func (r *run) scenarioCredentialPolicy(t *testing.T) {
 	for _, name := range []string{"k-always", "k-allowed", "k-late"} {
 		_ = n.Client.CoreV1().Pods("default").Delete(context.Background(), name, metav1.DeleteOptions{})
 	}
+}
+
+// scenarioAllowlist restarts the kubelet with the drop-in `preloader
+// allowlist` prints for its release: a Never pod without imagePullSecrets
+// runs on a preloaded private image, and the agent says ready.
+func (r *run) scenarioAllowlist(t *testing.T, before string) {
+	t.Helper()
+	n := r.node
+	dropIn := r.allowlist(t)
+	restarted := time.Now()
+	n.RestartKubeletWith(t, nil, map[string]string{"50-preloader.conf": dropIn})
+	createPod(t, n, hostPod(n, "k-allowed", r.img["private"].Ref, corev1.PullNever))
+	n.WaitPodRunning(t, "default", "k-allowed", 2*time.Minute)
+	toRunning := time.Since(restarted)
+	waitNode(t, n, time.Minute, "ready under the allowlist", func(node *corev1.Node) bool {
+		st := nodeStatus(t, node)
+		return st.Policy == "NeverVerifyAllowlistedImages" && st.Refused == 0 && node.Labels[preload.LabelReady] == "true"
+	})
+	entries := strings.Count(dropIn, "\n- ")
+	verdicts.add(verdict{
+		scenario:  r.row("k3 allowlist from preloader allowlist"),
+		before:    before,
+		after:     fmt.Sprintf("Running (Never, no imagePullSecrets) with the printed drop-in (%d entries); agent ready=true again", entries),
+		toRunning: toRunning,
+	})
 }
 
 // allowlist runs `preloader allowlist -o drop-in` on the run's images.yaml

@@ -133,7 +133,8 @@ func testScenarios(t *testing.T, kind nodeKind) {
 }
 
 // testScenariosSubset boots a node with the same bootstrap hook and runs
-// scenarios g and b (and f's search) on it.
+// scenarios a, g and b (and f's search) on it, and on containerd 2.x k3,
+// the printed allowlist.
 func testScenariosSubset(t *testing.T, kind nodeKind) {
 	start := time.Now()
 	r := newRun(t, kind)
@@ -143,6 +144,10 @@ func testScenariosSubset(t *testing.T, kind nodeKind) {
 	r.scenarioPullViaContainerd(t, "g")
 	r.deployAgent(t)
 	r.scenarioPrivate(t, "b")
+	if r.flavor == harness.Containerd2 {
+		// The allowlist as this older kubelet matches it (prefixes).
+		r.scenarioAllowlist(t, "-")
+	}
 	r.scenarioNoSecrets(t, "f")
 	t.Logf("%s: scenarios in %v", kind, time.Since(start).Round(time.Millisecond))
 }
