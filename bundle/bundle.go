@@ -142,13 +142,14 @@ func fetch(ctx context.Context, s Source, opts Options) (fetched, error) {
 	if err != nil {
 		return fetched{}, fmt.Errorf("%s: %w", s.from(), err)
 	}
-	tr := opts.Transport
-	if tr == nil {
-		tr = http.DefaultTransport
+	base := opts.Transport
+	if base == nil {
+		base = http.DefaultTransport // HTTPS_PROXY, NO_PROXY
 	}
 	var errs []error
-	for _, a := range append(s.Auth, authn.Anonymous) {
-		ropts := []remote.Option{remote.WithContext(ctx), remote.WithAuth(a), remote.WithPlatform(opts.Platform), remote.WithTransport(tr)}
+	for _, a := range append(s.Auth, nil) {
+		tr := newRegistryTransport(base, ref.Context().RegistryStr(), a)
+		ropts := []remote.Option{remote.WithContext(ctx), remote.WithPlatform(opts.Platform), remote.WithTransport(tr)}
 		desc, err := remote.Get(ref, ropts...)
 		if err == nil {
 			var img v1.Image

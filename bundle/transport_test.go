@@ -1,0 +1,164 @@
+package bundle_test
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/kube-preloader/kube-preloader/archive/archivetest"
+	"github.com/kube-preloader/kube-preloader/bundle"
+)
+
+// corpRegistry is a registry laid out as corporate ones are: a token
+// service on another private address, blob downloads redirected to an
+// object store on a third. The registry is addressed by name (localhost),
+// the others by private IP literal, as a token realm and an object store
+// URL usually are. It records which Authorization each host received.
+type corpRegistry struct {
+	host string // localhost:PORT
+	mu   sync.Mutex
+	seen map[string][]string // role -> Authorization headers received
+}
+
+const (
+	corpUser     = "puller"
+	corpPassword = "s3cret-pw"
+	corpToken    = "opaque-token-1"
+)
+
+func startCorpRegistry(t *testing.T) *corpRegistry {
+	t.Helper()
+	c := &corpRegistry{seen: map[string][]string{}}
+	backend := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	t.Cleanup(backend.Close)
+	backendURL, _ := url.Parse(backend.URL)
+	proxy := httputil.NewSingleHostReverseProxy(backendURL)
+
+	tokens := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c.record("token", r)
+		if u, p, ok := r.BasicAuth(); !ok || u != corpUser || p != corpPassword {
+			http.Error(w, `{"errors":[{"code":"UNAUTHORIZED"}]}`, http.StatusUnauthorized)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"token":"`+corpToken+`","expires_in":300}`)
+	}))
+	t.Cleanup(tokens.Close)
+	store := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c.record("store", r)
+		r.URL.Path = strings.TrimPrefix(r.URL.Path, "/store")
+		r.Header.Del("Authorization")
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(store.Close)
+
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c.record("registry", r)
+		if r.Header.Get("Authorization") != "Bearer "+corpToken {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="`+tokens.URL+`/token",service="corp"`)
+			http.Error(w, `{"errors":[{"code":"UNAUTHORIZED"}]}`, http.StatusUnauthorized)
+			return
+		}
+		if strings.Contains(r.URL.Path, "/blobs/") && r.Method == http.MethodGet {
+			http.Redirect(w, r, store.URL+"/store"+r.URL.Path, http.StatusTemporaryRedirect)
+			return
+		}
+		r.Header.Del("Authorization")
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(front.Close)
+	c.host = strings.Replace(strings.TrimPrefix(front.URL, "http://"), "127.0.0.1", "localhost", 1)
+
+	// The image, pushed to the backend directly.
+	l, err := archivetest.Layer(7, 4096, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := archivetest.NewImage("linux/amd64", l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, _ := name.ParseReference(backendURL.Host + "/team/app:1")
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func (c *corpRegistry) record(role string, r *http.Request) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.seen[role] = append(c.seen[role], r.Header.Get("Authorization"))
+}
+
+func (c *corpRegistry) authorizations(role string) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.seen[role]...)
+}
+
+func TestWriteCorporateRegistry(t *testing.T) {
+	c := startCorpRegistry(t)
+	src := bundle.Source{
+		Name: c.host + "/team/app:1",
+		Auth: []authn.Authenticator{authn.FromConfig(authn.AuthConfig{Username: corpUser, Password: corpPassword})},
+	}
+	var buf bytes.Buffer
+	if err := bundle.Write(context.Background(), &buf, []bundle.Source{src}, bundle.Options{Platform: v1.Platform{OS: "linux", Architecture: "amd64"}}); err != nil {
+		t.Fatalf("bundle from a registry with its token service and object store on private addresses: %v", err)
+	}
+	if buf.Len() == 0 {
+		t.Fatal("empty bundle")
+	}
+	// The password went to the token service only; the token to the
+	// registry only; nothing to the object store.
+	basic := "Basic " + base64(corpUser+":"+corpPassword)
+	for role, allowed := range map[string][]string{"token": {"", basic}, "registry": {"", "Bearer " + corpToken}, "store": {""}} {
+		got := c.authorizations(role)
+		if len(got) == 0 {
+			t.Errorf("%s: no request reached it", role)
+		}
+		for _, a := range got {
+			if !contains(allowed, a) {
+				t.Errorf("%s received Authorization %q, want one of %q", role, a, allowed)
+			}
+		}
+	}
+
+	// A wrong password: unauthorized, and the password is not quoted.
+	src.Auth = []authn.Authenticator{authn.FromConfig(authn.AuthConfig{Username: corpUser, Password: "wrong-pw"})}
+	err := bundle.Write(context.Background(), io.Discard, []bundle.Source{src}, bundle.Options{Platform: v1.Platform{OS: "linux", Architecture: "amd64"}})
+	if err == nil || !strings.Contains(strings.ToLower(err.Error()), "unauthorized") || strings.Contains(err.Error(), "wrong-pw") {
+		t.Errorf("err = %v, want unauthorized without the password", err)
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func base64(s string) string {
+	req, _ := http.NewRequest(http.MethodGet, "http://x", nil)
+	u, p, _ := strings.Cut(s, ":")
+	req.SetBasicAuth(u, p)
+	return strings.TrimPrefix(req.Header.Get("Authorization"), "Basic ")
+}
