@@ -42,6 +42,7 @@ demo: runtime-deps build
 	$(GO) run ./scripts/sandbox $(BIN)
 
 bench: deps build
+	scripts/install-deps.sh ctr
 	PRELOADER_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./integration/bench/
 
 FUZZTIME ?= 1m

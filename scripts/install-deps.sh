@@ -2,7 +2,9 @@
 # Installs what the tests and the demo need on a fresh Debian 12 machine:
 # Debian packages (containerd 1.6, the distribution registry, etcd, runc, CNI
 # plugins) when missing, and containerd 2.x built from the Go module proxy
-# into a cache outside the repo.
+# into a cache outside the repo. With the argument "ctr", also ctr 2.x, the
+# peer of the archive import benchmark.
+# Usage: scripts/install-deps.sh [ctr]
 set -euo pipefail
 
 CACHE="${PRELOADER_CACHE:-$HOME/.cache/kube-preloader}"
@@ -14,7 +16,7 @@ for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if ((${#missing[@]})); then
-  echo "install-deps: apt-get install ${missing[*]}" >&2
+  echo "install-deps: apt-get install ${missing[*]} (once)" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   # The packages ship services; this machine has no init to start them and the
@@ -28,7 +30,7 @@ fi
 
 mkdir -p "$CACHE/bin"
 if [[ ! -x "$CACHE/bin/containerd-$CONTAINERD2_VERSION" ]]; then
-  echo "install-deps: building containerd $CONTAINERD2_VERSION (about 90 s)" >&2
+  echo "install-deps: building containerd $CONTAINERD2_VERSION and its runc shim into $CACHE/bin (once; about 90 s on 2 cores with a cold Go cache)" >&2
   tmp=$(mktemp -d)
   GOBIN="$tmp" go install "github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD2_VERSION" \
     "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD2_VERSION"
@@ -38,7 +40,7 @@ if [[ ! -x "$CACHE/bin/containerd-$CONTAINERD2_VERSION" ]]; then
 fi
 # ctr 2.x, the peer the archive import benchmark compares against on
 # containerd 2.x (Debian's ctr is 1.6).
-if [[ ! -x "$CACHE/bin/ctr-$CONTAINERD2_VERSION" ]]; then
+if [[ "${1:-}" == ctr && ! -x "$CACHE/bin/ctr-$CONTAINERD2_VERSION" ]]; then
   echo "install-deps: building ctr $CONTAINERD2_VERSION" >&2
   tmp=$(mktemp -d)
   GOBIN="$tmp" go install "github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD2_VERSION"

@@ -30,18 +30,17 @@ func main() {
 
 func demo(t *harness.Runner, bin string) (code int) {
 	defer t.Recover(&code)
-	harness.Require(t, "containerd", "/usr/bin/containerd")
 	harness.Require(t, "docker-registry", "/usr/bin/docker-registry")
 
 	const user, password = "demo", "demo-password-not-shown"
-	say("starting a registry with password authentication and containerd 1.6 on 127.0.0.1")
+	say("starting a registry with password authentication and containerd " + harness.Containerd2Version + " on 127.0.0.1")
 	reg := harness.StartRegistry(t, harness.RegistryOptions{Username: user, Password: password})
 	pause := harness.PushTestImages(t, reg, []harness.ImageSpec{{Repo: "k8s/pause", Tag: "3.10", OwnLayers: 1, LayerSize: 256 << 10}})[0]
 	apps := harness.PushTestImages(t, reg, []harness.ImageSpec{
 		{Repo: "team/app", Tag: "1.4", BaseLayers: 2, OwnLayers: 2, LayerSize: 2 << 20},
 		{Repo: "team/worker", Tag: "1.4", BaseLayers: 2, OwnLayers: 1, LayerSize: 2 << 20},
 	})
-	ctrd := harness.StartContainerd(t, harness.ContainerdOptions{Flavor: harness.Containerd16, SandboxImage: pause.Ref})
+	ctrd := harness.StartContainerd(t, harness.ContainerdOptions{Flavor: harness.Containerd2, SandboxImage: pause.Ref})
 
 	dir := t.TempDir()
 	config := fmt.Sprintf(`# The runtime's pause image (sandboxImage: auto) lives on the private
@@ -67,6 +66,9 @@ images:
 		"--docker-config", filepath.Join(dir, "config.json"), "--cri-endpoint", ctrd.Endpoint}
 	say("$ preloader " + strings.Join(args, " "))
 	cmd := exec.Command(bin, args...)
+	// containerd 2.x does not report its sandbox image through the CRI:
+	// sandboxImage auto reads its config file, here the sandbox's own.
+	cmd.Env = append(os.Environ(), "PRELOADER_CONTAINERD_CONFIG="+ctrd.ConfigFile)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	if err := cmd.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "preloader once:", err)
