@@ -36,7 +36,7 @@ import (
 // after at most one write.
 func TestFaultAPIServerDown(t *testing.T) {
 	const nodeName = "worker-1"
-	flavor := harness.Containerd16
+	flavor := harness.Containerd2
 	k := harness.StartKube(t)
 	c := k.Client
 	ctx := context.Background()

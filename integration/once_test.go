@@ -21,7 +21,9 @@ const (
 	testPassword = "pw-Zq8vX3-never-print-me"
 )
 
-var flavors = []harness.Flavor{harness.Containerd16, harness.Containerd2}
+// flavors are the runtimes the tests without a kubelet run on: containerd
+// 2.x, and 1.6 as legacy coverage (kubelets up to 1.35 still run on it).
+var flavors = []harness.Flavor{harness.Containerd2, harness.Containerd16}
 
 type onceResult struct {
 	Images []struct {

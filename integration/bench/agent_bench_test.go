@@ -71,7 +71,7 @@ func BenchmarkAgent(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	for _, flavor := range []harness.Flavor{harness.Containerd16, harness.Containerd2} {
+	for _, flavor := range []harness.Flavor{harness.Containerd2, harness.Containerd16} {
 		b.Run(string(flavor), func(b *testing.B) { benchAgent(b, bin, flavor) })
 	}
 }

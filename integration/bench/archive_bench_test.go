@@ -84,7 +84,7 @@ func BenchmarkArchiveImport(b *testing.B) {
 		harness.Containerd16: {"/usr/bin/ctr"},
 		harness.Containerd2:  {filepath.Join(harness.CacheDir(), "bin", "ctr-"+harness.Containerd2Version), "--local"},
 	}
-	for _, flavor := range []harness.Flavor{harness.Containerd16, harness.Containerd2} {
+	for _, flavor := range []harness.Flavor{harness.Containerd2, harness.Containerd16} {
 		b.Run(string(flavor)+"/vs-ctr", func(b *testing.B) {
 			ctr := ctrs[flavor]
 			harness.Require(b, "ctr for "+string(flavor), ctr[0])

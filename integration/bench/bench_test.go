@@ -59,7 +59,7 @@ func BenchmarkPull(b *testing.B) {
 		{"loopback", nil, 1.10},
 	}
 	var table []pullRow
-	for _, flavor := range []harness.Flavor{harness.Containerd16, harness.Containerd2} {
+	for _, flavor := range []harness.Flavor{harness.Containerd2, harness.Containerd16} {
 		for _, link := range links {
 			b.Run(fmt.Sprintf("%s/%s", flavor, link.name), func(b *testing.B) {
 				host := reg.Host

@@ -96,7 +96,7 @@ func TestSoak(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := newSoak(t, bin, harness.Containerd16)
+	s := newSoak(t, bin, harness.Containerd2)
 	s.run(duration)
 	s.check()
 }
