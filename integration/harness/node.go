@@ -377,9 +377,9 @@ func (n *Node) startKubelet() error {
 		ContainerRuntimeEndpoint: n.Containerd.Endpoint,
 		ImageServiceEndpoint:     n.Containerd.Endpoint,
 		// Facts of these machines (cgroup v1, no systemd, no swap setup).
-		CgroupDriver:           "cgroupfs",
-		FailCgroupV1:           false,
-		CgroupsPerQOS:          false,
+		CgroupDriver:  "cgroupfs",
+		FailCgroupV1:  false,
+		CgroupsPerQOS: false,
 		// "none", not []: with --config-dir the kubelet's merge drops an
 		// empty list and defaults it to ["pods"], which cgroupsPerQOS
 		// false refuses.
