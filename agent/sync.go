@@ -3,12 +3,12 @@ package agent
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"slices"
 	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/kube-preloader/kube-preloader/kubelet"
 	"github.com/kube-preloader/kube-preloader/preload"
@@ -28,7 +28,9 @@ type syncState struct {
 	// Events, so that a failure is reported when it starts or changes, not
 	// every backoff round.
 	failures map[string]string
-	backoff  backoff
+	// backoff is the retry schedule since the last good sync; nil after
+	// one.
+	backoff *wait.Backoff
 	// syncErr is the last sync-wide problem reported in an Event.
 	syncErr     string
 	nodeMissing bool
@@ -110,7 +112,7 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 	if !st.Complete() {
 		return a.retryIn(cfg)
 	}
-	a.state.backoff.reset()
+	a.state.backoff = nil
 	a.metrics.lastSuccess.SetToCurrentTime()
 	return a.resync(cfg)
 }
@@ -203,11 +205,15 @@ func (a *Agent) syncSucceeded() {
 	a.state.syncErr = ""
 }
 
-// retryIn is the delay before a sync after one that failed: exponential
-// backoff from the config's retry.initialDelay to retry.maxDelay, never
-// beyond resync, which bounds how stale the node may be.
+// retryIn is the delay before a sync after one that failed: the config's
+// retry backoff (preload.Retry.Backoff), never beyond resync, which bounds
+// how stale the node may be.
 func (a *Agent) retryIn(cfg *loadedConfig) time.Duration {
-	return min(a.state.backoff.next(cfg.Retry), a.resync(cfg))
+	if a.state.backoff == nil {
+		b := cfg.Retry.Backoff()
+		a.state.backoff = &b
+	}
+	return min(a.state.backoff.Step(), a.resync(cfg))
 }
 
 // resync is the config's resync, or the shorter one a test set.
@@ -250,21 +256,6 @@ func imageNames(images []preload.Image) []string {
 	return names
 }
 
-// backoff is exponential with jitter over [d/2, d], so that the nodes of a
-// cluster whose registry went down do not come back at it all at once.
-type backoff struct{ cur time.Duration }
-
-func (b *backoff) next(r preload.Retry) time.Duration {
-	if b.cur == 0 {
-		b.cur = r.InitialDelay
-	} else {
-		b.cur = min(2*b.cur, r.MaxDelay)
-	}
-	b.cur = max(b.cur, time.Millisecond)
-	return b.cur/2 + rand.N(b.cur/2+1)
-}
-
-func (b *backoff) reset() { b.cur = 0 }
 
 // judge adds to st what the node's kubelet will do with its images for
 // pods without pull credentials (KEP-2535), from the kubelet's config as

@@ -197,20 +197,19 @@ func (e *Engine) importArchive(ctx context.Context, cfg *Config, file string, wa
 // back on, and its containerd is usually back within seconds. Anything
 // else is final, as a bad or oversized archive stays so.
 func (e *Engine) importRetrying(ctx context.Context, retry Retry, path string, contents *archive.Contents, imgs []archive.Image) error {
-	delay := retry.InitialDelay
+	backoff := retry.Backoff()
 	for attempt := 1; ; attempt++ {
 		err := e.Containerd.Import(ctx, contents, imgs)
 		if err == nil || importReason(err) != ReasonRuntime || ctx.Err() != nil || attempt == e.MaxAttempts {
 			return err
 		}
-		wait := jitter(delay)
+		wait := backoff.Step()
 		e.log().Info("import failed, retrying", "archive", path, "reason", ReasonRuntime, "attempt", attempt, "retryIn", wait.Round(time.Millisecond).String(), "err", err)
 		select {
 		case <-ctx.Done():
 			return err
 		case <-time.After(wait):
 		}
-		delay = min(delay*2, retry.MaxDelay)
 	}
 }
 

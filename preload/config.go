@@ -1,6 +1,11 @@
 package preload
 
-import "time"
+import (
+	"math"
+	"time"
+
+	"k8s.io/apimachinery/pkg/util/wait"
+)
 
 // Config is the desired state of one node's image store, as written in the
 // ConfigMap key images.yaml or the file given to `preloader once`.
@@ -21,6 +26,15 @@ type Config struct {
 type Retry struct {
 	InitialDelay time.Duration
 	MaxDelay     time.Duration
+}
+
+// Backoff is the one retry schedule of pulls, imports and the agent's
+// syncs: the delay doubles from InitialDelay to MaxDelay, and each wait is
+// drawn from [d/2, d), so that the nodes of a cluster whose registry went
+// down do not come back at it all at once, and no wait exceeds MaxDelay.
+func (r Retry) Backoff() wait.Backoff {
+	half := max(r.InitialDelay/2, time.Millisecond/2)
+	return wait.Backoff{Duration: half, Factor: 2, Jitter: 1, Cap: max(r.MaxDelay/2, half), Steps: math.MaxInt32}
 }
 
 // Image is one entry of the images list.

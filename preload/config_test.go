@@ -554,3 +554,21 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// The one retry schedule: each wait in [d/2, d) for d doubling from
+// initialDelay, and never above maxDelay however long it runs.
+func TestRetryBackoff(t *testing.T) {
+	r := preload.Retry{InitialDelay: 2 * time.Second, MaxDelay: 20 * time.Second}
+	b := r.Backoff()
+	for i, d := range []time.Duration{2, 4, 8, 16, 20, 20, 20} {
+		d *= time.Second
+		if got := b.Step(); got < d/2 || got >= d {
+			t.Errorf("wait %d = %v, want in [%v, %v)", i, got, d/2, d)
+		}
+	}
+	for range 1000 {
+		if got := b.Step(); got >= r.MaxDelay {
+			t.Fatalf("wait %v at the cap, want below maxDelay %v", got, r.MaxDelay)
+		}
+	}
+}

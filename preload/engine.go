@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"strings"
 	"sync"
 	"time"
@@ -168,7 +167,7 @@ func (e *Engine) pull(ctx context.Context, cfg *Config, img Image) Result {
 		auths = e.Auth(img)
 	}
 	auths = append(auths, nil)
-	delay := cfg.Retry.InitialDelay
+	backoff := cfg.Retry.Backoff()
 	var prev error
 	for attempt := 1; ; attempt++ {
 		err := e.pullOnce(ctx, cfg, img, auths)
@@ -186,7 +185,7 @@ func (e *Engine) pull(ctx context.Context, cfg *Config, img Image) Result {
 			e.log().Warn("pull failed", "image", img.Name, "reason", reason, "attempts", attempt, "err", err)
 			return failed(img.Name, err, time.Since(start), attempt)
 		}
-		wait := jitter(delay)
+		wait := backoff.Step()
 		e.log().Info("pull failed, retrying", "image", img.Name, "reason", reason, "attempt", attempt, "retryIn", wait.Round(time.Millisecond).String(), "err", err)
 		select {
 		case <-ctx.Done():
@@ -194,7 +193,6 @@ func (e *Engine) pull(ctx context.Context, cfg *Config, img Image) Result {
 		case <-time.After(wait):
 		}
 		prev = err
-		delay = min(delay*2, cfg.Retry.MaxDelay)
 	}
 }
 
@@ -289,14 +287,6 @@ func (e *Engine) log() *slog.Logger {
 func failed(image string, err error, d time.Duration, attempts int) Result {
 	reason, _ := Classify(err)
 	return Result{Image: image, Status: StatusFailed, Reason: reason, Error: err.Error(), Duration: d, Attempts: attempts}
-}
-
-// jitter spreads retries of many nodes and images over [d/2, d).
-func jitter(d time.Duration) time.Duration {
-	if d <= 1 {
-		return d
-	}
-	return d/2 + rand.N(d/2)
 }
 
 // Reasons for failure, short and stable for tables, status and metrics.
