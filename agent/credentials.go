@@ -8,7 +8,7 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
-	"github.com/kube-preloader/kube-preloader/cri"
+	"github.com/kube-preloader/kube-preloader/cri/keyring"
 	"github.com/kube-preloader/kube-preloader/preload"
 )
 
@@ -29,7 +29,7 @@ type credentials struct {
 type imageAuth struct {
 	// keyrings per credential source (see sourceKey); images that name the
 	// same Secrets share one.
-	keyrings map[string]*cri.Keyring
+	keyrings map[string]*keyring.Keyring
 	// blocked holds, per pull reference (the image's name and, if it has
 	// one, its mirror reference), why it must not be pulled: a Secret or
 	// ServiceAccount it names is missing or unusable. Pulling it anyway,
@@ -53,7 +53,7 @@ func sourceKey(img preload.Image) string {
 }
 
 func (c credentials) resolve(images []preload.Image) imageAuth {
-	out := imageAuth{keyrings: map[string]*cri.Keyring{}, blocked: map[string]string{}}
+	out := imageAuth{keyrings: map[string]*keyring.Keyring{}, blocked: map[string]string{}}
 	problems := map[string]string{}
 	for _, img := range images {
 		key := sourceKey(img)
@@ -84,7 +84,7 @@ func (c credentials) resolve(images []preload.Image) imageAuth {
 
 // keyring builds the keyring of img's pullSecrets, then its
 // serviceAccount's imagePullSecrets, or says why it cannot.
-func (c credentials) keyring(img preload.Image) (*cri.Keyring, string) {
+func (c credentials) keyring(img preload.Image) (*keyring.Keyring, string) {
 	names := append([]string(nil), img.PullSecrets...)
 	if img.ServiceAccount != "" {
 		sa, err := c.serviceAccounts.ServiceAccounts(c.namespace).Get(img.ServiceAccount)
@@ -95,7 +95,7 @@ func (c credentials) keyring(img preload.Image) (*cri.Keyring, string) {
 			names = append(names, ref.Name)
 		}
 	}
-	k := &cri.Keyring{}
+	k := &keyring.Keyring{}
 	for _, name := range names {
 		s, err := c.secrets.Secrets(c.namespace).Get(name)
 		if err != nil {

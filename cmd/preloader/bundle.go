@@ -18,7 +18,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/kube-preloader/kube-preloader/bundle"
-	"github.com/kube-preloader/kube-preloader/cri"
+	"github.com/kube-preloader/kube-preloader/cri/keyring"
 	"github.com/kube-preloader/kube-preloader/preload"
 )
 
@@ -71,7 +71,7 @@ func runBundle(ctx context.Context, args []string, _, stderr io.Writer) error {
 // bundleSources lists what to fetch: every image of the config, from its
 // mirror if it has one, and the sandbox image if the config names one.
 // Images that come from an archive are the node's already.
-func bundleSources(cfg *preload.Config, keyring *cri.Keyring, stderr io.Writer) ([]bundle.Source, error) {
+func bundleSources(cfg *preload.Config, kr *keyring.Keyring, stderr io.Writer) ([]bundle.Source, error) {
 	images := cfg.Images
 	switch cfg.SandboxImage {
 	case preload.SandboxAuto:
@@ -99,7 +99,7 @@ func bundleSources(cfg *preload.Config, keyring *cri.Keyring, stderr io.Writer) 
 			}
 			s.From = from
 		}
-		for _, a := range keyring.Lookup(s.From) {
+		for _, a := range kr.Lookup(s.From) {
 			s.Auth = append(s.Auth, authn.FromConfig(authn.AuthConfig{
 				Username: a.Username, Password: a.Password, Auth: a.Auth,
 				IdentityToken: a.IdentityToken, RegistryToken: a.RegistryToken,

@@ -12,7 +12,7 @@ import (
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
-	"github.com/kube-preloader/kube-preloader/cri"
+	"github.com/kube-preloader/kube-preloader/cri/keyring"
 	"github.com/kube-preloader/kube-preloader/preload"
 )
 
@@ -115,14 +115,14 @@ var kubeletDockerConfigs = []string{
 	"/.dockercfg",
 }
 
-func loadKeyring(paths []string) (*cri.Keyring, error) {
-	k := &cri.Keyring{}
+func loadKeyring(paths []string) (*keyring.Keyring, error) {
+	k := &keyring.Keyring{}
 	explicit := len(paths) > 0
 	if !explicit {
 		paths = kubeletDockerConfigs
 	}
 	for _, p := range paths {
-		cfg, err := cri.LoadDockerConfigFile(p)
+		cfg, err := keyring.LoadDockerConfigFile(p)
 		if err != nil {
 			if !explicit && errors.Is(err, os.ErrNotExist) {
 				continue

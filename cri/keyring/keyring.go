@@ -1,6 +1,4 @@
-package cri
-
-// The registry credentials keyring. Which credentials go with which image must
+// Package keyring is the registry credentials keyring. Which credentials go with which image must
 // be exactly what the kubelet would send, or an image we report present could
 // have been pulled with credentials the kubelet never uses (or missed with
 // credentials it does). The matching below is a port of the kubelet's
@@ -22,6 +20,7 @@ package cri
 //     credentials at all (docker's credsStore placeholders) not at all: the
 //     runtime would pull anonymously with them, which the caller tries last
 //     anyway.
+package keyring
 
 import (
 	"encoding/base64"
