@@ -256,7 +256,6 @@ func imageNames(images []preload.Image) []string {
 	return names
 }
 
-
 // judge adds to st what the node's kubelet will do with its images for
 // pods without pull credentials (KEP-2535), from the kubelet's config as
 // it is now; refusals are reported in an Event when they change. The
