@@ -25,6 +25,7 @@ import (
 
 	"github.com/kube-preloader/kube-preloader/cri"
 	"github.com/kube-preloader/kube-preloader/cri/critest"
+	"github.com/kube-preloader/kube-preloader/nodestatus"
 	"github.com/kube-preloader/kube-preloader/preload"
 )
 
@@ -187,10 +188,10 @@ func (e *testEnv) node() *corev1.Node {
 	return n
 }
 
-func (e *testEnv) status() preload.NodeStatus {
+func (e *testEnv) status() nodestatus.Status {
 	e.t.Helper()
-	var st preload.NodeStatus
-	if raw := e.node().Annotations[preload.AnnotationStatus]; raw != "" {
+	var st nodestatus.Status
+	if raw := e.node().Annotations[nodestatus.AnnotationStatus]; raw != "" {
 		if err := json.Unmarshal([]byte(raw), &st); err != nil {
 			e.t.Fatalf("status annotation %q: %v", raw, err)
 		}
@@ -199,9 +200,9 @@ func (e *testEnv) status() preload.NodeStatus {
 }
 
 // waitStatus waits until the Node's status annotation satisfies cond.
-func (e *testEnv) waitStatus(what string, cond func(preload.NodeStatus) bool) preload.NodeStatus {
+func (e *testEnv) waitStatus(what string, cond func(nodestatus.Status) bool) nodestatus.Status {
 	e.t.Helper()
-	var st preload.NodeStatus
+	var st nodestatus.Status
 	eventually(e.t, what, func() (bool, string) {
 		st = e.status()
 		return cond(st), fmt.Sprintf("%+v", st)
@@ -266,7 +267,7 @@ func (e *testEnv) waitFirstSync() {
 
 func TestNoConfigThenConfigMapPreloadsAndReports(t *testing.T) {
 	taints := []corev1.Taint{
-		{Key: preload.TaintNotReady, Effect: corev1.TaintEffectNoSchedule},
+		{Key: nodestatus.TaintNotReady, Effect: corev1.TaintEffectNoSchedule},
 		{Key: "other", Value: "x", Effect: corev1.TaintEffectNoExecute},
 	}
 	e := start(t, func(s *critest.Server) { s.Add("registry.k8s.io/pause:3.10", 1) }, newNode(nil, taints...))
@@ -292,7 +293,7 @@ func TestNoConfigThenConfigMapPreloadsAndReports(t *testing.T) {
 	if _, err := e.client.CoreV1().ConfigMaps(testNS).Create(context.Background(), newConfigMap(data), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	st := e.waitStatus("ready status", func(st preload.NodeStatus) bool { return st.Total == 2 && st.Ready() })
+	st := e.waitStatus("ready status", func(st nodestatus.Status) bool { return st.Total == 2 && st.Ready() })
 	if want := preload.ConfigHash([]byte(data)); st.ConfigHash != want {
 		t.Errorf("configHash = %s, want %s", st.ConfigHash, want)
 	}
@@ -300,8 +301,8 @@ func TestNoConfigThenConfigMapPreloadsAndReports(t *testing.T) {
 		t.Errorf("status = %+v", st)
 	}
 	n := e.node()
-	if got := n.Labels[preload.LabelReady]; got != "true" {
-		t.Errorf("label %s = %q, want true", preload.LabelReady, got)
+	if got := n.Labels[nodestatus.LabelReady]; got != "true" {
+		t.Errorf("label %s = %q, want true", nodestatus.LabelReady, got)
 	}
 	if len(n.Spec.Taints) != 1 || n.Spec.Taints[0].Key != "other" {
 		t.Errorf("taints = %+v, want only the other one", n.Spec.Taints)
@@ -332,7 +333,7 @@ func TestNoConfigThenConfigMapPreloadsAndReports(t *testing.T) {
 func TestInvalidUpdateKeepsLastGoodConfig(t *testing.T) {
 	good := testConfig("  - image: " + appImage + "\n")
 	e := start(t, nil, newNode(nil), newConfigMap(good))
-	e.waitStatus("ready", func(st preload.NodeStatus) bool { return st.Total == 1 && st.Ready() })
+	e.waitStatus("ready", func(st nodestatus.Status) bool { return st.Total == 1 && st.Ready() })
 	goodHash := preload.ConfigHash([]byte(good))
 
 	bad := good + "imagez: []\n"
@@ -378,7 +379,7 @@ func TestInvalidUpdateKeepsLastGoodConfig(t *testing.T) {
 func TestNodeSelectorFollowsNodeLabels(t *testing.T) {
 	data := testConfig("  - image: " + appImage + "\n  - image: " + gpuImage + "\n    nodeSelector: {gpu: \"true\"}\n")
 	e := start(t, nil, newNode(map[string]string{"zone": "a"}), newConfigMap(data))
-	e.waitStatus("app only", func(st preload.NodeStatus) bool { return st.Total == 1 && st.Ready() })
+	e.waitStatus("app only", func(st nodestatus.Status) bool { return st.Total == 1 && st.Ready() })
 	if n := e.runtime.Calls("PullImage"); n != 1 {
 		t.Fatalf("PullImage calls = %d, want 1 (the gpu image does not apply)", n)
 	}
@@ -388,7 +389,7 @@ func TestNodeSelectorFollowsNodeLabels(t *testing.T) {
 	if _, err := e.client.CoreV1().Nodes().Update(context.Background(), n, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	e.waitStatus("both images", func(st preload.NodeStatus) bool { return st.Total == 2 && st.Ready() })
+	e.waitStatus("both images", func(st nodestatus.Status) bool { return st.Total == 2 && st.Ready() })
 	if n := e.runtime.Calls("PullImage"); n != 2 {
 		t.Errorf("PullImage calls = %d, want 2", n)
 	}
@@ -434,9 +435,9 @@ func TestSecretCredentialsReachThePullAndNothingElse(t *testing.T) {
 		dockerSecret("regcred", "corp.example", "robot", password),
 		dockerCfgSecret("sa-cred", "corp.example", "builder", saPassword))
 
-	st := e.waitStatus("two pulled, two blocked", func(st preload.NodeStatus) bool { return st.Present == 2 && len(st.Failed) == 2 })
+	st := e.waitStatus("two pulled, two blocked", func(st nodestatus.Status) bool { return st.Present == 2 && len(st.Failed) == 2 })
 	wantReason := "secret " + testNS + "/later not found"
-	if st.Failed[0] != (preload.FailedImage{Image: lateImage, Reason: wantReason}) {
+	if st.Failed[0] != (nodestatus.FailedImage{Image: lateImage, Reason: wantReason}) {
 		t.Errorf("failed = %+v, want %s: %s", st.Failed, lateImage, wantReason)
 	}
 	if f := st.Failed[1]; f.Image != opaqueImage || !strings.HasPrefix(f.Reason, "secret "+testNS+"/opaque: ") {
@@ -462,7 +463,7 @@ func TestSecretCredentialsReachThePullAndNothingElse(t *testing.T) {
 	if _, err := e.client.CoreV1().Secrets(testNS).Create(context.Background(), dockerSecret("later", "corp.example", "late", password), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	e.waitStatus("the late image present", func(st preload.NodeStatus) bool {
+	e.waitStatus("the late image present", func(st nodestatus.Status) bool {
 		return st.Present == 3 && len(st.Failed) == 1 && st.Failed[0].Image == opaqueImage
 	})
 
@@ -474,7 +475,7 @@ func TestSecretCredentialsReachThePullAndNothingElse(t *testing.T) {
 		}
 	}
 	n := e.node()
-	shown = append(shown, n.Annotations[preload.AnnotationStatus], e.logs.String())
+	shown = append(shown, n.Annotations[nodestatus.AnnotationStatus], e.logs.String())
 	for _, s := range shown {
 		for _, secret := range []string{password, saPassword, base64.StdEncoding.EncodeToString([]byte("robot:" + password))} {
 			if strings.Contains(s, secret) {
@@ -491,7 +492,7 @@ func TestSandboxAutoAndOwnFieldsRestored(t *testing.T) {
 	}
 	data := "images:\n  - image: " + appImage + "\nsandboxImage: auto\n"
 	e := start(t, setup, newNode(nil), newConfigMap(data))
-	st := e.waitStatus("ready with the sandbox image", func(st preload.NodeStatus) bool { return st.Total == 2 && st.Ready() })
+	st := e.waitStatus("ready with the sandbox image", func(st nodestatus.Status) bool { return st.Total == 2 && st.Ready() })
 	if e.runtime.Calls("PullImage") != 2 {
 		t.Errorf("PullImage calls = %d, want 2 (the app and the runtime's sandbox image)", e.runtime.Calls("PullImage"))
 	}
@@ -500,15 +501,15 @@ func TestSandboxAutoAndOwnFieldsRestored(t *testing.T) {
 	// the agent puts back what it owns and removes the taint, without
 	// pulling anything.
 	n := e.node()
-	delete(n.Labels, preload.LabelReady)
-	delete(n.Annotations, preload.AnnotationStatus)
-	n.Spec.Taints = []corev1.Taint{{Key: preload.TaintNotReady, Effect: corev1.TaintEffectNoSchedule}}
+	delete(n.Labels, nodestatus.LabelReady)
+	delete(n.Annotations, nodestatus.AnnotationStatus)
+	n.Spec.Taints = []corev1.Taint{{Key: nodestatus.TaintNotReady, Effect: corev1.TaintEffectNoSchedule}}
 	if _, err := e.client.CoreV1().Nodes().Update(context.Background(), n, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "the Node restored", func() (bool, string) {
 		n := e.node()
-		return n.Labels[preload.LabelReady] == "true" && len(n.Spec.Taints) == 0 && n.Annotations[preload.AnnotationStatus] != "",
+		return n.Labels[nodestatus.LabelReady] == "true" && len(n.Spec.Taints) == 0 && n.Annotations[nodestatus.AnnotationStatus] != "",
 			fmt.Sprintf("labels %v taints %v", n.Labels, n.Spec.Taints)
 	})
 	if got := e.status(); !sameStatus(got, st) {
@@ -521,8 +522,8 @@ func TestSandboxAutoAndOwnFieldsRestored(t *testing.T) {
 
 func TestAtRestMakesNoWritesAndOneListPerResync(t *testing.T) {
 	data := testConfig("  - image: " + appImage + "\n  - image: " + gpuImage + "\n")
-	e := start(t, nil, newNode(nil, corev1.Taint{Key: preload.TaintNotReady, Effect: corev1.TaintEffectNoExecute}), newConfigMap(data))
-	e.waitStatus("ready", func(st preload.NodeStatus) bool { return st.Total == 2 && st.Ready() })
+	e := start(t, nil, newNode(nil, corev1.Taint{Key: nodestatus.TaintNotReady, Effect: corev1.TaintEffectNoExecute}), newConfigMap(data))
+	e.waitStatus("ready", func(st nodestatus.Status) bool { return st.Total == 2 && st.Ready() })
 	e.waitEvent(metav1.NamespaceDefault, "Node", ReasonImagesReady, "") // Events are written asynchronously
 	changed := e.status().Changed
 
@@ -568,13 +569,13 @@ func TestFailuresBackOffAndAreReportedOnce(t *testing.T) {
 			return nil
 		}
 	}
-	e := start(t, setup, newNode(nil, corev1.Taint{Key: preload.TaintNotReady, Effect: corev1.TaintEffectNoSchedule}), newConfigMap(testConfig("  - image: "+appImage+"\n")))
-	st := e.waitStatus("failed", func(st preload.NodeStatus) bool { return len(st.Failed) == 1 })
+	e := start(t, setup, newNode(nil, corev1.Taint{Key: nodestatus.TaintNotReady, Effect: corev1.TaintEffectNoSchedule}), newConfigMap(testConfig("  - image: "+appImage+"\n")))
+	st := e.waitStatus("failed", func(st nodestatus.Status) bool { return len(st.Failed) == 1 })
 	if st.Failed[0].Reason != preload.ReasonRegistry || st.Ready() {
 		t.Errorf("status = %+v", st)
 	}
 	n := e.node()
-	if n.Labels[preload.LabelReady] != "false" || len(n.Spec.Taints) != 1 {
+	if n.Labels[nodestatus.LabelReady] != "false" || len(n.Spec.Taints) != 1 {
 		t.Errorf("not ready node: labels %v taints %v; want ready=false and the taint kept", n.Labels, n.Spec.Taints)
 	}
 	// Retries (backoff 10-40ms) pull again and again; the status and
@@ -595,7 +596,7 @@ func TestFailuresBackOffAndAreReportedOnce(t *testing.T) {
 	}
 
 	fail.Delete(appImage)
-	e.waitStatus("recovered", func(st preload.NodeStatus) bool { return st.Ready() })
+	e.waitStatus("recovered", func(st nodestatus.Status) bool { return st.Ready() })
 	if taints := e.node().Spec.Taints; len(taints) != 0 {
 		t.Errorf("taints after recovery = %v", taints)
 	}
@@ -627,7 +628,7 @@ func TestConfigChangeDuringRunWaitsForIt(t *testing.T) {
 	}
 	time.Sleep(50 * time.Millisecond) // time for the update to reach the agent
 	close(release)
-	st := e.waitStatus("the new config applied", func(st preload.NodeStatus) bool {
+	st := e.waitStatus("the new config applied", func(st nodestatus.Status) bool {
 		return st.ConfigHash == preload.ConfigHash([]byte(data)) && st.Total == 2 && st.Ready()
 	})
 	if _, ok := canceled.Load(appImage); ok {
@@ -745,18 +746,18 @@ func (s *syncBuffer) String() string {
 func TestKubeletPolicyDecidesReady(t *testing.T) {
 	kubeletConfig := filepath.Join(t.TempDir(), "config.yaml")
 	writeFile(t, kubeletConfig, "kind: KubeletConfiguration\nimagePullCredentialsVerificationPolicy: AlwaysVerify\n")
-	node := newNode(nil, corev1.Taint{Key: preload.TaintNotReady, Effect: corev1.TaintEffectNoSchedule})
+	node := newNode(nil, corev1.Taint{Key: nodestatus.TaintNotReady, Effect: corev1.TaintEffectNoSchedule})
 	node.Status.NodeInfo.KubeletVersion = "v1.37.2"
 	data := testConfig("  - image: " + appImage + "\n  - image: " + gpuImage + "\n")
 	e := startWith(t, nil, func(o *Options) { o.KubeletConfig = kubeletConfig }, node, newConfigMap(data))
 
-	st := e.waitStatus("refused by AlwaysVerify", func(st preload.NodeStatus) bool { return st.Policy == "AlwaysVerify" && st.Complete() })
+	st := e.waitStatus("refused by AlwaysVerify", func(st nodestatus.Status) bool { return st.Policy == "AlwaysVerify" && st.Complete() })
 	if st.Refused != 2 || len(st.RefusedImages) != 2 || st.Ready() {
 		t.Errorf("status %+v: want both images refused, not ready", st)
 	}
 	n := e.node()
-	if got := n.Labels[preload.LabelReady]; got != "false" {
-		t.Errorf("label %s = %q with every image refused, want false", preload.LabelReady, got)
+	if got := n.Labels[nodestatus.LabelReady]; got != "false" {
+		t.Errorf("label %s = %q with every image refused, want false", nodestatus.LabelReady, got)
 	}
 	if len(n.Spec.Taints) != 1 {
 		t.Errorf("taints = %+v: the not-ready taint must stay while the kubelet refuses the images", n.Spec.Taints)
@@ -773,24 +774,24 @@ func TestKubeletPolicyDecidesReady(t *testing.T) {
 
 	// The admin allows one repository: the other stays refused.
 	writeFile(t, kubeletConfig, "imagePullCredentialsVerificationPolicy: NeverVerifyAllowlistedImages\npreloadedImagesVerificationAllowlist: [corp.example/team/app]\n")
-	st = e.waitStatus("one refused", func(st preload.NodeStatus) bool { return st.Policy == "NeverVerifyAllowlistedImages" })
+	st = e.waitStatus("one refused", func(st nodestatus.Status) bool { return st.Policy == "NeverVerifyAllowlistedImages" })
 	if st.Refused != 1 || len(st.RefusedImages) != 1 || st.RefusedImages[0] != gpuImage {
 		t.Errorf("status %+v: want only %s refused", st, gpuImage)
 	}
 	e.waitEvent(metav1.NamespaceDefault, "Node", ReasonKubeletRefuses, "refuses 1 preloaded images to pods without pull credentials: "+gpuImage)
 
 	writeFile(t, kubeletConfig, "imagePullCredentialsVerificationPolicy: NeverVerifyAllowlistedImages\npreloadedImagesVerificationAllowlist: [corp.example/team/*]\n")
-	e.waitStatus("ready", func(st preload.NodeStatus) bool { return st.Ready() && st.Refused == 0 })
+	e.waitStatus("ready", func(st nodestatus.Status) bool { return st.Ready() && st.Refused == 0 })
 	eventually(t, "label true, taint lifted", func() (bool, string) {
 		n := e.node()
-		return n.Labels[preload.LabelReady] == "true" && len(n.Spec.Taints) == 0, fmt.Sprintf("%v %v", n.Labels, n.Spec.Taints)
+		return n.Labels[nodestatus.LabelReady] == "true" && len(n.Spec.Taints) == 0, fmt.Sprintf("%v %v", n.Labels, n.Spec.Taints)
 	})
 
 	// Unreadable: unknown, and presence alone decides.
 	if err := os.Remove(kubeletConfig); err != nil {
 		t.Fatal(err)
 	}
-	st = e.waitStatus("policy unknown", func(st preload.NodeStatus) bool { return st.Policy == "unknown" })
+	st = e.waitStatus("policy unknown", func(st nodestatus.Status) bool { return st.Policy == "unknown" })
 	if !st.Ready() {
 		t.Errorf("status %+v: an unknown policy refuses nothing", st)
 	}

@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/retry"
 
+	"github.com/kube-preloader/kube-preloader/nodestatus"
 	"github.com/kube-preloader/kube-preloader/preload"
 )
 
@@ -27,9 +28,9 @@ type nodeView struct {
 }
 
 func viewOf(n *corev1.Node) nodeView {
-	v := nodeView{ready: n.Labels[preload.LabelReady], status: n.Annotations[preload.AnnotationStatus]}
+	v := nodeView{ready: n.Labels[nodestatus.LabelReady], status: n.Annotations[nodestatus.AnnotationStatus]}
 	for _, t := range n.Spec.Taints {
-		if t.Key == preload.TaintNotReady {
+		if t.Key == nodestatus.TaintNotReady {
 			v.tainted = true
 		}
 	}
@@ -66,8 +67,8 @@ func (a *Agent) nodeChanged(old, cur *corev1.Node) bool {
 // has no business using.
 func labelsEqual(a, b map[string]string) bool {
 	a, b = maps.Clone(a), maps.Clone(b)
-	delete(a, preload.LabelReady)
-	delete(b, preload.LabelReady)
+	delete(a, nodestatus.LabelReady)
+	delete(b, nodestatus.LabelReady)
 	return maps.Equal(a, b)
 }
 
@@ -106,8 +107,8 @@ func (a *Agent) ownView() (*corev1.Node, nodeView) {
 // buildStatus summarises a run's results: the images of the config that
 // apply here and, as in `preloader once`, the other images of the archives
 // imported.
-func buildStatus(hash string, results []preload.Result) preload.NodeStatus {
-	st := preload.NodeStatus{ConfigHash: hash}
+func buildStatus(hash string, results []preload.Result) nodestatus.Status {
+	st := nodestatus.Status{ConfigHash: hash}
 	for _, r := range results {
 		switch {
 		case r.Status == preload.StatusSkipped:
@@ -118,16 +119,18 @@ func buildStatus(hash string, results []preload.Result) preload.NodeStatus {
 			// Not attempted to the end: missing, but nothing failed.
 			st.Missing = append(st.Missing, r.Image)
 		default:
-			st.Failed = append(st.Failed, preload.FailedImage{Image: r.Image, Reason: r.Reason})
+			st.Failed = append(st.Failed, nodestatus.FailedImage{Image: r.Image, Reason: r.Reason})
 		}
 		st.Total++
 	}
 	return st
 }
 
-// sameStatus compares statuses, ignoring when they changed.
-func sameStatus(a, b preload.NodeStatus) bool {
+// sameStatus compares statuses, ignoring when they changed and the format
+// version they were written in.
+func sameStatus(a, b nodestatus.Status) bool {
 	a.Changed, b.Changed = time.Time{}, time.Time{}
+	a.Version, b.Version = 0, 0
 	if len(a.Missing) == 0 {
 		a.Missing = nil
 	}
@@ -137,6 +140,12 @@ func sameStatus(a, b preload.NodeStatus) bool {
 	if len(a.Failed) == 0 {
 		a.Failed = nil
 	}
+	if len(a.RefusedImages) == 0 {
+		a.RefusedImages = nil
+	}
+	if len(b.RefusedImages) == 0 {
+		b.RefusedImages = nil
+	}
 	if len(b.Failed) == 0 {
 		b.Failed = nil
 	}
@@ -145,7 +154,7 @@ func sameStatus(a, b preload.NodeStatus) bool {
 
 // nodeWrite is what a sync has to change on the Node.
 type nodeWrite struct {
-	status      preload.NodeStatus
+	status      nodestatus.Status
 	annotation  string
 	ready       string
 	removeTaint bool
@@ -156,18 +165,17 @@ type nodeWrite struct {
 // that makes the Node show st, or false when it already does. Changed
 // keeps its time unless the rest of the status differs, so that it says
 // when something last happened, not when the agent last looked.
-func planWrite(v nodeView, st preload.NodeStatus, now time.Time) (nodeWrite, bool) {
-	var prev preload.NodeStatus
-	same := v.status != "" && json.Unmarshal([]byte(v.status), &prev) == nil && sameStatus(prev, st)
+func planWrite(v nodeView, st nodestatus.Status, now time.Time) (nodeWrite, bool) {
+	prev, err := nodestatus.Decode(v.status)
+	same := v.status != "" && err == nil && sameStatus(prev, st)
 	if same {
 		st.Changed = prev.Changed
 	} else {
 		st.Changed = now.UTC().Truncate(time.Second)
 	}
-	ann, _ := json.Marshal(st) // plain strings, ints and a time: cannot fail
 	w := nodeWrite{
 		status:      st,
-		annotation:  string(ann),
+		annotation:  nodestatus.Encode(st),
 		ready:       strconv.FormatBool(st.Ready()),
 		removeTaint: st.Ready() && v.tainted,
 		wasReady:    v.ready == "true",
@@ -213,8 +221,8 @@ func (a *Agent) writeNode(ctx context.Context, node *corev1.Node, w nodeWrite) e
 
 func patchFor(node *corev1.Node, w nodeWrite) map[string]any {
 	meta := map[string]any{
-		"labels":      map[string]string{preload.LabelReady: w.ready},
-		"annotations": map[string]string{preload.AnnotationStatus: w.annotation},
+		"labels":      map[string]string{nodestatus.LabelReady: w.ready},
+		"annotations": map[string]string{nodestatus.AnnotationStatus: w.annotation},
 	}
 	patch := map[string]any{"metadata": meta}
 	if !w.removeTaint {
@@ -222,7 +230,7 @@ func patchFor(node *corev1.Node, w nodeWrite) map[string]any {
 	}
 	var kept []corev1.Taint
 	for _, t := range node.Spec.Taints {
-		if t.Key != preload.TaintNotReady {
+		if t.Key != nodestatus.TaintNotReady {
 			kept = append(kept, t)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/kube-preloader/kube-preloader/kubelet"
+	"github.com/kube-preloader/kube-preloader/nodestatus"
 	"github.com/kube-preloader/kube-preloader/preload"
 )
 
@@ -40,7 +41,7 @@ type syncState struct {
 
 type converged struct {
 	key    string
-	status preload.NodeStatus
+	status nodestatus.Status
 }
 
 // sync brings the node one step towards the config and returns when the
@@ -71,7 +72,7 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 	// At rest: the same images as last time, all present then, and one
 	// ListImages says they still are. ImageStatus and the API are left
 	// alone; planWrite below only compares with the informer's Node.
-	var st preload.NodeStatus
+	var st nodestatus.Status
 	atRest := false
 	if last := a.state.last; last != nil && last.key == key && last.status.Complete() {
 		missing, err := preload.Missing(ctx, a.opts.Runtime, apply)
@@ -141,7 +142,7 @@ func (a *Agent) run(ctx context.Context, cfg *loadedConfig, images []preload.Ima
 
 // report shows st on the Node if it does not already, and says so in
 // Events when the node becomes ready.
-func (a *Agent) report(ctx context.Context, st preload.NodeStatus) error {
+func (a *Agent) report(ctx context.Context, st nodestatus.Status) error {
 	node, v := a.ownView()
 	if node == nil {
 		return fmt.Errorf("node %s is gone", a.opts.NodeName)
@@ -260,7 +261,7 @@ func imageNames(images []preload.Image) []string {
 // pods without pull credentials (KEP-2535), from the kubelet's config as
 // it is now; refusals are reported in an Event when they change. The
 // sandbox image is not judged: the runtime uses it, not a pod.
-func (a *Agent) judge(node *corev1.Node, st preload.NodeStatus, apply []preload.Image, sandbox string) preload.NodeStatus {
+func (a *Agent) judge(node *corev1.Node, st nodestatus.Status, apply []preload.Image, sandbox string) nodestatus.Status {
 	if a.opts.KubeletConfig == "" {
 		return st
 	}
@@ -273,7 +274,7 @@ func (a *Agent) judge(node *corev1.Node, st preload.NodeStatus, apply []preload.
 		}
 	}
 	st.Refused = len(refused)
-	st.RefusedImages = refused[:min(len(refused), preload.MaxListed)]
+	st.RefusedImages = refused[:min(len(refused), nodestatus.MaxListed)]
 	a.reportPolicy(p, refused)
 	return st
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/kube-preloader/kube-preloader/cri"
 	"github.com/kube-preloader/kube-preloader/integration/harness"
+	"github.com/kube-preloader/kube-preloader/nodestatus"
 	"github.com/kube-preloader/kube-preloader/preload"
 )
 
@@ -129,7 +130,7 @@ func testAgent(t *testing.T, flavor harness.Flavor) {
 	// with a taint of someone else's that must stay.
 	other := corev1.Taint{Key: "example.com/dedicated", Value: "infra", Effect: corev1.TaintEffectNoSchedule}
 	createNode(t, c, nodeName, nil, func(n *corev1.Node) {
-		n.Spec.Taints = []corev1.Taint{{Key: preload.TaintNotReady, Effect: corev1.TaintEffectNoSchedule}, other}
+		n.Spec.Taints = []corev1.Taint{{Key: nodestatus.TaintNotReady, Effect: corev1.TaintEffectNoSchedule}, other}
 	})
 
 	// Not ready at first: the Secret that image names does not exist yet.
@@ -193,7 +194,7 @@ func testAgent(t *testing.T, flavor harness.Flavor) {
 		agent.Eventually(t, time.Minute, "node ready", func() string { return node().Shows(hash, 3, 3) })
 		v := node()
 		if v.Tainted {
-			t.Errorf("ready node keeps the %s taint: %v", preload.TaintNotReady, v.Node.Spec.Taints)
+			t.Errorf("ready node keeps the %s taint: %v", nodestatus.TaintNotReady, v.Node.Spec.Taints)
 		}
 		// Other taints stay: ours, and the node.kubernetes.io/not-ready the
 		// API server's TaintNodesByCondition gave the new Node.

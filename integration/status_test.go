@@ -20,11 +20,11 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/kube-preloader/kube-preloader/integration/harness"
-	"github.com/kube-preloader/kube-preloader/preload"
+	"github.com/kube-preloader/kube-preloader/nodestatus"
 )
 
 // statusAnnotation is the JSON the agent writes on a Node.
-func statusAnnotation(t testing.TB, st preload.NodeStatus) string {
+func statusAnnotation(t testing.TB, st nodestatus.Status) string {
 	t.Helper()
 	b, err := json.Marshal(st)
 	if err != nil {
@@ -35,12 +35,12 @@ func statusAnnotation(t testing.TB, st preload.NodeStatus) string {
 
 // createNode creates a Node as the agent would have left it: the ready label
 // and status annotation when st is not nil.
-func createNode(t testing.TB, c kubernetes.Interface, name string, st *preload.NodeStatus, extra func(*corev1.Node)) {
+func createNode(t testing.TB, c kubernetes.Interface, name string, st *nodestatus.Status, extra func(*corev1.Node)) {
 	t.Helper()
 	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"kubernetes.io/hostname": name}}}
 	if st != nil {
-		n.Labels[preload.LabelReady] = fmt.Sprint(st.Ready())
-		n.Annotations = map[string]string{preload.AnnotationStatus: statusAnnotation(t, *st)}
+		n.Labels[nodestatus.LabelReady] = fmt.Sprint(st.Ready())
+		n.Annotations = map[string]string{nodestatus.AnnotationStatus: statusAnnotation(t, *st)}
 	}
 	if extra != nil {
 		extra(n)
@@ -51,11 +51,11 @@ func createNode(t testing.TB, c kubernetes.Interface, name string, st *preload.N
 }
 
 // setNodeStatus patches a Node's label and annotation, as the agent does.
-func setNodeStatus(t testing.TB, c kubernetes.Interface, name string, st preload.NodeStatus) {
+func setNodeStatus(t testing.TB, c kubernetes.Interface, name string, st nodestatus.Status) {
 	t.Helper()
 	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{
-		"labels":      map[string]string{preload.LabelReady: fmt.Sprint(st.Ready())},
-		"annotations": map[string]string{preload.AnnotationStatus: statusAnnotation(t, st)},
+		"labels":      map[string]string{nodestatus.LabelReady: fmt.Sprint(st.Ready())},
+		"annotations": map[string]string{nodestatus.AnnotationStatus: statusAnnotation(t, st)},
 	}})
 	if _, err := c.CoreV1().Nodes().Patch(context.Background(), name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
 		t.Fatalf("patch node %s: %v", name, err)
@@ -99,11 +99,11 @@ func TestStatus(t *testing.T) {
 	k := harness.StartKube(t)
 	c := k.Client
 	now := time.Now().UTC().Truncate(time.Second)
-	createNode(t, c, "node-a", &preload.NodeStatus{ConfigHash: "aaaaaaaaaaaa", Present: 3, Total: 3, Changed: now.Add(-5 * time.Minute)}, nil)
-	createNode(t, c, "node-b", &preload.NodeStatus{
+	createNode(t, c, "node-a", &nodestatus.Status{ConfigHash: "aaaaaaaaaaaa", Present: 3, Total: 3, Changed: now.Add(-5 * time.Minute)}, nil)
+	createNode(t, c, "node-b", &nodestatus.Status{
 		ConfigHash: "bbbbbbbbbbbb", Present: 1, Total: 4, Changed: now.Add(-30 * time.Second),
 		Missing: []string{"corp.example/team/app:1.4", "corp.example/team/tool:2.0"},
-		Failed:  []preload.FailedImage{{Image: "corp.example/team/db:9", Reason: "not found"}},
+		Failed:  []nodestatus.FailedImage{{Image: "corp.example/team/db:9", Reason: "not found"}},
 	}, nil)
 	createNode(t, c, "node-c", nil, nil) // no agent here
 	kc := []string{"--kubeconfig", k.Kubeconfig}
@@ -152,7 +152,7 @@ func TestStatus(t *testing.T) {
 			Nodes []struct {
 				Name   string
 				Ready  string
-				Status *preload.NodeStatus
+				Status *nodestatus.Status
 			}
 		}
 		if err := json.Unmarshal([]byte(r.stdout), &out); err != nil {
@@ -165,7 +165,7 @@ func TestStatus(t *testing.T) {
 	})
 
 	t.Run("ready-and-KUBECONFIG", func(t *testing.T) {
-		setNodeStatus(t, c, "node-b", preload.NodeStatus{ConfigHash: "bbbbbbbbbbbb", Present: 4, Total: 4, Changed: now})
+		setNodeStatus(t, c, "node-b", nodestatus.Status{ConfigHash: "bbbbbbbbbbbb", Present: 4, Total: 4, Changed: now})
 		r := preloader(t, time.Minute, []string{"KUBECONFIG=" + k.Kubeconfig, "HOME=" + t.TempDir()}, "status")
 		if r.code != 0 {
 			t.Fatalf("all agent nodes ready, want exit 0:\n%s", r)
@@ -174,12 +174,12 @@ func TestStatus(t *testing.T) {
 
 	t.Run("invalid-annotation", func(t *testing.T) {
 		createNode(t, c, "node-d", nil, func(n *corev1.Node) {
-			n.Annotations = map[string]string{preload.AnnotationStatus: "{not json"}
+			n.Annotations = map[string]string{nodestatus.AnnotationStatus: "{not json"}
 		})
 		defer c.CoreV1().Nodes().Delete(context.Background(), "node-d", metav1.DeleteOptions{})
 		r := preloader(t, time.Minute, nil, append([]string{"status", "-o", "wide"}, kc...)...)
 		rows := tableRows(t, r.stdout)
-		if r.code != 1 || rows[3]["READY"] != "invalid" || !strings.Contains(rows[3]["FAILED"], preload.AnnotationStatus) {
+		if r.code != 1 || rows[3]["READY"] != "invalid" || !strings.Contains(rows[3]["FAILED"], nodestatus.AnnotationStatus) {
 			t.Fatalf("invalid annotation: want READY invalid and exit 1:\n%s", r)
 		}
 	})
@@ -235,7 +235,7 @@ func TestStatus1000Nodes(t *testing.T) {
 		go func() {
 			defer func() { <-sem; wg.Done() }()
 			name := fmt.Sprintf("node-%04d", i)
-			st := preload.NodeStatus{ConfigHash: "0123456789ab", Present: 12, Total: 12, Changed: time.Now().Add(-time.Hour)}
+			st := nodestatus.Status{ConfigHash: "0123456789ab", Present: 12, Total: 12, Changed: time.Now().Add(-time.Hour)}
 			if i%10 == 0 {
 				st.Present = 11
 				st.Missing = []string{"corp.example/team/app:1.4"}
@@ -246,12 +246,12 @@ func TestStatus1000Nodes(t *testing.T) {
 						"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
 						"beta.kubernetes.io/os": "linux", "beta.kubernetes.io/arch": "amd64",
 						"node.kubernetes.io/instance-type": "m6i.2xlarge", "topology.kubernetes.io/zone": "zone-a",
-						"topology.kubernetes.io/region": "region-1", preload.LabelReady: fmt.Sprint(st.Ready()),
+						"topology.kubernetes.io/region": "region-1", nodestatus.LabelReady: fmt.Sprint(st.Ready()),
 					},
 					Annotations: map[string]string{
 						"node.alpha.kubernetes.io/ttl":                           "0",
 						"volumes.kubernetes.io/controller-managed-attach-detach": "true",
-						preload.AnnotationStatus:                                 statusAnnotation(t, st),
+						nodestatus.AnnotationStatus:                              statusAnnotation(t, st),
 					}},
 				Spec: corev1.NodeSpec{PodCIDR: fmt.Sprintf("10.%d.%d.0/24", i/256, i%256)},
 				Status: corev1.NodeStatus{

@@ -16,6 +16,7 @@ import (
 	"k8s.io/client-go/util/retry"
 
 	"github.com/kube-preloader/kube-preloader/integration/harness"
+	"github.com/kube-preloader/kube-preloader/nodestatus"
 	"github.com/kube-preloader/kube-preloader/preload"
 )
 
@@ -235,11 +236,11 @@ concurrency: 2
 
 // fakeAgent reports a node's status for the ConfigMap's current config, as
 // the agent would after a sync.
-func reportFor(t testing.TB, c kubernetes.Interface, node, ns, name string, missing []string, failed []preload.FailedImage) {
+func reportFor(t testing.TB, c kubernetes.Interface, node, ns, name string, missing []string, failed []nodestatus.FailedImage) {
 	t.Helper()
 	data, _ := getImagesYAML(t, c, ns, name)
 	total := strings.Count(data, "- image:")
-	setNodeStatus(t, c, node, preload.NodeStatus{
+	setNodeStatus(t, c, node, nodestatus.Status{
 		ConfigHash: preload.ConfigHash([]byte(data)), Total: total,
 		Present: total - len(missing) - len(failed), Missing: missing, Failed: failed, Changed: time.Now().UTC(),
 	})
@@ -251,7 +252,7 @@ func TestWarmWait(t *testing.T) {
 	createConfigMap(t, c, "kube-preloader", "preloader-config", warmConfig)
 	old := preload.ConfigHash([]byte(warmConfig))
 	for _, n := range []string{"n1", "n2"} {
-		createNode(t, c, n, &preload.NodeStatus{ConfigHash: old, Present: 2, Total: 2, Changed: time.Now()}, nil)
+		createNode(t, c, n, &nodestatus.Status{ConfigHash: old, Present: 2, Total: 2, Changed: time.Now()}, nil)
 	}
 	createNode(t, c, "n3", nil, nil) // runs no agent: warm must not wait for it
 
@@ -277,7 +278,7 @@ func TestWarmWait(t *testing.T) {
 	}
 	time.Sleep(500 * time.Millisecond)
 	reportFor(t, c, "n1", "kube-preloader", "preloader-config", nil, nil)
-	reportFor(t, c, "n2", "kube-preloader", "preloader-config", nil, []preload.FailedImage{{Image: norm, Reason: "registry unavailable"}})
+	reportFor(t, c, "n2", "kube-preloader", "preloader-config", nil, []nodestatus.FailedImage{{Image: norm, Reason: "registry unavailable"}})
 	time.Sleep(500 * time.Millisecond)
 	select {
 	case r := <-res:

@@ -20,7 +20,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/kube-preloader/kube-preloader/preload"
+	"github.com/kube-preloader/kube-preloader/nodestatus"
 )
 
 var nodesResource = schema.GroupVersionResource{Version: "v1", Resource: "nodes"}
@@ -72,9 +72,9 @@ type nodeView struct {
 	// status annotation says; "unknown" for a node without the annotation
 	// (no agent reports there) and "invalid" for an annotation that does
 	// not decode.
-	Ready  string              `json:"ready"`
-	Status *preload.NodeStatus `json:"status,omitempty"`
-	Error  string              `json:"error,omitempty"`
+	Ready  string             `json:"ready"`
+	Status *nodestatus.Status `json:"status,omitempty"`
+	Error  string             `json:"error,omitempty"`
 }
 
 const (
@@ -105,18 +105,18 @@ func listNodeStatus(ctx context.Context, mc metadata.Interface) ([]nodeView, err
 
 func decodeNodeStatus(m *metav1.ObjectMeta) nodeView {
 	v := nodeView{Name: m.Name, Ready: readyUnknown}
-	raw, ok := m.Annotations[preload.AnnotationStatus]
+	raw, ok := m.Annotations[nodestatus.AnnotationStatus]
 	if ok {
-		var st preload.NodeStatus
-		if err := json.Unmarshal([]byte(raw), &st); err != nil {
-			v.Error = fmt.Sprintf("%s annotation: %v", preload.AnnotationStatus, err)
+		st, err := nodestatus.Decode(raw)
+		if err != nil {
+			v.Error = err.Error()
 			v.Ready = readyInvalid
 		} else {
 			v.Status = &st
 			v.Ready = fmt.Sprint(st.Ready())
 		}
 	}
-	if l, ok := m.Labels[preload.LabelReady]; ok && v.Error == "" {
+	if l, ok := m.Labels[nodestatus.LabelReady]; ok && v.Error == "" {
 		v.Ready = l
 	}
 	return v
@@ -162,7 +162,7 @@ func writeNodeStatus(w io.Writer, format string, views []nodeView, now time.Time
 
 // notPresent is every image the status names as not present: missing ones
 // and failed ones, each once, in that order.
-func notPresent(st *preload.NodeStatus) []string {
+func notPresent(st *nodestatus.Status) []string {
 	seen := make(map[string]bool, len(st.Missing)+len(st.Failed))
 	var out []string
 	for _, m := range st.Missing {
@@ -182,7 +182,7 @@ func notPresent(st *preload.NodeStatus) []string {
 
 // missingList names the images not present; the table shows two and a
 // count of the rest, wide shows all.
-func missingList(st *preload.NodeStatus, all bool) string {
+func missingList(st *nodestatus.Status, all bool) string {
 	names := notPresent(st)
 	if len(names) == 0 {
 		return "<none>"
@@ -194,7 +194,7 @@ func missingList(st *preload.NodeStatus, all bool) string {
 	return fmt.Sprintf("%s,+%d more", strings.Join(names[:short], ","), len(names)-short)
 }
 
-func failedList(st *preload.NodeStatus) string {
+func failedList(st *nodestatus.Status) string {
 	if len(st.Failed) == 0 {
 		return "<none>"
 	}
@@ -205,7 +205,7 @@ func failedList(st *preload.NodeStatus) string {
 	return strings.Join(parts, "; ")
 }
 
-func policyOf(st *preload.NodeStatus) string {
+func policyOf(st *nodestatus.Status) string {
 	if st.Policy == "" {
 		return "-"
 	}
@@ -214,7 +214,7 @@ func policyOf(st *preload.NodeStatus) string {
 
 // refusedList names the images the kubelet refuses to pods without
 // credentials, and how many more the status did not name.
-func refusedList(st *preload.NodeStatus) string {
+func refusedList(st *nodestatus.Status) string {
 	if st.Refused == 0 {
 		return "<none>"
 	}
@@ -244,7 +244,7 @@ func nodeStatusVerdict(views []nodeView) error {
 		}
 	}
 	if reporting == 0 {
-		return &exitError{code: exitMissing, err: fmt.Errorf("no node has a %s annotation (is the agent running?)", preload.AnnotationStatus)}
+		return &exitError{code: exitMissing, err: fmt.Errorf("no node has a %s annotation (is the agent running?)", nodestatus.AnnotationStatus)}
 	}
 	if len(notReady) > 0 {
 		return &exitError{code: exitMissing, err: fmt.Errorf("%d of %d nodes not ready: %s", len(notReady), reporting, nameList(notReady, 10))}

@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/retry"
 
+	"github.com/kube-preloader/kube-preloader/nodestatus"
 	"github.com/kube-preloader/kube-preloader/preload"
 )
 
@@ -403,7 +404,7 @@ func (w *warmWaiter) progress(states []nodeWarmState) bool {
 	}
 	line := fmt.Sprintf("%d/%d nodes have %s", have, len(states), w.image)
 	if len(states) == 0 {
-		line = fmt.Sprintf("0/0 nodes have %s (no node has a %s annotation yet)", w.image, preload.AnnotationStatus)
+		line = fmt.Sprintf("0/0 nodes have %s (no node has a %s annotation yet)", w.image, nodestatus.AnnotationStatus)
 	}
 	if line != w.lastProgress {
 		w.lastProgress = line
@@ -421,7 +422,7 @@ func (w *warmWaiter) timedOut(ctx context.Context, states []nodeWarmState, synce
 		return &exitError{code: exitUnreachable, err: fmt.Errorf("%s before Nodes and ConfigMap %s/%s could be read", why, w.ns, w.name)}
 	}
 	if len(states) == 0 {
-		return &exitError{code: exitMissing, err: fmt.Errorf("%s: no node has a %s annotation (is the agent running?)", why, preload.AnnotationStatus)}
+		return &exitError{code: exitMissing, err: fmt.Errorf("%s: no node has a %s annotation (is the agent running?)", why, nodestatus.AnnotationStatus)}
 	}
 	var lacking []string
 	for _, s := range states {

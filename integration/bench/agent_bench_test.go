@@ -36,6 +36,7 @@ import (
 
 	"github.com/kube-preloader/kube-preloader/cri"
 	"github.com/kube-preloader/kube-preloader/integration/harness"
+	"github.com/kube-preloader/kube-preloader/nodestatus"
 	"github.com/kube-preloader/kube-preloader/preload"
 )
 
@@ -123,7 +124,7 @@ func benchAgent(b *testing.B, bin string, flavor harness.Flavor) {
 	proxy := startCountingProxy(b, k)
 	criCalls := startCRIProxy(b, ctrd)
 	agent := startBenchAgent(b, bin, proxy.kubeconfig(b, k.KubeconfigFor(b, "kube-preloader", "preloader")), node, criCalls.endpoint, ctrd)
-	ready := waitNode(b, c, node, 2*time.Minute, func(st *preload.NodeStatus) bool {
+	ready := waitNode(b, c, node, 2*time.Minute, func(st *nodestatus.Status) bool {
 		return st.ConfigHash == hash && st.Present == agentImages+1 && st.Total == agentImages+1
 	})
 	b.Logf("agent ready: %d images present after %v", agentImages+1, ready.Round(time.Millisecond))
@@ -245,16 +246,16 @@ func setConfig(b *testing.B, c kubernetes.Interface, data string) string {
 	return preload.ConfigHash([]byte(data))
 }
 
-func nodeStatus(n *corev1.Node) *preload.NodeStatus {
-	var st preload.NodeStatus
-	if err := json.Unmarshal([]byte(n.Annotations[preload.AnnotationStatus]), &st); err != nil {
+func nodeStatus(n *corev1.Node) *nodestatus.Status {
+	var st nodestatus.Status
+	if err := json.Unmarshal([]byte(n.Annotations[nodestatus.AnnotationStatus]), &st); err != nil {
 		return nil
 	}
 	return &st
 }
 
 // waitNode polls the Node until its status satisfies ok.
-func waitNode(b *testing.B, c kubernetes.Interface, name string, timeout time.Duration, ok func(*preload.NodeStatus) bool) time.Duration {
+func waitNode(b *testing.B, c kubernetes.Interface, name string, timeout time.Duration, ok func(*nodestatus.Status) bool) time.Duration {
 	b.Helper()
 	start := time.Now()
 	for {

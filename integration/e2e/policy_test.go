@@ -21,7 +21,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kube-preloader/kube-preloader/integration/harness"
-	"github.com/kube-preloader/kube-preloader/preload"
+	"github.com/kube-preloader/kube-preloader/nodestatus"
 )
 
 const refusedEvent = "KubeletRefusesImages"
@@ -35,8 +35,8 @@ func (r *run) scenarioCredentialPolicy(t *testing.T) {
 	// k1: the default, NeverVerifyPreloadedImages. b's pods ran on it.
 	node := getNode(t, n)
 	st := nodeStatus(t, node)
-	if st.Policy != "NeverVerifyPreloadedImages" || st.Refused != 0 || node.Labels[preload.LabelReady] != "true" {
-		t.Fatalf("k1: default kubelet config: status %+v label %q, want policy NeverVerifyPreloadedImages, nothing refused, ready", st, node.Labels[preload.LabelReady])
+	if st.Policy != "NeverVerifyPreloadedImages" || st.Refused != 0 || node.Labels[nodestatus.LabelReady] != "true" {
+		t.Fatalf("k1: default kubelet config: status %+v label %q, want policy NeverVerifyPreloadedImages, nothing refused, ready", st, node.Labels[nodestatus.LabelReady])
 	}
 	verdicts.add(verdict{
 		scenario: r.row("k1 KEP-2535 default policy (NeverVerifyPreloadedImages)"),
@@ -56,7 +56,7 @@ func (r *run) scenarioCredentialPolicy(t *testing.T) {
 	}
 	node = waitNode(t, n, time.Minute, "reporting AlwaysVerify's refusals", func(node *corev1.Node) bool {
 		st := nodeStatus(t, node)
-		return st.Policy == "AlwaysVerify" && st.Refused == judged && node.Labels[preload.LabelReady] == "false"
+		return st.Policy == "AlwaysVerify" && st.Refused == judged && node.Labels[nodestatus.LabelReady] == "false"
 	})
 	reported := time.Since(restarted)
 	event := waitNodeEvent(t, n, refusedEvent, "AlwaysVerify", time.Minute)
@@ -86,7 +86,7 @@ func (r *run) scenarioCredentialPolicy(t *testing.T) {
 	r.writeConfig(t)
 	node = waitNode(t, n, time.Minute, "reporting the image outside the allowlist", func(node *corev1.Node) bool {
 		st := nodeStatus(t, node)
-		return st.Complete() && st.Refused == 1 && len(st.RefusedImages) == 1 && st.RefusedImages[0] == late && node.Labels[preload.LabelReady] == "false"
+		return st.Complete() && st.Refused == 1 && len(st.RefusedImages) == 1 && st.RefusedImages[0] == late && node.Labels[nodestatus.LabelReady] == "false"
 	})
 	reported = time.Since(edited)
 	waitNodeEvent(t, n, refusedEvent, late, time.Minute)
@@ -120,7 +120,7 @@ func (r *run) scenarioAllowlist(t *testing.T, before string) {
 	toRunning := time.Since(restarted)
 	waitNode(t, n, time.Minute, "ready under the allowlist", func(node *corev1.Node) bool {
 		st := nodeStatus(t, node)
-		return st.Policy == "NeverVerifyAllowlistedImages" && st.Refused == 0 && node.Labels[preload.LabelReady] == "true"
+		return st.Policy == "NeverVerifyAllowlistedImages" && st.Refused == 0 && node.Labels[nodestatus.LabelReady] == "true"
 	})
 	entries := strings.Count(dropIn, "\n- ")
 	verdicts.add(verdict{
@@ -148,12 +148,12 @@ func (r *run) allowlist(t *testing.T) string {
 	return stdout.String()
 }
 
-func nodeStatus(t *testing.T, node *corev1.Node) preload.NodeStatus {
+func nodeStatus(t *testing.T, node *corev1.Node) nodestatus.Status {
 	t.Helper()
-	var st preload.NodeStatus
-	if raw := node.Annotations[preload.AnnotationStatus]; raw != "" {
+	var st nodestatus.Status
+	if raw := node.Annotations[nodestatus.AnnotationStatus]; raw != "" {
 		if err := json.Unmarshal([]byte(raw), &st); err != nil {
-			t.Fatalf("node %s: %s: %v", node.Name, preload.AnnotationStatus, err)
+			t.Fatalf("node %s: %s: %v", node.Name, nodestatus.AnnotationStatus, err)
 		}
 	}
 	return st

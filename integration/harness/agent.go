@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/util/retry"
 
 	"github.com/kube-preloader/kube-preloader/cri"
+	"github.com/kube-preloader/kube-preloader/nodestatus"
 	"github.com/kube-preloader/kube-preloader/preload"
 )
 
@@ -230,7 +231,7 @@ func SetImagesYAML(t T, c kubernetes.Interface, data string) string {
 type NodeView struct {
 	Node    *corev1.Node
 	Ready   string // label preloader.io/ready
-	Status  *preload.NodeStatus
+	Status  *nodestatus.Status
 	Tainted bool // preloader.io/not-ready
 	Err     string
 }
@@ -242,16 +243,16 @@ func ViewNode(c kubernetes.Interface, name string) NodeView {
 	if err != nil {
 		return NodeView{Err: err.Error()}
 	}
-	v := NodeView{Node: n, Ready: n.Labels[preload.LabelReady]}
+	v := NodeView{Node: n, Ready: n.Labels[nodestatus.LabelReady]}
 	for _, tn := range n.Spec.Taints {
-		if tn.Key == preload.TaintNotReady {
+		if tn.Key == nodestatus.TaintNotReady {
 			v.Tainted = true
 		}
 	}
-	if a, ok := n.Annotations[preload.AnnotationStatus]; ok {
-		var st preload.NodeStatus
+	if a, ok := n.Annotations[nodestatus.AnnotationStatus]; ok {
+		var st nodestatus.Status
 		if err := json.Unmarshal([]byte(a), &st); err != nil {
-			v.Err = fmt.Sprintf("annotation %s is not JSON: %v: %s", preload.AnnotationStatus, err, a)
+			v.Err = fmt.Sprintf("annotation %s is not JSON: %v: %s", nodestatus.AnnotationStatus, err, a)
 		} else {
 			v.Status = &st
 		}
@@ -265,11 +266,11 @@ func (v NodeView) String() string {
 	}
 	ann := "<none>"
 	if v.Node != nil {
-		if a, ok := v.Node.Annotations[preload.AnnotationStatus]; ok {
+		if a, ok := v.Node.Annotations[nodestatus.AnnotationStatus]; ok {
 			ann = a
 		}
 	}
-	return fmt.Sprintf("label %s=%q, taint %s: %v, annotation %s", preload.LabelReady, v.Ready, preload.TaintNotReady, v.Tainted, ann)
+	return fmt.Sprintf("label %s=%q, taint %s: %v, annotation %s", nodestatus.LabelReady, v.Ready, nodestatus.TaintNotReady, v.Tainted, ann)
 }
 
 // Shows reports whether the Node shows config hash with present/total and
