@@ -787,12 +787,27 @@ func TestKubeletPolicyDecidesReady(t *testing.T) {
 		return n.Labels[nodestatus.LabelReady] == "true" && len(n.Spec.Taints) == 0, fmt.Sprintf("%v %v", n.Labels, n.Spec.Taints)
 	})
 
-	// Unreadable: unknown, and presence alone decides.
+	// Unreadable once read (rewritten in place, removed): the policy last
+	// read stays, so that a torn read cannot lift the taint.
+	writeFile(t, kubeletConfig, "imagePullCredentialsVerificationPolicy: AlwaysVerify\n")
+	e.waitStatus("AlwaysVerify again", func(st nodestatus.Status) bool { return st.Policy == "AlwaysVerify" })
 	if err := os.Remove(kubeletConfig); err != nil {
 		t.Fatal(err)
 	}
-	st = e.waitStatus("policy unknown", func(st nodestatus.Status) bool { return st.Policy == "unknown" })
-	if !st.Ready() {
+	e.waitSyncs(5)
+	if st := e.status(); st.Policy != "AlwaysVerify" || st.Refused != 2 {
+		t.Errorf("status %+v after the kubelet config went away: want the last policy read kept", st)
+	}
+}
+
+// A node whose kubelet config cannot be read from the start: the policy is
+// unknown, and presence alone decides.
+func TestKubeletPolicyUnknown(t *testing.T) {
+	node := newNode(nil)
+	data := testConfig("  - image: " + appImage + "\n")
+	e := startWith(t, nil, func(o *Options) { o.KubeletConfig = filepath.Join(t.TempDir(), "absent.yaml") }, node, newConfigMap(data))
+	st := e.waitStatus("policy unknown", func(st nodestatus.Status) bool { return st.Policy == "unknown" })
+	if !st.Ready() || st.Refused != 0 {
 		t.Errorf("status %+v: an unknown policy refuses nothing", st)
 	}
 }

@@ -35,8 +35,11 @@ type syncState struct {
 	// syncErr is the last sync-wide problem reported in an Event.
 	syncErr     string
 	nodeMissing bool
-	// policy is the kubelet policy and refused images last reported.
-	policy string
+	// policy is the kubelet policy and refused images last reported;
+	// kubelet is the last policy read from the kubelet's config.
+	policy            string
+	kubelet           *kubelet.Policy
+	kubeletUnreadable bool
 }
 
 type converged struct {
@@ -265,7 +268,7 @@ func (a *Agent) judge(node *corev1.Node, st nodestatus.Status, apply []preload.I
 	if a.opts.KubeletConfig == "" {
 		return st
 	}
-	p := kubelet.ReadPolicy(a.opts.KubeletConfig, a.opts.KubeletConfigDir, kubelet.Minor(node.Status.NodeInfo.KubeletVersion))
+	p := a.kubeletPolicy(node)
 	st.Policy = p.Name
 	var refused []string
 	for _, img := range apply {
@@ -277,6 +280,36 @@ func (a *Agent) judge(node *corev1.Node, st nodestatus.Status, apply []preload.I
 	st.RefusedImages = refused[:min(len(refused), nodestatus.MaxListed)]
 	a.reportPolicy(p, refused)
 	return st
+}
+
+// kubeletPolicy reads the kubelet's policy. Once one has been read, a read
+// that fails (the file being rewritten in place, or gone) keeps it, and a
+// change counts only when a second read agrees: a torn read must not lift
+// the not-ready taint, which the agent never puts back.
+func (a *Agent) kubeletPolicy(node *corev1.Node) kubelet.Policy {
+	read := func() kubelet.Policy {
+		return kubelet.ReadPolicy(a.opts.KubeletConfig, a.opts.KubeletConfigDir, kubelet.Minor(node.Status.NodeInfo.KubeletVersion))
+	}
+	p, last := read(), a.state.kubelet
+	switch {
+	case last == nil:
+	case p.Name == kubelet.Unknown:
+		if !a.state.kubeletUnreadable {
+			a.state.kubeletUnreadable = true
+			a.log.Warn("kubelet config unreadable; keeping the policy last read", "policy", last.Name, "reason", p.Reason)
+		}
+		return *last
+	case !samePolicy(p, *last):
+		if again := read(); !samePolicy(p, again) {
+			return *last
+		}
+	}
+	a.state.kubelet, a.state.kubeletUnreadable = &p, false
+	return p
+}
+
+func samePolicy(a, b kubelet.Policy) bool {
+	return a.Name == b.Name && slices.Equal(a.Allowlist, b.Allowlist) && a.Minor == b.Minor
 }
 
 // reportPolicy logs the policy when it changes and records a Warning Event

@@ -162,3 +162,60 @@ func base64(s string) string {
 	req.SetBasicAuth(u, p)
 	return strings.TrimPrefix(req.Header.Get("Authorization"), "Basic ")
 }
+
+// A registry that asks for Basic: the password goes to it, and a wrong one
+// is not sent again and again (an LDAP-backed account would lock). A
+// registrytoken credential is sent as the bearer token it is.
+func TestWriteBasicAndTokenRegistry(t *testing.T) {
+	backend := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	defer backend.Close()
+	backendURL, _ := url.Parse(backend.URL)
+	proxy := httputil.NewSingleHostReverseProxy(backendURL)
+	var mu sync.Mutex
+	wrong := 0
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		a := r.Header.Get("Authorization")
+		u, p, _ := r.BasicAuth()
+		if a != "Bearer "+corpToken && (u != corpUser || p != corpPassword) {
+			if a != "" {
+				mu.Lock()
+				wrong++
+				mu.Unlock()
+			}
+			w.Header().Set("WWW-Authenticate", `Basic realm="corp"`)
+			http.Error(w, `{"errors":[{"code":"UNAUTHORIZED"}]}`, http.StatusUnauthorized)
+			return
+		}
+		r.Header.Del("Authorization")
+		proxy.ServeHTTP(w, r)
+	}))
+	defer front.Close()
+	host := strings.Replace(strings.TrimPrefix(front.URL, "http://"), "127.0.0.1", "localhost", 1)
+	l, _ := archivetest.Layer(9, 1024, false)
+	img, _ := archivetest.NewImage("linux/amd64", l)
+	ref, _ := name.ParseReference(backendURL.Host + "/team/app:1")
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	opts := bundle.Options{Platform: v1.Platform{OS: "linux", Architecture: "amd64"}}
+	write := func(cfg authn.AuthConfig) error {
+		src := bundle.Source{Name: host + "/team/app:1", Auth: []authn.Authenticator{authn.FromConfig(cfg)}}
+		return bundle.Write(context.Background(), io.Discard, []bundle.Source{src}, opts)
+	}
+	if err := write(authn.AuthConfig{Username: corpUser, Password: corpPassword}); err != nil {
+		t.Errorf("Basic: %v", err)
+	}
+	if err := write(authn.AuthConfig{RegistryToken: corpToken}); err != nil {
+		t.Errorf("registrytoken: %v", err)
+	}
+	err := write(authn.AuthConfig{Username: corpUser, Password: "wrong-pw"})
+	if err == nil || strings.Contains(err.Error(), "wrong-pw") {
+		t.Errorf("wrong password: %v, want a failure without the password", err)
+	}
+	// go-containerregistry's ping and its manifest request: each may send
+	// the password once, and no more.
+	t.Logf("wrong password sent %d times", wrong)
+	if wrong > 2 {
+		t.Errorf("the wrong password was sent %d times, want at most once per request (2)", wrong)
+	}
+}

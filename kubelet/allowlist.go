@@ -5,6 +5,7 @@ import (
 	"path"
 	"slices"
 
+	"github.com/distribution/reference"
 	"sigs.k8s.io/yaml"
 )
 
@@ -32,10 +33,10 @@ func Allowlist(images []string, minor int) (entries, notes []string) {
 			add(name)
 			continue
 		}
-		if name == img {
-			// Untagged: 1.35 would match an exact entry, but only a
-			// normalized one passes its validation.
-			notes = append(notes, fmt.Sprintf("%s: kubelet 1.%d accepts only fully qualified names in the allowlist; write the image as registry/path:tag", img, minor))
+		if name == img && normalized(img) {
+			// Untagged and fully qualified: 1.35 matches it exactly, and
+			// its validation accepts it.
+			add(img)
 			continue
 		}
 		parent := path.Dir(name)
@@ -48,6 +49,13 @@ func Allowlist(images []string, minor int) (entries, notes []string) {
 	}
 	slices.Sort(entries)
 	return entries, notes
+}
+
+// normalized reports whether name is already in its fully qualified form,
+// the only exact entry kubelet 1.35 accepts.
+func normalized(name string) bool {
+	n, err := reference.ParseNormalizedNamed(name)
+	return err == nil && n.Name() == name
 }
 
 // Snippet is the KubeletConfiguration fragment that sets the policy and

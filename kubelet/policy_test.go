@@ -101,14 +101,18 @@ func TestAllowlist(t *testing.T) {
 		"corp.example:5000/team/tool:2.0",
 		"registry.k8s.io/pause:3.10",
 		"nginx:1.25",
+		"corp.example/team/untagged",
+		"library/busybox",
 	}
 	tests := []struct {
 		minor   int
 		entries []string
 		notes   int
 	}{
-		{37, []string{"corp.example/team/app", "corp.example:5000/team/tool", "nginx", "registry.k8s.io/pause"}, 0},
-		{35, []string{"corp.example/team/*", "corp.example:5000/team/*", "registry.k8s.io/*"}, 5},
+		{37, []string{"corp.example/team/app", "corp.example/team/untagged", "corp.example:5000/team/tool", "library/busybox", "nginx", "registry.k8s.io/pause"}, 0},
+		// 1.35: prefixes for tagged images (each with a note), the exact
+		// name for an untagged qualified one, nothing for a bare name.
+		{35, []string{"corp.example/team/*", "corp.example/team/untagged", "corp.example:5000/team/*", "library/*", "registry.k8s.io/*"}, 6},
 	}
 	for _, tt := range tests {
 		entries, notes := Allowlist(images, tt.minor)

@@ -50,6 +50,11 @@ func runAllowlist(_ context.Context, args []string, stdout, stderr io.Writer) er
 	for _, n := range notes {
 		fmt.Fprintf(stderr, "allowlist: %s\n", n)
 	}
+	if len(entries) == 0 {
+		// The policy with an empty list would refuse every preloaded
+		// image, where the default lets them through.
+		return &exitError{code: exitInvalid, err: fmt.Errorf("allowlist: no image of %s can be allowlisted for kubelet 1.%d; printing nothing, as NeverVerifyAllowlistedImages with an empty list refuses every preloaded image", *configPath, minor)}
+	}
 	if cfg.SandboxImage != preload.SandboxNone {
 		fmt.Fprintln(stderr, "allowlist: the sandbox image needs no entry: the kubelet does not verify it")
 	}
