@@ -62,6 +62,8 @@ func (f *fakeContainerd) Tag(_ context.Context, name, source string) error {
 	return nil
 }
 
+func (f *fakeContainerd) CollectGarbage(context.Context) error { return nil }
+
 func (f *fakeContainerd) SyncPins(_ context.Context, pin, keep []string) ([]string, []string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

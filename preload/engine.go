@@ -77,6 +77,8 @@ type Containerd interface {
 	Import(ctx context.Context, contents *archive.Contents, images []archive.Image) error
 	Tag(ctx context.Context, name, source string) error
 	SyncPins(ctx context.Context, pin, keep []string) (pinned, unpinned []string, err error)
+	// CollectGarbage has containerd free what is unreferenced now.
+	CollectGarbage(ctx context.Context) error
 }
 
 // Run makes every image present: one ListImages; the import of every
@@ -268,11 +270,10 @@ var errPullViaNeedsContainerd = &reasonedError{ReasonUnsupported,
 // the next pull takes its place (with concurrency 1, the image that does
 // not fit is then the only one to fail), when the runtime can be asked.
 func (e *Engine) collectGarbage(ctx context.Context) {
-	gc, ok := e.Containerd.(interface{ CollectGarbage(context.Context) error })
-	if !ok {
+	if e.Containerd == nil {
 		return
 	}
-	if err := gc.CollectGarbage(ctx); err != nil {
+	if err := e.Containerd.CollectGarbage(ctx); err != nil {
 		e.log().Warn("cannot have containerd collect garbage after a pull ran out of space", "err", err)
 	}
 }

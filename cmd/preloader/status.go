@@ -65,8 +65,8 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	return nodeStatusVerdict(views)
 }
 
-// nodeView is one Node as status shows it.
-type nodeView struct {
+// nodeRow is one Node as status shows it.
+type nodeRow struct {
 	Name string `json:"name"`
 	// Ready is the preloader.io/ready label, or, without it, what the
 	// status annotation says; "unknown" for a node without the annotation
@@ -83,19 +83,19 @@ const (
 )
 
 // reporting says whether an agent reports on this node.
-func (v nodeView) reporting() bool { return v.Status != nil || v.Error != "" }
+func (v nodeRow) reporting() bool { return v.Status != nil || v.Error != "" }
 
 // listNodeStatus reads every Node's label and annotation with one
 // metadata-only List: no specs or statuses, so it stays small with
 // thousands of nodes.
-func listNodeStatus(ctx context.Context, mc metadata.Interface) ([]nodeView, error) {
+func listNodeStatus(ctx context.Context, mc metadata.Interface) ([]nodeRow, error) {
 	ctx, cancel := context.WithTimeout(ctx, kubeRequestTimeout)
 	defer cancel()
 	list, err := mc.Resource(nodesResource).List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, kubeAPIError("list nodes", err)
 	}
-	views := make([]nodeView, 0, len(list.Items))
+	views := make([]nodeRow, 0, len(list.Items))
 	for i := range list.Items {
 		views = append(views, decodeNodeStatus(&list.Items[i].ObjectMeta))
 	}
@@ -103,8 +103,8 @@ func listNodeStatus(ctx context.Context, mc metadata.Interface) ([]nodeView, err
 	return views, nil
 }
 
-func decodeNodeStatus(m *metav1.ObjectMeta) nodeView {
-	v := nodeView{Name: m.Name, Ready: readyUnknown}
+func decodeNodeStatus(m *metav1.ObjectMeta) nodeRow {
+	v := nodeRow{Name: m.Name, Ready: readyUnknown}
 	raw, ok := m.Annotations[nodestatus.AnnotationStatus]
 	if ok {
 		st, err := nodestatus.Decode(raw)
@@ -122,12 +122,12 @@ func decodeNodeStatus(m *metav1.ObjectMeta) nodeView {
 	return v
 }
 
-func writeNodeStatus(w io.Writer, format string, views []nodeView, now time.Time) error {
+func writeNodeStatus(w io.Writer, format string, views []nodeRow, now time.Time) error {
 	if format == "json" {
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		return enc.Encode(struct {
-			Nodes []nodeView `json:"nodes"`
+			Nodes []nodeRow `json:"nodes"`
 		}{views})
 	}
 	wide := format == "wide"
@@ -227,7 +227,7 @@ func refusedList(st *nodestatus.Status) string {
 
 // nodeStatusVerdict is status's exit: 0 when every node the agent reports on
 // is ready, 1 when one is not (or no node reports at all).
-func nodeStatusVerdict(views []nodeView) error {
+func nodeStatusVerdict(views []nodeRow) error {
 	var notReady []string
 	reporting := 0
 	for _, v := range views {
