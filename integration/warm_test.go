@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"fmt"
+	"os/exec"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -258,37 +259,56 @@ func TestWarmWait(t *testing.T) {
 
 	const img = "corp.example/team/new:2.0"
 	const norm = "corp.example/team/new:2.0"
-	res := make(chan run, 1)
-	go func() {
-		res <- preloader(t, 2*time.Minute, nil, "warm", "--configmap", "kube-preloader/preloader-config", "--image", img,
-			"--wait", "--timeout", "90s", "--kubeconfig", k.Kubeconfig)
-	}()
-	// Wait for the edit, then play the agents: n1 pulls it at once; n2
-	// first fails, then has it.
-	deadline := time.Now().Add(time.Minute)
-	for {
-		data, _ := getImagesYAML(t, c, "kube-preloader", "preloader-config")
-		if strings.Contains(data, img) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("warm did not add the image")
-		}
-		time.Sleep(50 * time.Millisecond)
+	var stdout, stderr lockedBuffer
+	cmd := exec.Command(preloaderBin, "warm", "--configmap", "kube-preloader/preloader-config", "--image", img,
+		"--wait", "--timeout", "90s", "--kubeconfig", k.Kubeconfig)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
 	}
-	time.Sleep(500 * time.Millisecond)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	defer func() { _ = cmd.Process.Kill() }()
+	// warm has added the image and shows where nodes stand (none has it)
+	// before the agents are played: n1 pulls it at once; n2 first fails,
+	// then has it. Each step waits for warm to show the one before, as a
+	// slow start (a cold machine) must not skip a line.
+	waitStderr := func(want string) {
+		t.Helper()
+		deadline := time.Now().Add(time.Minute)
+		for !strings.Contains(stderr.String(), want) {
+			select {
+			case err := <-done:
+				t.Fatalf("warm --wait ended (%v) before printing %q:\n%s%s", err, want, stdout.String(), stderr.String())
+			default:
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("warm --wait did not print %q in a minute:\n%s%s", want, stdout.String(), stderr.String())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitStderr("0/2 nodes have " + img)
 	reportFor(t, c, "n1", "kube-preloader", "preloader-config", nil, nil)
+	waitStderr("1/2 nodes have " + img)
 	reportFor(t, c, "n2", "kube-preloader", "preloader-config", nil, []nodestatus.FailedImage{{Image: norm, Reason: "registry unavailable"}})
-	time.Sleep(500 * time.Millisecond)
+	waitStderr("n2: " + img + " failed: registry unavailable")
 	select {
-	case r := <-res:
-		t.Fatalf("warm --wait ended before n2 has the image: %s", r)
-	default:
+	case err := <-done:
+		t.Fatalf("warm --wait ended (%v) before n2 has the image:\n%s", err, stderr.String())
+	case <-time.After(500 * time.Millisecond):
 	}
 	reportFor(t, c, "n2", "kube-preloader", "preloader-config", nil, nil)
 	var r run
 	select {
-	case r = <-res:
+	case err := <-done:
+		r = run{stdout: stdout.String(), stderr: stderr.String()}
+		if err != nil {
+			r.code = -1
+			if ee, ok := err.(*exec.ExitError); ok {
+				r.code = ee.ExitCode()
+			}
+		}
 	case <-time.After(time.Minute):
 		t.Fatal("warm --wait did not end after every node reported the image")
 	}
