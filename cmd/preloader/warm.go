@@ -15,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/util/resourceversion"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/metadata"
@@ -80,7 +81,7 @@ func runWarm(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		defer cancel()
 	}
 
-	data, added, err := warmAdd(ctx, cs, ns, name, *image, norm)
+	data, rv, added, err := warmAdd(ctx, cs, ns, name, *image, norm)
 	if err != nil {
 		return err
 	}
@@ -98,14 +99,15 @@ func runWarm(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return &exitError{code: exitInvalid, err: err}
 	}
 	w := &warmWaiter{cs: cs, mc: mc, ns: ns, name: name, image: *image, norm: norm, stderr: stderr,
-		accept: map[string]bool{hash: true}, reported: map[string]string{}}
+		accept: map[string]bool{hash: true}, listedAt: rv, reported: map[string]string{}}
 	return w.run(ctx)
 }
 
 // warmAdd appends the image to the ConfigMap's images.yaml, re-reading and
 // retrying when someone else changed the ConfigMap in between, so no edit
-// is lost. It returns the images.yaml that lists the image.
-func warmAdd(ctx context.Context, cs kubernetes.Interface, ns, name, ref, norm string) (data string, added bool, err error) {
+// is lost. It returns the images.yaml that lists the image and the
+// ConfigMap's resourceVersion then.
+func warmAdd(ctx context.Context, cs kubernetes.Interface, ns, name, ref, norm string) (data, rv string, added bool, err error) {
 	cms := cs.CoreV1().ConfigMaps(ns)
 	err = retry.RetryOnConflict(warmBackoff, func() error {
 		rctx, cancel := context.WithTimeout(ctx, kubeRequestTimeout)
@@ -120,7 +122,7 @@ func warmAdd(ctx context.Context, cs kubernetes.Interface, ns, name, ref, norm s
 			return &exitError{code: exitInvalid, err: fmt.Errorf("ConfigMap %s/%s key %s: %w", ns, name, configMapKey, err)}
 		}
 		if !changed {
-			data, added = old, false
+			data, rv, added = old, cm.ResourceVersion, false
 			return nil
 		}
 		if cm.Data == nil {
@@ -133,17 +135,17 @@ func warmAdd(ctx context.Context, cs kubernetes.Interface, ns, name, ref, norm s
 		if err != nil {
 			return err
 		}
-		data, added = updated.Data[configMapKey], true
+		data, rv, added = updated.Data[configMapKey], updated.ResourceVersion, true
 		return nil
 	})
 	var ee *exitError
 	switch {
 	case err == nil:
-		return data, added, nil
+		return data, rv, added, nil
 	case errors.As(err, &ee):
-		return "", false, err
+		return "", "", false, err
 	default:
-		return "", false, kubeAPIError(fmt.Sprintf("ConfigMap %s/%s", ns, name), err)
+		return "", "", false, kubeAPIError(fmt.Sprintf("ConfigMap %s/%s", ns, name), err)
 	}
 }
 
@@ -253,13 +255,17 @@ func listsImage(data, norm string) bool {
 // others may edit meanwhile) until every node running the agent reports the
 // image present under a config that lists it.
 type warmWaiter struct {
-	cs           kubernetes.Interface
-	mc           metadata.Interface
-	ns, name     string
-	image, norm  string
-	stderr       io.Writer
-	accept       map[string]bool // config hashes that list the image
-	removed      bool            // a later config no longer lists it
+	cs          kubernetes.Interface
+	mc          metadata.Interface
+	ns, name    string
+	image, norm string
+	stderr      io.Writer
+	accept      map[string]bool // config hashes that list the image
+	removed     bool            // a later config no longer lists it
+	// listedAt is the ConfigMap's resourceVersion that lists the image:
+	// the informer's first list may still hand out an older one, which
+	// is not a removal.
+	listedAt     string
 	lastProgress string
 	reported     map[string]string // node → failure reason last printed
 }
@@ -325,6 +331,9 @@ func (w *warmWaiter) observeConfig(objs []any) {
 		cm, ok := o.(*corev1.ConfigMap)
 		if !ok || cm.Name != w.name {
 			continue
+		}
+		if c, err := resourceversion.CompareResourceVersion(cm.ResourceVersion, w.listedAt); err == nil && c < 0 {
+			continue // older than our edit: the watch will bring it
 		}
 		data, ok := cm.Data[configMapKey]
 		if !ok {
