@@ -167,10 +167,17 @@ func (e *Engine) importArchive(ctx context.Context, cfg *Config, file string, wa
 	}
 
 	if err := e.importRetrying(ctx, cfg.Retry, path, contents, named); err != nil {
+		reason := importReason(err)
+		if cerr := ctx.Err(); cerr != nil {
+			// The run ended (SIGTERM, --timeout): whatever containerd's
+			// cut stream said ("error getting writer status: EOF"), that
+			// is why the import stopped.
+			reason, _ = Classify(cerr)
+		}
 		err = fmt.Errorf("archive %s: import: %w", path, err)
 		for _, img := range named {
 			for _, n := range img.Names {
-				result(n, StatusFailed, importReason(err), err)
+				result(n, StatusFailed, reason, err)
 			}
 		}
 		return results

@@ -70,3 +70,35 @@ func TestImportRetry(t *testing.T) {
 		})
 	}
 }
+
+// cancelingImports is containerd's stream cut by the end of the run: the
+// run's context ends during the import, and the client reports what the
+// broken stream said, not the context's error.
+type cancelingImports struct {
+	*fakeContainerd
+	cancel context.CancelFunc
+}
+
+func (c *cancelingImports) Import(context.Context, *archive.Contents, []archive.Image) error {
+	c.cancel()
+	return errors.New("write blob sha256:1: failed to get status: error getting writer status: EOF")
+}
+
+func TestImportCutByTheRunIsCanceled(t *testing.T) {
+	const a = "registry.example/a:1"
+	s := critest.Start(t)
+	dir := t.TempDir()
+	testArchive(t, dir, "a.tar", archivetest.OCILayout, []string{a})
+	cfg := testConfig()
+	cfg.ArchiveDir = dir
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	e := &preload.Engine{Runtime: connect(t, s), Containerd: &cancelingImports{fakeContainerd: &fakeContainerd{cri: s}, cancel: cancel}}
+	results, err := e.Run(ctx, cfg, images(a))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := outcomes(results)[a]; got != (outcome{preload.StatusFailed, preload.ReasonCanceled}) {
+		t.Errorf("%s: %+v, want failed, canceled", a, got)
+	}
+}
