@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
-	"reflect"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -126,30 +125,12 @@ func buildStatus(hash string, results []preload.Result) nodestatus.Status {
 	return st
 }
 
-// sameStatus compares statuses, ignoring when they changed and the format
-// version they were written in.
+// sameStatus compares statuses as the annotation shows them (where an
+// empty list and none are the same), ignoring when they changed; Encode
+// stamps the format version on both.
 func sameStatus(a, b nodestatus.Status) bool {
 	a.Changed, b.Changed = time.Time{}, time.Time{}
-	a.Version, b.Version = 0, 0
-	if len(a.Missing) == 0 {
-		a.Missing = nil
-	}
-	if len(b.Missing) == 0 {
-		b.Missing = nil
-	}
-	if len(a.Failed) == 0 {
-		a.Failed = nil
-	}
-	if len(a.RefusedImages) == 0 {
-		a.RefusedImages = nil
-	}
-	if len(b.RefusedImages) == 0 {
-		b.RefusedImages = nil
-	}
-	if len(b.Failed) == 0 {
-		b.Failed = nil
-	}
-	return reflect.DeepEqual(a, b)
+	return nodestatus.Encode(a) == nodestatus.Encode(b)
 }
 
 // nodeWrite is what a sync has to change on the Node.
@@ -167,7 +148,7 @@ type nodeWrite struct {
 // when something last happened, not when the agent last looked.
 func planWrite(v nodeView, st nodestatus.Status, now time.Time) (nodeWrite, bool) {
 	prev, err := nodestatus.Decode(v.status)
-	same := v.status != "" && err == nil && sameStatus(prev, st)
+	same := err == nil && sameStatus(prev, st)
 	if same {
 		st.Changed = prev.Changed
 	} else {

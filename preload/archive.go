@@ -167,13 +167,7 @@ func (e *Engine) importArchive(ctx context.Context, cfg *Config, file string, wa
 	}
 
 	if err := e.importRetrying(ctx, cfg.Retry, path, contents, named); err != nil {
-		reason := importReason(err)
-		if cerr := ctx.Err(); cerr != nil {
-			// The run ended (SIGTERM, --timeout): whatever containerd's
-			// cut stream said ("error getting writer status: EOF"), that
-			// is why the import stopped.
-			reason, _ = Classify(cerr)
-		}
+		reason := importReason(ctx, err)
 		err = fmt.Errorf("archive %s: import: %w", path, err)
 		for _, img := range named {
 			for _, n := range img.Names {
@@ -207,7 +201,7 @@ func (e *Engine) importRetrying(ctx context.Context, retry Retry, path string, c
 	backoff := retry.Backoff()
 	for attempt := 1; ; attempt++ {
 		err := e.Containerd.Import(ctx, contents, imgs)
-		if err == nil || importReason(err) != ReasonRuntime || ctx.Err() != nil || attempt == e.MaxAttempts {
+		if err == nil || importReason(ctx, err) != ReasonRuntime || attempt == e.MaxAttempts {
 			return err
 		}
 		wait := backoff.Step()
@@ -245,7 +239,13 @@ func (e *Engine) awaitCRI(ctx context.Context, ref, id string) error {
 }
 
 // importReason tells the runtime's troubles from the rest.
-func importReason(err error) string {
+func importReason(ctx context.Context, err error) string {
+	if cerr := ctx.Err(); cerr != nil {
+		// The run ended (SIGTERM, --timeout): whatever containerd's cut
+		// stream said ("error getting writer status: EOF"), that is why
+		// the import stopped, and nothing is retried.
+		err = cerr
+	}
 	switch reason, _ := Classify(err); reason {
 	case ReasonRuntime, ReasonNoSpace, ReasonCanceled, ReasonTimeout:
 		return reason
