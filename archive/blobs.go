@@ -29,6 +29,7 @@ const maxBuffered = 32 << 20
 // archive order from a compressed one, which can only be read through.
 // The content is what Inspect checked only if the file has not changed
 // since; fn should check digests itself (containerd's content store does).
+// Errors do not name the archive: the caller, which opened it, does.
 func (c *Contents) Each(ctx context.Context, descs []ocispec.Descriptor, fn func(ocispec.Descriptor, io.Reader) error) error {
 	var (
 		seen     = make(map[digest.Digest]bool)
@@ -38,7 +39,7 @@ func (c *Contents) Each(ctx context.Context, descs []ocispec.Descriptor, fn func
 	for _, d := range descs {
 		b, ok := c.blobs[d.Digest]
 		if !ok {
-			return fmt.Errorf("archive %s: blob %s was not inspected", c.file.Path, d.Digest)
+			return fmt.Errorf("blob %s was not inspected", d.Digest)
 		}
 		if seen[d.Digest] {
 			continue
@@ -55,16 +56,10 @@ func (c *Contents) Each(ctx context.Context, descs []ocispec.Descriptor, fn func
 			return err
 		}
 	}
-	var err error
 	if c.file.Compression == Plain {
-		err = c.eachAt(ctx, inFile, fn)
-	} else {
-		err = c.eachStreamed(ctx, inFile, fn)
+		return c.eachAt(ctx, inFile, fn)
 	}
-	if err != nil {
-		return fmt.Errorf("archive %s: %w", c.file.Path, err)
-	}
-	return nil
+	return c.eachStreamed(ctx, inFile, fn)
 }
 
 // eachAt hands out blobs in the order of descs, several at a time.

@@ -168,9 +168,22 @@ func (c *Client) Import(ctx context.Context, contents *archive.Contents, want []
 		return nil
 	})
 	if err := g.Wait(); err != nil {
-		return err
+		return streamCut(err)
 	}
 	return c.record(ctx, records)
+}
+
+// streamCut marks as unavailable a write that containerd cut: a gRPC
+// stream the server drops without a status (containerd killed or
+// restarted mid-import) ends in a bare io.EOF from Send ("failed to send
+// write: EOF", "error getting writer status: EOF"), which reads as
+// nothing in particular. An archive's own truncation is
+// io.ErrUnexpectedEOF, and is not matched.
+func streamCut(err error) error {
+	if errors.Is(err, io.EOF) && !errdefs.IsUnavailable(err) {
+		return fmt.Errorf("%w (containerd closed the stream: %w)", err, errdefs.ErrUnavailable)
+	}
+	return err
 }
 
 // CollectGarbage has containerd collect what no image or lease holds,
