@@ -28,7 +28,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 
-	"github.com/kube-preloader/kube-preloader/preload"
+	"github.com/kube-preloader/kube-preloader/noderuntime"
 )
 
 // ConfigKey is the ConfigMap key that holds the config.
@@ -51,22 +51,12 @@ const (
 	ReasonKubeletRefuses     = "KubeletRefusesImages"
 )
 
-// Runtime is what the agent needs of the container runtime; *cri.Client
-// implements it.
-type Runtime interface {
-	preload.Runtime
-	preload.SandboxReporter
-}
-
 // Options configure an Agent.
 type Options struct {
 	// Client talks to the API server.
 	Client kubernetes.Interface
-	// Runtime is this node's container runtime.
-	Runtime Runtime
-	// Containerd, if not nil, is the containerd behind Runtime, for
-	// archive import, mirrors and pinning (see preload.Engine).
-	Containerd preload.Containerd
+	// Store is this node's container runtime.
+	Store noderuntime.Store
 	// Namespace and ConfigMap name the agent's ConfigMap. The namespace is
 	// also where pullSecrets and serviceAccounts are looked up.
 	Namespace string
@@ -133,8 +123,8 @@ func New(opts Options) (*Agent, error) {
 	switch {
 	case opts.Client == nil:
 		return nil, errors.New("agent: Options.Client is required")
-	case opts.Runtime == nil:
-		return nil, errors.New("agent: Options.Runtime is required")
+	case opts.Store == nil:
+		return nil, errors.New("agent: Options.Store is required")
 	case opts.Namespace == "" || opts.ConfigMap == "":
 		return nil, errors.New("agent: Options.Namespace and Options.ConfigMap are required")
 	case opts.NodeName == "":
@@ -289,7 +279,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 		}
 	}
-	a.log.Info("started", "configmap", a.cmKey, "runtime", fmt.Sprintf("%T", a.opts.Runtime))
+	a.log.Info("started", "configmap", a.cmKey, "runtime", a.opts.Store.Facts().Name)
 	a.loop(runCtx)
 	a.log.Info("stopped")
 	return nil

@@ -24,6 +24,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/kube-preloader/kube-preloader/cri"
+	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/cri/critest"
 	"github.com/kube-preloader/kube-preloader/nodestatus"
 	"github.com/kube-preloader/kube-preloader/preload"
@@ -106,7 +107,7 @@ func startWith(t *testing.T, setup func(*critest.Server), opts func(*Options), o
 	t.Cleanup(func() { rt.Close() })
 	o := Options{
 		Client:    e.client,
-		Runtime:   rt,
+		Store:     noderuntime.CRIOnly(rt),
 		Namespace: testNS,
 		ConfigMap: testCM,
 		NodeName:  testNode,

@@ -9,6 +9,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/kube-preloader/kube-preloader/cri/keyring"
+	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/preload"
 )
 
@@ -110,20 +111,27 @@ func (c credentials) keyring(img preload.Image) (*keyring.Keyring, string) {
 	return k, ""
 }
 
-// gatedRuntime refuses, without asking the runtime, to pull references
-// whose credentials are missing, so that the engine still checks whether
-// the image is present (it may be) and the credential problem becomes the
-// reason when it is not.
-type gatedRuntime struct {
-	preload.Runtime
+// gatedStore refuses, without asking the runtime, to pull references
+// whose credentials are missing, by either way of pulling, so that the
+// engine still checks whether the image is present (it may be) and the
+// credential problem becomes the reason when it is not.
+type gatedStore struct {
+	noderuntime.Store
 	blocked map[string]string
 }
 
-func (g gatedRuntime) PullImage(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (string, error) {
+func (g gatedStore) PullImage(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (string, error) {
 	if why, ok := g.blocked[ref]; ok {
 		return "", credentialsError(why)
 	}
-	return g.Runtime.PullImage(ctx, ref, auth)
+	return g.Store.PullImage(ctx, ref, auth)
+}
+
+func (g gatedStore) PullDirect(ctx context.Context, ref string, auth *runtimeapi.AuthConfig, maxDownloads int) error {
+	if why, ok := g.blocked[ref]; ok {
+		return credentialsError(why)
+	}
+	return g.Store.PullDirect(ctx, ref, auth, maxDownloads)
 }
 
 // credentialsError is a pull refused for missing credentials; it is its

@@ -78,7 +78,7 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 	var st nodestatus.Status
 	atRest := false
 	if last := a.state.last; last != nil && last.key == key && last.status.Complete() {
-		missing, err := preload.Missing(ctx, a.opts.Runtime, apply)
+		missing, err := preload.Missing(ctx, a.opts.Store, apply)
 		if err != nil {
 			return a.syncFailed(ctx, cfg, ReasonRuntimeUnavailable, err)
 		}
@@ -126,10 +126,9 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 func (a *Agent) run(ctx context.Context, cfg *loadedConfig, images []preload.Image) ([]preload.Result, error) {
 	creds := a.creds.resolve(images)
 	engine := &preload.Engine{
-		Runtime:     gatedRuntime{Runtime: a.opts.Runtime, blocked: creds.blocked},
+		Store:       gatedStore{Store: a.opts.Store, blocked: creds.blocked},
 		Auth:        creds.Auth,
 		MaxAttempts: 1,
-		Containerd:  a.opts.Containerd,
 		Log:         a.log,
 	}
 	results, err := engine.Run(ctx, cfg.Config, images)
@@ -233,7 +232,7 @@ func (a *Agent) sandboxImage(ctx context.Context, cfg *loadedConfig) (string, er
 	if a.state.sandboxFor == cfg.hash {
 		return a.state.sandbox, nil
 	}
-	img, err := preload.ResolveSandbox(ctx, a.opts.Runtime, cfg.Config)
+	img, err := preload.ResolveSandbox(ctx, a.opts.Store, cfg.Config)
 	if err != nil {
 		return "", err
 	}

@@ -175,3 +175,17 @@ func (c *Client) StatusInfo(ctx context.Context) (map[string]string, error) {
 	}
 	return resp.Info, nil
 }
+
+// ImageFilesystems returns the mountpoints of the runtime's image
+// filesystems.
+func (c *Client) ImageFilesystems(ctx context.Context) ([]string, error) {
+	resp, err := c.images.ImageFsInfo(ctx, &runtimeapi.ImageFsInfoRequest{})
+	if err != nil {
+		return nil, fmt.Errorf("image filesystem info: %w", err)
+	}
+	var mounts []string
+	for _, fs := range resp.ImageFilesystems {
+		mounts = append(mounts, fs.GetFsId().GetMountpoint())
+	}
+	return mounts, nil
+}

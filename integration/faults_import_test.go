@@ -20,6 +20,7 @@ import (
 	"github.com/kube-preloader/kube-preloader/archive/archivetest"
 	"github.com/kube-preloader/kube-preloader/containerd"
 	"github.com/kube-preloader/kube-preloader/cri"
+	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/integration/harness"
 )
 
@@ -118,7 +119,7 @@ func (f *faultEnv) archive(t *testing.T, dir, file, repo string, n, size int) (n
 func (f *faultEnv) withContainerd(c *harness.Containerd) (restore func()) {
 	old, oldEnv := f.ctrd, f.env
 	f.ctrd = c
-	f.env = []string{cri.EndpointEnv + "=" + c.Endpoint, cri.ContainerdConfigEnv + "=" + c.ConfigFile}
+	f.env = []string{cri.EndpointEnv + "=" + c.Endpoint, noderuntime.ContainerdConfigEnv + "=" + c.ConfigFile}
 	return func() { f.ctrd, f.env = old, oldEnv }
 }
 

@@ -16,7 +16,7 @@ import (
 
 	"github.com/containerd/errdefs"
 
-	"github.com/kube-preloader/kube-preloader/cri"
+	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/integration/harness"
 )
 
@@ -42,7 +42,7 @@ func TestFaultPullViaContainerd(t *testing.T) {
 				return true
 			}})
 			node := newTestNode(t, flavor)
-			node.env = append(node.env, cri.ContainerdConfigEnv+"="+node.ctrd.ConfigFile)
+			node.env = append(node.env, noderuntime.ContainerdConfigEnv+"="+node.ctrd.ConfigFile)
 			ref := proxy.Host + "/team/stalled:1.0"
 			before := leaseIDs(t, node.containerd(t))
 			creds := writeFile(t, node.dir, "config.json", harness.DockerConfigJSON(proxy.Host, testUser, testPassword))

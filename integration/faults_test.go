@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/kube-preloader/kube-preloader/cri"
+	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/integration/harness"
 )
 
@@ -90,7 +91,7 @@ func testFaults(t *testing.T, flavor harness.Flavor, report func(faultRow)) {
 	ctrd := harness.StartContainerd(t, harness.ContainerdOptions{Flavor: flavor})
 	f := &faultEnv{
 		t: t, flavor: flavor, reg: reg, ctrd: ctrd, dir: t.TempDir(), report: report,
-		env: []string{cri.EndpointEnv + "=" + ctrd.Endpoint, cri.ContainerdConfigEnv + "=" + ctrd.ConfigFile},
+		env: []string{cri.EndpointEnv + "=" + ctrd.Endpoint, noderuntime.ContainerdConfigEnv + "=" + ctrd.ConfigFile},
 	}
 	t.Cleanup(func() { assertNoSecret(t, f.printed...) })
 

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/kube-preloader/kube-preloader/cri"
+	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/integration/harness"
 )
 
@@ -119,7 +120,7 @@ func testOnce(t *testing.T, flavor harness.Flavor) {
 	secure.TrustIn(ctrd)
 	// containerd 2.x does not report its sandbox image over the CRI: point
 	// the documented fallback at this containerd's config file.
-	env := []string{cri.EndpointEnv + "=" + ctrd.Endpoint, cri.ContainerdConfigEnv + "=" + ctrd.ConfigFile}
+	env := []string{cri.EndpointEnv + "=" + ctrd.Endpoint, noderuntime.ContainerdConfigEnv + "=" + ctrd.ConfigFile}
 	dir := t.TempDir()
 	var printed []string
 	once := func(t *testing.T, timeout time.Duration, args ...string) run {

@@ -16,7 +16,7 @@ import (
 	"github.com/containerd/containerd/v2/client"
 	digest "github.com/opencontainers/go-digest"
 
-	"github.com/kube-preloader/kube-preloader/cri"
+	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/integration/harness"
 )
 
@@ -58,7 +58,7 @@ func testPullViaContainerd(t *testing.T, flavor harness.Flavor) {
 	node := newTestNode(t, flavor)
 	// containerd 2.x does not report its registry config_path; the
 	// preloader reads it from the config file, as on a node.
-	node.env = append(node.env, cri.ContainerdConfigEnv+"="+node.ctrd.ConfigFile)
+	node.env = append(node.env, noderuntime.ContainerdConfigEnv+"="+node.ctrd.ConfigFile)
 	secure.TrustIn(node.ctrd)
 	writeHostsTOML(t, node.ctrd, "registry.example.test", mirror.URL)
 	auth := base64.StdEncoding.EncodeToString([]byte(testUser + ":" + testPassword))

@@ -16,6 +16,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/kube-preloader/kube-preloader/archive"
+	"github.com/kube-preloader/kube-preloader/noderuntime"
 )
 
 // criVisibleTimeout bounds the wait for the CRI to show an image recorded
@@ -104,8 +105,8 @@ func (e *Engine) importArchive(ctx context.Context, cfg *Config, file string, wa
 		}
 		return rs
 	}
-	if e.Containerd == nil {
-		return fail(ReasonUnsupported, fmt.Errorf("archive %s: importing archives needs containerd, and the runtime is not containerd", path))
+	if err := e.Store.Can(noderuntime.OpImport); err != nil {
+		return fail(ReasonUnsupported, fmt.Errorf("archive %s: %w", path, err))
 	}
 	a, err := archive.Open(dir, file)
 	if err != nil {
@@ -200,7 +201,7 @@ func (e *Engine) importArchive(ctx context.Context, cfg *Config, file string, wa
 func (e *Engine) importRetrying(ctx context.Context, retry Retry, path string, contents *archive.Contents, imgs []archive.Image) error {
 	backoff := retry.Backoff()
 	for attempt := 1; ; attempt++ {
-		err := e.Containerd.Import(ctx, contents, imgs)
+		err := e.Store.Import(ctx, contents, imgs)
 		if err == nil || importReason(ctx, err) != ReasonRuntime || attempt == e.MaxAttempts {
 			return err
 		}
@@ -223,7 +224,7 @@ func (e *Engine) awaitCRI(ctx context.Context, ref, id string) error {
 	var got *runtimeapi.Image
 	var err error
 	for {
-		got, err = e.Runtime.ImageStatus(ctx, ref)
+		got, err = e.Store.ImageStatus(ctx, ref)
 		if err == nil && got != nil && (id == "" || got.Id == id) {
 			return nil
 		}

@@ -11,6 +11,7 @@ import (
 	"github.com/kube-preloader/kube-preloader/archive"
 	"github.com/kube-preloader/kube-preloader/archive/archivetest"
 	"github.com/kube-preloader/kube-preloader/cri/critest"
+	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/preload"
 )
 
@@ -56,7 +57,7 @@ func TestImportRetry(t *testing.T) {
 			cfg := testConfig()
 			cfg.ArchiveDir = dir
 			ctrd := &failingImports{fakeContainerd: &fakeContainerd{cri: s}, fail: tt.fail, err: tt.err}
-			e := &preload.Engine{Runtime: connect(t, s), MaxAttempts: tt.maxAttempts, Containerd: ctrd}
+			e := &preload.Engine{Store: noderuntime.WithContainerd(connect(t, s), ctrd), MaxAttempts: tt.maxAttempts}
 			results, err := e.Run(context.Background(), cfg, images(a))
 			if err != nil {
 				t.Fatal(err)
@@ -93,7 +94,7 @@ func TestImportCutByTheRunIsCanceled(t *testing.T) {
 	cfg.ArchiveDir = dir
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	e := &preload.Engine{Runtime: connect(t, s), Containerd: &cancelingImports{fakeContainerd: &fakeContainerd{cri: s}, cancel: cancel}}
+	e := &preload.Engine{Store: noderuntime.WithContainerd(connect(t, s), &cancelingImports{fakeContainerd: &fakeContainerd{cri: s}, cancel: cancel})}
 	results, err := e.Run(ctx, cfg, images(a))
 	if err != nil {
 		t.Fatal(err)

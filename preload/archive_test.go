@@ -16,6 +16,7 @@ import (
 	"github.com/kube-preloader/kube-preloader/archive"
 	"github.com/kube-preloader/kube-preloader/archive/archivetest"
 	"github.com/kube-preloader/kube-preloader/cri/critest"
+	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/preload"
 )
 
@@ -63,6 +64,7 @@ func (f *fakeContainerd) Tag(_ context.Context, name, source string) error {
 }
 
 func (f *fakeContainerd) CollectGarbage(context.Context) error { return nil }
+func (f *fakeContainerd) Close() error                         { return nil }
 
 func (f *fakeContainerd) SyncPins(_ context.Context, pin, keep []string) ([]string, []string, error) {
 	f.mu.Lock()
@@ -221,9 +223,9 @@ func TestRunArchives(t *testing.T) {
 			cfg := testConfig()
 			cfg.ArchiveDir = dir
 			ctrd := &fakeContainerd{cri: s}
-			e := &preload.Engine{Runtime: connect(t, s), MaxAttempts: 1}
-			if !tt.noCtrd {
-				e.Containerd = ctrd
+			e := &preload.Engine{Store: noderuntime.WithContainerd(connect(t, s), ctrd), MaxAttempts: 1}
+			if tt.noCtrd {
+				e.Store = noderuntime.CRIOnly(connect(t, s))
 			}
 			results, err := e.Run(context.Background(), cfg, tt.images)
 			if err != nil {
@@ -293,7 +295,7 @@ func TestRunMirror(t *testing.T) {
 		}
 		ctrd := &fakeContainerd{cri: s}
 		var asked []string
-		e := &preload.Engine{Runtime: connect(t, s), Containerd: ctrd, MaxAttempts: 1,
+		e := &preload.Engine{Store: noderuntime.WithContainerd(connect(t, s), ctrd), MaxAttempts: 1,
 			Auth: func(img preload.Image) []*runtimeapi.AuthConfig {
 				asked = append(asked, img.Name)
 				return []*runtimeapi.AuthConfig{user}
@@ -316,7 +318,7 @@ func TestRunMirror(t *testing.T) {
 
 	t.Run("not containerd", func(t *testing.T) {
 		s := critest.Start(t)
-		e := &preload.Engine{Runtime: connect(t, s), MaxAttempts: 1}
+		e := &preload.Engine{Store: noderuntime.CRIOnly(connect(t, s)), MaxAttempts: 1}
 		results, err := e.Run(context.Background(), testConfig(), []preload.Image{img})
 		if err != nil {
 			t.Fatal(err)
@@ -338,7 +340,7 @@ func TestRunPullViaContainerd(t *testing.T) {
 	t.Run("pulled by the containerd client, not the CRI", func(t *testing.T) {
 		s := critest.Start(t)
 		ctrd := &fakeContainerd{cri: s}
-		e := &preload.Engine{Runtime: connect(t, s), Containerd: ctrd, MaxAttempts: 1}
+		e := &preload.Engine{Store: noderuntime.WithContainerd(connect(t, s), ctrd), MaxAttempts: 1}
 		results, err := e.Run(context.Background(), cfg, images(name))
 		if err != nil {
 			t.Fatal(err)
@@ -353,7 +355,7 @@ func TestRunPullViaContainerd(t *testing.T) {
 
 	t.Run("not containerd: a reason, no retries", func(t *testing.T) {
 		s := critest.Start(t)
-		e := &preload.Engine{Runtime: connect(t, s), MaxAttempts: 5}
+		e := &preload.Engine{Store: noderuntime.CRIOnly(connect(t, s)), MaxAttempts: 5}
 		results, err := e.Run(context.Background(), cfg, images(name))
 		if err != nil {
 			t.Fatal(err)
@@ -381,7 +383,7 @@ func TestRunPins(t *testing.T) {
 		ctrd := &fakeContainerd{cri: s}
 		cfg := testConfig()
 		cfg.Pin = pin
-		e := &preload.Engine{Runtime: connect(t, s), Containerd: ctrd, MaxAttempts: 1}
+		e := &preload.Engine{Store: noderuntime.WithContainerd(connect(t, s), ctrd), MaxAttempts: 1}
 		if _, err := e.Run(context.Background(), cfg, images("registry.example/present:1", "registry.example/pulled:1", "registry.example/missing:1")); err != nil {
 			t.Fatal(err)
 		}

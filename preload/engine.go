@@ -15,15 +15,8 @@ import (
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
-	"github.com/kube-preloader/kube-preloader/archive"
+	"github.com/kube-preloader/kube-preloader/noderuntime"
 )
-
-// Runtime is the part of the CRI the engine uses; *cri.Client implements it.
-type Runtime interface {
-	ListImages(ctx context.Context) ([]*runtimeapi.Image, error)
-	ImageStatus(ctx context.Context, ref string) (*runtimeapi.Image, error)
-	PullImage(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (string, error)
-}
 
 // Status is what happened to one image.
 type Status string
@@ -52,7 +45,8 @@ type Result struct {
 
 // Engine makes images present in a runtime.
 type Engine struct {
-	Runtime Runtime
+	// Store is the node's runtime.
+	Store noderuntime.Store
 	// Auth returns the credentials to try for img, most specific first;
 	// anonymous is always tried after them. Nil means anonymous only.
 	Auth func(img Image) []*runtimeapi.AuthConfig
@@ -60,25 +54,7 @@ type Engine struct {
 	// transient failures until ctx ends. The agent runs short bounded syncs
 	// so that status shows failures and config changes are not held up.
 	MaxAttempts int
-	// Containerd imports archives, records mirror pulls under their
-	// canonical names and pins images. Nil when the runtime is not
-	// containerd: images with an archive or a mirror then fail with a
-	// reason, and nothing is pinned.
-	Containerd Containerd
-	Log        *slog.Logger
-}
-
-// Containerd is what the engine needs beyond the CRI;
-// *containerd.Client implements it.
-type Containerd interface {
-	// Pull pulls and records ref as a CRI pull would, for pullVia
-	// containerd, with maxDownloads layer downloads at once on the node.
-	Pull(ctx context.Context, ref string, auth *runtimeapi.AuthConfig, maxDownloads int) error
-	Import(ctx context.Context, contents *archive.Contents, images []archive.Image) error
-	Tag(ctx context.Context, name, source string) error
-	SyncPins(ctx context.Context, pin, keep []string) (pinned, unpinned []string, err error)
-	// CollectGarbage has containerd free what is unreferenced now.
-	CollectGarbage(ctx context.Context) error
+	Log         *slog.Logger
 }
 
 // Run makes every image present: one ListImages; the import of every
@@ -92,7 +68,7 @@ type Containerd interface {
 // images, followed by the archives' images that images do not list;
 // identical references are handled once.
 func (e *Engine) Run(ctx context.Context, cfg *Config, images []Image) ([]Result, error) {
-	listed, err := e.Runtime.ListImages(ctx)
+	listed, err := e.Store.ListImages(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -140,7 +116,7 @@ func (e *Engine) Run(ctx context.Context, cfg *Config, images []Image) ([]Result
 		if r.Status == StatusFailed {
 			continue
 		}
-		st, err := e.Runtime.ImageStatus(ctx, r.Image)
+		st, err := e.Store.ImageStatus(ctx, r.Image)
 		switch {
 		case err != nil:
 			*r = failed(r.Image, err, r.Duration, r.Attempts)
@@ -244,37 +220,21 @@ func attemptTimedOut(ctx, pctx context.Context, err error) bool {
 // shows the image, which containerd 1.6's CRI learns of from an event.
 func (e *Engine) pullWith(ctx context.Context, cfg *Config, ref string, auth *runtimeapi.AuthConfig) error {
 	if cfg.PullVia != PullViaContainerd {
-		_, err := e.Runtime.PullImage(ctx, ref, auth)
+		_, err := e.Store.PullImage(ctx, ref, auth)
 		return err
 	}
-	if e.Containerd == nil {
-		return errPullViaNeedsContainerd
-	}
-	if err := e.Containerd.Pull(ctx, ref, auth, cfg.MaxDownloads); err != nil {
+	if err := e.Store.PullDirect(ctx, ref, auth, cfg.MaxDownloads); err != nil {
 		return err
 	}
 	return e.awaitCRI(ctx, ref, "")
 }
 
-// reasonedError is a failure that says its own reason; retrying cannot
-// mend it.
-type reasonedError struct{ reason, msg string }
-
-func (e *reasonedError) Error() string  { return e.msg }
-func (e *reasonedError) Reason() string { return e.reason }
-
-var errPullViaNeedsContainerd = &reasonedError{ReasonUnsupported,
-	"pullVia: containerd needs a containerd runtime, and the runtime is not containerd; use pullVia: cri"}
-
 // collectGarbage frees what a pull that ran out of space wrote, before
 // the next pull takes its place (with concurrency 1, the image that does
-// not fit is then the only one to fail), when the runtime can be asked.
+// not fit is then the only one to fail).
 func (e *Engine) collectGarbage(ctx context.Context) {
-	if e.Containerd == nil {
-		return
-	}
-	if err := e.Containerd.CollectGarbage(ctx); err != nil {
-		e.log().Warn("cannot have containerd collect garbage after a pull ran out of space", "err", err)
+	if err := e.Store.CollectGarbage(ctx); err != nil {
+		e.log().Warn("cannot have the runtime collect garbage after a pull ran out of space", "err", err)
 	}
 }
 
@@ -302,9 +262,9 @@ const (
 	ReasonRuntime      = "runtime unavailable"
 	ReasonCanceled     = "canceled"
 	ReasonInvalid      = "invalid reference"
-	ReasonArchive      = "bad archive"         // unreadable, unsafe, truncated, wrong digest or platform
-	ReasonImport       = "import failed"       // a sound archive the runtime did not take
-	ReasonUnsupported  = "unsupported runtime" // archive, mirror or pullVia containerd on a runtime other than containerd
+	ReasonArchive      = "bad archive"                 // unreadable, unsafe, truncated, wrong digest or platform
+	ReasonImport       = "import failed"               // a sound archive the runtime did not take
+	ReasonUnsupported  = noderuntime.ReasonUnsupported // archive, mirror or pullVia containerd on a runtime other than containerd
 	ReasonOther        = "error"
 )
 
@@ -375,8 +335,8 @@ func Classify(err error) (reason string, transient bool) {
 
 // Missing returns the images of which a single ListImages shows no trace:
 // the cheap check the agent runs every resync.
-func Missing(ctx context.Context, rt Runtime, images []Image) ([]Image, error) {
-	listed, err := rt.ListImages(ctx)
+func Missing(ctx context.Context, s noderuntime.Store, images []Image) ([]Image, error) {
+	listed, err := s.ListImages(ctx)
 	if err != nil {
 		return nil, err
 	}

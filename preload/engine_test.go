@@ -15,6 +15,7 @@ import (
 
 	"github.com/kube-preloader/kube-preloader/cri"
 	"github.com/kube-preloader/kube-preloader/cri/critest"
+	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/preload"
 )
 
@@ -118,7 +119,7 @@ func TestRunOutcomes(t *testing.T) {
 				}
 				return tt.pull(attempt, auth)
 			}
-			e := &preload.Engine{Runtime: connect(t, s), Auth: func(preload.Image) []*runtimeapi.AuthConfig { return tt.auths }}
+			e := &preload.Engine{Store: noderuntime.CRIOnly(connect(t, s)), Auth: func(preload.Image) []*runtimeapi.AuthConfig { return tt.auths }}
 			res, err := e.Run(context.Background(), testConfig(), images("reg.example/app:1"))
 			if err != nil {
 				t.Fatal(err)
@@ -143,7 +144,7 @@ func TestRunOutcomes(t *testing.T) {
 func TestRunPullsOnlyWhatIsMissing(t *testing.T) {
 	s := critest.Start(t)
 	s.Add("reg.example/a:1", 10)
-	e := &preload.Engine{Runtime: connect(t, s)}
+	e := &preload.Engine{Store: noderuntime.CRIOnly(connect(t, s))}
 	imgs := images("reg.example/a:1", "reg.example/b:1", "reg.example/b:1")
 
 	res, err := e.Run(context.Background(), testConfig(), imgs)
@@ -179,7 +180,7 @@ func TestRunDigestReference(t *testing.T) {
 	const ref = "reg.example/a@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 	s.Add(ref, 10)
 	s.Pull = func(context.Context, string, *runtimeapi.AuthConfig) error { return nil }
-	e := &preload.Engine{Runtime: connect(t, s)}
+	e := &preload.Engine{Store: noderuntime.CRIOnly(connect(t, s))}
 	res, err := e.Run(context.Background(), testConfig(), images(ref))
 	if err != nil {
 		t.Fatal(err)
@@ -209,7 +210,7 @@ func TestRunConcurrencyBound(t *testing.T) {
 	}
 	cfg := testConfig()
 	cfg.Concurrency = 3
-	e := &preload.Engine{Runtime: connect(t, s)}
+	e := &preload.Engine{Store: noderuntime.CRIOnly(connect(t, s))}
 	res, err := e.Run(context.Background(), cfg, images("r/a:1", "r/b:1", "r/c:1", "r/d:1", "r/e:1", "r/f:1", "r/g:1"))
 	if err != nil {
 		t.Fatal(err)
@@ -232,7 +233,7 @@ func TestRunPullTimeoutThenCancel(t *testing.T) {
 	}
 	cfg := testConfig()
 	cfg.PullTimeout = 50 * time.Millisecond
-	e := &preload.Engine{Runtime: connect(t, s)}
+	e := &preload.Engine{Store: noderuntime.CRIOnly(connect(t, s))}
 	ctx, cancel := context.WithTimeout(context.Background(), 400*time.Millisecond)
 	defer cancel()
 	start := time.Now()
@@ -358,7 +359,7 @@ func TestRunPullTimeoutSeenFirstByTheRuntime(t *testing.T) {
 	}
 	cfg := testConfig()
 	cfg.PullTimeout = 300 * time.Millisecond
-	e := &preload.Engine{Runtime: connect(t, s), MaxAttempts: 1}
+	e := &preload.Engine{Store: noderuntime.CRIOnly(connect(t, s)), MaxAttempts: 1}
 	res, err := e.Run(context.Background(), cfg, images("r/stalled:1"))
 	if err != nil {
 		t.Fatal(err)

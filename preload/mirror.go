@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/distribution/reference"
+
+	"github.com/kube-preloader/kube-preloader/noderuntime"
 )
 
 // MirrorRef is where image name is pulled from when its entry has a mirror:
@@ -38,9 +40,10 @@ func MirrorRef(name, mirror string) (string, error) {
 // naming img.Name with imagePullPolicy Never finds it.
 func (e *Engine) pullMirror(ctx context.Context, cfg *Config, img Image) Result {
 	start := time.Now()
-	if e.Containerd == nil {
-		return Result{Image: img.Name, Status: StatusFailed, Reason: ReasonUnsupported,
-			Error: "mirror: recording a mirror pull under the canonical name needs containerd, and the runtime is not containerd; configure the mirror in the runtime itself instead (CRI-O: registries.conf [[registry.mirror]]; containerd: hosts.toml)"}
+	// Asked first: a mirror pull that cannot be recorded under img.Name
+	// is of no use to a pod that names img.Name.
+	if err := e.Store.Can(noderuntime.OpTag); err != nil {
+		return failed(img.Name, fmt.Errorf("mirror: %w", err), 0, 0)
 	}
 	src, err := MirrorRef(img.Name, img.Mirror)
 	if err != nil {
@@ -53,7 +56,7 @@ func (e *Engine) pullMirror(ctx context.Context, cfg *Config, img Image) Result 
 	if r.Status != StatusPulled {
 		return r
 	}
-	if err := e.Containerd.Tag(ctx, img.Name, src); err != nil {
+	if err := e.Store.Tag(ctx, img.Name, src); err != nil {
 		r = failed(img.Name, err, time.Since(start), r.Attempts)
 		r.Source = src
 		return r

@@ -7,12 +7,6 @@ import "context"
 // everything, without cfg.Pin). A failure is logged: the images are
 // present all the same.
 func (e *Engine) syncPins(ctx context.Context, cfg *Config, results []Result) {
-	if e.Containerd == nil {
-		if cfg.Pin {
-			e.log().Info("images not pinned: the runtime is not containerd; pin them in the runtime's own config (CRI-O: pinned_images)")
-		}
-		return
-	}
 	var pin, keep []string
 	if cfg.Pin {
 		for _, r := range results {
@@ -23,7 +17,7 @@ func (e *Engine) syncPins(ctx context.Context, cfg *Config, results []Result) {
 			}
 		}
 	}
-	pinned, unpinned, err := e.Containerd.SyncPins(ctx, pin, keep)
+	pinned, unpinned, err := e.Store.SyncPins(ctx, pin, keep)
 	if err != nil {
 		e.log().Warn("pinning failed", "err", err)
 	}

@@ -58,15 +58,15 @@ func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 	// write); send that to the same place in the same format.
 	klog.SetSlogLogger(log)
 
-	rt, ctrd, closeRuntime, err := runtime.connect(ctx, log)
+	store, err := runtime.connect(ctx, log)
 	if err != nil {
 		return err
 	}
-	defer closeRuntime()
+	defer store.Close()
 
 	opts := agent.Options{
 		Client:      client,
-		Runtime:     rt,
+		Store:       store,
 		Namespace:   ns,
 		ConfigMap:   name,
 		NodeName:    *nodeName,
@@ -75,9 +75,6 @@ func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 
 		KubeletConfig:    *kubeletCfg,
 		KubeletConfigDir: *kubeletDir,
-	}
-	if ctrd != nil {
-		opts.Containerd = ctrd
 	}
 	a, err := agent.New(opts)
 	if err != nil {

@@ -55,13 +55,13 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		defer cancel()
 	}
 	log := newLogger(stderr)
-	rt, ctrd, closeRuntime, err := runtime.connect(ctx, log)
+	store, err := runtime.connect(ctx, log)
 	if err != nil {
 		return err
 	}
-	defer closeRuntime()
+	defer store.Close()
 
-	sandbox, err := preload.ResolveSandbox(ctx, rt, cfg)
+	sandbox, err := preload.ResolveSandbox(ctx, store.Facts(), cfg)
 	if err != nil {
 		return err
 	}
@@ -70,12 +70,9 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	apply, skipped := preload.Plan(cfg, nil, sandbox)
 	engine := &preload.Engine{
-		Runtime: rt,
-		Auth:    func(img preload.Image) []*runtimeapi.AuthConfig { return keyring.Lookup(img.Name) },
-		Log:     log,
-	}
-	if ctrd != nil {
-		engine.Containerd = ctrd
+		Store: store,
+		Auth:  func(img preload.Image) []*runtimeapi.AuthConfig { return keyring.Lookup(img.Name) },
+		Log:   log,
 	}
 	results, err := engine.Run(ctx, cfg, apply)
 	if err != nil {

@@ -35,6 +35,7 @@ import (
 	"k8s.io/client-go/util/retry"
 
 	"github.com/kube-preloader/kube-preloader/cri"
+	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/integration/harness"
 	"github.com/kube-preloader/kube-preloader/nodestatus"
 	"github.com/kube-preloader/kube-preloader/preload"
@@ -412,7 +413,7 @@ func startBenchAgent(b *testing.B, bin, kubeconfig, node, criEndpoint string, ct
 	a.cmd = exec.Command(bin, "agent", "--configmap", "kube-preloader/preloader-config", "--node-name", node,
 		"--kubeconfig", kubeconfig, "--cri-endpoint", criEndpoint, "--containerd-address", ctrd.Address,
 		"--metrics-addr", "127.0.0.1:0")
-	a.cmd.Env = append(os.Environ(), cri.ContainerdConfigEnv+"="+ctrd.ConfigFile)
+	a.cmd.Env = append(os.Environ(), noderuntime.ContainerdConfigEnv+"="+ctrd.ConfigFile)
 	a.cmd.Stdout, a.cmd.Stderr = f, f
 	a.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := a.cmd.Start(); err != nil {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/kube-preloader/kube-preloader/cri"
+	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/integration/harness"
 )
 
@@ -157,7 +158,7 @@ func preloaderOnce(b *testing.B, bin string, flavor harness.Flavor, refs []strin
 	cmd := exec.Command(bin, "once", "--config", path, "--cri-endpoint", ctrd.Endpoint, "--containerd-address", ctrd.Address)
 	// containerd 2.x does not report its registry config_path; as on a
 	// node, the preloader reads it from containerd's config file.
-	cmd.Env = append(os.Environ(), cri.ContainerdConfigEnv+"="+ctrd.ConfigFile)
+	cmd.Env = append(os.Environ(), noderuntime.ContainerdConfigEnv+"="+ctrd.ConfigFile)
 	start := time.Now()
 	if out, err := cmd.CombinedOutput(); err != nil {
 		b.Fatalf("preloader once: %v\n%s", err, out)

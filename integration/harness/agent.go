@@ -20,7 +20,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
 
-	"github.com/kube-preloader/kube-preloader/cri"
+	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/nodestatus"
 	"github.com/kube-preloader/kube-preloader/preload"
 )
@@ -86,7 +86,7 @@ func StartAgent(t T, opts AgentOptions) *Agent {
 		"--metrics-addr", "127.0.0.1:0")
 	// containerd 2.x does not report its sandbox image over the CRI; the
 	// documented fallback reads this containerd's config file.
-	a.cmd.Env = append(os.Environ(), cri.ContainerdConfigEnv+"="+opts.Containerd.ConfigFile)
+	a.cmd.Env = append(os.Environ(), noderuntime.ContainerdConfigEnv+"="+opts.Containerd.ConfigFile)
 	a.cmd.Stdout, a.cmd.Stderr = f, f
 	a.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := a.cmd.Start(); err != nil {

@@ -1,4 +1,4 @@
-package cri_test
+package noderuntime
 
 import (
 	"context"
@@ -10,13 +10,16 @@ import (
 	"github.com/kube-preloader/kube-preloader/cri/critest"
 )
 
-func TestContainerd(t *testing.T) {
+// containerdFacts are the containerd fields of Facts.
+type containerdFacts struct{ Address, Snapshotter, RegistryConfigPath string }
+
+func TestDiscoverContainerd(t *testing.T) {
 	tests := []struct {
 		name    string
 		runtime string
 		config  string
 		file    string // containerd's config file, for 2.x; none if empty
-		want    cri.ContainerdInfo
+		want    containerdFacts
 		wantErr bool
 	}{
 		{
@@ -24,40 +27,40 @@ func TestContainerd(t *testing.T) {
 			runtime: "containerd",
 			config:  `{"containerd":{"snapshotter":"native","defaultRuntimeName":"runc"},"registry":{"configPath":"/etc/containerd/certs.d"},"containerdEndpoint":"/run/k3s/containerd/containerd.sock"}`,
 			file:    "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\nconfig_path = \"/ignored\"\n",
-			want:    cri.ContainerdInfo{Address: "/run/k3s/containerd/containerd.sock", Snapshotter: "native", RegistryConfigPath: "/etc/containerd/certs.d"},
+			want:    containerdFacts{Address: "/run/k3s/containerd/containerd.sock", Snapshotter: "native", RegistryConfigPath: "/etc/containerd/certs.d"},
 		},
 		{
 			name:    "containerd 1.6 with the deprecated mirrors: no config_path",
 			runtime: "containerd",
 			config:  `{"containerd":{"snapshotter":"overlayfs"},"registry":{"configPath":"","mirrors":{"docker.io":{"endpoint":["https://m"]}}}}`,
-			want:    cri.ContainerdInfo{Snapshotter: "overlayfs"},
+			want:    containerdFacts{Snapshotter: "overlayfs"},
 		},
 		{
 			name:    "containerd 2.x: the default runtime's own snapshotter, no config file",
 			runtime: "containerd",
 			config:  `{"containerd":{"defaultRuntimeName":"runc","runtimes":{"runc":{"snapshotter":"overlayfs"},"kata":{"snapshotter":"devmapper"}}},"containerdEndpoint":"/run/containerd/containerd.sock"}`,
-			want:    cri.ContainerdInfo{Address: "/run/containerd/containerd.sock", Snapshotter: "overlayfs", RegistryConfigPath: "/etc/containerd/certs.d:/etc/docker/certs.d"},
+			want:    containerdFacts{Address: "/run/containerd/containerd.sock", Snapshotter: "overlayfs", RegistryConfigPath: "/etc/containerd/certs.d:/etc/docker/certs.d"},
 		},
 		{
 			name:    "containerd 2.x: config_path of a version 3 file",
 			runtime: "containerd",
 			config:  `{"containerd":{"defaultRuntimeName":"runc","runtimes":{"runc":{"snapshotter":"overlayfs"}}}}`,
 			file:    "version = 3\n[plugins.\"io.containerd.cri.v1.images\".registry]\nconfig_path = \"/etc/containerd/certs.d\"\n",
-			want:    cri.ContainerdInfo{Snapshotter: "overlayfs", RegistryConfigPath: "/etc/containerd/certs.d"},
+			want:    containerdFacts{Snapshotter: "overlayfs", RegistryConfigPath: "/etc/containerd/certs.d"},
 		},
 		{
 			name:    "containerd 2.x: config_path of a version 2 file",
 			runtime: "containerd",
 			config:  `{"containerd":{"defaultRuntimeName":"runc","runtimes":{"runc":{"snapshotter":"overlayfs"}}}}`,
 			file:    "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\nconfig_path = \"/srv/hosts\"\n",
-			want:    cri.ContainerdInfo{Snapshotter: "overlayfs", RegistryConfigPath: "/srv/hosts"},
+			want:    containerdFacts{Snapshotter: "overlayfs", RegistryConfigPath: "/srv/hosts"},
 		},
 		{
 			name:    "containerd 2.x: a file without registry settings gets the 2.x default",
 			runtime: "containerd",
 			config:  `{"containerd":{"defaultRuntimeName":"runc","runtimes":{"runc":{"snapshotter":"overlayfs"}}}}`,
 			file:    "version = 3\n",
-			want:    cri.ContainerdInfo{Snapshotter: "overlayfs", RegistryConfigPath: "/etc/containerd/certs.d:/etc/docker/certs.d"},
+			want:    containerdFacts{Snapshotter: "overlayfs", RegistryConfigPath: "/etc/containerd/certs.d:/etc/docker/certs.d"},
 		},
 		{
 			name:    "containerd 2.x: a broken config file is an error",
@@ -74,7 +77,7 @@ func TestContainerd(t *testing.T) {
 			config:  `{"containerd":{"defaultRuntimeName":"runc","runtimes":{"runc":{"snapshotter":""}}}}`,
 			wantErr: true,
 		},
-		{name: "not containerd", runtime: "cri-o", config: `{}`, wantErr: true},
+		{name: "not containerd: no containerd facts", runtime: "cri-o", config: `{}`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -84,7 +87,7 @@ func TestContainerd(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			t.Setenv(cri.ContainerdConfigEnv, path)
+			t.Setenv(ContainerdConfigEnv, path)
 			s := critest.Start(t)
 			s.Name = tt.runtime
 			s.Info = map[string]string{"config": tt.config}
@@ -93,9 +96,14 @@ func TestContainerd(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer c.Close()
-			got, err := c.Containerd(context.Background())
+			d, err := discover(context.Background(), c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f, err := d.facts(context.Background())
+			got := containerdFacts{f.ContainerdAddress, f.Snapshotter, f.RegistryConfigPath}
 			if (err != nil) != tt.wantErr || got != tt.want {
-				t.Errorf("Containerd() = %+v, %v; want %+v (error: %v)", got, err, tt.want, tt.wantErr)
+				t.Errorf("facts = %+v, %v; want %+v (error: %v)", got, err, tt.want, tt.wantErr)
 			}
 		})
 	}

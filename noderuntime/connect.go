@@ -1,0 +1,85 @@
+package noderuntime
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	ctrdlog "github.com/containerd/log"
+
+	"github.com/kube-preloader/kube-preloader/containerd"
+	"github.com/kube-preloader/kube-preloader/cri"
+)
+
+// DefaultContainerdAddress is containerd's socket when its CRI does not
+// say.
+const DefaultContainerdAddress = "/run/containerd/containerd.sock"
+
+// Options say where the runtime is; empty fields are found.
+type Options struct {
+	// CRIEndpoint: else $CONTAINER_RUNTIME_ENDPOINT, else the first of
+	// cri.DefaultEndpoints that answers.
+	CRIEndpoint string
+	// ContainerdAddress: else where containerd's CRI says it is, else
+	// DefaultContainerdAddress.
+	ContainerdAddress string
+	Log               *slog.Logger
+}
+
+// Connect finds the runtime and, when it is containerd, connects to the
+// containerd behind its CRI. A runtime that does not answer, or a
+// containerd that does not, is a *cri.UnreachableError.
+func Connect(ctx context.Context, opts Options) (Store, error) {
+	log := opts.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	c, err := cri.Connect(ctx, opts.CRIEndpoint)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("connected", "endpoint", c.Endpoint, "runtime", c.RuntimeName, "version", c.RuntimeVersion)
+	s, err := connect(ctx, c, opts, log)
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func connect(ctx context.Context, c *cri.Client, opts Options, log *slog.Logger) (Store, error) {
+	d, err := discover(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	f, err := d.facts(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if f.Name != "containerd" {
+		log.Info("no archive import, mirrors or pinning", "reason", fmt.Sprintf("runtime is %s, not containerd", f.runtime()))
+		return &criStore{Client: c, facts: f}, nil
+	}
+	f.ContainerdAddress = strings.TrimPrefix(firstSet(opts.ContainerdAddress, f.ContainerdAddress, DefaultContainerdAddress), "unix://")
+	// The containerd client logs through logrus at info level, in its own
+	// format; what matters reaches the user as errors.
+	if err := ctrdlog.SetLevel("warn"); err != nil {
+		return nil, err
+	}
+	ctrd, err := containerd.New(ctx, f.ContainerdAddress, f.Snapshotter, containerd.WithRegistryConfigPath(f.RegistryConfigPath))
+	if err != nil {
+		return nil, &cri.UnreachableError{Tried: []string{f.ContainerdAddress}, Err: err}
+	}
+	log.Info("connected to containerd", "address", f.ContainerdAddress, "snapshotter", f.Snapshotter, "registryConfigPath", f.RegistryConfigPath)
+	return &containerdStore{criStore: criStore{Client: c, facts: f}, ctrd: ctrd}, nil
+}
+
+func firstSet(s ...string) string {
+	for _, v := range s {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}

@@ -1,0 +1,63 @@
+package noderuntime
+
+import (
+	"context"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/kube-preloader/kube-preloader/archive"
+	"github.com/kube-preloader/kube-preloader/cri"
+)
+
+// Containerd is what the preloader does through containerd's own API;
+// *containerd.Client implements it.
+type Containerd interface {
+	Pull(ctx context.Context, ref string, auth *runtimeapi.AuthConfig, maxDownloads int) error
+	Import(ctx context.Context, contents *archive.Contents, images []archive.Image) error
+	Tag(ctx context.Context, name, source string) error
+	SyncPins(ctx context.Context, pin, keep []string) (pinned, unpinned []string, err error)
+	CollectGarbage(ctx context.Context) error
+	Close() error
+}
+
+// containerdStore is containerd: the CRI for what the kubelet does and
+// for presence, containerd's API for the rest.
+type containerdStore struct {
+	criStore
+	ctrd Containerd
+}
+
+var _ Store = (*containerdStore)(nil)
+
+// WithContainerd is the Store of a containerd runtime: c its CRI, ctrd
+// the containerd behind it.
+func WithContainerd(c *cri.Client, ctrd Containerd) Store {
+	return &containerdStore{criStore: *CRIOnly(c).(*criStore), ctrd: ctrd}
+}
+
+func (s *containerdStore) Can(Op) error { return nil }
+
+func (s *containerdStore) PullDirect(ctx context.Context, ref string, auth *runtimeapi.AuthConfig, maxDownloads int) error {
+	return s.ctrd.Pull(ctx, ref, auth, maxDownloads)
+}
+
+func (s *containerdStore) Import(ctx context.Context, contents *archive.Contents, images []archive.Image) error {
+	return s.ctrd.Import(ctx, contents, images)
+}
+
+func (s *containerdStore) Tag(ctx context.Context, name, source string) error {
+	return s.ctrd.Tag(ctx, name, source)
+}
+
+func (s *containerdStore) SyncPins(ctx context.Context, pin, keep []string) ([]string, []string, error) {
+	return s.ctrd.SyncPins(ctx, pin, keep)
+}
+
+func (s *containerdStore) CollectGarbage(ctx context.Context) error {
+	return s.ctrd.CollectGarbage(ctx)
+}
+
+func (s *containerdStore) Close() error {
+	s.ctrd.Close()
+	return s.Client.Close()
+}

@@ -1,0 +1,69 @@
+package noderuntime
+
+import (
+	"context"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/kube-preloader/kube-preloader/archive"
+	"github.com/kube-preloader/kube-preloader/cri"
+)
+
+// criStore is a runtime reached through the CRI alone (CRI-O,
+// cri-dockerd): the kubelet's operations, and none of containerd's.
+type criStore struct {
+	*cri.Client
+	facts Facts
+}
+
+var _ Store = (*criStore)(nil)
+
+// CRIOnly is the Store of a runtime known only by its CRI.
+func CRIOnly(c *cri.Client) Store {
+	return &criStore{Client: c, facts: Facts{Endpoint: c.Endpoint, Name: c.RuntimeName, Version: c.RuntimeVersion}}
+}
+
+func (s *criStore) Facts() Facts { return s.facts }
+
+func (s *criStore) SandboxImage(ctx context.Context) (string, string, error) {
+	d, err := discover(ctx, s.Client)
+	if err != nil {
+		return "", "", err
+	}
+	return d.sandboxImage()
+}
+
+// instead says, for what the CRI cannot do, how to get it from the
+// runtime itself.
+var instead = map[Op]string{
+	OpPullDirect: "use pullVia: cri",
+	OpTag:        "configure the mirror in the runtime itself instead (CRI-O: registries.conf [[registry.mirror]]; containerd: hosts.toml)",
+	OpPin:        "pin them in the runtime's own config (CRI-O: pinned_images)",
+}
+
+func (s *criStore) Can(op Op) error {
+	return &UnsupportedError{Op: op, Runtime: s.facts.runtime(), Instead: instead[op]}
+}
+
+func (s *criStore) PullDirect(context.Context, string, *runtimeapi.AuthConfig, int) error {
+	return s.Can(OpPullDirect)
+}
+
+func (s *criStore) Import(context.Context, *archive.Contents, []archive.Image) error {
+	return s.Can(OpImport)
+}
+
+func (s *criStore) Tag(context.Context, string, string) error { return s.Can(OpTag) }
+
+// SyncPins has nothing to unpin, as the preloader pins nothing here; only
+// a request to pin fails.
+func (s *criStore) SyncPins(_ context.Context, pin, _ []string) ([]string, []string, error) {
+	if len(pin) == 0 {
+		return nil, nil, nil
+	}
+	return nil, nil, s.Can(OpPin)
+}
+
+// CollectGarbage does nothing: the CRI has no such call, and CRI-O
+// removes what a failed pull wrote as it fails.
+func (s *criStore) CollectGarbage(context.Context) error { return nil }

@@ -1,0 +1,193 @@
+package noderuntime
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/kube-preloader/kube-preloader/cri"
+)
+
+// containerd2DefaultConfigPath is the config_path containerd 2.x uses when
+// its config sets neither config_path nor mirrors
+// (plugins/cri/images/plugin.go in v2.4.2).
+const containerd2DefaultConfigPath = "/etc/containerd/certs.d:/etc/docker/certs.d"
+
+// containerd2DefaultSandboxImage is containerd 2.x's compiled-in default
+// (internal/cri/config.DefaultSandboxImage in v2.4.2), the image a
+// containerd 2.x node with no pinned_images.sandbox setting uses.
+const containerd2DefaultSandboxImage = "registry.k8s.io/pause:3.10.2"
+
+// statusConfig is the part of the verbose CRI status config the preloader
+// reads: containerd 1.6 reports all of it; 2.x moved the image service's
+// config (snapshotter, registry, sandbox image) out of it; CRI-O reports
+// its pause image.
+type statusConfig struct {
+	Endpoint   string `json:"containerdEndpoint"`
+	Containerd struct {
+		Snapshotter        string `json:"snapshotter"`
+		DefaultRuntimeName string `json:"defaultRuntimeName"`
+		Runtimes           map[string]struct {
+			Snapshotter string `json:"snapshotter"`
+		} `json:"runtimes"`
+	} `json:"containerd"`
+	Registry *struct {
+		ConfigPath string `json:"configPath"`
+	} `json:"registry"`
+	SandboxImage string `json:"sandboxImage"` // containerd 1.x
+	PauseImage   string `json:"pause_image"`  // CRI-O
+}
+
+// discovery holds what one look at the runtime found: one verbose CRI
+// status, and containerd's config file read at most once.
+type discovery struct {
+	c          *cri.Client
+	status     statusConfig
+	statusErr  error // the status config did not parse
+	configFile string
+	file       *containerdConfigFile
+	fileErr    error
+	fileRead   bool
+}
+
+func discover(ctx context.Context, c *cri.Client) (*discovery, error) {
+	info, err := c.StatusInfo(ctx)
+	if err != nil {
+		return nil, err
+	}
+	d := &discovery{c: c, configFile: containerdConfigPath()}
+	if raw, ok := info["config"]; ok {
+		d.statusErr = json.Unmarshal([]byte(raw), &d.status)
+	}
+	return d, nil
+}
+
+// containerdConfig is containerd's config file; nil if there is none,
+// which is a node on defaults.
+func (d *discovery) containerdConfig() (*containerdConfigFile, error) {
+	if !d.fileRead {
+		d.fileRead = true
+		d.file, d.fileErr = readContainerdConfig(d.configFile)
+		if errors.Is(d.fileErr, os.ErrNotExist) {
+			d.file, d.fileErr = nil, nil
+		}
+	}
+	return d.file, d.fileErr
+}
+
+// facts is what the discovery says. A runtime that is not containerd has
+// no containerd facts; on containerd, not finding them is an error.
+func (d *discovery) facts(ctx context.Context) (Facts, error) {
+	f := Facts{Endpoint: d.c.Endpoint, Name: d.c.RuntimeName, Version: d.c.RuntimeVersion}
+	f.sandboxImage, f.sandboxSource, f.sandboxErr = d.sandboxImage()
+	if f.Name != "containerd" {
+		return f, nil
+	}
+	if err := d.containerd(ctx, &f); err != nil {
+		return Facts{}, fmt.Errorf("containerd: %w", err)
+	}
+	return f, nil
+}
+
+// containerd fills in where containerd's API is and which snapshotter its
+// CRI plugin uses. containerd 1.6 reports the snapshotter in its status
+// config (containerd.snapshotter); 2.x does not, so there the default
+// runtime's own snapshotter is used if it has one, else the image
+// filesystem the CRI reports (<root>/io.containerd.snapshotter.v1.<name>).
+func (d *discovery) containerd(ctx context.Context, f *Facts) error {
+	if d.statusErr != nil {
+		return fmt.Errorf("containerd status config: %w", d.statusErr)
+	}
+	s := d.status
+	f.ContainerdAddress, f.Snapshotter = s.Endpoint, s.Containerd.Snapshotter
+	if s.Registry != nil {
+		f.RegistryConfigPath = s.Registry.ConfigPath
+	} else {
+		p, err := d.registryConfigPath()
+		if err != nil {
+			return err
+		}
+		f.RegistryConfigPath = p
+	}
+	if f.Snapshotter == "" {
+		f.Snapshotter = s.Containerd.Runtimes[s.Containerd.DefaultRuntimeName].Snapshotter
+	}
+	if f.Snapshotter == "" {
+		name, err := imageFsSnapshotter(ctx, d.c)
+		if err != nil {
+			return err
+		}
+		f.Snapshotter = name
+	}
+	return nil
+}
+
+// registryConfigPath is the config_path of containerd 2.x, whose status
+// no longer shows the image service's config: the config file's, else
+// the 2.x default.
+func (d *discovery) registryConfigPath() (string, error) {
+	cfg, err := d.containerdConfig()
+	if err != nil || cfg == nil {
+		return containerd2DefaultConfigPath, err
+	}
+	for _, r := range []registryConfigFile{cfg.Plugins.Images.Registry, cfg.Plugins.CRI.Registry} {
+		if r.ConfigPath != "" {
+			return r.ConfigPath, nil
+		}
+		if len(r.Mirrors) > 0 {
+			return "", nil
+		}
+	}
+	return containerd2DefaultConfigPath, nil
+}
+
+// sandboxImage is the pod-infra image the runtime will use for every pod
+// sandbox, and where the answer came from. containerd 1.x and CRI-O
+// report it in the status; containerd 2.x does not, so then its config
+// file is read, and failing that the 2.x compiled-in default is assumed.
+func (d *discovery) sandboxImage() (image, source string, err error) {
+	if d.statusErr == nil {
+		switch {
+		case d.status.SandboxImage != "":
+			return d.status.SandboxImage, "runtime status", nil
+		case d.status.PauseImage != "":
+			return d.status.PauseImage, "runtime status", nil
+		}
+	}
+	if d.c.RuntimeName != "containerd" {
+		return "", "", fmt.Errorf("runtime %s %s does not report its sandbox image: set sandboxImage in the config", d.c.RuntimeName, d.c.RuntimeVersion)
+	}
+	cfg, err := d.containerdConfig()
+	switch {
+	case err != nil:
+		return "", "", err
+	case cfg == nil:
+		return containerd2DefaultSandboxImage, "containerd 2.x default", nil
+	}
+	if img := cfg.Plugins.Images.PinnedImages.Sandbox; img != "" {
+		return img, d.configFile, nil
+	}
+	if img := cfg.Plugins.CRI.SandboxImage; img != "" {
+		return img, d.configFile, nil
+	}
+	return containerd2DefaultSandboxImage, "containerd 2.x default", nil
+}
+
+const snapshotterDirPrefix = "io.containerd.snapshotter.v1."
+
+func imageFsSnapshotter(ctx context.Context, c *cri.Client) (string, error) {
+	mounts, err := c.ImageFilesystems(ctx)
+	if err != nil {
+		return "", err
+	}
+	for _, m := range mounts {
+		if name, ok := strings.CutPrefix(filepath.Base(m), snapshotterDirPrefix); ok && name != "" {
+			return name, nil
+		}
+	}
+	return "", errors.New("cannot tell which snapshotter the CRI plugin uses: neither its status config nor its image filesystem names one")
+}

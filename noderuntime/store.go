@@ -1,0 +1,112 @@
+// Package noderuntime is everything the preloader knows and does about a
+// node's container runtime. Connect finds the runtime once (its CRI
+// endpoint, name and version, and on containerd the containerd behind the
+// CRI: its address, the snapshotter, the registry hosts directories and
+// the sandbox image) and returns a Store, the one interface the engine and
+// the agent work through. A runtime that lacks an operation fails it here,
+// with a reason and what to do instead, so callers hold no runtime
+// checks of their own.
+package noderuntime
+
+import (
+	"context"
+	"fmt"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/kube-preloader/kube-preloader/archive"
+)
+
+// Store is a node's image store, as the preloader uses it. Presence is
+// always the CRI's answer (ListImages, ImageStatus), asked as the kubelet
+// asks; the other operations are the runtime's own.
+type Store interface {
+	// Facts is what Connect found.
+	Facts() Facts
+	// SandboxImage asks the runtime now which pod-infra image it uses, so
+	// that a long-running agent follows a containerd reconfigured and
+	// restarted under it.
+	SandboxImage(ctx context.Context) (image, source string, err error)
+
+	ListImages(ctx context.Context) ([]*runtimeapi.Image, error)
+	// ImageStatus is the kubelet's question before a pull; nil is absent.
+	ImageStatus(ctx context.Context, ref string) (*runtimeapi.Image, error)
+	// PullImage pulls through the CRI, as the kubelet pulls.
+	PullImage(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (string, error)
+	RemoveImage(ctx context.Context, ref string) error
+
+	// Can returns nil if the runtime does op, else an *UnsupportedError.
+	// The operations below fail with it too; Can is for asking before
+	// work that would be wasted (a pull from a mirror that cannot be
+	// recorded under its name).
+	Can(op Op) error
+	// PullDirect pulls ref with the containerd client (pullVia
+	// containerd), maxDownloads layers at once on the node, and records
+	// it as a CRI pull would.
+	PullDirect(ctx context.Context, ref string, auth *runtimeapi.AuthConfig, maxDownloads int) error
+	// Import writes images from an archive, all or nothing.
+	Import(ctx context.Context, contents *archive.Contents, images []archive.Image) error
+	// Tag records the image source names under name too.
+	Tag(ctx context.Context, name, source string) error
+	// SyncPins pins pin and unpins what the preloader pinned and keep
+	// does not hold.
+	SyncPins(ctx context.Context, pin, keep []string) (pinned, unpinned []string, err error)
+	// CollectGarbage frees what no image holds, before it returns.
+	CollectGarbage(ctx context.Context) error
+
+	Close() error
+}
+
+// Op is an operation only some runtimes do.
+type Op string
+
+const (
+	OpPullDirect Op = "pullVia: containerd"
+	OpImport     Op = "importing archives"
+	OpTag        Op = "recording an image under another name"
+	OpPin        Op = "pinning images"
+)
+
+// ReasonUnsupported is the reason an UnsupportedError reports.
+const ReasonUnsupported = "unsupported runtime"
+
+// UnsupportedError is an operation the runtime does not do. It reports
+// its own reason, and retrying cannot mend it.
+type UnsupportedError struct {
+	Op      Op
+	Runtime string // name and version
+	Instead string // what to do instead, if anything
+}
+
+func (e *UnsupportedError) Error() string {
+	msg := fmt.Sprintf("%s needs containerd, and the runtime is %s", e.Op, e.Runtime)
+	if e.Instead != "" {
+		msg += "; " + e.Instead
+	}
+	return msg
+}
+
+func (e *UnsupportedError) Reason() string { return ReasonUnsupported }
+
+// Facts is what Connect found out about the runtime.
+type Facts struct {
+	Endpoint string // CRI
+	Name     string // as the CRI Version call says: containerd, cri-o, …
+	Version  string
+
+	// Of containerd only.
+	ContainerdAddress  string
+	Snapshotter        string
+	RegistryConfigPath string // hosts.toml directories, colon-separated; empty: none
+
+	sandboxImage, sandboxSource string
+	sandboxErr                  error
+}
+
+// SandboxImage is the pod-infra image as Connect found it; Facts is a
+// preload.SandboxReporter for a run that asks once.
+func (f Facts) SandboxImage(context.Context) (image, source string, err error) {
+	return f.sandboxImage, f.sandboxSource, f.sandboxErr
+}
+
+func (f Facts) runtime() string { return f.Name + " " + f.Version }
