@@ -190,8 +190,9 @@ func splitYAMLError(err error) (line int, msg string) {
 // of its parser's from 0, leaving out line 0 (parser.fail, in its
 // decode.go), and its text does not say which counted. A blank line put
 // before line+1 tells: it moves what the error points at only if that
-// is on line+1. At the end of the input, that line is the one after the
-// last.
+// is on line+1. (A scanner's error on line 1 names none, and goes on to
+// name 2: it stays without one.) At the end of the input, that line is
+// the one after the last.
 func errorLine(data []byte, line int, msg string) int {
 	lines := lineCount(data)
 	if line >= lines {
