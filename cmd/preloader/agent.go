@@ -2,13 +2,12 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"strings"
 
+	"github.com/spf13/cobra"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -18,33 +17,53 @@ import (
 	"github.com/kube-preloader/kube-preloader/kubelet"
 )
 
-func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
-	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var (
-		configMap   = fs.String("configmap", "", "the agent's ConfigMap, NAMESPACE/NAME (key "+agent.ConfigKey+"); pullSecrets and serviceAccounts are looked up in its namespace")
-		nodeName    = fs.String("node-name", os.Getenv("NODE_NAME"), "this node's name (default: $NODE_NAME, set from the downward API)")
-		kubeconfig  = fs.String("kubeconfig", "", "kubeconfig file (default: the pod's service account)")
-		metricsAddr = fs.String("metrics-addr", agent.DefaultMetricsAddr, "address for /metrics, /healthz and /readyz; empty disables them")
-		kubeletCfg  = fs.String("kubelet-config", kubelet.DefaultConfigFile, "the node kubelet's --config file, read for its credential verification policy; empty: do not read it")
-		kubeletDir  = fs.String("kubelet-config-dir", "", "the node kubelet's --config-dir (drop-ins), if it has one")
-		runtime     = addRuntimeFlags(fs)
-	)
-	if err := fs.Parse(args); err != nil {
-		return &exitError{code: exitInvalid, err: errors.New("")}
+type agentOptions struct {
+	configMap, nodeName, kubeconfig, metricsAddr string
+	kubeletConfig, kubeletConfigDir              string
+	runtime                                      runtimeFlags
+}
+
+func newAgentCmd() *cobra.Command {
+	var o agentOptions
+	cmd := &cobra.Command{
+		Use:   "agent --configmap NAMESPACE/NAME --node-name NAME",
+		Short: "Keep this node's images present as a ConfigMap says, and report on the Node",
+		Long: `Keep this node's images present as the ConfigMap says, on every change of
+it and every resync, and report on the Node: the label preloader.io/ready,
+the annotation preloader.io/status, Events, the removal of the taint
+preloader.io/not-ready, and /metrics. It runs in the DaemonSet of
+deploy/; a bad ConfigMap keeps the last good config running.`,
+		Example: `  # As the DaemonSet runs it (NODE_NAME from the downward API):
+  preloader agent --configmap kube-preloader/images
+
+  # Outside the cluster, for a node you are on:
+  preloader agent --configmap kube-preloader/images --node-name node-1 --kubeconfig ~/.kube/config`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return o.run(cmd.Context(), cmd.ErrOrStderr())
+		},
 	}
-	if fs.NArg() > 0 {
-		return usageError("agent: unexpected arguments %q", fs.Args())
-	}
-	ns, name, ok := strings.Cut(*configMap, "/")
+	f := cmd.Flags()
+	f.StringVar(&o.configMap, "configmap", "", "the agent's ConfigMap, NAMESPACE/NAME (key "+agent.ConfigKey+"); pullSecrets and serviceAccounts are looked up in its namespace")
+	f.StringVar(&o.nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (default: $NODE_NAME, set from the downward API)")
+	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file (default: the pod's service account)")
+	f.StringVar(&o.metricsAddr, "metrics-addr", agent.DefaultMetricsAddr, "address for /metrics, /healthz and /readyz; empty disables them")
+	f.StringVar(&o.kubeletConfig, "kubelet-config", kubelet.DefaultConfigFile, "the node kubelet's --config file, read for its credential verification policy; empty: do not read it")
+	f.StringVar(&o.kubeletConfigDir, "kubelet-config-dir", "", "the node kubelet's --config-dir (drop-ins), if it has one")
+	o.runtime.add(f)
+	return cmd
+}
+
+func (o *agentOptions) run(ctx context.Context, stderr io.Writer) error {
+	ns, name, ok := strings.Cut(o.configMap, "/")
 	if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
-		return usageError("agent: --configmap must be NAMESPACE/NAME, not %q", *configMap)
+		return usageError("agent: --configmap must be NAMESPACE/NAME, not %q", o.configMap)
 	}
-	if *nodeName == "" {
+	if o.nodeName == "" {
 		return usageError("agent: --node-name (or $NODE_NAME) is required")
 	}
 
-	restConfig, err := agentClusterConfig(*kubeconfig)
+	restConfig, err := agentClusterConfig(o.kubeconfig)
 	if err != nil {
 		return err
 	}
@@ -58,7 +77,7 @@ func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 	// write); send that to the same place in the same format.
 	klog.SetSlogLogger(log)
 
-	store, err := runtime.connect(ctx, log)
+	store, err := o.runtime.connect(ctx, log)
 	if err != nil {
 		return err
 	}
@@ -69,12 +88,12 @@ func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 		Store:       store,
 		Namespace:   ns,
 		ConfigMap:   name,
-		NodeName:    *nodeName,
-		MetricsAddr: *metricsAddr,
+		NodeName:    o.nodeName,
+		MetricsAddr: o.metricsAddr,
 		Log:         log,
 
-		KubeletConfig:    *kubeletCfg,
-		KubeletConfigDir: *kubeletDir,
+		KubeletConfig:    o.kubeletConfig,
+		KubeletConfigDir: o.kubeletConfigDir,
 	}
 	a, err := agent.New(opts)
 	if err != nil {

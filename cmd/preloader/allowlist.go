@@ -1,44 +1,58 @@
 package main
 
 import (
-	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
+
+	"github.com/spf13/cobra"
 
 	"github.com/kube-preloader/kube-preloader/kubelet"
 	"github.com/kube-preloader/kube-preloader/preload"
 )
 
-// runAllowlist prints the kubelet configuration that lets pods without
-// credentials use the config's images (KEP-2535): the policy
-// NeverVerifyAllowlistedImages and the allowlist in the kubelet's format.
-func runAllowlist(_ context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("allowlist", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var (
-		configPath = fs.String("config", "", "image list (images.yaml)")
-		output     = fs.String("o", "snippet", "snippet (fields for the kubelet's config file) or drop-in (a file for its --config-dir)")
-		kubeletVer = fs.String("kubelet-version", "v1.37", "the nodes' kubelet release: 1.35 matches the allowlist differently")
-	)
-	if err := fs.Parse(args); err != nil {
-		return &exitError{code: exitInvalid, err: errors.New("")}
+type allowlistOptions struct {
+	config, kubeletVersion string
+	output                 *outputFlag
+}
+
+func newAllowlistCmd() *cobra.Command {
+	var o allowlistOptions
+	cmd := &cobra.Command{
+		Use:   "allowlist --config FILE",
+		Short: "Print the kubelet config that lets pods without credentials use the images",
+		Long: `Print the kubelet configuration that lets pods without pull credentials use
+the config's images once they are on the node (KEP-2535): the policy
+NeverVerifyAllowlistedImages and the allowlist, in the kubelet's format for
+its release. Kubelet 1.35 matches the list differently from 1.36 and later.`,
+		Example: `  # Fields to merge into /var/lib/kubelet/config.yaml:
+  preloader allowlist --config images.yaml
+
+  # A file for the kubelet's --config-dir, for kubelet 1.35 nodes:
+  preloader allowlist --config images.yaml -o drop-in --kubelet-version v1.35 > /etc/kubernetes/kubelet.conf.d/50-preloader.conf`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return o.run(cmd.OutOrStdout(), cmd.ErrOrStderr())
+		},
 	}
-	if *configPath == "" {
+	f := cmd.Flags()
+	f.StringVar(&o.config, "config", "", "image list (images.yaml)")
+	f.StringVar(&o.kubeletVersion, "kubelet-version", "v1.37", "the nodes' kubelet release: 1.35 matches the allowlist differently")
+	o.output = addOutputFlag(cmd, "snippet (fields for the kubelet's config file) or drop-in (a file for its --config-dir)", "snippet", "drop-in")
+	cmd.MarkFlagFilename("config", "yaml", "yml")
+	return cmd
+}
+
+// run prints the kubelet configuration that lets pods without
+// credentials use the config's images.
+func (o *allowlistOptions) run(stdout, stderr io.Writer) error {
+	if o.config == "" {
 		return usageError("allowlist: --config is required")
 	}
-	if fs.NArg() > 0 {
-		return usageError("allowlist: unexpected arguments %q", fs.Args())
-	}
-	if *output != "snippet" && *output != "drop-in" {
-		return usageError("allowlist: -o must be snippet or drop-in, not %q", *output)
-	}
-	minor := kubelet.Minor(*kubeletVer)
+	minor := kubelet.Minor(o.kubeletVersion)
 	if minor == 0 {
-		return usageError("allowlist: --kubelet-version %q is not a Kubernetes 1.x release", *kubeletVer)
+		return usageError("allowlist: --kubelet-version %q is not a Kubernetes 1.x release", o.kubeletVersion)
 	}
-	cfg, err := preload.Load(*configPath)
+	cfg, err := preload.Load(o.config)
 	if err != nil {
 		return err
 	}
@@ -53,18 +67,18 @@ func runAllowlist(_ context.Context, args []string, stdout, stderr io.Writer) er
 	if len(entries) == 0 {
 		// The policy with an empty list would refuse every preloaded
 		// image, where the default lets them through.
-		return &exitError{code: exitInvalid, err: fmt.Errorf("allowlist: no image of %s can be allowlisted for kubelet 1.%d; printing nothing, as NeverVerifyAllowlistedImages with an empty list refuses every preloaded image", *configPath, minor)}
+		return &exitError{code: exitInvalid, err: fmt.Errorf("allowlist: no image of %s can be allowlisted for kubelet 1.%d; printing nothing, as NeverVerifyAllowlistedImages with an empty list refuses every preloaded image", o.config, minor)}
 	}
 	if cfg.SandboxImage != preload.SandboxNone {
 		fmt.Fprintln(stderr, "allowlist: the sandbox image needs no entry: the kubelet does not verify it")
 	}
-	if *output == "drop-in" {
+	if o.output.value == "drop-in" {
 		fmt.Fprintln(stderr, "allowlist: a drop-in's list replaces the config file's: merge entries you already have")
 	}
-	b, err := kubelet.Snippet(entries, *output == "drop-in")
+	b, err := kubelet.Snippet(entries, o.output.value == "drop-in")
 	if err != nil {
 		return err
 	}
-	_, err = fmt.Fprintf(stdout, "# kube-preloader: pods without credentials may use the images of %s (kubelet 1.%d)\n%s", *configPath, minor, b)
+	_, err = fmt.Fprintf(stdout, "# kube-preloader: pods without credentials may use the images of %s (kubelet 1.%d)\n%s", o.config, minor, b)
 	return err
 }

@@ -1,9 +1,6 @@
 package main
 
 import (
-	"bytes"
-	"context"
-	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -29,17 +26,9 @@ func TestAllowlistCommand(t *testing.T) {
 		{args: []string{"--kubelet-version", "2.0"}, code: exitInvalid},
 	}
 	for _, tt := range tests {
-		var stdout, stderr bytes.Buffer
-		err := runAllowlist(context.Background(), append([]string{"--config", config}, tt.args...), &stdout, &stderr)
-		code := exitOK
-		var ee *exitError
-		if errors.As(err, &ee) {
-			code = ee.code
-		} else if err != nil {
-			code = exitMissing
-		}
+		code, stdout, stderr := execute(append([]string{"allowlist", "--config", config}, tt.args...)...)
 		if code != tt.code {
-			t.Errorf("%v: exit %d (%v), want %d", tt.args, code, err, tt.code)
+			t.Errorf("%v: exit %d (%s), want %d", tt.args, code, stderr, tt.code)
 			continue
 		}
 		for _, w := range tt.stdout {
@@ -62,10 +51,8 @@ func TestAllowlistCommand(t *testing.T) {
 	// Nothing expressible for 1.35: nothing printed, exit 2.
 	bare := filepath.Join(t.TempDir(), "bare.yaml")
 	os.WriteFile(bare, []byte("images:\n  - image: nginx:1.25\n"), 0o644)
-	var stdout, stderr bytes.Buffer
-	err := runAllowlist(context.Background(), []string{"--config", bare, "--kubelet-version", "v1.35"}, &stdout, &stderr)
-	var ee *exitError
-	if !errors.As(err, &ee) || ee.code != exitInvalid || stdout.Len() != 0 {
-		t.Errorf("bare name on 1.35: %v, stdout %q; want exit 2 and nothing printed", err, stdout.String())
+	code, stdout, stderr := execute("allowlist", "--config", bare, "--kubelet-version", "v1.35")
+	if code != exitInvalid || stdout.Len() != 0 {
+		t.Errorf("bare name on 1.35: exit %d (%s), stdout %q; want exit 2 and nothing printed", code, stderr, stdout)
 	}
 }

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -16,40 +14,55 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
+	"github.com/spf13/cobra"
 
 	"github.com/kube-preloader/kube-preloader/bundle"
 	"github.com/kube-preloader/kube-preloader/cri/keyring"
 	"github.com/kube-preloader/kube-preloader/preload"
 )
 
-func runBundle(ctx context.Context, args []string, _, stderr io.Writer) error {
-	fs := flag.NewFlagSet("bundle", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var (
-		configPath    = fs.String("config", "", "image list (images.yaml)")
-		out           = fs.String("o", "", "bundle file to write; .gz or .zst compresses it")
-		platform      = fs.String("platform", platforms.DefaultString(), "platform of the nodes, os/arch[/variant]")
-		dockerConfigs stringsFlag
-	)
-	fs.Var(&dockerConfigs, "docker-config", "docker config file with registry credentials; repeatable. Default: the kubelet's search paths")
-	if err := fs.Parse(args); err != nil {
-		return &exitError{code: exitInvalid, err: errors.New("")}
+type bundleOptions struct {
+	config, out, platform string
+	dockerConfigs         []string
+}
+
+func newBundleCmd() *cobra.Command {
+	var o bundleOptions
+	cmd := &cobra.Command{
+		Use:   "bundle --config FILE -o FILE[.gz|.zst]",
+		Short: "Fetch every configured image into one archive for air-gapped nodes",
+		Long: `Fetch every image of the config (and the sandbox image it names) from its
+registry, or its mirror, into one OCI archive that once and agent import on
+nodes with no registry: put it in the config's archiveDir.`,
+		Example: `  # For arm64 nodes, compressed, with credentials from a docker config:
+  preloader bundle --config images.yaml -o images.tar.zst --platform linux/arm64 --docker-config ~/.docker/config.json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return o.run(cmd.Context(), cmd.ErrOrStderr())
+		},
 	}
-	if *configPath == "" || *out == "" {
+	f := cmd.Flags()
+	f.StringVar(&o.config, "config", "", "image list (images.yaml)")
+	f.StringVarP(&o.out, "output", "o", "", "bundle file to write; .gz or .zst compresses it")
+	f.StringVar(&o.platform, "platform", platforms.DefaultString(), "platform of the nodes, os/arch[/variant]")
+	f.StringArrayVar(&o.dockerConfigs, "docker-config", nil, "docker config file with registry credentials; repeatable. Default: the kubelet's search paths")
+	cmd.MarkFlagFilename("config", "yaml", "yml")
+	return cmd
+}
+
+func (o *bundleOptions) run(ctx context.Context, stderr io.Writer) error {
+	if o.config == "" || o.out == "" {
 		return usageError("bundle: --config and -o are required")
 	}
-	if fs.NArg() > 0 {
-		return usageError("bundle: unexpected arguments %q", fs.Args())
-	}
-	p, err := v1.ParsePlatform(*platform)
+	p, err := v1.ParsePlatform(o.platform)
 	if err != nil {
 		return usageError("bundle: --platform: %v", err)
 	}
-	cfg, err := preload.Load(*configPath)
+	cfg, err := preload.Load(o.config)
 	if err != nil {
 		return err
 	}
-	keyring, err := loadKeyring(dockerConfigs)
+	keyring, err := loadKeyring(o.dockerConfigs)
 	if err != nil {
 		return &exitError{code: exitInvalid, err: err}
 	}
@@ -58,13 +71,13 @@ func runBundle(ctx context.Context, args []string, _, stderr io.Writer) error {
 		return err
 	}
 	if len(sources) == 0 {
-		return usageError("bundle: %s lists no image to fetch", *configPath)
+		return usageError("bundle: %s lists no image to fetch", o.config)
 	}
 	start := time.Now()
-	if err := writeBundle(ctx, *out, sources, *p, stderr); err != nil {
-		return fmt.Errorf("bundle %s: %w", *out, err)
+	if err := writeBundle(ctx, o.out, sources, *p, stderr); err != nil {
+		return fmt.Errorf("bundle %s: %w", o.out, err)
 	}
-	fmt.Fprintf(stderr, "bundle: wrote %s in %s\n", *out, time.Since(start).Round(time.Millisecond))
+	fmt.Fprintf(stderr, "bundle: wrote %s in %s\n", o.out, time.Since(start).Round(time.Millisecond))
 	return nil
 }
 

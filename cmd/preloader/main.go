@@ -1,17 +1,23 @@
 // Command preloader makes container images present on Kubernetes nodes
 // before pods need them. See README.md and shared DESIGN.md for the contract.
+//
+// Installed as kubectl-preload, it is also the kubectl plugin
+// `kubectl preload`: kubectl runs it with the arguments after "preload".
 package main
 
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strings"
 	"syscall"
+
+	"github.com/spf13/cobra"
 
 	"github.com/kube-preloader/kube-preloader/cri"
 	"github.com/kube-preloader/kube-preloader/preload"
@@ -28,51 +34,78 @@ const (
 // version is set at build time with -ldflags "-X main.version=…".
 var version = "dev"
 
-type command struct {
-	name    string
-	summary string
-	run     func(ctx context.Context, args []string, stdout, stderr io.Writer) error
-}
-
-var commands = []command{
-	{"once", "make every configured image present on this node, then exit", runOnce},
-	{"agent", "keep this node's images present as a ConfigMap says, and report on the Node", runAgent},
-	{"status", "show every node's preload status", runStatus},
-	{"warm", "add an image to the agent's ConfigMap, optionally wait until nodes have it", runWarm},
-	{"bundle", "fetch every configured image into one archive for air-gapped nodes", runBundle},
-	{"allowlist", "print the kubelet config that lets pods without credentials use the images", runAllowlist},
-	{"version", "print the version", func(_ context.Context, _ []string, stdout, _ io.Writer) error {
-		_, err := fmt.Fprintln(stdout, version)
-		return err
-	}},
-}
-
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	code := run(ctx, os.Args, os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
 }
 
-func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		usage(stderr)
+// run runs the command line argv (argv[0] the program) and returns the
+// exit code.
+func run(ctx context.Context, argv []string, stdout, stderr io.Writer) int {
+	root := newRootCmd(displayName(argv[0]))
+	root.SetArgs(argv[1:])
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	// Whatever fails before a command runs (an unknown command or flag, a
+	// missing argument) is usage: exit 2. A command's own errors carry
+	// their code.
+	ran := false
+	root.PersistentPreRun = func(*cobra.Command, []string) { ran = true }
+	cmd, err := root.ExecuteContextC(ctx)
+	if err != nil && !ran {
+		fmt.Fprintf(stderr, "%s: %v\nRun '%s --help' for usage.\n", root.DisplayName(), err, cmd.CommandPath())
 		return exitInvalid
 	}
-	for _, c := range commands {
-		if c.name == args[0] {
-			return exitCode(stderr, c.run(ctx, args[1:], stdout, stderr))
-		}
-	}
-	fmt.Fprintf(stderr, "preloader: unknown command %q\n", args[0])
-	usage(stderr)
-	return exitInvalid
+	return exitCode(stderr, root.DisplayName(), err)
 }
 
-func usage(w io.Writer) {
-	fmt.Fprintln(w, "usage: preloader COMMAND [flags]\n\ncommands:")
-	for _, c := range commands {
-		fmt.Fprintf(w, "  %-9s %s\n", c.name, c.summary)
+// displayName is how the user called us: "kubectl preload" when kubectl
+// runs us as its plugin, so that help and errors show what to type.
+func displayName(argv0 string) string {
+	if strings.TrimSuffix(filepath.Base(argv0), ".exe") == "kubectl-preload" {
+		return "kubectl preload"
+	}
+	return "preloader"
+}
+
+func newRootCmd(displayName string) *cobra.Command {
+	root := &cobra.Command{
+		Use:         "preloader",
+		Annotations: map[string]string{cobra.CommandDisplayNameAnnotation: displayName},
+		Short: "Make container images present on Kubernetes nodes before pods need them",
+		Long: `kube-preloader makes container images present on Kubernetes nodes before
+pods need them, so that pods with imagePullPolicy Never or IfNotPresent start
+without a registry: on a node as a bootstrap hook (once), on every node as a
+DaemonSet (agent), and from a workstation or CI (status, warm, bundle).
+
+Exit codes: 0 every image that applies is present; 1 some image is missing or
+failed; 2 invalid config or usage; 3 the container runtime or API server is
+unreachable.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		// A bare `preloader` is a usage error, as any other.
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cmd.Help()
+			return &exitError{code: exitInvalid, err: errors.New("")}
+		},
+	}
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return err })
+	root.AddCommand(newOnceCmd(), newAgentCmd(), newStatusCmd(), newWarmCmd(), newBundleCmd(), newAllowlistCmd(), newVersionCmd())
+	return root
+}
+
+func newVersionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			_, err := fmt.Fprintln(cmd.OutOrStdout(), version)
+			return err
+		},
 	}
 }
 
@@ -85,7 +118,7 @@ type exitError struct {
 func (e *exitError) Error() string { return e.err.Error() }
 func (e *exitError) Unwrap() error { return e.err }
 
-func exitCode(stderr io.Writer, err error) int {
+func exitCode(stderr io.Writer, name string, err error) int {
 	if err == nil {
 		return exitOK
 	}
@@ -97,8 +130,6 @@ func exitCode(stderr io.Writer, err error) int {
 	)
 	code := exitMissing
 	switch {
-	case errors.Is(err, flag.ErrHelp):
-		return exitInvalid
 	case errors.As(err, &ee):
 		code = ee.code
 	case errors.As(err, &ce):
@@ -107,7 +138,7 @@ func exitCode(stderr io.Writer, err error) int {
 		code = exitUnreachable
 	}
 	if msg != "" {
-		fmt.Fprintf(stderr, "preloader: %s\n", msg)
+		fmt.Fprintf(stderr, "%s: %s\n", name, msg)
 	}
 	return code
 }
@@ -121,8 +152,29 @@ func newLogger(w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo}))
 }
 
-// stringsFlag is a repeatable string flag.
-type stringsFlag []string
+// outputFlag is -o, checked against the formats a command offers.
+type outputFlag struct {
+	value   string
+	formats []string
+}
 
-func (s *stringsFlag) String() string     { return fmt.Sprint(*s) }
-func (s *stringsFlag) Set(v string) error { *s = append(*s, v); return nil }
+func (o *outputFlag) String() string { return o.value }
+func (o *outputFlag) Type() string   { return "format" }
+func (o *outputFlag) Set(v string) error {
+	for _, f := range o.formats {
+		if v == f {
+			o.value = v
+			return nil
+		}
+	}
+	return fmt.Errorf("must be one of %s, not %q", strings.Join(o.formats, ", "), v)
+}
+
+// addOutputFlag adds -o/--output with formats, the first the default, and
+// completes them.
+func addOutputFlag(cmd *cobra.Command, usage string, formats ...string) *outputFlag {
+	o := &outputFlag{value: formats[0], formats: formats}
+	cmd.Flags().VarP(o, "output", "o", usage+": "+strings.Join(formats, ", "))
+	cmd.RegisterFlagCompletionFunc("output", cobra.FixedCompletions(formats, cobra.ShellCompDirectiveNoFileComp))
+	return o
+}

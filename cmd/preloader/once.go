@@ -3,59 +3,76 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"time"
 
+	"github.com/spf13/cobra"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/kube-preloader/kube-preloader/cri/keyring"
 	"github.com/kube-preloader/kube-preloader/preload"
 )
 
-func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("once", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var (
-		configPath    = fs.String("config", "", "image list (images.yaml)")
-		runtime       = addRuntimeFlags(fs)
-		timeout       = fs.Duration("timeout", 30*time.Minute, "bound for the whole run")
-		output        = fs.String("o", "table", "output format: table or json")
-		dockerConfigs stringsFlag
-	)
-	fs.Var(&dockerConfigs, "docker-config", "docker config file with registry credentials (config.json, dockerconfigjson or .dockercfg); repeatable. Default: the kubelet's search paths")
-	if err := fs.Parse(args); err != nil {
-		return &exitError{code: exitInvalid, err: errors.New("")}
+type onceOptions struct {
+	config        string
+	runtime       runtimeFlags
+	timeout       time.Duration
+	output        *outputFlag
+	dockerConfigs []string
+}
+
+func newOnceCmd() *cobra.Command {
+	var o onceOptions
+	cmd := &cobra.Command{
+		Use:   "once --config FILE",
+		Short: "Make every configured image present on this node, then exit",
+		Long: `Make every image of the config present in this node's container runtime,
+then exit: pulled through the CRI as the kubelet pulls, or imported from
+archives on the node. No API server is needed: run it as a node bootstrap
+hook, before the kubelet starts.`,
+		Example: `  # As a bootstrap hook, with the kubelet's registry credentials:
+  preloader once --config /etc/preloader/images.yaml
+
+  # On a node whose runtime is not at a default socket, as JSON:
+  preloader once --config images.yaml --cri-endpoint unix:///run/k3s/containerd/containerd.sock -o json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return o.run(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr())
+		},
 	}
-	if *configPath == "" {
+	f := cmd.Flags()
+	f.StringVar(&o.config, "config", "", "image list (images.yaml)")
+	o.runtime.add(f)
+	f.DurationVar(&o.timeout, "timeout", 30*time.Minute, "bound for the whole run")
+	f.StringArrayVar(&o.dockerConfigs, "docker-config", nil, "docker config file with registry credentials (config.json, dockerconfigjson or .dockercfg); repeatable. Default: the kubelet's search paths")
+	o.output = addOutputFlag(cmd, "output format", "table", "wide", "json", "yaml")
+	cmd.MarkFlagFilename("config", "yaml", "yml")
+	return cmd
+}
+
+func (o *onceOptions) run(ctx context.Context, stdout, stderr io.Writer) error {
+	if o.config == "" {
 		return usageError("once: --config is required")
 	}
-	if *output != "table" && *output != "json" {
-		return usageError("once: -o must be table or json, not %q", *output)
-	}
-	if fs.NArg() > 0 {
-		return usageError("once: unexpected arguments %q", fs.Args())
-	}
-
-	cfg, err := preload.Load(*configPath)
+	cfg, err := preload.Load(o.config)
 	if err != nil {
 		return err
 	}
-	keyring, err := loadKeyring(dockerConfigs)
+	keyring, err := loadKeyring(o.dockerConfigs)
 	if err != nil {
 		return &exitError{code: exitInvalid, err: err}
 	}
 
-	if *timeout > 0 {
+	if o.timeout > 0 {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, *timeout)
+		ctx, cancel = context.WithTimeout(ctx, o.timeout)
 		defer cancel()
 	}
 	log := newLogger(stderr)
-	store, err := runtime.connect(ctx, log)
+	store, err := o.runtime.connect(ctx, log)
 	if err != nil {
 		return err
 	}
@@ -81,7 +98,7 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	for _, img := range skipped {
 		results = append(results, preload.Result{Image: img.Name, Status: preload.StatusSkipped, Reason: "nodeSelector: no node labels in once"})
 	}
-	if err := writeResults(stdout, *output, results); err != nil {
+	if err := writeResults(stdout, o.output.value, results); err != nil {
 		return err
 	}
 	missing, total := 0, 0

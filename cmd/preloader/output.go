@@ -7,23 +7,65 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"sigs.k8s.io/yaml"
+
 	"github.com/kube-preloader/kube-preloader/preload"
 )
 
+// writeResults prints once's results: a table (wide adds where each image
+// came from, the attempts and the runtime's message), or every field as
+// JSON or YAML.
 func writeResults(w io.Writer, format string, results []preload.Result) error {
-	if format == "json" {
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(struct {
+	switch format {
+	case "json", "yaml":
+		return writeObject(w, format, struct {
 			Images []preload.Result `json:"images"`
 		}{results})
 	}
+	wide := format == "wide"
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "IMAGE\tSTATUS\tSIZE\tTIME\tREASON")
+	header := "IMAGE\tSTATUS\tSIZE\tTIME\tREASON"
+	if wide {
+		header += "\tSOURCE\tATTEMPTS\tERROR"
+	}
+	fmt.Fprintln(tw, header)
 	for _, r := range results {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Image, r.Status, humanSize(r.Size), humanDuration(r.Duration), r.Reason)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s", r.Image, r.Status, humanSize(r.Size), humanDuration(r.Duration), r.Reason)
+		if wide {
+			fmt.Fprintf(tw, "\t%s\t%s\t%s", orDash(r.Source), orDash(attempts(r.Attempts)), orDash(r.Error))
+		}
+		fmt.Fprintln(tw)
 	}
 	return tw.Flush()
+}
+
+// writeObject prints v as indented JSON, or as YAML of the same fields.
+func writeObject(w io.Writer, format string, v any) error {
+	if format == "yaml" {
+		b, err := yaml.Marshal(v)
+		if err != nil {
+			return err
+		}
+		_, err = w.Write(b)
+		return err
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func attempts(n int) string {
+	if n == 0 {
+		return ""
+	}
+	return fmt.Sprint(n)
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 func humanSize(b uint64) string {

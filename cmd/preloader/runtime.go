@@ -2,8 +2,9 @@ package main
 
 import (
 	"context"
-	"flag"
 	"log/slog"
+
+	"github.com/spf13/pflag"
 
 	"github.com/kube-preloader/kube-preloader/cri"
 	"github.com/kube-preloader/kube-preloader/noderuntime"
@@ -11,16 +12,14 @@ import (
 
 // runtimeFlags say where the node's runtime is, for once and agent.
 type runtimeFlags struct {
-	endpoint, containerdAddress *string
+	endpoint, containerdAddress string
 }
 
-func addRuntimeFlags(fs *flag.FlagSet) runtimeFlags {
-	return runtimeFlags{
-		endpoint:          fs.String("cri-endpoint", "", "CRI endpoint (default: $"+cri.EndpointEnv+", else the first known socket that answers)"),
-		containerdAddress: fs.String("containerd-address", "", "containerd socket, for archive import, mirrors, pinning and pullVia containerd (default: the one containerd's CRI reports, else "+noderuntime.DefaultContainerdAddress+")"),
-	}
+func (f *runtimeFlags) add(fs *pflag.FlagSet) {
+	fs.StringVar(&f.endpoint, "cri-endpoint", "", "CRI endpoint (default: $"+cri.EndpointEnv+", else the first known socket that answers)")
+	fs.StringVar(&f.containerdAddress, "containerd-address", "", "containerd socket, for archive import, mirrors, pinning and pullVia containerd (default: the one containerd's CRI reports, else "+noderuntime.DefaultContainerdAddress+")")
 }
 
-func (f runtimeFlags) connect(ctx context.Context, log *slog.Logger) (noderuntime.Store, error) {
-	return noderuntime.Connect(ctx, noderuntime.Options{CRIEndpoint: *f.endpoint, ContainerdAddress: *f.containerdAddress, Log: log})
+func (f *runtimeFlags) connect(ctx context.Context, log *slog.Logger) (noderuntime.Store, error) {
+	return noderuntime.Connect(ctx, noderuntime.Options{CRIEndpoint: f.endpoint, ContainerdAddress: f.containerdAddress, Log: log})
 }
