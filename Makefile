@@ -86,3 +86,11 @@ e2e: deps
 
 clean:
 	rm -rf bin
+
+# The kubectl plugin's release: kubectl-preload archives for linux and
+# darwin (amd64, arm64) in dist/, dist/SHA256SUMS and the krew manifest
+# dist/krew/preload.yaml. PLATFORMS, OUT and RELEASE_URL pass through to
+# scripts/release.sh; krew wants a semver VERSION (make release VERSION=v0.1.0).
+.PHONY: release
+release:
+	VERSION='$(VERSION)' GO='$(GO)' scripts/release.sh
