@@ -1,7 +1,8 @@
 // Package nodestatus is the contract between the agent, which writes what
 // a node holds on its Node object, and the readers of it (`preloader
 // status`, `warm --wait`, pods that select the label): the label, the
-// annotation and its format, the taint, and what ready means.
+// annotation and its format, the taint, and what ready means, for one Node
+// (Read, List) and for all of them (Verdict).
 package nodestatus
 
 import (

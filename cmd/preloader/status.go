@@ -7,14 +7,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/duration"
 	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/rest"
@@ -23,10 +20,8 @@ import (
 	"github.com/kube-preloader/kube-preloader/nodestatus"
 )
 
-var nodesResource = schema.GroupVersionResource{Version: "v1", Resource: "nodes"}
-
-// kubeRequestTimeout bounds each API request of status and warm, so that a
-// black-holed API server ends in exit 3 rather than a hang.
+// kubeRequestTimeout bounds status's request, so that a black-holed API
+// server ends in exit 3 rather than a hang.
 const kubeRequestTimeout = 30 * time.Second
 
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -55,80 +50,34 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return &exitError{code: exitInvalid, err: err}
 	}
-	views, err := listNodeStatus(ctx, mc)
-	if err != nil {
-		return err
-	}
-	if err := writeNodeStatus(stdout, *output, views, time.Now()); err != nil {
-		return err
-	}
-	return nodeStatusVerdict(views)
-}
-
-// nodeRow is one Node as status shows it.
-type nodeRow struct {
-	Name string `json:"name"`
-	// Ready is the preloader.io/ready label, or, without it, what the
-	// status annotation says; "unknown" for a node without the annotation
-	// (no agent reports there) and "invalid" for an annotation that does
-	// not decode.
-	Ready  string             `json:"ready"`
-	Status *nodestatus.Status `json:"status,omitempty"`
-	Error  string             `json:"error,omitempty"`
-}
-
-const (
-	readyUnknown = "unknown"
-	readyInvalid = "invalid"
-)
-
-// reporting says whether an agent reports on this node.
-func (v nodeRow) reporting() bool { return v.Status != nil || v.Error != "" }
-
-// listNodeStatus reads every Node's label and annotation with one
-// metadata-only List: no specs or statuses, so it stays small with
-// thousands of nodes.
-func listNodeStatus(ctx context.Context, mc metadata.Interface) ([]nodeRow, error) {
-	ctx, cancel := context.WithTimeout(ctx, kubeRequestTimeout)
+	lctx, cancel := context.WithTimeout(ctx, kubeRequestTimeout)
 	defer cancel()
-	list, err := mc.Resource(nodesResource).List(ctx, metav1.ListOptions{})
+	nodes, err := nodestatus.List(lctx, mc)
 	if err != nil {
-		return nil, kubeAPIError("list nodes", err)
+		return kubeAPIError(err)
 	}
-	views := make([]nodeRow, 0, len(list.Items))
-	for i := range list.Items {
-		views = append(views, decodeNodeStatus(&list.Items[i].ObjectMeta))
+	if err := writeNodeStatus(stdout, *output, nodes, time.Now()); err != nil {
+		return err
 	}
-	sort.Slice(views, func(i, j int) bool { return views[i].Name < views[j].Name })
-	return views, nil
+	return statusExit(nodes)
 }
 
-func decodeNodeStatus(m *metav1.ObjectMeta) nodeRow {
-	v := nodeRow{Name: m.Name, Ready: readyUnknown}
-	raw, ok := m.Annotations[nodestatus.AnnotationStatus]
-	if ok {
-		st, err := nodestatus.Decode(raw)
-		if err != nil {
-			v.Error = err.Error()
-			v.Ready = readyInvalid
-		} else {
-			v.Status = &st
-			v.Ready = fmt.Sprint(st.Ready())
-		}
+// statusExit is status's exit: 0 when every node the agent reports on is
+// ready, 1 when one is not (or no node reports at all).
+func statusExit(nodes []nodestatus.Node) error {
+	if err := nodestatus.Verdict(nodes); err != nil {
+		return &exitError{code: exitMissing, err: err}
 	}
-	if l, ok := m.Labels[nodestatus.LabelReady]; ok && v.Error == "" {
-		v.Ready = l
-	}
-	return v
+	return nil
 }
 
-func writeNodeStatus(w io.Writer, format string, views []nodeRow, now time.Time) error {
+func writeNodeStatus(w io.Writer, format string, nodes []nodestatus.Node, now time.Time) error {
 	if format == "json" {
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		return enc.Encode(struct {
-			Nodes []nodeRow `json:"nodes"`
-		}{views})
+			Nodes []nodestatus.Node `json:"nodes"`
+		}{nodes})
 	}
 	wide := format == "wide"
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
@@ -137,7 +86,7 @@ func writeNodeStatus(w io.Writer, format string, views []nodeRow, now time.Time)
 	} else {
 		fmt.Fprintln(tw, "NODE\tREADY\tPRESENT\tMISSING\tUPDATED")
 	}
-	for _, v := range views {
+	for _, v := range nodes {
 		present, missing, updated, config, policy, refused, failed := "-", "-", "-", "-", "-", "-", "-"
 		if st := v.Status; st != nil {
 			present = fmt.Sprintf("%d/%d", st.Present, st.Total)
@@ -225,41 +174,6 @@ func refusedList(st *nodestatus.Status) string {
 	return s
 }
 
-// nodeStatusVerdict is status's exit: 0 when every node the agent reports on
-// is ready, 1 when one is not (or no node reports at all).
-func nodeStatusVerdict(views []nodeRow) error {
-	var notReady []string
-	reporting := 0
-	for _, v := range views {
-		if !v.reporting() {
-			continue
-		}
-		reporting++
-		if v.Ready != "true" {
-			name := v.Name
-			if st := v.Status; st != nil && st.Refused > 0 {
-				name += fmt.Sprintf(" (kubelet policy %s refuses %d images to pods without credentials)", st.Policy, st.Refused)
-			}
-			notReady = append(notReady, name)
-		}
-	}
-	if reporting == 0 {
-		return &exitError{code: exitMissing, err: fmt.Errorf("no node has a %s annotation (is the agent running?)", nodestatus.AnnotationStatus)}
-	}
-	if len(notReady) > 0 {
-		return &exitError{code: exitMissing, err: fmt.Errorf("%d of %d nodes not ready: %s", len(notReady), reporting, nameList(notReady, 10))}
-	}
-	return nil
-}
-
-// nameList joins names, the first max of them and a count of the rest.
-func nameList(names []string, max int) string {
-	if len(names) <= max {
-		return strings.Join(names, ", ")
-	}
-	return fmt.Sprintf("%s and %d more", strings.Join(names[:max], ", "), len(names)-max)
-}
-
 // loadClusterConfig reads --kubeconfig, else $KUBECONFIG, else
 // ~/.kube/config, else the in-cluster service account. A config that
 // cannot be loaded is a usage error (exit 2).
@@ -271,7 +185,7 @@ func loadClusterConfig(kubeconfig string) (*rest.Config, error) {
 		return nil, &exitError{code: exitInvalid, err: fmt.Errorf("kubeconfig: %w", err)}
 	}
 	// No cfg.Timeout: it would also cut warm's watches. Each request is
-	// bounded by its context (kubeRequestTimeout) instead.
+	// bounded by its context instead (kubeRequestTimeout, and warm's own).
 	cfg.UserAgent = "preloader/" + version
 	return cfg, nil
 }
@@ -279,10 +193,10 @@ func loadClusterConfig(kubeconfig string) (*rest.Config, error) {
 // kubeAPIError gives an API error its exit code: a missing or invalid object
 // is the user's input (2); everything else, from connection refused and TLS
 // failures to 401/403 and 5xx, means the API server cannot be used (3).
-func kubeAPIError(what string, err error) error {
+func kubeAPIError(err error) error {
 	code := exitUnreachable
 	if apierrors.IsNotFound(err) || apierrors.IsInvalid(err) || apierrors.IsBadRequest(err) {
 		code = exitInvalid
 	}
-	return &exitError{code: code, err: fmt.Errorf("%s: %w", what, err)}
+	return &exitError{code: code, err: err}
 }

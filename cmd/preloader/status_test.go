@@ -14,7 +14,7 @@ import (
 // kubelet refuses to pods without credentials (KEP-2535).
 func TestStatusShowsKubeletRefusals(t *testing.T) {
 	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
-	rows := []nodeRow{
+	rows := []nodestatus.Node{
 		{Name: "node-a", Ready: "true", Status: &nodestatus.Status{ConfigHash: "c1", Present: 2, Total: 2, Policy: "NeverVerifyPreloadedImages", Changed: now.Add(-3 * time.Minute)}},
 		{Name: "node-c", Ready: "false", Status: &nodestatus.Status{ConfigHash: "c1", Present: 2, Total: 2, Policy: "AlwaysVerify",
 			Refused: 22, RefusedImages: []string{"corp.example/app:1.4", "corp.example/tool:2.0"}, Changed: now.Add(-40 * time.Second)}},
@@ -36,7 +36,7 @@ func TestStatusShowsKubeletRefusals(t *testing.T) {
 		t.Errorf("node-a row: %s", lines[1])
 	}
 
-	err := nodeStatusVerdict(rows)
+	err := statusExit(rows)
 	var ee *exitError
 	if !errors.As(err, &ee) || ee.code != exitMissing || !strings.Contains(err.Error(), "node-c (kubelet policy AlwaysVerify refuses 22 images to pods without credentials)") {
 		t.Errorf("verdict = %v, want exit 1 naming node-c and why", err)

@@ -1,0 +1,243 @@
+package warm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/util/resourceversion"
+	coreinformers "k8s.io/client-go/informers/core/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/metadata"
+	"k8s.io/client-go/metadata/metadatainformer"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/kube-preloader/kube-preloader/nodestatus"
+	"github.com/kube-preloader/kube-preloader/preload"
+)
+
+var nodesResource = corev1.SchemeGroupVersion.WithResource("nodes")
+
+// Waiter watches Nodes' status annotations (and the ConfigMap, which others
+// may edit meanwhile) until every node running the agent reports the image
+// present under a config that lists it.
+type Waiter struct {
+	Client          kubernetes.Interface // for the ConfigMap
+	Metadata        metadata.Interface   // for the Nodes
+	Namespace, Name string               // the ConfigMap's
+	Image           Image
+	Edit            Edit      // what Add returned
+	Progress        io.Writer // where counts and nodes' failures are printed
+
+	accept  map[string]bool // config hashes that list the image
+	removed bool            // a later config no longer lists it
+	// lastProgress is the count line last printed, reported the failure
+	// reason last printed for each node: each is printed when it changes.
+	lastProgress string
+	reported     map[string]string
+}
+
+// UnreachableError is Wait ending before it could read the Nodes and the
+// ConfigMap: the API server could not be used, where Wait's other errors
+// are nodes without the image.
+type UnreachableError struct{ Err error }
+
+func (e *UnreachableError) Error() string { return e.Err.Error() }
+func (e *UnreachableError) Unwrap() error { return e.Err }
+
+// nodeState is where one node stands with the image.
+type nodeState struct {
+	name   string
+	have   bool
+	reason string // why not, for the timeout message
+	failed string // the agent's failure reason, if any
+}
+
+// Wait returns nil once every node that reports has the image, and an
+// error when ctx ends first or someone takes the image out of the config.
+func (w *Waiter) Wait(ctx context.Context) error {
+	w.accept = map[string]bool{preload.ConfigHash([]byte(w.Edit.Data)): true}
+	w.removed, w.lastProgress, w.reported = false, "", map[string]string{}
+	changed := make(chan struct{}, 1)
+	nodes, cms, err := w.informers(changed)
+	if err != nil {
+		return err
+	}
+	ictx, stop := context.WithCancel(context.Background())
+	defer stop()
+	go nodes.RunWithContext(ictx)
+	go cms.RunWithContext(ictx)
+
+	var states []nodeState
+	for {
+		if nodes.HasSynced() && cms.HasSynced() {
+			w.observeConfig(cms.GetStore().List())
+			if w.removed {
+				return fmt.Errorf("%s was removed from %s/%s while waiting", w.Image.Ref, w.Namespace, w.Name)
+			}
+			states = w.evaluate(nodes.GetStore().List())
+			if w.progress(states) {
+				return nil
+			}
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return w.timedOut(ctx, states, nodes.HasSynced() && cms.HasSynced())
+		}
+	}
+}
+
+// informers watch the Nodes' metadata and the one ConfigMap; every event
+// signals changed, where a pending signal covers the next ones too.
+func (w *Waiter) informers(changed chan<- struct{}) (nodes, cms cache.SharedIndexInformer, err error) {
+	notify := func() {
+		select {
+		case changed <- struct{}{}:
+		default:
+		}
+	}
+	handler := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { notify() },
+		UpdateFunc: func(any, any) { notify() },
+		DeleteFunc: func(any) { notify() },
+	}
+	nodes = metadatainformer.NewFilteredMetadataInformer(w.Metadata, nodesResource, "", 0, cache.Indexers{}, nil).Informer()
+	cms = coreinformers.NewFilteredConfigMapInformer(w.Client, w.Namespace, 0, cache.Indexers{}, func(o *metav1.ListOptions) {
+		o.FieldSelector = fields.OneTermEqualSelector("metadata.name", w.Name).String()
+	})
+	for _, inf := range []cache.SharedIndexInformer{nodes, cms} {
+		if _, err := inf.AddEventHandler(handler); err != nil {
+			return nil, nil, err
+		}
+	}
+	return nodes, cms, nil
+}
+
+// observeConfig accepts the hash of the current images.yaml while it still
+// lists the image: a node that reports under a later config also counts.
+func (w *Waiter) observeConfig(objs []any) {
+	for _, o := range objs {
+		cm, ok := o.(*corev1.ConfigMap)
+		if !ok || cm.Name != w.Name {
+			continue
+		}
+		// The informer's first list may still hand out the ConfigMap from
+		// before Add's edit, which is not a removal.
+		if c, err := resourceversion.CompareResourceVersion(cm.ResourceVersion, w.Edit.ResourceVersion); err == nil && c < 0 {
+			continue // older than our edit: the watch will bring it
+		}
+		data, ok := cm.Data[ConfigKey]
+		if !ok {
+			continue
+		}
+		h := preload.ConfigHash([]byte(data))
+		if w.accept[h] {
+			continue
+		}
+		if Lists(data, w.Image) {
+			w.accept[h] = true
+		} else if _, _, err := AddImage(data, w.Image); err == nil {
+			// Valid YAML without the image: someone took it out.
+			w.removed = true
+		}
+	}
+}
+
+// evaluate decides, for every node that has a status annotation, whether
+// it has the image.
+func (w *Waiter) evaluate(objs []any) []nodeState {
+	var states []nodeState
+	for _, o := range objs {
+		m, ok := o.(*metav1.PartialObjectMetadata)
+		if !ok {
+			continue
+		}
+		if n := nodestatus.Read(&m.ObjectMeta); n.Reporting() {
+			states = append(states, w.nodeState(n))
+		}
+	}
+	sort.Slice(states, func(i, j int) bool { return states[i].name < states[j].name })
+	return states
+}
+
+func (w *Waiter) nodeState(n nodestatus.Node) nodeState {
+	s := nodeState{name: n.Name}
+	switch st := n.Status; {
+	case st == nil:
+		s.reason = n.Error
+	case !w.accept[st.ConfigHash]:
+		s.reason = fmt.Sprintf("reports config %s, not yet the one with the image", st.ConfigHash)
+	default:
+		s.have = true
+		for _, f := range st.Failed {
+			if sameImage(f.Image, w.Image.Norm) {
+				s.have, s.failed, s.reason = false, f.Reason, "failed: "+f.Reason
+			}
+		}
+		for _, mi := range st.Missing {
+			if s.have && sameImage(mi, w.Image.Norm) {
+				s.have, s.reason = false, "missing"
+			}
+		}
+	}
+	return s
+}
+
+// progress prints a line when the count changes or a node reports a new
+// failure, and says whether every node has the image.
+func (w *Waiter) progress(states []nodeState) bool {
+	have := 0
+	for _, s := range states {
+		if s.have {
+			have++
+		}
+		if s.failed != "" && w.reported[s.name] != s.failed {
+			w.reported[s.name] = s.failed
+			fmt.Fprintf(w.Progress, "%s: %s failed: %s\n", s.name, w.Image.Ref, s.failed)
+		}
+	}
+	line := fmt.Sprintf("%d/%d nodes have %s", have, len(states), w.Image.Ref)
+	if len(states) == 0 {
+		line = fmt.Sprintf("0/0 nodes have %s (no node has a %s annotation yet)", w.Image.Ref, nodestatus.AnnotationStatus)
+	}
+	if line != w.lastProgress {
+		w.lastProgress = line
+		fmt.Fprintln(w.Progress, line)
+	}
+	return len(states) > 0 && have == len(states)
+}
+
+func (w *Waiter) timedOut(ctx context.Context, states []nodeState, synced bool) error {
+	why := "timed out"
+	if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		why = "interrupted"
+	}
+	if !synced {
+		return &UnreachableError{fmt.Errorf("%s before Nodes and ConfigMap %s/%s could be read", why, w.Namespace, w.Name)}
+	}
+	if len(states) == 0 {
+		return fmt.Errorf("%s: no node has a %s annotation (is the agent running?)", why, nodestatus.AnnotationStatus)
+	}
+	var lacking []string
+	for _, s := range states {
+		if !s.have {
+			lacking = append(lacking, s.name+" ("+s.reason+")")
+		}
+	}
+	return fmt.Errorf("%s: %d of %d nodes do not have %s: %s", why, len(lacking), len(states), w.Image.Ref, nameList(lacking, 20))
+}
+
+// nameList joins names, the first max of them and a count of the rest.
+func nameList(names []string, max int) string {
+	if len(names) <= max {
+		return strings.Join(names, ", ")
+	}
+	return fmt.Sprintf("%s and %d more", strings.Join(names[:max], ", "), len(names)-max)
+}
