@@ -75,7 +75,7 @@ for p in $PLATFORMS; do
 	# Reproducible: fixed order, mtime, owner and mode (whatever the umask);
 	# gzip -n leaves out its own file name and time.
 	tar -C "$stage" --sort=name --mtime="@$SOURCE_DATE_EPOCH" --owner=0 --group=0 \
-		--numeric-owner --mode=u=rwX,go=rX --format=ustar -cf - "${files[@]}" | gzip -9n >"$OUT/$name"
+		--numeric-owner --mode=u=rwX,go=rX --format=ustar -cf - "${files[@]}" | gzip -n >"$OUT/$name"
 	sum=$(sha256sum "$OUT/$name" | cut -d' ' -f1)
 	archives+=("$name")
 	cat >>"$manifest" <<EOF
