@@ -45,7 +45,7 @@ type Waiter struct {
 
 // UnreachableError is Wait ending before it could read the Nodes and the
 // ConfigMap: the API server could not be used, where Wait's other errors
-// are nodes without the image.
+// say that nodes do not have the image, or will not.
 type UnreachableError struct{ Err error }
 
 func (e *UnreachableError) Error() string { return e.Err.Error() }
@@ -73,25 +73,39 @@ func (w *Waiter) Wait(ctx context.Context) error {
 	defer stop()
 	go nodes.RunWithContext(ictx)
 	go cms.RunWithContext(ictx)
+	if err := w.synced(ctx, nodes, cms); err != nil {
+		return err
+	}
 
-	var states []nodeState
 	for {
-		if nodes.HasSynced() && cms.HasSynced() {
-			w.observeConfig(cms.GetStore().List())
-			if w.removed {
-				return fmt.Errorf("%s was removed from %s/%s while waiting", w.Image.Ref, w.Namespace, w.Name)
-			}
-			states = w.evaluate(nodes.GetStore().List())
-			if w.progress(states) {
-				return nil
-			}
+		w.observeConfig(cms.GetStore().List())
+		if w.removed {
+			return fmt.Errorf("%s was removed from %s/%s while waiting", w.Image.Ref, w.Namespace, w.Name)
+		}
+		states := w.evaluate(nodes.GetStore().List())
+		if w.progress(states) {
+			return nil
 		}
 		select {
 		case <-changed:
 		case <-ctx.Done():
-			return w.timedOut(ctx, states, nodes.HasSynced() && cms.HasSynced())
+			return w.timedOut(ctx, states)
 		}
 	}
+}
+
+// synced waits for the informers' first lists. Their events do not tell:
+// the last one can reach the handler before its informer counts as synced,
+// and nothing need follow it.
+func (w *Waiter) synced(ctx context.Context, informers ...cache.SharedIndexInformer) error {
+	for _, inf := range informers {
+		select {
+		case <-inf.HasSyncedChecker().Done():
+		case <-ctx.Done():
+			return &UnreachableError{fmt.Errorf("%s before Nodes and ConfigMap %s/%s could be read", ended(ctx), w.Namespace, w.Name)}
+		}
+	}
+	return nil
 }
 
 // informers watch the Nodes' metadata and the one ConfigMap; every event
@@ -214,14 +228,17 @@ func (w *Waiter) progress(states []nodeState) bool {
 	return len(states) > 0 && have == len(states)
 }
 
-func (w *Waiter) timedOut(ctx context.Context, states []nodeState, synced bool) error {
-	why := "timed out"
-	if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		why = "interrupted"
+// ended says how ctx ended: its deadline (warm's --timeout), or a cancel
+// (a signal).
+func ended(ctx context.Context) string {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return "timed out"
 	}
-	if !synced {
-		return &UnreachableError{fmt.Errorf("%s before Nodes and ConfigMap %s/%s could be read", why, w.Namespace, w.Name)}
-	}
+	return "interrupted"
+}
+
+func (w *Waiter) timedOut(ctx context.Context, states []nodeState) error {
+	why := ended(ctx)
 	if len(states) == 0 {
 		return fmt.Errorf("%s: no node has a %s annotation (is the agent running?)", why, nodestatus.AnnotationStatus)
 	}
