@@ -74,7 +74,7 @@ func newRootCmd(displayName string) *cobra.Command {
 	root := &cobra.Command{
 		Use:         "preloader",
 		Annotations: map[string]string{cobra.CommandDisplayNameAnnotation: displayName},
-		Short: "Make container images present on Kubernetes nodes before pods need them",
+		Short:       "Make container images present on Kubernetes nodes before pods need them",
 		Long: `kube-preloader makes container images present on Kubernetes nodes before
 pods need them, so that pods with imagePullPolicy Never or IfNotPresent start
 without a registry: on a node as a bootstrap hook (once), on every node as a

@@ -2,20 +2,16 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/util/duration"
 	"k8s.io/client-go/metadata"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kube-preloader/kube-preloader/nodestatus"
 )
@@ -24,25 +20,40 @@ import (
 // server ends in exit 3 rather than a hang.
 const kubeRequestTimeout = 30 * time.Second
 
-func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("status", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var (
-		kubeconfig = fs.String("kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, else ~/.kube/config, else in-cluster)")
-		output     = fs.String("o", "table", "output format: table, wide or json")
-	)
-	if err := fs.Parse(args); err != nil {
-		return &exitError{code: exitInvalid, err: errors.New("")}
+type statusOptions struct {
+	kube   kubeFlags
+	output *outputFlag
+}
+
+func newStatusCmd() *cobra.Command {
+	var o statusOptions
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show every node's preload status",
+		Long: `Show, for every node the agent reports on, whether it holds every image that
+applies to it, as the agent last saw it through CRI ImageStatus: the Node's
+preloader.io/ready label and preloader.io/status annotation. Exit 0 when every
+reporting node is ready, 1 when one is not or none reports.`,
+		Example: `  # Which nodes lack which images:
+  preloader status
+
+  # With the kubelet's policy, refusals and failures, on another cluster:
+  preloader status -o wide --context prod
+
+  # As kubectl's plugin, for a script:
+  kubectl preload status -o json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return o.run(cmd.Context(), cmd.OutOrStdout())
+		},
 	}
-	switch *output {
-	case "table", "wide", "json":
-	default:
-		return usageError("status: -o must be table, wide or json, not %q", *output)
-	}
-	if fs.NArg() > 0 {
-		return usageError("status: unexpected arguments %q", fs.Args())
-	}
-	cfg, err := loadClusterConfig(*kubeconfig)
+	o.kube.add(cmd, false)
+	o.output = addOutputFlag(cmd, "output format", "table", "wide", "json", "yaml")
+	return cmd
+}
+
+func (o *statusOptions) run(ctx context.Context, stdout io.Writer) error {
+	cfg, err := o.kube.restConfig()
 	if err != nil {
 		return err
 	}
@@ -56,7 +67,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return kubeAPIError(err)
 	}
-	if err := writeNodeStatus(stdout, *output, nodes, time.Now()); err != nil {
+	if err := writeNodeStatus(stdout, o.output.value, nodes, time.Now()); err != nil {
 		return err
 	}
 	return statusExit(nodes)
@@ -72,10 +83,9 @@ func statusExit(nodes []nodestatus.Node) error {
 }
 
 func writeNodeStatus(w io.Writer, format string, nodes []nodestatus.Node, now time.Time) error {
-	if format == "json" {
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(struct {
+	switch format {
+	case "json", "yaml":
+		return writeObject(w, format, struct {
 			Nodes []nodestatus.Node `json:"nodes"`
 		}{nodes})
 	}
@@ -172,22 +182,6 @@ func refusedList(st *nodestatus.Status) string {
 		s += fmt.Sprintf(",+%d more", more)
 	}
 	return s
-}
-
-// loadClusterConfig reads --kubeconfig, else $KUBECONFIG, else
-// ~/.kube/config, else the in-cluster service account. A config that
-// cannot be loaded is a usage error (exit 2).
-func loadClusterConfig(kubeconfig string) (*rest.Config, error) {
-	rules := clientcmd.NewDefaultClientConfigLoadingRules()
-	rules.ExplicitPath = kubeconfig
-	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).ClientConfig()
-	if err != nil {
-		return nil, &exitError{code: exitInvalid, err: fmt.Errorf("kubeconfig: %w", err)}
-	}
-	// No cfg.Timeout: it would also cut warm's watches. Each request is
-	// bounded by its context instead (kubeRequestTimeout, and warm's own).
-	cfg.UserAgent = "preloader/" + version
-	return cfg, nil
 }
 
 // kubeAPIError gives an API error its exit code: a missing or invalid object

@@ -3,12 +3,12 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/metadata"
 
@@ -16,37 +16,76 @@ import (
 	"github.com/kube-preloader/kube-preloader/warm"
 )
 
-func runWarm(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("warm", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var (
-		configMap  = fs.String("configmap", "", "the agent's ConfigMap, NAMESPACE/NAME")
-		image      = fs.String("image", "", "image to add to the ConfigMap's "+warm.ConfigKey)
-		waitFlag   = fs.Bool("wait", false, "wait until every node running the agent reports the image present")
-		timeout    = fs.Duration("timeout", 10*time.Minute, "bound for the whole command; with --wait, nodes still without the image then make exit 1 (0: no bound)")
-		kubeconfig = fs.String("kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, else ~/.kube/config, else in-cluster)")
-	)
-	if err := fs.Parse(args); err != nil {
-		return &exitError{code: exitInvalid, err: errors.New("")}
+type warmOptions struct {
+	kube      kubeFlags
+	configMap string
+	image     string
+	wait      bool
+	timeout   time.Duration
+}
+
+func newWarmCmd() *cobra.Command {
+	var o warmOptions
+	cmd := &cobra.Command{
+		Use:   "warm --configmap [NAMESPACE/]NAME --image REF",
+		Short: "Add an image to the agent's ConfigMap, optionally wait until nodes have it",
+		Long: `Add an image to the agent's ConfigMap (key ` + warm.ConfigKey + `), keeping the rest of it
+as it is, and with --wait wait until every node the agent reports on holds
+it: a CI pipeline pre-warms the image of a rollout before the rollout.
+With --wait, exit 1 when nodes still lack it at --timeout.`,
+		Example: `  # Before rolling out app:1.5, have every node pull it first:
+  preloader warm --configmap kube-preloader/preloader-config --image corp.example/app:1.5 --wait --timeout 15m
+
+  # The same as kubectl's plugin, namespace by flag:
+  kubectl preload warm -n kube-preloader --configmap preloader-config --image corp.example/app:1.5 --wait`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return o.run(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr())
+		},
 	}
-	if fs.NArg() > 0 {
-		return usageError("warm: unexpected arguments %q", fs.Args())
+	f := cmd.Flags()
+	f.StringVar(&o.configMap, "configmap", "", "the agent's ConfigMap, NAMESPACE/NAME, or NAME in -n's namespace")
+	f.StringVar(&o.image, "image", "", "image to add to the ConfigMap's "+warm.ConfigKey)
+	f.BoolVar(&o.wait, "wait", false, "wait until every node running the agent reports the image present")
+	f.DurationVar(&o.timeout, "timeout", 10*time.Minute, "bound for the whole command; with --wait, nodes still without the image then make exit 1 (0: no bound)")
+	o.kube.add(cmd, true)
+	return cmd
+}
+
+// configMapName is --configmap: NAMESPACE/NAME, or NAME in the namespace
+// of -n or of the kubeconfig's context, as kubectl would choose it.
+func (o *warmOptions) configMapName() (ns, name string, err error) {
+	ns, name, ok := strings.Cut(o.configMap, "/")
+	if !ok {
+		ns, name = "", o.configMap
 	}
-	ns, name, ok := strings.Cut(*configMap, "/")
-	if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
-		return usageError("warm: --configmap must be NAMESPACE/NAME, not %q", *configMap)
+	if name == "" || strings.Contains(name, "/") || (ok && ns == "") {
+		return "", "", usageError("warm: --configmap must be NAMESPACE/NAME or NAME, not %q", o.configMap)
 	}
-	if *image == "" {
+	if ns == "" {
+		if ns, err = o.kube.namespace(); err != nil {
+			return "", "", err
+		}
+	}
+	return ns, name, nil
+}
+
+func (o *warmOptions) run(ctx context.Context, stdout, stderr io.Writer) error {
+	ns, name, err := o.configMapName()
+	if err != nil {
+		return err
+	}
+	if o.image == "" {
 		return usageError("warm: --image is required")
 	}
-	img, err := warm.ParseImage(*image)
+	img, err := warm.ParseImage(o.image)
 	if err != nil {
-		return usageError("warm: --image %q: %v", *image, err)
+		return usageError("warm: --image %q: %v", o.image, err)
 	}
-	if *timeout < 0 {
+	if o.timeout < 0 {
 		return usageError("warm: --timeout must not be negative")
 	}
-	cfg, err := loadClusterConfig(*kubeconfig)
+	cfg, err := o.kube.restConfig()
 	if err != nil {
 		return err
 	}
@@ -54,9 +93,9 @@ func runWarm(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return &exitError{code: exitInvalid, err: err}
 	}
-	if *timeout > 0 {
+	if o.timeout > 0 {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, *timeout)
+		ctx, cancel = context.WithTimeout(ctx, o.timeout)
 		defer cancel()
 	}
 
@@ -66,11 +105,11 @@ func runWarm(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	hash := preload.ConfigHash([]byte(edit.Data))
 	if edit.Added {
-		fmt.Fprintf(stdout, "added %s to %s/%s %s (config %s)\n", *image, ns, name, warm.ConfigKey, hash)
+		fmt.Fprintf(stdout, "added %s to %s/%s %s (config %s)\n", o.image, ns, name, warm.ConfigKey, hash)
 	} else {
-		fmt.Fprintf(stdout, "%s is already in %s/%s %s (config %s)\n", *image, ns, name, warm.ConfigKey, hash)
+		fmt.Fprintf(stdout, "%s is already in %s/%s %s (config %s)\n", o.image, ns, name, warm.ConfigKey, hash)
 	}
-	if !*waitFlag {
+	if !o.wait {
 		return nil
 	}
 	mc, err := metadata.NewForConfig(cfg)
