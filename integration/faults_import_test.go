@@ -20,8 +20,8 @@ import (
 	"github.com/kube-preloader/kube-preloader/archive/archivetest"
 	"github.com/kube-preloader/kube-preloader/containerd"
 	"github.com/kube-preloader/kube-preloader/cri"
-	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/integration/harness"
+	"github.com/kube-preloader/kube-preloader/noderuntime"
 )
 
 const (

@@ -16,8 +16,8 @@ import (
 
 	"github.com/containerd/errdefs"
 
-	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/integration/harness"
+	"github.com/kube-preloader/kube-preloader/noderuntime"
 )
 
 // TestFaultPullViaContainerd: a pull cut off while a layer is

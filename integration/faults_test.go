@@ -24,8 +24,8 @@ import (
 	"time"
 
 	"github.com/kube-preloader/kube-preloader/cri"
-	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/integration/harness"
+	"github.com/kube-preloader/kube-preloader/noderuntime"
 )
 
 // faultRow is one line of the table the suite prints.

@@ -16,8 +16,8 @@ import (
 	"github.com/containerd/containerd/v2/client"
 	digest "github.com/opencontainers/go-digest"
 
-	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/integration/harness"
+	"github.com/kube-preloader/kube-preloader/noderuntime"
 )
 
 func TestPullViaContainerd(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -18,6 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/yaml"
 
 	"github.com/kube-preloader/kube-preloader/integration/harness"
 	"github.com/kube-preloader/kube-preloader/nodestatus"
@@ -184,6 +186,34 @@ func TestStatus(t *testing.T) {
 		}
 	})
 
+	// Installed as kubectl-preload, the binary is kubectl's plugin.
+	t.Run("kubectl-plugin", func(t *testing.T) {
+		kubectl, err := exec.LookPath("kubectl")
+		if err != nil {
+			kubectl = harness.KubeBinary("kubectl")
+			harness.Require(t, "kubectl (scripts/build-kube.sh)", kubectl)
+		}
+		dir := t.TempDir()
+		if err := os.Symlink(preloaderBin, filepath.Join(dir, "kubectl-preload")); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(kubectl, "preload", "status", "-o", "yaml", "--kubeconfig", k.Kubeconfig)
+		cmd.Env = append(os.Environ(), "PATH="+dir+string(os.PathListSeparator)+os.Getenv("PATH"))
+		out, err := cmd.Output()
+		var nodes struct {
+			Nodes []struct{ Name, Ready string }
+		}
+		if err != nil || yaml.Unmarshal(out, &nodes) != nil || len(nodes.Nodes) != 3 || nodes.Nodes[1].Name != "node-b" || nodes.Nodes[1].Ready != "true" {
+			t.Fatalf("kubectl preload status -o yaml: %v, want 3 nodes, node-b ready:\n%s", err, out)
+		}
+		cmd = exec.Command(kubectl, "preload", "status", "--no-such-flag")
+		cmd.Env = append(os.Environ(), "PATH="+dir+string(os.PathListSeparator)+os.Getenv("PATH"))
+		out, err = cmd.CombinedOutput()
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(string(out), "Run 'kubectl preload status --help'") {
+			t.Fatalf("kubectl preload status --no-such-flag: %v, want exit 2 pointing to kubectl preload's help:\n%s", err, out)
+		}
+	})
+
 	t.Run("unreachable", func(t *testing.T) {
 		dead := filepath.Join(t.TempDir(), "dead.kubeconfig")
 		os.WriteFile(dead, []byte(`apiVersion: v1
@@ -203,8 +233,8 @@ current-context: c
 		if r := preloader(t, time.Minute, nil, "status", "--kubeconfig", filepath.Join(t.TempDir(), "none")); r.code != 2 {
 			t.Fatalf("missing kubeconfig: want exit 2:\n%s", r)
 		}
-		if r := preloader(t, time.Minute, nil, "status", "-o", "yaml"); r.code != 2 {
-			t.Fatalf("-o yaml: want exit 2:\n%s", r)
+		if r := preloader(t, time.Minute, nil, "status", "-o", "xml"); r.code != 2 || !strings.Contains(r.stderr, "table, wide, json, yaml") {
+			t.Fatalf("-o xml: want exit 2 naming the formats:\n%s", r)
 		}
 	})
 }

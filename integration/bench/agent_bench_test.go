@@ -35,8 +35,8 @@ import (
 	"k8s.io/client-go/util/retry"
 
 	"github.com/kube-preloader/kube-preloader/cri"
-	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/integration/harness"
+	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/nodestatus"
 	"github.com/kube-preloader/kube-preloader/preload"
 )
