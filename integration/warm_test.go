@@ -118,7 +118,10 @@ concurrency: 2
 			msg  string
 		}{
 			{[]string{"--configmap", "warm-a/nope", "--image", "x:1"}, 2, "not found"},
-			{[]string{"--configmap", "nope", "--image", "x:1"}, 2, "NAMESPACE/NAME"},
+			// NAME alone is in kubectl's namespace: -n, else the context's.
+			{[]string{"--configmap", "nope", "--image", "x:1"}, 2, "ConfigMap default/nope: configmaps \"nope\" not found"},
+			{[]string{"--configmap", "nope", "-n", "warm-a", "--image", "x:1"}, 2, "ConfigMap warm-a/nope: configmaps \"nope\" not found"},
+			{[]string{"--configmap", "warm-a/b/c", "--image", "x:1"}, 2, "NAMESPACE/NAME or NAME"},
 			{[]string{"--configmap", "warm-a/preloader-config", "--image", "Not A Ref"}, 2, "--image"},
 			{[]string{"--configmap", "warm-a/preloader-config"}, 2, "--image is required"},
 		} {
