@@ -112,7 +112,7 @@ func buildStatus(hash string, results []preload.Result) nodestatus.Status {
 		switch {
 		case r.Status == preload.StatusSkipped:
 			continue
-		case r.Status == preload.StatusPresent || r.Status == preload.StatusPulled || r.Status == preload.StatusImported:
+		case r.Present():
 			st.Present++
 		case r.Reason == preload.ReasonCanceled:
 			// Not attempted to the end: missing, but nothing failed.

@@ -43,6 +43,31 @@ type Result struct {
 	Attempts int           `json:"attempts,omitempty"`
 }
 
+// Present says whether the image is on the node after the run.
+func (r Result) Present() bool {
+	switch r.Status {
+	case StatusPresent, StatusPulled, StatusImported:
+		return true
+	}
+	return false
+}
+
+// Count counts the results that apply to the node (all but the skipped
+// ones: the images applied and the archives' others) and, of those, the
+// present ones.
+func Count(results []Result) (present, total int) {
+	for _, r := range results {
+		if r.Status == StatusSkipped {
+			continue
+		}
+		total++
+		if r.Present() {
+			present++
+		}
+	}
+	return present, total
+}
+
 // Engine makes images present in a runtime.
 type Engine struct {
 	// Store is the node's runtime.

@@ -368,3 +368,23 @@ func TestRunPullTimeoutSeenFirstByTheRuntime(t *testing.T) {
 		t.Errorf("got %q: %s; want a timeout that names pullTimeout", r.Reason, r.Error)
 	}
 }
+
+func TestCount(t *testing.T) {
+	for _, tt := range []struct {
+		statuses       []preload.Status
+		present, total int
+	}{
+		{nil, 0, 0},
+		{[]preload.Status{preload.StatusPresent, preload.StatusPulled, preload.StatusImported}, 3, 3},
+		{[]preload.Status{preload.StatusPulled, preload.StatusFailed, preload.StatusSkipped}, 1, 2},
+		{[]preload.Status{preload.StatusSkipped}, 0, 0},
+	} {
+		var results []preload.Result
+		for _, s := range tt.statuses {
+			results = append(results, preload.Result{Image: "x", Status: s})
+		}
+		if present, total := preload.Count(results); present != tt.present || total != tt.total {
+			t.Errorf("Count(%v) = %d/%d, want %d/%d", tt.statuses, present, total, tt.present, tt.total)
+		}
+	}
+}

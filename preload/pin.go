@@ -11,8 +11,7 @@ func (e *Engine) syncPins(ctx context.Context, cfg *Config, results []Result) {
 	if cfg.Pin {
 		for _, r := range results {
 			keep = append(keep, presenceKey(r.Image))
-			switch r.Status {
-			case StatusPresent, StatusPulled, StatusImported:
+			if r.Present() {
 				pin = append(pin, presenceKey(r.Image))
 			}
 		}

@@ -101,18 +101,8 @@ func (o *onceOptions) run(ctx context.Context, stdout, stderr io.Writer) error {
 	if err := writeResults(stdout, o.output.value, results); err != nil {
 		return err
 	}
-	missing, total := 0, 0
-	for _, r := range results {
-		switch r.Status {
-		case preload.StatusFailed:
-			missing++
-		case preload.StatusSkipped:
-			continue
-		}
-		total++ // the applied images and the archives' others
-	}
-	if missing > 0 {
-		return &exitError{code: exitMissing, err: fmt.Errorf("%d of %d images not present", missing, total)}
+	if present, total := preload.Count(results); present < total {
+		return &exitError{code: exitMissing, err: fmt.Errorf("%d of %d images not present", total-present, total)}
 	}
 	return nil
 }
