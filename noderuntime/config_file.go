@@ -25,8 +25,12 @@ type containerdConfigFile struct {
 			PinnedImages struct {
 				Sandbox string `toml:"sandbox"`
 			} `toml:"pinned_images"`
-			Registry registryConfigFile `toml:"registry"`
+			Registry              registryConfigFile `toml:"registry"`
+			DiscardUnpackedLayers bool               `toml:"discard_unpacked_layers"`
 		} `toml:"io.containerd.cri.v1.images"`
+		ImageVerifier struct {
+			BinDir string `toml:"bin_dir"`
+		} `toml:"io.containerd.image-verifier.v1.bindir"`
 	} `toml:"plugins"`
 }
 
@@ -34,6 +38,10 @@ type registryConfigFile struct {
 	ConfigPath string         `toml:"config_path"`
 	Mirrors    map[string]any `toml:"mirrors"`
 }
+
+// defaultImageVerifierDir is where containerd 2.x looks for image
+// verifiers when its config names no bin_dir (plugins/imageverifier).
+const defaultImageVerifierDir = "/opt/containerd/image-verifier/bin"
 
 // containerdConfigPath is the containerd config file the node's containerd
 // reads: PRELOADER_CONTAINERD_CONFIG, else containerd's default.

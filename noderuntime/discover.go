@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/kube-preloader/kube-preloader/cri"
@@ -123,7 +125,45 @@ func (d *discovery) containerd(ctx context.Context, f *Facts) error {
 		}
 		f.Snapshotter = name
 	}
+	if majorVersion(f.Version) >= 2 {
+		bypasses, err := d.directPullBypasses(f.Snapshotter)
+		if err != nil {
+			return err
+		}
+		f.directPullBypasses = bypasses
+	}
 	return nil
+}
+
+// directPullBypasses is what a pull with containerd's client would skip of
+// what the node's containerd 2.x does on a CRI pull: image verifiers (run
+// by the transfer service the CRI pulls through), runtime handlers that
+// unpack into snapshotters of their own, and discarding the compressed
+// layers once unpacked.
+func (d *discovery) directPullBypasses(snapshotter string) ([]string, error) {
+	var out []string
+	for _, name := range slices.Sorted(maps.Keys(d.status.Containerd.Runtimes)) {
+		if s := d.status.Containerd.Runtimes[name].Snapshotter; s != "" && s != snapshotter {
+			out = append(out, fmt.Sprintf("runtime handler %s unpacks into snapshotter %s", name, s))
+		}
+	}
+	cfg, err := d.containerdConfig()
+	if err != nil {
+		return nil, err
+	}
+	verifiers := defaultImageVerifierDir
+	if cfg != nil {
+		if cfg.Plugins.ImageVerifier.BinDir != "" {
+			verifiers = cfg.Plugins.ImageVerifier.BinDir
+		}
+		if cfg.Plugins.Images.DiscardUnpackedLayers {
+			out = append(out, "discard_unpacked_layers")
+		}
+	}
+	if entries, err := os.ReadDir(verifiers); err == nil && len(entries) > 0 {
+		out = append(out, "image verifiers in "+verifiers)
+	}
+	return out, nil
 }
 
 // registryConfigPath is the config_path of containerd 2.x, whose status

@@ -11,6 +11,8 @@ package noderuntime
 import (
 	"context"
 	"fmt"
+	"strconv"
+	"strings"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
@@ -101,6 +103,38 @@ type Facts struct {
 
 	sandboxImage, sandboxSource string
 	sandboxErr                  error
+	// directPullBypasses is what of the node's containerd config a pull
+	// with containerd's client would not apply; empty: nothing.
+	directPullBypasses []string
+}
+
+// DirectPull says whether pullVia auto pulls with containerd's client
+// (PullDirect) rather than through the CRI, and why. It does on
+// containerd 2.x, whose CRI pulls share three download slots for the
+// whole node (integration/bench), unless the node's containerd config
+// asks of its CRI pulls what the client's would skip. containerd 1.x
+// keeps the kubelet's own path: its CRI pull has no such limit.
+func (f Facts) DirectPull() (bool, string) {
+	switch {
+	case f.Name != "containerd":
+		return false, "runtime is " + f.runtime()
+	case majorVersion(f.Version) < 2:
+		return false, "containerd " + f.Version + " pulls as fast through its CRI"
+	case len(f.directPullBypasses) > 0:
+		return false, "containerd's config asks of CRI pulls what containerd's client would skip: " + strings.Join(f.directPullBypasses, "; ")
+	}
+	return true, "containerd " + f.Version + ": its CRI pulls share 3 download slots on the node"
+}
+
+// majorVersion reads 2 from "2.4.2+unknown", "v2.1.0" or "2.0.0-rc.1";
+// 0 when it cannot.
+func majorVersion(v string) int {
+	major, _, _ := strings.Cut(strings.TrimPrefix(v, "v"), ".")
+	n, err := strconv.Atoi(major)
+	if err != nil {
+		return 0
+	}
+	return n
 }
 
 // SandboxImage is the pod-infra image as Connect found it; Facts is a

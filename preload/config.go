@@ -13,8 +13,8 @@ type Config struct {
 	Images       []Image
 	SandboxImage string // SandboxAuto, SandboxNone, or a normalized reference
 	ArchiveDir   string
-	Concurrency  int
-	PullVia      string // PullViaCRI or PullViaContainerd
+	Concurrency  int    // images pulled at once; 0: by the pull path (PullConcurrency)
+	PullVia      string // PullViaAuto, PullViaCRI or PullViaContainerd
 	MaxDownloads int
 	PullTimeout  time.Duration
 	Retry        Retry
@@ -58,17 +58,35 @@ const (
 	SandboxAuto = "auto"
 	SandboxNone = "none"
 
+	PullViaAuto       = "auto"
 	PullViaCRI        = "cri"
 	PullViaContainerd = "containerd"
+
+	defaultConcurrency = 3
 )
+
+// PullConcurrency is how many images are pulled at once through via: the
+// config's concurrency if it sets one; through containerd's client enough
+// to fill the node's download slots (each image spends much of its pull on
+// round trips and unpacking, integration/bench), never fewer than through
+// the CRI; through the CRI 3, which containerd 2.x's three node-wide
+// download slots make the most that helps.
+func (c *Config) PullConcurrency(via string) int {
+	switch {
+	case c.Concurrency > 0:
+		return c.Concurrency
+	case via == PullViaContainerd:
+		return max(defaultConcurrency, c.MaxDownloads)
+	}
+	return defaultConcurrency
+}
 
 // Defaults returns the values of every key the config leaves out.
 func Defaults() Config {
 	return Config{
 		SandboxImage: SandboxAuto,
 		ArchiveDir:   "/var/lib/preloader/archives",
-		Concurrency:  3,
-		PullVia:      PullViaCRI,
+		PullVia:      PullViaAuto,
 		MaxDownloads: 8,
 		PullTimeout:  15 * time.Minute,
 		Retry:        Retry{InitialDelay: 2 * time.Second, MaxDelay: 5 * time.Minute},

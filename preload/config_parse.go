@@ -294,29 +294,18 @@ func expandedSize(n *yaml.Node, anchored map[*yaml.Node]int) int {
 func (p *parser) config(root *yaml.Node) *Config {
 	cfg := Defaults()
 	var images *yaml.Node
-	concurrencySet := false
 	p.fields(root, "", setters{
 		"images":       func(v *yaml.Node, _ string) { images = v },
 		"sandboxImage": func(v *yaml.Node, path string) { p.sandboxImage(v, path, &cfg.SandboxImage) },
 		"archiveDir":   func(v *yaml.Node, path string) { p.archiveDir(v, path, &cfg.ArchiveDir) },
-		"concurrency": func(v *yaml.Node, path string) {
-			concurrencySet = true
-			p.intIn(v, path, 1, 64, &cfg.Concurrency)
-		},
-		"pullVia":      func(v *yaml.Node, path string) { p.oneOf(v, path, &cfg.PullVia, PullViaCRI, PullViaContainerd) },
+		"concurrency":  func(v *yaml.Node, path string) { p.intIn(v, path, 1, 64, &cfg.Concurrency) },
+		"pullVia":      func(v *yaml.Node, path string) { p.oneOf(v, path, &cfg.PullVia, PullViaAuto, PullViaCRI, PullViaContainerd) },
 		"maxDownloads": func(v *yaml.Node, path string) { p.intIn(v, path, 1, 64, &cfg.MaxDownloads) },
 		"pullTimeout":  func(v *yaml.Node, path string) { p.duration(v, path, 1, &cfg.PullTimeout) },
 		"retry":        func(v *yaml.Node, path string) { p.retry(v, path, &cfg.Retry) },
 		"resync":       func(v *yaml.Node, path string) { p.duration(v, path, time.Second, &cfg.Resync) },
 		"pin":          func(v *yaml.Node, path string) { p.boolean(v, path, &cfg.Pin) },
 	})
-	if cfg.PullVia == PullViaContainerd && !concurrencySet {
-		// The node's download slots are the limit of pullVia containerd:
-		// enough images at once to fill them, as each image spends much
-		// of its pull on round trips and unpacking (integration/bench:
-		// with 3 at once, 8 slots do not beat the runtime's own pull).
-		cfg.Concurrency = max(cfg.Concurrency, cfg.MaxDownloads)
-	}
 	if images == nil {
 		if root.Kind == yaml.MappingNode {
 			p.add(root.Line, `no images listed ("images: []" for none)`)
@@ -539,7 +528,8 @@ func (p *parser) oneOf(n *yaml.Node, path string, dst *string, allowed ...string
 		return
 	}
 	if !slices.Contains(allowed, s) {
-		p.errorf(n, path, "must be %s, got %s", strings.Join(allowed, " or "), quote(s))
+		last := len(allowed) - 1
+		p.errorf(n, path, "must be %s, got %s", strings.Join(allowed[:last], ", ")+" or "+allowed[last], quote(s))
 		return
 	}
 	*dst = s

@@ -29,7 +29,7 @@ const designExample = `images:
 sandboxImage: auto        # auto (ask the runtime) | none | a reference
 archiveDir: /var/lib/preloader/archives   # every archive here is imported too
 concurrency: 3            # pulls at once on one node
-pullVia: cri              # cri (the runtime's own pull) | containerd (containerd client, own download concurrency)
+pullVia: auto             # auto (decided by measurement) | cri (the runtime's own pull) | containerd (containerd client)
 maxDownloads: 8           # pullVia containerd: layer downloads at once on the node
 pullTimeout: 15m          # one pull attempt
 retry: {initialDelay: 2s, maxDelay: 5m}
@@ -43,6 +43,9 @@ func TestParseDesignExample(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := preload.Defaults()
+	// The example writes the CRI path's concurrency; left out, the path
+	// decides it (Config.PullConcurrency).
+	want.Concurrency = 3
 	want.Images = []preload.Image{
 		{Ref: "registry.k8s.io/pause:3.10", Name: "registry.k8s.io/pause:3.10", Line: 2},
 		{
@@ -75,7 +78,7 @@ func TestParseDefaults(t *testing.T) {
 		t.Errorf("got  %+v\nwant %+v", *cfg, want)
 	}
 	if want.SandboxImage != "auto" || want.ArchiveDir != "/var/lib/preloader/archives" ||
-		want.Concurrency != 3 || want.PullVia != "cri" || want.MaxDownloads != 8 ||
+		want.Concurrency != 0 || want.PullConcurrency("cri") != 3 || want.PullConcurrency("containerd") != 8 || want.PullVia != "auto" || want.MaxDownloads != 8 ||
 		want.PullTimeout != 15*time.Minute || want.Retry != (preload.Retry{InitialDelay: 2 * time.Second, MaxDelay: 5 * time.Minute}) ||
 		want.Resync != 5*time.Minute || !want.Pin {
 		t.Errorf("defaults differ from DESIGN.md: %+v", want)
@@ -104,17 +107,17 @@ pin: false
 				c.PullTimeout == 90*time.Second && c.Retry == (preload.Retry{InitialDelay: time.Second, MaxDelay: time.Second}) &&
 				c.Resync == time.Second && !c.Pin
 		}},
-		{"pullVia containerd: images at once to fill the download slots", "images: []\npullVia: containerd\nmaxDownloads: 12\n", func(c *preload.Config) bool {
-			return c.Concurrency == 12
+		{"through containerd: images at once to fill the download slots", "images: []\npullVia: containerd\nmaxDownloads: 12\n", func(c *preload.Config) bool {
+			return c.PullConcurrency("containerd") == 12
 		}},
-		{"pullVia containerd: an explicit concurrency stays", "images: []\npullVia: containerd\nconcurrency: 2\n", func(c *preload.Config) bool {
-			return c.Concurrency == 2 && c.MaxDownloads == 8
+		{"an explicit concurrency stays on either path", "images: []\npullVia: containerd\nconcurrency: 2\n", func(c *preload.Config) bool {
+			return c.PullConcurrency("containerd") == 2 && c.PullConcurrency("cri") == 2 && c.MaxDownloads == 8
 		}},
-		{"pullVia containerd: never fewer images than the default", "images: []\npullVia: containerd\nmaxDownloads: 1\n", func(c *preload.Config) bool {
-			return c.Concurrency == 3
+		{"through containerd: never fewer images than the default", "images: []\npullVia: containerd\nmaxDownloads: 1\n", func(c *preload.Config) bool {
+			return c.PullConcurrency("containerd") == 3
 		}},
-		{"pullVia cri keeps the default", "images: []\nmaxDownloads: 12\n", func(c *preload.Config) bool {
-			return c.Concurrency == 3
+		{"through the CRI: the default", "images: []\nmaxDownloads: 12\n", func(c *preload.Config) bool {
+			return c.PullConcurrency("cri") == 3 && c.PullVia == "auto"
 		}},
 		{"sandbox image normalized", "images: []\nsandboxImage: pause\n", func(c *preload.Config) bool {
 			return c.SandboxImage == "docker.io/library/pause:latest"
@@ -299,7 +302,7 @@ func TestParseErrors(t *testing.T) {
 		{"concurrency string", "images: []\nconcurrency: \"3\"\n", []string{`images.yaml:2: concurrency: must be an integer, got string "3"`}},
 		{"maxDownloads float", "images: []\nmaxDownloads: 2.5\n", []string{`images.yaml:2: maxDownloads: must be an integer, got number 2.5`}},
 		{"maxDownloads negative", "images: []\nmaxDownloads: -1\n", []string{`images.yaml:2: maxDownloads: must be between 1 and 64, got -1`}},
-		{"pullVia", "images: []\npullVia: docker\n", []string{`images.yaml:2: pullVia: must be cri or containerd, got "docker"`}},
+		{"pullVia", "images: []\npullVia: docker\n", []string{`images.yaml:2: pullVia: must be auto, cri or containerd, got "docker"`}},
 		{"pullTimeout zero", "images: []\npullTimeout: 0s\n", []string{`images.yaml:2: pullTimeout: must be more than 0, got 0s`}},
 		{"pullTimeout negative", "images: []\npullTimeout: -1m\n", []string{`images.yaml:2: pullTimeout: must be more than 0, got -1m`}},
 		{"duration without unit", "images: []\nresync: 300\n", []string{`images.yaml:2: resync: must be a duration such as 90s or 5m, got integer 300`}},
@@ -345,7 +348,7 @@ pin: on
 		`images.yaml:9: images[4].imag: unknown key; did you mean image?`,
 		`images.yaml:9: images[4]: image is required`,
 		`images.yaml:10: concurrency: must be between 1 and 64, got 100`,
-		`images.yaml:11: pullVia: must be cri or containerd, got "podman"`,
+		`images.yaml:11: pullVia: must be auto, cri or containerd, got "podman"`,
 		`images.yaml:12: retry.maxDelay: must be a duration such as 90s or 5m, got string "forever"`,
 		`images.yaml:13: pin: must be true or false, got string "on"`,
 	})
@@ -449,7 +452,7 @@ images: [{image: nginx, pullSecrets: *i}]
 	})
 	t.Run("long values are shortened", func(t *testing.T) {
 		got := problems(t, "images: []\npullVia: "+strings.Repeat("y", 100000)+"\n")
-		checkProblems(t, got, []string{`images.yaml:2: pullVia: must be cri or containerd, got "yyyy`})
+		checkProblems(t, got, []string{`images.yaml:2: pullVia: must be auto, cri or containerd, got "yyyy`})
 		if len(got[0]) > 200 {
 			t.Errorf("%d bytes: %s", len(got[0]), got[0])
 		}
@@ -546,10 +549,10 @@ func FuzzParse(f *testing.F) {
 				t.Fatalf("sandbox image %q normalizes to %q, %v", s, n, err)
 			}
 		}
-		if cfg.Concurrency < 1 || cfg.Concurrency > 64 || cfg.MaxDownloads < 1 || cfg.MaxDownloads > 64 ||
+		if cfg.Concurrency < 0 || cfg.Concurrency > 64 || cfg.MaxDownloads < 1 || cfg.MaxDownloads > 64 ||
 			cfg.PullTimeout <= 0 || cfg.Retry.InitialDelay <= 0 || cfg.Retry.InitialDelay > cfg.Retry.MaxDelay ||
 			cfg.Resync < time.Second || !filepath.IsAbs(cfg.ArchiveDir) ||
-			(cfg.PullVia != preload.PullViaCRI && cfg.PullVia != preload.PullViaContainerd) {
+			(cfg.PullVia != preload.PullViaAuto && cfg.PullVia != preload.PullViaCRI && cfg.PullVia != preload.PullViaContainerd) {
 			t.Fatalf("out of bounds: %+v", *cfg)
 		}
 	})

@@ -35,7 +35,10 @@ type Result struct {
 	Status Status `json:"status"`
 	// Source is where the image came from when not from its own
 	// registry: the archive file, or the mirror reference pulled.
-	Source   string        `json:"source,omitempty"`
+	Source string `json:"source,omitempty"`
+	// Via is the path of a pull: cri (the runtime's own) or containerd
+	// (containerd's client).
+	Via      string        `json:"via,omitempty"`
 	Reason   string        `json:"reason,omitempty"` // short and stable: "not found", "unauthorized", …
 	Error    string        `json:"error,omitempty"`  // the runtime's last message
 	Size     uint64        `json:"sizeBytes,omitempty"`
@@ -101,8 +104,9 @@ func (e *Engine) Run(ctx context.Context, cfg *Config, images []Image) ([]Result
 
 	images = dedupe(images)
 	fromArchives, extra := e.importArchives(ctx, cfg, images, imageIDs(listed))
+	cfg = e.choosePath(cfg)
 	results := make([]Result, len(images))
-	sem := make(chan struct{}, max(cfg.Concurrency, 1))
+	sem := make(chan struct{}, cfg.PullConcurrency(cfg.PullVia))
 	var wg sync.WaitGroup
 	for i, img := range images {
 		results[i] = Result{Image: img.Name}
@@ -176,7 +180,7 @@ func (e *Engine) pull(ctx context.Context, cfg *Config, img Image) Result {
 		err := e.pullOnce(ctx, cfg, img, auths)
 		if err == nil {
 			e.log().Info("pulled", "image", img.Name, "seconds", time.Since(start).Seconds(), "attempts", attempt)
-			return Result{Image: img.Name, Status: StatusPulled, Duration: time.Since(start), Attempts: attempt}
+			return Result{Image: img.Name, Status: StatusPulled, Via: cfg.PullVia, Duration: time.Since(start), Attempts: attempt}
 		}
 		if ctx.Err() != nil && prev != nil {
 			// The run ended mid-attempt: why the image is missing is what
@@ -238,6 +242,22 @@ func attemptTimedOut(ctx, pctx context.Context, err error) bool {
 	}
 	fromDeadline := status.Code(err) == codes.DeadlineExceeded || errors.Is(err, context.DeadlineExceeded)
 	return fromDeadline && time.Until(deadline) < time.Second
+}
+
+// choosePath returns cfg with pullVia auto decided for this runtime
+// (noderuntime.Facts.DirectPull), and says which path pulls take.
+func (e *Engine) choosePath(cfg *Config) *Config {
+	c := *cfg
+	why := "pullVia " + cfg.PullVia
+	if c.PullVia == PullViaAuto {
+		direct, reason := e.Store.Facts().DirectPull()
+		c.PullVia, why = PullViaCRI, "pullVia auto: "+reason
+		if direct {
+			c.PullVia = PullViaContainerd
+		}
+	}
+	e.log().Info("pull path", "via", c.PullVia, "concurrency", c.PullConcurrency(c.PullVia), "why", why)
+	return &c
 }
 
 // pullWith pulls ref the way cfg.PullVia says: by the runtime's own CRI

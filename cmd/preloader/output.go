@@ -12,8 +12,8 @@ import (
 	"github.com/kube-preloader/kube-preloader/preload"
 )
 
-// writeResults prints once's results: a table (wide adds where each image
-// came from, the attempts and the runtime's message), or every field as
+// writeResults prints once's results: a table (wide adds the pull path,
+// where each image came from, the attempts and the runtime's message), or every field as
 // JSON or YAML.
 func writeResults(w io.Writer, format string, results []preload.Result) error {
 	switch format {
@@ -26,13 +26,13 @@ func writeResults(w io.Writer, format string, results []preload.Result) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	header := "IMAGE\tSTATUS\tSIZE\tTIME\tREASON"
 	if wide {
-		header += "\tSOURCE\tATTEMPTS\tERROR"
+		header += "\tVIA\tSOURCE\tATTEMPTS\tERROR"
 	}
 	fmt.Fprintln(tw, header)
 	for _, r := range results {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s", r.Image, r.Status, humanSize(r.Size), humanDuration(r.Duration), r.Reason)
 		if wide {
-			fmt.Fprintf(tw, "\t%s\t%s\t%s", orDash(r.Source), orDash(attempts(r.Attempts)), orDash(r.Error))
+			fmt.Fprintf(tw, "\t%s\t%s\t%s\t%s", orDash(r.Via), orDash(r.Source), orDash(attempts(r.Attempts)), orDash(r.Error))
 		}
 		fmt.Fprintln(tw)
 	}

@@ -28,8 +28,9 @@ type Server struct {
 	Pull func(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) error
 	// Info is returned by verbose Status.
 	Info map[string]string
-	// Name is the runtime name Version reports; "critest" by default.
-	Name string
+	// Name and RuntimeVersion are what Version reports; "critest" and "1.0"
+	// by default.
+	Name, RuntimeVersion string
 
 	mu     sync.Mutex
 	images map[string]*runtimeapi.Image
@@ -103,7 +104,11 @@ func (s *Server) Version(context.Context, *runtimeapi.VersionRequest) (*runtimea
 	if name == "" {
 		name = "critest"
 	}
-	return &runtimeapi.VersionResponse{Version: "0.1.0", RuntimeName: name, RuntimeVersion: "1.0", RuntimeApiVersion: "v1"}, nil
+	version := s.RuntimeVersion
+	if version == "" {
+		version = "1.0"
+	}
+	return &runtimeapi.VersionResponse{Version: "0.1.0", RuntimeName: name, RuntimeVersion: version, RuntimeApiVersion: "v1"}, nil
 }
 
 func (s *Server) Status(context.Context, *runtimeapi.StatusRequest) (*runtimeapi.StatusResponse, error) {
