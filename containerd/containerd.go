@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -175,12 +176,13 @@ func (c *Client) Import(ctx context.Context, contents *archive.Contents, want []
 
 // streamCut marks as unavailable a write that containerd cut: a gRPC
 // stream the server drops without a status (containerd killed or
-// restarted mid-import) ends in a bare io.EOF from Send ("failed to send
-// write: EOF", "error getting writer status: EOF"), which reads as
-// nothing in particular. An archive's own truncation is
-// io.ErrUnexpectedEOF, and is not matched.
+// restarted mid-import) ends in a bare io.EOF from Send, which the content
+// proxy turns into an unknown error with the text "EOF" ("failed to send
+// write: EOF", "error getting writer status: EOF"). An archive's own
+// truncation is io.ErrUnexpectedEOF, "unexpected EOF", and is not matched.
 func streamCut(err error) error {
-	if errors.Is(err, io.EOF) && !errdefs.IsUnavailable(err) {
+	cut := errors.Is(err, io.EOF) || (errdefs.IsUnknown(err) && strings.HasSuffix(err.Error(), ": EOF"))
+	if cut && !errdefs.IsUnavailable(err) {
 		return fmt.Errorf("%w (containerd closed the stream: %w)", err, errdefs.ErrUnavailable)
 	}
 	return err
