@@ -20,6 +20,9 @@ type containerdConfigFile struct {
 		CRI struct {
 			SandboxImage string             `toml:"sandbox_image"`
 			Registry     registryConfigFile `toml:"registry"`
+			Containerd   struct {
+				DiscardUnpackedLayers bool `toml:"discard_unpacked_layers"`
+			} `toml:"containerd"`
 		} `toml:"io.containerd.grpc.v1.cri"`
 		Images struct {
 			PinnedImages struct {

@@ -2,6 +2,7 @@ package noderuntime
 
 import (
 	"context"
+	"errors"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
@@ -18,9 +19,11 @@ type criStore struct {
 
 var _ Store = (*criStore)(nil)
 
-// CRIOnly is the Store of a runtime known only by its CRI.
+// CRIOnly is the Store of a runtime known only by its CRI, with none of
+// Connect's discovery: for tests, and for embedding a client one has.
 func CRIOnly(c *cri.Client) Store {
-	return &criStore{Client: c, facts: Facts{Endpoint: c.Endpoint, Name: c.RuntimeName, Version: c.RuntimeVersion}}
+	return &criStore{Client: c, facts: Facts{Endpoint: c.Endpoint, Name: c.RuntimeName, Version: c.RuntimeVersion,
+		sandboxErr: errors.New("sandbox image not discovered: ask Store.SandboxImage")}}
 }
 
 func (s *criStore) Facts() Facts { return s.facts }

@@ -36,6 +36,11 @@ func TestDirectPull(t *testing.T) {
 			why:  "discard_unpacked_layers",
 		},
 		{
+			name: "discarded layers, version 2 file", runtime: "containerd", version: "2.4.2", status: `{"containerd":{` + runc + `}}}`,
+			file: "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\ndiscard_unpacked_layers = true\n",
+			why:  "discard_unpacked_layers",
+		},
+		{
 			name: "image verifiers", runtime: "containerd", version: "2.4.2", status: `{"containerd":{` + runc + `}}}`,
 			file: "version = 3\n[plugins.\"io.containerd.image-verifier.v1.bindir\"]\nbin_dir = \"" + verifiers + "\"\n",
 			why:  "image verifiers in " + verifiers,

@@ -11,6 +11,9 @@ import (
 	"slices"
 	"strings"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/kube-preloader/kube-preloader/cri"
 )
 
@@ -58,6 +61,9 @@ type discovery struct {
 
 func discover(ctx context.Context, c *cri.Client) (*discovery, error) {
 	info, err := c.StatusInfo(ctx)
+	if status.Code(err) == codes.Unavailable {
+		return nil, &cri.UnreachableError{Tried: []string{c.Endpoint}, Err: err}
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -156,7 +162,7 @@ func (d *discovery) directPullBypasses(snapshotter string) ([]string, error) {
 		if cfg.Plugins.ImageVerifier.BinDir != "" {
 			verifiers = cfg.Plugins.ImageVerifier.BinDir
 		}
-		if cfg.Plugins.Images.DiscardUnpackedLayers {
+		if cfg.Plugins.Images.DiscardUnpackedLayers || cfg.Plugins.CRI.Containerd.DiscardUnpackedLayers {
 			out = append(out, "discard_unpacked_layers")
 		}
 	}

@@ -11,7 +11,8 @@ import (
 	"k8s.io/client-go/metadata"
 )
 
-var nodesResource = corev1.SchemeGroupVersion.WithResource("nodes")
+// Resource is the Nodes, for the metadata client and informers.
+var Resource = corev1.SchemeGroupVersion.WithResource("nodes")
 
 // Node is what one Node object shows of its preload status; its JSON is a
 // node of `preloader status -o json`.
@@ -59,7 +60,7 @@ func Read(m *metav1.ObjectMeta) Node {
 // metadata-only List: no specs or statuses, so it stays small with
 // thousands of nodes.
 func List(ctx context.Context, mc metadata.Interface) ([]Node, error) {
-	list, err := mc.Resource(nodesResource).List(ctx, metav1.ListOptions{})
+	list, err := mc.Resource(Resource).List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("list nodes: %w", err)
 	}
@@ -91,7 +92,7 @@ func Verdict(nodes []Node) error {
 		return fmt.Errorf("no node has a %s annotation (is the agent running?)", AnnotationStatus)
 	}
 	if len(notReady) > 0 {
-		return fmt.Errorf("%d of %d nodes not ready: %s", len(notReady), reporting, nameList(notReady, 10))
+		return fmt.Errorf("%d of %d nodes not ready: %s", len(notReady), reporting, NameList(notReady, 10))
 	}
 	return nil
 }
@@ -103,8 +104,9 @@ func notReadyName(n Node) string {
 	return n.Name
 }
 
-// nameList joins names, the first max of them and a count of the rest.
-func nameList(names []string, max int) string {
+// NameList joins node names for a message: the first max of them and a
+// count of the rest.
+func NameList(names []string, max int) string {
 	if len(names) <= max {
 		return strings.Join(names, ", ")
 	}

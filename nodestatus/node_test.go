@@ -84,7 +84,7 @@ func TestList(t *testing.T) {
 	}
 
 	mc.PrependReactor("list", "nodes", func(clienttesting.Action) (bool, runtime.Object, error) {
-		return true, nil, apierrors.NewForbidden(nodesResource.GroupResource(), "", nil)
+		return true, nil, apierrors.NewForbidden(Resource.GroupResource(), "", nil)
 	})
 	if _, err := List(context.Background(), mc); !apierrors.IsForbidden(err) || !strings.HasPrefix(err.Error(), "list nodes: ") {
 		t.Errorf("List when forbidden: %v, want the API error, wrapped", err)

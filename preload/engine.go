@@ -88,7 +88,7 @@ type Engine struct {
 // Run makes every image present: one ListImages; the import of every
 // archive that images name or cfg.ArchiveDir holds, first, because a node
 // that has archives often has no registry; a pull of each image still
-// missing (cfg.Concurrency at once, transient failures retried with backoff
+// missing (cfg.PullConcurrency at once, transient failures retried with backoff
 // until ctx ends; from its mirror if it has one); then CRI ImageStatus of
 // each reference, which alone decides that an image is present. Finally
 // the present images are pinned if cfg.Pin, and images the preloader
@@ -190,13 +190,13 @@ func (e *Engine) pull(ctx context.Context, cfg *Config, img Image) Result {
 		reason, transient := Classify(err)
 		if !transient || ctx.Err() != nil || attempt == e.MaxAttempts {
 			e.log().Warn("pull failed", "image", img.Name, "reason", reason, "attempts", attempt, "err", err)
-			return failed(img.Name, err, time.Since(start), attempt)
+			return failedVia(img.Name, cfg.PullVia, err, time.Since(start), attempt)
 		}
 		wait := backoff.Step()
 		e.log().Info("pull failed, retrying", "image", img.Name, "reason", reason, "attempt", attempt, "retryIn", wait.Round(time.Millisecond).String(), "err", err)
 		select {
 		case <-ctx.Done():
-			return failed(img.Name, err, time.Since(start), attempt)
+			return failedVia(img.Name, cfg.PullVia, err, time.Since(start), attempt)
 		case <-time.After(wait):
 		}
 		prev = err
@@ -288,6 +288,13 @@ func (e *Engine) log() *slog.Logger {
 		return slog.New(slog.DiscardHandler)
 	}
 	return e.Log
+}
+
+// failedVia is a pull through via that failed.
+func failedVia(image, via string, err error, d time.Duration, attempts int) Result {
+	r := failed(image, err, d, attempts)
+	r.Via = via
+	return r
 }
 
 func failed(image string, err error, d time.Duration, attempts int) Result {

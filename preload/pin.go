@@ -1,12 +1,23 @@
 package preload
 
-import "context"
+import (
+	"context"
+
+	"github.com/kube-preloader/kube-preloader/noderuntime"
+)
 
 // syncPins pins every image present after the run when cfg.Pin, and
 // unpins what the preloader pinned before and the run no longer lists (or
 // everything, without cfg.Pin). A failure is logged: the images are
 // present all the same.
 func (e *Engine) syncPins(ctx context.Context, cfg *Config, results []Result) {
+	if err := e.Store.Can(noderuntime.OpPin); err != nil {
+		// Nothing to unpin either: the preloader pins nothing here.
+		if cfg.Pin {
+			e.log().Info("images not pinned", "reason", err)
+		}
+		return
+	}
 	var pin, keep []string
 	if cfg.Pin {
 		for _, r := range results {

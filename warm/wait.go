@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"sort"
-	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -21,8 +20,6 @@ import (
 	"github.com/kube-preloader/kube-preloader/nodestatus"
 	"github.com/kube-preloader/kube-preloader/preload"
 )
-
-var nodesResource = corev1.SchemeGroupVersion.WithResource("nodes")
 
 // Waiter watches Nodes' status annotations (and the ConfigMap, which others
 // may edit meanwhile) until every node running the agent reports the image
@@ -122,7 +119,7 @@ func (w *Waiter) informers(changed chan<- struct{}) (nodes, cms cache.SharedInde
 		UpdateFunc: func(any, any) { notify() },
 		DeleteFunc: func(any) { notify() },
 	}
-	nodes = metadatainformer.NewFilteredMetadataInformer(w.Metadata, nodesResource, "", 0, cache.Indexers{}, nil).Informer()
+	nodes = metadatainformer.NewFilteredMetadataInformer(w.Metadata, nodestatus.Resource, "", 0, cache.Indexers{}, nil).Informer()
 	cms = coreinformers.NewFilteredConfigMapInformer(w.Client, w.Namespace, 0, cache.Indexers{}, func(o *metav1.ListOptions) {
 		o.FieldSelector = fields.OneTermEqualSelector("metadata.name", w.Name).String()
 	})
@@ -248,13 +245,5 @@ func (w *Waiter) timedOut(ctx context.Context, states []nodeState) error {
 			lacking = append(lacking, s.name+" ("+s.reason+")")
 		}
 	}
-	return fmt.Errorf("%s: %d of %d nodes do not have %s: %s", why, len(lacking), len(states), w.Image.Ref, nameList(lacking, 20))
-}
-
-// nameList joins names, the first max of them and a count of the rest.
-func nameList(names []string, max int) string {
-	if len(names) <= max {
-		return strings.Join(names, ", ")
-	}
-	return fmt.Sprintf("%s and %d more", strings.Join(names[:max], ", "), len(names)-max)
+	return fmt.Errorf("%s: %d of %d nodes do not have %s: %s", why, len(lacking), len(states), w.Image.Ref, nodestatus.NameList(lacking, 20))
 }

@@ -185,7 +185,7 @@ func (c *waitCluster) waitFor(want string) {
 
 func (c *waitCluster) setNode(name string, st *nodestatus.Status) {
 	c.t.Helper()
-	if err := c.mc.Tracker().Update(nodesResource, node(name, st), ""); err != nil {
+	if err := c.mc.Tracker().Update(nodestatus.Resource, node(name, st), ""); err != nil {
 		c.t.Fatal(err)
 	}
 }
@@ -283,7 +283,7 @@ func TestWaitTimesOut(t *testing.T) {
 	t.Run("nodes cannot be read", func(t *testing.T) {
 		c := newWaitCluster(t, node("n1", reports(with, nil)))
 		c.mc.PrependReactor("list", "nodes", func(clienttesting.Action) (bool, runtime.Object, error) {
-			return true, nil, apierrors.NewForbidden(nodesResource.GroupResource(), "", errors.New("RBAC"))
+			return true, nil, apierrors.NewForbidden(nodestatus.Resource.GroupResource(), "", errors.New("RBAC"))
 		})
 		err := c.start(300 * time.Millisecond).result()
 		var ue *UnreachableError

@@ -32,12 +32,12 @@ func newAgentCmd() *cobra.Command {
 it and every resync, and report on the Node: the label preloader.io/ready,
 the annotation preloader.io/status, Events, the removal of the taint
 preloader.io/not-ready, and /metrics. It runs in the DaemonSet of
-deploy/; a bad ConfigMap keeps the last good config running.`,
+manifests/; a bad ConfigMap keeps the last good config running.`,
 		Example: `  # As the DaemonSet runs it (NODE_NAME from the downward API):
-  preloader agent --configmap kube-preloader/images
+  preloader agent --configmap kube-preloader/preloader-config
 
   # Outside the cluster, for a node you are on:
-  preloader agent --configmap kube-preloader/images --node-name node-1 --kubeconfig ~/.kube/config`,
+  preloader agent --configmap kube-preloader/preloader-config --node-name node-1 --kubeconfig ~/.kube/config`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return o.run(cmd.Context(), cmd.ErrOrStderr())

@@ -48,17 +48,30 @@ func run(ctx context.Context, argv []string, stdout, stderr io.Writer) int {
 	root.SetArgs(argv[1:])
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	// Whatever fails before a command runs (an unknown command or flag, a
-	// missing argument) is usage: exit 2. A command's own errors carry
-	// their code.
+	// Whatever fails before a command's own code runs (an unknown command
+	// or flag, a missing argument, any check cobra makes) is usage: exit 2.
+	// A command's own errors carry their code.
 	ran := false
-	root.PersistentPreRun = func(*cobra.Command, []string) { ran = true }
+	markRun(root, &ran)
 	cmd, err := root.ExecuteContextC(ctx)
 	if err != nil && !ran {
 		fmt.Fprintf(stderr, "%s: %v\nRun '%s --help' for usage.\n", root.DisplayName(), err, cmd.CommandPath())
 		return exitInvalid
 	}
 	return exitCode(stderr, root.DisplayName(), err)
+}
+
+// markRun has every command set *ran when its RunE starts.
+func markRun(cmd *cobra.Command, ran *bool) {
+	if run := cmd.RunE; run != nil {
+		cmd.RunE = func(c *cobra.Command, args []string) error {
+			*ran = true
+			return run(c, args)
+		}
+	}
+	for _, sub := range cmd.Commands() {
+		markRun(sub, ran)
+	}
 }
 
 // displayName is how the user called us: "kubectl preload" when kubectl
@@ -88,6 +101,7 @@ unreachable.`,
 		// A bare `preloader` is a usage error, as any other.
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			cmd.SetOut(cmd.ErrOrStderr())
 			cmd.Help()
 			return &exitError{code: exitInvalid, err: errors.New("")}
 		},
@@ -174,7 +188,7 @@ func (o *outputFlag) Set(v string) error {
 // completes them.
 func addOutputFlag(cmd *cobra.Command, usage string, formats ...string) *outputFlag {
 	o := &outputFlag{value: formats[0], formats: formats}
-	cmd.Flags().VarP(o, "output", "o", usage+": "+strings.Join(formats, ", "))
+	cmd.Flags().VarP(o, "output", "o", usage)
 	cmd.RegisterFlagCompletionFunc("output", cobra.FixedCompletions(formats, cobra.ShellCompDirectiveNoFileComp))
 	return o
 }

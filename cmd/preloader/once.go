@@ -30,8 +30,9 @@ func newOnceCmd() *cobra.Command {
 		Use:   "once --config FILE",
 		Short: "Make every configured image present on this node, then exit",
 		Long: `Make every image of the config present in this node's container runtime,
-then exit: pulled through the CRI as the kubelet pulls, or imported from
-archives on the node. No API server is needed: run it as a node bootstrap
+then exit: pulled (with containerd's client on containerd 2.x, through the
+CRI elsewhere: pullVia), or imported from archives on the node; present is
+what CRI ImageStatus says, as the kubelet asks. No API server is needed: run it as a node bootstrap
 hook, before the kubelet starts.`,
 		Example: `  # As a bootstrap hook, with the kubelet's registry credentials:
   preloader once --config /etc/preloader/images.yaml
@@ -48,7 +49,7 @@ hook, before the kubelet starts.`,
 	o.runtime.add(f)
 	f.DurationVar(&o.timeout, "timeout", 30*time.Minute, "bound for the whole run")
 	f.StringArrayVar(&o.dockerConfigs, "docker-config", nil, "docker config file with registry credentials (config.json, dockerconfigjson or .dockercfg); repeatable. Default: the kubelet's search paths")
-	o.output = addOutputFlag(cmd, "output format", "table", "wide", "json", "yaml")
+	o.output = addOutputFlag(cmd, "output format: table, wide, json or yaml", "table", "wide", "json", "yaml")
 	cmd.MarkFlagFilename("config", "yaml", "yml")
 	return cmd
 }

@@ -48,7 +48,7 @@ reporting node is ready, 1 when one is not or none reports.`,
 		},
 	}
 	o.kube.add(cmd, false)
-	o.output = addOutputFlag(cmd, "output format", "table", "wide", "json", "yaml")
+	o.output = addOutputFlag(cmd, "output format: table, wide, json or yaml", "table", "wide", "json", "yaml")
 	return cmd
 }
 

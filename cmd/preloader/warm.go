@@ -62,6 +62,9 @@ func (o *warmOptions) configMapName() (ns, name string, err error) {
 	if name == "" || strings.Contains(name, "/") || (ok && ns == "") {
 		return "", "", usageError("warm: --configmap must be NAMESPACE/NAME or NAME, not %q", o.configMap)
 	}
+	if n := o.kube.overrides.Context.Namespace; ok && n != "" && n != ns {
+		return "", "", usageError("warm: --configmap %s is in namespace %s, and -n says %s", o.configMap, ns, n)
+	}
 	if ns == "" {
 		if ns, err = o.kube.namespace(); err != nil {
 			return "", "", err

@@ -25,7 +25,9 @@ current-context: tools
 		wantNS, wantName              string
 		invalid                       bool
 	}{
-		{configMap: "ops/images", namespace: "ignored", wantNS: "ops", wantName: "images"},
+		{configMap: "ops/images", wantNS: "ops", wantName: "images"},
+		{configMap: "ops/images", namespace: "ops", wantNS: "ops", wantName: "images"},
+		{configMap: "ops/images", namespace: "other", invalid: true},
 		{configMap: "images", wantNS: "kube-preloader", wantName: "images"},
 		{configMap: "images", namespace: "ops", wantNS: "ops", wantName: "images"},
 		{configMap: "images", context: "plain", wantNS: "default", wantName: "images"},
