@@ -937,7 +937,7 @@ func (r *run) scenarioNoSecrets(t *testing.T, name string) {
 		t.Fatal("no agent pod")
 	}
 	// The DaemonSet as shipped held up: ready (/readyz), never restarted
-	// (liveness, the 64Mi limit).
+	// (liveness, the memory limit).
 	agent := getPod(t, n, agentNamespace, r.agentPod)
 	for _, c := range agent.Status.ContainerStatuses {
 		if !c.Ready || c.RestartCount != 0 {
