@@ -42,7 +42,7 @@ demo: runtime-deps build
 	$(GO) run ./scripts/sandbox $(BIN)
 
 bench: deps build
-	scripts/install-deps.sh ctr
+	scripts/install-deps.sh ctr crictl
 	PRELOADER_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./integration/bench/
 
 FUZZTIME ?= 1m

@@ -3,12 +3,22 @@
 # Debian packages (containerd 1.6, the distribution registry, etcd, runc, CNI
 # plugins) when missing, and containerd 2.x built from the Go module proxy
 # into a cache outside the repo. With the argument "ctr", also ctr 2.x, the
-# peer of the archive import benchmark.
-# Usage: scripts/install-deps.sh [ctr]
+# peer of the archive import benchmark; with "crictl", crictl, the peer of
+# the pull benchmark.
+# Usage: scripts/install-deps.sh [ctr] [crictl]
 set -euo pipefail
 
 CACHE="${PRELOADER_CACHE:-$HOME/.cache/kube-preloader}"
 CONTAINERD2_VERSION="${CONTAINERD2_VERSION:-v2.4.2}"
+CRICTL_VERSION="${CRICTL_VERSION:-v1.37.0}"
+want_ctr= want_crictl=
+for a in "$@"; do
+  case "$a" in
+    ctr) want_ctr=1 ;;
+    crictl) want_crictl=1 ;;
+    *) echo "usage: scripts/install-deps.sh [ctr] [crictl]" >&2; exit 2 ;;
+  esac
+done
 
 pkgs=(containerd docker-registry etcd-server runc containernetworking-plugins apache2-utils iproute2 zstd)
 missing=()
@@ -40,10 +50,19 @@ if [[ ! -x "$CACHE/bin/containerd-$CONTAINERD2_VERSION" ]]; then
 fi
 # ctr 2.x, the peer the archive import benchmark compares against on
 # containerd 2.x (Debian's ctr is 1.6).
-if [[ "${1:-}" == ctr && ! -x "$CACHE/bin/ctr-$CONTAINERD2_VERSION" ]]; then
+if [[ -n "$want_ctr" && ! -x "$CACHE/bin/ctr-$CONTAINERD2_VERSION" ]]; then
   echo "install-deps: building ctr $CONTAINERD2_VERSION" >&2
   tmp=$(mktemp -d)
   GOBIN="$tmp" go install "github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD2_VERSION"
   mv "$tmp/ctr" "$CACHE/bin/ctr-$CONTAINERD2_VERSION"
+  rm -rf "$tmp"
+fi
+# crictl, the peer the pull benchmark compares against: `crictl pull` of
+# each image in turn.
+if [[ -n "$want_crictl" && ! -x "$CACHE/bin/crictl-$CRICTL_VERSION" ]]; then
+  echo "install-deps: building crictl $CRICTL_VERSION" >&2
+  tmp=$(mktemp -d)
+  GOBIN="$tmp" go install "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
+  mv "$tmp/crictl" "$CACHE/bin/crictl-$CRICTL_VERSION"
   rm -rf "$tmp"
 fi

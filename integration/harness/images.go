@@ -28,12 +28,15 @@ type ImageSpec struct {
 	Tag  string // default "latest"
 
 	// BaseLayers come first; layer i is the same blob in every image with the
-	// same BaseSeed and LayerSize.
+	// same BaseSeed and base layer size.
 	BaseLayers int
 	BaseSeed   string // default "base"
 	// OwnLayers follow and are unique to Repo:Tag.
 	OwnLayers int
 	LayerSize int // uncompressed random bytes per layer; default 16 KiB
+	// BaseLayerSize, when set, is the size of the base layers instead of
+	// LayerSize.
+	BaseLayerSize int
 
 	// Files, if any, go into one last layer, executable (e.g. a static pause
 	// binary built by the test), and Entrypoint into the config.
@@ -115,11 +118,16 @@ func pushTestImage(reg *Registry, spec ImageSpec) (TestImage, error) {
 }
 
 // BuildTestImage builds the image of spec without pushing it. Zero fields
-// are used as is (no defaults).
+// are used as is (no defaults), except BaseLayerSize, which is LayerSize
+// when zero.
 func BuildTestImage(spec ImageSpec) (v1.Image, error) {
 	var layers []v1.Layer
+	baseSize := spec.LayerSize
+	if spec.BaseLayerSize != 0 {
+		baseSize = spec.BaseLayerSize
+	}
 	for i := range spec.BaseLayers {
-		layers = append(layers, randomLayer(fmt.Sprintf("%s/%d", spec.BaseSeed, i), spec.LayerSize))
+		layers = append(layers, randomLayer(fmt.Sprintf("%s/%d", spec.BaseSeed, i), baseSize))
 	}
 	for i := range spec.OwnLayers {
 		layers = append(layers, randomLayer(fmt.Sprintf("own/%s:%s/%d", spec.Repo, spec.Tag, i), spec.LayerSize))
