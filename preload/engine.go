@@ -104,7 +104,8 @@ func (e *Engine) Run(ctx context.Context, cfg *Config, images []Image) ([]Result
 
 	images = dedupe(images)
 	fromArchives, extra := e.importArchives(ctx, cfg, images, imageIDs(listed))
-	cfg = e.choosePath(cfg)
+	cfg, why := e.choosePath(cfg)
+	var pulling sync.Once // say the path once, and only when there is a pull
 	results := make([]Result, len(images))
 	sem := make(chan struct{}, cfg.PullConcurrency(cfg.PullVia))
 	var wg sync.WaitGroup
@@ -117,6 +118,9 @@ func (e *Engine) Run(ctx context.Context, cfg *Config, images []Image) ([]Result
 		if have[presenceKey(img.Name)] {
 			continue
 		}
+		pulling.Do(func() {
+			e.log().Info("pull path", "via", cfg.PullVia, "concurrency", cfg.PullConcurrency(cfg.PullVia), "why", why)
+		})
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -245,8 +249,8 @@ func attemptTimedOut(ctx, pctx context.Context, err error) bool {
 }
 
 // choosePath returns cfg with pullVia auto decided for this runtime
-// (noderuntime.Facts.DirectPull), and says which path pulls take.
-func (e *Engine) choosePath(cfg *Config) *Config {
+// (noderuntime.Facts.DirectPull), and why pulls take that path.
+func (e *Engine) choosePath(cfg *Config) (*Config, string) {
 	c := *cfg
 	why := "pullVia " + cfg.PullVia
 	if c.PullVia == PullViaAuto {
@@ -256,8 +260,7 @@ func (e *Engine) choosePath(cfg *Config) *Config {
 			c.PullVia = PullViaContainerd
 		}
 	}
-	e.log().Info("pull path", "via", c.PullVia, "concurrency", c.PullConcurrency(c.PullVia), "why", why)
-	return &c
+	return &c, why
 }
 
 // pullWith pulls ref the way cfg.PullVia says: by the runtime's own CRI
