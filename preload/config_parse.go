@@ -299,7 +299,9 @@ func (p *parser) config(root *yaml.Node) *Config {
 		"sandboxImage": func(v *yaml.Node, path string) { p.sandboxImage(v, path, &cfg.SandboxImage) },
 		"archiveDir":   func(v *yaml.Node, path string) { p.archiveDir(v, path, &cfg.ArchiveDir) },
 		"concurrency":  func(v *yaml.Node, path string) { p.intIn(v, path, 1, 64, &cfg.Concurrency) },
-		"pullVia":      func(v *yaml.Node, path string) { p.oneOf(v, path, &cfg.PullVia, PullViaAuto, PullViaCRI, PullViaContainerd) },
+		"pullVia": func(v *yaml.Node, path string) {
+			p.oneOf(v, path, &cfg.PullVia, PullViaAuto, PullViaCRI, PullViaContainerd)
+		},
 		"maxDownloads": func(v *yaml.Node, path string) { p.intIn(v, path, 1, 64, &cfg.MaxDownloads) },
 		"pullTimeout":  func(v *yaml.Node, path string) { p.duration(v, path, 1, &cfg.PullTimeout) },
 		"retry":        func(v *yaml.Node, path string) { p.retry(v, path, &cfg.Retry) },

@@ -1,8 +1,10 @@
 package preload_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -386,5 +388,36 @@ func TestCount(t *testing.T) {
 		if present, total := preload.Count(results); present != tt.present || total != tt.total {
 			t.Errorf("Count(%v) = %d/%d, want %d/%d", tt.statuses, present, total, tt.present, tt.total)
 		}
+	}
+}
+
+// A run says which path its pulls take and why, once, only when it pulls;
+// on a runtime known only by its CRI, pullVia auto is the CRI.
+func TestRunSaysPullPath(t *testing.T) {
+	s := critest.Start(t)
+	s.Add("registry.example/present:1", 1)
+	var logs bytes.Buffer
+	e := &preload.Engine{Store: noderuntime.CRIOnly(connect(t, s)), Log: slog.New(slog.NewTextHandler(&logs, nil))}
+	results, err := e.Run(context.Background(), testConfig(), images("registry.example/a:1", "registry.example/b:1", "registry.example/present:1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range results[:2] {
+		if r.Status != preload.StatusPulled || r.Via != preload.PullViaCRI {
+			t.Errorf("%s: %s via %q, want pulled via cri", r.Image, r.Status, r.Via)
+		}
+	}
+	if r := results[2]; r.Via != "" {
+		t.Errorf("%s, present: via %q, want none", r.Image, r.Via)
+	}
+	if n := strings.Count(logs.String(), `msg="pull path" via=cri concurrency=3 why="pullVia auto: runtime is critest 1.0"`); n != 1 {
+		t.Errorf("pull path said %d times, want once:\n%s", n, logs.String())
+	}
+	logs.Reset()
+	if _, err := e.Run(context.Background(), testConfig(), images("registry.example/present:1")); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(logs.String(), "pull path") {
+		t.Errorf("nothing to pull, yet:\n%s", logs.String())
 	}
 }
