@@ -1,14 +1,10 @@
 package noderuntime
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/kube-preloader/kube-preloader/cri"
-	"github.com/kube-preloader/kube-preloader/cri/critest"
 )
 
 // pullVia auto takes containerd's client on containerd 2.x unless the
@@ -52,24 +48,7 @@ func TestDirectPull(t *testing.T) {
 		},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			path := filepath.Join(t.TempDir(), "config.toml")
-			if tt.file != "" {
-				os.WriteFile(path, []byte(tt.file), 0o644)
-			}
-			t.Setenv(ContainerdConfigEnv, path)
-			s := critest.Start(t)
-			s.Name, s.RuntimeVersion = tt.runtime, tt.version
-			s.Info = map[string]string{"config": tt.status}
-			c, err := cri.Connect(context.Background(), s.Endpoint)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			d, err := discover(context.Background(), c)
-			if err != nil {
-				t.Fatal(err)
-			}
-			f, err := d.facts(context.Background())
+			f, err := discoverWith(t, tt.runtime, tt.version, tt.status, tt.file)
 			if err != nil {
 				t.Fatal(err)
 			}

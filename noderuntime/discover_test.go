@@ -81,30 +81,38 @@ func TestDiscoverContainerd(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			path := filepath.Join(t.TempDir(), "config.toml")
-			if tt.file != "" {
-				if err := os.WriteFile(path, []byte(tt.file), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			t.Setenv(ContainerdConfigEnv, path)
-			s := critest.Start(t)
-			s.Name = tt.runtime
-			s.Info = map[string]string{"config": tt.config}
-			c, err := cri.Connect(context.Background(), s.Endpoint)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			d, err := discover(context.Background(), c)
-			if err != nil {
-				t.Fatal(err)
-			}
-			f, err := d.facts(context.Background())
+			f, err := discoverWith(t, tt.runtime, "", tt.config, tt.file)
 			got := containerdFacts{f.ContainerdAddress, f.Snapshotter, f.RegistryConfigPath}
 			if (err != nil) != tt.wantErr || got != tt.want {
 				t.Errorf("facts = %+v, %v; want %+v (error: %v)", got, err, tt.want, tt.wantErr)
 			}
 		})
 	}
+}
+
+// discoverWith is what Connect would find on a runtime whose Version says
+// name and version, whose verbose status config is status, and whose
+// containerd config file holds file (none if empty).
+func discoverWith(t *testing.T, name, version, status, file string) (Facts, error) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "config.toml")
+	if file != "" {
+		if err := os.WriteFile(path, []byte(file), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Setenv(ContainerdConfigEnv, path)
+	s := critest.Start(t)
+	s.Name, s.RuntimeVersion = name, version
+	s.Info = map[string]string{"config": status}
+	c, err := cri.Connect(context.Background(), s.Endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	d, err := discover(context.Background(), c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d.facts(context.Background())
 }
