@@ -32,7 +32,7 @@ var _ Store = (*containerdStore)(nil)
 // WithContainerd is the Store of a containerd runtime: c its CRI, ctrd
 // the containerd behind it.
 func WithContainerd(c *cri.Client, ctrd Containerd) Store {
-	return &containerdStore{criStore: *CRIOnly(c).(*criStore), ctrd: ctrd}
+	return &containerdStore{criStore: *undiscovered(c), ctrd: ctrd}
 }
 
 func (s *containerdStore) Can(Op) error { return nil }

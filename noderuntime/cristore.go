@@ -21,7 +21,10 @@ var _ Store = (*criStore)(nil)
 
 // CRIOnly is the Store of a runtime known only by its CRI, with none of
 // Connect's discovery: for tests, and for embedding a client one has.
-func CRIOnly(c *cri.Client) Store {
+func CRIOnly(c *cri.Client) Store { return undiscovered(c) }
+
+// undiscovered is c's criStore with only the facts its Version call gave.
+func undiscovered(c *cri.Client) *criStore {
 	return &criStore{Client: c, facts: Facts{Endpoint: c.Endpoint, Name: c.RuntimeName, Version: c.RuntimeVersion,
 		sandboxErr: errors.New("sandbox image not discovered: ask Store.SandboxImage")}}
 }
