@@ -15,19 +15,18 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 
+	"github.com/kube-preloader/kube-preloader/kubeapi"
 	"github.com/kube-preloader/kube-preloader/noderuntime"
 )
 
@@ -54,7 +53,7 @@ const (
 // Options configure an Agent.
 type Options struct {
 	// Client talks to the API server.
-	Client kubernetes.Interface
+	Client kubeapi.Interface
 	// Store is this node's container runtime.
 	Store noderuntime.Store
 	// Namespace and ConfigMap name the agent's ConfigMap. The namespace is
@@ -85,7 +84,7 @@ type Agent struct {
 	creds   credentials
 	cmKey   string // namespace/name of the ConfigMap in its informer's store
 
-	factories  []informers.SharedInformerFactory
+	informers  []cache.SharedIndexInformer
 	configMaps cache.SharedIndexInformer
 	nodes      cache.SharedIndexInformer
 
@@ -142,26 +141,25 @@ func New(opts Options) (*Agent, error) {
 		wake:    make(chan struct{}, 1),
 	}
 
-	// Three factories because a factory has one namespace and one list
-	// filter: the ConfigMap and the Node are each watched alone (a field
-	// selector on the name, so a node in a big cluster receives nothing but
-	// its own object), Secrets and ServiceAccounts across the namespace.
-	// Informers never resync: the sync loop has its own timer.
-	byName := func(name string) informers.SharedInformerOption {
-		return informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+	// The ConfigMap and the Node are each watched alone (a field selector
+	// on the name, so a node in a big cluster receives nothing but its own
+	// object), Secrets and ServiceAccounts across the namespace.
+	byName := func(name string) func(*metav1.ListOptions) {
+		return func(o *metav1.ListOptions) {
 			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", name).String()
-		})
+		}
 	}
-	cmFactory := informers.NewSharedInformerFactoryWithOptions(opts.Client, 0, informers.WithNamespace(opts.Namespace), byName(opts.ConfigMap))
-	nodeFactory := informers.NewSharedInformerFactoryWithOptions(opts.Client, 0, byName(opts.NodeName))
-	nsFactory := informers.NewSharedInformerFactoryWithOptions(opts.Client, 0, informers.WithNamespace(opts.Namespace))
-	a.factories = []informers.SharedInformerFactory{cmFactory, nodeFactory, nsFactory}
-
-	a.configMaps = cmFactory.Core().V1().ConfigMaps().Informer()
-	a.nodes = nodeFactory.Core().V1().Nodes().Informer()
-	secrets := nsFactory.Core().V1().Secrets()
-	serviceAccounts := nsFactory.Core().V1().ServiceAccounts()
-	a.creds = credentials{namespace: opts.Namespace, secrets: secrets.Lister(), serviceAccounts: serviceAccounts.Lister()}
+	c := opts.Client
+	a.configMaps = kubeapi.NewInformer(c, c.ConfigMaps(opts.Namespace), &corev1.ConfigMap{}, byName(opts.ConfigMap))
+	a.nodes = kubeapi.NewInformer(c, c.Nodes(), &corev1.Node{}, byName(opts.NodeName))
+	secrets := kubeapi.NewInformer(c, c.Secrets(opts.Namespace), &corev1.Secret{}, nil)
+	serviceAccounts := kubeapi.NewInformer(c, c.ServiceAccounts(opts.Namespace), &corev1.ServiceAccount{}, nil)
+	a.informers = []cache.SharedIndexInformer{a.configMaps, a.nodes, secrets, serviceAccounts}
+	a.creds = credentials{
+		namespace:       opts.Namespace,
+		secrets:         corelisters.NewSecretLister(secrets.GetIndexer()),
+		serviceAccounts: corelisters.NewServiceAccountLister(serviceAccounts.GetIndexer()),
+	}
 
 	// The name filters repeat the field selectors: they cost nothing and
 	// keep the agent right where a List ignores field selectors (fake
@@ -190,8 +188,8 @@ func New(opts Options) (*Agent, error) {
 		// Any Secret or ServiceAccount change may fix an image that failed
 		// for want of credentials; at rest the resulting sync costs one
 		// ListImages, so there is no point in working out which ones matter.
-		{secrets.Informer(), wake},
-		{serviceAccounts.Informer(), wake},
+		{secrets, wake},
+		{serviceAccounts, wake},
 	}
 	for _, h := range handlers {
 		if _, err := h.inf.AddEventHandler(h.h); err != nil {
@@ -245,13 +243,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	// whose deferred cancel runs before the Shutdowns that wait for them.
 	broadcaster := record.NewBroadcaster()
 	defer broadcaster.Shutdown()
-	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: a.opts.Client.CoreV1().Events("")})
-	a.recorder = broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "preloader", Host: a.opts.NodeName})
+	broadcaster.StartRecordingToSink(kubeapi.EventSink(a.opts.Client))
+	a.recorder = broadcaster.NewRecorder(kubeapi.Scheme, corev1.EventSource{Component: "preloader", Host: a.opts.NodeName})
 
+	var informers sync.WaitGroup
+	defer informers.Wait()
 	runCtx, cancel := context.WithCancel(ctx)
-	for _, f := range a.factories {
-		defer f.Shutdown()
-	}
 	defer cancel()
 
 	if lis != nil {
@@ -265,19 +262,17 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.log.Info("serving metrics", "addr", lis.Addr().String())
 	}
 
-	for _, f := range a.factories {
-		f.Start(runCtx.Done())
+	synced := make([]cache.InformerSynced, len(a.informers))
+	for i, inf := range a.informers {
+		informers.Go(func() { inf.RunWithContext(runCtx) })
+		synced[i] = inf.HasSynced
 	}
 	a.log.Info("waiting for the API server", "configmap", a.cmKey)
-	for _, f := range a.factories {
-		for typ, ok := range f.WaitForCacheSync(runCtx.Done()) {
-			if !ok {
-				if ctx.Err() != nil {
-					return nil
-				}
-				return fmt.Errorf("informer for %v did not sync", typ)
-			}
+	if !cache.WaitForCacheSync(runCtx.Done(), synced...) {
+		if ctx.Err() != nil {
+			return nil
 		}
+		return errors.New("informers did not sync")
 	}
 	a.log.Info("started", "configmap", a.cmKey, "runtime", a.opts.Store.Facts().Name)
 	a.loop(runCtx)

@@ -25,6 +25,7 @@ import (
 
 	"github.com/kube-preloader/kube-preloader/cri"
 	"github.com/kube-preloader/kube-preloader/cri/critest"
+	"github.com/kube-preloader/kube-preloader/kubeapi/clientset"
 	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/nodestatus"
 	"github.com/kube-preloader/kube-preloader/preload"
@@ -106,7 +107,7 @@ func startWith(t *testing.T, setup func(*critest.Server), opts func(*Options), o
 	}
 	t.Cleanup(func() { rt.Close() })
 	o := Options{
-		Client:    e.client,
+		Client:    clientset.New(e.client),
 		Store:     noderuntime.CRIOnly(rt),
 		Namespace: testNS,
 		ConfigMap: testCM,

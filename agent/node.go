@@ -170,7 +170,7 @@ func planWrite(v nodeView, st nodestatus.Status, now time.Time) (nodeWrite, bool
 // from and is redone from a fresh read on conflict; the label and
 // annotation are map keys and need no precondition.
 func (a *Agent) writeNode(ctx context.Context, node *corev1.Node, w nodeWrite) error {
-	nodes := a.opts.Client.CoreV1().Nodes()
+	nodes := a.opts.Client.Nodes()
 	fresh := false
 	var p *pendingWrite
 	err := retry.RetryOnConflict(retry.DefaultBackoff, func() error {

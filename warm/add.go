@@ -8,8 +8,9 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
+
+	"github.com/kube-preloader/kube-preloader/kubeapi"
 )
 
 // FieldManager names warm's writes in managedFields.
@@ -40,7 +41,7 @@ func (e *ConfigError) Unwrap() error { return e.Err }
 // Add appends the image to the ConfigMap's images.yaml, re-reading and
 // retrying when someone else changed the ConfigMap in between, so no edit
 // is lost.
-func Add(ctx context.Context, cs kubernetes.Interface, ns, name string, img Image) (Edit, error) {
+func Add(ctx context.Context, cs kubeapi.Interface, ns, name string, img Image) (Edit, error) {
 	var edit Edit
 	err := retry.RetryOnConflict(backoff, func() error {
 		var err error
@@ -59,10 +60,10 @@ func Add(ctx context.Context, cs kubernetes.Interface, ns, name string, img Imag
 }
 
 // addOnce is one attempt of Add: Get, edit, Update.
-func addOnce(ctx context.Context, cs kubernetes.Interface, ns, name string, img Image) (Edit, error) {
+func addOnce(ctx context.Context, cs kubeapi.Interface, ns, name string, img Image) (Edit, error) {
 	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
 	defer cancel()
-	cms := cs.CoreV1().ConfigMaps(ns)
+	cms := cs.ConfigMaps(ns)
 	cm, err := cms.Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
 		return Edit{}, err

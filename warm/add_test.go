@@ -12,6 +12,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
 	clienttesting "k8s.io/client-go/testing"
+
+	"github.com/kube-preloader/kube-preloader/kubeapi/clientset"
 )
 
 func configMap(data map[string]string) *corev1.ConfigMap {
@@ -43,7 +45,7 @@ func TestAdd(t *testing.T) {
 	img := mustParse(t, "nginx:1")
 	t.Run("adds", func(t *testing.T) {
 		cs := fake.NewClientset(configMap(map[string]string{ConfigKey: "images:\n  - image: a:1\n", "other": "kept"}))
-		edit, err := Add(ctx, cs, "kube-preloader", "preloader-config", img)
+		edit, err := Add(ctx, clientset.New(cs), "kube-preloader", "preloader-config", img)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -64,19 +66,19 @@ func TestAdd(t *testing.T) {
 		cm := configMap(map[string]string{ConfigKey: data})
 		cm.ResourceVersion = "42"
 		cs := fake.NewClientset(cm)
-		edit, err := Add(ctx, cs, "kube-preloader", "preloader-config", img)
+		edit, err := Add(ctx, clientset.New(cs), "kube-preloader", "preloader-config", img)
 		if err != nil || edit != (Edit{Data: data, ResourceVersion: "42"}) || len(updates(cs)) != 0 {
 			t.Fatalf("edit %+v, %v, updates %v: want the ConfigMap as it is, unwritten", edit, err, updates(cs))
 		}
 	})
 	t.Run("no-data", func(t *testing.T) {
 		cs := fake.NewClientset(configMap(nil))
-		if edit, err := Add(ctx, cs, "kube-preloader", "preloader-config", img); err != nil || edit.Data != "images:\n  - image: nginx:1\n" {
+		if edit, err := Add(ctx, clientset.New(cs), "kube-preloader", "preloader-config", img); err != nil || edit.Data != "images:\n  - image: nginx:1\n" {
 			t.Fatalf("edit %+v, %v", edit, err)
 		}
 	})
 	t.Run("not-found", func(t *testing.T) {
-		_, err := Add(ctx, fake.NewClientset(), "kube-preloader", "preloader-config", img)
+		_, err := Add(ctx, clientset.New(fake.NewClientset()), "kube-preloader", "preloader-config", img)
 		var ce *ConfigError
 		if !apierrors.IsNotFound(err) || errors.As(err, &ce) || !strings.HasPrefix(err.Error(), "ConfigMap kube-preloader/preloader-config: ") {
 			t.Fatalf("%v: want the API's not found, naming the ConfigMap", err)
@@ -84,7 +86,7 @@ func TestAdd(t *testing.T) {
 	})
 	t.Run("invalid-config", func(t *testing.T) {
 		cs := fake.NewClientset(configMap(map[string]string{ConfigKey: "images: {not: a list}\n"}))
-		_, err := Add(ctx, cs, "kube-preloader", "preloader-config", img)
+		_, err := Add(ctx, clientset.New(cs), "kube-preloader", "preloader-config", img)
 		var ce *ConfigError
 		if !errors.As(err, &ce) || err.Error() != "ConfigMap kube-preloader/preloader-config key images.yaml: line 1: images must be a list" {
 			t.Fatalf("%v: want a ConfigError naming the key and line", err)
@@ -111,7 +113,7 @@ func TestAddRetriesAConflictKeepingTheOtherEdit(t *testing.T) {
 		}
 		return true, nil, apierrors.NewConflict(corev1.Resource("configmaps"), "preloader-config", errors.New("the object has been modified"))
 	})
-	edit, err := Add(context.Background(), cs, "kube-preloader", "preloader-config", mustParse(t, "nginx:1"))
+	edit, err := Add(context.Background(), clientset.New(cs), "kube-preloader", "preloader-config", mustParse(t, "nginx:1"))
 	want := "images:\n  - image: a:1\n  - image: b:1\n  - image: nginx:1\n"
 	if err != nil || edit.Data != want || storedData(t, cs) != want || conflicts != 1 {
 		t.Fatalf("edit %+v, %v after %d conflicts; stored:\n%s\nwant:\n%s", edit, err, conflicts, storedData(t, cs), want)

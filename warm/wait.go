@@ -11,12 +11,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/util/resourceversion"
-	coreinformers "k8s.io/client-go/informers/core/v1"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/metadata"
-	"k8s.io/client-go/metadata/metadatainformer"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/kube-preloader/kube-preloader/kubeapi"
 	"github.com/kube-preloader/kube-preloader/nodestatus"
 	"github.com/kube-preloader/kube-preloader/preload"
 )
@@ -25,9 +23,9 @@ import (
 // may edit meanwhile) until every node running the agent reports the image
 // present under a config that lists it.
 type Waiter struct {
-	Client          kubernetes.Interface // for the ConfigMap
-	Metadata        metadata.Interface   // for the Nodes
-	Namespace, Name string               // the ConfigMap's
+	Client          kubeapi.Interface  // for the ConfigMap
+	Metadata        metadata.Interface // for the Nodes
+	Namespace, Name string             // the ConfigMap's
 	Image           Image
 	Edit            Edit      // what Add returned
 	Progress        io.Writer // where counts and nodes' failures are printed
@@ -119,8 +117,8 @@ func (w *Waiter) informers(changed chan<- struct{}) (nodes, cms cache.SharedInde
 		UpdateFunc: func(any, any) { notify() },
 		DeleteFunc: func(any) { notify() },
 	}
-	nodes = metadatainformer.NewFilteredMetadataInformer(w.Metadata, nodestatus.Resource, "", 0, cache.Indexers{}, nil).Informer()
-	cms = coreinformers.NewFilteredConfigMapInformer(w.Client, w.Namespace, 0, cache.Indexers{}, func(o *metav1.ListOptions) {
+	nodes = kubeapi.NewInformer(w.Metadata, w.Metadata.Resource(nodestatus.Resource), &metav1.PartialObjectMetadata{}, nil)
+	cms = kubeapi.NewInformer(w.Client, w.Client.ConfigMaps(w.Namespace), &corev1.ConfigMap{}, func(o *metav1.ListOptions) {
 		o.FieldSelector = fields.OneTermEqualSelector("metadata.name", w.Name).String()
 	})
 	for _, inf := range []cache.SharedIndexInformer{nodes, cms} {

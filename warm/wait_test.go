@@ -18,6 +18,7 @@ import (
 	metadatafake "k8s.io/client-go/metadata/fake"
 	clienttesting "k8s.io/client-go/testing"
 
+	"github.com/kube-preloader/kube-preloader/kubeapi/clientset"
 	"github.com/kube-preloader/kube-preloader/nodestatus"
 	"github.com/kube-preloader/kube-preloader/preload"
 )
@@ -155,7 +156,7 @@ func newWaitCluster(t *testing.T, nodes ...*metav1.PartialObjectMetadata) *waitC
 
 // start runs Wait for newImage, just added, for at most timeout.
 func (c *waitCluster) start(timeout time.Duration) *waitCluster {
-	w := &Waiter{Client: c.cs, Metadata: c.mc, Namespace: testNS, Name: testCM, Image: mustParse(c.t, newImage),
+	w := &Waiter{Client: clientset.New(c.cs), Metadata: c.mc, Namespace: testNS, Name: testCM, Image: mustParse(c.t, newImage),
 		Edit: Edit{Data: with, ResourceVersion: "100", Added: true}, Progress: c.progress}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	c.t.Cleanup(cancel)

@@ -8,12 +8,12 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
 	"github.com/kube-preloader/kube-preloader/agent"
+	"github.com/kube-preloader/kube-preloader/kubeapi"
 	"github.com/kube-preloader/kube-preloader/kubelet"
 )
 
@@ -67,7 +67,7 @@ func (o *agentOptions) run(ctx context.Context, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	client, err := kubernetes.NewForConfig(restConfig)
+	client, err := kubeapi.NewForConfig(restConfig)
 	if err != nil {
 		return &exitError{code: exitInvalid, err: fmt.Errorf("agent: %w", err)}
 	}

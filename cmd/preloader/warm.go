@@ -9,9 +9,9 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/metadata"
 
+	"github.com/kube-preloader/kube-preloader/kubeapi"
 	"github.com/kube-preloader/kube-preloader/preload"
 	"github.com/kube-preloader/kube-preloader/warm"
 )
@@ -92,7 +92,7 @@ func (o *warmOptions) run(ctx context.Context, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cs, err := kubernetes.NewForConfig(cfg)
+	cs, err := kubeapi.NewForConfig(cfg)
 	if err != nil {
 		return &exitError{code: exitInvalid, err: err}
 	}

@@ -1,0 +1,43 @@
+// Package clientset serves kubeapi.Interface from client-go's generated
+// clientset, for tests with its fake. It is a package of its own so that
+// the preloader's binary does not link the clientset.
+package clientset
+
+import (
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/kube-preloader/kube-preloader/kubeapi"
+)
+
+// New returns cs as a kubeapi.Interface.
+func New(cs kubernetes.Interface) kubeapi.Interface { return clientset{cs} }
+
+type clientset struct{ cs kubernetes.Interface }
+
+// IsWatchListSemanticsUnSupported passes on what a fake clientset says:
+// it cannot serve informers' streaming lists.
+func (c clientset) IsWatchListSemanticsUnSupported() bool {
+	u, ok := c.cs.(interface{ IsWatchListSemanticsUnSupported() bool })
+	return ok && u.IsWatchListSemanticsUnSupported()
+}
+
+func (c clientset) ConfigMaps(ns string) kubeapi.Resource[*corev1.ConfigMap, *corev1.ConfigMapList] {
+	return c.cs.CoreV1().ConfigMaps(ns)
+}
+
+func (c clientset) Secrets(ns string) kubeapi.Resource[*corev1.Secret, *corev1.SecretList] {
+	return c.cs.CoreV1().Secrets(ns)
+}
+
+func (c clientset) ServiceAccounts(ns string) kubeapi.Resource[*corev1.ServiceAccount, *corev1.ServiceAccountList] {
+	return c.cs.CoreV1().ServiceAccounts(ns)
+}
+
+func (c clientset) Events(ns string) kubeapi.Resource[*corev1.Event, *corev1.EventList] {
+	return c.cs.CoreV1().Events(ns)
+}
+
+func (c clientset) Nodes() kubeapi.Resource[*corev1.Node, *corev1.NodeList] {
+	return c.cs.CoreV1().Nodes()
+}

@@ -1,0 +1,27 @@
+package kubeapi_test
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// TestBinaryLinksNoClientset keeps what this package is for: the
+// preloader's binary must not link client-go's generated clientset or its
+// informers, whose package init registers every API group.
+func TestBinaryLinksNoClientset(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", "github.com/kube-preloader/kube-preloader/cmd/preloader").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, out)
+	}
+	banned := map[string]bool{
+		"k8s.io/client-go/kubernetes":        true,
+		"k8s.io/client-go/kubernetes/scheme": true,
+		"k8s.io/client-go/informers":         true,
+	}
+	for _, pkg := range strings.Fields(string(out)) {
+		if banned[pkg] || strings.HasPrefix(pkg, "k8s.io/api/") && pkg != "k8s.io/api/core/v1" {
+			t.Errorf("cmd/preloader links %s", pkg)
+		}
+	}
+}
