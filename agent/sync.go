@@ -3,6 +3,8 @@ package agent
 import (
 	"context"
 	"fmt"
+	"runtime"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"time"
@@ -139,7 +141,32 @@ func (a *Agent) run(ctx context.Context, cfg *loadedConfig, images []preload.Ima
 		return results, nil
 	}
 	a.metrics.countPulls(results, creds.blocked)
+	if transferred(results) {
+		releaseMemory()
+	}
 	return results, nil
+}
+
+// transferred says whether a run moved image data: pulled, imported, or
+// tried to.
+func transferred(results []preload.Result) bool {
+	for _, r := range results {
+		if r.Attempts > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// releaseMemory returns to the OS what a run's transfers left behind: the
+// buffers gRPC and the containerd client pool (MiBs while maxDownloads
+// pulls run) and the heap they grew. An agent at rest allocates so little
+// that Go would not collect for minutes and then return pages only
+// gradually, so without this it idles at its last pull's footprint. Two
+// collections, because a sync.Pool frees its contents on the second.
+func releaseMemory() {
+	runtime.GC()
+	debug.FreeOSMemory()
 }
 
 // report shows st on the Node if it does not already, and says so in
