@@ -142,7 +142,7 @@ func testAgent(t *testing.T, flavor harness.Flavor) {
 	)
 	hash := harness.SetImagesYAML(t, c, first)
 
-	agent := startAgent(t, k.KubeconfigFor(t, agentNS, agentSA), nodeName, ctrd)
+	agent := startAgent(t, k.KubeconfigForPodOn(t, agentNS, agentSA, nodeName), nodeName, ctrd)
 	node := func() harness.NodeView { return harness.ViewNode(c, nodeName) }
 	nodeEvents := func(reason string) []corev1.Event {
 		return listEvents(t, c, "", "involvedObject.kind=Node,involvedObject.name="+nodeName+",reason="+reason)

@@ -72,7 +72,7 @@ func TestFaultAPIServerDown(t *testing.T) {
 	hash := harness.SetImagesYAML(t, c, cfg)
 
 	proxy := startAPIRecorder(t, k)
-	agent := startAgent(t, proxy.kubeconfig(t, k.KubeconfigFor(t, agentNS, agentSA)), nodeName, ctrd)
+	agent := startAgent(t, proxy.kubeconfig(t, k.KubeconfigForPodOn(t, agentNS, agentSA, nodeName)), nodeName, ctrd)
 	node := func() harness.NodeView { return harness.ViewNode(c, nodeName) }
 
 	agent.Eventually(t, time.Minute, "node with A, B failing", func() string {

@@ -64,7 +64,11 @@ func TestManifests(t *testing.T) {
 	out := k.Kubectl(t, "apply", "-k", "../manifests", "--dry-run=server")
 	t.Logf("dry run:\n%s", out)
 	for _, want := range []string{"daemonset.apps/preloader", "configmap/preloader-config", "role.rbac.authorization.k8s.io/preloader",
-		"clusterrole.rbac.authorization.k8s.io/kube-preloader", "serviceaccount/preloader"} {
+		"clusterrole.rbac.authorization.k8s.io/kube-preloader", "serviceaccount/preloader",
+		"validatingadmissionpolicy.admissionregistration.k8s.io/kube-preloader-node-restriction",
+		"validatingadmissionpolicybinding.admissionregistration.k8s.io/kube-preloader-node-restriction",
+		"role.rbac.authorization.k8s.io/kube-preloader-node-events", "clusterrole.rbac.authorization.k8s.io/kube-preloader-status",
+		"role.rbac.authorization.k8s.io/preloader-warm"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("dry run lacks %s", want)
 		}
@@ -94,7 +98,7 @@ func TestManifests(t *testing.T) {
 	if _, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "elsewhere"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	agent := kubernetes.NewForConfigOrDie(k.ConfigFor(t, "kube-preloader", "preloader"))
+	agent := clientFor(t, k.KubeconfigForPodOn(t, "kube-preloader", "preloader", "node-1"))
 	cms := agent.CoreV1().ConfigMaps("kube-preloader")
 	own := metav1.ListOptions{FieldSelector: "metadata.name=preloader-config"}
 	watchOwn := own
@@ -131,14 +135,24 @@ func TestManifests(t *testing.T) {
 				InvolvedObject: corev1.ObjectReference{Kind: "Node", Name: "node-1"}, Reason: "Test", Message: "m", Type: "Normal"}, metav1.CreateOptions{})
 			return err
 		},
-		"create events.k8s.io Event on ConfigMap": func() error {
+		"create Event on ConfigMap": func() error {
+			_, err := agent.CoreV1().Events("kube-preloader").Create(ctx, &corev1.Event{ObjectMeta: metav1.ObjectMeta{GenerateName: "cfg."},
+				InvolvedObject: corev1.ObjectReference{Kind: "ConfigMap", Namespace: "kube-preloader", Name: "preloader-config"}, Reason: "Test", Message: "m", Type: "Warning"}, metav1.CreateOptions{})
+			return err
+		},
+	}
+	denied := map[string]func() error{
+		"create Event elsewhere": func() error {
+			_, err := agent.CoreV1().Events("elsewhere").Create(ctx, &corev1.Event{ObjectMeta: metav1.ObjectMeta{GenerateName: "x."},
+				InvolvedObject: corev1.ObjectReference{Kind: "Pod", Namespace: "elsewhere", Name: "x"}, Reason: "Test", Message: "m", Type: "Normal"}, metav1.CreateOptions{})
+			return err
+		},
+		"create events.k8s.io Event": func() error {
 			_, err := agent.EventsV1().Events("kube-preloader").Create(ctx, &eventsv1.Event{ObjectMeta: metav1.ObjectMeta{GenerateName: "cfg-"},
 				EventTime: metav1.NowMicro(), ReportingController: "preloader.io/agent", ReportingInstance: "node-1", Action: "Load", Reason: "Test", Type: "Normal",
 				Regarding: corev1.ObjectReference{Kind: "ConfigMap", Namespace: "kube-preloader", Name: "preloader-config"}}, metav1.CreateOptions{})
 			return err
 		},
-	}
-	denied := map[string]func() error{
 		"list all ConfigMaps": func() error { _, err := cms.List(ctx, metav1.ListOptions{}); return err },
 		"get other ConfigMap": func() error { _, err := cms.Get(ctx, "other", metav1.GetOptions{}); return err },
 		"update own ConfigMap": func() error {
@@ -171,4 +185,5 @@ func TestManifests(t *testing.T) {
 			t.Errorf("agent must not %s: got %v, want Forbidden", name, err)
 		}
 	}
+	t.Run("node restriction", func(t *testing.T) { nodeRestriction(t, k) })
 }

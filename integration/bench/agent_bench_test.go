@@ -124,7 +124,7 @@ func benchAgent(b *testing.B, bin string, flavor harness.Flavor) {
 
 	proxy := startCountingProxy(b, k)
 	criCalls := startCRIProxy(b, ctrd)
-	agent := startBenchAgent(b, bin, proxy.kubeconfig(b, k.KubeconfigFor(b, "kube-preloader", "preloader")), node, criCalls.endpoint, ctrd)
+	agent := startBenchAgent(b, bin, proxy.kubeconfig(b, k.KubeconfigForPodOn(b, "kube-preloader", "preloader", node)), node, criCalls.endpoint, ctrd)
 	ready := waitNode(b, c, node, 2*time.Minute, func(st *nodestatus.Status) bool {
 		return st.ConfigHash == hash && st.Present == agentImages+1 && st.Total == agentImages+1
 	})

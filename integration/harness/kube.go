@@ -331,8 +331,25 @@ func (k *Kube) waitReady(timeout time.Duration) error {
 
 // KubeconfigFor mints a token for the ServiceAccount (creating the
 // ServiceAccount if the namespace has none of that name) with TokenRequest,
-// and writes a kubeconfig that acts as it, so tests can prove RBAC.
+// and writes a kubeconfig that acts as it, so tests can prove RBAC. The
+// token is bound to no object: it carries no node claim, as a token made
+// by hand (kubectl create token) does not.
 func (k *Kube) KubeconfigFor(t T, namespace, serviceAccount string) string {
+	t.Helper()
+	return k.kubeconfigFor(t, namespace, serviceAccount, "")
+}
+
+// KubeconfigForPodOn is KubeconfigFor with the token a pod of the
+// ServiceAccount scheduled to node would get: bound to such a pod (created
+// here, named for the node; nothing runs it), so that it carries the
+// node's name in the user extra authentication.kubernetes.io/node-name.
+// The Node must exist first, or the token carries no node claim.
+func (k *Kube) KubeconfigForPodOn(t T, namespace, serviceAccount, node string) string {
+	t.Helper()
+	return k.kubeconfigFor(t, namespace, serviceAccount, node)
+}
+
+func (k *Kube) kubeconfigFor(t T, namespace, serviceAccount, node string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -341,18 +358,46 @@ func (k *Kube) KubeconfigFor(t T, namespace, serviceAccount string) string {
 		t.Fatalf("kube: create ServiceAccount %s/%s: %v", namespace, serviceAccount, err)
 	}
 	expiry := int64(3600)
-	tr, err := k.Client.CoreV1().ServiceAccounts(namespace).CreateToken(ctx, serviceAccount, &authenticationv1.TokenRequest{
-		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: &expiry},
-	}, metav1.CreateOptions{})
+	spec := authenticationv1.TokenRequestSpec{ExpirationSeconds: &expiry}
+	name := fmt.Sprintf("sa-%s-%s", namespace, serviceAccount)
+	if node != "" {
+		pod := k.podOn(t, ctx, namespace, serviceAccount, node)
+		spec.BoundObjectRef = &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID}
+		name += "-" + node
+	}
+	tr, err := k.Client.CoreV1().ServiceAccounts(namespace).CreateToken(ctx, serviceAccount, &authenticationv1.TokenRequest{Spec: spec}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatalf("kube: TokenRequest for %s/%s: %v", namespace, serviceAccount, err)
 	}
-	path := filepath.Join(k.Dir, fmt.Sprintf("sa-%s-%s.kubeconfig", namespace, serviceAccount))
+	path := filepath.Join(k.Dir, name+".kubeconfig")
 	user := "system:serviceaccount:" + namespace + ":" + serviceAccount
 	if err := k.writeKubeconfig(path, user, tr.Status.Token, namespace); err != nil {
 		t.Fatal(err)
 	}
 	return path
+}
+
+// podOn returns the ServiceAccount's pod on node, creating it: what a
+// DaemonSet's pod would be to the API server, never run.
+func (k *Kube) podOn(t T, ctx context.Context, namespace, serviceAccount, node string) *corev1.Pod {
+	t.Helper()
+	pods := k.Client.CoreV1().Pods(namespace)
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: serviceAccount + "-" + node, Namespace: namespace},
+		Spec: corev1.PodSpec{
+			NodeName:           node,
+			ServiceAccountName: serviceAccount,
+			Containers:         []corev1.Container{{Name: "token-holder", Image: "registry.invalid/token-holder:1"}},
+		},
+	}
+	got, err := pods.Create(ctx, pod, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		got, err = pods.Get(ctx, pod.Name, metav1.GetOptions{})
+	}
+	if err != nil {
+		t.Fatalf("kube: pod for a token of %s/%s on node %s: %v", namespace, serviceAccount, node, err)
+	}
+	return got
 }
 
 // ConfigFor is KubeconfigFor as a rest.Config.

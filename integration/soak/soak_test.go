@@ -174,7 +174,7 @@ func newSoak(t *testing.T, bin string, flavor harness.Flavor) *soak {
 
 	s.edit()
 	s.agent = harness.StartAgent(t, harness.AgentOptions{
-		Bin: bin, Kubeconfig: s.kube.KubeconfigFor(t, harness.AgentNamespace, harness.AgentServiceAccount),
+		Bin: bin, Kubeconfig: s.kube.KubeconfigForPodOn(t, harness.AgentNamespace, harness.AgentServiceAccount, nodeName),
 		Node: nodeName, Containerd: s.ctrd,
 	})
 	return s
