@@ -108,7 +108,8 @@ func TestStatus(t *testing.T) {
 		Failed:  []nodestatus.FailedImage{{Image: "corp.example/team/db:9", Reason: "not found"}},
 	}, nil)
 	createNode(t, c, "node-c", nil, nil) // no agent here
-	kc := []string{"--kubeconfig", k.Kubeconfig}
+	// With only the role rbac-users.yaml gives status.
+	kc := []string{"--kubeconfig", userKubeconfig(t, k, false)}
 
 	t.Run("table", func(t *testing.T) {
 		r := preloader(t, time.Minute, nil, append([]string{"status"}, kc...)...)

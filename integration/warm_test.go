@@ -44,6 +44,24 @@ func createConfigMap(t testing.TB, c kubernetes.Interface, ns, name, imagesYAML 
 	}
 }
 
+// userKubeconfig is a kubeconfig of a ServiceAccount (default/deployer)
+// bound to the roles of manifests/rbac-users.yaml that `preloader status`
+// needs and, with warm, those `preloader warm --wait` needs: nothing else,
+// so that a test run with it proves the roles enough.
+func userKubeconfig(t *testing.T, k *harness.Kube, warm bool) string {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := k.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kube-preloader"}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	k.Kubectl(t, "apply", "-f", "../manifests/rbac-users.yaml")
+	k.Kubectl(t, "create", "clusterrolebinding", "deployer-status", "--clusterrole=kube-preloader-status", "--serviceaccount=default:deployer")
+	if warm {
+		k.Kubectl(t, "-n", "kube-preloader", "create", "rolebinding", "deployer-warm", "--role=preloader-warm", "--serviceaccount=default:deployer")
+	}
+	return k.KubeconfigFor(t, "default", "deployer")
+}
+
 // cmData is the ConfigMap's images.yaml, "" when it cannot be read; safe
 // outside the test goroutine.
 func cmData(c kubernetes.Interface, ns, name string) string {
@@ -260,11 +278,13 @@ func TestWarmWait(t *testing.T) {
 	}
 	createNode(t, c, "n3", nil, nil) // runs no agent: warm must not wait for it
 
+	// As a pipeline would run it: with only the roles rbac-users.yaml gives.
+	pipeline := userKubeconfig(t, k, true)
 	const img = "corp.example/team/new:2.0"
 	const norm = "corp.example/team/new:2.0"
 	var stdout, stderr lockedBuffer
 	cmd := exec.Command(preloaderBin, "warm", "--configmap", "kube-preloader/preloader-config", "--image", img,
-		"--wait", "--timeout", "90s", "--kubeconfig", k.Kubeconfig)
+		"--wait", "--timeout", "90s", "--kubeconfig", pipeline)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
