@@ -2,6 +2,7 @@ package noderuntime
 
 import (
 	"context"
+	"time"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
@@ -13,6 +14,7 @@ import (
 // *containerd.Client implements it.
 type Containerd interface {
 	Pull(ctx context.Context, ref string, auth *runtimeapi.AuthConfig, maxDownloads int) error
+	RegistryNear(ctx context.Context, ref string, d time.Duration) (bool, time.Duration, error)
 	Import(ctx context.Context, contents *archive.Contents, images []archive.Image) error
 	Tag(ctx context.Context, name, source string) error
 	SyncPins(ctx context.Context, pin, keep []string) (pinned, unpinned []string, err error)
@@ -39,6 +41,10 @@ func (s *containerdStore) Can(Op) error { return nil }
 
 func (s *containerdStore) PullDirect(ctx context.Context, ref string, auth *runtimeapi.AuthConfig, maxDownloads int) error {
 	return s.ctrd.Pull(ctx, ref, auth, maxDownloads)
+}
+
+func (s *containerdStore) RegistryNear(ctx context.Context, ref string, d time.Duration) (bool, time.Duration, error) {
+	return s.ctrd.RegistryNear(ctx, ref, d)
 }
 
 func (s *containerdStore) Import(ctx context.Context, contents *archive.Contents, images []archive.Image) error {

@@ -3,6 +3,7 @@ package noderuntime
 import (
 	"context"
 	"errors"
+	"time"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
@@ -53,6 +54,10 @@ func (s *criStore) Can(op Op) error {
 
 func (s *criStore) PullDirect(context.Context, string, *runtimeapi.AuthConfig, int) error {
 	return s.Can(OpPullDirect)
+}
+
+func (s *criStore) RegistryNear(context.Context, string, time.Duration) (bool, time.Duration, error) {
+	return false, 0, s.Can(OpPullDirect)
 }
 
 func (s *criStore) Import(context.Context, *archive.Contents, []archive.Image) error {

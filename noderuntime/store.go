@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
@@ -46,6 +47,10 @@ type Store interface {
 	// containerd), maxDownloads layers at once on the node, and records
 	// it as a CRI pull would.
 	PullDirect(ctx context.Context, ref string, auth *runtimeapi.AuthConfig, maxDownloads int) error
+	// RegistryNear says whether the registry a PullDirect of ref would
+	// ask first answers within d, and how fast; it fails as PullDirect
+	// does where the runtime has no containerd API.
+	RegistryNear(ctx context.Context, ref string, d time.Duration) (bool, time.Duration, error)
 	// Import writes images from an archive, all or nothing.
 	Import(ctx context.Context, contents *archive.Contents, images []archive.Image) error
 	// Tag records the image source names under name too.

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
@@ -61,6 +62,10 @@ func (f *fakeContainerd) Tag(_ context.Context, name, source string) error {
 	f.tags[name] = source
 	f.cri.Add(name, 1)
 	return nil
+}
+
+func (f *fakeContainerd) RegistryNear(context.Context, string, time.Duration) (bool, time.Duration, error) {
+	return false, 0, nil
 }
 
 func (f *fakeContainerd) CollectGarbage(context.Context) error { return nil }

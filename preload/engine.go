@@ -104,7 +104,7 @@ func (e *Engine) Run(ctx context.Context, cfg *Config, images []Image) ([]Result
 
 	images = dedupe(images)
 	fromArchives, extra := e.importArchives(ctx, cfg, images, imageIDs(listed))
-	cfg, why := e.choosePath(cfg)
+	cfg, why := e.choosePath(ctx, cfg, directRefs(images, fromArchives, have))
 	var pulling sync.Once // say the path once, and only when there is a pull
 	results := make([]Result, len(images))
 	sem := make(chan struct{}, cfg.PullConcurrency(cfg.PullVia))
@@ -248,19 +248,95 @@ func attemptTimedOut(ctx, pctx context.Context, err error) bool {
 	return fromDeadline && time.Until(deadline) < time.Second
 }
 
+// nearRegistry is the answer time under which pullVia auto pulls through
+// the CRI on containerd 2.x after all. A registry this near (the node's
+// LAN) fills the CRI's three download slots fast enough to keep the
+// node's cores busy, and then containerd's client, which moves every byte
+// through the preloader and containerd's content API, only costs CPU that
+// the pulls lack; from a farther one each download waits on the network,
+// and the client's more at once are faster (integration/bench:
+// BenchmarkPull, LAN-like and remote-like links).
+const nearRegistry = 5 * time.Millisecond
+
 // choosePath returns cfg with pullVia auto decided for this runtime
-// (noderuntime.Facts.DirectPull), and why pulls take that path.
-func (e *Engine) choosePath(cfg *Config) (*Config, string) {
+// (noderuntime.Facts.DirectPull) and, where that is containerd's client,
+// for the registries of refs, the images it would pull; and why pulls
+// take that path.
+func (e *Engine) choosePath(ctx context.Context, cfg *Config, refs []string) (*Config, string) {
 	c := *cfg
 	why := "pullVia " + cfg.PullVia
-	if c.PullVia == PullViaAuto {
-		direct, reason := e.Store.Facts().DirectPull()
-		c.PullVia, why = PullViaCRI, "pullVia auto: "+reason
-		if direct {
-			c.PullVia = PullViaContainerd
-		}
+	if c.PullVia != PullViaAuto {
+		return &c, why
+	}
+	direct, reason := e.Store.Facts().DirectPull()
+	c.PullVia, why = PullViaCRI, "pullVia auto: "+reason
+	if !direct {
+		return &c, why
+	}
+	c.PullVia = PullViaContainerd
+	if near, nearWhy := e.registriesNear(ctx, refs); near {
+		c.PullVia, why = PullViaCRI, "pullVia auto: "+nearWhy
+	} else if nearWhy != "" {
+		why += "; " + nearWhy
 	}
 	return &c, why
+}
+
+// registriesNear says whether every registry of refs answers within
+// nearRegistry, and how they answered: the first that does not, or the
+// slowest that does.
+func (e *Engine) registriesNear(ctx context.Context, refs []string) (bool, string) {
+	var slowest time.Duration
+	var slowestHost string
+	for _, host := range registryHosts(refs) {
+		near, took, err := e.Store.RegistryNear(ctx, host.ref, nearRegistry)
+		switch {
+		case err != nil:
+			return false, fmt.Sprintf("could not time registry %s: %v", host.name, err)
+		case !near:
+			return false, fmt.Sprintf("registry %s answers in more than %v", host.name, nearRegistry)
+		case took >= slowest:
+			slowest, slowestHost = took, host.name
+		}
+	}
+	if slowestHost == "" {
+		return false, ""
+	}
+	return true, fmt.Sprintf("registry %s answers in %v, within %v: containerd's CRI pulls keep the node busy at less CPU",
+		slowestHost, slowest.Round(10*time.Microsecond), nearRegistry)
+}
+
+// registryHost is a registry and one reference of an image on it.
+type registryHost struct{ name, ref string }
+
+// registryHosts are the registries of refs, each once, in order.
+func registryHosts(refs []string) []registryHost {
+	var hosts []registryHost
+	seen := make(map[string]bool)
+	for _, ref := range refs {
+		named, err := reference.ParseDockerRef(ref)
+		if err != nil {
+			continue // its pull fails with the reason
+		}
+		if name := reference.Domain(named); !seen[name] {
+			seen[name] = true
+			hosts = append(hosts, registryHost{name: name, ref: ref})
+		}
+	}
+	return hosts
+}
+
+// directRefs are the images of images that a run pulls by pullVia: not
+// imported, not present, not from a mirror (always through the CRI).
+func directRefs(images []Image, fromArchives map[string]Result, have map[string]bool) []string {
+	var refs []string
+	for _, img := range images {
+		_, imported := fromArchives[img.Name]
+		if !imported && !have[presenceKey(img.Name)] && img.Mirror == "" {
+			refs = append(refs, img.Name)
+		}
+	}
+	return refs
 }
 
 // pullWith pulls ref the way cfg.PullVia says: by the runtime's own CRI

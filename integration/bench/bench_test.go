@@ -130,20 +130,20 @@ func BenchmarkPull(b *testing.B) {
 					wayCRI:        "pullVia: cri\n",
 					wayContainerd: "pullVia: containerd\n" + extra + "\n",
 				}
-				var times [numWays][]time.Duration
+				var times, cpus [numWays][]time.Duration
 				var paths [numWays]string
 				for r := range pullRounds {
 					// Each round starts with another way, so that none is
 					// always first after the previous row's.
 					for i := range numWays {
 						w := (i + r) % numWays
-						var d time.Duration
 						if w == wayCrictl {
-							d = crictlPulls(b, crictl, flavor, refs)
-						} else {
-							d, paths[w] = preloaderOnce(b, bin, flavor, refs, configs[w])
+							times[w] = append(times[w], crictlPulls(b, crictl, flavor, refs))
+							continue
 						}
-						times[w] = append(times[w], d)
+						run := preloaderOnce(b, bin, flavor, refs, configs[w])
+						times[w], cpus[w] = append(times[w], run.took), append(cpus[w], run.cpu)
+						paths[w] = run.path
 					}
 				}
 				row := pullRow{name: fmt.Sprintf("%s, %s", flavorName(flavor), link.name), path: paths[wayDefault]}
@@ -162,6 +162,9 @@ func BenchmarkPull(b *testing.B) {
 				fmt.Printf("pull %s: rounds crictl %v, default (%s) %v, pullVia cri (%s) %v, pullVia containerd (%s) %v\n", row.name,
 					roundAll(times[wayCrictl]), paths[wayDefault], roundAll(times[wayDefault]),
 					paths[wayCRI], roundAll(times[wayCRI]), paths[wayContainerd], roundAll(times[wayContainerd]))
+				fmt.Printf("pull %s: preloader CPU (user+system), medians: default %v, pullVia cri %v, pullVia containerd %v\n", row.name,
+					median(cpus[wayDefault]).Round(time.Millisecond), median(cpus[wayCRI]).Round(time.Millisecond),
+					median(cpus[wayContainerd]).Round(time.Millisecond))
 			})
 		}
 	}
@@ -246,10 +249,17 @@ func crictlPulls(b *testing.B, crictl string, flavor harness.Flavor, refs []stri
 
 var pullPathLine = regexp.MustCompile(`msg="pull path" via=(\S+) concurrency=(\d+)`)
 
+// onceRun is one `preloader once`: how long it took, the CPU it used
+// (user and system), and the path its "pull path" line names
+// (via/concurrency).
+type onceRun struct {
+	took, cpu time.Duration
+	path      string
+}
+
 // preloaderOnce runs `preloader once` with refs and the config lines
-// extra (pullVia) against a fresh containerd, and returns how long it took
-// and the path its "pull path" line names (via/concurrency).
-func preloaderOnce(b *testing.B, bin string, flavor harness.Flavor, refs []string, extra string) (time.Duration, string) {
+// extra (pullVia) against a fresh containerd.
+func preloaderOnce(b *testing.B, bin string, flavor harness.Flavor, refs []string, extra string) onceRun {
 	ctrd := harness.StartContainerd(b, harness.ContainerdOptions{Flavor: flavor, Snapshotter: snapshotter})
 	defer discard(ctrd)
 	cfg := "sandboxImage: none\n" + extra + "images:\n"
@@ -274,7 +284,8 @@ func preloaderOnce(b *testing.B, bin string, flavor harness.Flavor, refs []strin
 	if m == nil {
 		b.Fatalf("preloader once logged no pull path:\n%s", out)
 	}
-	return d, string(m[1]) + "/" + string(m[2])
+	cpu := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	return onceRun{took: d, cpu: cpu, path: string(m[1]) + "/" + string(m[2])}
 }
 
 func median(ds []time.Duration) time.Duration {

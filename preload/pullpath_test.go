@@ -1,0 +1,94 @@
+package preload_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/distribution/reference"
+
+	"github.com/kube-preloader/kube-preloader/cri/critest"
+	"github.com/kube-preloader/kube-preloader/noderuntime"
+	"github.com/kube-preloader/kube-preloader/preload"
+)
+
+// containerd2 is a containerd 2.x node whose registries answer in the
+// times of answers (an error where it names none).
+type containerd2 struct {
+	noderuntime.Store
+	answers map[string]time.Duration
+
+	mu    sync.Mutex
+	asked []string
+}
+
+func (s *containerd2) Facts() noderuntime.Facts {
+	return noderuntime.Facts{Name: "containerd", Version: "2.4.2"}
+}
+
+func (s *containerd2) RegistryNear(_ context.Context, ref string, d time.Duration) (bool, time.Duration, error) {
+	named, err := reference.ParseDockerRef(ref)
+	if err != nil {
+		return false, 0, err
+	}
+	host := reference.Domain(named)
+	s.mu.Lock()
+	s.asked = append(s.asked, host)
+	s.mu.Unlock()
+	took, ok := s.answers[host]
+	if !ok {
+		return false, 0, errors.New("connection refused")
+	}
+	return took <= d, took, nil
+}
+
+// On containerd 2.x, pullVia auto pulls through the CRI when every
+// registry of the images to pull answers within 5 ms, else with
+// containerd's client; each registry is timed once, mirrors and present
+// images not at all.
+func TestRunAutoByRegistryAnswer(t *testing.T) {
+	tests := []struct {
+		name    string
+		answers map[string]time.Duration
+		via     string
+		why     string
+	}{
+		{"near", map[string]time.Duration{"near.example": time.Millisecond, "lan.example": 2 * time.Millisecond}, preload.PullViaCRI,
+			`why="pullVia auto: registry lan.example answers in 2ms, within 5ms: containerd's CRI pulls keep the node busy at less CPU"`},
+		{"one far", map[string]time.Duration{"near.example": time.Millisecond, "lan.example": 30 * time.Millisecond}, preload.PullViaContainerd,
+			`why="pullVia auto: containerd 2.4.2: its CRI pulls share 3 download slots on the node; registry lan.example answers in more than 5ms"`},
+		{"cannot be timed", map[string]time.Duration{"near.example": time.Millisecond}, preload.PullViaContainerd,
+			`registry lan.example: connection refused"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := critest.Start(t)
+			s.Add("near.example/present:1", 1)
+			store := &containerd2{Store: noderuntime.WithContainerd(connect(t, s), &fakeContainerd{cri: s}), answers: tt.answers}
+			var logs bytes.Buffer
+			e := &preload.Engine{Store: store, Log: slog.New(slog.NewTextHandler(&logs, nil))}
+			imgs := images("near.example/a:1", "lan.example/b:1", "near.example/c:1", "near.example/present:1")
+			imgs = append(imgs, preload.Image{Ref: "far.example/m:1", Name: "far.example/m:1", Mirror: "near.example"})
+			results, err := e.Run(context.Background(), testConfig(), imgs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range results[:3] {
+				if r.Status != preload.StatusPulled || r.Via != tt.via {
+					t.Errorf("%s: %s via %q, want pulled via %s", r.Image, r.Status, r.Via, tt.via)
+				}
+			}
+			if !strings.Contains(logs.String(), `msg="pull path" via=`+tt.via) || !strings.Contains(logs.String(), tt.why) {
+				t.Errorf("pull path not via %s saying %s:\n%s", tt.via, tt.why, logs.String())
+			}
+			if want := "near.example lan.example"; strings.Join(store.asked, " ") != want {
+				t.Errorf("timed %v, want %s", store.asked, want)
+			}
+		})
+	}
+}
