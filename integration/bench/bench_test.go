@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"text/tabwriter"
 	"time"
@@ -131,6 +132,7 @@ func BenchmarkPull(b *testing.B) {
 					wayContainerd: "pullVia: containerd\n" + extra + "\n",
 				}
 				var times, cpus [numWays][]time.Duration
+				var peaks [numWays]int64
 				var paths [numWays]string
 				for r := range pullRounds {
 					// Each round starts with another way, so that none is
@@ -143,7 +145,7 @@ func BenchmarkPull(b *testing.B) {
 						}
 						run := preloaderOnce(b, bin, flavor, refs, configs[w])
 						times[w], cpus[w] = append(times[w], run.took), append(cpus[w], run.cpu)
-						paths[w] = run.path
+						paths[w], peaks[w] = run.path, max(peaks[w], run.peakRSS)
 					}
 				}
 				row := pullRow{name: fmt.Sprintf("%s, %s", flavorName(flavor), link.name), path: paths[wayDefault]}
@@ -165,6 +167,10 @@ func BenchmarkPull(b *testing.B) {
 				fmt.Printf("pull %s: preloader CPU (user+system), medians: default %v, pullVia cri %v, pullVia containerd %v\n", row.name,
 					median(cpus[wayDefault]).Round(time.Millisecond), median(cpus[wayCRI]).Round(time.Millisecond),
 					median(cpus[wayContainerd]).Round(time.Millisecond))
+				// The engine the agent runs, with maxDownloads downloads
+				// busy: what the DaemonSet's memory limit must hold.
+				fmt.Printf("pull %s: preloader peak RSS (maxrss, highest of the rounds): default %.1f MiB, pullVia cri %.1f MiB, pullVia containerd %.1f MiB\n", row.name,
+					float64(peaks[wayDefault])/(1<<20), float64(peaks[wayCRI])/(1<<20), float64(peaks[wayContainerd])/(1<<20))
 			})
 		}
 	}
@@ -255,6 +261,7 @@ var pullPathLine = regexp.MustCompile(`msg="pull path" via=(\S+) concurrency=(\d
 type onceRun struct {
 	took, cpu time.Duration
 	path      string
+	peakRSS   int64 // bytes, the kernel's maxrss
 }
 
 // preloaderOnce runs `preloader once` with refs and the config lines
@@ -285,7 +292,11 @@ func preloaderOnce(b *testing.B, bin string, flavor harness.Flavor, refs []strin
 		b.Fatalf("preloader once logged no pull path:\n%s", out)
 	}
 	cpu := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
-	return onceRun{took: d, cpu: cpu, path: string(m[1]) + "/" + string(m[2])}
+	var peak int64
+	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+		peak = ru.Maxrss << 10 // KiB on Linux
+	}
+	return onceRun{took: d, cpu: cpu, path: string(m[1]) + "/" + string(m[2]), peakRSS: peak}
 }
 
 func median(ds []time.Duration) time.Duration {
