@@ -48,6 +48,7 @@ const (
 	ReasonRuntimeUnavailable = "RuntimeUnavailable"
 	ReasonSandboxUnknown     = "SandboxImageUnknown"
 	ReasonKubeletRefuses     = "KubeletRefusesImages"
+	ReasonImagesPruned       = "ImagesPruned"
 )
 
 // Options configure an Agent.

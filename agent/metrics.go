@@ -19,6 +19,7 @@ type metrics struct {
 	present      prometheus.Gauge
 	pulls        *prometheus.CounterVec
 	pullDuration prometheus.Histogram
+	pruned       *prometheus.CounterVec
 	lastSuccess  prometheus.Gauge
 }
 
@@ -49,12 +50,16 @@ func newMetrics() *metrics {
 			// over a slow mirror.
 			Buckets: prometheus.ExponentialBuckets(0.25, 2, 14),
 		}),
+		pruned: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "preloader_pruned_total",
+			Help: "Images that left the config, by what prune did: removed, would remove (dryRun), kept: in use, failed.",
+		}, []string{"action"}),
 		lastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "preloader_last_successful_sync_timestamp_seconds",
 			Help: "When a sync last found every image that applies present (Unix time).",
 		}),
 	}
-	m.reg.MustRegister(m.desired, m.present, m.pulls, m.pullDuration, m.lastSuccess,
+	m.reg.MustRegister(m.desired, m.present, m.pulls, m.pullDuration, m.pruned, m.lastSuccess,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -79,7 +79,9 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 	// alone; planWrite below only compares with the informer's Node.
 	var st nodestatus.Status
 	atRest := false
-	if last := a.state.last; last != nil && last.key == key && last.status.Complete() {
+	// Images prune holds for a container are asked about again every
+	// resync, until they can go.
+	if last := a.state.last; last != nil && last.key == key && last.status.Complete() && len(last.status.PruneHeld) == 0 {
 		missing, err := preload.Missing(ctx, a.opts.Store, apply)
 		if err != nil {
 			return a.syncFailed(ctx, cfg, ReasonRuntimeUnavailable, err)
@@ -99,6 +101,7 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 			return 0 // shutting down: results say "canceled", not the truth
 		}
 		st = buildStatus(cfg.hash, results)
+		a.prune(ctx, cfg, &st)
 		a.state.last = &converged{key: key, status: st}
 		a.reportFailures(results)
 		a.log.Info("synced", "configHash", cfg.hash, "present", st.Present, "total", st.Total, "failed", len(st.Failed))
@@ -127,12 +130,9 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 // shows in status soon and a new config waits at most one attempt.
 func (a *Agent) run(ctx context.Context, cfg *loadedConfig, images []preload.Image) ([]preload.Result, error) {
 	creds := a.creds.resolve(images)
-	engine := &preload.Engine{
-		Store:       gatedStore{Store: a.opts.Store, blocked: creds.blocked},
-		Auth:        creds.Auth,
-		MaxAttempts: 1,
-		Log:         a.log,
-	}
+	engine := a.engine()
+	engine.Store = gatedStore{Store: a.opts.Store, blocked: creds.blocked}
+	engine.Auth = creds.Auth
 	results, err := engine.Run(ctx, cfg.Config, images)
 	if err != nil {
 		return nil, err
@@ -145,6 +145,45 @@ func (a *Agent) run(ctx context.Context, cfg *loadedConfig, images []preload.Ima
 		releaseMemory()
 	}
 	return results, nil
+}
+
+// engine is the agent's engine: one attempt per image, the images it
+// brings recorded as its ConfigMap's.
+func (a *Agent) engine() *preload.Engine {
+	return &preload.Engine{Store: a.opts.Store, MaxAttempts: 1, Owner: "agent:" + a.cmKey, Log: a.log}
+}
+
+// prune removes what the agent brought and the config dropped (prune:
+// true), and shows in st what it must hold for containers or, with prune:
+// dryRun, what it would remove. Removals are counted and said in an Event.
+func (a *Agent) prune(ctx context.Context, cfg *loadedConfig, st *nodestatus.Status) {
+	pruned, err := a.engine().Prune(ctx, cfg.Config)
+	if err != nil {
+		a.log.Warn("prune failed", "err", err)
+		return
+	}
+	var removed []string
+	for _, p := range pruned {
+		a.metrics.pruned.WithLabelValues(p.Action).Inc()
+		switch p.Action {
+		case preload.PruneRemoved:
+			removed = append(removed, p.Image)
+		case preload.PruneInUse:
+			st.PruneHeld = appendListed(st.PruneHeld, p.Image)
+		case preload.PruneWouldRemove:
+			st.WouldPrune = appendListed(st.WouldPrune, p.Image)
+		}
+	}
+	if len(removed) > 0 {
+		a.nodeEvent(corev1.EventTypeNormal, ReasonImagesPruned, fmt.Sprintf("removed %d images that left the config: %s", len(removed), strings.Join(removed, ", ")))
+	}
+}
+
+func appendListed(list []string, s string) []string {
+	if len(list) >= nodestatus.MaxListed {
+		return list
+	}
+	return append(list, s)
 }
 
 // transferred says whether a run moved image data: pulled, imported, or

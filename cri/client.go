@@ -167,6 +167,16 @@ func (c *Client) RemoveImage(ctx context.Context, ref string) error {
 	return nil
 }
 
+// ListContainers returns every container the runtime has, in any state:
+// what the kubelet's image GC counts as using an image.
+func (c *Client) ListContainers(ctx context.Context) ([]*runtimeapi.Container, error) {
+	resp, err := c.runtime.ListContainers(ctx, &runtimeapi.ListContainersRequest{})
+	if err != nil {
+		return nil, fmt.Errorf("list containers: %w", err)
+	}
+	return resp.Containers, nil
+}
+
 // StatusInfo returns the runtime's verbose status info.
 func (c *Client) StatusInfo(ctx context.Context) (map[string]string, error) {
 	resp, err := c.runtime.Status(ctx, &runtimeapi.StatusRequest{Verbose: true})

@@ -18,6 +18,10 @@ type Containerd interface {
 	Import(ctx context.Context, contents *archive.Contents, images []archive.Image) error
 	Tag(ctx context.Context, name, source string) error
 	SyncPins(ctx context.Context, pin, keep []string) (pinned, unpinned []string, err error)
+	Own(ctx context.Context, owner, name string, keep bool) error
+	Owned(ctx context.Context, owner string) ([]OwnedImage, error)
+	Disown(ctx context.Context, owner, name string) error
+	RemoveName(ctx context.Context, name string) error
 	CollectGarbage(ctx context.Context) error
 	Close() error
 }
@@ -57,6 +61,22 @@ func (s *containerdStore) Tag(ctx context.Context, name, source string) error {
 
 func (s *containerdStore) SyncPins(ctx context.Context, pin, keep []string) ([]string, []string, error) {
 	return s.ctrd.SyncPins(ctx, pin, keep)
+}
+
+func (s *containerdStore) Own(ctx context.Context, owner, name string, keep bool) error {
+	return s.ctrd.Own(ctx, owner, name, keep)
+}
+
+func (s *containerdStore) Owned(ctx context.Context, owner string) ([]OwnedImage, error) {
+	return s.ctrd.Owned(ctx, owner)
+}
+
+func (s *containerdStore) Disown(ctx context.Context, owner, name string) error {
+	return s.ctrd.Disown(ctx, owner, name)
+}
+
+func (s *containerdStore) RemoveName(ctx context.Context, name string) error {
+	return s.ctrd.RemoveName(ctx, name)
 }
 
 func (s *containerdStore) CollectGarbage(ctx context.Context) error {

@@ -46,6 +46,7 @@ var instead = map[Op]string{
 	OpPullDirect: "use pullVia: cri",
 	OpTag:        "configure the mirror in the runtime itself instead (CRI-O: registries.conf [[registry.mirror]]; containerd: hosts.toml)",
 	OpPin:        "pin them in the runtime's own config (CRI-O: pinned_images)",
+	OpPrune:      "leave removal to the kubelet's image garbage collection, or remove them by hand (crictl rmi)",
 }
 
 func (s *criStore) Can(op Op) error {
@@ -65,6 +66,15 @@ func (s *criStore) Import(context.Context, *archive.Contents, []archive.Image) e
 }
 
 func (s *criStore) Tag(context.Context, string, string) error { return s.Can(OpTag) }
+
+func (s *criStore) Own(context.Context, string, string, bool) error { return s.Can(OpPrune) }
+
+// Owned is empty: the preloader records no ownership here.
+func (s *criStore) Owned(context.Context, string) ([]OwnedImage, error) { return nil, nil }
+
+func (s *criStore) Disown(context.Context, string, string) error { return nil }
+
+func (s *criStore) RemoveName(context.Context, string) error { return s.Can(OpPrune) }
 
 // SyncPins has nothing to unpin, as the preloader pins nothing here; only
 // a request to pin fails.

@@ -18,6 +18,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/kube-preloader/kube-preloader/archive"
+	"github.com/kube-preloader/kube-preloader/containerd"
 )
 
 // Store is a node's image store, as the preloader uses it. Presence is
@@ -37,6 +38,8 @@ type Store interface {
 	// PullImage pulls through the CRI, as the kubelet pulls.
 	PullImage(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (string, error)
 	RemoveImage(ctx context.Context, ref string) error
+	// ListContainers is every container, in any state.
+	ListContainers(ctx context.Context) ([]*runtimeapi.Container, error)
 
 	// Can returns nil if the runtime does op, else an *UnsupportedError.
 	// The operations below fail with it too; Can is for asking before
@@ -58,6 +61,16 @@ type Store interface {
 	// SyncPins pins pin and unpins what the preloader pinned and keep
 	// does not hold.
 	SyncPins(ctx context.Context, pin, keep []string) (pinned, unpinned []string, err error)
+	// Own records on the image named name that owner, one of the
+	// preloader's configs, brought it to the node; keep: never prune it.
+	Own(ctx context.Context, owner, name string, keep bool) error
+	// Owned lists the images owner brought.
+	Owned(ctx context.Context, owner string) ([]OwnedImage, error)
+	// Disown forgets that owner brought the image named name.
+	Disown(ctx context.Context, owner, name string) error
+	// RemoveName deletes the one name of an image; the image stays under
+	// its other names.
+	RemoveName(ctx context.Context, name string) error
 	// CollectGarbage frees what no image holds, before it returns.
 	CollectGarbage(ctx context.Context) error
 
@@ -72,7 +85,11 @@ const (
 	OpImport     Op = "importing archives"
 	OpTag        Op = "recording an image under another name"
 	OpPin        Op = "pinning images"
+	OpPrune      Op = "pruning images (recording which images the preloader brought)"
 )
+
+// OwnedImage is an image record an owner brought (containerd.Owned).
+type OwnedImage = containerd.OwnedImage
 
 // ReasonUnsupported is the reason an UnsupportedError reports.
 const ReasonUnsupported = "unsupported runtime"

@@ -46,6 +46,11 @@ type Status struct {
 	// first MaxListed of them.
 	Refused       int      `json:"refused,omitempty"`
 	RefusedImages []string `json:"refusedImages,omitempty"`
+	// PruneHeld names images prune would remove but a container still
+	// uses (the first MaxListed); WouldPrune, under prune: dryRun, those
+	// it would remove.
+	PruneHeld  []string `json:"pruneHeld,omitempty"`
+	WouldPrune []string `json:"wouldPrune,omitempty"`
 	// Changed is when this status last differed from the one before.
 	Changed time.Time `json:"changed"`
 }

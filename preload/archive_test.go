@@ -33,6 +33,44 @@ type fakeContainerd struct {
 	tags    map[string]string
 	pins    []string
 	keeps   []string
+	owners  map[string]map[string]bool // name -> owner -> keep
+}
+
+func (f *fakeContainerd) Own(_ context.Context, owner, name string, keep bool) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.owners == nil {
+		f.owners = map[string]map[string]bool{}
+	}
+	if f.owners[name] == nil {
+		f.owners[name] = map[string]bool{}
+	}
+	f.owners[name][owner] = keep
+	return nil
+}
+
+func (f *fakeContainerd) Owned(_ context.Context, owner string) ([]noderuntime.OwnedImage, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []noderuntime.OwnedImage
+	for name, by := range f.owners {
+		if keep, ok := by[owner]; ok {
+			out = append(out, noderuntime.OwnedImage{Name: name, Keep: keep, Others: len(by) - 1})
+		}
+	}
+	return out, nil
+}
+
+func (f *fakeContainerd) Disown(_ context.Context, owner, name string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.owners[name], owner)
+	return nil
+}
+
+func (f *fakeContainerd) RemoveName(_ context.Context, name string) error {
+	f.cri.Remove(name)
+	return nil
 }
 
 func (f *fakeContainerd) Pull(_ context.Context, ref string, _ *runtimeapi.AuthConfig, _ int) error {

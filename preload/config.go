@@ -20,6 +20,9 @@ type Config struct {
 	Retry        Retry
 	Resync       time.Duration
 	Pin          bool
+	// Prune removes images the preloader brought that left the list:
+	// PruneOff, PruneOn, or PruneDryRun to say what it would remove.
+	Prune string
 }
 
 // Retry bounds the exponential backoff between attempts of one image.
@@ -50,6 +53,9 @@ type Image struct {
 	NodeSelector   map[string]string
 	Archive        string
 	Mirror         string
+	// NoPrune (prune: false) keeps the image on the node when it leaves
+	// the list, whatever Config.Prune says.
+	NoPrune bool
 	// Line is where the entry starts in the config file.
 	Line int
 }
@@ -57,6 +63,10 @@ type Image struct {
 const (
 	SandboxAuto = "auto"
 	SandboxNone = "none"
+
+	PruneOff    = ""
+	PruneOn     = "true"
+	PruneDryRun = "dryRun"
 
 	PullViaAuto       = "auto"
 	PullViaCRI        = "cri"

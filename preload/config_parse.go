@@ -307,6 +307,7 @@ func (p *parser) config(root *yaml.Node) *Config {
 		"retry":        func(v *yaml.Node, path string) { p.retry(v, path, &cfg.Retry) },
 		"resync":       func(v *yaml.Node, path string) { p.duration(v, path, time.Second, &cfg.Resync) },
 		"pin":          func(v *yaml.Node, path string) { p.boolean(v, path, &cfg.Pin) },
+		"prune":        func(v *yaml.Node, path string) { p.prune(v, path, &cfg.Prune) },
 	})
 	if images == nil {
 		if root.Kind == yaml.MappingNode {
@@ -362,6 +363,11 @@ func (p *parser) image(item *yaml.Node, path string) Image {
 		"nodeSelector":   func(v *yaml.Node, path string) { img.NodeSelector = p.nodeSelector(v, path) },
 		"archive":        func(v *yaml.Node, path string) { p.archive(v, path, &img.Archive) },
 		"mirror":         func(v *yaml.Node, path string) { p.mirror(v, path, &img.Mirror) },
+		"prune": func(v *yaml.Node, path string) {
+			prune := true
+			p.boolean(v, path, &prune)
+			img.NoPrune = !prune
+		},
 	})
 	if !ok {
 		return img
@@ -575,6 +581,23 @@ func (p *parser) duration(n *yaml.Node, path string, least time.Duration, dst *t
 
 // boolean takes true and false only: YAML 1.1's yes, no, on and off are
 // strings to yaml.v3, and meaning them silently would be a guess.
+// prune reads true, false or dryRun.
+func (p *parser) prune(n *yaml.Node, path string, dst *string) {
+	if n.Kind == yaml.ScalarNode && n.ShortTag() == "!!str" && n.Value == PruneDryRun {
+		*dst = PruneDryRun
+		return
+	}
+	var b bool
+	if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!bool" || n.Decode(&b) != nil {
+		p.typeError(n, path, "true, false or dryRun")
+		return
+	}
+	*dst = PruneOff
+	if b {
+		*dst = PruneOn
+	}
+}
+
 func (p *parser) boolean(n *yaml.Node, path string, dst *bool) {
 	var b bool
 	if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!bool" || n.Decode(&b) != nil {

@@ -82,7 +82,12 @@ type Engine struct {
 	// transient failures until ctx ends. The agent runs short bounded syncs
 	// so that status shows failures and config changes are not held up.
 	MaxAttempts int
-	Log         *slog.Logger
+	// Owner names the config the engine runs for, "agent:NS/NAME" or
+	// "once:PATH": what it pulls or imports is recorded as this owner's,
+	// and Prune removes only this owner's images. Empty: nothing is
+	// recorded and Prune refuses.
+	Owner string
+	Log   *slog.Logger
 }
 
 // Run makes every image present: one ListImages; the import of every
@@ -166,6 +171,7 @@ func (e *Engine) Run(ctx context.Context, cfg *Config, images []Image) ([]Result
 		}
 	}
 	e.syncPins(ctx, cfg, results)
+	e.own(ctx, images, results)
 	return results, nil
 }
 

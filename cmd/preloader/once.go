@@ -87,25 +87,46 @@ func (o *onceOptions) run(ctx context.Context, stdout, stderr io.Writer) error {
 		log.Info("sandbox image", "image", sandbox)
 	}
 	apply, skipped := preload.Plan(cfg, nil, sandbox)
+	owner, err := onceOwner(o.config)
+	if err != nil {
+		return &exitError{code: exitInvalid, err: err}
+	}
 	engine := &preload.Engine{
 		Store: store,
 		Auth:  func(img preload.Image) []*runtimeapi.AuthConfig { return keyring.Lookup(img.Name) },
+		Owner: owner,
 		Log:   log,
 	}
 	results, err := engine.Run(ctx, cfg, apply)
 	if err != nil {
 		return &exitError{code: exitUnreachable, err: err}
 	}
+	pruned, err := engine.Prune(ctx, cfg)
+	if err != nil {
+		// The images are there all the same: say so, and why prune did not run.
+		log.Error("prune failed", "err", err)
+	}
 	for _, img := range skipped {
 		results = append(results, preload.Result{Image: img.Name, Status: preload.StatusSkipped, Reason: "nodeSelector: no node labels in once"})
 	}
-	if err := writeResults(stdout, o.output.value, results); err != nil {
+	if err := writeResults(stdout, o.output.value, results, pruned); err != nil {
 		return err
 	}
 	if present, total := preload.Count(results); present < total {
 		return &exitError{code: exitMissing, err: fmt.Errorf("%d of %d images not present", total-present, total)}
 	}
 	return nil
+}
+
+// onceOwner is whose images a run of config brings and prunes: the config
+// file's, by its absolute path, so that the bootstrap hook's and an ad-hoc
+// run's images are told apart.
+func onceOwner(config string) (string, error) {
+	abs, err := filepath.Abs(config)
+	if err != nil {
+		return "", fmt.Errorf("once: --config: %w", err)
+	}
+	return "once:" + abs, nil
 }
 
 // kubeletDockerConfigs are where the kubelet looks for node-wide registry

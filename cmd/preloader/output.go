@@ -15,12 +15,13 @@ import (
 // writeResults prints once's results: a table (wide adds the pull path,
 // where each image came from, the attempts and the runtime's message), or every field as
 // JSON or YAML.
-func writeResults(w io.Writer, format string, results []preload.Result) error {
+func writeResults(w io.Writer, format string, results []preload.Result, pruned []preload.Pruned) error {
 	switch format {
 	case "json", "yaml":
 		return writeObject(w, format, struct {
 			Images []preload.Result `json:"images"`
-		}{results})
+			Pruned []preload.Pruned `json:"pruned,omitempty"`
+		}{results, pruned})
 	}
 	wide := format == "wide"
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
@@ -35,6 +36,12 @@ func writeResults(w io.Writer, format string, results []preload.Result) error {
 			fmt.Fprintf(tw, "\t%s\t%s\t%s\t%s", orDash(r.Via), orDash(r.Source), orDash(attempts(r.Attempts)), orDash(r.Error))
 		}
 		fmt.Fprintln(tw)
+	}
+	if len(pruned) > 0 {
+		fmt.Fprintln(tw, "\nPRUNED\tACTION\tREASON")
+		for _, p := range pruned {
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", p.Image, p.Action, p.Reason)
+		}
 	}
 	return tw.Flush()
 }

@@ -32,9 +32,10 @@ type Server struct {
 	// by default.
 	Name, RuntimeVersion string
 
-	mu     sync.Mutex
-	images map[string]*runtimeapi.Image
-	calls  map[string]int
+	mu         sync.Mutex
+	images     map[string]*runtimeapi.Image
+	containers []*runtimeapi.Container
+	calls      map[string]int
 }
 
 // Start serves a fake runtime until the test ends.
@@ -78,11 +79,33 @@ func (s *Server) AddImage(img *runtimeapi.Image) {
 	}
 }
 
-// Remove deletes an image behind the preloader's back, as image GC does.
+// Remove deletes an image behind the preloader's back, as image GC does:
+// by a name, or by its ID with all its names.
 func (s *Server) Remove(ref string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.images, ref)
+	for name, img := range s.images {
+		if img.Id == ref {
+			delete(s.images, name)
+		}
+	}
+}
+
+// RunContainer adds a container of image (a name or an ID) to what
+// ListContainers reports.
+func (s *Server) RunContainer(name, image string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.containers = append(s.containers, &runtimeapi.Container{Id: name, Metadata: &runtimeapi.ContainerMetadata{Name: name},
+		Image: &runtimeapi.ImageSpec{Image: image}, ImageRef: image, State: runtimeapi.ContainerState_CONTAINER_RUNNING})
+}
+
+func (s *Server) ListContainers(context.Context, *runtimeapi.ListContainersRequest) (*runtimeapi.ListContainersResponse, error) {
+	s.count("ListContainers")
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return &runtimeapi.ListContainersResponse{Containers: s.containers}, nil
 }
 
 // Calls returns how often the named CRI method was called.

@@ -1,0 +1,203 @@
+package preload
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/kube-preloader/kube-preloader/noderuntime"
+)
+
+// What Prune did with an image.
+const (
+	PruneRemoved     = "removed"
+	PruneWouldRemove = "would remove" // prune: dryRun
+	PruneInUse       = "kept: in use"
+	PruneFailed      = "failed"
+)
+
+// Pruned is one image Prune removed, would remove, or had to keep.
+type Pruned struct {
+	Image  string `json:"image"`
+	Action string `json:"action"`
+	// Reason says more: the containers that use it, or the error.
+	Reason string `json:"reason,omitempty"`
+}
+
+// own records on the node that the engine's Owner brought the images
+// this run pulled or imported, and keeps the prune: false mark of those it
+// brought before current. Images it found present are not its own.
+func (e *Engine) own(ctx context.Context, images []Image, results []Result) {
+	if e.Owner == "" || e.Store.Can(noderuntime.OpPrune) != nil {
+		return
+	}
+	byName := make(map[string]Image, len(images))
+	for _, img := range images {
+		byName[img.Name] = img
+	}
+	owned, err := e.Store.Owned(ctx, e.Owner)
+	if err != nil {
+		e.log().Warn("cannot read which images the preloader brought", "err", err)
+		return
+	}
+	keep := make(map[string]bool, len(owned))
+	for _, o := range owned {
+		keep[o.Name] = o.Keep
+	}
+	for _, r := range results {
+		img, listed := byName[r.Image]
+		key := presenceKey(r.Image)
+		was, ours := keep[key]
+		brought := r.Status == StatusPulled || r.Status == StatusImported
+		if !listed || !(brought || ours && was != img.NoPrune) {
+			continue
+		}
+		names := []string{key}
+		if r.Source != "" && r.Status == StatusPulled {
+			names = append(names, presenceKey(r.Source)) // a mirror's own name
+		}
+		for _, n := range names {
+			if err := e.Store.Own(ctx, e.Owner, n, img.NoPrune); err != nil {
+				e.log().Warn("cannot record that the preloader brought an image", "image", n, "err", err)
+			}
+		}
+	}
+}
+
+// Prune removes the images Owner brought that cfg no longer lists (or,
+// with prune: dryRun, says which it would). An image a container uses, in
+// any state, is kept until none does; an image another of the
+// preloader's configs also brought loses only this owner's mark; an
+// image other names hold loses only the preloader's names. Images the
+// preloader did not bring, and the runtime's sandbox image, are never
+// touched. Without cfg.Prune it does nothing.
+func (e *Engine) Prune(ctx context.Context, cfg *Config) ([]Pruned, error) {
+	if cfg.Prune == PruneOff {
+		return nil, nil
+	}
+	if e.Owner == "" {
+		return nil, errors.New("prune: the engine has no owner")
+	}
+	if err := e.Store.Can(noderuntime.OpPrune); err != nil {
+		return nil, fmt.Errorf("prune: %w", err)
+	}
+	owned, err := e.Store.Owned(ctx, e.Owner)
+	if err != nil {
+		return nil, fmt.Errorf("prune: %w", err)
+	}
+	left := e.leftTheList(ctx, cfg, owned)
+	if len(left) == 0 {
+		return nil, nil
+	}
+	containers, err := e.Store.ListContainers(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("prune: %w", err)
+	}
+	leaving := make(map[string]bool, len(left))
+	for _, o := range left {
+		leaving[o.Name] = true
+	}
+	var out []Pruned
+	for _, o := range left {
+		if p, ok := e.pruneOne(ctx, cfg, o, containers, leaving); ok {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+// leftTheList is what of owned cfg no longer lists, less what must stay
+// whatever the list says: the images marked prune: false and the
+// runtime's sandbox image, which lose only this owner's mark.
+func (e *Engine) leftTheList(ctx context.Context, cfg *Config, owned []noderuntime.OwnedImage) []noderuntime.OwnedImage {
+	listed := make(map[string]bool, len(cfg.Images)+1)
+	for _, img := range cfg.Images {
+		listed[presenceKey(img.Name)] = true
+	}
+	sandbox := ""
+	if s, _, err := e.Store.SandboxImage(ctx); err == nil && s != "" {
+		if n, err := NormalizeRef(s); err == nil {
+			sandbox = presenceKey(n)
+		}
+	}
+	var left []noderuntime.OwnedImage
+	for _, o := range owned {
+		switch {
+		case listed[o.Name]:
+		case o.Keep || o.Name == sandbox || o.Others > 0:
+			if cfg.Prune == PruneOn {
+				if err := e.Store.Disown(ctx, e.Owner, o.Name); err != nil {
+					e.log().Warn("cannot forget an image", "image", o.Name, "err", err)
+				}
+			}
+		default:
+			left = append(left, o)
+		}
+	}
+	return left
+}
+
+// pruneOne removes (or would remove) the owned record o; false when there
+// is nothing to say (the image is already gone).
+func (e *Engine) pruneOne(ctx context.Context, cfg *Config, o noderuntime.OwnedImage, containers []*runtimeapi.Container, leaving map[string]bool) (Pruned, bool) {
+	st, err := e.Store.ImageStatus(ctx, o.Name)
+	if err != nil {
+		return Pruned{Image: o.Name, Action: PruneFailed, Reason: err.Error()}, true
+	}
+	if st == nil {
+		// Gone (the kubelet's GC, a person): forget it.
+		_ = e.Store.Disown(ctx, e.Owner, o.Name)
+		return Pruned{}, false
+	}
+	if users := usersOf(st, containers); len(users) > 0 {
+		return Pruned{Image: o.Name, Action: PruneInUse, Reason: "used by container " + strings.Join(users, ", ")}, true
+	}
+	// Other names of the image keep it, the preloader's go: only when
+	// every tag is one leaving the list does the image itself go, and
+	// then as the kubelet's GC removes one, through the CRI.
+	whole := !slices.ContainsFunc(st.RepoTags, func(t string) bool { return !leaving[t] })
+	if cfg.Prune == PruneDryRun {
+		return Pruned{Image: o.Name, Action: PruneWouldRemove}, true
+	}
+	if whole {
+		err = e.Store.RemoveImage(ctx, st.Id)
+	} else {
+		err = e.Store.RemoveName(ctx, o.Name)
+	}
+	if err != nil {
+		return Pruned{Image: o.Name, Action: PruneFailed, Reason: err.Error()}, true
+	}
+	e.log().Info("pruned", "image", o.Name, "wholeImage", whole)
+	return Pruned{Image: o.Name, Action: PruneRemoved}, true
+}
+
+// usersOf is the containers that use img, as the kubelet's image GC
+// counts them: by image ID, or by any of its names.
+func usersOf(img *runtimeapi.Image, containers []*runtimeapi.Container) []string {
+	names := make(map[string]bool, 1+len(img.RepoTags)+len(img.RepoDigests))
+	names[img.Id] = true
+	for _, n := range slices.Concat(img.RepoTags, img.RepoDigests) {
+		names[n] = true
+	}
+	var users []string
+	for _, c := range containers {
+		if names[c.ImageRef] || names[c.GetImage().GetImage()] || names[c.ImageId] {
+			users = append(users, containerName(c))
+		}
+	}
+	return users
+}
+
+func containerName(c *runtimeapi.Container) string {
+	if n := c.GetMetadata().GetName(); n != "" {
+		if pod := c.Labels["io.kubernetes.pod.name"]; pod != "" {
+			return c.Labels["io.kubernetes.pod.namespace"] + "/" + pod + "/" + n
+		}
+		return n
+	}
+	return c.Id
+}
