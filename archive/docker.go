@@ -75,6 +75,7 @@ func (s *scan) dockerImage(configPath string, layerPaths []string) (Image, error
 		return Image{}, err
 	}
 	layers := make([]ocispec.Descriptor, len(layerPaths))
+	unpack := make([]Layer, len(layerPaths))
 	for i, lp := range layerPaths {
 		lp = path.Clean(lp)
 		_, le, ok := s.entry(lp)
@@ -95,6 +96,7 @@ func (s *scan) dockerImage(configPath string, layerPaths []string) (Image, error
 		if err := s.addBlob(layers[i], lp); err != nil {
 			return Image{}, err
 		}
+		unpack[i] = Layer{Blob: layers[i], DiffID: cfg.RootFS.DiffIDs[i]}
 	}
 	manifest, err := json.Marshal(struct {
 		SchemaVersion int                  `json:"schemaVersion"`
@@ -111,5 +113,6 @@ func (s *scan) dockerImage(configPath string, layerPaths []string) (Image, error
 		Config: ce.digest,
 		Target: target,
 		Blobs:  append([]ocispec.Descriptor{target, config}, layers...),
+		Layers: unpack,
 	}, nil
 }

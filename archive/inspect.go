@@ -44,6 +44,16 @@ type Image struct {
 	Target ocispec.Descriptor
 	// Blobs are Target and every blob below it for the platform.
 	Blobs []ocispec.Descriptor
+	// Layers are its layers for the platform, bottom first, each with the
+	// diff ID its config lists: what an unpack applies, known before any
+	// blob is written so that a layer can be applied as soon as it is in.
+	Layers []Layer
+}
+
+// Layer is a layer blob and the digest of its uncompressed content.
+type Layer struct {
+	Blob   ocispec.Descriptor
+	DiffID digest.Digest
 }
 
 // blob is where a blob's content is.
