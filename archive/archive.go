@@ -1,8 +1,9 @@
 // Package archive reads image archives as users bring them to air-gapped
 // nodes: `docker save` output (the classic layout and Docker 25's combined
 // OCI layout) and OCI image layouts, as plain tar, gzip or zstd. It checks an
-// archive completely before anything is imported and says what it holds;
-// the import itself is the containerd package's job.
+// archive's structure and metadata before anything is imported and says
+// what it holds, and checks the layers as the import reads them; the
+// import itself is the containerd package's job.
 package archive
 
 import (

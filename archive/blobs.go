@@ -27,8 +27,11 @@ const maxBuffered = 32 << 20
 // Each calls fn with the content of every blob descs name, once per digest:
 // several at a time from a plain tar, which can be read anywhere, and in
 // archive order from a compressed one, which can only be read through.
-// The content is what Inspect checked only if the file has not changed
-// since; fn should check digests itself (containerd's content store does).
+// A layer Inspect passed over is checked as fn reads it: its last read
+// fails with ErrCorrupt instead of io.EOF if its digest is not the one
+// desc names. The rest is what Inspect checked only if the file has not
+// changed since; fn should check digests itself (containerd's content
+// store does).
 // Errors do not name the archive: the caller, which opened it, does.
 func (c *Contents) Each(ctx context.Context, descs []ocispec.Descriptor, fn func(ocispec.Descriptor, io.Reader) error) error {
 	var (
@@ -71,7 +74,7 @@ func (c *Contents) eachAt(ctx context.Context, descs []ocispec.Descriptor, fn fu
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			return fn(d, io.NewSectionReader(c.file.f, c.blobs[d.Digest].offset, d.Size))
+			return fn(d, c.checked(d, io.NewSectionReader(c.file.f, c.blobs[d.Digest].offset, d.Size)))
 		})
 	}
 	return g.Wait()
@@ -113,7 +116,7 @@ func (c *Contents) eachStreamed(ctx context.Context, descs []ocispec.Descriptor,
 			}
 			delete(byPath, p)
 			if d.Size > maxBuffered {
-				if err := fn(d, tr); err != nil {
+				if err := fn(d, c.checked(d, tr)); err != nil {
 					return err
 				}
 				continue
@@ -122,7 +125,7 @@ func (c *Contents) eachStreamed(ctx context.Context, descs []ocispec.Descriptor,
 			if _, err := io.ReadFull(tr, data); err != nil {
 				return notTar(err)
 			}
-			g.Go(func() error { return fn(d, bytes.NewReader(data)) })
+			g.Go(func() error { return fn(d, c.checked(d, bytes.NewReader(data))) })
 		}
 		return nil
 	}()
@@ -131,4 +134,34 @@ func (c *Contents) eachStreamed(ctx context.Context, descs []ocispec.Descriptor,
 		return werr
 	}
 	return err
+}
+
+// checked returns r, or for a blob Inspect did not hash, r checked
+// against d's digest as it is read.
+func (c *Contents) checked(d ocispec.Descriptor, r io.Reader) io.Reader {
+	b := c.blobs[d.Digest]
+	if !b.verify || !d.Digest.Algorithm().Available() {
+		// Others are not hashed here; the runtime checks them.
+		return r
+	}
+	return &verifier{r: r, v: d.Digest.Verifier(), d: d.Digest, path: b.path}
+}
+
+// verifier hashes what is read through it and at the end of the content
+// reports a digest mismatch instead of io.EOF: the reader (the content
+// store's writer) never sees a clean end of a corrupt blob.
+type verifier struct {
+	r    io.Reader
+	v    digest.Verifier
+	d    digest.Digest
+	path string
+}
+
+func (v *verifier) Read(b []byte) (int, error) {
+	n, err := v.r.Read(b)
+	v.v.Write(b[:n])
+	if err == io.EOF && !v.v.Verified() {
+		return n, fmt.Errorf("%w: %s does not have digest %s", ErrCorrupt, v.path, v.d)
+	}
+	return n, err
 }

@@ -75,6 +75,7 @@ func (s *scan) dockerImage(configPath string, layerPaths []string) (Image, error
 		return Image{}, err
 	}
 	layers := make([]ocispec.Descriptor, len(layerPaths))
+	unpack := make([]Layer, len(layerPaths))
 	for i, lp := range layerPaths {
 		lp = path.Clean(lp)
 		_, le, ok := s.entry(lp)
@@ -85,16 +86,31 @@ func (s *scan) dockerImage(configPath string, layerPaths []string) (Image, error
 		// config's diff ID. Compressed ones are checked on unpack. Like
 		// containerd's importer, call any compressed layer gzip: the
 		// runtime detects the compression from the content.
+		// An uncompressed layer Inspect passed over is checked against
+		// the diff ID as Each reads it.
 		mediaType := images.MediaTypeDockerSchema2Layer
-		if le.compressed {
+		dgst := le.digest
+		switch {
+		case le.compressed:
 			mediaType = images.MediaTypeDockerSchema2LayerGzip
-		} else if le.digest != cfg.RootFS.DiffIDs[i] {
+			if le.skipped {
+				// Passed over as blobs/sha256/<hex>: the name is the digest.
+				real, _, _ := s.entry(lp)
+				dgst = digest.NewDigestFromEncoded(digest.SHA256, path.Base(real))
+			}
+		case le.skipped:
+			dgst = cfg.RootFS.DiffIDs[i]
+		case le.digest != cfg.RootFS.DiffIDs[i]:
 			return Image{}, fmt.Errorf("digest mismatch: layer %s has digest %s, the config says %s", lp, le.digest, cfg.RootFS.DiffIDs[i])
 		}
-		layers[i] = ocispec.Descriptor{MediaType: mediaType, Digest: le.digest, Size: le.size}
+		if err := dgst.Validate(); err != nil {
+			return Image{}, fmt.Errorf("config %s: diff ID %q: %w", configPath, dgst, err)
+		}
+		layers[i] = ocispec.Descriptor{MediaType: mediaType, Digest: dgst, Size: le.size}
 		if err := s.addBlob(layers[i], lp); err != nil {
 			return Image{}, err
 		}
+		unpack[i] = Layer{Blob: layers[i], DiffID: cfg.RootFS.DiffIDs[i]}
 	}
 	manifest, err := json.Marshal(struct {
 		SchemaVersion int                  `json:"schemaVersion"`
@@ -111,5 +127,6 @@ func (s *scan) dockerImage(configPath string, layerPaths []string) (Image, error
 		Config: ce.digest,
 		Target: target,
 		Blobs:  append([]ocispec.Descriptor{target, config}, layers...),
+		Layers: unpack,
 	}, nil
 }

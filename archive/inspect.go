@@ -44,6 +44,16 @@ type Image struct {
 	Target ocispec.Descriptor
 	// Blobs are Target and every blob below it for the platform.
 	Blobs []ocispec.Descriptor
+	// Layers are its layers for the platform, bottom first, each with the
+	// diff ID its config lists: what an unpack applies, known before any
+	// blob is written so that a layer can be applied as soon as it is in.
+	Layers []Layer
+}
+
+// Layer is a layer blob and the digest of its uncompressed content.
+type Layer struct {
+	Blob   ocispec.Descriptor
+	DiffID digest.Digest
 }
 
 // blob is where a blob's content is.
@@ -51,20 +61,33 @@ type blob struct {
 	path   string // the tar entry, links resolved
 	offset int64  // of the entry's content in the tar stream
 	data   []byte // a manifest Inspect built, not in the archive
+	verify bool   // Inspect did not hash it: Each checks it as it reads
 }
 
 // Limits on what Inspect keeps in memory. Metadata (index, manifests,
-// configs) is JSON and small; layers are only hashed as they stream by.
+// configs) is JSON and small; layers are passed over.
 const (
 	maxJSONBlob  = 20 << 20 // containerd's own limit for manifest.json
 	maxJSONTotal = 256 << 20
 )
 
-// Inspect reads the whole archive once and checks it: every tar entry has a
-// safe relative path, nothing is truncated, every blob has the digest it is
-// stored under, and every image has a manifest and all of its layers for
-// platform. It returns the archive's images, one per config; an error names
-// the file and says what is wrong.
+// headSize is how much of an entry Inspect reads to tell JSON and
+// compressed content from the rest.
+const headSize = 512
+
+// ErrCorrupt is what Each reports for a blob whose content does not have
+// the digest the archive stores it under or its config lists.
+var ErrCorrupt = errors.New("digest mismatch")
+
+// Inspect reads the archive's structure and checks it: every tar entry has
+// a safe relative path, nothing is truncated, the metadata has the digests
+// it is stored under, and every image has a manifest and all of its layers
+// for platform. Layers whose digest their name or the config gives are
+// passed over (a plain tar's are not even read) and checked by Each as it
+// reads them for the import, so that the archive is read through once, not
+// twice; the import writes nothing visible before all are checked. It
+// returns the archive's images, one per config; an error names the file
+// and says what is wrong.
 func Inspect(ctx context.Context, a *File, platform ocispec.Platform) (*Contents, error) {
 	c, err := inspect(ctx, a, platform)
 	if err != nil {
@@ -79,6 +102,11 @@ func inspect(ctx context.Context, a *File, platform ocispec.Platform) (*Contents
 		return nil, err
 	}
 	defer r.Close()
+	var tarStream io.Reader = r
+	if a.Compression == Plain {
+		// The file itself, which the tar reader can seek through.
+		tarStream = a.f
+	}
 	s := &scan{
 		entries:  make(map[string]entry),
 		links:    make(map[string]string),
@@ -86,7 +114,7 @@ func inspect(ctx context.Context, a *File, platform ocispec.Platform) (*Contents
 		platform: platforms.Normalize(platform),
 	}
 	s.match = platforms.Only(s.platform)
-	if err := s.read(r); err != nil {
+	if err := s.read(tarStream); err != nil {
 		return nil, err
 	}
 	if err := ctx.Err(); err != nil {
@@ -112,9 +140,10 @@ func inspect(ctx context.Context, a *File, platform ocispec.Platform) (*Contents
 type entry struct {
 	offset     int64
 	size       int64
-	digest     digest.Digest // sha256 of its content
+	digest     digest.Digest // sha256 of its content, unless skipped
 	compressed bool          // starts with gzip or zstd magic
 	data       []byte        // the content, when it is JSON
+	skipped    bool          // not hashed: a layer whose digest is known otherwise
 }
 
 type scan struct {
@@ -138,10 +167,32 @@ func (c *counter) Read(b []byte) (int, error) {
 	return n, err
 }
 
+// seekCounter is a counter over a plain file, which tar.Reader seeks
+// through past the content it is not asked to read.
+type seekCounter struct {
+	counter
+	s io.Seeker
+}
+
+func (c *seekCounter) Seek(offset int64, whence int) (int64, error) {
+	n, err := c.s.Seek(offset, whence)
+	if err == nil {
+		c.n = n
+	}
+	return n, err
+}
+
 // read walks the tar stream to its end.
 func (s *scan) read(r io.Reader) error {
 	cr := &counter{r: r}
-	tr := tar.NewReader(cr)
+	var tr *tar.Reader
+	if sk, ok := r.(io.Seeker); ok {
+		// Plain tar starts at offset 0: the file offset is the count.
+		sc := &seekCounter{counter: counter{r: r}, s: sk}
+		cr, tr = &sc.counter, tar.NewReader(sc)
+	} else {
+		tr = tar.NewReader(cr)
+	}
 	buf := make([]byte, 1<<20)
 	for {
 		hdr, err := tr.Next()
@@ -163,7 +214,7 @@ func (s *scan) read(r io.Reader) error {
 			// tar.Reader reads exactly the header blocks: what it has
 			// read so far ends where the content starts.
 			offset := cr.n
-			e, err := s.readEntry(tr, hdr, buf)
+			e, err := s.readEntry(tr, name, hdr, buf)
 			if err != nil {
 				return fmt.Errorf("entry %q: %w", hdr.Name, notTar(err))
 			}
@@ -196,17 +247,29 @@ func (s *scan) read(r io.Reader) error {
 	return nil
 }
 
-func (s *scan) readEntry(tr io.Reader, hdr *tar.Header, buf []byte) (entry, error) {
+// readEntry reads an entry's head and, unless it is a layer whose digest
+// is known without hashing it (below), all of it, hashing it and keeping
+// it if it is JSON. The rest of a skipped entry is left to the tar reader
+// to pass over.
+func (s *scan) readEntry(tr io.Reader, name string, hdr *tar.Header, buf []byte) (entry, error) {
 	h := sha256.New()
 	e := entry{size: hdr.Size}
-	head := buf[:min(int64(len(buf)), hdr.Size)]
+	head := buf[:min(headSize, hdr.Size)]
 	if _, err := io.ReadFull(tr, head); err != nil {
 		return e, err
 	}
 	h.Write(head)
 	e.compressed = bytes.HasPrefix(head, []byte{0x1f, 0x8b}) || bytes.HasPrefix(head, []byte{0x28, 0xb5, 0x2f, 0xfd})
 	trimmed := bytes.TrimLeft(head, " \t\r\n")
-	isJSON := len(trimmed) > 0 && (trimmed[0] == '{' || trimmed[0] == '[') && hdr.Size <= maxJSONBlob
+	isJSON := (len(trimmed) == 0 || trimmed[0] == '{' || trimmed[0] == '[') && hdr.Size <= maxJSONBlob
+	// A layer's digest is its name in an OCI layout, or for an
+	// uncompressed docker save layer the diff ID its config lists: Each
+	// checks it against that. A compressed layer outside blobs/ has no
+	// digest but its hash.
+	if !isJSON && (!e.compressed || namedByDigest(name)) {
+		e.skipped = true
+		return e, nil
+	}
 	var data *bytes.Buffer
 	if isJSON {
 		if s.jsonBytes += hdr.Size; s.jsonBytes > maxJSONTotal {
@@ -227,6 +290,12 @@ func (s *scan) readEntry(tr io.Reader, hdr *tar.Header, buf []byte) (entry, erro
 		e.data = data.Bytes()
 	}
 	return e, nil
+}
+
+// namedByDigest tells whether p is blobs/sha256/<hex>: its digest.
+func namedByDigest(p string) bool {
+	hex, ok := strings.CutPrefix(p, "blobs/sha256/")
+	return ok && digest.NewDigestFromEncoded(digest.SHA256, hex).Validate() == nil
 }
 
 // entryPath cleans a tar entry name and refuses absolute paths and "..":
@@ -282,7 +351,7 @@ func (s *scan) addBlob(desc ocispec.Descriptor, p string) error {
 	if e.size != desc.Size {
 		return fmt.Errorf("blob %s has %d bytes, the manifest says %d", p, e.size, desc.Size)
 	}
-	s.contents.blobs[desc.Digest] = blob{path: real, offset: e.offset}
+	s.contents.blobs[desc.Digest] = blob{path: real, offset: e.offset, verify: e.skipped}
 	return nil
 }
 

@@ -59,8 +59,10 @@ func (s *scan) checkBlobDigests() error {
 			continue
 		}
 		alg, hex, ok := strings.Cut(rest, "/")
-		if !ok || alg != string(digest.SHA256) {
-			continue // other algorithms are not hashed; the runtime checks them
+		if !ok || alg != string(digest.SHA256) || e.skipped {
+			// Other algorithms are not hashed; the runtime checks them.
+			// Layers passed over are checked as Each reads them.
+			continue
 		}
 		if want := digest.NewDigestFromEncoded(digest.SHA256, hex); want != e.digest {
 			return fmt.Errorf("digest mismatch: %s has content with digest %s", p, e.digest)
@@ -91,9 +93,14 @@ func (s *scan) resolve(ctx context.Context, desc ocispec.Descriptor) (Image, err
 			return Image{}, fmt.Errorf("no manifest for platform %s (the archive has %s)", platforms.Format(s.platform), platforms.Format(cp))
 		}
 	}
+	layers, err := ociLayers(ctx, p, m)
+	if err != nil {
+		return Image{}, err
+	}
 	img := Image{
 		Config: m.Config.Digest,
 		Target: ocispec.Descriptor{MediaType: desc.MediaType, Digest: desc.Digest, Size: desc.Size},
+		Layers: layers,
 	}
 	collect := images.HandlerFunc(func(ctx context.Context, d ocispec.Descriptor) ([]ocispec.Descriptor, error) {
 		if err := s.addBlob(d, blobPath(d.Digest)); err != nil {
@@ -106,6 +113,29 @@ func (s *scan) resolve(ctx context.Context, desc ocispec.Descriptor) (Image, err
 		return Image{}, err
 	}
 	return img, nil
+}
+
+// ociLayers pairs the manifest's layers with the config's diff IDs, as
+// containerd's Image.Unpack does: entries of other types (artifacts) are
+// not layers.
+func ociLayers(ctx context.Context, p provider, m ocispec.Manifest) ([]Layer, error) {
+	diffIDs, err := images.RootFS(ctx, p, m.Config)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", m.Config.Digest, err)
+	}
+	var layers []Layer
+	for _, l := range m.Layers {
+		if images.IsLayerType(l.MediaType) {
+			layers = append(layers, Layer{Blob: l})
+		}
+	}
+	if len(layers) != len(diffIDs) {
+		return nil, fmt.Errorf("the manifest has %d layers, config %s has %d", len(layers), m.Config.Digest, len(diffIDs))
+	}
+	for i := range layers {
+		layers[i].DiffID = diffIDs[i]
+	}
+	return layers, nil
 }
 
 // platforms lists the platforms an index offers, for messages.

@@ -104,8 +104,8 @@ func (c *Client) Close() error { return c.c.Close() }
 //
 // The blobs are written with their digests, so the content store checks
 // them and skips those it has, and several at a time from a plain tar;
-// each image is unpacked as soon as its blobs are in, while the others'
-// are still being written. containerd's own importer (client.Import, as
+// each layer is applied as soon as its blob is in and the layer below it
+// applied, two at a time, while the other blobs are still being written. containerd's own importer (client.Import, as
 // `ctr images import` uses it) writes every tar entry one at a time,
 // unchecked, before any unpacking; integration/bench compares the two.
 func (c *Client) Import(ctx context.Context, contents *archive.Contents, want []archive.Image) (err error) {
@@ -124,52 +124,33 @@ func (c *Client) Import(ctx context.Context, contents *archive.Contents, want []
 		records = append(records, recs...)
 	}
 
-	// waiting[d] are the images that still need blob d; missing[i] counts
-	// the blobs image i still needs.
-	var (
-		blobs   []ocispec.Descriptor
-		waiting = make(map[digest.Digest][]int)
-		missing = make([]int, len(want))
-		mu      sync.Mutex
-		ready   = make(chan int, len(want))
-	)
-	for i, img := range want {
-		for _, b := range img.Blobs {
-			if !slices.Contains(waiting[b.Digest], i) {
-				waiting[b.Digest] = append(waiting[b.Digest], i)
-				missing[i]++
-			}
-		}
+	var blobs []ocispec.Descriptor
+	for _, img := range want {
 		blobs = append(blobs, img.Blobs...)
 	}
+	u := c.newUnpacker(want)
 	cs := c.c.ContentStore()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		defer close(ready)
-		return contents.Each(gctx, blobs, func(desc ocispec.Descriptor, r io.Reader) error {
+		err := contents.Each(gctx, blobs, func(desc ocispec.Descriptor, r io.Reader) error {
 			if err := content.WriteBlob(gctx, cs, "preloader-"+desc.Digest.String(), r, desc); err != nil {
 				return fmt.Errorf("write blob %s: %w", desc.Digest, err)
 			}
-			mu.Lock()
-			defer mu.Unlock()
-			for _, i := range waiting[desc.Digest] {
-				if missing[i]--; missing[i] == 0 {
-					ready <- i
-				}
-			}
-			return nil
+			return u.written(gctx, desc.Digest)
 		})
-	})
-	g.Go(func() error {
-		for i := range ready {
-			if err := c.unpack(gctx, want[i].Target); err != nil {
-				return fmt.Errorf("image %s: %w", describe(want[i]), err)
-			}
+		if err != nil {
+			return err
 		}
-		return nil
+		return u.allWritten()
 	})
+	for range unpackWorkers {
+		g.Go(func() error { return u.run(gctx) })
+	}
 	if err := g.Wait(); err != nil {
 		return streamCut(err)
+	}
+	if !u.done() {
+		return errors.New("some images were left unpacked")
 	}
 	return c.record(ctx, records)
 }
@@ -201,24 +182,6 @@ func (c *Client) CollectGarbage(ctx context.Context) error {
 	}
 	if err := ls.Delete(ctx, lease, leases.SynchronousDelete); err != nil {
 		return fmt.Errorf("collect garbage: %w", err)
-	}
-	return nil
-}
-
-// unpack labels target's content for the platform so that the image record
-// keeps it, and unpacks its layers into the CRI plugin's snapshotter. Of an
-// index it follows the one best manifest for the platform, as a pull and
-// archive.Inspect do: only that one was written.
-func (c *Client) unpack(ctx context.Context, target ocispec.Descriptor) error {
-	cs := c.c.ContentStore()
-	children := images.LimitManifests(images.FilterPlatforms(images.ChildrenHandler(cs), c.platform), c.platform, 1)
-	handler := images.SetChildrenLabels(cs, children)
-	if err := images.Walk(ctx, handler, target); err != nil {
-		return fmt.Errorf("label content: %w", err)
-	}
-	img := client.NewImageWithPlatform(c.c, images.Image{Name: target.Digest.String(), Target: target}, c.platform)
-	if err := img.Unpack(ctx, c.snapshotter); err != nil {
-		return fmt.Errorf("unpack into snapshotter %s: %w", c.snapshotter, err)
 	}
 	return nil
 }

@@ -247,6 +247,9 @@ func importReason(ctx context.Context, err error) string {
 		// the import stopped, and nothing is retried.
 		err = cerr
 	}
+	if errors.Is(err, archive.ErrCorrupt) {
+		return ReasonArchive // a layer found corrupt as it was written
+	}
 	switch reason, _ := Classify(err); reason {
 	case ReasonRuntime, ReasonNoSpace, ReasonCanceled, ReasonTimeout:
 		return reason
