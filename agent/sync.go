@@ -42,6 +42,12 @@ type syncState struct {
 	policy            string
 	kubelet           *kubelet.Policy
 	kubeletUnreadable bool
+	// refreshAt is when the next tag check is due (refresh); zero: none.
+	refreshAt time.Time
+	// refreshed is the tags pulled again under the config refreshedFor.
+	refreshed    []string
+	refreshCount int
+	refreshedFor string
 }
 
 type converged struct {
@@ -81,7 +87,8 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 	atRest := false
 	// Images prune holds for a container are asked about again every
 	// resync, until they can go.
-	if last := a.state.last; last != nil && last.key == key && last.status.Complete() && len(last.status.PruneHeld) == 0 {
+	refreshDue := !a.state.refreshAt.IsZero() && !time.Now().Before(a.state.refreshAt)
+	if last := a.state.last; last != nil && last.key == key && last.status.Complete() && len(last.status.PruneHeld) == 0 && !refreshDue {
 		missing, err := preload.Missing(ctx, a.opts.Store, apply)
 		if err != nil {
 			return a.syncFailed(ctx, cfg, ReasonRuntimeUnavailable, err)
@@ -101,6 +108,8 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 			return 0 // shutting down: results say "canceled", not the truth
 		}
 		st = buildStatus(cfg.hash, results)
+		a.state.refreshAt = nextRefresh(results, shortestRefresh(apply))
+		a.noteRefreshed(cfg.hash, results, &st)
 		a.prune(ctx, cfg, &st)
 		a.state.last = &converged{key: key, status: st}
 		a.reportFailures(results)
@@ -285,12 +294,62 @@ func (a *Agent) retryIn(cfg *loadedConfig) time.Duration {
 	return min(a.state.backoff.Step(), a.resync(cfg))
 }
 
-// resync is the config's resync, or the shorter one a test set.
+// resync is when the next sync at rest is due: the config's resync (or
+// the shorter one a test set), or sooner when a tag check is due first.
 func (a *Agent) resync(cfg *loadedConfig) time.Duration {
+	d := cfg.Resync
 	if a.testResync > 0 {
-		return a.testResync
+		d = a.testResync
 	}
-	return cfg.Resync
+	if !a.state.refreshAt.IsZero() {
+		d = max(min(d, time.Until(a.state.refreshAt)), time.Millisecond)
+	}
+	return d
+}
+
+// noteRefreshed shows in st the tags pulled again because they moved,
+// since the config last changed: the last MaxListed by name, all counted.
+func (a *Agent) noteRefreshed(hash string, results []preload.Result, st *nodestatus.Status) {
+	if a.state.refreshedFor != hash {
+		a.state.refreshed, a.state.refreshCount, a.state.refreshedFor = nil, 0, hash
+	}
+	for _, r := range results {
+		if r.Refreshed {
+			a.state.refreshCount++
+			a.state.refreshed = append(a.state.refreshed, r.Image)
+			if len(a.state.refreshed) > nodestatus.MaxListed {
+				a.state.refreshed = a.state.refreshed[1:]
+			}
+		}
+	}
+	st.Refreshed, st.RefreshedImages = a.state.refreshCount, slices.Clone(a.state.refreshed)
+}
+
+// nextRefresh is the earliest tag check the results say is due; when a
+// refreshed image has no time (not present, the runtime could not say),
+// a check is due in every.
+func nextRefresh(results []preload.Result, every time.Duration) time.Time {
+	if every == 0 {
+		return time.Time{}
+	}
+	next := time.Now().Add(every)
+	for _, r := range results {
+		if !r.NextCheck.IsZero() && r.NextCheck.Before(next) {
+			next = r.NextCheck
+		}
+	}
+	return next
+}
+
+// shortestRefresh is the shortest refresh interval of images; 0: none.
+func shortestRefresh(images []preload.Image) time.Duration {
+	var d time.Duration
+	for _, img := range images {
+		if img.Refresh > 0 && (d == 0 || img.Refresh < d) {
+			d = img.Refresh
+		}
+	}
+	return d
 }
 
 // sandboxImage resolves the config's sandboxImage once per config.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/leases"
+	"github.com/containerd/containerd/v2/core/remotes"
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/containerd/v2/core/remotes/docker/config"
 	"github.com/containerd/errdefs"
@@ -56,12 +57,7 @@ func (c *Client) Pull(ctx context.Context, ref string, auth *runtimeapi.AuthConf
 	}
 	defer func() { release(err) }()
 
-	resolver := docker.NewResolver(docker.ResolverOptions{
-		Hosts: memoHosts(config.ConfigureHosts(ctx, config.HostOptions{
-			HostDir:     c.hostDir,
-			Credentials: func(host string) (string, string, error) { return credentials(auth, host) },
-		})),
-	})
+	resolver := c.resolver(ctx, auth)
 	labels := map[string]string{LabelCRIImage: criManaged}
 	img, err := c.c.Pull(ctx, named.String(),
 		client.WithResolver(resolver),
@@ -89,6 +85,18 @@ func (c *Client) Pull(ctx context.Context, ref string, auth *runtimeapi.AuthConf
 		return fmt.Errorf("pull %s: %w", ref, err)
 	}
 	return nil
+}
+
+// resolver reaches registries as a pull does: the node's hosts.toml
+// (mirrors, CAs), auth for whichever host serves the image, and the
+// proxy of HTTPS_PROXY and NO_PROXY (containerd's default transport).
+func (c *Client) resolver(ctx context.Context, auth *runtimeapi.AuthConfig) remotes.Resolver {
+	return docker.NewResolver(docker.ResolverOptions{
+		Hosts: memoHosts(config.ConfigureHosts(ctx, config.HostOptions{
+			HostDir:     c.hostDir,
+			Credentials: func(host string) (string, string, error) { return credentials(auth, host) },
+		})),
+	})
 }
 
 // lease starts a lease of the preloader's, labelled with what it is for,

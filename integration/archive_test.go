@@ -351,7 +351,7 @@ func recordLabels(t *testing.T, c *client.Client, ref string) map[string]map[str
 	out := make(map[string]map[string]string)
 	for _, n := range []string{ref, repo + "@" + img.Target.Digest.String(), cfg.Digest.String()} {
 		if rec, err := c.ImageService().Get(ctx, n); err == nil {
-			out[n] = rec.Labels
+			out[n] = harness.DropBookkeeping(rec.Labels)
 		}
 	}
 	return out

@@ -22,6 +22,9 @@ type Containerd interface {
 	Owned(ctx context.Context, owner string) ([]OwnedImage, error)
 	Disown(ctx context.Context, owner, name string) error
 	RemoveName(ctx context.Context, name string) error
+	TagDigest(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (string, error)
+	LocalDigest(ctx context.Context, name string) (string, time.Time, error)
+	MarkChecked(ctx context.Context, name string, at time.Time) error
 	CollectGarbage(ctx context.Context) error
 	Close() error
 }
@@ -77,6 +80,18 @@ func (s *containerdStore) Disown(ctx context.Context, owner, name string) error 
 
 func (s *containerdStore) RemoveName(ctx context.Context, name string) error {
 	return s.ctrd.RemoveName(ctx, name)
+}
+
+func (s *containerdStore) TagDigest(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (string, error) {
+	return s.ctrd.TagDigest(ctx, ref, auth)
+}
+
+func (s *containerdStore) LocalDigest(ctx context.Context, name string) (string, time.Time, error) {
+	return s.ctrd.LocalDigest(ctx, name)
+}
+
+func (s *containerdStore) MarkChecked(ctx context.Context, name string, at time.Time) error {
+	return s.ctrd.MarkChecked(ctx, name, at)
 }
 
 func (s *containerdStore) CollectGarbage(ctx context.Context) error {

@@ -46,6 +46,7 @@ var instead = map[Op]string{
 	OpPullDirect: "use pullVia: cri",
 	OpTag:        "configure the mirror in the runtime itself instead (CRI-O: registries.conf [[registry.mirror]]; containerd: hosts.toml)",
 	OpPin:        "pin them in the runtime's own config (CRI-O: pinned_images)",
+	OpRefresh:    "name images by digest, or pull moved tags with crictl pull",
 	OpPrune:      "leave removal to the kubelet's image garbage collection, or remove them by hand (crictl rmi)",
 }
 
@@ -75,6 +76,16 @@ func (s *criStore) Owned(context.Context, string) ([]OwnedImage, error) { return
 func (s *criStore) Disown(context.Context, string, string) error { return nil }
 
 func (s *criStore) RemoveName(context.Context, string) error { return s.Can(OpPrune) }
+
+func (s *criStore) TagDigest(context.Context, string, *runtimeapi.AuthConfig) (string, error) {
+	return "", s.Can(OpRefresh)
+}
+
+func (s *criStore) LocalDigest(context.Context, string) (string, time.Time, error) {
+	return "", time.Time{}, s.Can(OpRefresh)
+}
+
+func (s *criStore) MarkChecked(context.Context, string, time.Time) error { return s.Can(OpRefresh) }
 
 // SyncPins has nothing to unpin, as the preloader pins nothing here; only
 // a request to pin fails.

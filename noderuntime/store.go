@@ -71,6 +71,12 @@ type Store interface {
 	// RemoveName deletes the one name of an image; the image stays under
 	// its other names.
 	RemoveName(ctx context.Context, name string) error
+	// TagDigest asks the registry which manifest the tag reference ref
+	// names now; LocalDigest is what the node's record name points to,
+	// and when its tag was last checked; MarkChecked records a check.
+	TagDigest(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (string, error)
+	LocalDigest(ctx context.Context, name string) (digest string, checked time.Time, err error)
+	MarkChecked(ctx context.Context, name string, at time.Time) error
 	// CollectGarbage frees what no image holds, before it returns.
 	CollectGarbage(ctx context.Context) error
 
@@ -86,6 +92,7 @@ const (
 	OpTag        Op = "recording an image under another name"
 	OpPin        Op = "pinning images"
 	OpPrune      Op = "pruning images (recording which images the preloader brought)"
+	OpRefresh    Op = "refreshing moving tags"
 )
 
 // OwnedImage is an image record an owner brought (containerd.Owned).

@@ -51,6 +51,10 @@ type Status struct {
 	// it would remove.
 	PruneHeld  []string `json:"pruneHeld,omitempty"`
 	WouldPrune []string `json:"wouldPrune,omitempty"`
+	// Refreshed counts the tags found moved and pulled again under this
+	// config; RefreshedImages names the last MaxListed of them.
+	Refreshed       int      `json:"refreshed,omitempty"`
+	RefreshedImages []string `json:"refreshedImages,omitempty"`
 	// Changed is when this status last differed from the one before.
 	Changed time.Time `json:"changed"`
 }

@@ -68,6 +68,16 @@ func (f *fakeContainerd) Disown(_ context.Context, owner, name string) error {
 	return nil
 }
 
+func (f *fakeContainerd) TagDigest(context.Context, string, *runtimeapi.AuthConfig) (string, error) {
+	return "", nil
+}
+
+func (f *fakeContainerd) LocalDigest(context.Context, string) (string, time.Time, error) {
+	return "", time.Time{}, nil
+}
+
+func (f *fakeContainerd) MarkChecked(context.Context, string, time.Time) error { return nil }
+
 func (f *fakeContainerd) RemoveName(_ context.Context, name string) error {
 	f.cri.Remove(name)
 	return nil

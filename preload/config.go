@@ -23,6 +23,9 @@ type Config struct {
 	// Prune removes images the preloader brought that left the list:
 	// PruneOff, PruneOn, or PruneDryRun to say what it would remove.
 	Prune string
+	// Refresh is how often a present tag reference is checked against its
+	// registry (0: never); each image's own Refresh overrides it.
+	Refresh time.Duration
 }
 
 // Retry bounds the exponential backoff between attempts of one image.
@@ -56,6 +59,11 @@ type Image struct {
 	// NoPrune (prune: false) keeps the image on the node when it leaves
 	// the list, whatever Config.Prune says.
 	NoPrune bool
+	// Refresh is how often the tag is checked against its registry and
+	// pulled again when it moved (0: never): the image's own refresh, else
+	// the config's. Digest references are never refreshed.
+	Refresh    time.Duration
+	refreshSet bool
 	// Line is where the entry starts in the config file.
 	Line int
 }

@@ -308,6 +308,7 @@ func (p *parser) config(root *yaml.Node) *Config {
 		"resync":       func(v *yaml.Node, path string) { p.duration(v, path, time.Second, &cfg.Resync) },
 		"pin":          func(v *yaml.Node, path string) { p.boolean(v, path, &cfg.Pin) },
 		"prune":        func(v *yaml.Node, path string) { p.prune(v, path, &cfg.Prune) },
+		"refresh":      func(v *yaml.Node, path string) { p.duration(v, path, 0, &cfg.Refresh) },
 	})
 	if images == nil {
 		if root.Kind == yaml.MappingNode {
@@ -316,6 +317,11 @@ func (p *parser) config(root *yaml.Node) *Config {
 		return nil
 	}
 	cfg.Images = p.images(images)
+	for i := range cfg.Images {
+		if !cfg.Images[i].refreshSet {
+			cfg.Images[i].Refresh = cfg.Refresh
+		}
+	}
 	return &cfg
 }
 
@@ -363,6 +369,10 @@ func (p *parser) image(item *yaml.Node, path string) Image {
 		"nodeSelector":   func(v *yaml.Node, path string) { img.NodeSelector = p.nodeSelector(v, path) },
 		"archive":        func(v *yaml.Node, path string) { p.archive(v, path, &img.Archive) },
 		"mirror":         func(v *yaml.Node, path string) { p.mirror(v, path, &img.Mirror) },
+		"refresh": func(v *yaml.Node, path string) {
+			p.duration(v, path, 0, &img.Refresh)
+			img.refreshSet = true
+		},
 		"prune": func(v *yaml.Node, path string) {
 			prune := true
 			p.boolean(v, path, &prune)

@@ -44,6 +44,11 @@ type Result struct {
 	Size     uint64        `json:"sizeBytes,omitempty"`
 	Duration time.Duration `json:"durationNanos"`
 	Attempts int           `json:"attempts,omitempty"`
+	// Refreshed: the tag had moved, and the run pulled what it names now.
+	Refreshed bool `json:"refreshed,omitempty"`
+	// NextCheck is when the tag is due to be checked again (refresh);
+	// zero: not refreshed, or not known.
+	NextCheck time.Time `json:"-"`
 }
 
 // Present says whether the image is on the node after the run.
@@ -108,6 +113,12 @@ func (e *Engine) Run(ctx context.Context, cfg *Config, images []Image) ([]Result
 	have := index(listed)
 
 	images = dedupe(images)
+	checks := e.checkTags(ctx, images, have)
+	for name, c := range checks {
+		if c.moved {
+			delete(have, presenceKey(name))
+		}
+	}
 	fromArchives, extra := e.importArchives(ctx, cfg, images, imageIDs(listed))
 	cfg, why := e.choosePath(ctx, cfg, directRefs(images, fromArchives, have))
 	var pulling sync.Once // say the path once, and only when there is a pull
@@ -168,10 +179,18 @@ func (e *Engine) Run(ctx context.Context, cfg *Config, images []Image) ([]Result
 				r.Status = StatusPresent
 			}
 			r.Size = st.Size
+			if c, ok := checks[r.Image]; ok {
+				r.Refreshed = c.moved && r.Status == StatusPulled
+				r.NextCheck = c.next
+				if c.reason != "" {
+					r.Reason, r.Error = c.reason, c.err
+				}
+			}
 		}
 	}
 	e.syncPins(ctx, cfg, results)
 	e.own(ctx, images, results)
+	e.markChecked(ctx, images, results)
 	return results, nil
 }
 

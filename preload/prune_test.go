@@ -101,14 +101,14 @@ func TestPruneKeepsNoPrune(t *testing.T) {
 	ctrd := &fakeContainerd{cri: s}
 	e := &preload.Engine{Store: noderuntime.WithContainerd(connect(t, s), ctrd), MaxAttempts: 1, Owner: "agent:ns/cm"}
 	ctx := context.Background()
-	first, err := preload.Parse("images.yaml", []byte("sandboxImage: none\nimages:\n  - image: " + a + "\n  - image: " + b + "\n    prune: false\n"))
+	first, err := preload.Parse("images.yaml", []byte("sandboxImage: none\nimages:\n  - image: "+a+"\n  - image: "+b+"\n    prune: false\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.Run(ctx, first, first.Images); err != nil {
 		t.Fatal(err)
 	}
-	later, err := preload.Parse("images.yaml", []byte("sandboxImage: none\nprune: true\nimages:\n  - image: " + a + "\n"))
+	later, err := preload.Parse("images.yaml", []byte("sandboxImage: none\nprune: true\nimages:\n  - image: "+a+"\n"))
 	if err != nil {
 		t.Fatal(err)
 	}

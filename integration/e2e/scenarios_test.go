@@ -1086,7 +1086,7 @@ func (r *run) scenarioPullViaContainerd(t *testing.T, name string) {
 			}
 			delete(ci.Labels, "io.cri-containerd.pinned")
 			delete(ci.Labels, "preloader.io/pinned")
-			recs[kind] = fmt.Sprint(ci.Labels)
+			recs[kind] = fmt.Sprint(harness.DropBookkeeping(ci.Labels))
 		}
 		labels = append(labels, recs)
 	}

@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"runtime"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -18,6 +19,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/kube-preloader/kube-preloader/containerd"
 )
 
 // ImageSpec describes a synthetic test image. Layer contents are random but
@@ -186,4 +189,17 @@ func gzipLayer(files map[string][]byte, mode int64) v1.Layer {
 		panic(fmt.Sprintf("harness: layer from memory: %v", err)) // only fails on a failing opener
 	}
 	return l
+}
+
+// DropBookkeeping deletes from an image record's labels what the
+// preloader keeps there for itself (which of its configs brought the
+// image, when its tag was checked): neither the CRI nor the kubelet reads
+// them, and a test comparing records with a CRI pull's leaves them out.
+func DropBookkeeping(labels map[string]string) map[string]string {
+	for k := range labels {
+		if strings.HasPrefix(k, containerd.LabelOwnerPrefix) || k == containerd.LabelChecked {
+			delete(labels, k)
+		}
+	}
+	return labels
 }
