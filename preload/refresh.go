@@ -32,7 +32,11 @@ func (e *Engine) checkTags(ctx context.Context, images []Image, have map[string]
 			due = append(due, img)
 		}
 	}
-	if len(due) == 0 || e.Store.Can(noderuntime.OpRefresh) != nil {
+	if len(due) == 0 {
+		return nil
+	}
+	if err := e.Store.Can(noderuntime.OpRefresh); err != nil {
+		e.log().Info("tags not refreshed", "reason", err)
 		return nil
 	}
 	now := time.Now()
