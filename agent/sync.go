@@ -142,7 +142,7 @@ func (a *Agent) run(ctx context.Context, cfg *loadedConfig, images []preload.Ima
 	engine := a.engine()
 	engine.Store = gatedStore{Store: a.opts.Store, blocked: creds.blocked}
 	engine.Auth = creds.Auth
-	results, err := engine.Run(ctx, cfg.Config, images)
+	results, err := engine.Run(ctx, a.withKubeletBudget(cfg.Config), images)
 	if err != nil {
 		return nil, err
 	}
@@ -154,6 +154,21 @@ func (a *Agent) run(ctx context.Context, cfg *loadedConfig, images []preload.Ima
 		releaseMemory()
 	}
 	return results, nil
+}
+
+// withKubeletBudget is cfg with the disk budget the config leaves unset
+// taken from the node kubelet's thresholds, read with its policy.
+func (a *Agent) withKubeletBudget(cfg *preload.Config) *preload.Config {
+	if a.opts.KubeletConfig == "" {
+		return cfg
+	}
+	t, err := kubelet.ReadThresholds(a.opts.KubeletConfig, a.opts.KubeletConfigDir)
+	if err != nil {
+		return cfg
+	}
+	c := *cfg
+	c.DiskBudget = c.DiskBudget.WithKubelet(t.ImageGCHighThresholdPercent, t.ImagefsAvailable)
+	return &c
 }
 
 // engine is the agent's engine: one attempt per image, the images it

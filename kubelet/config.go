@@ -70,6 +70,35 @@ func (s settings) policy(minor int, source string) Policy {
 
 // readMerged returns the merged configuration as JSON and a description of
 // the files it came from.
+// Thresholds are the kubelet's image garbage collection and imagefs
+// eviction thresholds, as its config sets them; zero values were not set.
+type Thresholds struct {
+	ImageGCHighThresholdPercent int
+	ImagefsAvailable            string // evictionHard imagefs.available: "15%" or a quantity
+	Source                      string
+}
+
+// ReadThresholds reads the thresholds from the kubelet's config file and
+// its drop-in directory, merged as the kubelet merges them.
+func ReadThresholds(file, dir string) (Thresholds, error) {
+	merged, source, err := readMerged(file, dir)
+	if err != nil {
+		return Thresholds{}, err
+	}
+	var s struct {
+		ImageGCHighThresholdPercent *int              `json:"imageGCHighThresholdPercent"`
+		EvictionHard                map[string]string `json:"evictionHard"`
+	}
+	if err := json.Unmarshal(merged, &s); err != nil {
+		return Thresholds{}, fmt.Errorf("%s: %v", source, err)
+	}
+	t := Thresholds{ImagefsAvailable: s.EvictionHard["imagefs.available"], Source: source}
+	if s.ImageGCHighThresholdPercent != nil {
+		t.ImageGCHighThresholdPercent = *s.ImageGCHighThresholdPercent
+	}
+	return t, nil
+}
+
 func readMerged(file, dir string) ([]byte, string, error) {
 	merged, err := readJSON(file)
 	if err != nil {

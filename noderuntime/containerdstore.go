@@ -25,6 +25,7 @@ type Containerd interface {
 	TagDigest(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (string, error)
 	LocalDigest(ctx context.Context, name string) (string, time.Time, error)
 	MarkChecked(ctx context.Context, name string, at time.Time) error
+	PullSize(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (int64, error)
 	CollectGarbage(ctx context.Context) error
 	Close() error
 }
@@ -92,6 +93,10 @@ func (s *containerdStore) LocalDigest(ctx context.Context, name string) (string,
 
 func (s *containerdStore) MarkChecked(ctx context.Context, name string, at time.Time) error {
 	return s.ctrd.MarkChecked(ctx, name, at)
+}
+
+func (s *containerdStore) PullSize(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (int64, error) {
+	return s.ctrd.PullSize(ctx, ref, auth)
 }
 
 func (s *containerdStore) CollectGarbage(ctx context.Context) error {

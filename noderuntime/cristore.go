@@ -3,8 +3,11 @@ package noderuntime
 import (
 	"context"
 	"errors"
+	"fmt"
+	"os"
 	"time"
 
+	"golang.org/x/sys/unix"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/kube-preloader/kube-preloader/archive"
@@ -46,6 +49,7 @@ var instead = map[Op]string{
 	OpPullDirect: "use pullVia: cri",
 	OpTag:        "configure the mirror in the runtime itself instead (CRI-O: registries.conf [[registry.mirror]]; containerd: hosts.toml)",
 	OpPin:        "pin them in the runtime's own config (CRI-O: pinned_images)",
+	OpBudget:     "keep the list within the disk yourself",
 	OpRefresh:    "name images by digest, or pull moved tags with crictl pull",
 	OpPrune:      "leave removal to the kubelet's image garbage collection, or remove them by hand (crictl rmi)",
 }
@@ -83,6 +87,32 @@ func (s *criStore) TagDigest(context.Context, string, *runtimeapi.AuthConfig) (s
 
 func (s *criStore) LocalDigest(context.Context, string) (string, time.Time, error) {
 	return "", time.Time{}, s.Can(OpRefresh)
+}
+
+func (s *criStore) PullSize(context.Context, string, *runtimeapi.AuthConfig) (int64, error) {
+	return 0, s.Can(OpBudget)
+}
+
+// ImageFs reads the free space of the filesystem the CRI names for
+// images, or of ImageFsPathEnv's path.
+func (s *criStore) ImageFs(ctx context.Context) (ImageFs, error) {
+	path := os.Getenv(ImageFsPathEnv)
+	if path == "" {
+		mounts, err := s.ImageFilesystems(ctx)
+		if err != nil {
+			return ImageFs{}, err
+		}
+		if len(mounts) == 0 || mounts[0] == "" {
+			return ImageFs{}, errors.New("the runtime names no image filesystem")
+		}
+		path = mounts[0]
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return ImageFs{}, fmt.Errorf("free space of the image filesystem: %w (in a pod, mount a directory of it read-only and set %s)", err, ImageFsPathEnv)
+	}
+	bs := uint64(st.Bsize)
+	return ImageFs{Path: path, Capacity: st.Blocks * bs, Available: st.Bavail * bs}, nil
 }
 
 func (s *criStore) MarkChecked(context.Context, string, time.Time) error { return s.Can(OpRefresh) }

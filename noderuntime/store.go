@@ -77,6 +77,11 @@ type Store interface {
 	TagDigest(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (string, error)
 	LocalDigest(ctx context.Context, name string) (digest string, checked time.Time, err error)
 	MarkChecked(ctx context.Context, name string, at time.Time) error
+	// ImageFs is the image filesystem's size and free space.
+	ImageFs(ctx context.Context) (ImageFs, error)
+	// PullSize is what a pull of ref would download (compressed), the
+	// blobs the node already has left out.
+	PullSize(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (int64, error)
 	// CollectGarbage frees what no image holds, before it returns.
 	CollectGarbage(ctx context.Context) error
 
@@ -93,6 +98,7 @@ const (
 	OpPin        Op = "pinning images"
 	OpPrune      Op = "pruning images (recording which images the preloader brought)"
 	OpRefresh    Op = "refreshing moving tags"
+	OpBudget     Op = "estimating image sizes for the disk budget"
 )
 
 // OwnedImage is an image record an owner brought (containerd.Owned).
@@ -173,3 +179,15 @@ func (f Facts) SandboxImage(context.Context) (image, source string, err error) {
 }
 
 func (f Facts) runtime() string { return f.Name + " " + f.Version }
+
+// ImageFsPathEnv, if set, is where the preloader reads the free space of
+// the runtime's image filesystem instead of the mountpoint the CRI names
+// (ImageFsInfo): in the agent's pod, a read-only mount of a directory on
+// that filesystem.
+const ImageFsPathEnv = "PRELOADER_IMAGEFS_PATH"
+
+// ImageFs is the size and free space of the runtime's image filesystem.
+type ImageFs struct {
+	Path                string
+	Capacity, Available uint64 // bytes; Available to unprivileged writers, as df shows it
+}

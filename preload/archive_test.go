@@ -76,6 +76,10 @@ func (f *fakeContainerd) LocalDigest(context.Context, string) (string, time.Time
 	return "", time.Time{}, nil
 }
 
+func (f *fakeContainerd) PullSize(context.Context, string, *runtimeapi.AuthConfig) (int64, error) {
+	return 0, nil
+}
+
 func (f *fakeContainerd) MarkChecked(context.Context, string, time.Time) error { return nil }
 
 func (f *fakeContainerd) RemoveName(_ context.Context, name string) error {

@@ -26,6 +26,8 @@ type Config struct {
 	// Refresh is how often a present tag reference is checked against its
 	// registry (0: never); each image's own Refresh overrides it.
 	Refresh time.Duration
+	// DiskBudget bounds how full pulls may make the image filesystem.
+	DiskBudget Budget
 }
 
 // Retry bounds the exponential backoff between attempts of one image.
@@ -110,5 +112,6 @@ func Defaults() Config {
 		Retry:        Retry{InitialDelay: 2 * time.Second, MaxDelay: 5 * time.Minute},
 		Resync:       5 * time.Minute,
 		Pin:          true,
+		DiskBudget:   DefaultBudget(),
 	}
 }

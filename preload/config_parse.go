@@ -309,6 +309,7 @@ func (p *parser) config(root *yaml.Node) *Config {
 		"pin":          func(v *yaml.Node, path string) { p.boolean(v, path, &cfg.Pin) },
 		"prune":        func(v *yaml.Node, path string) { p.prune(v, path, &cfg.Prune) },
 		"refresh":      func(v *yaml.Node, path string) { p.duration(v, path, 0, &cfg.Refresh) },
+		"diskBudget":   func(v *yaml.Node, path string) { p.budget(v, path, &cfg.DiskBudget) },
 	})
 	if images == nil {
 		if root.Kind == yaml.MappingNode {
@@ -591,6 +592,27 @@ func (p *parser) duration(n *yaml.Node, path string, least time.Duration, dst *t
 
 // boolean takes true and false only: YAML 1.1's yes, no, on and off are
 // strings to yaml.v3, and meaning them silently would be a guess.
+// budget reads diskBudget: {imageGCHighThresholdPercent, imagefsAvailable}.
+func (p *parser) budget(n *yaml.Node, path string, dst *Budget) {
+	p.fields(n, path, setters{
+		"imageGCHighThresholdPercent": func(v *yaml.Node, path string) {
+			p.intIn(v, path, 1, 100, &dst.ImageGCHighThresholdPercent)
+			dst.setHigh = true
+		},
+		"imagefsAvailable": func(v *yaml.Node, path string) {
+			s, ok := p.str(v, path)
+			if !ok {
+				return
+			}
+			if _, err := parseAvailable(s); err != nil {
+				p.errorf(v, path, "%v", err)
+				return
+			}
+			dst.ImagefsAvailable, dst.setAvailable = s, true
+		},
+	})
+}
+
 // prune reads true, false or dryRun.
 func (p *parser) prune(n *yaml.Node, path string, dst *string) {
 	if n.Kind == yaml.ScalarNode && n.ShortTag() == "!!str" && n.Value == PruneDryRun {

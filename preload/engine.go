@@ -121,6 +121,7 @@ func (e *Engine) Run(ctx context.Context, cfg *Config, images []Image) ([]Result
 	}
 	fromArchives, extra := e.importArchives(ctx, cfg, images, imageIDs(listed))
 	cfg, why := e.choosePath(ctx, cfg, directRefs(images, fromArchives, have))
+	held := e.planBudget(ctx, cfg, toPull(images, fromArchives, have))
 	var pulling sync.Once // say the path once, and only when there is a pull
 	results := make([]Result, len(images))
 	sem := make(chan struct{}, cfg.PullConcurrency(cfg.PullVia))
@@ -132,6 +133,10 @@ func (e *Engine) Run(ctx context.Context, cfg *Config, images []Image) ([]Result
 			continue
 		}
 		if have[presenceKey(img.Name)] {
+			continue
+		}
+		if r, ok := held[img.Name]; ok {
+			results[i] = r
 			continue
 		}
 		pulling.Do(func() {
@@ -362,6 +367,18 @@ func directRefs(images []Image, fromArchives map[string]Result, have map[string]
 		}
 	}
 	return refs
+}
+
+// toPull is the images of the run still missing once the archives are in,
+// in config order.
+func toPull(images []Image, fromArchives map[string]Result, have map[string]bool) []Image {
+	var out []Image
+	for _, img := range images {
+		if _, imported := fromArchives[img.Name]; !imported && !have[presenceKey(img.Name)] {
+			out = append(out, img)
+		}
+	}
+	return out
 }
 
 // pullWith pulls ref the way cfg.PullVia says: by the runtime's own CRI

@@ -13,6 +13,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/kube-preloader/kube-preloader/cri/keyring"
+	"github.com/kube-preloader/kube-preloader/kubelet"
 	"github.com/kube-preloader/kube-preloader/preload"
 )
 
@@ -85,6 +86,11 @@ func (o *onceOptions) run(ctx context.Context, stdout, stderr io.Writer) error {
 	}
 	if sandbox != "" {
 		log.Info("sandbox image", "image", sandbox)
+	}
+	// The kubelet's own thresholds, where the config leaves the budget's
+	// unset and the node has a kubelet config to read them from.
+	if t, err := kubelet.ReadThresholds(kubelet.DefaultConfigFile, ""); err == nil {
+		cfg.DiskBudget = cfg.DiskBudget.WithKubelet(t.ImageGCHighThresholdPercent, t.ImagefsAvailable)
 	}
 	apply, skipped := preload.Plan(cfg, nil, sandbox)
 	owner, err := onceOwner(o.config)

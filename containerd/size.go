@@ -1,0 +1,77 @@
+package containerd
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/containerd/v2/core/remotes"
+	"github.com/containerd/errdefs"
+	"github.com/distribution/reference"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// maxManifest bounds what PullSize reads of one manifest or index.
+const maxManifest = 4 << 20
+
+// PullSize is what a pull of ref would download: the compressed size of
+// the config and layers of its manifest for this platform that the
+// content store does not hold yet. It resolves ref and reads the
+// manifests as a pull would reach them, and downloads no layer.
+func (c *Client) PullSize(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (int64, error) {
+	named, err := reference.ParseDockerRef(ref)
+	if err != nil {
+		return 0, fmt.Errorf("size of %s: %w", ref, err)
+	}
+	r := c.resolver(ctx, auth)
+	name, desc, err := r.Resolve(ctx, named.String())
+	if err != nil {
+		return 0, fmt.Errorf("size of %s: %w", ref, err)
+	}
+	f, err := r.Fetcher(ctx, name)
+	if err != nil {
+		return 0, fmt.Errorf("size of %s: %w", ref, err)
+	}
+	m, err := images.Manifest(ctx, fetched{f}, desc, c.platform)
+	if err != nil {
+		return 0, fmt.Errorf("size of %s: %w", ref, err)
+	}
+	var n int64
+	for _, d := range append([]ocispec.Descriptor{m.Config}, m.Layers...) {
+		_, err := c.c.ContentStore().Info(ctx, d.Digest)
+		switch {
+		case errdefs.IsNotFound(err):
+			n += d.Size
+		case err != nil:
+			return 0, fmt.Errorf("size of %s: %w", ref, err)
+		}
+	}
+	return n, nil
+}
+
+// fetched is a content.Provider of a registry's manifests, read whole.
+type fetched struct{ f remotes.Fetcher }
+
+func (p fetched) ReaderAt(ctx context.Context, desc ocispec.Descriptor) (content.ReaderAt, error) {
+	if desc.Size > maxManifest {
+		return nil, fmt.Errorf("manifest %s: %d bytes, more than %d", desc.Digest, desc.Size, maxManifest)
+	}
+	rc, err := p.f.Fetch(ctx, desc)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(io.LimitReader(rc, maxManifest+1))
+	if err != nil {
+		return nil, err
+	}
+	return bytesReaderAt{bytes.NewReader(b)}, nil
+}
+
+type bytesReaderAt struct{ *bytes.Reader }
+
+func (bytesReaderAt) Close() error { return nil }

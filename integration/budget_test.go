@@ -1,0 +1,64 @@
+package integration
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kube-preloader/kube-preloader/integration/harness"
+	"github.com/kube-preloader/kube-preloader/noderuntime"
+	"github.com/kube-preloader/kube-preloader/preload"
+)
+
+// TestDiskBudget is the disk budget on containerd 2.x whose root is a
+// 64 MiB tmpfs, with the kubelet's default thresholds (image GC at 85 %,
+// eviction below 15 % free: 54.4 MiB may be used): three images of 8 MiB
+// each, estimated at 24 MiB on disk, do not all fit. The last in config
+// order is held back with the reason "disk budget", whatever order the
+// list gives, and the others are pulled.
+func TestDiskBudget(t *testing.T) {
+	reg := harness.StartRegistry(t, harness.RegistryOptions{})
+	imgs := harness.PushTestImages(t, reg, []harness.ImageSpec{
+		{Repo: "team/one", Tag: "1", OwnLayers: 1, LayerSize: 8 << 20},
+		{Repo: "team/two", Tag: "1", OwnLayers: 1, LayerSize: 8 << 20},
+		{Repo: "team/three", Tag: "1", OwnLayers: 1, LayerSize: 8 << 20},
+	})
+	for _, order := range [][]int{{0, 1, 2}, {2, 0, 1}} {
+		ctrd := harness.StartContainerd(t, harness.ContainerdOptions{Flavor: harness.Containerd2, SandboxImage: "registry.example/unused/pause:0", RootSize: 64 << 20})
+		dir := t.TempDir()
+		y := "sandboxImage: none\nimages:\n"
+		for _, i := range order {
+			y += "  - image: " + imgs[i].Ref + "\n"
+		}
+		path := filepath.Join(dir, "images.yaml")
+		if err := os.WriteFile(path, []byte(y), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		env := []string{noderuntime.ContainerdConfigEnv + "=" + ctrd.ConfigFile}
+		r := preloader(t, 3*time.Minute, env, "once", "--config", path, "--cri-endpoint", ctrd.Endpoint, "--containerd-address", ctrd.Address, "-o", "json")
+		var out onceOutput
+		if err := json.Unmarshal([]byte(r.stdout), &out); err != nil {
+			t.Fatalf("once -o json: %v\n%s", err, r)
+		}
+		last := imgs[order[2]].Ref
+		for _, res := range out.Images {
+			switch {
+			case res.Image == last && (res.Status != preload.StatusFailed || res.Reason != preload.ReasonDiskBudget):
+				t.Errorf("order %v: %s is %s (%s), want held back by the disk budget:\n%s", order, res.Image, res.Status, res.Reason, r)
+			case res.Image != last && res.Status != preload.StatusPulled:
+				t.Errorf("order %v: %s is %s (%s), want pulled: an earlier image keeps its room:\n%s", order, res.Image, res.Status, res.Reason, r)
+			}
+			if res.Image == last {
+				t.Logf("order %v: %s held back: %s", order, short(res.Image), res.Error)
+			}
+		}
+		if r.code != 1 || !strings.Contains(r.stderr, "held back by the disk budget") {
+			t.Errorf("order %v: want exit 1 and the budget in the log:\n%s", order, r)
+		}
+	}
+}
+
+func short(ref string) string { return ref[strings.LastIndex(ref, "/")+1:] }
