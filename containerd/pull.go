@@ -11,12 +11,14 @@ import (
 	"sync"
 
 	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/core/remotes"
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/containerd/v2/core/remotes/docker/config"
 	"github.com/containerd/errdefs"
 	"github.com/distribution/reference"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/semaphore"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
@@ -67,6 +69,7 @@ func (c *Client) Pull(ctx context.Context, ref string, auth *runtimeapi.AuthConf
 		client.WithPullLabels(labels),
 		client.WithDownloadLimiter(c.downloadSlots(maxDownloads)),
 		client.WithUnpackOpts([]client.UnpackOpt{client.WithUnpackDuplicationSuppressor(&c.shared)}),
+		client.WithImageHandlerWrapper(c.reserving(reservationFrom(ctx))),
 	)
 	if err != nil {
 		return fmt.Errorf("pull %s: %w", ref, err)
@@ -85,6 +88,51 @@ func (c *Client) Pull(ctx context.Context, ref string, auth *runtimeapi.AuthConf
 		return fmt.Errorf("pull %s: %w", ref, err)
 	}
 	return nil
+}
+
+// Reservation is asked, once a pull has read its manifest and before it
+// downloads a layer, whether the download of that many bytes (the config
+// and layers the content store lacks) may go ahead; an error fails the
+// pull with it.
+type Reservation func(ctx context.Context, download int64) error
+
+type reservationKey struct{}
+
+// WithReservation makes the pulls of ctx ask r before their downloads.
+func WithReservation(ctx context.Context, r Reservation) context.Context {
+	return context.WithValue(ctx, reservationKey{}, r)
+}
+
+func reservationFrom(ctx context.Context) Reservation {
+	r, _ := ctx.Value(reservationKey{}).(Reservation)
+	return r
+}
+
+// reserving wraps a pull's image handler so that, when it has read the
+// platform's manifest, r decides on its download before the layers'
+// fetches start: the estimate costs the pull no request of its own.
+func (c *Client) reserving(r Reservation) func(images.Handler) images.Handler {
+	return func(h images.Handler) images.Handler {
+		if r == nil {
+			return h
+		}
+		return images.HandlerFunc(func(ctx context.Context, desc ocispec.Descriptor) ([]ocispec.Descriptor, error) {
+			children, err := h.Handle(ctx, desc)
+			if err != nil || !images.IsManifestType(desc.MediaType) {
+				return children, err
+			}
+			var download int64
+			for _, d := range children {
+				if _, err := c.c.ContentStore().Info(ctx, d.Digest); errdefs.IsNotFound(err) {
+					download += d.Size
+				}
+			}
+			if err := r(ctx, download); err != nil {
+				return nil, err
+			}
+			return children, nil
+		})
+	}
 }
 
 // resolver reaches registries as a pull does: the node's hosts.toml

@@ -372,6 +372,34 @@ func testAgent(t *testing.T, flavor harness.Flavor) {
 		return
 	}
 
+	ok = t.Run("prune: true removes what the agent brought and the config dropped", func(t *testing.T) {
+		before := cmData(c, agentNS, agentCM)
+		entry := "  - image: " + warm + "\n"
+		if !strings.Contains(before, entry) {
+			t.Fatalf("images.yaml does not list %s as warm wrote it:\n%s", warm, before)
+		}
+		harness.SetImagesYAML(t, c, strings.Replace(before, entry, "", 1)+"prune: true\n")
+		agent.Eventually(t, 30*time.Second, "ImagesPruned Event on the Node", func() string {
+			return eventWith(nodeEvents(agentReasonImagesPruned), corev1.EventTypeNormal, warm)
+		})
+		if criImage(t, rt, warm) != "" {
+			t.Errorf("%s still present after the agent said it pruned it", warm)
+		}
+		for _, kept := range []string{app, tool} {
+			if criImage(t, rt, kept) == "" {
+				t.Errorf("%s, still listed, was removed", kept)
+			}
+		}
+		// Back as it was, for what follows: the agent pulls it again.
+		harness.SetImagesYAML(t, c, before)
+		agent.Eventually(t, 30*time.Second, "the image back", func() string {
+			return node().Shows(hash, 7, 7)
+		})
+	})
+	if !ok {
+		return
+	}
+
 	ok = t.Run("a deleted ConfigMap keeps the last good config and warns", func(t *testing.T) {
 		if err := c.CoreV1().ConfigMaps(agentNS).Delete(ctx, agentCM, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
@@ -430,4 +458,5 @@ const (
 	agentReasonImagesReady   = "ImagesReady"
 	agentReasonPreloadFailed = "PreloadFailed"
 	agentReasonConfigMissing = "ConfigMapMissing"
+	agentReasonImagesPruned  = "ImagesPruned"
 )

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -26,10 +27,21 @@ func TestDiskBudget(t *testing.T) {
 		{Repo: "team/two", Tag: "1", OwnLayers: 1, LayerSize: 8 << 20},
 		{Repo: "team/three", Tag: "1", OwnLayers: 1, LayerSize: 8 << 20},
 	})
-	for _, order := range [][]int{{0, 1, 2}, {2, 0, 1}} {
+	for _, tc := range []struct {
+		order []int
+		via   string
+	}{
+		{[]int{0, 1, 2}, "cri"},
+		{[]int{2, 0, 1}, "cri"},
+		// containerd's client decides once the pull has read its
+		// manifest, before any layer.
+		{[]int{0, 1, 2}, "containerd"},
+		{[]int{1, 2, 0}, "containerd"},
+	} {
+		order := tc.order
 		ctrd := harness.StartContainerd(t, harness.ContainerdOptions{Flavor: harness.Containerd2, SandboxImage: "registry.example/unused/pause:0", RootSize: 64 << 20})
 		dir := t.TempDir()
-		y := "sandboxImage: none\nimages:\n"
+		y := "sandboxImage: none\npullVia: " + tc.via + "\nimages:\n"
 		for _, i := range order {
 			y += "  - image: " + imgs[i].Ref + "\n"
 		}
@@ -52,10 +64,12 @@ func TestDiskBudget(t *testing.T) {
 				t.Errorf("order %v: %s is %s (%s), want pulled: an earlier image keeps its room:\n%s", order, res.Image, res.Status, res.Reason, r)
 			}
 			if res.Image == last {
-				t.Logf("order %v: %s held back: %s", order, short(res.Image), res.Error)
+				t.Logf("pullVia %s, order %v: %s held back: %s", tc.via, order, short(res.Image), res.Error)
+				reportFault(faultRow{scenario: fmt.Sprintf("containerd-2: a list larger than the disk budget (64 MiB tmpfs root), pullVia %s, order %v", tc.via, order),
+					outcome: "the last image in config order held back, reason disk budget; the earlier ones pulled; exit 1"})
 			}
 		}
-		if r.code != 1 || !strings.Contains(r.stderr, "held back by the disk budget") {
+		if r.code != 1 || !strings.Contains(r.stderr, `reason="disk budget"`) {
 			t.Errorf("order %v: want exit 1 and the budget in the log:\n%s", order, r)
 		}
 	}

@@ -191,3 +191,11 @@ type ImageFs struct {
 	Path                string
 	Capacity, Available uint64 // bytes; Available to unprivileged writers, as df shows it
 }
+
+// WithReservation makes the PullDirect calls of ctx ask r, once each has
+// read its manifest and before it downloads a layer, whether its download
+// of that many bytes (what the node lacks) may go ahead; r's error fails
+// the pull.
+func WithReservation(ctx context.Context, r func(ctx context.Context, download int64) error) context.Context {
+	return containerd.WithReservation(ctx, r)
+}

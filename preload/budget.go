@@ -83,16 +83,28 @@ func parseAvailable(s string) (func(capacity uint64) uint64, error) {
 	return func(uint64) uint64 { return v }, nil
 }
 
-// sizing is how many PullSize calls run at once.
-const sizing = 8
+// budgetPlan is one run's disk budget: the room left below it, and each
+// image's decision, taken in config order, so that an earlier image
+// always has its room before a later one. Each image's pull decides its
+// own once it knows its download: through containerd's client when the
+// pull has read its manifest (no request of its own), through the CRI
+// from an estimate just before the pull.
+type budgetPlan struct {
+	budget   Budget
+	capacity uint64
+	limit    uint64
 
-// planBudget decides, before any pull starts, which of pulls fit the disk
-// budget: each image's estimate (its manifest, downloads only) is added
-// in config order, so that an earlier image always has its room before a
-// later one, and an image that would take the filesystem past the budget
-// is held back with its reason. Where the runtime cannot say sizes or
-// free space, nothing is held back and the log says why.
-func (e *Engine) planBudget(ctx context.Context, cfg *Config, pulls []Image) map[string]Result {
+	mu    sync.Mutex
+	used  uint64
+	index map[string]int // image (and mirror) name -> its place among the pulls
+	done  []chan struct{}
+	held  map[int]error
+}
+
+// planBudget returns the budget of a run that pulls images, in config
+// order; nil where the runtime cannot say sizes or free space (the log
+// says why), and nothing is held back.
+func (e *Engine) planBudget(ctx context.Context, cfg *Config, pulls []Image) *budgetPlan {
 	if len(pulls) == 0 {
 		return nil
 	}
@@ -105,56 +117,110 @@ func (e *Engine) planBudget(ctx context.Context, cfg *Config, pulls []Image) map
 		e.log().Warn("disk budget not applied", "err", err)
 		return nil
 	}
-	limit := cfg.DiskBudget.limit(fs.Capacity)
-	used := fs.Capacity - fs.Available
-	sizes := e.pullSizes(ctx, pulls)
-	held := make(map[string]Result)
+	p := &budgetPlan{budget: cfg.DiskBudget, capacity: fs.Capacity, limit: cfg.DiskBudget.limit(fs.Capacity),
+		used: fs.Capacity - fs.Available, index: make(map[string]int, len(pulls)), held: map[int]error{}}
 	for i, img := range pulls {
-		if sizes[i] < 0 {
-			continue // unknown: the pull says why, if it fails
+		p.index[img.Name] = i
+		if src, err := MirrorRef(img.Name, img.Mirror); img.Mirror != "" && err == nil {
+			p.index[src] = i
 		}
-		need := uint64(sizes[i]) * (1 + unpackFactor)
-		if used+need > limit {
-			left := uint64(0)
-			if limit > used {
-				left = limit - used
-			}
-			err := fmt.Errorf("needs about %s on disk, and %s is left of %s before the budget (image GC at %d%%, eviction below %s free)",
-				mib(need), mib(left), mib(fs.Capacity), cfg.DiskBudget.ImageGCHighThresholdPercent, cfg.DiskBudget.ImagefsAvailable)
-			held[img.Name] = Result{Image: img.Name, Status: StatusFailed, Reason: ReasonDiskBudget, Error: err.Error()}
-			e.log().Warn("image held back by the disk budget", "image", img.Name, "err", err)
-			continue
-		}
-		used += need
+		p.done = append(p.done, make(chan struct{}))
 	}
-	return held
+	return p
 }
 
-// pullSizes asks for the download size of each image, sizing at once; -1
-// where it could not be told.
-func (e *Engine) pullSizes(ctx context.Context, images []Image) []int64 {
-	sizes := make([]int64, len(images))
-	sem := make(chan struct{}, sizing)
-	var wg sync.WaitGroup
-	for i, img := range images {
-		wg.Go(func() {
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			var auths []*runtimeapi.AuthConfig
-			if e.Auth != nil {
-				auths = e.Auth(img)
-			}
-			sizes[i] = -1
-			for _, auth := range append(auths, nil) {
-				if n, err := e.Store.PullSize(ctx, img.Name, auth); err == nil {
-					sizes[i] = n
-					return
-				}
-			}
-		})
+// reserve decides the image named name (or its mirror's name), whose
+// pull downloads download bytes, once every earlier image has been
+// decided: its estimate on disk is added, or it is held back with a
+// *budgetError. An image decided before (an earlier attempt) keeps its
+// decision.
+func (p *budgetPlan) reserve(ctx context.Context, name string, download int64) error {
+	i, ok := p.index[name]
+	if !ok {
+		return nil
 	}
-	wg.Wait()
-	return sizes
+	for j := range i {
+		select {
+		case <-p.done[j]:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	select {
+	case <-p.done[i]:
+		return p.held[i]
+	default:
+	}
+	defer close(p.done[i])
+	need := uint64(max(download, 0)) * (1 + unpackFactor)
+	if p.used+need > p.limit {
+		err := &budgetError{need: need, left: p.limit - min(p.used, p.limit), capacity: p.capacity, budget: p.budget}
+		p.held[i] = err
+		return err
+	}
+	p.used += need
+	return nil
+}
+
+// settle marks the image named name decided without room, if its pull
+// ended before it asked (a failure before the manifest, an unknown size),
+// so that later images do not wait for it.
+func (p *budgetPlan) settle(name string) {
+	i, ok := p.index[name]
+	if !ok {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	select {
+	case <-p.done[i]:
+	default:
+		close(p.done[i])
+	}
+}
+
+// budgetError is an image held back by the disk budget.
+type budgetError struct {
+	need, left, capacity uint64
+	budget               Budget
+}
+
+func (e *budgetError) Error() string {
+	return fmt.Sprintf("needs about %s on disk, and %s is left of %s before the budget (image GC at %d%%, eviction below %s free)",
+		mib(e.need), mib(e.left), mib(e.capacity), e.budget.ImageGCHighThresholdPercent, e.budget.ImagefsAvailable)
+}
+
+func (e *budgetError) Reason() string { return ReasonDiskBudget }
+
+// estimateAndReserve decides ref's room before a pull through the CRI,
+// which gives no hook between manifest and layers: from the download
+// size its manifest gives, asked with the pull's credentials. An image
+// whose size cannot be told is not held back; its pull says why it fails,
+// if it does.
+func (e *Engine) estimateAndReserve(ctx context.Context, p *budgetPlan, ref string, auth *runtimeapi.AuthConfig) error {
+	n, err := e.Store.PullSize(ctx, ref, auth)
+	if err != nil {
+		p.settle(ref)
+		return nil
+	}
+	return p.reserve(ctx, ref, n)
+}
+
+type budgetKey struct{}
+
+// withBudget carries a run's budget to its pulls; nil: none.
+func withBudget(ctx context.Context, p *budgetPlan) context.Context {
+	if p == nil {
+		return ctx
+	}
+	return context.WithValue(ctx, budgetKey{}, p)
+}
+
+func budgetFrom(ctx context.Context) *budgetPlan {
+	p, _ := ctx.Value(budgetKey{}).(*budgetPlan)
+	return p
 }
 
 func mib(b uint64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }

@@ -121,10 +121,15 @@ func (e *Engine) Run(ctx context.Context, cfg *Config, images []Image) ([]Result
 	}
 	fromArchives, extra := e.importArchives(ctx, cfg, images, imageIDs(listed))
 	cfg, why := e.choosePath(ctx, cfg, directRefs(images, fromArchives, have))
-	held := e.planBudget(ctx, cfg, toPull(images, fromArchives, have))
+	plan := e.planBudget(ctx, cfg, toPull(images, fromArchives, have))
 	var pulling sync.Once // say the path once, and only when there is a pull
 	results := make([]Result, len(images))
 	sem := make(chan struct{}, cfg.PullConcurrency(cfg.PullVia))
+	// Pulls take their slots in config order: one that waits for an
+	// earlier image's budget decision never holds the slot that image
+	// needs.
+	turn := make(chan struct{})
+	close(turn)
 	var wg sync.WaitGroup
 	for i, img := range images {
 		results[i] = Result{Image: img.Name}
@@ -135,16 +140,25 @@ func (e *Engine) Run(ctx context.Context, cfg *Config, images []Image) ([]Result
 		if have[presenceKey(img.Name)] {
 			continue
 		}
-		if r, ok := held[img.Name]; ok {
-			results[i] = r
-			continue
-		}
 		pulling.Do(func() {
 			e.log().Info("pull path", "via", cfg.PullVia, "concurrency", cfg.PullConcurrency(cfg.PullVia), "why", why)
 		})
+		mine, next := turn, make(chan struct{})
+		turn = next
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			passOn := sync.OnceFunc(func() { close(next) })
+			defer passOn()
+			if plan != nil {
+				defer plan.settle(img.Name)
+			}
+			select {
+			case <-mine:
+			case <-ctx.Done():
+				results[i] = failed(img.Name, ctx.Err(), 0, 0)
+				return
+			}
 			select {
 			case sem <- struct{}{}:
 				defer func() { <-sem }()
@@ -152,10 +166,12 @@ func (e *Engine) Run(ctx context.Context, cfg *Config, images []Image) ([]Result
 				results[i] = failed(img.Name, ctx.Err(), 0, 0)
 				return
 			}
+			passOn()
+			pctx := withBudget(ctx, plan)
 			if img.Mirror != "" {
-				results[i] = e.pullMirror(ctx, cfg, img)
+				results[i] = e.pullMirror(pctx, cfg, img)
 			} else {
-				results[i] = e.pull(ctx, cfg, img)
+				results[i] = e.pull(pctx, cfg, img)
 			}
 			if results[i].Reason == ReasonNoSpace {
 				e.collectGarbage(ctx)
@@ -385,9 +401,20 @@ func toPull(images []Image, fromArchives map[string]Result, have map[string]bool
 // pull, or by the containerd client. The latter is done only once the CRI
 // shows the image, which containerd 1.6's CRI learns of from an event.
 func (e *Engine) pullWith(ctx context.Context, cfg *Config, ref string, auth *runtimeapi.AuthConfig) error {
+	plan := budgetFrom(ctx)
 	if cfg.PullVia != PullViaContainerd {
+		if plan != nil {
+			if err := e.estimateAndReserve(ctx, plan, ref, auth); err != nil {
+				return err
+			}
+		}
 		_, err := e.Store.PullImage(ctx, ref, auth)
 		return err
+	}
+	if plan != nil {
+		ctx = noderuntime.WithReservation(ctx, func(ctx context.Context, download int64) error {
+			return plan.reserve(ctx, ref, download)
+		})
 	}
 	if err := e.Store.PullDirect(ctx, ref, auth, cfg.MaxDownloads); err != nil {
 		return err

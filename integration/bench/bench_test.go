@@ -4,6 +4,7 @@
 package bench
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"os"
@@ -11,8 +12,9 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
-	"syscall"
+	"sync/atomic"
 	"testing"
 	"text/tabwriter"
 	"time"
@@ -264,6 +266,34 @@ type onceRun struct {
 	peakRSS   int64 // bytes, the kernel's maxrss
 }
 
+// watchPeakRSS samples the VmHWM of process pid every few milliseconds
+// until it exits, and returns the last it read. Not the kernel's maxrss of
+// the child: that keeps the high-water mark of the test binary it was
+// forked from across exec.
+func watchPeakRSS(pid int) func() int64 {
+	var peak atomic.Int64
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			if kib := statusKiB(pid, "VmHWM:"); kib > 0 {
+				peak.Store(kib << 10)
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}()
+	return func() int64 {
+		close(stop)
+		<-done
+		return peak.Load()
+	}
+}
+
 // preloaderOnce runs `preloader once` with refs and the config lines
 // extra (pullVia) against a fresh containerd.
 func preloaderOnce(b *testing.B, bin string, flavor harness.Flavor, refs []string, extra string) onceRun {
@@ -281,9 +311,16 @@ func preloaderOnce(b *testing.B, bin string, flavor harness.Flavor, refs []strin
 	// containerd 2.x does not report its registry config_path; as on a
 	// node, the preloader reads it from containerd's config file.
 	cmd.Env = append(os.Environ(), noderuntime.ContainerdConfigEnv+"="+ctrd.ConfigFile)
+	var buf bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &buf, &buf
 	start := time.Now()
-	out, err := cmd.CombinedOutput()
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	peak := watchPeakRSS(cmd.Process.Pid)
+	err := cmd.Wait()
 	d := time.Since(start)
+	out := buf.Bytes()
 	if err != nil {
 		b.Fatalf("preloader once: %v\n%s", err, out)
 	}
@@ -292,15 +329,27 @@ func preloaderOnce(b *testing.B, bin string, flavor harness.Flavor, refs []strin
 		b.Fatalf("preloader once logged no pull path:\n%s", out)
 	}
 	cpu := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
-	var peak int64
-	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-		peak = ru.Maxrss << 10 // KiB on Linux
-	}
-	return onceRun{took: d, cpu: cpu, path: string(m[1]) + "/" + string(m[2]), peakRSS: peak}
+	return onceRun{took: d, cpu: cpu, path: string(m[1]) + "/" + string(m[2]), peakRSS: peak()}
 }
 
 func median(ds []time.Duration) time.Duration {
 	s := slices.Clone(ds)
 	slices.Sort(s)
 	return s[len(s)/2]
+}
+
+// statusKiB is the value of key (such as "VmHWM:") in /proc/pid/status,
+// in KiB; 0 when the process is gone.
+func statusKiB(pid int, key string) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, key); ok {
+			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return n
+		}
+	}
+	return 0
 }

@@ -129,6 +129,8 @@ func testScenarios(t *testing.T, kind nodeKind) {
 	// k before f, so that f searches its outputs too.
 	step("k", func() { r.scenarioCredentialPolicy(t) })
 	step("f", func() { r.scenarioNoSecrets(t, "f") })
+	// Last: it drops an image the scenarios before list.
+	step("p", func() { r.scenarioPrune(t) })
 	t.Logf("%s: every scenario in %v", kind, time.Since(start).Round(time.Millisecond))
 }
 
@@ -176,6 +178,8 @@ type run struct {
 	agentPod   string
 	// entries and sandbox are the images.yaml the test last wrote.
 	entries []cfgEntry
+	// prune: the config says prune: true (scenario p).
+	prune   bool
 	sandbox string
 	// outputs are every command's output and other texts a user sees, for
 	// scenario f.
@@ -651,6 +655,9 @@ func (r *run) renderConfig() string {
 		}
 	}
 	fmt.Fprintf(&b, "sandboxImage: %s\nresync: %s\n", r.sandbox, resync)
+	if r.prune {
+		b.WriteString("prune: true\n")
+	}
 	return b.String()
 }
 
@@ -872,6 +879,58 @@ func (r *run) scenarioRemoved(t *testing.T) {
 		before:    before,
 		after:     fmt.Sprintf("restored %.1fs after removal (resync %v); new Never pod %s", restored.Seconds(), resync, p.Status.Phase),
 		toRunning: time.Since(removed),
+	})
+}
+
+// scenarioPrune is prune on a real kubelet: with prune: true, the image
+// the agent brought back in scenario e ("spare") and the config then drops
+// is kept while the pod of e runs it, shown under pruneHeld on the Node,
+// and removed once the pods are gone and the kubelet has removed their
+// containers.
+func (r *run) scenarioPrune(t *testing.T) {
+	t.Helper()
+	n := r.node
+	ref := r.img["spare"].Ref
+	var kept []cfgEntry
+	for _, e := range r.entries {
+		if e.Image != ref {
+			kept = append(kept, e)
+		}
+	}
+	r.entries, r.prune = kept, true
+	r.writeConfig(t)
+	dropped := time.Now()
+	held := func() bool {
+		st := harness.ViewNode(n.Client, n.Name).Status
+		return st != nil && slices.Contains(st.PruneHeld, ref)
+	}
+	for !held() {
+		if time.Since(dropped) > 3*resync+time.Minute {
+			t.Fatalf("%s not shown as held for its pod %v after the config dropped it", ref, time.Since(dropped))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !r.imagePresent(t, ref) {
+		t.Fatalf("%s pruned while pod e-after runs it", ref)
+	}
+	heldFor := time.Since(dropped)
+	zero := int64(0)
+	for _, pod := range []string{"e-before", "e-after"} {
+		if err := n.Client.CoreV1().Pods("default").Delete(context.Background(), pod, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
+			t.Fatalf("delete pod %s: %v", pod, err)
+		}
+	}
+	deleted := time.Now()
+	for r.imagePresent(t, ref) {
+		if time.Since(deleted) > 3*time.Minute {
+			t.Fatalf("%s still present %v after its pods were deleted", ref, time.Since(deleted))
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	verdicts.add(verdict{
+		scenario: r.row("p prune: image dropped from the list, a pod running it"),
+		before:   fmt.Sprintf("held while e-after runs it (pruneHeld after %.1fs)", heldFor.Seconds()),
+		after:    fmt.Sprintf("removed %.1fs after its pods were deleted", time.Since(deleted).Seconds()),
 	})
 }
 
