@@ -171,7 +171,7 @@ func BenchmarkPull(b *testing.B) {
 					median(cpus[wayContainerd]).Round(time.Millisecond))
 				// The engine the agent runs, with maxDownloads downloads
 				// busy: what the DaemonSet's memory limit must hold.
-				fmt.Printf("pull %s: preloader peak RSS (maxrss, highest of the rounds): default %.1f MiB, pullVia cri %.1f MiB, pullVia containerd %.1f MiB\n", row.name,
+				fmt.Printf("pull %s: preloader peak RSS (VmHWM, highest of the rounds): default %.1f MiB, pullVia cri %.1f MiB, pullVia containerd %.1f MiB\n", row.name,
 					float64(peaks[wayDefault])/(1<<20), float64(peaks[wayCRI])/(1<<20), float64(peaks[wayContainerd])/(1<<20))
 			})
 		}

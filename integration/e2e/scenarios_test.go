@@ -129,6 +129,7 @@ func testScenarios(t *testing.T, kind nodeKind) {
 	// k before f, so that f searches its outputs too.
 	step("k", func() { r.scenarioCredentialPolicy(t) })
 	step("f", func() { r.scenarioNoSecrets(t, "f") })
+	step("r", func() { r.scenarioRefresh(t) })
 	// Last: it drops an image the scenarios before list.
 	step("p", func() { r.scenarioPrune(t) })
 	t.Logf("%s: every scenario in %v", kind, time.Since(start).Round(time.Millisecond))
@@ -181,6 +182,8 @@ type run struct {
 	// prune: the config says prune: true (scenario p).
 	prune   bool
 	sandbox string
+	// spec is an image of the test's workload, for images pushed later.
+	spec func(repo, tag string) harness.ImageSpec
 	// outputs are every command's output and other texts a user sees, for
 	// scenario f.
 	outputs []namedText
@@ -240,6 +243,7 @@ func newRun(t *testing.T, kind nodeKind) *run {
 	for i, name := range []string{"app", "gate", "web1", "web2", "web3", "spare", "late"} {
 		r.img[name] = pub[i]
 	}
+	r.spec = spec
 	priv := harness.PushTestImages(t, r.priv, []harness.ImageSpec{
 		harness.PauseImageSpec(t, "pause", "3.10"),
 		spec("team/private", "1.0"),
@@ -636,6 +640,7 @@ type cfgEntry struct {
 	Image          string
 	PullSecrets    []string
 	ServiceAccount string
+	Refresh        time.Duration
 }
 
 func (r *run) renderConfig() string {
@@ -652,6 +657,9 @@ func (r *run) renderConfig() string {
 		}
 		if e.ServiceAccount != "" {
 			fmt.Fprintf(&b, "    serviceAccount: %s\n", e.ServiceAccount)
+		}
+		if e.Refresh > 0 {
+			fmt.Fprintf(&b, "    refresh: %s\n", e.Refresh)
 		}
 	}
 	fmt.Fprintf(&b, "sandboxImage: %s\nresync: %s\n", r.sandbox, resync)
@@ -879,6 +887,58 @@ func (r *run) scenarioRemoved(t *testing.T) {
 		before:    before,
 		after:     fmt.Sprintf("restored %.1fs after removal (resync %v); new Never pod %s", restored.Seconds(), resync, p.Status.Phase),
 		toRunning: time.Since(removed),
+	})
+}
+
+// scenarioRefresh is refresh on a real kubelet: a tag the config lists
+// with refresh: 3s is pushed anew; the agent pulls it within one interval
+// (and its resync), and a pod started after runs the new image, with
+// imagePullPolicy: Never, from what the node holds.
+func (r *run) scenarioRefresh(t *testing.T) {
+	t.Helper()
+	n := r.node
+	const every = 3 * time.Second
+	v1 := harness.PushTestImages(t, r.pub, []harness.ImageSpec{r.spec("team/moving", "stable")})[0]
+	r.entries = append(r.entries, cfgEntry{Image: v1.Ref, Refresh: every})
+	r.writeConfig(t)
+	digestOnNode := func() string {
+		st, err := runtimeapi.NewImageServiceClient(n.Containerd.Conn(t)).ImageStatus(context.Background(),
+			&runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: v1.Ref}})
+		if err != nil || st.Image == nil {
+			return ""
+		}
+		return strings.Join(st.Image.RepoDigests, ",")
+	}
+	deadline := time.Now().Add(3*resync + time.Minute)
+	for !strings.Contains(digestOnNode(), v1.Digest) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not pulled after the config listed it", v1.Ref)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	moved := r.spec("team/moving", "stable")
+	moved.Files["VERSION"] = []byte("team/moving:stable, pushed again\n")
+	v2 := harness.PushTestImages(t, r.pub, []harness.ImageSpec{moved})[0]
+	if v2.Digest == v1.Digest {
+		t.Fatal("the second push did not move the tag")
+	}
+	pushed := time.Now()
+	for !strings.Contains(digestOnNode(), v2.Digest) {
+		if time.Since(pushed) > every+every/10+resync+time.Minute {
+			t.Fatalf("%s still names %s on the node %v after the tag moved to %s", v1.Ref, digestOnNode(), time.Since(pushed), v2.Digest)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	took := time.Since(pushed)
+	createPod(t, n, hostPod(n, "r-after", v1.Ref, corev1.PullNever))
+	p := n.WaitPodRunning(t, "default", "r-after", time.Minute)
+	if id := p.Status.ContainerStatuses[0].ImageID; !strings.Contains(id, v2.Digest) {
+		t.Errorf("pod r-after runs image %s, want the moved tag's %s", id, v2.Digest)
+	}
+	verdicts.add(verdict{
+		scenario: r.row("r refresh: tag pushed again (refresh 3s)"),
+		before:   "node holds the tag's first image",
+		after:    fmt.Sprintf("new image on the node %.1fs after the push; new Never pod runs it", took.Seconds()),
 	})
 }
 
