@@ -67,6 +67,17 @@ func write(t *testing.T, f archivetest.Format, imgs []archivetest.Image) []byte 
 
 func inspect(t *testing.T, data []byte) ([]archive.Image, error) {
 	t.Helper()
+	c, err := inspectContents(t, data)
+	if err != nil {
+		return nil, err
+	}
+	return c.Images, nil
+}
+
+// inspectContents inspects data as an archive file, open until the test
+// ends so that its contents can be read.
+func inspectContents(t *testing.T, data []byte) (*archive.Contents, error) {
+	t.Helper()
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "a.tar"), data, 0o644); err != nil {
 		t.Fatal(err)
@@ -75,12 +86,8 @@ func inspect(t *testing.T, data []byte) ([]archive.Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer a.Close()
-	c, err := archive.Inspect(context.Background(), a, amd64)
-	if err != nil {
-		return nil, err
-	}
-	return c.Images, nil
+	t.Cleanup(func() { a.Close() })
+	return archive.Inspect(context.Background(), a, amd64)
 }
 
 func configDigest(t *testing.T, img v1.Image) string {
@@ -142,16 +149,7 @@ func TestEach(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				dir := t.TempDir()
-				if err := os.WriteFile(filepath.Join(dir, "a.tar"), data, 0o644); err != nil {
-					t.Fatal(err)
-				}
-				a, err := archive.Open(dir, "a.tar")
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer a.Close()
-				contents, err := archive.Inspect(context.Background(), a, amd64)
+				contents, err := inspectContents(t, data)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -364,16 +362,7 @@ func TestEachCorrupt(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				dir := t.TempDir()
-				if err := os.WriteFile(filepath.Join(dir, "a.tar"), data, 0o644); err != nil {
-					t.Fatal(err)
-				}
-				a, err := archive.Open(dir, "a.tar")
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer a.Close()
-				contents, err := archive.Inspect(context.Background(), a, amd64)
+				contents, err := inspectContents(t, data)
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -33,24 +33,11 @@ type OwnedImage struct {
 // Own records on the image record name that owner brought it; keep marks
 // it not to be pruned. A record that is gone is not an error.
 func (c *Client) Own(ctx context.Context, owner, name string, keep bool) error {
-	is := c.c.ImageService()
-	img, err := is.Get(ctx, name)
-	if errdefs.IsNotFound(err) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("own %s: %w", name, err)
-	}
 	value := OwnerPrune
 	if keep {
 		value = OwnerKeep
 	}
-	key := LabelOwnerPrefix + owner
-	if img.Labels[key] == value {
-		return nil
-	}
-	img.Labels = map[string]string{key: value}
-	if _, err := is.Update(ctx, img, "labels."+key); err != nil && !errdefs.IsNotFound(err) {
+	if err := c.setLabels(ctx, name, map[string]string{LabelOwnerPrefix + owner: value}); err != nil {
 		return fmt.Errorf("own %s: %w", name, err)
 	}
 	return nil
@@ -78,19 +65,33 @@ func (c *Client) Owned(ctx context.Context, owner string) ([]OwnedImage, error) 
 
 // Disown removes owner's label from the image record name.
 func (c *Client) Disown(ctx context.Context, owner, name string) error {
+	if err := c.setLabels(ctx, name, map[string]string{LabelOwnerPrefix + owner: ""}); err != nil {
+		return fmt.Errorf("disown %s: %w", name, err)
+	}
+	return nil
+}
+
+// setLabels sets labels on the image record name, and deletes those whose
+// value is empty; a record that is gone is not an error.
+func (c *Client) setLabels(ctx context.Context, name string, labels map[string]string) error {
 	is := c.c.ImageService()
 	img, err := is.Get(ctx, name)
 	if errdefs.IsNotFound(err) {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("disown %s: %w", name, err)
+		return err
 	}
-	key := LabelOwnerPrefix + owner
-	// An absent label in the update deletes it.
-	img.Labels = nil
-	if _, err := is.Update(ctx, img, "labels."+key); err != nil && !errdefs.IsNotFound(err) {
-		return fmt.Errorf("disown %s: %w", name, err)
+	img.Labels = make(map[string]string, len(labels))
+	paths := make([]string, 0, len(labels))
+	for k, v := range labels {
+		if v != "" {
+			img.Labels[k] = v
+		}
+		paths = append(paths, "labels."+k)
+	}
+	if _, err := is.Update(ctx, img, paths...); err != nil && !errdefs.IsNotFound(err) {
+		return err
 	}
 	return nil
 }

@@ -6,7 +6,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/containerd/errdefs"
 	"github.com/distribution/reference"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
@@ -49,16 +48,7 @@ func (c *Client) LocalDigest(ctx context.Context, name string) (string, time.Tim
 // MarkChecked records on the image record name that its tag was checked
 // at t.
 func (c *Client) MarkChecked(ctx context.Context, name string, t time.Time) error {
-	is := c.c.ImageService()
-	img, err := is.Get(ctx, name)
-	if errdefs.IsNotFound(err) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("mark %s checked: %w", name, err)
-	}
-	img.Labels = map[string]string{LabelChecked: strconv.FormatInt(t.Unix(), 10)}
-	if _, err := is.Update(ctx, img, "labels."+LabelChecked); err != nil && !errdefs.IsNotFound(err) {
+	if err := c.setLabels(ctx, name, map[string]string{LabelChecked: strconv.FormatInt(t.Unix(), 10)}); err != nil {
 		return fmt.Errorf("mark %s checked: %w", name, err)
 	}
 	return nil

@@ -1,13 +1,11 @@
 package integration
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/kube-preloader/kube-preloader/integration/harness"
 	"github.com/kube-preloader/kube-preloader/noderuntime"
@@ -50,11 +48,7 @@ func TestDiskBudget(t *testing.T) {
 			t.Fatal(err)
 		}
 		env := []string{noderuntime.ContainerdConfigEnv + "=" + ctrd.ConfigFile}
-		r := preloader(t, 3*time.Minute, env, "once", "--config", path, "--cri-endpoint", ctrd.Endpoint, "--containerd-address", ctrd.Address, "-o", "json")
-		var out onceOutput
-		if err := json.Unmarshal([]byte(r.stdout), &out); err != nil {
-			t.Fatalf("once -o json: %v\n%s", err, r)
-		}
+		out, r := onceJSON(t, env, path, "--cri-endpoint", ctrd.Endpoint, "--containerd-address", ctrd.Address)
 		last := imgs[order[2]].Ref
 		for _, res := range out.Images {
 			switch {

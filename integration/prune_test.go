@@ -52,13 +52,9 @@ func testPrune(t *testing.T, flavor harness.Flavor) {
 		if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		r := preloader(t, 3*time.Minute, node.env, "once", "--config", path, "-o", "json")
+		out, r := onceJSON(t, node.env, path)
 		if r.code != 0 {
 			t.Fatalf("once: %s", r)
-		}
-		var out onceOutput
-		if err := json.Unmarshal([]byte(r.stdout), &out); err != nil {
-			t.Fatalf("once -o json: %v\n%s", err, r)
 		}
 		return out
 	}
@@ -141,6 +137,18 @@ func testPrune(t *testing.T, flavor harness.Flavor) {
 type onceOutput struct {
 	Images []preload.Result `json:"images"`
 	Pruned []preload.Pruned `json:"pruned"`
+}
+
+// onceJSON runs `preloader once --config path -o json` and decodes what it
+// printed.
+func onceJSON(t *testing.T, env []string, path string, args ...string) (onceOutput, run) {
+	t.Helper()
+	r := preloader(t, 3*time.Minute, env, append([]string{"once", "--config", path, "-o", "json"}, args...)...)
+	var out onceOutput
+	if err := json.Unmarshal([]byte(r.stdout), &out); err != nil {
+		t.Fatalf("once -o json: %v\n%s", err, r)
+	}
+	return out, r
 }
 
 func samePruned(got, want []preload.Pruned) bool {

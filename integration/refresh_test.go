@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -41,12 +40,7 @@ func testRefresh(t *testing.T, flavor harness.Flavor) {
 	}
 	once := func() (onceOutput, run) {
 		t.Helper()
-		r := preloader(t, 3*time.Minute, node.env, "once", "--config", path, "-o", "json")
-		var out onceOutput
-		if err := json.Unmarshal([]byte(r.stdout), &out); err != nil {
-			t.Fatalf("once -o json: %v\n%s", err, r)
-		}
-		return out, r
+		return onceJSON(t, node.env, path)
 	}
 	digestOnNode := func() string {
 		t.Helper()

@@ -31,6 +31,9 @@ const unpackFactor = 2
 type Budget struct {
 	ImageGCHighThresholdPercent int    // 85
 	ImagefsAvailable            string // "15%", or a quantity such as 10Gi
+	// Off (diskBudget: none): no budget; a full disk is the runtime's
+	// to report (ENOSPC).
+	Off bool
 	// Set says which values the config gave; the others may come from
 	// the node kubelet's config (WithKubelet).
 	setHigh, setAvailable bool
@@ -105,7 +108,7 @@ type budgetPlan struct {
 // order; nil where the runtime cannot say sizes or free space (the log
 // says why), and nothing is held back.
 func (e *Engine) planBudget(ctx context.Context, cfg *Config, pulls []Image) *budgetPlan {
-	if len(pulls) == 0 {
+	if len(pulls) == 0 || cfg.DiskBudget.Off {
 		return nil
 	}
 	if err := e.Store.Can(noderuntime.OpBudget); err != nil {

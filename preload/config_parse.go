@@ -592,8 +592,13 @@ func (p *parser) duration(n *yaml.Node, path string, least time.Duration, dst *t
 
 // boolean takes true and false only: YAML 1.1's yes, no, on and off are
 // strings to yaml.v3, and meaning them silently would be a guess.
-// budget reads diskBudget: {imageGCHighThresholdPercent, imagefsAvailable}.
+// budget reads diskBudget: {imageGCHighThresholdPercent, imagefsAvailable},
+// or none.
 func (p *parser) budget(n *yaml.Node, path string, dst *Budget) {
+	if n.Kind == yaml.ScalarNode && n.ShortTag() == "!!str" && n.Value == "none" {
+		dst.Off = true
+		return
+	}
 	p.fields(n, path, setters{
 		"imageGCHighThresholdPercent": func(v *yaml.Node, path string) {
 			p.intIn(v, path, 1, 100, &dst.ImageGCHighThresholdPercent)

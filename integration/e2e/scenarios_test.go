@@ -126,10 +126,11 @@ func testScenarios(t *testing.T, kind nodeKind) {
 	step("b", func() { r.scenarioPrivate(t, "b") })
 	step("d", func() { r.scenarioRegistryDown(t) })
 	step("e", func() { r.scenarioRemoved(t) })
+	// Before k, whose kubelet policy refuses what it has not verified.
+	step("r", func() { r.scenarioRefresh(t) })
 	// k before f, so that f searches its outputs too.
 	step("k", func() { r.scenarioCredentialPolicy(t) })
 	step("f", func() { r.scenarioNoSecrets(t, "f") })
-	step("r", func() { r.scenarioRefresh(t) })
 	// Last: it drops an image the scenarios before list.
 	step("p", func() { r.scenarioPrune(t) })
 	t.Logf("%s: every scenario in %v", kind, time.Since(start).Round(time.Millisecond))
@@ -893,7 +894,8 @@ func (r *run) scenarioRemoved(t *testing.T) {
 // scenarioRefresh is refresh on a real kubelet: a tag the config lists
 // with refresh: 3s is pushed anew; the agent pulls it within one interval
 // (and its resync), and a pod started after runs the new image, with
-// imagePullPolicy: Never, from what the node holds.
+// imagePullPolicy: Never, from what the node holds; then the tag leaves
+// the list again.
 func (r *run) scenarioRefresh(t *testing.T) {
 	t.Helper()
 	n := r.node
@@ -935,6 +937,9 @@ func (r *run) scenarioRefresh(t *testing.T) {
 	if id := p.Status.ContainerStatuses[0].ImageID; !strings.Contains(id, v2.Digest) {
 		t.Errorf("pod r-after runs image %s, want the moved tag's %s", id, v2.Digest)
 	}
+	// Out of the list again, as the scenarios after expect it.
+	r.entries = r.entries[:len(r.entries)-1]
+	r.writeConfig(t)
 	verdicts.add(verdict{
 		scenario: r.row("r refresh: tag pushed again (refresh 3s)"),
 		before:   "node holds the tag's first image",
