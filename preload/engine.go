@@ -120,8 +120,9 @@ func (e *Engine) Run(ctx context.Context, cfg *Config, images []Image) ([]Result
 		}
 	}
 	fromArchives, extra := e.importArchives(ctx, cfg, images, imageIDs(listed))
-	cfg, why := e.choosePath(ctx, cfg, directRefs(images, fromArchives, have))
-	plan := e.planBudget(ctx, cfg, toPull(images, fromArchives, have))
+	pulls := toPull(images, fromArchives, have)
+	cfg, why := e.choosePath(ctx, cfg, directRefs(pulls))
+	plan := e.planBudget(ctx, cfg, pulls)
 	var pulling sync.Once // say the path once, and only when there is a pull
 	results := make([]Result, len(images))
 	sem := make(chan struct{}, cfg.PullConcurrency(cfg.PullVia))
@@ -372,13 +373,12 @@ func registryHosts(refs []string) []registryHost {
 	return hosts
 }
 
-// directRefs are the images of images that a run pulls by pullVia: not
-// imported, not present, not from a mirror (always through the CRI).
-func directRefs(images []Image, fromArchives map[string]Result, have map[string]bool) []string {
+// directRefs are the references of pulls that go by pullVia: those not
+// from a mirror (always through the CRI).
+func directRefs(pulls []Image) []string {
 	var refs []string
-	for _, img := range images {
-		_, imported := fromArchives[img.Name]
-		if !imported && !have[presenceKey(img.Name)] && img.Mirror == "" {
+	for _, img := range pulls {
+		if img.Mirror == "" {
 			refs = append(refs, img.Name)
 		}
 	}

@@ -512,27 +512,12 @@ func snapshot(b *testing.B, c kubernetes.Interface, node string, a *benchAgentPr
 	ut, _ := strconv.ParseInt(f[11], 10, 64)
 	st, _ := strconv.ParseInt(f[12], 10, 64)
 	s.cpuTicks = ut + st
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		b.Fatal(err)
+	status := procStatusKiB(pid)
+	if status == nil {
+		b.Fatalf("/proc/%d/status: the agent is gone", pid)
 	}
-	for _, l := range strings.Split(string(status), "\n") {
-		k, v, ok := strings.Cut(l, ":")
-		if !ok {
-			continue
-		}
-		kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-		switch k {
-		case "VmRSS":
-			s.rss = kb << 10
-		case "VmHWM":
-			s.hwm = kb << 10
-		case "RssAnon":
-			s.rssAnon = kb << 10
-		case "RssFile":
-			s.rssFile = kb << 10
-		}
-	}
+	s.rss, s.hwm = status["VmRSS"]<<10, status["VmHWM"]<<10
+	s.rssAnon, s.rssFile = status["RssAnon"]<<10, status["RssFile"]<<10
 	s.cri = cp.counts()
 	n, err := c.CoreV1().Nodes().Get(context.Background(), node, metav1.GetOptions{})
 	if err != nil {

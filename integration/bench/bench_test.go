@@ -277,7 +277,7 @@ func watchPeakRSS(pid int) func() int64 {
 	go func() {
 		defer close(done)
 		for {
-			if kib := statusKiB(pid, "VmHWM:"); kib > 0 {
+			if kib := procStatusKiB(pid)["VmHWM"]; kib > 0 {
 				peak.Store(kib << 10)
 			}
 			select {
@@ -338,18 +338,22 @@ func median(ds []time.Duration) time.Duration {
 	return s[len(s)/2]
 }
 
-// statusKiB is the value of key (such as "VmHWM:") in /proc/pid/status,
-// in KiB; 0 when the process is gone.
-func statusKiB(pid int, key string) int64 {
+// procStatusKiB is the numeric fields of /proc/pid/status (VmRSS, VmHWM,
+// RssAnon, …) by name, in KiB; nil when the process is gone.
+func procStatusKiB(pid int) map[string]int64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return 0
+		return nil
 	}
+	fields := make(map[string]int64)
 	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, key); ok {
-			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			return n
+		k, v, ok := strings.Cut(l, ":")
+		if !ok {
+			continue
+		}
+		if n, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64); err == nil {
+			fields[k] = n
 		}
 	}
-	return 0
+	return fields
 }
