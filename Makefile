@@ -5,7 +5,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 GOTEST    := $(GO) test -count=1
 
-.PHONY: all build deps runtime-deps test unit integration demo bench fuzz image e2e soak test-faults clean
+.PHONY: all build deps runtime-deps test unit integration demo bench fuzz image chart chart-push e2e soak test-faults clean
 
 all: build
 
@@ -75,6 +75,24 @@ test-faults: deps
 image:
 	@test -n "$(IMAGE)" || { echo "usage: make image IMAGE=REF" >&2; exit 2; }
 	$(GO) run ./scripts/imagebuild --image $(IMAGE) --version $(VERSION) --revision "$$(git rev-parse HEAD 2>/dev/null)"
+
+# The Helm chart, packaged as dist/kube-preloader-CHART_VERSION.tgz: the
+# chart's version is VERSION without its v (a semver, as Helm wants; a
+# non-semver VERSION such as a bare commit gives 0.0.0-VERSION), its
+# appVersion, and with it the image tag it deploys by default, VERSION.
+HELM          ?= $(shell command -v helm 2>/dev/null || echo $(HOME)/.cache/kube-preloader/bin/helm-v4.3.1)
+CHART_VERSION ?= $(shell v='$(patsubst v%,%,$(VERSION))'; echo "$$v" | grep -Eq '^[0-9]+\.[0-9]+\.[0-9]+' && echo "$$v" || echo "0.0.0-$$v")
+chart:
+	$(HELM) lint --strict charts/kube-preloader
+	$(HELM) package charts/kube-preloader --version '$(CHART_VERSION)' --app-version '$(VERSION)' -d dist
+
+# The chart as an OCI artifact: CHART_REPO=oci://REGISTRY/charts pushes
+# REGISTRY/charts/kube-preloader:CHART_VERSION, the way air-gapped sites
+# mirror charts (log in first with helm registry login; HELM_PUSH_FLAGS
+# passes --plain-http or --ca-file).
+chart-push: chart
+	@test -n "$(CHART_REPO)" || { echo "usage: make chart-push CHART_REPO=oci://REGISTRY/PATH [VERSION=v0.1.0]" >&2; exit 2; }
+	$(HELM) push $(HELM_PUSH_FLAGS) dist/kube-preloader-$(CHART_VERSION).tgz $(CHART_REPO)
 
 # The real-node proof: a one-node cluster (etcd, kube-apiserver,
 # controller-manager, scheduler, kubelet, containerd 1.6 and 2.x) on

@@ -34,7 +34,7 @@ import (
 const ConfigKey = "images.yaml"
 
 // DefaultMetricsAddr is where `preloader agent` serves /metrics, /healthz
-// and /readyz unless told otherwise, as manifests/daemonset.yaml sets it:
+// and /readyz unless told otherwise, as manifests/base/daemonset.yaml sets it:
 // the agent runs on the host network, and 9741 is clear of the kubelet
 // (10248, 10250), node-exporter (9100) and the usual 8080 and 9090.
 const DefaultMetricsAddr = ":9741"

@@ -200,7 +200,7 @@ func clientFor(t *testing.T, kubeconfig string) kubernetes.Interface {
 // compared by the policy, one of the three it lets the agent change, or
 // one the API server sets itself.
 func TestNodePolicyCoversNodeFields(t *testing.T) {
-	policy, err := os.ReadFile("../manifests/node-policy.yaml")
+	policy, err := os.ReadFile("../manifests/base/node-policy.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}

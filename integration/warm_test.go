@@ -54,7 +54,7 @@ func userKubeconfig(t *testing.T, k *harness.Kube, warm bool) string {
 	if _, err := k.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kube-preloader"}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}
-	k.Kubectl(t, "apply", "-f", "../manifests/rbac-users.yaml")
+	k.Kubectl(t, "apply", "-f", "../manifests/base/rbac-users.yaml")
 	k.Kubectl(t, "create", "clusterrolebinding", "deployer-status", "--clusterrole=kube-preloader-status", "--serviceaccount=default:deployer")
 	if warm {
 		k.Kubectl(t, "-n", "kube-preloader", "create", "rolebinding", "deployer-warm", "--role=preloader-warm", "--serviceaccount=default:deployer")

@@ -14,8 +14,21 @@ bins=("$@")
 
 mkdir -p "$CACHE/bin"
 todo=()
+# A binary that does not report its release (older builds of this script
+# said v0.0.0-master, which fails Helm's kubeVersion checks and the
+# kubelet's version-dependent defaults) is built again; only its link
+# step reruns when the Go build cache is warm.
+reports_version() {
+  local out
+  if [[ "$1" == kubectl ]]; then
+    out=$("$CACHE/bin/$1-$KUBE_VERSION" version --client 2>/dev/null) || return 1
+  else
+    out=$("$CACHE/bin/$1-$KUBE_VERSION" --version 2>/dev/null) || return 1
+  fi
+  [[ "$out" == *"$KUBE_VERSION"* ]]
+}
 for b in "${bins[@]}"; do
-  [[ -x "$CACHE/bin/$b-$KUBE_VERSION" ]] || todo+=("$b")
+  [[ -x "$CACHE/bin/$b-$KUBE_VERSION" ]] && reports_version "$b" || todo+=("$b")
 done
 ((${#todo[@]})) || exit 0
 
@@ -60,8 +73,14 @@ import (
 )
 GO
 GOFLAGS=-mod=mod go mod tidy
+# What hack/lib/version.sh stamps into a release build.
+minor="${KUBE_VERSION#v1.}"; minor="${minor%%.*}"
+ldversion=""
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  ldversion+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+done
 for b in "${todo[@]}"; do
   echo "build-kube: building $b $KUBE_VERSION" >&2
-  CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o "$CACHE/bin/$b-$KUBE_VERSION.tmp" "k8s.io/kubernetes/cmd/$b"
+  CGO_ENABLED=0 go build -trimpath -ldflags="-s -w $ldversion" -o "$CACHE/bin/$b-$KUBE_VERSION.tmp" "k8s.io/kubernetes/cmd/$b"
   mv "$CACHE/bin/$b-$KUBE_VERSION.tmp" "$CACHE/bin/$b-$KUBE_VERSION"
 done

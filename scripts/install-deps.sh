@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the tests and the demo need on a fresh Debian 12 machine:
 # Debian packages (containerd 1.6, the distribution registry, etcd, runc, CNI
-# plugins) when missing, and containerd 2.x built from the Go module proxy
-# into a cache outside the repo. With the argument "ctr", also ctr 2.x, the
+# plugins) when missing, and containerd 2.x and helm 4 (the chart's tests and
+# the e2e's install) built from the Go module proxy into a cache outside the
+# repo. With the argument "ctr", also ctr 2.x, the
 # peer of the archive import benchmark; with "crictl", crictl, the peer of
 # the pull benchmark.
 # Usage: scripts/install-deps.sh [ctr] [crictl]
@@ -11,6 +12,7 @@ set -euo pipefail
 CACHE="${PRELOADER_CACHE:-$HOME/.cache/kube-preloader}"
 CONTAINERD2_VERSION="${CONTAINERD2_VERSION:-v2.4.2}"
 CRICTL_VERSION="${CRICTL_VERSION:-v1.37.0}"
+HELM_VERSION="${HELM_VERSION:-v4.3.1}"
 want_ctr= want_crictl=
 for a in "$@"; do
   case "$a" in
@@ -46,6 +48,13 @@ if [[ ! -x "$CACHE/bin/containerd-$CONTAINERD2_VERSION" ]]; then
     "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD2_VERSION"
   mv "$tmp/containerd-shim-runc-v2" "$CACHE/bin/containerd-shim-runc-v2-$CONTAINERD2_VERSION"
   mv "$tmp/containerd" "$CACHE/bin/containerd-$CONTAINERD2_VERSION"
+  rm -rf "$tmp"
+fi
+if [[ ! -x "$CACHE/bin/helm-$HELM_VERSION" ]]; then
+  echo "install-deps: building helm $HELM_VERSION into $CACHE/bin (once; about 2 min on 2 cores with a cold Go cache)" >&2
+  tmp=$(mktemp -d)
+  GOBIN="$tmp" go install "helm.sh/helm/v4/cmd/helm@$HELM_VERSION"
+  mv "$tmp/helm" "$CACHE/bin/helm-$HELM_VERSION"
   rm -rf "$tmp"
 fi
 # ctr 2.x, the peer the archive import benchmark compares against on

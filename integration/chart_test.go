@@ -1,0 +1,398 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os/exec"
+	"reflect"
+	"sort"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/yaml"
+
+	"github.com/kube-preloader/kube-preloader/integration/harness"
+)
+
+const chartDir = "../charts/kube-preloader"
+
+// distributions are the chart's distribution values but auto, each with
+// the kustomize directory that must render the same objects.
+var distributions = []struct{ name, kustomize string }{
+	{"kubeadm", "../manifests"},
+	{"k3s", "../manifests/overlays/k3s"},
+	{"rke2", "../manifests/overlays/rke2"},
+	{"microk8s", "../manifests/overlays/microk8s"},
+	{"talos", "../manifests/overlays/talos"},
+}
+
+// TestChartLint is `helm lint --strict` of the chart.
+func TestChartLint(t *testing.T) {
+	out := harness.MustHelm(t, "", "lint", "--strict", chartDir)
+	t.Logf("%s", out)
+}
+
+// TestChartParity keeps the chart and kustomize from drifting: with default
+// values, helm template renders manifests/ (bar the Namespace, which helm
+// install --create-namespace makes), and with distribution: D every
+// overlay's objects. Helm's own labels are not compared, nor the order of
+// lists Kubernetes does not order (volumes, mounts, env), and images.yaml is
+// compared as the YAML it is.
+func TestChartParity(t *testing.T) {
+	kust := func(t *testing.T, dir string) map[string]map[string]any {
+		out, err := exec.Command(harness.KubeBinary("kubectl"), "kustomize", dir).CombinedOutput()
+		if err != nil {
+			t.Fatalf("kubectl kustomize %s: %v\n%s", dir, err, out)
+		}
+		return objectsByKey(t, out)
+	}
+	t.Run("defaults", func(t *testing.T) {
+		harness.Require(t, "kubectl (scripts/build-kube.sh)", harness.KubeBinary("kubectl"))
+		want := kust(t, "../manifests")
+		delete(want, "Namespace//kube-preloader")
+		got := objectsByKey(t, []byte(harness.MustHelm(t, "", "template", "kube-preloader", chartDir, "-n", "kube-preloader")))
+		compareObjects(t, got, want)
+	})
+	for _, d := range distributions {
+		t.Run(d.name, func(t *testing.T) {
+			harness.Require(t, "kubectl (scripts/build-kube.sh)", harness.KubeBinary("kubectl"))
+			want := kust(t, d.kustomize)
+			got := objectsByKey(t, []byte(harness.MustHelm(t, "", "template", "kube-preloader", chartDir, "-n", "kube-preloader",
+				"--set", "distribution="+d.name, "--set", "namespace.create=true")))
+			compareObjects(t, got, want)
+		})
+	}
+}
+
+// TestChartValues: what a user's values change, and values the schema or
+// the templates refuse, each with a message that says which value.
+func TestChartValues(t *testing.T) {
+	render := func(t *testing.T, args ...string) (map[string]map[string]any, string, error) {
+		out, err := harness.Helm(t, "", append([]string{"template", "kube-preloader", chartDir, "-n", "ops"}, args...)...)
+		if err != nil {
+			return nil, out, err
+		}
+		return objectsByKey(t, []byte(out)), out, nil
+	}
+	t.Run("refused", func(t *testing.T) {
+		for _, tc := range []struct {
+			args []string
+			want string
+		}{
+			{[]string{"--set", "distribution=k8s"}, "at '/distribution': value must be one of 'auto', 'kubeadm', 'k3s', 'rke2', 'microk8s', 'talos'"},
+			{[]string{"--set", "image.digest=latest"}, "at '/image/digest'"},
+			{[]string{"--set", "pullSecrets[0].name=regcred", "--set", "pullSecrets[0].registry=corp.example"}, "at '/pullSecrets/0'"},
+			{[]string{"--set", "metrics.port=0"}, "at '/metrics/port'"},
+			{[]string{"--set", "resync=5m"}, "additional properties 'resync' not allowed"},
+			{[]string{"--set", "metrics.podMonitor.enabled=true"}, "metrics.podMonitor.enabled: the cluster serves no monitoring.coreos.com/v1 PodMonitor"},
+			{[]string{"--set", "metrics.serviceMonitor.enabled=true"}, "metrics.serviceMonitor.enabled: the cluster serves no monitoring.coreos.com/v1 ServiceMonitor"},
+		} {
+			_, out, err := render(t, tc.args...)
+			if err == nil || !strings.Contains(out, tc.want) {
+				t.Errorf("helm template %s: want an error saying %q, got %v:\n%s", strings.Join(tc.args, " "), tc.want, err, out)
+			}
+		}
+	})
+	t.Run("set", func(t *testing.T) {
+		objs, out, err := render(t, "-f", "testdata/chart-values.yaml")
+		if err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		ds := objs["DaemonSet/ops/preloader"]
+		pod := dig(ds, "spec", "template", "spec").(map[string]any)
+		c := dig(pod, "containers").([]any)[0].(map[string]any)
+		if got, want := c["image"], "corp.example/mirror/preloader:v9.9.9@sha256:"+strings.Repeat("ab", 32); got != want {
+			t.Errorf("image %v, want %s", got, want)
+		}
+		args := fmt.Sprint(c["args"])
+		for _, want := range []string{"ops/site-images", ":9800", "--log-level=debug"} {
+			if !strings.Contains(args, want) {
+				t.Errorf("args %s lack %s", args, want)
+			}
+		}
+		if pod["priorityClassName"] != nil {
+			t.Errorf("priorityClassName %v, want none", pod["priorityClassName"])
+		}
+		if fmt.Sprint(pod["nodeSelector"]) != "map[pool:edge]" {
+			t.Errorf("nodeSelector %v", pod["nodeSelector"])
+		}
+		if _, ok := objs["ConfigMap/ops/preloader-config"]; ok {
+			t.Error("existingConfigMap set, yet the chart renders preloader-config")
+		}
+		if rn := fmt.Sprint(dig(objs["Role/ops/preloader"], "rules").([]any)[0].(map[string]any)["resourceNames"]); rn != "[site-images]" {
+			t.Errorf("the agent's Role names ConfigMaps %s, want [site-images]", rn)
+		}
+		if _, ok := objs["ValidatingAdmissionPolicy//kube-preloader-node-restriction"]; !ok {
+			t.Error("no node policy")
+		}
+		if expr := fmt.Sprint(dig(objs["ValidatingAdmissionPolicy//kube-preloader-node-restriction"], "spec", "matchConditions")); !strings.Contains(expr, "system:serviceaccount:ops:preloader") {
+			t.Errorf("node policy matches %s, want the agent of namespace ops", expr)
+		}
+		sec := objs["Secret/ops/regcred"]
+		if sec == nil || sec["type"] != "kubernetes.io/dockerconfigjson" {
+			t.Fatalf("pull secret regcred: %v", sec)
+		}
+		if strings.Contains(out, "s3cret-value") {
+			t.Error("the password is in the rendered output in clear")
+		}
+		cm := objs["ConfigMap/monitoring/kube-preloader-dashboard"]
+		if cm == nil || dig(cm, "metadata", "labels", "grafana_dashboard") != "1" {
+			t.Fatalf("dashboard ConfigMap in monitoring with label grafana_dashboard=1: %v", cm)
+		}
+		if js, _ := dig(cm, "data", "kube-preloader.json").(string); !strings.Contains(js, `"panels"`) {
+			t.Errorf("dashboard ConfigMap holds no dashboard: %.200s", js)
+		}
+	})
+}
+
+// TestChartOnAPIServer renders the chart for every distribution and has a
+// real API server validate it (server-side dry run); distribution auto
+// reads the cluster's Nodes, and the monitors install where their CRDs are.
+func TestChartOnAPIServer(t *testing.T) {
+	k := harness.StartKube(t)
+	ctx := context.Background()
+	for _, ns := range []string{"kube-preloader", "monitoring"} {
+		if _, err := k.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, d := range distributions {
+		t.Run("dry-run/"+d.name, func(t *testing.T) {
+			out := harness.MustHelm(t, "", "template", "kube-preloader", chartDir, "-n", "kube-preloader", "--set", "distribution="+d.name,
+				"--set", "dashboard.enabled=true")
+			res := kubectlStdin(t, k, out, "apply", "--dry-run=server", "-f", "-")
+			if !strings.Contains(res, "daemonset.apps/preloader created (server dry run)") {
+				t.Errorf("dry run:\n%s", res)
+			}
+		})
+	}
+
+	install := func(t *testing.T, args ...string) (string, error) {
+		return harness.Helm(t, k.Kubeconfig, append([]string{"install", "kube-preloader", chartDir, "-n", "kube-preloader", "--dry-run=server"}, args...)...)
+	}
+	mountsOf := func(t *testing.T, out string) string {
+		t.Helper()
+		objs := objectsByKey(t, []byte(out[:strings.Index(out, "\nNOTES:")]))
+		var paths []string
+		for _, v := range dig(objs["DaemonSet/kube-preloader/preloader"], "spec", "template", "spec", "volumes").([]any) {
+			if hp, ok := v.(map[string]any)["hostPath"].(map[string]any); ok {
+				paths = append(paths, hp["path"].(string))
+			}
+		}
+		return strings.Join(paths, " ")
+	}
+	t.Run("auto", func(t *testing.T) {
+		out, err := install(t)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		if m := mountsOf(t, out); !strings.Contains(m, "/run/containerd ") {
+			t.Errorf("no Nodes: want kubeadm's mounts, got %s", m)
+		}
+		for _, n := range []*corev1.Node{
+			{ObjectMeta: metav1.ObjectMeta{Name: "k3s-1", Annotations: map[string]string{"k3s.io/node-args": "[]", "k3s.io/hostname": "k3s-1"}}},
+			{ObjectMeta: metav1.ObjectMeta{Name: "k3s-2", Annotations: map[string]string{"k3s.io/node-args": "[]"}}},
+		} {
+			if _, err := k.Client.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		out, err = install(t)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		if m := mountsOf(t, out); !strings.Contains(m, "/run/k3s/containerd") || strings.Contains(m, "/run/containerd ") {
+			t.Errorf("k3s Nodes: want k3s's mounts, got %s", m)
+		}
+		if !strings.Contains(out, "(k3s layout)") {
+			t.Errorf("NOTES do not name the k3s layout:\n%s", out[strings.Index(out, "\nNOTES:"):])
+		}
+		mk := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "mk-1", Labels: map[string]string{"microk8s.io/cluster": "true"}}}
+		if _, err := k.Client.CoreV1().Nodes().Create(ctx, mk, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		out, err = install(t)
+		want := "distribution auto: the cluster's Nodes are of several layouts: k3s (k3s-1, k3s-2); microk8s (mk-1)"
+		if err == nil || !strings.Contains(out, want) {
+			t.Errorf("mixed Nodes: want an error saying %q, got %v\n%s", want, err, out)
+		}
+		out, err = install(t, "--set", "distribution=microk8s")
+		if err != nil || !strings.Contains(mountsOf(t, out), "/var/snap/microk8s/common/run") {
+			t.Errorf("distribution=microk8s on mixed Nodes: %v\n%s", err, out)
+		}
+	})
+	t.Run("monitors", func(t *testing.T) {
+		args := []string{"--set", "distribution=kubeadm", "--set", "metrics.podMonitor.enabled=true", "--set", "metrics.serviceMonitor.enabled=true"}
+		if out, err := install(t, args...); err == nil || !strings.Contains(out, "install the Prometheus Operator's CRDs first") {
+			t.Fatalf("monitors without their CRDs: want a refusal, got %v\n%s", err, out)
+		}
+		// Stand-ins of the operator's CRDs (same group, version, kinds;
+		// the operator's own schema is not vendored here).
+		kubectlStdin(t, k, monitorCRDs, "apply", "-f", "-")
+		kubectlStdin(t, k, "", "wait", "--for=condition=Established", "crd/podmonitors.monitoring.coreos.com", "crd/servicemonitors.monitoring.coreos.com")
+		out, err := install(t, args...)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		objs := objectsByKey(t, []byte(out[:strings.Index(out, "\nNOTES:")]))
+		for _, key := range []string{"PodMonitor/kube-preloader/preloader", "ServiceMonitor/kube-preloader/preloader", "Service/kube-preloader/preloader-metrics"} {
+			if objs[key] == nil {
+				t.Errorf("no %s", key)
+			}
+		}
+	})
+}
+
+const monitorCRDs = `
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: podmonitors.monitoring.coreos.com}
+spec:
+  group: monitoring.coreos.com
+  names: {kind: PodMonitor, listKind: PodMonitorList, plural: podmonitors, singular: podmonitor}
+  scope: Namespaced
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
+---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: servicemonitors.monitoring.coreos.com}
+spec:
+  group: monitoring.coreos.com
+  names: {kind: ServiceMonitor, listKind: ServiceMonitorList, plural: servicemonitors, singular: servicemonitor}
+  scope: Namespaced
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
+`
+
+func kubectlStdin(t *testing.T, k *harness.Kube, stdin string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(harness.KubeBinary("kubectl"), append([]string{"--kubeconfig", k.Kubeconfig}, args...)...)
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// objectsByKey parses a multi-document YAML stream into objects keyed
+// KIND/NAMESPACE/NAME.
+func objectsByKey(t *testing.T, stream []byte) map[string]map[string]any {
+	t.Helper()
+	objs := map[string]map[string]any{}
+	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(stream), 4096)
+	for {
+		var o map[string]any
+		err := dec.Decode(&o)
+		if errors.Is(err, io.EOF) {
+			return objs
+		}
+		if err != nil {
+			t.Fatalf("parse rendered objects: %v", err)
+		}
+		if o == nil {
+			continue
+		}
+		ns, _ := dig(o, "metadata", "namespace").(string)
+		name, _ := dig(o, "metadata", "name").(string)
+		objs[fmt.Sprintf("%s/%s/%s", o["kind"], ns, name)] = o
+	}
+}
+
+// compareObjects fails for every object only one side has, or that
+// differs once normalized.
+func compareObjects(t *testing.T, got, want map[string]map[string]any) {
+	t.Helper()
+	for _, key := range sortedKeys(want) {
+		g, ok := got[key]
+		if !ok {
+			t.Errorf("the chart does not render %s", key)
+			continue
+		}
+		gn, wn := normalize(t, g), normalize(t, want[key])
+		if !reflect.DeepEqual(gn, wn) {
+			gy, _ := yaml.Marshal(gn)
+			wy, _ := yaml.Marshal(wn)
+			t.Errorf("%s differs:\n--- chart\n%s\n--- kustomize\n%s", key, gy, wy)
+		}
+	}
+	for _, key := range sortedKeys(got) {
+		if _, ok := want[key]; !ok {
+			t.Errorf("the chart renders %s, which kustomize does not", key)
+		}
+	}
+}
+
+// helmLabels are the labels helm adds and kustomize does not.
+var helmLabels = []string{"helm.sh/chart", "app.kubernetes.io/managed-by", "app.kubernetes.io/instance", "app.kubernetes.io/version"}
+
+func normalize(t *testing.T, o map[string]any) map[string]any {
+	t.Helper()
+	b, _ := yaml.Marshal(o)
+	var c map[string]any
+	if err := yaml.Unmarshal(b, &c); err != nil {
+		t.Fatal(err)
+	}
+	if labels, ok := dig(c, "metadata", "labels").(map[string]any); ok {
+		for _, l := range helmLabels {
+			delete(labels, l)
+		}
+	}
+	if data, ok := c["data"].(map[string]any); ok && c["kind"] == "ConfigMap" {
+		if s, ok := data["images.yaml"].(string); ok {
+			var v any
+			if err := yaml.Unmarshal([]byte(s), &v); err != nil {
+				t.Fatalf("images.yaml: %v", err)
+			}
+			data["images.yaml"] = v
+		}
+	}
+	if pod, ok := dig(c, "spec", "template", "spec").(map[string]any); ok {
+		sortByName(pod, "volumes", "name")
+		for _, ct := range pod["containers"].([]any) {
+			sortByName(ct.(map[string]any), "volumeMounts", "mountPath")
+			sortByName(ct.(map[string]any), "env", "name")
+		}
+	}
+	return c
+}
+
+func sortByName(m map[string]any, field, key string) {
+	list, _ := m[field].([]any)
+	sort.SliceStable(list, func(i, j int) bool {
+		return fmt.Sprint(list[i].(map[string]any)[key]) < fmt.Sprint(list[j].(map[string]any)[key])
+	})
+}
+
+func dig(o any, path ...string) any {
+	for _, p := range path {
+		m, ok := o.(map[string]any)
+		if !ok {
+			return nil
+		}
+		o = m[p]
+	}
+	return o
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

@@ -1,0 +1,43 @@
+package harness
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+)
+
+// HelmVersion is the helm scripts/install-deps.sh builds.
+const HelmVersion = "v4.3.1"
+
+// HelmBinary is that helm; a test that needs it calls Require with it.
+func HelmBinary() string {
+	return filepath.Join(CacheDir(), "bin", "helm-"+HelmVersion)
+}
+
+// Helm runs helm with args and returns its combined output and error.
+// kubeconfig may be empty (helm template, lint, package); helm's caches
+// and registry logins stay in a directory of the test's own.
+func Helm(t T, kubeconfig string, args ...string) (string, error) {
+	t.Helper()
+	Require(t, "helm "+HelmVersion+" (scripts/install-deps.sh)", HelmBinary())
+	home := t.TempDir()
+	cmd := exec.Command(HelmBinary(), args...)
+	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+filepath.Join(home, "cache"), "HELM_CONFIG_HOME="+filepath.Join(home, "config"),
+		"HELM_DATA_HOME="+filepath.Join(home, "data"))
+	if kubeconfig != "" {
+		cmd.Env = append(cmd.Env, "KUBECONFIG="+kubeconfig)
+	}
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// MustHelm is Helm that fails the test on an error.
+func MustHelm(t T, kubeconfig string, args ...string) string {
+	t.Helper()
+	out, err := Helm(t, kubeconfig, args...)
+	if err != nil {
+		t.Fatalf("helm %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
