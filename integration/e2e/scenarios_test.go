@@ -9,7 +9,7 @@ package e2e
 // boots with the pause image preloaded by the bootstrap hook (a) and the
 // preloader.io/not-ready taint (c), `once` pulls a private image with
 // pullVia containerd before the agent runs (g), the agent is installed from
-// manifests/ (c), then private images (b), the rollout with the registry
+// its Helm chart (c) and upgraded, then private images (b), the rollout with the registry
 // down (d), the image removed behind the kubelet's back (e), and the search
 // for the password in everything a user or an attacker with read access
 // sees (f).
@@ -123,6 +123,8 @@ func testScenarios(t *testing.T, kind nodeKind) {
 		r.entries = []cfgEntry{{Image: r.img["gate"].Ref}}
 		r.scenarioReadinessGate(t)
 	})
+	// The release installed in c, upgraded with changed values.
+	step("helm upgrade", func() { r.helmUpgrade(t) })
 	step("b", func() { r.scenarioPrivate(t, "b") })
 	step("d", func() { r.scenarioRegistryDown(t) })
 	step("e", func() { r.scenarioRemoved(t) })
@@ -133,6 +135,7 @@ func testScenarios(t *testing.T, kind nodeKind) {
 	step("f", func() { r.scenarioNoSecrets(t, "f") })
 	// Last: it drops an image the scenarios before list.
 	step("p", func() { r.scenarioPrune(t) })
+	step("u", func() { r.helmUninstall(t) })
 	t.Logf("%s: every scenario in %v", kind, time.Since(start).Round(time.Millisecond))
 }
 
@@ -177,6 +180,8 @@ type run struct {
 	kubectl    string
 	agentImage string
 	imageBuilt chan cmdResult
+	// helmHome holds helm's registry login and caches (the full run).
+	helmHome string
 	agentPod   string
 	// entries and sandbox are the images.yaml the test last wrote.
 	entries []cfgEntry
@@ -289,11 +294,17 @@ func kubectlBinary(t *testing.T) string {
 
 // runCommand runs a program to the end, stdout and stderr together.
 func runCommand(dir string, timeout time.Duration, env []string, bin string, args ...string) cmdResult {
+	return runCommandStdin(dir, timeout, env, "", bin, args...)
+}
+
+// runCommandStdin is runCommand with stdin.
+func runCommandStdin(dir string, timeout time.Duration, env []string, stdin, bin string, args ...string) cmdResult {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdin = strings.NewReader(stdin)
 	var buf bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &buf, &buf
 	start := time.Now()
@@ -520,18 +531,29 @@ func (r *run) scenarioReadinessGate(t *testing.T) {
 	verdicts.add(verdict{
 		scenario:  r.row("c readiness gate (Deployment first)"),
 		before:    before,
-		after:     fmt.Sprintf("Running 2/2 (Never); agent lifted the taint %.1fs after apply -k", taintGone.Seconds()),
+		after:     fmt.Sprintf("Running 2/2 (Never); agent lifted the taint %.1fs after %s", taintGone.Seconds(), r.installer()),
 		toRunning: time.Since(applied),
 	})
 }
 
 // deployAgent installs the agent as a user does: its image (make image),
-// then kubectl apply -k of an overlay whose base is manifests/. The
-// run's own layer on top of integration/e2e/overlay sets what changes with
-// every run: the image's registry, the containerd directory, the API
-// server's port and the images.yaml. It waits until the agent's pod runs
-// and returns when apply finished.
+// then the chart from an OCI registry with helm (the full run) or kubectl
+// apply -k of an overlay whose base is manifests/ (the others). It waits
+// until the agent's pod runs and returns when the install finished.
 func (r *run) deployAgent(t *testing.T) time.Time {
+	t.Helper()
+	r.waitImage(t)
+	var applied time.Time
+	if r.full {
+		applied = r.helmInstall(t)
+	} else {
+		applied = r.kustomizeApply(t)
+	}
+	r.waitAgentPod(t, "", applied)
+	return applied
+}
+
+func (r *run) waitImage(t *testing.T) {
 	t.Helper()
 	var built cmdResult
 	select {
@@ -544,7 +566,14 @@ func (r *run) deployAgent(t *testing.T) time.Time {
 		t.Fatalf("make image IMAGE=%s: exit %d %v\n%s", r.agentImage, built.code, built.err, built.out)
 	}
 	t.Logf("make image IMAGE=%s: %v\n%s", r.agentImage, built.took.Round(time.Millisecond), tailLines(built.out, 5))
+}
 
+// kustomizeApply is kubectl apply -k of the run's own layer on top of
+// integration/e2e/overlay, which sets what changes with every run: the
+// image's registry, the containerd directory, the API server's port and
+// the images.yaml.
+func (r *run) kustomizeApply(t *testing.T) time.Time {
+	t.Helper()
 	dir := t.TempDir()
 	overlay := filepath.Join(repoRoot, "integration", "e2e", "overlay")
 	rel, err := filepath.Rel(dir, overlay)
@@ -617,23 +646,37 @@ data:
 		t.Fatalf("kubectl apply -k: exit %d\n%s", res.code, res.out)
 	}
 	t.Logf("kubectl apply -k %s:\n%s", dir, res.out)
+	return applied
+}
+
+// waitAgentPod waits for the DaemonSet's pod on the run's node, other than
+// the pod named old, to run, and remembers its name.
+func (r *run) waitAgentPod(t *testing.T, old string, since time.Time) {
+	t.Helper()
 
 	// The DaemonSet's pod on our node, running.
 	deadline := time.Now().Add(3 * time.Minute)
 	for {
 		pods, err := r.node.Client.CoreV1().Pods(agentNamespace).List(context.Background(), metav1.ListOptions{LabelSelector: agentLabel})
-		if err == nil && len(pods.Items) == 1 && pods.Items[0].Spec.NodeName == r.node.Name {
+		if err == nil && len(pods.Items) == 1 && pods.Items[0].Spec.NodeName == r.node.Name && pods.Items[0].Name != old {
 			r.agentPod = pods.Items[0].Name
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no agent pod on %s after 3m: %v %d pods\n%s", r.node.Name, err, len(pods.Items), r.node.Logs(30))
+			t.Fatalf("no new agent pod on %s after 3m: %v %d pods\n%s", r.node.Name, err, len(pods.Items), r.node.Logs(30))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
 	p := r.node.WaitPodRunning(t, agentNamespace, r.agentPod, 3*time.Minute)
-	t.Logf("agent pod %s running %v after apply (image %s)", r.agentPod, time.Since(applied).Round(time.Millisecond), p.Spec.Containers[0].Image)
-	return applied
+	t.Logf("agent pod %s running %v after the install (image %s)", r.agentPod, time.Since(since).Round(time.Millisecond), p.Spec.Containers[0].Image)
+}
+
+// installer is how the run installs the agent.
+func (r *run) installer() string {
+	if r.full {
+		return "helm install"
+	}
+	return "apply -k"
 }
 
 // cfgEntry is one image of the test's images.yaml.
