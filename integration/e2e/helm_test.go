@@ -156,4 +156,3 @@ func (r *run) helmUninstall(t *testing.T) {
 			n.Labels["preloader.io/ready"]),
 	})
 }
-

@@ -182,7 +182,7 @@ type run struct {
 	imageBuilt chan cmdResult
 	// helmHome holds helm's registry login and caches (the full run).
 	helmHome string
-	agentPod   string
+	agentPod string
 	// entries and sandbox are the images.yaml the test last wrote.
 	entries []cfgEntry
 	// prune: the config says prune: true (scenario p).
