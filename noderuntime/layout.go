@@ -31,7 +31,7 @@ type Layout struct {
 var Layouts = []Layout{
 	{
 		// kubeadm, and the managed clouds' node images (EKS, GKE, AKS).
-		Name:     "standard",
+		Name:     "kubeadm",
 		Socket:   "/run/containerd/containerd.sock",
 		Config:   "/etc/containerd/config.toml",
 		HostsDir: containerd2DefaultConfigPath,
@@ -77,7 +77,7 @@ var OtherEndpoints = []string{
 }
 
 // layoutFor is the layout of the containerd that answered at endpoint:
-// of the layouts with that socket (the standard ones for a socket no
+// of the layouts with that socket (kubeadm's and talos's for a socket no
 // layout names), the one whose DataDir holds containerd's root, else the
 // first whose Config exists, else the first.
 func layoutFor(endpoint, rootDir string, exists func(string) bool) Layout {

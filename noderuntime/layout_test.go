@@ -39,8 +39,8 @@ func TestLayoutFor(t *testing.T) {
 		files                   []string
 		want                    string
 	}{
-		{name: "standard, no config", endpoint: stdSock, want: "standard"},
-		{name: "standard config", endpoint: stdSock, files: []string{"/etc/containerd/config.toml", "/etc/cri/containerd.toml"}, want: "standard"},
+		{name: "standard, no config", endpoint: stdSock, want: "kubeadm"},
+		{name: "standard config", endpoint: stdSock, files: []string{"/etc/containerd/config.toml", "/etc/cri/containerd.toml"}, want: "kubeadm"},
 		{name: "talos", endpoint: stdSock, files: []string{"/etc/cri/containerd.toml"}, want: "talos"},
 		{name: "k3s", endpoint: k3sSock, files: []string{k3sConf}, want: "k3s"},
 		{name: "rke2", endpoint: k3sSock, files: []string{rke2Conf}, want: "rke2"},
@@ -48,7 +48,7 @@ func TestLayoutFor(t *testing.T) {
 		{name: "both configs: k3s", endpoint: k3sSock, files: []string{k3sConf, rke2Conf}, want: "k3s"},
 		{name: "both configs, rke2's root", endpoint: k3sSock, rootDir: "/var/lib/rancher/rke2/agent/containerd", files: []string{k3sConf, rke2Conf}, want: "rke2"},
 		{name: "microk8s", endpoint: "unix:///var/snap/microk8s/common/run/containerd.sock", want: "microk8s"},
-		{name: "unknown socket: as standard", endpoint: "unix:///tmp/c.sock", files: []string{"/etc/cri/containerd.toml"}, want: "talos"},
+		{name: "unknown socket: as kubeadm", endpoint: "unix:///tmp/c.sock", files: []string{"/etc/cri/containerd.toml"}, want: "talos"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
