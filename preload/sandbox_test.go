@@ -67,8 +67,12 @@ func TestGuessedSandbox(t *testing.T) {
 				t.Fatal(err)
 			}
 			r := res[0]
-			if r.Image != sb.Name || r.Status != preload.StatusFailed || r.Reason != preload.ReasonUnreachable || r.Guess != tt.guess {
+			if r.Image != sb.Name || r.Status != preload.StatusFailed || r.Guess != tt.guess {
 				t.Errorf("sandbox result = %+v", r)
+			}
+			// A configured one's last attempt may end in the run's deadline.
+			if tt.guess && r.Reason != preload.ReasonUnreachable {
+				t.Errorf("guessed sandbox: reason %q, want %q", r.Reason, preload.ReasonUnreachable)
 			}
 			if tt.guess && r.Attempts != 1 {
 				t.Errorf("guessed sandbox: %d attempts, want 1", r.Attempts)

@@ -39,7 +39,7 @@ hook, before the kubelet starts.`,
   preloader once --config /etc/preloader/images.yaml
 
   # On a node whose runtime is not at a default socket, as JSON:
-  preloader once --config images.yaml --cri-endpoint unix:///run/k3s/containerd/containerd.sock -o json`,
+  preloader once --config images.yaml --cri-endpoint unix:///run/custom/containerd.sock -o json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return o.run(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr())
