@@ -77,7 +77,10 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 	if err != nil {
 		return a.syncFailed(ctx, cfg, ReasonSandboxUnknown, err)
 	}
-	apply, _ := preload.Plan(cfg.Config, node.Labels, sandbox)
+	// A guessed sandbox image counts here as any other: the agent retries
+	// every resync and its status shows the failure, with no bootstrap to
+	// hold up.
+	apply, _ := preload.Plan(cfg.Config, node.Labels, preload.Sandbox{Name: sandbox})
 	key := desiredKey(cfg.hash, apply)
 
 	// At rest: the same images as last time, all present then, and one
@@ -372,15 +375,15 @@ func (a *Agent) sandboxImage(ctx context.Context, cfg *loadedConfig) (string, er
 	if a.state.sandboxFor == cfg.hash {
 		return a.state.sandbox, nil
 	}
-	img, err := preload.ResolveSandbox(ctx, a.opts.Store, cfg.Config)
+	sb, err := preload.ResolveSandbox(ctx, a.opts.Store, cfg.Config)
 	if err != nil {
 		return "", err
 	}
-	if img != "" && img != a.state.sandbox {
-		a.log.Info("sandbox image", "image", img)
+	if sb.Name != "" && sb.Name != a.state.sandbox {
+		a.log.Info("sandbox image", "image", sb.Name, "source", sb.Source)
 	}
-	a.state.sandbox, a.state.sandboxFor = img, cfg.hash
-	return img, nil
+	a.state.sandbox, a.state.sandboxFor = sb.Name, cfg.hash
+	return sb.Name, nil
 }
 
 // desiredKey identifies the set of images a sync wants: the config's

@@ -18,9 +18,13 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
-// DefaultEndpoints are tried in order when no endpoint is configured.
+// DefaultEndpoints are tried in order when no endpoint is configured:
+// the sockets of noderuntime.Layouts (standard containerd, k3s and RKE2,
+// microk8s), then CRI-O's and cri-dockerd's (noderuntime.OtherEndpoints).
 var DefaultEndpoints = []string{
 	"unix:///run/containerd/containerd.sock",
+	"unix:///run/k3s/containerd/containerd.sock",
+	"unix:///var/snap/microk8s/common/run/containerd.sock",
 	"unix:///run/crio/crio.sock",
 	"unix:///var/run/cri-dockerd.sock",
 }

@@ -3,6 +3,10 @@ package noderuntime
 import (
 	"fmt"
 	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
 
 	"github.com/pelletier/go-toml/v2"
 )
@@ -47,22 +51,120 @@ type registryConfigFile struct {
 const defaultImageVerifierDir = "/opt/containerd/image-verifier/bin"
 
 // containerdConfigPath is the containerd config file the node's containerd
-// reads: PRELOADER_CONTAINERD_CONFIG, else containerd's default.
-func containerdConfigPath() string {
+// reads: PRELOADER_CONTAINERD_CONFIG, else that of layout.
+func containerdConfigPath(layout Layout) string {
 	if p := os.Getenv(ContainerdConfigEnv); p != "" {
 		return p
 	}
-	return "/etc/containerd/config.toml"
+	return layout.Config
 }
 
+// readContainerdConfig reads path and the files it imports, merged as
+// containerd merges them (cmd/containerd/server/config.LoadConfig in
+// v2.4.2): the file first, then its imports in order and theirs after
+// them, each over what came before; an import is relative to the file
+// naming it and may be a glob; a file is read once.
 func readContainerdConfig(path string) (*containerdConfigFile, error) {
-	data, err := os.ReadFile(path)
+	merged := map[string]any{}
+	loaded := map[string]bool{}
+	for pending := []string{path}; len(pending) > 0; {
+		p := pending[0]
+		pending = pending[1:]
+		if loaded[p] {
+			continue
+		}
+		loaded[p] = true
+		data, err := os.ReadFile(p)
+		if err != nil {
+			if p != path {
+				// containerd does not start with a missing import either.
+				return nil, fmt.Errorf("containerd config %s: import: %w", path, err)
+			}
+			return nil, err
+		}
+		var tree map[string]any
+		if err := toml.Unmarshal(data, &tree); err != nil {
+			return nil, fmt.Errorf("containerd config %s: %w", p, err)
+		}
+		imports, err := resolveImports(p, tree["imports"])
+		if err != nil {
+			return nil, fmt.Errorf("containerd config %s: imports: %w", p, err)
+		}
+		delete(tree, "imports")
+		mergeTree(merged, tree)
+		pending = append(pending, imports...)
+	}
+	data, err := toml.Marshal(merged)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("containerd config %s: %w", path, err)
 	}
 	var cfg containerdConfigFile
 	if err := toml.Unmarshal(data, &cfg); err != nil {
 		return nil, fmt.Errorf("containerd config %s: %w", path, err)
 	}
 	return &cfg, nil
+}
+
+func resolveImports(parent string, v any) ([]string, error) {
+	if v == nil {
+		return nil, nil
+	}
+	list, ok := v.([]any)
+	if !ok {
+		return nil, fmt.Errorf("not a list: %v", v)
+	}
+	var out []string
+	for _, item := range list {
+		p, ok := item.(string)
+		if !ok {
+			return nil, fmt.Errorf("not a path: %v", item)
+		}
+		p = filepath.Clean(p)
+		if !filepath.IsAbs(p) {
+			p = filepath.Join(filepath.Dir(parent), p)
+		}
+		if !strings.Contains(p, "*") {
+			out = append(out, p)
+			continue
+		}
+		matches, err := filepath.Glob(p)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, matches...) // sorted, as containerd's are
+	}
+	return out, nil
+}
+
+// mergeTree merges src into dst as containerd's mergo.Merge with
+// WithOverride does: tables key by key, a value that is set replaces,
+// an empty one does not, and lists add the items they lack.
+func mergeTree(dst, src map[string]any) {
+	for k, sv := range src {
+		dv, ok := dst[k]
+		if !ok {
+			dst[k] = sv
+			continue
+		}
+		switch s := sv.(type) {
+		case map[string]any:
+			if d, ok := dv.(map[string]any); ok {
+				mergeTree(d, s)
+				continue
+			}
+			dst[k] = s
+		case []any:
+			d, _ := dv.([]any)
+			for _, item := range s {
+				if !slices.ContainsFunc(d, func(x any) bool { return reflect.DeepEqual(x, item) }) {
+					d = append(d, item)
+				}
+			}
+			dst[k] = d
+		default:
+			if !reflect.ValueOf(sv).IsZero() {
+				dst[k] = sv
+			}
+		}
+	}
 }

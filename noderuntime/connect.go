@@ -12,17 +12,13 @@ import (
 	"github.com/kube-preloader/kube-preloader/cri"
 )
 
-// DefaultContainerdAddress is containerd's socket when its CRI does not
-// say.
-const DefaultContainerdAddress = "/run/containerd/containerd.sock"
-
 // Options say where the runtime is; empty fields are found.
 type Options struct {
 	// CRIEndpoint: else $CONTAINER_RUNTIME_ENDPOINT, else the first of
 	// cri.DefaultEndpoints that answers.
 	CRIEndpoint string
-	// ContainerdAddress: else where containerd's CRI says it is, else
-	// DefaultContainerdAddress.
+	// ContainerdAddress: else where containerd's CRI says it is, else the
+	// CRI endpoint, which containerd serves on its own socket.
 	ContainerdAddress string
 	Log               *slog.Logger
 }
@@ -61,7 +57,7 @@ func connect(ctx context.Context, c *cri.Client, opts Options, log *slog.Logger)
 		log.Info("no archive import, mirrors or pinning", "reason", fmt.Sprintf("runtime is %s, not containerd", f.runtime()))
 		return &criStore{Client: c, facts: f}, nil
 	}
-	f.ContainerdAddress = strings.TrimPrefix(firstSet(opts.ContainerdAddress, f.ContainerdAddress, DefaultContainerdAddress), "unix://")
+	f.ContainerdAddress = strings.TrimPrefix(firstSet(opts.ContainerdAddress, f.ContainerdAddress, c.Endpoint), "unix://")
 	// The containerd client logs through logrus at info level, in its own
 	// format; what matters reaches the user as errors.
 	if err := ctrdlog.SetLevel("warn"); err != nil {
@@ -71,8 +67,15 @@ func connect(ctx context.Context, c *cri.Client, opts Options, log *slog.Logger)
 	if err != nil {
 		return nil, &cri.UnreachableError{Tried: []string{f.ContainerdAddress}, Err: err}
 	}
-	log.Info("connected to containerd", "address", f.ContainerdAddress, "snapshotter", f.Snapshotter, "registryConfigPath", f.RegistryConfigPath)
+	log.Info("connected to containerd", "address", f.ContainerdAddress, "layout", f.Layout, "config", orNone(f.ContainerdConfig), "snapshotter", f.Snapshotter, "registryConfigPath", f.RegistryConfigPath)
 	return &containerdStore{criStore: criStore{Client: c, facts: f}, ctrd: ctrd}, nil
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none found"
+	}
+	return s
 }
 
 func firstSet(s ...string) string {

@@ -33,6 +33,7 @@ const containerd2DefaultSandboxImage = "registry.k8s.io/pause:3.10.2"
 // its pause image.
 type statusConfig struct {
 	Endpoint   string `json:"containerdEndpoint"`
+	RootDir    string `json:"containerdRootDir"`
 	Containerd struct {
 		Snapshotter        string `json:"snapshotter"`
 		DefaultRuntimeName string `json:"defaultRuntimeName"`
@@ -51,6 +52,7 @@ type statusConfig struct {
 // status, and containerd's config file read at most once.
 type discovery struct {
 	c          *cri.Client
+	layout     Layout
 	status     statusConfig
 	statusErr  error // the status config did not parse
 	configFile string
@@ -67,10 +69,12 @@ func discover(ctx context.Context, c *cri.Client) (*discovery, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &discovery{c: c, configFile: containerdConfigPath()}
+	d := &discovery{c: c}
 	if raw, ok := info["config"]; ok {
 		d.statusErr = json.Unmarshal([]byte(raw), &d.status)
 	}
+	d.layout = layoutFor(c.Endpoint, d.status.RootDir, fileExists)
+	d.configFile = containerdConfigPath(d.layout)
 	return d, nil
 }
 
@@ -97,6 +101,10 @@ func (d *discovery) facts(ctx context.Context) (Facts, error) {
 	}
 	if err := d.containerd(ctx, &f); err != nil {
 		return Facts{}, fmt.Errorf("containerd: %w", err)
+	}
+	f.Layout = d.layout.Name
+	if cfg, _ := d.containerdConfig(); cfg != nil {
+		f.ContainerdConfig = d.configFile
 	}
 	return f, nil
 }
@@ -173,12 +181,16 @@ func (d *discovery) directPullBypasses(snapshotter string) ([]string, error) {
 }
 
 // registryConfigPath is the config_path of containerd 2.x, whose status
-// no longer shows the image service's config: the config file's, else
-// the 2.x default.
+// no longer shows the image service's config: the config file's; the
+// 2.x default if it names none, as containerd then uses; the layout's
+// if there is no file, as its distribution would write one.
 func (d *discovery) registryConfigPath() (string, error) {
 	cfg, err := d.containerdConfig()
-	if err != nil || cfg == nil {
-		return containerd2DefaultConfigPath, err
+	if err != nil {
+		return "", err
+	}
+	if cfg == nil {
+		return d.layout.HostsDir, nil
 	}
 	for _, r := range []registryConfigFile{cfg.Plugins.Images.Registry, cfg.Plugins.CRI.Registry} {
 		if r.ConfigPath != "" {
@@ -191,10 +203,18 @@ func (d *discovery) registryConfigPath() (string, error) {
 	return containerd2DefaultConfigPath, nil
 }
 
+// SandboxGuess begins the source of a sandbox image that is containerd
+// 2.x's compiled-in default because no config said otherwise: a guess, as
+// a config the preloader did not find may well name another.
+const SandboxGuess = "guess: containerd 2.x default, "
+
+// IsSandboxGuess says whether a sandbox image's source is SandboxGuess.
+func IsSandboxGuess(source string) bool { return strings.HasPrefix(source, SandboxGuess) }
+
 // sandboxImage is the pod-infra image the runtime will use for every pod
 // sandbox, and where the answer came from. containerd 1.x and CRI-O
 // report it in the status; containerd 2.x does not, so then its config
-// file is read, and failing that the 2.x compiled-in default is assumed.
+// file is read, and failing that the 2.x compiled-in default is guessed.
 func (d *discovery) sandboxImage() (image, source string, err error) {
 	if d.statusErr == nil {
 		switch {
@@ -212,7 +232,7 @@ func (d *discovery) sandboxImage() (image, source string, err error) {
 	case err != nil:
 		return "", "", err
 	case cfg == nil:
-		return containerd2DefaultSandboxImage, "containerd 2.x default", nil
+		return containerd2DefaultSandboxImage, SandboxGuess + "no containerd config found (" + d.configFile + ")", nil
 	}
 	if img := cfg.Plugins.Images.PinnedImages.Sandbox; img != "" {
 		return img, d.configFile, nil
@@ -220,7 +240,7 @@ func (d *discovery) sandboxImage() (image, source string, err error) {
 	if img := cfg.Plugins.CRI.SandboxImage; img != "" {
 		return img, d.configFile, nil
 	}
-	return containerd2DefaultSandboxImage, "containerd 2.x default", nil
+	return containerd2DefaultSandboxImage, SandboxGuess + "not set in " + d.configFile, nil
 }
 
 const snapshotterDirPrefix = "io.containerd.snapshotter.v1."

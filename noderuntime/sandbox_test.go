@@ -15,6 +15,8 @@ func TestSandboxImage(t *testing.T) {
 	v2 := filepath.Join(dir, "v2.toml")
 	v3 := filepath.Join(dir, "v3.toml")
 	os.WriteFile(v2, []byte("version = 2\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"mirror.example/pause:3.9\"\n"), 0o600)
+	none := filepath.Join(dir, "none.toml")
+	os.WriteFile(none, []byte("version = 3\n"), 0o600)
 	os.WriteFile(v3, []byte("version = 3\n[plugins.\"io.containerd.cri.v1.images\".pinned_images]\n  sandbox = \"mirror.example/pause:3.10\"\n"), 0o600)
 
 	tests := []struct {
@@ -24,7 +26,8 @@ func TestSandboxImage(t *testing.T) {
 		{name: "CRI-O status", config: `{"pause_image":"registry.k8s.io/pause:3.9"}`, want: "registry.k8s.io/pause:3.9", source: "runtime status"},
 		{name: "containerd 2.x, version 2 config file", config: `{"containerd":{}}`, file: v2, want: "mirror.example/pause:3.9", source: v2},
 		{name: "containerd 2.x, version 3 config file", config: `{"containerd":{}}`, file: v3, want: "mirror.example/pause:3.10", source: v3},
-		{name: "containerd 2.x default", config: `{"containerd":{}}`, file: filepath.Join(dir, "absent.toml"), want: "registry.k8s.io/pause:3.10.2", source: "containerd 2.x default"},
+		{name: "containerd 2.x, no config file", config: `{"containerd":{}}`, file: filepath.Join(dir, "absent.toml"), want: "registry.k8s.io/pause:3.10.2", source: SandboxGuess + "no containerd config found (" + filepath.Join(dir, "absent.toml") + ")"},
+		{name: "containerd 2.x, config names none", config: `{"containerd":{}}`, file: none, want: "registry.k8s.io/pause:3.10.2", source: SandboxGuess + "not set in " + none},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -135,6 +135,8 @@ type Facts struct {
 	ContainerdAddress  string
 	Snapshotter        string
 	RegistryConfigPath string // hosts.toml directories, colon-separated; empty: none
+	Layout             string // Layouts' name of where containerd's files were looked for
+	ContainerdConfig   string // the config file read; empty: none found
 
 	sandboxImage, sandboxSource string
 	sandboxErr                  error

@@ -68,6 +68,10 @@ type Image struct {
 	refreshSet bool
 	// Line is where the entry starts in the config file.
 	Line int
+	// Guess is a sandbox image no config names (Sandbox.Guess): pulled
+	// with one attempt of at most guessTimeout, and its failure reported
+	// without counting against the run (Count).
+	Guess bool
 }
 
 const (

@@ -49,6 +49,9 @@ type Result struct {
 	// NextCheck is when the tag is due to be checked again (refresh);
 	// zero: not refreshed, or not known.
 	NextCheck time.Time `json:"-"`
+	// Guess: the image is a sandbox image no config names, the runtime's
+	// compiled-in default (Image.Guess); its failure is not counted.
+	Guess bool `json:"guess,omitempty"`
 }
 
 // Present says whether the image is on the node after the run.
@@ -61,11 +64,11 @@ func (r Result) Present() bool {
 }
 
 // Count counts the results that apply to the node (all but the skipped
-// ones: the images applied and the archives' others) and, of those, the
-// present ones.
+// ones and a guessed sandbox image that failed: the images applied and the
+// archives' others) and, of those, the present ones.
 func Count(results []Result) (present, total int) {
 	for _, r := range results {
-		if r.Status == StatusSkipped {
+		if r.Status == StatusSkipped || (r.Guess && !r.Present()) {
 			continue
 		}
 		total++
@@ -210,6 +213,9 @@ func (e *Engine) Run(ctx context.Context, cfg *Config, images []Image) ([]Result
 			}
 		}
 	}
+	for i, img := range images {
+		results[i].Guess = img.Guess
+	}
 	e.syncPins(ctx, cfg, results)
 	e.own(ctx, images, results)
 	e.markChecked(ctx, images, results)
@@ -226,6 +232,13 @@ func (e *Engine) pull(ctx context.Context, cfg *Config, img Image) Result {
 	}
 	auths = append(auths, nil)
 	backoff := cfg.Retry.Backoff()
+	maxAttempts := e.MaxAttempts
+	if img.Guess {
+		maxAttempts = 1
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, guessTimeout)
+		defer cancel()
+	}
 	var prev error
 	for attempt := 1; ; attempt++ {
 		err := e.pullOnce(ctx, cfg, img, auths)
@@ -239,7 +252,7 @@ func (e *Engine) pull(ctx context.Context, cfg *Config, img Image) Result {
 			err = fmt.Errorf("%w (run ended while retrying)", prev)
 		}
 		reason, transient := Classify(err)
-		if !transient || ctx.Err() != nil || attempt == e.MaxAttempts {
+		if !transient || ctx.Err() != nil || attempt == maxAttempts {
 			e.log().Warn("pull failed", "image", img.Name, "reason", reason, "attempts", attempt, "err", err)
 			return failedVia(img.Name, cfg.PullVia, err, time.Since(start), attempt)
 		}

@@ -293,14 +293,14 @@ func TestPlan(t *testing.T) {
 	tests := []struct {
 		name    string
 		labels  map[string]string
-		sandbox string
+		sandbox preload.Sandbox
 		apply   []string
 		skipped []string
 	}{
-		{"no labels", nil, "", []string{"r/a:1"}, []string{"r/gpu:1", "r/pause:3"}},
-		{"gpu node", map[string]string{"gpu": "true"}, "", []string{"r/a:1", "r/gpu:1"}, []string{"r/pause:3"}},
-		{"sandbox added first", nil, "r/p:1", []string{"r/p:1", "r/a:1"}, []string{"r/gpu:1", "r/pause:3"}},
-		{"sandbox listed keeps its entry", nil, "r/pause:3", []string{"r/a:1", "r/pause:3"}, []string{"r/gpu:1"}},
+		{"no labels", nil, preload.Sandbox{}, []string{"r/a:1"}, []string{"r/gpu:1", "r/pause:3"}},
+		{"gpu node", map[string]string{"gpu": "true"}, preload.Sandbox{}, []string{"r/a:1", "r/gpu:1"}, []string{"r/pause:3"}},
+		{"sandbox added first", nil, preload.Sandbox{Name: "r/p:1"}, []string{"r/p:1", "r/a:1"}, []string{"r/gpu:1", "r/pause:3"}},
+		{"sandbox listed keeps its entry", nil, preload.Sandbox{Name: "r/pause:3"}, []string{"r/a:1", "r/pause:3"}, []string{"r/gpu:1"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

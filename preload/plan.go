@@ -2,19 +2,20 @@ package preload
 
 // Plan splits cfg.Images into those that apply to a node with the given
 // labels and those that do not. The sandbox image (when not empty) always
-// applies: every pod needs it. Nil labels mean the node is unknown, as in
+// applies: every pod needs it; one that is a guess and that cfg does not
+// list is tried as Image.Guess. Nil labels mean the node is unknown, as in
 // `preloader once`: images with a nodeSelector then do not apply.
-func Plan(cfg *Config, labels map[string]string, sandbox string) (apply, skipped []Image) {
+func Plan(cfg *Config, labels map[string]string, sandbox Sandbox) (apply, skipped []Image) {
 	for _, img := range cfg.Images {
-		if matches(img.NodeSelector, labels) || img.Name == sandbox {
+		if matches(img.NodeSelector, labels) || img.Name == sandbox.Name {
 			apply = append(apply, img)
 		} else {
 			skipped = append(skipped, img)
 		}
 	}
-	if sandbox != "" && !contains(apply, sandbox) {
+	if sandbox.Name != "" && !contains(apply, sandbox.Name) {
 		// First, so that pods can get sandboxes as early as possible.
-		apply = append([]Image{{Ref: sandbox, Name: sandbox}}, apply...)
+		apply = append([]Image{{Ref: sandbox.Name, Name: sandbox.Name, Guess: sandbox.Guess}}, apply...)
 	}
 	return apply, skipped
 }

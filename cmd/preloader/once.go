@@ -39,7 +39,7 @@ hook, before the kubelet starts.`,
   preloader once --config /etc/preloader/images.yaml
 
   # On a node whose runtime is not at a default socket, as JSON:
-  preloader once --config images.yaml --cri-endpoint unix:///run/k3s/containerd/containerd.sock -o json`,
+  preloader once --config images.yaml --cri-endpoint unix:///run/custom/containerd.sock -o json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return o.run(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr())
@@ -84,8 +84,11 @@ func (o *onceOptions) run(ctx context.Context, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if sandbox != "" {
-		log.Info("sandbox image", "image", sandbox)
+	switch {
+	case sandbox.Guess:
+		log.Warn("sandbox image is a guess: tried once, and a failure does not fail the run", "image", sandbox.Name, "source", sandbox.Source)
+	case sandbox.Name != "":
+		log.Info("sandbox image", "image", sandbox.Name, "source", sandbox.Source)
 	}
 	// The kubelet's own thresholds, where the config leaves the budget's
 	// unset and the node has a kubelet config to read them from.

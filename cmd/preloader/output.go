@@ -31,7 +31,7 @@ func writeResults(w io.Writer, format string, results []preload.Result, pruned [
 	}
 	fmt.Fprintln(tw, header)
 	for _, r := range results {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s", r.Image, r.Status, humanSize(r.Size), humanDuration(r.Duration), r.Reason)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s", r.Image, r.Status, humanSize(r.Size), humanDuration(r.Duration), reason(r))
 		if wide {
 			fmt.Fprintf(tw, "\t%s\t%s\t%s\t%s", orDash(r.Via), orDash(r.Source), orDash(attempts(r.Attempts)), orDash(r.Error))
 		}
@@ -59,6 +59,18 @@ func writeObject(w io.Writer, format string, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+// reason is the table's REASON: a guessed sandbox image says that it is
+// one, and that its failure is not counted.
+func reason(r preload.Result) string {
+	if !r.Guess {
+		return r.Reason
+	}
+	if r.Present() {
+		return "sandbox image guessed (containerd 2.x default, not found in config)"
+	}
+	return r.Reason + "; sandbox image guessed (containerd 2.x default, not found in config), not counted"
 }
 
 func attempts(n int) string {

@@ -17,7 +17,7 @@ type runtimeFlags struct {
 
 func (f *runtimeFlags) add(fs *pflag.FlagSet) {
 	fs.StringVar(&f.endpoint, "cri-endpoint", "", "CRI endpoint (default: $"+cri.EndpointEnv+", else the first known socket that answers)")
-	fs.StringVar(&f.containerdAddress, "containerd-address", "", "containerd socket, for archive import, mirrors, pinning and pullVia containerd (default: the one containerd's CRI reports, else "+noderuntime.DefaultContainerdAddress+")")
+	fs.StringVar(&f.containerdAddress, "containerd-address", "", "containerd socket, for archive import, mirrors, pinning and pullVia containerd (default: the one containerd's CRI reports, else the CRI endpoint)")
 }
 
 func (f *runtimeFlags) connect(ctx context.Context, log *slog.Logger) (noderuntime.Store, error) {

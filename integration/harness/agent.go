@@ -52,6 +52,10 @@ type AgentOptions struct {
 	Bin        string // the preloader binary (BuildPreloader)
 	Kubeconfig string // the identity the agent acts as
 	Node       string // --node-name
+	// Containerd is the runtime the agent is pointed at with
+	// --cri-endpoint, --containerd-address and PRELOADER_CONTAINERD_CONFIG;
+	// one with a Layout is instead found by the agent, run inside its
+	// namespace with none of them, as on a node of that distribution.
 	Containerd *Containerd
 }
 
@@ -77,18 +81,22 @@ func StartAgent(t T, opts AgentOptions) *Agent {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a.cmd = exec.Command(opts.Bin, "agent",
-		"--configmap", AgentNamespace+"/"+AgentConfigMap,
+	args := []string{"agent",
+		"--configmap", AgentNamespace + "/" + AgentConfigMap,
 		"--node-name", opts.Node,
 		"--kubeconfig", opts.Kubeconfig,
-		"--cri-endpoint", opts.Containerd.Endpoint,
-		"--containerd-address", opts.Containerd.Address,
-		"--metrics-addr", "127.0.0.1:0")
-	// containerd 2.x does not report its sandbox image over the CRI; the
-	// documented fallback reads this containerd's config file.
-	a.cmd.Env = append(os.Environ(), noderuntime.ContainerdConfigEnv+"="+opts.Containerd.ConfigFile)
+		"--metrics-addr", "127.0.0.1:0"}
+	ctrd := opts.Containerd
+	if ctrd.Layout != "" {
+		a.cmd = ctrd.Command(opts.Bin, args...)
+		a.cmd.Env = DiscoveryEnv()
+	} else {
+		a.cmd = ctrd.Command(opts.Bin, append(args, "--cri-endpoint", ctrd.Endpoint, "--containerd-address", ctrd.Address)...)
+		// containerd 2.x does not report its sandbox image over the CRI; the
+		// documented fallback reads this containerd's config file.
+		a.cmd.Env = append(os.Environ(), noderuntime.ContainerdConfigEnv+"="+ctrd.ConfigFile)
+	}
 	a.cmd.Stdout, a.cmd.Stderr = f, f
-	a.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := a.cmd.Start(); err != nil {
 		f.Close()
 		t.Fatal(err)
@@ -125,6 +133,20 @@ func StartAgent(t T, opts AgentOptions) *Agent {
 		}
 	}
 	return a
+}
+
+// DiscoveryEnv is the test's environment without what would point the
+// preloader at a runtime (CONTAINER_RUNTIME_ENDPOINT,
+// PRELOADER_CONTAINERD_CONFIG), so that it finds one as on a node.
+func DiscoveryEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		if k != "CONTAINER_RUNTIME_ENDPOINT" && k != noderuntime.ContainerdConfigEnv {
+			env = append(env, kv)
+		}
+	}
+	return env
 }
 
 // Pid is the agent's process ID, for reading /proc/PID.

@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -18,6 +19,8 @@ import (
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/kube-preloader/kube-preloader/noderuntime"
 )
 
 // Flavor selects which containerd binary StartContainerd runs.
@@ -64,6 +67,14 @@ type ContainerdOptions struct {
 	// RootSize, when set, puts containerd's root (content store, snapshots,
 	// metadata) on a tmpfs of that many bytes, for disk-full tests.
 	RootSize int64
+	// Layout, a name of noderuntime.Layouts (kubeadm, talos, k3s, rke2,
+	// microk8s), runs containerd in a MountNamespace of its own with its
+	// socket, config file (in that distribution's style) and registry
+	// hosts directory at the layout's real paths; root and state stay in
+	// Dir. Address, Endpoint, ConfigFile and ConfigPath are then paths in
+	// the namespace: Path reaches them from the test, Command runs a
+	// program where they resolve.
+	Layout string
 }
 
 // Containerd is a containerd daemon with its CRI plugin, confined to its own
@@ -79,11 +90,39 @@ type Containerd struct {
 	Root       string
 	State      string
 	LogPath    string
+	// Layout is ContainerdOptions.Layout; Namespace is its mount
+	// namespace, nil without a layout.
+	Layout    string
+	Namespace *MountNamespace
 
 	t    T
 	env  []string
 	proc *process
 }
+
+// Path is where the test process reaches path of this containerd's
+// filesystem view: path itself, or through its Namespace.
+func (c *Containerd) Path(path string) string {
+	if c.Namespace == nil {
+		return path
+	}
+	return c.Namespace.Path(path)
+}
+
+// Command is exec.Command of bin where this containerd's paths resolve:
+// inside its Namespace, if it has one. The process is killed if the test
+// binary dies.
+func (c *Containerd) Command(bin string, args ...string) *exec.Cmd {
+	if c.Namespace != nil {
+		return c.Namespace.Command(bin, args...)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	return cmd
+}
+
+// dialEndpoint is Endpoint as the test process dials it.
+func (c *Containerd) dialEndpoint() string { return "unix://" + c.Path(c.Address) }
 
 // StartContainerd writes a config into a fresh directory, starts containerd
 // and waits until its CRI answers. It skips or fails the test (see Require)
@@ -102,6 +141,11 @@ func StartContainerd(t T, opts ContainerdOptions) *Containerd {
 	}
 	if opts.Snapshotter == "" {
 		opts.Snapshotter = "native"
+	}
+	if opts.Layout != "" && opts.RootSize > 0 {
+		// The tmpfs would be mounted on the host, after the namespace
+		// was made private.
+		t.Fatal("containerd: RootSize and Layout together are not supported")
 	}
 	bin, shim := opts.Flavor.Binaries()
 	Require(t, string(opts.Flavor), bin)
@@ -126,6 +170,12 @@ func StartContainerd(t T, opts ContainerdOptions) *Containerd {
 		t:          t,
 		env:        os.Environ(),
 	}
+	if opts.Layout != "" {
+		if err := c.useLayout(t, opts.Layout); err != nil {
+			os.RemoveAll(dir)
+			t.Fatalf("containerd: %v", err)
+		}
+	}
 	c.Endpoint = "unix://" + c.Address
 	t.Cleanup(c.cleanup)
 
@@ -142,10 +192,31 @@ func StartContainerd(t T, opts ContainerdOptions) *Containerd {
 	return c
 }
 
+// useLayout puts the socket, config and hosts directory at layout's
+// paths in a new mount namespace (registered for cleanup before the
+// daemon, so that it goes after it).
+func (c *Containerd) useLayout(t T, name string) error {
+	i := slices.IndexFunc(noderuntime.Layouts, func(l noderuntime.Layout) bool { return l.Name == name })
+	if i < 0 {
+		return fmt.Errorf("no layout %q in noderuntime.Layouts", name)
+	}
+	l := noderuntime.Layouts[i]
+	c.Layout = name
+	c.Namespace = NewMountNamespace(t)
+	c.Address, c.ConfigFile = l.Socket, l.Config
+	c.ConfigPath, _, _ = strings.Cut(l.HostsDir, ":") // the first directory containerd looks in
+	for _, d := range []string{filepath.Dir(c.Address), filepath.Dir(c.ConfigFile)} {
+		if err := os.MkdirAll(c.Path(d), 0o755); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // writeFiles writes the config, the CNI config and the shim symlink.
 func (c *Containerd) writeFiles(opts ContainerdOptions, shim string) error {
 	cniDir := filepath.Join(c.Dir, "cni")
-	for _, d := range []string{c.ConfigPath, cniDir} {
+	for _, d := range []string{c.Path(c.ConfigPath), cniDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return err
 		}
@@ -168,18 +239,49 @@ func (c *Containerd) writeFiles(opts ContainerdOptions, shim string) error {
 		}
 		c.env = append(c.env, "PATH="+binDir+string(os.PathListSeparator)+os.Getenv("PATH"))
 	}
-	cfg := containerdConfig(c, opts, cniDir)
-	if err := os.WriteFile(c.ConfigFile, []byte(cfg), 0o644); err != nil {
-		return fmt.Errorf("write config: %w", err)
+	files := map[string]string{c.ConfigFile: containerdConfig(c, opts, cniDir, true)}
+	if c.Layout == "talos" {
+		// As Talos writes it: the base file imports conf.d, which names
+		// the sandbox image and the hosts directory.
+		files[c.ConfigFile] = "imports = [\"conf.d/*.toml\"]\n" + containerdConfig(c, opts, cniDir, false)
+		files[filepath.Join(filepath.Dir(c.ConfigFile), "conf.d", "20-cri.toml")] = criImageSettings(c, opts)
+	}
+	for path, content := range files {
+		if err := os.MkdirAll(c.Path(filepath.Dir(path)), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(c.Path(path), []byte(content), 0o644); err != nil {
+			return fmt.Errorf("write config: %w", err)
+		}
 	}
 	return nil
+}
+
+// criImageSettings is a version 2 file of only what the preloader reads
+// of the CRI: the sandbox image and config_path.
+func criImageSettings(c *Containerd, opts ContainerdOptions) string {
+	return `version = 2
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = ` + strconv.Quote(opts.SandboxImage) + `
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = ` + strconv.Quote(c.ConfigPath) + `
+`
 }
 
 // containerdConfig renders a version 2 config. containerd 1.6 reads it as is;
 // 2.x migrates it in memory (the CRI keys move to io.containerd.cri.v1.images
 // and io.containerd.cri.v1.runtime), so one file serves both flavors.
-func containerdConfig(c *Containerd, opts ContainerdOptions, cniDir string) string {
+// images: with the sandbox image and config_path (criImageSettings), in the
+// places k3s's, RKE2's and microk8s's version 2 templates put them too.
+func containerdConfig(c *Containerd, opts ContainerdOptions, cniDir string, images bool) string {
 	q := strconv.Quote // TOML basic strings accept Go's quoting of paths and names
+	sandbox, registry := "", ""
+	if images {
+		sandbox = "  sandbox_image = " + q(opts.SandboxImage) + "\n"
+		registry = `
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = ` + q(c.ConfigPath) + "\n"
+	}
 	return `version = 2
 root = ` + q(c.Root) + `
 state = ` + q(c.State) + `
@@ -217,8 +319,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
   snapshotter = ` + q(opts.Snapshotter) + `
 
 [plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = ` + q(opts.SandboxImage) + `
-  # Root here lacks CAP_SYS_RESOURCE: without this every sandbox fails with
+` + sandbox + `  # Root here lacks CAP_SYS_RESOURCE: without this every sandbox fails with
   # "can't get final child's PID from pipe: EOF".
   restrict_oom_score_adj = true
   stream_server_address = "127.0.0.1"
@@ -235,10 +336,14 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = ` + q(cniDir) + `
+` + registry
+}
 
-  [plugins."io.containerd.grpc.v1.cri".registry]
-    config_path = ` + q(c.ConfigPath) + `
-`
+func layoutNote(layout string) string {
+	if layout == "" {
+		return ""
+	}
+	return " (layout " + layout + ", in its own mount namespace)"
 }
 
 func mountTmpfs(dir string, size int64) error {
@@ -259,7 +364,11 @@ func (c *Containerd) Start() {
 		c.t.Fatalf("containerd: Start while running")
 	}
 	start := time.Now()
-	p, err := startProcess(c.LogPath, c.env, c.Binary, "--config", c.ConfigFile)
+	bin, args := c.Binary, []string{"--config", c.ConfigFile}
+	if c.Namespace != nil {
+		bin, args = c.Namespace.Wrap(bin, args...)
+	}
+	p, err := startProcess(c.LogPath, c.env, bin, args...)
 	if err != nil {
 		c.t.Fatalf("containerd: %v", err)
 	}
@@ -268,7 +377,7 @@ func (c *Containerd) Start() {
 		c.proc.kill()
 		c.t.Fatalf("containerd (%s) did not become ready: %v\nlog %s:\n%s", c.Flavor, err, c.LogPath, logTail(c.LogPath, 40))
 	}
-	c.t.Logf("containerd (%s) ready in %s at %s", c.Flavor, time.Since(start).Round(time.Millisecond), c.Endpoint)
+	c.t.Logf("containerd (%s) ready in %s at %s%s", c.Flavor, time.Since(start).Round(time.Millisecond), c.Endpoint, layoutNote(c.Layout))
 }
 
 // waitCRI polls the CRI Version call until it answers or the daemon exits.
@@ -276,7 +385,7 @@ func (c *Containerd) waitCRI(timeout time.Duration) error {
 	// gRPC's default reconnect backoff starts at 1 s, which would be most of
 	// the wait: the daemon itself boots in about 0.2 s.
 	fast := grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.2, MaxDelay: 200 * time.Millisecond}}
-	conn, err := grpc.NewClient(c.Endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithConnectParams(fast))
+	conn, err := grpc.NewClient(c.dialEndpoint(), grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithConnectParams(fast))
 	if err != nil {
 		return err
 	}
@@ -333,7 +442,7 @@ func (c *Containerd) running() bool {
 // when the test ends.
 func (c *Containerd) Conn(t T) *grpc.ClientConn {
 	t.Helper()
-	conn, err := grpc.NewClient(c.Endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(c.dialEndpoint(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatalf("containerd: dial %s: %v", c.Endpoint, err)
 	}
@@ -351,7 +460,16 @@ func (c *Containerd) cleanup() {
 			c.t.Logf("containerd: stop: %v", err)
 		}
 	}
-	killShims(c.Address)
+	if c.Namespace != nil {
+		// The layout's socket path is the same in every namespace: only
+		// this one's shims are ours.
+		killShims(c.Address, c.Namespace.inside)
+		if err := c.Namespace.unmountBelow(c.Dir); err != nil {
+			c.t.Errorf("containerd: %v", err)
+		}
+	} else {
+		killShims(c.Address, func(int) bool { return true })
+	}
 	if err := unmountBelow(c.Dir); err != nil {
 		c.t.Errorf("containerd: %v", err)
 	}
@@ -365,7 +483,7 @@ func (c *Containerd) cleanup() {
 func (c *Containerd) removeSandboxes() {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	conn, err := grpc.NewClient(c.Endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(c.dialEndpoint(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return
 	}
@@ -387,9 +505,10 @@ func (c *Containerd) removeSandboxes() {
 }
 
 // killShims kills the shims started by the daemon at address (their command
-// line has "-address <address>") with their containers. Shims outlive the
-// daemon by design, so after Kill they and their containers would leak.
-func killShims(address string) {
+// line has "-address <address>") and that ours says are ours, with their
+// containers. Shims outlive the daemon by design, so after Kill they and
+// their containers would leak.
+func killShims(address string, ours func(pid int) bool) {
 	children := map[int][]int{} // ppid -> pids
 	var shims []int
 	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
@@ -408,7 +527,7 @@ func killShims(address string) {
 		children[ppid] = append(children[ppid], pid)
 		cmdline, _ := os.ReadFile(filepath.Join(filepath.Dir(p), "cmdline"))
 		args := strings.Split(string(cmdline), "\x00")
-		if strings.Contains(args[0], "containerd-shim") && slices.Contains(args, address) {
+		if strings.Contains(args[0], "containerd-shim") && slices.Contains(args, address) && ours(pid) {
 			shims = append(shims, pid)
 		}
 	}
@@ -428,9 +547,24 @@ func killShims(address string) {
 
 // unmountBelow lazily unmounts every mount point below dir, deepest first.
 func unmountBelow(dir string) error {
-	f, err := os.Open("/proc/self/mountinfo")
+	mounts, err := mountsBelow("/proc/self/mountinfo", dir)
 	if err != nil {
 		return err
+	}
+	for _, mp := range mounts {
+		if err := syscall.Unmount(mp, syscall.MNT_DETACH); err != nil && err != syscall.EINVAL && err != syscall.ENOENT {
+			return fmt.Errorf("unmount %s: %w", mp, err)
+		}
+	}
+	return nil
+}
+
+// mountsBelow lists the mount points below dir in a mountinfo file,
+// deepest first.
+func mountsBelow(mountinfo, dir string) ([]string, error) {
+	f, err := os.Open(mountinfo)
+	if err != nil {
+		return nil, err
 	}
 	defer f.Close()
 	var mounts []string
@@ -450,13 +584,9 @@ func unmountBelow(dir string) error {
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return fmt.Errorf("read mountinfo: %w", err)
+		return nil, fmt.Errorf("read mountinfo: %w", err)
 	}
-	// mountinfo lists parents before children; unmount in reverse.
-	for i := len(mounts) - 1; i >= 0; i-- {
-		if err := syscall.Unmount(mounts[i], syscall.MNT_DETACH); err != nil && err != syscall.EINVAL && err != syscall.ENOENT {
-			return fmt.Errorf("unmount %s: %w", mounts[i], err)
-		}
-	}
-	return nil
+	// mountinfo lists parents before children.
+	slices.Reverse(mounts)
+	return mounts, nil
 }

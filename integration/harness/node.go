@@ -40,6 +40,12 @@ type NodeOptions struct {
 	Containerd *Containerd
 	// Flavor of the containerd StartNode starts; default Containerd2.
 	Flavor Flavor
+	// Layout of the containerd StartNode starts (ContainerdOptions.Layout);
+	// the kubelet then runs in its namespace too, so that a pod's hostPath
+	// of that distribution's paths (/run/k3s/containerd, …) resolves for
+	// the kubelet's checks and containerd's mounts. With Containerd given,
+	// the kubelet joins that one's namespace, if it has one.
+	Layout string
 	// Snapshotter of the containerd StartNode starts; default overlayfs
 	// where the kernel lets root mount an overlay, else native.
 	Snapshotter string
@@ -150,7 +156,7 @@ func StartNode(t T, opts NodeOptions) *Node {
 		if opts.Snapshotter == "" {
 			opts.Snapshotter = NodeSnapshotter()
 		}
-		opts.Containerd = StartContainerd(t, ContainerdOptions{Flavor: opts.Flavor, SandboxImage: opts.SandboxImage, Snapshotter: opts.Snapshotter})
+		opts.Containerd = StartContainerd(t, ContainerdOptions{Flavor: opts.Flavor, SandboxImage: opts.SandboxImage, Snapshotter: opts.Snapshotter, Layout: opts.Layout})
 	}
 	n.Containerd = opts.Containerd
 	for _, reg := range opts.Registries {
@@ -457,7 +463,11 @@ func (n *Node) startKubelet() error {
 		args = append(args, "--node-labels="+strings.Join(ls, ","))
 	}
 	n.KubeletStarted = time.Now()
-	return n.startProcess("kubelet", KubeletBinary(n.opts.KubeletVersion), args)
+	bin := KubeletBinary(n.opts.KubeletVersion)
+	if ns := n.Containerd.Namespace; ns != nil {
+		bin, args = ns.Wrap(bin, args...)
+	}
+	return n.startProcess("kubelet", bin, args)
 }
 
 // mergedKubeletConfig is cfg with extra's top-level fields set over it.
@@ -845,6 +855,11 @@ func (n *Node) cleanup() {
 		go func() { defer wg.Done(); p.stop(10 * time.Second) }()
 	}
 	wg.Wait()
+	if ns := n.Containerd.Namespace; ns != nil {
+		if err := ns.unmountBelow(n.Dir); err != nil {
+			n.t.Logf("node cleanup: %v", err)
+		}
+	}
 	if err := unmountBelow(n.Dir); err != nil {
 		n.t.Logf("node cleanup: %v", err)
 	}

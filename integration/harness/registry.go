@@ -240,7 +240,7 @@ func (r *Registry) TrustIn(c *Containerd) {
 	if r.CACertPath != "" {
 		hosts += fmt.Sprintf("  ca = %q\n", r.CACertPath)
 	}
-	dir := filepath.Join(c.ConfigPath, r.Host)
+	dir := c.Path(filepath.Join(c.ConfigPath, r.Host))
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		r.t.Fatalf("registry: %v", err)
 	}
