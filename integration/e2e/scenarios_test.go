@@ -98,8 +98,7 @@ func TestE2E(t *testing.T) {
 
 func testScenarios(t *testing.T, kind nodeKind) {
 	start := time.Now()
-	r := newRun(t, kind)
-	r.full = true
+	r := newRun(t, kind, true)
 	step := func(name string, f func()) {
 		t.Helper()
 		s := time.Now()
@@ -144,7 +143,7 @@ func testScenarios(t *testing.T, kind nodeKind) {
 // the printed allowlist.
 func testScenariosSubset(t *testing.T, kind nodeKind) {
 	start := time.Now()
-	r := newRun(t, kind)
+	r := newRun(t, kind, false)
 	r.kube = harness.StartKube(t)
 	r.startNode(t, false)
 	r.scenarioPauseAfter(t)
@@ -209,9 +208,9 @@ type cmdResult struct {
 	took time.Duration
 }
 
-func newRun(t *testing.T, kind nodeKind) *run {
+func newRun(t *testing.T, kind nodeKind, full bool) *run {
 	t.Helper()
-	r := &run{kind: kind, flavor: kind.flavor, img: map[string]harness.TestImage{}, sandbox: "auto"}
+	r := &run{kind: kind, flavor: kind.flavor, full: full, img: map[string]harness.TestImage{}, sandbox: "auto"}
 	r.kubectl = kubectlBinary(t)
 	r.user = "e2e-puller"
 	r.password = "pw-" + randomHex(t, 12)
@@ -260,10 +259,10 @@ func newRun(t *testing.T, kind nodeKind) *run {
 	for i, name := range []string{"pause", "private", "sa-private", "via-client", "via-cri"} {
 		r.img[name] = priv[i]
 	}
-	if r.flavor == harness.Containerd2 {
+	if r.flavor == harness.Containerd2 && !r.full {
 		// containerd 2.x does not report its sandbox image through the
-		// CRI and the agent's pod has no /etc/containerd/config.toml:
-		// name it (README, sandboxImage).
+		// CRI and the overlay's agent pod has no containerd config: name
+		// it (README, sandboxImage). The full run's chart mounts k3s's.
 		r.sandbox = r.img["pause"].Ref
 	}
 	return r
@@ -389,6 +388,11 @@ func (r *run) startNode(t *testing.T, taint bool) {
 		Registries:     []*harness.Registry{r.pub, r.priv},
 		BeforeKubelet:  func(n *harness.Node) { r.bootstrapHook(t, n) },
 	}
+	if r.full {
+		// containerd 2.x at k3s's paths: the chart's distribution: k3s and
+		// the preloader's discovery, with no path flags, on a real kubelet.
+		opts.Layout = "k3s"
+	}
 	if taint {
 		opts.RegisterWithTaints = []corev1.Taint{{Key: notReadyTaint, Effect: corev1.TaintEffectNoSchedule}}
 	}
@@ -400,6 +404,26 @@ func (r *run) startNode(t *testing.T, taint bool) {
 		}
 	})
 	r.node.WaitServiceAccount(t, "default", "default", time.Minute)
+}
+
+// onNode runs the preloader on node n as its own hooks would. On a node
+// with a distribution's layout (the full run's k3s) it runs inside the
+// node's mount namespace with no path flags: it finds containerd, its
+// config and hosts directory where k3s puts them. Elsewhere it is told the
+// harness's socket and, on containerd 2.x, which does not report its
+// sandbox image or config_path through the CRI, containerd's config file.
+func (r *run) onNode(t *testing.T, n *harness.Node, name string, timeout time.Duration, args ...string) cmdResult {
+	t.Helper()
+	if ns := n.Containerd.Namespace; ns != nil {
+		bin, argv := ns.Wrap(preloaderBin, args...)
+		return r.command(t, name, timeout, nil, bin, argv...)
+	}
+	args = append(args, "--cri-endpoint", n.Containerd.Endpoint, "--containerd-address", n.Containerd.Address)
+	var env []string
+	if r.flavor == harness.Containerd2 {
+		env = append(env, "PRELOADER_CONTAINERD_CONFIG="+n.Containerd.ConfigFile)
+	}
+	return r.command(t, name, timeout, env, preloaderBin, args...)
 }
 
 // bootstrapHook runs what scripts/preloader-bootstrap.service runs, its
@@ -434,17 +458,7 @@ func (r *run) bootstrapHook(t *testing.T, n *harness.Node) {
 			args[i+1] = config
 		}
 	}
-	// The unit finds the runtime at its default socket; the harness's is
-	// in a temporary directory.
-	args = append(args[1:], "--docker-config", dockercfg,
-		"--cri-endpoint", n.Containerd.Endpoint, "--containerd-address", n.Containerd.Address)
-	var env []string
-	if r.flavor == harness.Containerd2 {
-		// 2.x does not report its sandbox image through the CRI; once reads
-		// containerd's config file (README: sandboxImage auto).
-		env = append(env, "PRELOADER_CONTAINERD_CONFIG="+n.Containerd.ConfigFile)
-	}
-	res := r.command(t, "bootstrap: preloader once", 5*time.Minute, env, preloaderBin, args...)
+	res := r.onNode(t, n, "bootstrap: preloader once", 5*time.Minute, append(args[1:], "--docker-config", dockercfg)...)
 	r.onceTook = res.took
 	t.Logf("bootstrap hook: preloader %s (%v, exit %d)\n%s", strings.Join(args, " "), res.took.Round(time.Millisecond), res.code, res.out)
 	if res.code != 0 || !strings.Contains(res.out, r.img["pause"].Ref) {
@@ -1185,11 +1199,7 @@ func (r *run) scenarioPullViaContainerd(t *testing.T, name string) {
 	creds, _ := json.Marshal(map[string]any{"auths": map[string]any{r.priv.Host: map[string]string{"auth": r.auth}}})
 	dockerConfig := filepath.Join(dir, "config.json")
 	writeMode(t, dockerConfig, string(creds), 0o600)
-	// containerd 2.x reports neither its sandbox image nor its registry
-	// config_path (hosts.toml); once reads containerd's config file.
-	env := []string{"PRELOADER_CONTAINERD_CONFIG=" + n.Containerd.ConfigFile}
-	res := r.command(t, "preloader once (pullVia containerd)", 2*time.Minute, env, preloaderBin, "once", "--config", config,
-		"--docker-config", dockerConfig, "--cri-endpoint", n.Containerd.Endpoint, "--containerd-address", n.Containerd.Address)
+	res := r.onNode(t, n, "preloader once (pullVia containerd)", 2*time.Minute, "once", "--config", config, "--docker-config", dockerConfig)
 	t.Logf("preloader once, pullVia containerd (%v, exit %d):\n%s", res.took.Round(time.Millisecond), res.code, res.out)
 	if res.code != 0 || !strings.Contains(res.out, "pulled") {
 		t.Fatalf("preloader once, pullVia containerd: exit %d, want 0 and %s pulled:\n%s", res.code, img.Ref, res.out)
@@ -1211,7 +1221,7 @@ func (r *run) scenarioPullViaContainerd(t *testing.T, name string) {
 	if err != nil {
 		t.Fatalf("CRI ListImages: %v", err)
 	}
-	cc, err := client.New(n.Containerd.Address, client.WithDefaultNamespace("k8s.io"))
+	cc, err := client.New(n.Containerd.Path(n.Containerd.Address), client.WithDefaultNamespace("k8s.io"))
 	if err != nil {
 		t.Fatalf("containerd client: %v", err)
 	}
