@@ -95,6 +95,10 @@ type Containerd struct {
 	Layout    string
 	Namespace *MountNamespace
 
+	// rootInConfig is the root containerd is told, when it is not Root:
+	// the layout's, inside Namespace, bound to Root.
+	rootInConfig string
+
 	t    T
 	env  []string
 	proc *process
@@ -205,12 +209,33 @@ func (c *Containerd) useLayout(t T, name string) error {
 	c.Namespace = NewMountNamespace(t)
 	c.Address, c.ConfigFile = l.Socket, l.Config
 	c.ConfigPath, _, _ = strings.Cut(l.HostsDir, ":") // the first directory containerd looks in
-	for _, d := range []string{filepath.Dir(c.Address), filepath.Dir(c.ConfigFile)} {
+	for _, d := range []string{filepath.Dir(c.Address), filepath.Dir(c.ConfigFile), c.Root} {
 		if err := os.MkdirAll(c.Path(d), 0o755); err != nil {
 			return err
 		}
 	}
+	// containerd's root at the layout's own path too (the DaemonSet mounts
+	// its tmpmounts for the disk budget), bound to Root, so that the data
+	// stays on the test's disk rather than in the /var overlay, which an
+	// overlayfs snapshotter could not nest in.
+	c.rootInConfig = layoutRoots[name]
+	if err := os.MkdirAll(c.Path(c.rootInConfig), 0o755); err != nil {
+		return err
+	}
+	bin, args := c.Namespace.Wrap("/bin/mount", "--bind", c.Root, c.rootInConfig)
+	if out, err := exec.Command(bin, args...).CombinedOutput(); err != nil {
+		return fmt.Errorf("bind containerd's root at %s: %v: %s", c.rootInConfig, err, out)
+	}
 	return nil
+}
+
+// layoutRoots are containerd's root directories in each layout.
+var layoutRoots = map[string]string{
+	"kubeadm":  "/var/lib/containerd",
+	"talos":    "/var/lib/containerd",
+	"k3s":      "/var/lib/rancher/k3s/agent/containerd",
+	"rke2":     "/var/lib/rancher/rke2/agent/containerd",
+	"microk8s": "/var/snap/microk8s/common/var/lib/containerd",
 }
 
 // writeFiles writes the config, the CNI config and the shim symlink.
@@ -282,8 +307,12 @@ func containerdConfig(c *Containerd, opts ContainerdOptions, cniDir string, imag
   [plugins."io.containerd.grpc.v1.cri".registry]
     config_path = ` + q(c.ConfigPath) + "\n"
 	}
+	root := c.Root
+	if c.rootInConfig != "" {
+		root = c.rootInConfig
+	}
 	return `version = 2
-root = ` + q(c.Root) + `
+root = ` + q(root) + `
 state = ` + q(c.State) + `
 # NRI (enabled by default in 2.x) would listen on the host-wide
 # /var/run/nri/nri.sock, colliding between parallel daemons. 1.6 ignores this.
