@@ -2,7 +2,10 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -94,6 +97,44 @@ func TestMetricsDashboard(t *testing.T) {
 		t.Errorf("preloader_pulls_total{result=\"pulled\"}: %+v, want one series of instance %s", res.Result, target)
 	}
 	prom.CheckDashboard(t, dashboardPath)
+
+	t.Run("CheckDashboard names the panels without data", func(t *testing.T) {
+		bad := filepath.Join(t.TempDir(), "bad.json")
+		dash := `{"uid": "bad", "panels": [
+			{"id": 1, "title": "fine", "targets": [{"refId": "A", "expr": "preloader_images_present{instance=~\"$instance\"}"}]},
+			{"id": 2, "type": "row", "panels": [
+				{"id": 3, "title": "typo", "targets": [{"refId": "A", "expr": "preloader_image_present"}]}]},
+			{"id": 4, "title": "broken", "targets": [{"refId": "A", "expr": "rate(preloader_pulls_total[$__rate_interval]"}]},
+			{"id": 5, "title": "other node", "targets": [{"refId": "A", "expr": "preloader_images_present{instance=\"elsewhere:9741\"}"}]},
+			{"id": 6, "title": "unknown variable", "targets": [{"refId": "A", "expr": "preloader_images_present{job=\"$job\"}"}]}]}`
+		if err := os.WriteFile(bad, []byte(dash), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		rec := &recordingT{T: t}
+		prom.CheckDashboard(rec, bad)
+		msg := strings.Join(rec.errs, "\n")
+		for _, want := range []string{`panel 3 "typo"`, `panel 4 "broken"`, `panel 5 "other node"`, `panel 6 "unknown variable"`, "4 of 5 queries"} {
+			if !strings.Contains(msg, want) {
+				t.Errorf("CheckDashboard of a bad dashboard does not say %q:\n%s", want, msg)
+			}
+		}
+		if strings.Contains(msg, `"fine"`) {
+			t.Errorf("CheckDashboard blames a panel with data:\n%s", msg)
+		}
+	})
+}
+
+// recordingT is a harness.T whose failures are recorded, not reported.
+type recordingT struct {
+	*testing.T
+	errs []string
+}
+
+func (r *recordingT) Errorf(format string, args ...any) {
+	r.errs = append(r.errs, fmt.Sprintf(format, args...))
+}
+func (r *recordingT) Fatalf(format string, args ...any) {
+	r.errs = append(r.errs, fmt.Sprintf(format, args...))
 }
 
 // TestPullProgress pulls through containerd's client from a registry

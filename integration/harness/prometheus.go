@@ -286,13 +286,13 @@ func (p *Prometheus) CheckDashboard(t T, path string) {
 			if strings.TrimSpace(tg.Expr) == "" {
 				continue
 			}
+			checked++
 			expr, unknown := substitute(tg.Expr, vars)
 			where := fmt.Sprintf("panel %d %q target %s", panel.ID, panel.Title, tg.RefID)
 			if len(unknown) > 0 {
 				problems = append(problems, fmt.Sprintf("%s: unknown variables %v in %s", where, unknown, tg.Expr))
 				continue
 			}
-			checked++
 			res, err := p.query(expr)
 			switch {
 			case err != nil:
