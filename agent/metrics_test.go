@@ -187,6 +187,14 @@ func TestMetricsPassPromtool(t *testing.T) {
 	srv := httptest.NewServer((&Agent{metrics: m}).Handler())
 	defer srv.Close()
 	body := getBody(t, srv.URL+"/metrics")
+	perPrefix := map[string]int{}
+	for line := range strings.Lines(body) {
+		if !strings.HasPrefix(line, "#") {
+			prefix, _, _ := strings.Cut(line, "_")
+			perPrefix[prefix]++
+		}
+	}
+	t.Logf("series per node by prefix: %v", perPrefix)
 
 	cmd := exec.Command(promtool, "check", "metrics")
 	cmd.Stdin = strings.NewReader(body)
