@@ -2,6 +2,7 @@ package containerd
 
 import (
 	"context"
+	"errors"
 	"io"
 	"sync"
 	"sync/atomic"
@@ -110,9 +111,10 @@ func (b *pullBytes) fetching(desc ocispec.Descriptor) *blob {
 }
 
 // fetched ends the fetch of an expected blob: what was not read (another
-// pull fetched the blob, the download resumed a partial one, or the
-// unpacker found its snapshot and skipped it) counts as done, so that done
-// meets total as the pull's blobs are in.
+// pull fetched the blob, or the download resumed a partial one) counts as
+// done, so that done meets total as the pull's blobs are in. A layer the
+// unpacker skips (its snapshot exists) is never handled: it stays short
+// of total until the pull ends and takes its bytes out.
 func (b *pullBytes) fetched(f *blob) {
 	b.mu.Lock()
 	_, ok := b.expected[f.digest]
@@ -138,7 +140,7 @@ func (c *Client) progressHandler(b *pullBytes, r Reservation) func(images.Handle
 					return h.Handle(ctx, desc)
 				}
 				children, err := h.Handle(context.WithValue(ctx, blobKey{}, f), desc)
-				if err == nil || errdefs.IsAlreadyExists(err) {
+				if err == nil || errdefs.IsAlreadyExists(err) || errors.Is(err, images.ErrSkipDesc) {
 					b.fetched(f)
 				}
 				return children, err
@@ -147,8 +149,9 @@ func (c *Client) progressHandler(b *pullBytes, r Reservation) func(images.Handle
 			if err != nil || !images.IsManifestType(desc.MediaType) {
 				return children, err
 			}
-			// One Info per child serves both the reservation and total:
-			// the estimate costs the pull no request to the registry.
+			// One Info per child (a local gRPC, the manifest's children
+			// only) serves both the reservation and total: the estimate
+			// costs the pull no request to the registry.
 			var missing []ocispec.Descriptor
 			var download int64
 			for _, d := range children {

@@ -45,7 +45,8 @@ func WithRegistryConfigPath(path string) Option {
 // and unpacked once while the others wait for it.
 //
 // The pull runs under a lease: an interrupted pull records no image, and
-// its partial content goes to containerd's garbage collector.
+// its partial content goes to containerd's garbage collector. While it
+// runs, its bytes count in PullProgress.
 func (c *Client) Pull(ctx context.Context, ref string, auth *runtimeapi.AuthConfig, maxDownloads int) (err error) {
 	named, err := reference.ParseDockerRef(ref)
 	if err != nil {

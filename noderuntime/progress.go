@@ -1,5 +1,7 @@
 package noderuntime
 
+import "github.com/kube-preloader/kube-preloader/containerd"
+
 // PullProgress is what the pulls in flight through containerd's client
 // (PullDirect) have received and have to receive, in bytes.
 type PullProgress struct {
@@ -29,3 +31,9 @@ func (s *containerdStore) PullProgress() PullProgress {
 }
 
 var _ Progress = (*containerdStore)(nil)
+
+// The containerd client is what counts; a change of its signature must
+// not silently turn the gauges to zeros.
+var _ interface {
+	PullProgress() (inFlight, done, total int64)
+} = (*containerd.Client)(nil)
