@@ -137,7 +137,7 @@ func New(opts Options) (*Agent, error) {
 	a := &Agent{
 		opts:    opts,
 		log:     log.With("node", opts.NodeName),
-		metrics: newMetrics(),
+		metrics: newMetrics(opts.Store),
 		cmKey:   opts.Namespace + "/" + opts.ConfigMap,
 		wake:    make(chan struct{}, 1),
 	}

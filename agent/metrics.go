@@ -1,34 +1,134 @@
 package agent
 
 import (
+	"context"
 	"fmt"
 	"net/http"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/preload"
 )
 
 // metrics live in the agent's own registry, so that two agents in one
 // process (tests) do not collide and nothing else's metrics leak in.
+//
+// No metric has an image label, and every label takes its values from a
+// closed set (PullReasons, PruneActions): a node's series count does not
+// grow with its config, so a fleet's is nodes × a constant. The node is
+// the scrape target (its instance), never a label of the agent's own.
 type metrics struct {
 	reg          *prometheus.Registry
 	desired      prometheus.Gauge
 	present      prometheus.Gauge
+	failed       prometheus.Gauge
 	pulls        *prometheus.CounterVec
 	pullDuration prometheus.Histogram
 	pruned       *prometheus.CounterVec
 	lastSuccess  prometheus.Gauge
+	syncDuration prometheus.Gauge
+	// inFlight counts pulls by either way (CRI or containerd's client)
+	// between their start and return; see countingStore.
+	inFlight atomic.Int64
 }
 
-// reasonCredentials is the pulls_total reason of an image not pulled for
-// a missing or unusable Secret or ServiceAccount; its status reason names
-// the object, which would make one series per name.
-const reasonCredentials = "credentials"
+// pull results, the result label of preloader_pulls_total.
+const (
+	resultPulled = "pulled"
+	resultFailed = "failed"
+)
 
-func newMetrics() *metrics {
+// Reason label values of preloader_pulls_total{result="failed"}: the
+// closed set every failure reason maps onto (pullReason). A pulled image
+// has the reason "".
+const (
+	ReasonLabelUnauthorized = "unauthorized"
+	ReasonLabelNotFound     = "not_found"
+	ReasonLabelNetwork      = "network"  // the registry unreachable: refused, reset, no such host
+	ReasonLabelRegistry     = "registry" // the registry answered 5xx or 429
+	ReasonLabelTLS          = "tls"
+	ReasonLabelTimeout      = "timeout"
+	ReasonLabelNoSpace      = "no_space"
+	ReasonLabelDiskBudget   = "disk_budget"
+	ReasonLabelCredentials  = "credentials" // a pullSecret or serviceAccount missing or unusable
+	ReasonLabelRuntime      = "runtime"     // the container runtime did not answer
+	ReasonLabelInvalid      = "invalid_reference"
+	ReasonLabelArchive      = "archive" // an archive unreadable, or one the runtime did not take
+	ReasonLabelUnsupported  = "unsupported"
+	ReasonLabelNotPresent   = "not_present" // pulled, yet ImageStatus does not find it
+	ReasonLabelCanceled     = "canceled"
+	ReasonLabelOther        = "other"
+)
+
+// PullReasons is every reason label value of a failed pull.
+var PullReasons = []string{
+	ReasonLabelUnauthorized, ReasonLabelNotFound, ReasonLabelNetwork, ReasonLabelRegistry,
+	ReasonLabelTLS, ReasonLabelTimeout, ReasonLabelNoSpace, ReasonLabelDiskBudget,
+	ReasonLabelCredentials, ReasonLabelRuntime, ReasonLabelInvalid, ReasonLabelArchive,
+	ReasonLabelUnsupported, ReasonLabelNotPresent, ReasonLabelCanceled, ReasonLabelOther,
+}
+
+// reasonLabels maps the engine's reasons, short and stable, onto the
+// label values. Anything else, such as the credentials problem that names
+// its Secret, is not a reason the engine defines and becomes other.
+var reasonLabels = map[string]string{
+	preload.ReasonUnauthorized: ReasonLabelUnauthorized,
+	preload.ReasonNotFound:     ReasonLabelNotFound,
+	preload.ReasonUnreachable:  ReasonLabelNetwork,
+	preload.ReasonRegistry:     ReasonLabelRegistry,
+	preload.ReasonTLS:          ReasonLabelTLS,
+	preload.ReasonTimeout:      ReasonLabelTimeout,
+	preload.ReasonNoSpace:      ReasonLabelNoSpace,
+	preload.ReasonDiskBudget:   ReasonLabelDiskBudget,
+	preload.ReasonRuntime:      ReasonLabelRuntime,
+	preload.ReasonInvalid:      ReasonLabelInvalid,
+	preload.ReasonArchive:      ReasonLabelArchive,
+	preload.ReasonImport:       ReasonLabelArchive,
+	preload.ReasonUnsupported:  ReasonLabelUnsupported,
+	preload.ReasonNotPresent:   ReasonLabelNotPresent,
+	preload.ReasonCanceled:     ReasonLabelCanceled,
+	preload.ReasonOther:        ReasonLabelOther,
+}
+
+// pullReason is the label value of a failed pull's reason; credentials
+// says the agent's gate refused it for want of a Secret, whose reason
+// names the Secret.
+func pullReason(reason string, credentials bool) string {
+	if credentials {
+		return ReasonLabelCredentials
+	}
+	if l, ok := reasonLabels[reason]; ok {
+		return l
+	}
+	return ReasonLabelOther
+}
+
+// PruneActions is every action label value of preloader_pruned_total,
+// from preload's Prune actions (which read as prose in status).
+var PruneActions = []string{"removed", "would_remove", "kept_in_use", "failed"}
+
+var pruneLabels = map[string]string{
+	preload.PruneRemoved:     "removed",
+	preload.PruneWouldRemove: "would_remove",
+	preload.PruneInUse:       "kept_in_use",
+	preload.PruneFailed:      "failed",
+}
+
+func pruneAction(action string) string {
+	if l, ok := pruneLabels[action]; ok {
+		return l
+	}
+	return "failed" // an action preload does not define is not a removal
+}
+
+// newMetrics makes the agent's metrics; store's progress, where it has
+// one (containerd), feeds the pull byte gauges when scraped.
+func newMetrics(store noderuntime.Store) *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
 		desired: prometheus.NewGauge(prometheus.GaugeOpts{
@@ -39,9 +139,13 @@ func newMetrics() *metrics {
 			Name: "preloader_images_present",
 			Help: "Images that apply to this node and are present in its runtime.",
 		}),
+		failed: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "preloader_images_failed",
+			Help: "Images that apply to this node and were not present after the last sync, for a failure (the node annotation's failed list).",
+		}),
 		pulls: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "preloader_pulls_total",
-			Help: "Pull attempts by result (pulled, failed) and failure reason.",
+			Help: "Pull attempts by result (pulled, failed) and, when failed, reason: unauthorized, not_found, network, registry, tls, timeout, no_space, disk_budget, credentials, runtime, invalid_reference, archive, unsupported, not_present, canceled, other.",
 		}, []string{"result", "reason"}),
 		pullDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "preloader_pull_duration_seconds",
@@ -52,14 +156,52 @@ func newMetrics() *metrics {
 		}),
 		pruned: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "preloader_pruned_total",
-			Help: "Images that left the config, by what prune did: removed, would remove (dryRun), kept: in use, failed.",
+			Help: "Images that left the config, by what prune did: removed, would_remove (dryRun), kept_in_use, failed.",
 		}, []string{"action"}),
 		lastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "preloader_last_successful_sync_timestamp_seconds",
-			Help: "When a sync last found every image that applies present (Unix time).",
+			Help: "When a sync last found every image that applies present (Unix time); 0 until one has.",
+		}),
+		syncDuration: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "preloader_last_sync_duration_seconds",
+			Help: "How long the last sync that checked every image took (pulls, imports, prune and the Node's update); a sync at rest, one ListImages, does not count.",
 		}),
 	}
-	m.reg.MustRegister(m.desired, m.present, m.pulls, m.pullDuration, m.pruned, m.lastSuccess,
+	// Every label value is exported from the start, so that a dashboard
+	// has a series (at 0) before the first failure or prune.
+	m.pulls.WithLabelValues(resultPulled, "")
+	for _, r := range PullReasons {
+		m.pulls.WithLabelValues(resultFailed, r)
+	}
+	for _, a := range PruneActions {
+		m.pruned.WithLabelValues(a)
+	}
+
+	// Progress is read when scraped: atomics the pulls add to, so a node
+	// that pulls nothing does nothing for these.
+	progress := func() noderuntime.PullProgress {
+		if p, ok := store.(noderuntime.Progress); ok {
+			return p.PullProgress()
+		}
+		return noderuntime.PullProgress{}
+	}
+	inFlight := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "preloader_pulls_in_flight",
+		Help: "Pulls running now, through the CRI or containerd's client.",
+	}, func() float64 { return float64(m.inFlight.Load()) })
+	bytesDone := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "preloader_pull_received_bytes",
+		Help: "Bytes received so far by the pulls in flight through containerd's client (pullVia containerd). " +
+			"A pull through the CRI is one blocking PullImage call that reports no progress: it adds nothing here, and on a runtime other than containerd this is always 0.",
+	}, func() float64 { return float64(progress().Done) })
+	bytesTotal := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "preloader_pull_expected_bytes",
+		Help: "Bytes the pulls in flight through containerd's client have to receive (the blobs their manifests name that the node lacks). " +
+			"Pulls through the CRI report no progress and add nothing.",
+	}, func() float64 { return float64(progress().Total) })
+
+	m.reg.MustRegister(m.desired, m.present, m.failed, m.pulls, m.pullDuration, m.pruned, m.lastSuccess, m.syncDuration,
+		inFlight, bytesDone, bytesTotal,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -70,16 +212,31 @@ func (m *metrics) countPulls(results []preload.Result, blocked map[string]string
 	for _, r := range results {
 		switch {
 		case r.Status == preload.StatusPulled:
-			m.pulls.WithLabelValues("pulled", "").Inc()
+			m.pulls.WithLabelValues(resultPulled, "").Inc()
 			m.pullDuration.Observe(r.Duration.Seconds())
 		case r.Status == preload.StatusFailed && r.Attempts > 0:
-			reason := r.Reason
-			if _, ok := blocked[r.Image]; ok {
-				reason = reasonCredentials
-			}
-			m.pulls.WithLabelValues("failed", reason).Inc()
+			_, creds := blocked[r.Image]
+			m.pulls.WithLabelValues(resultFailed, pullReason(r.Reason, creds)).Inc()
 		}
 	}
+}
+
+// countingStore counts the pulls in flight by either way of pulling.
+type countingStore struct {
+	noderuntime.Store
+	n *atomic.Int64
+}
+
+func (s countingStore) PullImage(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (string, error) {
+	s.n.Add(1)
+	defer s.n.Add(-1)
+	return s.Store.PullImage(ctx, ref, auth)
+}
+
+func (s countingStore) PullDirect(ctx context.Context, ref string, auth *runtimeapi.AuthConfig, maxDownloads int) error {
+	s.n.Add(1)
+	defer s.n.Add(-1)
+	return s.Store.PullDirect(ctx, ref, auth, maxDownloads)
 }
 
 // Handler serves /metrics, /healthz (the process is alive) and /readyz

@@ -59,6 +59,7 @@ type converged struct {
 // next sync is due (0: only when woken).
 func (a *Agent) sync(ctx context.Context) time.Duration {
 	a.syncs.Add(1)
+	start := time.Now()
 	cfg := a.currentConfig()
 	if cfg == nil {
 		return 0 // the ConfigMap informer wakes us
@@ -122,8 +123,13 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 	st = a.judge(node, st, apply, sandbox)
 	a.metrics.desired.Set(float64(st.Total))
 	a.metrics.present.Set(float64(st.Present))
+	a.metrics.failed.Set(float64(len(st.Failed)))
 
-	if err := a.report(ctx, st); err != nil {
+	err = a.report(ctx, st)
+	if !atRest {
+		a.metrics.syncDuration.Set(time.Since(start).Seconds())
+	}
+	if err != nil {
 		if ctx.Err() != nil {
 			return 0
 		}
@@ -143,7 +149,8 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 func (a *Agent) run(ctx context.Context, cfg *loadedConfig, images []preload.Image) ([]preload.Result, error) {
 	creds := a.creds.resolve(images)
 	engine := a.engine()
-	engine.Store = gatedStore{Store: a.opts.Store, blocked: creds.blocked}
+	// The gate is outside the count: a pull it refuses never started.
+	engine.Store = gatedStore{Store: countingStore{Store: a.opts.Store, n: &a.metrics.inFlight}, blocked: creds.blocked}
 	engine.Auth = creds.Auth
 	results, err := engine.Run(ctx, a.withKubeletBudget(cfg.Config), images)
 	if err != nil {
@@ -191,7 +198,7 @@ func (a *Agent) prune(ctx context.Context, cfg *loadedConfig, st *nodestatus.Sta
 	}
 	var removed []string
 	for _, p := range pruned {
-		a.metrics.pruned.WithLabelValues(p.Action).Inc()
+		a.metrics.pruned.WithLabelValues(pruneAction(p.Action)).Inc()
 		switch p.Action {
 		case preload.PruneRemoved:
 			removed = append(removed, p.Image)

@@ -70,6 +70,7 @@ type Client struct {
 	downloads  *semaphore.Weighted
 	downloadsN int
 	orphans    []leases.Lease // leases whose delete failed
+	progress   progress       // of the pulls in flight
 }
 
 // New connects to containerd at address. Images are unpacked into

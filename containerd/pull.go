@@ -11,14 +11,12 @@ import (
 	"sync"
 
 	"github.com/containerd/containerd/v2/client"
-	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/core/remotes"
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/containerd/v2/core/remotes/docker/config"
 	"github.com/containerd/errdefs"
 	"github.com/distribution/reference"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/semaphore"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
@@ -47,7 +45,8 @@ func WithRegistryConfigPath(path string) Option {
 // and unpacked once while the others wait for it.
 //
 // The pull runs under a lease: an interrupted pull records no image, and
-// its partial content goes to containerd's garbage collector.
+// its partial content goes to containerd's garbage collector. While it
+// runs, its bytes count in PullProgress.
 func (c *Client) Pull(ctx context.Context, ref string, auth *runtimeapi.AuthConfig, maxDownloads int) (err error) {
 	named, err := reference.ParseDockerRef(ref)
 	if err != nil {
@@ -59,7 +58,9 @@ func (c *Client) Pull(ctx context.Context, ref string, auth *runtimeapi.AuthConf
 	}
 	defer func() { release(err) }()
 
-	resolver := c.resolver(ctx, auth)
+	b := c.progress.start()
+	defer b.end()
+	resolver := countingResolver{c.resolver(ctx, auth)}
 	labels := map[string]string{LabelCRIImage: criManaged}
 	img, err := c.c.Pull(ctx, named.String(),
 		client.WithResolver(resolver),
@@ -69,7 +70,7 @@ func (c *Client) Pull(ctx context.Context, ref string, auth *runtimeapi.AuthConf
 		client.WithPullLabels(labels),
 		client.WithDownloadLimiter(c.downloadSlots(maxDownloads)),
 		client.WithUnpackOpts([]client.UnpackOpt{client.WithUnpackDuplicationSuppressor(&c.shared)}),
-		client.WithImageHandlerWrapper(c.reserving(reservationFrom(ctx))),
+		client.WithImageHandlerWrapper(c.progressHandler(b, reservationFrom(ctx))),
 	)
 	if err != nil {
 		return fmt.Errorf("pull %s: %w", ref, err)
@@ -106,33 +107,6 @@ func WithReservation(ctx context.Context, r Reservation) context.Context {
 func reservationFrom(ctx context.Context) Reservation {
 	r, _ := ctx.Value(reservationKey{}).(Reservation)
 	return r
-}
-
-// reserving wraps a pull's image handler so that, when it has read the
-// platform's manifest, r decides on its download before the layers'
-// fetches start: the estimate costs the pull no request of its own.
-func (c *Client) reserving(r Reservation) func(images.Handler) images.Handler {
-	return func(h images.Handler) images.Handler {
-		if r == nil {
-			return h
-		}
-		return images.HandlerFunc(func(ctx context.Context, desc ocispec.Descriptor) ([]ocispec.Descriptor, error) {
-			children, err := h.Handle(ctx, desc)
-			if err != nil || !images.IsManifestType(desc.MediaType) {
-				return children, err
-			}
-			var download int64
-			for _, d := range children {
-				if _, err := c.c.ContentStore().Info(ctx, d.Digest); errdefs.IsNotFound(err) {
-					download += d.Size
-				}
-			}
-			if err := r(ctx, download); err != nil {
-				return nil, err
-			}
-			return children, nil
-		})
-	}
 }
 
 // resolver reaches registries as a pull does: the node's hosts.toml

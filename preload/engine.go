@@ -198,7 +198,7 @@ func (e *Engine) Run(ctx context.Context, cfg *Config, images []Image) ([]Result
 			// Listed or pulled, yet the runtime does not find it the way
 			// the kubelet asks: the promise is about ImageStatus, so this
 			// is a failure, never "present".
-			*r = Result{Image: r.Image, Status: StatusFailed, Source: r.Source, Reason: "not present after pull", Duration: r.Duration, Attempts: r.Attempts}
+			*r = Result{Image: r.Image, Status: StatusFailed, Source: r.Source, Reason: ReasonNotPresent, Duration: r.Duration, Attempts: r.Attempts}
 		default:
 			if r.Status == "" {
 				r.Status = StatusPresent
@@ -478,6 +478,7 @@ const (
 	ReasonArchive      = "bad archive"                 // unreadable, unsafe, truncated, wrong digest or platform
 	ReasonImport       = "import failed"               // a sound archive the runtime did not take
 	ReasonUnsupported  = noderuntime.ReasonUnsupported // archive, mirror or pullVia containerd on a runtime other than containerd
+	ReasonNotPresent   = "not present after pull"      // pulled or listed, yet ImageStatus does not find it
 	ReasonOther        = "error"
 )
 

@@ -25,6 +25,11 @@
 //	})
 //	imgs[0].Ref, imgs[0].DigestRef, imgs[0].Digest, imgs[0].Size, imgs[0].Layers
 //
+//	prom := harness.StartPrometheus(t, []string{"127.0.0.1:9741"}) // scrapes host:port/metrics every 1 s; returns once up and scraped 3 times
+//	prom.CheckDashboard(t, "charts/kube-preloader/dashboards/kube-preloader.json") // every panel query returns series, or the test fails naming the panels
+//	prom.Query(t, `preloader_images_present`)                                  // an instant query's series
+//	harness.CheckMetricsLint(t, body)                                             // promtool check metrics on a /metrics body
+//
 //	harness.Require(t, "containerd", "/usr/bin/containerd")
 //
 // # Prerequisites
