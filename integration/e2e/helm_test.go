@@ -156,3 +156,17 @@ func (r *run) helmUninstall(t *testing.T) {
 			n.Labels["preloader.io/ready"]),
 	})
 }
+
+// scenarioDashboard: every panel of the chart's Grafana dashboard has
+// data in a real Prometheus that scraped the agent through the scenarios
+// (pulls, failures with the registry down, a prune).
+func (r *run) scenarioDashboard(t *testing.T) {
+	t.Helper()
+	r.prom.CheckDashboard(t, filepath.Join(repoRoot, "charts", "kube-preloader", "dashboards", "kube-preloader.json"))
+	present := r.prom.Query(t, "preloader_images_present")
+	verdicts.add(verdict{
+		scenario: r.row("m dashboard on a real Prometheus"),
+		before:   "agent scraped every second since its install",
+		after:    fmt.Sprintf("every panel's query returns series (preloader_images_present: %d series)", len(present.Result)),
+	})
+}

@@ -134,6 +134,7 @@ func testScenarios(t *testing.T, kind nodeKind) {
 	step("f", func() { r.scenarioNoSecrets(t, "f") })
 	// Last: it drops an image the scenarios before list.
 	step("p", func() { r.scenarioPrune(t) })
+	step("m", func() { r.scenarioDashboard(t) })
 	step("u", func() { r.helmUninstall(t) })
 	t.Logf("%s: every scenario in %v", kind, time.Since(start).Round(time.Millisecond))
 }
@@ -181,6 +182,8 @@ type run struct {
 	imageBuilt chan cmdResult
 	// helmHome holds helm's registry login and caches (the full run).
 	helmHome string
+	// prom scrapes the agent (the full run).
+	prom *harness.Prometheus
 	agentPod string
 	// entries and sandbox are the images.yaml the test last wrote.
 	entries []cfgEntry
@@ -564,6 +567,10 @@ func (r *run) deployAgent(t *testing.T) time.Time {
 		applied = r.kustomizeApply(t)
 	}
 	r.waitAgentPod(t, "", applied)
+	if r.full {
+		// A real Prometheus scrapes the agent from here to scenario m.
+		r.prom = harness.StartPrometheus(t, []string{strings.TrimSuffix(strings.TrimPrefix(agentMetrics, "http://"), "/metrics")})
+	}
 	return applied
 }
 
