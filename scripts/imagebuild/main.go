@@ -292,7 +292,7 @@ func goBuild(ctx context.Context, o options, p v1.Platform, out string) error {
 func checkBinary(file string, p v1.Platform) error {
 	f, err := elf.Open(file)
 	if err != nil {
-		return fmt.Errorf("%s: %w", file, err)
+		return fmt.Errorf("%s is not an ELF binary: %w", file, err)
 	}
 	defer f.Close()
 	if want := elfMachine[p.Architecture]; f.Machine != want {
