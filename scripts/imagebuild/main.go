@@ -478,7 +478,9 @@ func fileLayer(p string, data []byte, mode int64, mtime time.Time) (v1.Layer, er
 		return nil, err
 	}
 	b := buf.Bytes()
+	// Compressed once: the digest and the upload would gzip the ~30 MiB
+	// binary twice otherwise.
 	return tarball.LayerFromOpener(func() (io.ReadCloser, error) {
 		return io.NopCloser(bytes.NewReader(b)), nil
-	}, tarball.WithMediaType(types.OCILayer))
+	}, tarball.WithMediaType(types.OCILayer), tarball.WithCompressedCaching)
 }
