@@ -71,10 +71,15 @@ test-faults: deps
 	$(MAKE) --no-print-directory soak
 
 # The agent's container image, the content the Dockerfile describes, built
-# and pushed without a Docker daemon (plain HTTP for loopback registries).
+# and pushed without a Docker daemon (plain HTTP for loopback registries) as
+# one OCI index of PLATFORMS. Its times are SOURCE_DATE_EPOCH, else the
+# commit's, so the same commit and VERSION push the same digest.
+PLATFORMS ?= linux/amd64,linux/arm64
 image:
-	@test -n "$(IMAGE)" || { echo "usage: make image IMAGE=REF" >&2; exit 2; }
-	$(GO) run ./scripts/imagebuild --image $(IMAGE) --version $(VERSION) --revision "$$(git rev-parse HEAD 2>/dev/null)"
+	@test -n "$(IMAGE)" || { echo "usage: make image IMAGE=REF [PLATFORMS=linux/amd64]" >&2; exit 2; }
+	SOURCE_DATE_EPOCH="$${SOURCE_DATE_EPOCH:-$$(git log -1 --format=%ct 2>/dev/null)}" \
+	$(GO) run ./scripts/imagebuild --image $(IMAGE) --platforms $(PLATFORMS) --version $(VERSION) \
+		--revision "$$(git rev-parse HEAD 2>/dev/null)" --ldflags '$(LDFLAGS)'
 
 # The Helm chart, packaged as dist/kube-preloader-CHART_VERSION.tgz: the
 # chart's version is VERSION without its v (a semver, as Helm wants; a

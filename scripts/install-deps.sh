@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the tests and the demo need on a fresh Debian 12 machine:
 # Debian packages (containerd 1.6, the distribution registry, etcd, runc, CNI
-# plugins, prometheus and its promtool for the metrics tests) when missing,
-# and containerd 2.x and helm 4 (the chart's tests and the e2e's install)
-# built from the Go module proxy into a cache outside the
-# repo. With the argument "ctr", also ctr 2.x, the
+# plugins, prometheus and its promtool for the metrics tests, skopeo for the
+# image builder's test) when missing, and containerd 2.x and helm 4 (the
+# chart's tests and the e2e's install) built from the Go module proxy into a
+# cache outside the repo. With the argument "ctr", also ctr 2.x, the
 # peer of the archive import benchmark; with "crictl", crictl, the peer of
 # the pull benchmark.
 # Usage: scripts/install-deps.sh [ctr] [crictl]
@@ -23,7 +23,7 @@ for a in "$@"; do
   esac
 done
 
-pkgs=(containerd docker-registry etcd-server runc containernetworking-plugins apache2-utils iproute2 zstd prometheus)
+pkgs=(containerd docker-registry etcd-server runc containernetworking-plugins apache2-utils iproute2 zstd prometheus skopeo)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
