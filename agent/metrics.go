@@ -21,6 +21,8 @@ type metrics struct {
 	pullDuration prometheus.Histogram
 	pruned       *prometheus.CounterVec
 	lastSuccess  prometheus.Gauge
+	slotHeld     prometheus.Gauge
+	slotWait     prometheus.Histogram
 }
 
 // reasonCredentials is the pulls_total reason of an image not pulled for
@@ -59,7 +61,18 @@ func newMetrics() *metrics {
 			Help: "When a sync last found every image that applies present (Unix time).",
 		}),
 	}
-	m.reg.MustRegister(m.desired, m.present, m.pulls, m.pullDuration, m.pruned, m.lastSuccess,
+	m.slotHeld = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "preloader_pull_slot_held",
+		Help: "1 while this node holds a rollout pull slot (rollout.maxNodesPulling), else 0.",
+	})
+	m.slotWait = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "preloader_pull_slot_wait_seconds",
+		Help: "How long this node waited for a rollout pull slot before pulling.",
+		// 0.1 s to about 7 h: a slot free at once to the tail of a wave
+		// across thousands of nodes.
+		Buckets: prometheus.ExponentialBuckets(0.1, 2, 18),
+	})
+	m.reg.MustRegister(m.desired, m.present, m.pulls, m.pullDuration, m.pruned, m.lastSuccess, m.slotHeld, m.slotWait,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -100,7 +100,7 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 		}
 	}
 	if !atRest {
-		results, err := a.run(ctx, cfg, apply)
+		results, err := a.runInTurn(ctx, cfg, apply)
 		if err != nil {
 			return a.syncFailed(ctx, cfg, ReasonRuntimeUnavailable, err)
 		}
@@ -133,6 +133,28 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 	a.state.backoff = nil
 	a.metrics.lastSuccess.SetToCurrentTime()
 	return a.resync(cfg)
+}
+
+// runInTurn is run, holding a pull slot while it runs if it will pull from
+// a registry and the config's rollout bounds the nodes pulling at once. A
+// sync with nothing to pull makes no API request for it.
+func (a *Agent) runInTurn(ctx context.Context, cfg *loadedConfig, images []preload.Image) ([]preload.Result, error) {
+	need, err := needsSlot(ctx, a, cfg, images)
+	if err != nil {
+		return nil, err
+	}
+	if !need {
+		return a.run(ctx, cfg, images)
+	}
+	h, err := a.rollout.acquire(ctx, cfg)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("pull slot: %w", err)
+	}
+	defer a.rollout.release(ctx, h)
+	return a.run(ctx, cfg, images)
 }
 
 // run makes the images present: one bounded engine run, so that a failure
