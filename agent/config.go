@@ -65,9 +65,6 @@ func (a *Agent) currentConfig() *loadedConfig {
 	cs.good, cs.badHash = &loadedConfig{Config: cfg, hash: hash}, ""
 	a.configLoaded.Store(true)
 	a.log.Info("config loaded", "configmap", a.cmKey, "configHash", hash, "images", len(cfg.Images), "resync", cfg.Resync.String(), "rollout", cfg.Rollout.Describe())
-	if cfg.Rollout.FirstNodes > 0 {
-		a.log.Warn("rollout.firstNodes is not implemented yet: every node pulls without waiting for the first ones", "firstNodes", cfg.Rollout.FirstNodes)
-	}
 	return cs.good
 }
 

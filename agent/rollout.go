@@ -33,23 +33,66 @@ type rollout struct {
 	countedAt time.Time
 }
 
-// needsSlot says whether running images would pull anything from a
-// registry: an image is missing and does not come from an archive. Images
-// already present and archive imports take no slot.
-func needsSlot(ctx context.Context, a *Agent, cfg *loadedConfig, images []preload.Image) (bool, error) {
-	if !cfg.Rollout.Coordinated() || cfg.Rollout.MaxNodesPulling.Unlimited() {
-		return false, nil
+// toPull is what running images would pull from a registry: images
+// missing and not from an archive. Images already present and archive
+// imports take no slot and wait for no first node. Without coordination
+// it asks nothing: the runtime is listed by the run itself.
+func toPull(ctx context.Context, a *Agent, cfg *loadedConfig, images []preload.Image) ([]preload.Image, error) {
+	if !cfg.Rollout.Coordinated() {
+		return nil, nil
 	}
 	missing, err := preload.Missing(ctx, a.opts.Store, images)
 	if err != nil {
-		return false, err
+		return nil, err
 	}
+	var pull []preload.Image
 	for _, img := range missing {
 		if img.Archive == "" {
-			return true, nil
+			pull = append(pull, img)
 		}
 	}
-	return false, nil
+	return pull, nil
+}
+
+func (r *rollout) first(cfg *loadedConfig) *waves.First {
+	a := r.a
+	return &waves.First{
+		Leases: a.opts.Client.Leases(a.opts.Namespace), Identity: a.opts.NodeName,
+		K: cfg.Rollout.FirstNodes, Timeout: cfg.Rollout.FirstNodesTimeout,
+		Nodes:   r.countNodes,
+		MinPoll: a.testLease / 10,
+	}
+}
+
+// waitFirst waits, image by image, until the first nodes have each image
+// or its timeout passed; an image another node saw first is left to them.
+func (r *rollout) waitFirst(ctx context.Context, cfg *loadedConfig, images []preload.Image) error {
+	f := r.first(cfg)
+	for _, img := range images {
+		start := time.Now()
+		first, err := f.Wait(ctx, img.Name)
+		if err != nil {
+			return fmt.Errorf("waiting for the first nodes: %w", err)
+		}
+		if !first && time.Since(start) > time.Second {
+			r.a.log.Info("waited for the first nodes", "image", img.Name, "waited", time.Since(start).Round(time.Millisecond).String())
+		}
+	}
+	return nil
+}
+
+// tellHave records on each image's Lease that this node pulled it, for
+// the nodes waiting for the first ones.
+func (r *rollout) tellHave(ctx context.Context, cfg *loadedConfig, results []preload.Result) {
+	f := r.first(cfg)
+	for _, res := range results {
+		if res.Status != preload.StatusPulled {
+			continue
+		}
+		if err := f.Have(ctx, res.Image); err != nil {
+			r.a.log.Warn("cannot record the image for the nodes waiting for it", "image", res.Image, "err", err)
+		}
+	}
 }
 
 // acquire waits for a slot under cfg's maxNodesPulling.

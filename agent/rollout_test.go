@@ -123,3 +123,39 @@ func TestRolloutTakesNoSlot(t *testing.T) {
 		})
 	}
 }
+
+// TestRolloutFirstNodes: with firstNodes 1 and another node already first
+// for the image, the agent waits; once that node records it has the image,
+// the agent pulls, and adds itself to no list beyond the first K.
+func TestRolloutFirstNodes(t *testing.T) {
+	data := testConfig("  - image: "+appImage+"\n") + "rollout: {firstNodes: 1}\n"
+	e := start(t, nil, newNode(nil), newConfigMap(data), imageLease(appImage, "other-node", ""))
+	time.Sleep(500 * time.Millisecond)
+	if n := e.runtime.Calls("PullImage"); n != 0 {
+		t.Fatalf("%d pulls before the first node has the image", n)
+	}
+	leases := e.client.CoordinationV1().Leases(testNS)
+	l, err := leases.Get(context.Background(), waves.ImageLeaseName(appImage), metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Annotations[waves.AnnotationHave] = "other-node"
+	if _, err := leases.Update(context.Background(), l, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.waitStatus("ready", func(st nodestatus.Status) bool { return st.Total == 1 && st.Ready() })
+	l, err = leases.Get(context.Background(), waves.ImageLeaseName(appImage), metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := l.Annotations[waves.AnnotationHave]; got != "other-node" {
+		t.Errorf("have = %q, want only the first node", got)
+	}
+}
+
+func imageLease(ref, first, have string) *coordinationv1.Lease {
+	return &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{
+		Namespace: testNS, Name: waves.ImageLeaseName(ref), CreationTimestamp: metav1.Now(),
+		Annotations: map[string]string{waves.AnnotationFirst: first, waves.AnnotationHave: have},
+	}}
+}

@@ -139,22 +139,36 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 // a registry and the config's rollout bounds the nodes pulling at once. A
 // sync with nothing to pull makes no API request for it.
 func (a *Agent) runInTurn(ctx context.Context, cfg *loadedConfig, images []preload.Image) ([]preload.Result, error) {
-	need, err := needsSlot(ctx, a, cfg, images)
-	if err != nil {
-		return nil, err
-	}
-	if !need {
+	pull, err := toPull(ctx, a, cfg, images)
+	if err != nil || len(pull) == 0 {
+		if err != nil {
+			return nil, err
+		}
 		return a.run(ctx, cfg, images)
 	}
-	h, err := a.rollout.acquire(ctx, cfg)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, nil
+	if cfg.Rollout.FirstNodes > 0 {
+		if err := a.rollout.waitFirst(ctx, cfg, pull); err != nil {
+			if ctx.Err() != nil {
+				return nil, nil
+			}
+			return nil, err
 		}
-		return nil, fmt.Errorf("pull slot: %w", err)
 	}
-	defer a.rollout.release(ctx, h)
-	return a.run(ctx, cfg, images)
+	if !cfg.Rollout.MaxNodesPulling.Unlimited() {
+		h, err := a.rollout.acquire(ctx, cfg)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, nil
+			}
+			return nil, fmt.Errorf("pull slot: %w", err)
+		}
+		defer a.rollout.release(ctx, h)
+	}
+	results, err := a.run(ctx, cfg, images)
+	if err == nil && cfg.Rollout.FirstNodes > 0 && ctx.Err() == nil {
+		a.rollout.tellHave(ctx, cfg, results)
+	}
+	return results, err
 }
 
 // run makes the images present: one bounded engine run, so that a failure
