@@ -178,6 +178,55 @@ func TestWavesSlots(t *testing.T) {
 		t.Logf("a killed holder's slot was taken after %s (lease %s)", took.Round(time.Millisecond), leaseDur)
 	})
 
+	t.Run("firstNodes", func(t *testing.T) {
+		// 5 nodes want an image new to the cluster with firstNodes 1: one
+		// pulls (1 s), the others start only once it says it has it.
+		const ref = "registry.example/team/app:1.0"
+		var wg sync.WaitGroup
+		var firstDone atomic.Int64
+		var firsts atomic.Int32
+		early := make(chan string, nodes)
+		for i := range 5 {
+			wg.Go(func() {
+				id := fmt.Sprintf("node-%d", i)
+				f := &waves.First{
+					Leases: newClient().Leases(agentNS), Identity: id, K: 1, Timeout: 30 * time.Second,
+					Nodes: func(context.Context) (int, error) { return 5, nil }, MinPoll: 200 * time.Millisecond,
+				}
+				first, err := f.Wait(ctx, ref)
+				if err != nil {
+					t.Errorf("%s: %v", id, err)
+					return
+				}
+				if first {
+					firsts.Add(1)
+					time.Sleep(time.Second) // the pull
+					firstDone.Store(time.Now().UnixNano())
+					if err := f.Have(ctx, ref); err != nil {
+						t.Errorf("%s: %v", id, err)
+					}
+					return
+				}
+				if done := firstDone.Load(); done == 0 || time.Now().UnixNano() < done {
+					early <- id
+				}
+			})
+		}
+		wg.Wait()
+		close(early)
+		if n := firsts.Load(); n != 1 {
+			t.Errorf("%d first nodes, want 1", n)
+		}
+		for id := range early {
+			t.Errorf("%s pulled before the first node had the image", id)
+		}
+		l, err := k.Client.CoordinationV1().Leases(agentNS).Get(ctx, waves.ImageLeaseName(ref), metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("image lease %s: %v", l.Name, l.Annotations)
+	})
+
 	close(stopWatch)
 	<-watched
 	t.Logf("peak held Leases seen on the API server: %d, in process: %d (maxNodesPulling %d)", peak.Load(), peakInProcess.Load(), slots)
