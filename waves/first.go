@@ -78,12 +78,8 @@ func (f *First) Wait(ctx context.Context, ref string) (first bool, err error) {
 		if err != nil {
 			return false, fmt.Errorf("first nodes of %s: counting nodes: %w", ref, err)
 		}
-		t := time.NewTimer(min(wait, pollInterval(nodes, minPoll)))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return false, ctx.Err()
-		case <-t.C:
+		if err := sleep(ctx, min(wait, pollInterval(nodes, minPoll))); err != nil {
+			return false, err
 		}
 	}
 }

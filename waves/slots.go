@@ -144,7 +144,13 @@ func (s *Slots) Acquire(ctx context.Context) (*Held, error) {
 			log.Info("holding a pull slot", "lease", lease.Name, "slots", slots, "waited", h.Waited.Round(time.Millisecond).String())
 			return h, nil
 		case next == 0:
-			continue // lost a race for a free slot: look again at once
+			// Lost a race for a free slot: look again soon, after a
+			// pause that lets a stale watch cache catch up and the
+			// racers spread out.
+			if err := sleep(ctx, rand.N(minPoll/4+1)); err != nil {
+				return nil, err
+			}
+			continue
 		}
 		if !logged {
 			logged = true
@@ -154,13 +160,20 @@ func (s *Slots) Acquire(ctx context.Context) (*Held, error) {
 		if next > 0 && next < wait {
 			wait = next // a slot lapses sooner than our turn to look
 		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil, ctx.Err()
-		case <-t.C:
+		if err := sleep(ctx, wait); err != nil {
+			return nil, err
 		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
 	}
 }
 
