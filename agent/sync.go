@@ -151,7 +151,9 @@ func (a *Agent) runInTurn(ctx context.Context, cfg *loadedConfig, images []prelo
 			if ctx.Err() != nil {
 				return nil, nil
 			}
-			return nil, err
+			// firstNodes saves a mirror work; it must not keep a node
+			// from its images when the API cannot tell who is first.
+			a.log.Warn("cannot learn which nodes pull first; pulling", "err", err)
 		}
 	}
 	if !cfg.Rollout.MaxNodesPulling.Unlimited() {

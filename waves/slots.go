@@ -117,7 +117,9 @@ func slotIndex(name string) int {
 }
 
 // Acquire waits until this node holds a slot and keeps it renewed until
-// Release or until ctx ends. The wait is a poll of the slot Leases (one
+// Release or until ctx ends; it returns an error only when ctx ends. API
+// errors are logged and waited out: pulling anyway while the API server
+// is away would let every node at the registry at once. The wait is a poll of the slot Leases (one
 // List each round), jittered and sized to the cluster: see PollRate.
 func (s *Slots) Acquire(ctx context.Context) (*Held, error) {
 	leaseDur, _, minPoll, log := s.defaults()
@@ -125,10 +127,13 @@ func (s *Slots) Acquire(ctx context.Context) (*Held, error) {
 	logged := false
 	for {
 		slots, nodes, err := s.Size(ctx)
+		var lease *coordinationv1.Lease
+		next := time.Duration(-1)
 		if err != nil {
-			return nil, fmt.Errorf("slots: counting nodes: %w", err)
+			err = fmt.Errorf("counting nodes: %w", err)
+		} else {
+			lease, next, err = s.tryOnce(ctx, slots, leaseDur)
 		}
-		lease, next, err := s.tryOnce(ctx, slots, leaseDur)
 		switch {
 		case err != nil && ctx.Err() != nil:
 			return nil, ctx.Err()

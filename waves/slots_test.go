@@ -2,6 +2,7 @@ package waves
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -189,5 +190,29 @@ func TestSlotIndex(t *testing.T) {
 		if got := slotIndex(name); got != want {
 			t.Errorf("slotIndex(%q) = %d, want %d", name, got, want)
 		}
+	}
+}
+
+// TestAcquireWaitsOutAPIErrors: an API server that cannot answer is
+// waited out, not a reason to pull without a slot.
+func TestAcquireWaitsOutAPIErrors(t *testing.T) {
+	cs := fake.NewClientset()
+	s := newSlots(cs, "me", 1)
+	calls := 0
+	s.Size = func(context.Context) (int, int, error) {
+		if calls++; calls <= 2 {
+			return 0, 0, errors.New("connection refused")
+		}
+		return 1, 1, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	h, err := s.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Release(ctx)
+	if calls != 3 {
+		t.Errorf("Size called %d times, want 3", calls)
 	}
 }
