@@ -114,6 +114,10 @@ type Agent struct {
 	// testResync, if set, replaces the config's resync, which the config
 	// bounds to at least a second.
 	testResync time.Duration
+	// testLease, if set, replaces the slot lease duration (15 s).
+	testLease time.Duration
+
+	rollout rollout
 
 	state syncState // owned by the sync loop
 }
@@ -141,6 +145,7 @@ func New(opts Options) (*Agent, error) {
 		cmKey:   opts.Namespace + "/" + opts.ConfigMap,
 		wake:    make(chan struct{}, 1),
 	}
+	a.rollout.a = a
 
 	// The ConfigMap and the Node are each watched alone (a field selector
 	// on the name, so a node in a big cluster receives nothing but its own

@@ -64,7 +64,7 @@ func (a *Agent) currentConfig() *loadedConfig {
 	}
 	cs.good, cs.badHash = &loadedConfig{Config: cfg, hash: hash}, ""
 	a.configLoaded.Store(true)
-	a.log.Info("config loaded", "configmap", a.cmKey, "configHash", hash, "images", len(cfg.Images), "resync", cfg.Resync.String())
+	a.log.Info("config loaded", "configmap", a.cmKey, "configHash", hash, "images", len(cfg.Images), "resync", cfg.Resync.String(), "rollout", cfg.Rollout.Describe())
 	return cs.good
 }
 

@@ -32,6 +32,8 @@ type metrics struct {
 	pruned       *prometheus.CounterVec
 	lastSuccess  prometheus.Gauge
 	syncDuration prometheus.Gauge
+	slotHeld     prometheus.Gauge
+	slotWait     prometheus.Histogram
 	// inFlight counts pulls by either way (CRI or containerd's client)
 	// between their start and return; see countingStore.
 	inFlight atomic.Int64
@@ -167,6 +169,18 @@ func newMetrics(store noderuntime.Store) *metrics {
 			Help: "How long the last sync that checked every image took (pulls, imports, prune and the Node's update); a sync at rest, one ListImages, does not count.",
 		}),
 	}
+	m.slotHeld = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "preloader_pull_slot_held",
+		Help: "1 while this node holds a rollout pull slot (rollout.maxNodesPulling), else 0.",
+	})
+	m.slotWait = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "preloader_pull_slot_wait_seconds",
+		Help: "How long this node waited for a rollout pull slot before pulling.",
+		// 0.1 s to about 7 h: a slot free at once to the tail of a wave
+		// across thousands of nodes.
+		Buckets: prometheus.ExponentialBuckets(0.1, 2, 18),
+	})
+
 	// Every label value is exported from the start, so that a dashboard
 	// has a series (at 0) before the first failure or prune.
 	m.pulls.WithLabelValues(resultPulled, "")
@@ -201,7 +215,7 @@ func newMetrics(store noderuntime.Store) *metrics {
 	}, func() float64 { return float64(progress().Total) })
 
 	m.reg.MustRegister(m.desired, m.present, m.failed, m.pulls, m.pullDuration, m.pruned, m.lastSuccess, m.syncDuration,
-		inFlight, bytesDone, bytesTotal,
+		inFlight, bytesDone, bytesTotal, m.slotHeld, m.slotWait,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -104,7 +104,7 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 		}
 	}
 	if !atRest {
-		results, err := a.run(ctx, cfg, apply)
+		results, err := a.runInTurn(ctx, cfg, apply)
 		if err != nil {
 			return a.syncFailed(ctx, cfg, ReasonRuntimeUnavailable, err)
 		}
@@ -142,6 +142,44 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 	a.state.backoff = nil
 	a.metrics.lastSuccess.SetToCurrentTime()
 	return a.resync(cfg)
+}
+
+// runInTurn is run, holding a pull slot while it runs if it will pull from
+// a registry and the config's rollout bounds the nodes pulling at once. A
+// sync with nothing to pull makes no API request for it.
+func (a *Agent) runInTurn(ctx context.Context, cfg *loadedConfig, images []preload.Image) ([]preload.Result, error) {
+	pull, err := toPull(ctx, a, cfg, images)
+	if err != nil || len(pull) == 0 {
+		if err != nil {
+			return nil, err
+		}
+		return a.run(ctx, cfg, images)
+	}
+	if cfg.Rollout.FirstNodes > 0 {
+		if err := a.rollout.waitFirst(ctx, cfg, pull); err != nil {
+			if ctx.Err() != nil {
+				return nil, nil
+			}
+			// firstNodes saves a mirror work; it must not keep a node
+			// from its images when the API cannot tell who is first.
+			a.log.Warn("cannot learn which nodes pull first; pulling", "err", err)
+		}
+	}
+	if !cfg.Rollout.MaxNodesPulling.Unlimited() {
+		h, err := a.rollout.acquire(ctx, cfg)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, nil
+			}
+			return nil, fmt.Errorf("pull slot: %w", err)
+		}
+		defer a.rollout.release(ctx, h)
+	}
+	results, err := a.run(ctx, cfg, images)
+	if err == nil && cfg.Rollout.FirstNodes > 0 && ctx.Err() == nil {
+		a.rollout.tellHave(ctx, cfg, results)
+	}
+	return results, err
 }
 
 // run makes the images present: one bounded engine run, so that a failure

@@ -13,6 +13,7 @@ import (
 	"context"
 	"fmt"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -41,10 +42,12 @@ type Interface interface {
 	ServiceAccounts(namespace string) Resource[*corev1.ServiceAccount, *corev1.ServiceAccountList]
 	Events(namespace string) Resource[*corev1.Event, *corev1.EventList]
 	Nodes() Resource[*corev1.Node, *corev1.NodeList]
+	// Leases are the agents' pull slots (package waves).
+	Leases(namespace string) Resource[*coordinationv1.Lease, *coordinationv1.LeaseList]
 }
 
 // Scheme knows the core/v1 types, all the preloader reads, writes and
-// records Events about.
+// records Events about, and coordination/v1 Leases, a single small type.
 var Scheme = runtime.NewScheme()
 
 var (
@@ -56,12 +59,16 @@ func init() {
 	if err := corev1.AddToScheme(Scheme); err != nil {
 		panic(err)
 	}
+	if err := coordinationv1.AddToScheme(Scheme); err != nil {
+		panic(err)
+	}
 	metav1.AddToGroupVersion(Scheme, corev1.SchemeGroupVersion)
 }
 
 // Client is Interface on a REST client of the API server's core/v1.
 type Client struct {
-	rest rest.Interface
+	rest         rest.Interface
+	coordination rest.Interface
 }
 
 var _ Interface = (*Client)(nil)
@@ -80,14 +87,28 @@ func NewForConfig(cfg *rest.Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
-	return &Client{rest: rc}, nil
+	cc := rest.CopyConfig(c)
+	cc.GroupVersion = &coordinationv1.SchemeGroupVersion
+	cc.APIPath = "/apis"
+	coord, err := rest.RESTClientFor(cc)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client for coordination.k8s.io: %w", err)
+	}
+	return &Client{rest: rc, coordination: coord}, nil
 }
 
 func resource[T interface {
 	runtime.Object
 	metav1.Object
 }, L runtime.Object](c *Client, name, namespace string, newObj func() T, newList func() L) *gentype.ClientWithList[T, L] {
-	return gentype.NewClientWithList(name, c.rest, parameterCodec, namespace, newObj, newList, gentype.PrefersProtobuf[T]())
+	return resourceOf(c.rest, name, namespace, newObj, newList)
+}
+
+func resourceOf[T interface {
+	runtime.Object
+	metav1.Object
+}, L runtime.Object](rc rest.Interface, name, namespace string, newObj func() T, newList func() L) *gentype.ClientWithList[T, L] {
+	return gentype.NewClientWithList(name, rc, parameterCodec, namespace, newObj, newList, gentype.PrefersProtobuf[T]())
 }
 
 func (c *Client) ConfigMaps(namespace string) Resource[*corev1.ConfigMap, *corev1.ConfigMapList] {
@@ -108,4 +129,8 @@ func (c *Client) Events(namespace string) Resource[*corev1.Event, *corev1.EventL
 
 func (c *Client) Nodes() Resource[*corev1.Node, *corev1.NodeList] {
 	return resource(c, "nodes", "", func() *corev1.Node { return &corev1.Node{} }, func() *corev1.NodeList { return &corev1.NodeList{} })
+}
+
+func (c *Client) Leases(namespace string) Resource[*coordinationv1.Lease, *coordinationv1.LeaseList] {
+	return resourceOf(c.coordination, "leases", namespace, func() *coordinationv1.Lease { return &coordinationv1.Lease{} }, func() *coordinationv1.LeaseList { return &coordinationv1.LeaseList{} })
 }

@@ -28,6 +28,9 @@ type Config struct {
 	Refresh time.Duration
 	// DiskBudget bounds how full pulls may make the image filesystem.
 	DiskBudget Budget
+	// Rollout coordinates the agents' pulls across the cluster; `once`
+	// ignores it.
+	Rollout Rollout
 }
 
 // Retry bounds the exponential backoff between attempts of one image.
@@ -117,5 +120,6 @@ func Defaults() Config {
 		Resync:       5 * time.Minute,
 		Pin:          true,
 		DiskBudget:   DefaultBudget(),
+		Rollout:      DefaultRollout(),
 	}
 }

@@ -310,6 +310,7 @@ func (p *parser) config(root *yaml.Node) *Config {
 		"prune":        func(v *yaml.Node, path string) { p.prune(v, path, &cfg.Prune) },
 		"refresh":      func(v *yaml.Node, path string) { p.duration(v, path, 0, &cfg.Refresh) },
 		"diskBudget":   func(v *yaml.Node, path string) { p.budget(v, path, &cfg.DiskBudget) },
+		"rollout":      func(v *yaml.Node, path string) { p.rollout(v, path, &cfg.Rollout) },
 	})
 	if images == nil {
 		if root.Kind == yaml.MappingNode {

@@ -35,6 +35,7 @@ pullTimeout: 15m          # one pull attempt
 retry: {initialDelay: 2s, maxDelay: 5m}
 resync: 5m                # agent: re-check presence (kubelet GC, manual rmi)
 pin: true                 # protect preloaded images from kubelet image GC
+rollout: {maxNodesPulling: 100%, firstNodes: 0}   # agent: cluster-wide pull waves (Leases)
 `
 
 func TestParseDesignExample(t *testing.T) {

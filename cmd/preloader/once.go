@@ -74,6 +74,10 @@ func (o *onceOptions) run(ctx context.Context, stdout, stderr io.Writer) error {
 		defer cancel()
 	}
 	log := newLogger(stderr)
+	if cfg.Rollout.Coordinated() {
+		// One node has no cluster to take turns with; the agents do.
+		log.Info("rollout is for the agent: once ignores it", "rollout", cfg.Rollout.Describe())
+	}
 	store, err := o.runtime.connect(ctx, log)
 	if err != nil {
 		return err

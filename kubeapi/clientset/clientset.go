@@ -4,6 +4,7 @@
 package clientset
 
 import (
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
 
@@ -40,4 +41,8 @@ func (c clientset) Events(ns string) kubeapi.Resource[*corev1.Event, *corev1.Eve
 
 func (c clientset) Nodes() kubeapi.Resource[*corev1.Node, *corev1.NodeList] {
 	return c.cs.CoreV1().Nodes()
+}
+
+func (c clientset) Leases(ns string) kubeapi.Resource[*coordinationv1.Lease, *coordinationv1.LeaseList] {
+	return c.cs.CoordinationV1().Leases(ns)
 }
