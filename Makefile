@@ -5,7 +5,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 GOTEST    := $(GO) test -count=1
 
-.PHONY: all build deps runtime-deps test unit integration demo bench fuzz image chart chart-push e2e soak test-faults clean
+.PHONY: all build deps runtime-deps test unit integration demo bench fuzz image chart chart-push e2e soak scale test-faults clean
 
 all: build
 
@@ -63,6 +63,16 @@ SOAK_TIMEOUT ?= 2h
 # for make test; `make soak SOAK=2m` for a quick run.
 soak: deps
 	PRELOADER_SOAK=$(SOAK) $(GOTEST) -run '^TestSoak$$' -v -timeout $(SOAK_TIMEOUT) ./integration/soak/
+
+SCALE_NODES   ?= 20
+SCALE_TIMEOUT ?= 30m
+# SCALE_NODES agents, each with its own containerd 2.x, against one
+# kube-apiserver and one registry behind a byte-counting proxy: without
+# waves, with rollout.maxNodesPulling 5, and through a pull-through mirror
+# with firstNodes 1; prints the table of README "At scale". Not part of
+# make test (about 20 containerd and 20 agents on this VM).
+scale: deps
+	PRELOADER_SCALE=$(SCALE_NODES) $(GOTEST) -run '^TestScale$$' -v -timeout $(SCALE_TIMEOUT) ./integration/scale/
 
 # The fault suite of issue 5 verbose, with its table for the README's
 # reliability section, then the soak.
