@@ -1,6 +1,8 @@
 package scale
 
 import (
+	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -43,6 +45,8 @@ func startFront(t *testing.T, nodes int, hold time.Duration) *front {
 			r.Host = r.URL.Host
 		},
 		FlushInterval: -1,
+		// A pull that gives up on a held download cancels it: no news.
+		ErrorLog: log.New(io.Discard, "", 0),
 	}
 	for i := range nodes {
 		lis, err := net.Listen("tcp", "127.0.0.1:0")

@@ -34,7 +34,9 @@ const (
 	maxPulling = 5                      // run 2's rollout.maxNodesPulling
 	blobHold   = 300 * time.Millisecond // each node's blob download is held this long: a slow link
 	readyBy    = 5 * time.Minute
-	settle     = 3 * time.Second // after the last node is ready, for the releases and last patches
+	settle     = 3 * time.Second
+	// What one cache miss of the distribution 2.8 mirror costs upstream.
+	mirrorGetsPerMiss = 2 // after the last node is ready, for the releases and last patches
 )
 
 // row is one run's line of the table.
@@ -109,8 +111,8 @@ func TestScale(t *testing.T) {
 
 	common := "sandboxImage: none\nresync: 30s\nretry: {initialDelay: 200ms, maxDelay: 2s}\n"
 	var rows []row
-	rows = append(rows, runOnce(t, c, nodes, fr, up, reg.Host, "1. no waves (maxNodesPulling 100%)", common+"images:\n  - image: "+ref(imgs[0])+"\n", imgs[0]))
-	r2 := runOnce(t, c, nodes, fr, up, reg.Host, fmt.Sprintf("2. maxNodesPulling %d", maxPulling),
+	rows = append(rows, runOnce(t, c, nodes, fr, up, up.host, "1. no waves (maxNodesPulling 100%)", common+"images:\n  - image: "+ref(imgs[0])+"\n", imgs[0]))
+	r2 := runOnce(t, c, nodes, fr, up, up.host, fmt.Sprintf("2. maxNodesPulling %d", maxPulling),
 		common+fmt.Sprintf("rollout: {maxNodesPulling: %d}\nimages:\n  - image: %s\n", maxPulling, ref(imgs[1])), imgs[1])
 	rows = append(rows, r2)
 	if r2.peakNodes > maxPulling {
@@ -122,10 +124,15 @@ func TestScale(t *testing.T) {
 	r3 := runOnce(t, c, nodes, fr, up, mirror, "3. mirror + firstNodes 1",
 		common+"rollout: {firstNodes: 1, firstNodesTimeout: 2m}\nimages:\n  - image: "+ref(imgs[2])+"\n", imgs[2])
 	rows = append(rows, r3)
+	// Every layer reaches the upstream registry through one miss of the
+	// mirror, whatever N. Debian's distribution (2.8.2) fetches a missed
+	// blob twice: once streamed to the client, once in the background
+	// into its cache (proxyblobstore's copyContent and storeLocal); a
+	// third GET would be a second miss, or a node going around the mirror.
 	gets := up.blobGets()
 	for _, l := range imgs[2].Layers {
-		if gets[l] != 1 {
-			t.Errorf("mirror + firstNodes 1: upstream served layer %s %d times, want once", l[:19], gets[l])
+		if gets[l] == 0 || gets[l] > mirrorGetsPerMiss {
+			t.Errorf("mirror + firstNodes 1: upstream served layer %s %d times, want one mirror miss (%d GETs)", l[:19], gets[l], mirrorGetsPerMiss)
 		}
 	}
 
