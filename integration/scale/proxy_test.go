@@ -119,6 +119,7 @@ func startUpstream(t *testing.T, target string) *upstream {
 	u := &upstream{host: lis.Addr().String(), gets: map[string]int{}}
 	rp := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "http", Host: target})
 	rp.FlushInterval = -1
+	rp.ErrorLog = log.New(io.Discard, "", 0)
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if _, digest, ok := strings.Cut(r.URL.Path, "/blobs/"); ok && r.Method == http.MethodGet {
 			u.mu.Lock()

@@ -50,6 +50,7 @@ type row struct {
 	writes        float64
 	writesBy      string
 	watchEvents   float64
+	watchBy       string
 }
 
 func TestScale(t *testing.T) {
@@ -145,7 +146,7 @@ func TestScale(t *testing.T) {
 	tw.Flush()
 	t.Logf("scale table:\n%s", b.String())
 	for _, r := range rows {
-		t.Logf("%s: API writes by verb and resource: %s", r.name, r.writesBy)
+		t.Logf("%s: API writes by verb and resource: %s; watch events by kind: %s", r.name, r.writesBy, r.watchBy)
 	}
 }
 
@@ -200,6 +201,14 @@ func runOnce(t *testing.T, c kubernetes.Interface, nodes []string, fr *front, up
 	sort.Strings(by)
 	r.writesBy = strings.Join(by, ", ")
 	r.watchEvents = after.watchEvents - before.watchEvents
+	var wby []string
+	for k, v := range after.watchBy {
+		if d := v - before.watchBy[k]; d > 0 {
+			wby = append(wby, fmt.Sprintf("%s %.0f", k, d))
+		}
+	}
+	sort.Strings(wby)
+	r.watchBy = strings.Join(wby, ", ")
 	t.Logf("%s: all %d nodes ready after %s", name, len(nodes), ready.Round(time.Millisecond))
 	return r
 }
@@ -250,6 +259,7 @@ func heldSlots(c kubernetes.Interface) int {
 type counts struct {
 	writes      map[string]float64 // "VERB resource" -> requests
 	watchEvents float64            // events sent to watchers, all kinds
+	watchBy     map[string]float64 // by kind
 }
 
 // apiCounts reads kube-apiserver's /metrics with the admin client:
@@ -261,7 +271,7 @@ func apiCounts(t *testing.T, c kubernetes.Interface) counts {
 	if err != nil {
 		t.Fatalf("kube-apiserver /metrics: %v", err)
 	}
-	out := counts{writes: map[string]float64{}}
+	out := counts{writes: map[string]float64{}, watchBy: map[string]float64{}}
 	for _, line := range strings.Split(string(body), "\n") {
 		labels, value, ok := sample(line)
 		if !ok {
@@ -275,10 +285,16 @@ func apiCounts(t *testing.T, c kubernetes.Interface) counts {
 				if labels["subresource"] != "" {
 					key += "/" + labels["subresource"]
 				}
+				// Conflicts (409: a slot or image Lease another node
+				// took first) are writes the API server refused.
+				if code := labels["code"]; !strings.HasPrefix(code, "2") {
+					key += " (" + code + ")"
+				}
 				out.writes[key] += value
 			}
 		case strings.HasPrefix(line, "apiserver_watch_events_total{"):
 			out.watchEvents += value
+			out.watchBy[labels["kind"]+labels["resource"]] += value
 		}
 	}
 	return out
