@@ -72,7 +72,7 @@ SCALE_TIMEOUT ?= 30m
 # with firstNodes 1; prints the table of README "At scale". Not part of
 # make test (about 20 containerd and 20 agents on this VM).
 scale: deps
-	PRELOADER_SCALE=$(SCALE_NODES) $(GOTEST) -run '^TestScale$$' -v -timeout $(SCALE_TIMEOUT) ./integration/scale/
+	PRELOADER_SCALE=$(SCALE_NODES) $(GOTEST) -run '^TestScale' -v -timeout $(SCALE_TIMEOUT) ./integration/scale/
 
 # The fault suite of issue 5 verbose, with its table for the README's
 # reliability section, then the soak.

@@ -145,6 +145,14 @@ func TestScale(t *testing.T) {
 	}
 	tw.Flush()
 	t.Logf("scale table:\n%s", b.String())
+	var open []string
+	for res, v := range apiCounts(t, c).watches {
+		if v > 0 {
+			open = append(open, fmt.Sprintf("%s %.0f", res, v))
+		}
+	}
+	sort.Strings(open)
+	t.Logf("watch connections open on kube-apiserver with %d agents: %s", n, strings.Join(open, ", "))
 	for _, r := range rows {
 		t.Logf("%s: API writes by verb and resource: %s; watch events by kind: %s", r.name, r.writesBy, r.watchBy)
 	}
@@ -260,6 +268,7 @@ type counts struct {
 	writes      map[string]float64 // "VERB resource" -> requests
 	watchEvents float64            // events sent to watchers, all kinds
 	watchBy     map[string]float64 // by kind
+	watches     map[string]float64 // open watch connections by resource
 }
 
 // apiCounts reads kube-apiserver's /metrics with the admin client:
@@ -271,7 +280,7 @@ func apiCounts(t *testing.T, c kubernetes.Interface) counts {
 	if err != nil {
 		t.Fatalf("kube-apiserver /metrics: %v", err)
 	}
-	out := counts{writes: map[string]float64{}, watchBy: map[string]float64{}}
+	out := counts{writes: map[string]float64{}, watchBy: map[string]float64{}, watches: map[string]float64{}}
 	for _, line := range strings.Split(string(body), "\n") {
 		labels, value, ok := sample(line)
 		if !ok {
@@ -292,6 +301,8 @@ func apiCounts(t *testing.T, c kubernetes.Interface) counts {
 				}
 				out.writes[key] += value
 			}
+		case strings.HasPrefix(line, "apiserver_longrunning_requests{") && labels["verb"] == "WATCH":
+			out.watches[labels["resource"]] += value
 		case strings.HasPrefix(line, "apiserver_watch_events_total{"):
 			out.watchEvents += value
 			out.watchBy[labels["kind"]+labels["resource"]] += value
