@@ -77,10 +77,10 @@ func TestScale(t *testing.T) {
 	up := startUpstream(t, reg.Host)
 	mirror := startMirror(t, up.host)
 	fr := startFront(t, n, blobHold)
-	// Three images of 3 layers of 1 MiB (random, so about 1 MiB
+	// Four images of 3 layers of 1 MiB (random, so about 1 MiB
 	// compressed too), one per run, so that every run pulls anew.
 	var imgs []harness.TestImage
-	for i := 1; i <= 3; i++ {
+	for i := 1; i <= 4; i++ {
 		imgs = append(imgs, harness.PushTestImages(t, reg, []harness.ImageSpec{{Repo: fmt.Sprintf("scale/run%d", i), Tag: "1.0", OwnLayers: 3, LayerSize: 1 << 20}})[0])
 	}
 	ref := func(img harness.TestImage) string { return strings.Replace(img.Ref, reg.Host, up.host, 1) }
@@ -136,6 +136,11 @@ func TestScale(t *testing.T) {
 			t.Errorf("mirror + firstNodes 1: upstream served layer %s %d times, want one mirror miss (%d GETs)", l[:19], gets[l], mirrorGetsPerMiss)
 		}
 	}
+
+	// For comparison, not a check: the mirror without firstNodes, every
+	// node missing at once.
+	rows = append(rows, runOnce(t, c, nodes, fr, up, mirror, "4. mirror, no firstNodes",
+		common+"images:\n  - image: "+ref(imgs[3])+"\n", imgs[3]))
 
 	var b strings.Builder
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
