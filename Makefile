@@ -69,8 +69,9 @@ SCALE_TIMEOUT ?= 30m
 # SCALE_NODES agents, each with its own containerd 2.x, against one
 # kube-apiserver and one registry behind a byte-counting proxy: without
 # waves, with rollout.maxNodesPulling 5, and through a pull-through mirror
-# with firstNodes 1; prints the table of README "At scale". Not part of
-# make test (about 20 containerd and 20 agents on this VM).
+# with firstNodes 1 (and, for comparison, without); then status and
+# warm --wait against 1000 plain Nodes. Prints the tables of README "At
+# scale". Not part of make test: N containerd and N agents at once.
 scale: deps
 	PRELOADER_SCALE=$(SCALE_NODES) $(GOTEST) -run '^TestScale' -v -timeout $(SCALE_TIMEOUT) ./integration/scale/
 
