@@ -162,26 +162,9 @@ func (f *faultEnv) configYAML(yaml string, hosts []string) []string {
 // liveRun is a preloader process whose stderr can be read while it runs.
 type liveRun struct {
 	cmd            *exec.Cmd
-	stdout, stderr lockedBuffer
+	stdout, stderr harness.LockedBuffer
 	done           chan struct{}
 	err            error
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func (f *faultEnv) start(args ...string) *liveRun {

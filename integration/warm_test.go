@@ -282,7 +282,7 @@ func TestWarmWait(t *testing.T) {
 	pipeline := userKubeconfig(t, k, true)
 	const img = "corp.example/team/new:2.0"
 	const norm = "corp.example/team/new:2.0"
-	var stdout, stderr lockedBuffer
+	var stdout, stderr harness.LockedBuffer
 	cmd := exec.Command(preloaderBin, "warm", "--configmap", "kube-preloader/preloader-config", "--image", img,
 		"--wait", "--timeout", "90s", "--kubeconfig", pipeline)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr

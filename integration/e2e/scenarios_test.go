@@ -183,7 +183,7 @@ type run struct {
 	// helmHome holds helm's registry login and caches (the full run).
 	helmHome string
 	// prom scrapes the agent (the full run).
-	prom *harness.Prometheus
+	prom     *harness.Prometheus
 	agentPod string
 	// entries and sandbox are the images.yaml the test last wrote.
 	entries []cfgEntry

@@ -1,7 +1,6 @@
 package scale
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -77,7 +76,7 @@ func TestScalePlainNodes(t *testing.T) {
 	// warm --wait: it adds the image, the "agents" (this test) report it
 	// on every Node, and warm ends.
 	const img = "corp.example/team/new:2.0"
-	var stdout, stderr lockedBuffer
+	var stdout, stderr harness.LockedBuffer
 	cmd := exec.Command(bin, "warm", "--configmap", harness.AgentNamespace+"/"+harness.AgentConfigMap, "--image", img,
 		"--wait", "--timeout", "5m", "--kubeconfig", k.Kubeconfig)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -162,22 +161,4 @@ func parallel(t *testing.T, names []string, f func(string) error) {
 	if err := <-errs; err != nil {
 		t.Fatal(err)
 	}
-}
-
-// lockedBuffer is a bytes.Buffer a command writes while the test reads.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
