@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os/exec"
 	"reflect"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -316,7 +318,7 @@ func objectsByKey(t *testing.T, stream []byte) map[string]map[string]any {
 // differs once normalized.
 func compareObjects(t *testing.T, got, want map[string]map[string]any) {
 	t.Helper()
-	for _, key := range sortedKeys(want) {
+	for _, key := range slices.Sorted(maps.Keys(want)) {
 		g, ok := got[key]
 		if !ok {
 			t.Errorf("the chart does not render %s", key)
@@ -329,7 +331,7 @@ func compareObjects(t *testing.T, got, want map[string]map[string]any) {
 			t.Errorf("%s differs:\n--- chart\n%s\n--- kustomize\n%s", key, gy, wy)
 		}
 	}
-	for _, key := range sortedKeys(got) {
+	for _, key := range slices.Sorted(maps.Keys(got)) {
 		if _, ok := want[key]; !ok {
 			t.Errorf("the chart renders %s, which kustomize does not", key)
 		}
@@ -386,13 +388,4 @@ func dig(o any, path ...string) any {
 		o = m[p]
 	}
 	return o
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }

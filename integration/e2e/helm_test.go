@@ -28,13 +28,7 @@ func (r *run) helmEnv(t *testing.T) []string {
 	if r.helmHome == "" {
 		r.helmHome = t.TempDir()
 	}
-	return []string{
-		"HELM_REGISTRY_CONFIG=" + filepath.Join(r.helmHome, "registry.json"),
-		"HELM_CACHE_HOME=" + filepath.Join(r.helmHome, "cache"),
-		"HELM_CONFIG_HOME=" + filepath.Join(r.helmHome, "config"),
-		"HELM_DATA_HOME=" + filepath.Join(r.helmHome, "data"),
-		"KUBECONFIG=" + r.kube.Kubeconfig,
-	}
+	return append(harness.HelmEnv(r.helmHome), "KUBECONFIG="+r.kube.Kubeconfig)
 }
 
 func (r *run) helm(t *testing.T, name, stdin string, args ...string) cmdResult {

@@ -21,15 +21,24 @@ func HelmBinary() string {
 func Helm(t T, kubeconfig string, args ...string) (string, error) {
 	t.Helper()
 	Require(t, "helm "+HelmVersion+" (scripts/install-deps.sh)", HelmBinary())
-	home := t.TempDir()
 	cmd := exec.Command(HelmBinary(), args...)
-	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+filepath.Join(home, "cache"), "HELM_CONFIG_HOME="+filepath.Join(home, "config"),
-		"HELM_DATA_HOME="+filepath.Join(home, "data"))
+	cmd.Env = append(os.Environ(), HelmEnv(t.TempDir())...)
 	if kubeconfig != "" {
 		cmd.Env = append(cmd.Env, "KUBECONFIG="+kubeconfig)
 	}
 	out, err := cmd.CombinedOutput()
 	return string(out), err
+}
+
+// HelmEnv keeps helm's caches, config and registry logins in home, as a
+// CI job's own would be, away from the machine's.
+func HelmEnv(home string) []string {
+	return []string{
+		"HELM_CACHE_HOME=" + filepath.Join(home, "cache"),
+		"HELM_CONFIG_HOME=" + filepath.Join(home, "config"),
+		"HELM_DATA_HOME=" + filepath.Join(home, "data"),
+		"HELM_REGISTRY_CONFIG=" + filepath.Join(home, "registry.json"),
+	}
 }
 
 // MustHelm is Helm that fails the test on an error.
