@@ -149,10 +149,10 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 // sync with nothing to pull makes no API request for it.
 func (a *Agent) runInTurn(ctx context.Context, cfg *loadedConfig, images []preload.Image) ([]preload.Result, error) {
 	pull, err := toPull(ctx, a, cfg, images)
-	if err != nil || len(pull) == 0 {
-		if err != nil {
-			return nil, err
-		}
+	if err != nil {
+		return nil, err
+	}
+	if len(pull) == 0 {
 		return a.run(ctx, cfg, images)
 	}
 	if cfg.Rollout.FirstNodes > 0 {
