@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -40,9 +39,6 @@ const Namespace = "k8s.io"
 const (
 	LabelCRIImage = "io.cri-containerd.image"
 	LabelPinned   = "io.cri-containerd.pinned"
-	// LabelPreloaderPinned marks a pin the preloader set, so that it
-	// removes only its own pins, never the sandbox image's or an admin's.
-	LabelPreloaderPinned = "preloader.io/pinned"
 
 	// LabelLease marks the preloader's own leases (value: what for), so
 	// that they can be told from the CRI plugin's, which are otherwise
@@ -274,52 +270,6 @@ func (c *Client) remove(ctx context.Context, names []string) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// SyncPins pins the image records named pin (as the CRI lists them:
-// repo:tag, or repo@digest for digest references) and unpins every record
-// the preloader pinned before that is not in keep: an image that only
-// failed this time keeps its pin. Records pinned by someone else are left
-// alone. It returns what it changed.
-func (c *Client) SyncPins(ctx context.Context, pin, keep []string) (pinnedNow, unpinned []string, err error) {
-	is := c.c.ImageService()
-	want := make(map[string]bool, len(pin)+len(keep))
-	for _, n := range slices.Concat(pin, keep) {
-		want[n] = true
-	}
-	ours, err := is.List(ctx, fmt.Sprintf("labels.%q", LabelPreloaderPinned))
-	if err != nil {
-		return nil, nil, fmt.Errorf("list pinned images: %w", err)
-	}
-	for _, img := range ours {
-		if want[img.Name] {
-			continue
-		}
-		// Absent labels in the update delete them.
-		img.Labels = nil
-		if _, err := is.Update(ctx, img, "labels."+LabelPinned, "labels."+LabelPreloaderPinned); err != nil && !errdefs.IsNotFound(err) {
-			return pinnedNow, unpinned, fmt.Errorf("unpin %s: %w", img.Name, err)
-		}
-		unpinned = append(unpinned, img.Name)
-	}
-	for _, n := range pin {
-		img, err := is.Get(ctx, n)
-		if errdefs.IsNotFound(err) {
-			continue
-		}
-		if err != nil {
-			return pinnedNow, unpinned, fmt.Errorf("pin %s: %w", n, err)
-		}
-		if img.Labels[LabelPinned] == pinned {
-			continue
-		}
-		img.Labels = map[string]string{LabelPinned: pinned, LabelPreloaderPinned: "true"}
-		if _, err := is.Update(ctx, img, "labels."+LabelPinned, "labels."+LabelPreloaderPinned); err != nil {
-			return pinnedNow, unpinned, fmt.Errorf("pin %s: %w", n, err)
-		}
-		pinnedNow = append(pinnedNow, n)
-	}
-	return pinnedNow, unpinned, nil
 }
 
 func describe(img archive.Image) string {

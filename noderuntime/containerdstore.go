@@ -17,7 +17,7 @@ type Containerd interface {
 	RegistryNear(ctx context.Context, ref string, d time.Duration) (bool, time.Duration, error)
 	Import(ctx context.Context, contents *archive.Contents, images []archive.Image) error
 	Tag(ctx context.Context, name, source string) error
-	SyncPins(ctx context.Context, pin, keep []string) (pinned, unpinned []string, err error)
+	SyncPins(ctx context.Context, owner string, pin, keep []string) (PinChanges, error)
 	Own(ctx context.Context, owner, name string, keep bool) error
 	Owned(ctx context.Context, owner string) ([]OwnedImage, error)
 	Disown(ctx context.Context, owner, name string) error
@@ -63,8 +63,8 @@ func (s *containerdStore) Tag(ctx context.Context, name, source string) error {
 	return s.ctrd.Tag(ctx, name, source)
 }
 
-func (s *containerdStore) SyncPins(ctx context.Context, pin, keep []string) ([]string, []string, error) {
-	return s.ctrd.SyncPins(ctx, pin, keep)
+func (s *containerdStore) SyncPins(ctx context.Context, owner string, pin, keep []string) (PinChanges, error) {
+	return s.ctrd.SyncPins(ctx, owner, pin, keep)
 }
 
 func (s *containerdStore) Own(ctx context.Context, owner, name string, keep bool) error {

@@ -119,11 +119,11 @@ func (s *criStore) MarkChecked(context.Context, string, time.Time) error { retur
 
 // SyncPins has nothing to unpin, as the preloader pins nothing here; only
 // a request to pin fails.
-func (s *criStore) SyncPins(_ context.Context, pin, _ []string) ([]string, []string, error) {
+func (s *criStore) SyncPins(_ context.Context, _ string, pin, _ []string) (PinChanges, error) {
 	if len(pin) == 0 {
-		return nil, nil, nil
+		return PinChanges{}, nil
 	}
-	return nil, nil, s.Can(OpPin)
+	return PinChanges{}, s.Can(OpPin)
 }
 
 // CollectGarbage does nothing: the CRI has no such call, and CRI-O

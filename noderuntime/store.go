@@ -58,9 +58,10 @@ type Store interface {
 	Import(ctx context.Context, contents *archive.Contents, images []archive.Image) error
 	// Tag records the image source names under name too.
 	Tag(ctx context.Context, name, source string) error
-	// SyncPins pins pin and unpins what the preloader pinned and keep
-	// does not hold.
-	SyncPins(ctx context.Context, pin, keep []string) (pinned, unpinned []string, err error)
+	// SyncPins makes owner, one of the preloader's configs, hold a pin on
+	// pin and lets go of owner's pins keep does not hold; an image stays
+	// pinned while any owner holds a pin on it.
+	SyncPins(ctx context.Context, owner string, pin, keep []string) (PinChanges, error)
 	// Own records on the image named name that owner, one of the
 	// preloader's configs, brought it to the node; keep: never prune it.
 	Own(ctx context.Context, owner, name string, keep bool) error
@@ -103,6 +104,9 @@ const (
 
 // OwnedImage is an image record an owner brought (containerd.Owned).
 type OwnedImage = containerd.OwnedImage
+
+// PinChanges is what one owner's SyncPins changed (containerd.SyncPins).
+type PinChanges = containerd.PinChanges
 
 // ReasonUnsupported is the reason an UnsupportedError reports.
 const ReasonUnsupported = "unsupported runtime"

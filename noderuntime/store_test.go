@@ -23,7 +23,7 @@ func TestCRIOnlyUnsupported(t *testing.T) {
 	defer c.Close()
 	st := CRIOnly(c)
 	ctx := context.Background()
-	_, _, pinErr := st.SyncPins(ctx, []string{"registry.example/a:1"}, nil)
+	_, pinErr := st.SyncPins(ctx, "once:/etc/images.yaml", []string{"registry.example/a:1"}, nil)
 	for _, tt := range []struct {
 		op      Op
 		err     error
@@ -46,7 +46,7 @@ func TestCRIOnlyUnsupported(t *testing.T) {
 			t.Errorf("Can(%s) = nil", tt.op)
 		}
 	}
-	if _, _, err := st.SyncPins(ctx, nil, []string{"registry.example/a:1"}); err != nil {
+	if _, err := st.SyncPins(ctx, "once:/etc/images.yaml", nil, []string{"registry.example/a:1"}); err != nil {
 		t.Errorf("SyncPins with nothing to pin: %v", err)
 	}
 	if err := st.CollectGarbage(ctx); err != nil {

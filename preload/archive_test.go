@@ -16,6 +16,7 @@ import (
 
 	"github.com/kube-preloader/kube-preloader/archive"
 	"github.com/kube-preloader/kube-preloader/archive/archivetest"
+	"github.com/kube-preloader/kube-preloader/containerd"
 	"github.com/kube-preloader/kube-preloader/cri/critest"
 	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/preload"
@@ -31,9 +32,8 @@ type fakeContainerd struct {
 	imports int
 	pulls   []string
 	tags    map[string]string
-	pins    []string
-	keeps   []string
-	owners  map[string]map[string]bool // name -> owner -> keep
+	owners  map[string]map[string]bool   // name -> owner -> keep
+	labels  map[string]map[string]string // name -> pin labels
 }
 
 func (f *fakeContainerd) Own(_ context.Context, owner, name string, keep bool) error {
@@ -123,11 +123,63 @@ func (f *fakeContainerd) RegistryNear(context.Context, string, time.Duration) (b
 func (f *fakeContainerd) CollectGarbage(context.Context) error { return nil }
 func (f *fakeContainerd) Close() error                         { return nil }
 
-func (f *fakeContainerd) SyncPins(_ context.Context, pin, keep []string) ([]string, []string, error) {
+// SyncPins decides as containerd.SyncPins does, on labels kept here, and
+// shows the CRI pin label as containerd 2.x's CRI does: the pinned field.
+func (f *fakeContainerd) SyncPins(_ context.Context, owner string, pin, keep []string) (noderuntime.PinChanges, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.pins, f.keeps = slices.Clone(pin), slices.Clone(keep)
-	return pin, nil, nil
+	var ch noderuntime.PinChanges
+	if owner != "" {
+		want := map[string]bool{}
+		for _, n := range slices.Concat(pin, keep) {
+			want[n] = true
+		}
+		for _, n := range slices.Sorted(maps.Keys(f.labels)) {
+			if want[n] || f.labels[n][containerd.LabelPinOwnerPrefix+owner] == "" {
+				continue
+			}
+			u := containerd.PinUpdate(f.labels[n], owner, false)
+			f.setLabels(n, u)
+			if _, off := u[containerd.LabelPinned]; off {
+				ch.Unpinned = append(ch.Unpinned, n)
+			} else {
+				ch.StillPinned = append(ch.StillPinned, n)
+			}
+		}
+	}
+	for _, n := range pin {
+		if u := containerd.PinUpdate(f.labels[n], owner, true); u != nil {
+			f.setLabels(n, u)
+			ch.Pinned = append(ch.Pinned, n)
+		}
+	}
+	return ch, nil
+}
+
+// pinByHand pins name as an admin would: the CRI's label, no owner.
+func (f *fakeContainerd) pinByHand(name string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.setLabels(name, map[string]string{containerd.LabelPinned: "pinned"})
+}
+
+func (f *fakeContainerd) setLabels(name string, u map[string]string) {
+	if f.labels == nil {
+		f.labels = map[string]map[string]string{}
+	}
+	l := f.labels[name]
+	if l == nil {
+		l = map[string]string{}
+		f.labels[name] = l
+	}
+	for k, v := range u {
+		if v == "" {
+			delete(l, k)
+		} else {
+			l[k] = v
+		}
+	}
+	f.cri.SetPinned(name, l[containerd.LabelPinned] == "pinned")
 }
 
 // testArchive writes an OCI layout archive of images named names[i] into
@@ -425,33 +477,4 @@ func TestRunPullViaContainerd(t *testing.T) {
 			t.Errorf("%d CRI pulls, want none", n)
 		}
 	})
-}
-
-func TestRunPins(t *testing.T) {
-	for _, pin := range []bool{true, false} {
-		s := critest.Start(t)
-		s.Add("registry.example/present:1", 1)
-		s.Pull = func(_ context.Context, ref string, _ *runtimeapi.AuthConfig) error {
-			if strings.Contains(ref, "missing") {
-				return critest.Errorf("not found")
-			}
-			return nil
-		}
-		ctrd := &fakeContainerd{cri: s}
-		cfg := testConfig()
-		cfg.Pin = pin
-		e := &preload.Engine{Store: noderuntime.WithContainerd(connect(t, s), ctrd), MaxAttempts: 1}
-		if _, err := e.Run(context.Background(), cfg, images("registry.example/present:1", "registry.example/pulled:1", "registry.example/missing:1")); err != nil {
-			t.Fatal(err)
-		}
-		var want, keep []string
-		if pin {
-			want = []string{"registry.example/present:1", "registry.example/pulled:1"}
-			// A failure now does not take a pin away.
-			keep = append(want, "registry.example/missing:1")
-		}
-		if !slices.Equal(ctrd.pins, want) || !slices.Equal(ctrd.keeps, keep) {
-			t.Errorf("pin %v: pinned %v keeping %v, want %v keeping %v (and every other pin of ours removed)", pin, ctrd.pins, ctrd.keeps, want, keep)
-		}
-	}
 }

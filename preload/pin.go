@@ -6,10 +6,12 @@ import (
 	"github.com/kube-preloader/kube-preloader/noderuntime"
 )
 
-// syncPins pins every image present after the run when cfg.Pin, and
-// unpins what the preloader pinned before and the run no longer lists (or
-// everything, without cfg.Pin). A failure is logged: the images are
-// present all the same.
+// syncPins makes the engine's Owner hold a pin on every image present
+// after the run when cfg.Pin, and lets go of the Owner's pins on what the
+// run no longer lists (or all of them, without cfg.Pin). An image another
+// of the preloader's configs pinned stays pinned; an engine without an
+// Owner pins and never unpins, as it cannot tell its pins from others'.
+// A failure is logged: the images are present all the same.
 func (e *Engine) syncPins(ctx context.Context, cfg *Config, results []Result) {
 	if err := e.Store.Can(noderuntime.OpPin); err != nil {
 		// Nothing to unpin either: the preloader pins nothing here.
@@ -27,11 +29,16 @@ func (e *Engine) syncPins(ctx context.Context, cfg *Config, results []Result) {
 			}
 		}
 	}
-	pinned, unpinned, err := e.Store.SyncPins(ctx, pin, keep)
+	ch, err := e.Store.SyncPins(ctx, e.Owner, pin, keep)
 	if err != nil {
 		e.log().Warn("pinning failed", "err", err)
 	}
-	if len(pinned) > 0 || len(unpinned) > 0 {
-		e.log().Info("pins changed", "pinned", pinned, "unpinned", unpinned)
+	if ch.Empty() {
+		return
 	}
+	attrs := []any{"pinned", ch.Pinned, "unpinned", ch.Unpinned}
+	if len(ch.StillPinned) > 0 {
+		attrs = append(attrs, "stillPinnedByOthers", ch.StillPinned)
+	}
+	e.log().Info("pins changed", attrs...)
 }

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -88,6 +89,25 @@ func (s *Server) Remove(ref string) {
 	for name, img := range s.images {
 		if img.Id == ref {
 			delete(s.images, name)
+		}
+	}
+}
+
+// SetPinned sets the pinned field of the image named ref, under all its
+// names, as containerd 2.x's CRI reports its pin label. The image is
+// replaced, not changed, so that a response being sent keeps what it had.
+func (s *Server) SetPinned(ref string, pinned bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old := s.images[ref]
+	if old == nil {
+		return
+	}
+	img := proto.Clone(old).(*runtimeapi.Image)
+	img.Pinned = pinned
+	for name, i := range s.images {
+		if i == old {
+			s.images[name] = img
 		}
 	}
 }

@@ -193,11 +193,11 @@ func gzipLayer(files map[string][]byte, mode int64) v1.Layer {
 
 // DropBookkeeping deletes from an image record's labels what the
 // preloader keeps there for itself (which of its configs brought the
-// image, when its tag was checked): neither the CRI nor the kubelet reads
+// image or hold its pin, when its tag was checked): neither the CRI nor the kubelet reads
 // them, and a test comparing records with a CRI pull's leaves them out.
 func DropBookkeeping(labels map[string]string) map[string]string {
 	for k := range labels {
-		if strings.HasPrefix(k, containerd.LabelOwnerPrefix) || k == containerd.LabelChecked {
+		if strings.HasPrefix(k, containerd.LabelOwnerPrefix) || strings.HasPrefix(k, containerd.LabelPinOwnerPrefix) || k == containerd.LabelChecked {
 			delete(labels, k)
 		}
 	}
