@@ -26,7 +26,9 @@ const (
 type OwnedImage struct {
 	Name string
 	Keep bool
-	// Others is how many other owners' labels the record has.
+	// Others is how many other owners' labels the record has, and pins
+	// others hold on it: what another config lists is not this owner's
+	// alone to remove.
 	Others int
 }
 
@@ -52,7 +54,7 @@ func (c *Client) Owned(ctx context.Context, owner string) ([]OwnedImage, error) 
 	}
 	owned := make([]OwnedImage, 0, len(imgs))
 	for _, img := range imgs {
-		o := OwnedImage{Name: img.Name, Keep: img.Labels[key] == OwnerKeep}
+		o := OwnedImage{Name: img.Name, Keep: img.Labels[key] == OwnerKeep, Others: pinHolders(img.Labels, pinMark(owner))}
 		for k := range img.Labels {
 			if k != key && strings.HasPrefix(k, LabelOwnerPrefix) {
 				o.Others++

@@ -74,9 +74,12 @@ func newTestNode(t *testing.T, flavor harness.Flavor) *testNode {
 	return &testNode{ctrd: ctrd, env: []string{cri.EndpointEnv + "=" + ctrd.Endpoint}, dir: t.TempDir()}
 }
 
+// once runs `preloader once` with cfg written to the node's one config
+// file: every run is the same owner of pins and pruned images, as a
+// node's config edited between runs is.
 func (n *testNode) once(t *testing.T, cfg string, args ...string) run {
 	t.Helper()
-	path := filepath.Join(n.dir, fmt.Sprintf("images-%d.yaml", time.Now().UnixNano()))
+	path := filepath.Join(n.dir, "images.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -566,8 +569,16 @@ func testPin(t *testing.T, flavor harness.Flavor) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The preloader pinned it too (an archive's other image): take its
+	// marks off, so that the pin is the admin's alone.
+	paths := []string{"labels." + containerd.LabelPinned}
+	for k := range adminImg.Labels {
+		if strings.HasPrefix(k, containerd.LabelPinOwnerPrefix) {
+			paths = append(paths, "labels."+k)
+		}
+	}
 	adminImg.Labels = map[string]string{containerd.LabelPinned: "pinned"}
-	if _, err := ctrd.ImageService().Update(ctx, adminImg, "labels."+containerd.LabelPinned, "labels."+containerd.LabelPreloaderPinned); err != nil {
+	if _, err := ctrd.ImageService().Update(ctx, adminImg, paths...); err != nil {
 		t.Fatal(err)
 	}
 	wantPinned(t, node, flavor, map[string]bool{names[0]: true, names[1]: true, names[2]: true})

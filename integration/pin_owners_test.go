@@ -21,8 +21,8 @@ import (
 // with `once`: config A (the bootstrap hook's) pins a and b, config B (an
 // ad-hoc run) pins b and c and leaves a pinned; A dropping b leaves b
 // pinned for B, A with pin: false unpins a only, and B with pin: false
-// unpins b and c. A pin an earlier version set without an owner stays
-// throughout.
+// unpins b and c; A's prune leaves b, which it brought, to B, which pins
+// it. A pin an earlier version set without an owner stays throughout.
 func TestPinOwners(t *testing.T) {
 	for _, flavor := range flavors {
 		t.Run(string(flavor), func(t *testing.T) { testPinOwners(t, flavor) })
@@ -63,27 +63,33 @@ func testPinOwners(t *testing.T, flavor harness.Flavor) {
 		name   string
 		config string
 		pin    bool
+		prune  bool
 		images []string
-		want   []string // pinned after the run
+		want   []string // pinned after the run (and present)
 		log    *pins    // the run's "pins changed"; nil: none
 	}{
-		{"A pins a and b", configA, true, []string{a, b}, []string{a, b, old}, &pins{pinned: []string{a, b}}},
-		{"B pins b and c, a stays A's", configB, true, []string{b, c}, []string{a, b, c, old}, &pins{pinned: []string{b, c}}},
-		{"A drops b, B holds it", configA, true, []string{a}, []string{a, b, c, old}, &pins{stillPinned: []string{b}}},
-		{"A with pin: false", configA, false, []string{a}, []string{b, c, old}, &pins{unpinned: []string{a}}},
-		{"B with pin: false", configB, false, []string{b, c}, []string{old}, &pins{unpinned: []string{b, c}}},
+		{"A pins a and b", configA, true, false, []string{a, b}, []string{a, b, old}, &pins{pinned: []string{a, b}}},
+		{"B pins b and c, a stays A's", configB, true, false, []string{b, c}, []string{a, b, c, old}, &pins{pinned: []string{b, c}}},
+		{"A drops b, B holds it", configA, true, false, []string{a}, []string{a, b, c, old}, &pins{stillPinned: []string{b}}},
+		{"A with pin: false", configA, false, false, []string{a}, []string{b, c, old}, &pins{unpinned: []string{a}}},
+		// A brought b, and B pins it: A's prune leaves it to B.
+		{"A prunes", configA, false, true, []string{a}, []string{b, c, old}, nil},
+		{"B with pin: false", configB, false, false, []string{b, c}, []string{old}, &pins{unpinned: []string{b, c}}},
 	}
 	for _, st := range steps {
-		y := fmt.Sprintf("sandboxImage: none\npin: %v\nimages:\n", st.pin)
+		y := fmt.Sprintf("sandboxImage: none\npin: %v\nprune: %v\nimages:\n", st.pin, st.prune)
 		for _, ref := range st.images {
 			y += "  - image: " + ref + "\n"
 		}
 		if err := os.WriteFile(st.config, []byte(y), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		_, r := onceJSON(t, node.env, st.config)
+		out, r := onceJSON(t, node.env, st.config)
 		if r.code != 0 {
 			t.Fatalf("%s: %s", st.name, r)
+		}
+		if len(out.Pruned) > 0 {
+			t.Errorf("%s: pruned %+v, want nothing", st.name, out.Pruned)
 		}
 		wantPinnedStatus(t, node, flavor, st.name, all, st.want)
 		got, found := pinsChanged(r.stderr)

@@ -55,7 +55,14 @@ func (f *fakeContainerd) Owned(_ context.Context, owner string) ([]noderuntime.O
 	var out []noderuntime.OwnedImage
 	for name, by := range f.owners {
 		if keep, ok := by[owner]; ok {
-			out = append(out, noderuntime.OwnedImage{Name: name, Keep: keep, Others: len(by) - 1})
+			// As containerd.Owned: other owners' pins count as theirs.
+			others := len(by) - 1
+			for k := range f.labels[name] {
+				if k == containerd.LabelPreloaderPinned || strings.HasPrefix(k, containerd.LabelPinOwnerPrefix) && k != containerd.LabelPinOwnerPrefix+owner {
+					others++
+				}
+			}
+			out = append(out, noderuntime.OwnedImage{Name: name, Keep: keep, Others: others})
 		}
 	}
 	return out, nil

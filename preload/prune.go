@@ -71,7 +71,8 @@ func (e *Engine) own(ctx context.Context, images []Image, results []Result) {
 // Prune removes the images Owner brought that cfg no longer lists (or,
 // with prune: dryRun, says which it would). An image a container uses, in
 // any state, is kept until none does; an image another of the
-// preloader's configs also brought loses only this owner's mark; an
+// preloader's configs also brought, or holds a pin on, loses only this
+// owner's mark; an
 // image other names hold loses only the preloader's names. Images the
 // preloader did not bring, and the runtime's sandbox image, are never
 // touched. Without cfg.Prune it does nothing.

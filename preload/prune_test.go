@@ -50,6 +50,11 @@ func TestPrune(t *testing.T) {
 				_ = f.Own(context.Background(), "agent:kube-preloader/preloader-config", b, false)
 			},
 			remain: []string{a, b, c}, forgotten: []string{b}},
+		{name: "another owner's pin: only forgotten", later: config("prune: true\n", a),
+			setup: func(_ *critest.Server, f *fakeContainerd) {
+				_, _ = f.SyncPins(context.Background(), "agent:kube-preloader/preloader-config", []string{b}, nil)
+			},
+			remain: []string{a, b, c}, forgotten: []string{b}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
