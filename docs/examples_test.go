@@ -29,7 +29,7 @@ func TestConfigExamplesParse(t *testing.T) {
 	if found == 0 {
 		t.Fatal("no images.yaml example found in the pages")
 	}
-	t.Logf("%d images.yaml examples parse", found)
+	t.Logf("%d images.yaml examples checked", found)
 }
 
 type example struct {
