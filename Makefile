@@ -70,13 +70,13 @@ SCALE_TIMEOUT ?= 30m
 # kube-apiserver and one registry behind a byte-counting proxy: without
 # waves, with rollout.maxNodesPulling 5, and through a pull-through mirror
 # with firstNodes 1 (and, for comparison, without); then status and
-# warm --wait against 1000 plain Nodes. Prints the tables of README "At
-# scale". Not part of make test: N containerd and N agents at once.
+# warm --wait against 1000 plain Nodes. Prints the tables of
+# docs/development/scale.md. Not part of make test: N containerd and N agents at once.
 scale: deps
 	PRELOADER_SCALE=$(SCALE_NODES) $(GOTEST) -run '^TestScale' -v -timeout $(SCALE_TIMEOUT) ./integration/scale/
 
-# The fault suite of issue 5 verbose, with its table for the README's
-# reliability section, then the soak.
+# The fault suite verbose, with its table for
+# docs/development/reliability.md, then the soak.
 test-faults: deps
 	$(GOTEST) -run '^TestFault' -v -timeout 40m ./integration/
 	$(MAKE) --no-print-directory soak

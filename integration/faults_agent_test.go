@@ -29,7 +29,7 @@ import (
 	"github.com/kube-preloader/kube-preloader/integration/harness"
 )
 
-// TestFaultAPIServerDown is issue 5, scenario 3: kube-apiserver stops under
+// TestFaultAPIServerDown: kube-apiserver stops under
 // a running agent. Preloading goes on from the last good config (an image
 // removed behind the agent's back comes back while the API is down), the
 // agent does not exit, and once the API is back the Node's status is right
@@ -212,7 +212,7 @@ func TestFaultAPIServerDown(t *testing.T) {
 // keeps or multiplies what it read.
 const agentMaxGrowth = 64 << 20
 
-// oversizedConfigMap is issue 5, scenario 6, for the agent: the ConfigMap
+// oversizedConfigMap is hostile input for the agent: the ConfigMap
 // at the API server's limit (1 MiB), with far more images than a config
 // may list. The agent keeps the last good config (the Node still shows
 // it, the images stay), says why in a Warning Event, and its peak memory

@@ -1,8 +1,8 @@
 package integration
 
-// Fault scenarios of issue 5 around archives and disk space: a full disk
-// under pulls and imports (scenario 4), containerd killed in the middle of
-// an import (scenario 1) and SIGTERM during one (scenario 5).
+// Fault scenarios around archives and disk space: a full disk under pulls
+// and imports, containerd killed in the middle of an import and SIGTERM
+// during one.
 
 import (
 	"context"

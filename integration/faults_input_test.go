@@ -1,6 +1,6 @@
 package integration
 
-// Hostile input, bounded (issue 5, scenario 6): `preloader once` with
+// Hostile input, bounded: `preloader once` with
 // thousands of images, a huge file and a deeply nested one. Each ends
 // quickly, with a clear answer, in bounded memory.
 

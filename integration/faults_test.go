@@ -1,6 +1,6 @@
 package integration
 
-// The first slice of the fault suite (issue 5): `preloader once` against a
+// The first slice of the fault suite: `preloader once` against a
 // real containerd and registry while the runtime is killed mid-pull, the
 // registry misbehaves behind a fault-injecting proxy, and the process gets
 // SIGTERM. Every scenario ends with the same check: each image reported
@@ -36,8 +36,8 @@ type faultRow struct {
 }
 
 // faultRows is the fault table: every fault test of the package adds its
-// rows, and TestFaults prints them all, as a markdown table for the
-// README's reliability section.
+// rows, and TestFaults prints them all, as a markdown table for
+// docs/development/reliability.md.
 var faultRows struct {
 	mu   sync.Mutex
 	rows []faultRow

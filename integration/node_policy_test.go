@@ -31,7 +31,7 @@ type nodeWrite struct {
 	do  func(ctx context.Context, c kubernetes.Interface) error
 }
 
-// nodeRestriction is issue 14's refusal table: with manifests/ applied
+// nodeRestriction is the refusal table of docs/operations/security.md: with manifests/ applied
 // (RBAC and node-policy.yaml) on a real kube-apiserver, the agent's
 // ServiceAccount with a token bound to a pod on node n1 may write n1's
 // preloader.io label, annotation and taint removal, and nothing else of

@@ -15,7 +15,7 @@ import (
 
 const digest = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 
-// designExample is the config of DESIGN.md, as users copy it.
+// designExample is the config of docs/design/contract.md, as users copy it.
 const designExample = `images:
   - image: registry.k8s.io/pause:3.10   # as pods write it; tag and/or @sha256 digest
   - image: corp.example/team/app:1.4
@@ -82,7 +82,7 @@ func TestParseDefaults(t *testing.T) {
 		want.Concurrency != 0 || want.PullConcurrency("cri") != 3 || want.PullConcurrency("containerd") != 8 || want.PullVia != "auto" || want.MaxDownloads != 8 ||
 		want.PullTimeout != 15*time.Minute || want.Retry != (preload.Retry{InitialDelay: 2 * time.Second, MaxDelay: 5 * time.Minute}) ||
 		want.Resync != 5*time.Minute || !want.Pin {
-		t.Errorf("defaults differ from DESIGN.md: %+v", want)
+		t.Errorf("defaults differ from docs/design/contract.md: %+v", want)
 	}
 }
 

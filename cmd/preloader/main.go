@@ -1,5 +1,6 @@
 // Command preloader makes container images present on Kubernetes nodes
-// before pods need them. See README.md and shared DESIGN.md for the contract.
+// before pods need them. See README.md and docs/design/contract.md for the
+// contract.
 //
 // Installed as kubectl-preload, it is also the kubectl plugin
 // `kubectl preload`: kubectl runs it with the arguments after "preload".

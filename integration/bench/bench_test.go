@@ -66,7 +66,7 @@ var pullLinks = []pullLink{
 	{"loopback", nil},
 }
 
-// pullTarget is issue 13's target for the default config's ratio to the
+// pullTarget is the target for the default config's ratio to the
 // crictl loop; false where there is none (loopback, containerd 1.6).
 func pullTarget(flavor harness.Flavor, link string) (float64, bool) {
 	if flavor != harness.Containerd2 {
@@ -96,7 +96,7 @@ const (
 // pull` of each image in turn (the peer), `preloader once` with the default
 // config (no pullVia, no concurrency: what users get), with `pullVia: cri`
 // and with `pullVia: containerd`. It prints one table of the medians, their
-// ratios to the crictl loop and issue 13's targets for the default.
+// ratios to the crictl loop and the targets for the default.
 //
 // PRELOADER_BENCH_PULLVIA appends YAML lines to the pullVia containerd
 // config (e.g. "concurrency: 10\nmaxDownloads: 16"), to try other limits;

@@ -44,8 +44,8 @@ func (r *run) helm(t *testing.T, name, stdin string, args ...string) cmdResult {
 
 // helmInstall mirrors the chart into the password-protected registry as
 // an air-gapped site does (helm registry login, make chart-push) and
-// installs the agent from there with the command the README gives, with
-// values for this node: the k3s layout the harness's containerd emulates,
+// installs the agent from there with the command docs/install/helm.md
+// gives, with values for this node: the k3s layout the harness's containerd emulates,
 // the test API server's address, the kubelet's config files and the run's
 // images.yaml.
 func (r *run) helmInstall(t *testing.T) time.Time {
@@ -146,7 +146,7 @@ func (r *run) helmUninstall(t *testing.T) {
 	verdicts.add(verdict{
 		scenario: r.row("u helm uninstall"),
 		before:   "release installed from oci://…/charts/kube-preloader, upgraded once",
-		after: fmt.Sprintf("no object of the release left; the Node keeps preloader.io/ready=%s and its status annotation (README, Uninstall)",
+		after: fmt.Sprintf("no object of the release left; the Node keeps preloader.io/ready=%s and its status annotation (docs/operations/upgrade.md, Uninstall)",
 			n.Labels["preloader.io/ready"]),
 	})
 }

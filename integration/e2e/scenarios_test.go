@@ -1,6 +1,6 @@
 package e2e
 
-// The stories of issue 7 on a real node, each judged by what the kubelet
+// The user stories on a real node, each judged by what the kubelet
 // reports: pod phase, the container's waiting reason, Events.
 //
 // One cluster (etcd, kube-apiserver, controller-manager, scheduler, kubelet,
@@ -265,7 +265,8 @@ func newRun(t *testing.T, kind nodeKind, full bool) *run {
 	if r.flavor == harness.Containerd2 && !r.full {
 		// containerd 2.x does not report its sandbox image through the
 		// CRI and the overlay's agent pod has no containerd config: name
-		// it (README, sandboxImage). The full run's chart mounts k3s's.
+		// it (docs/operations/sandbox-image.md). The full run's chart
+		// mounts k3s's.
 		r.sandbox = r.img["pause"].Ref
 	}
 	return r

@@ -1,5 +1,5 @@
 // Package scale runs N real agents, each with its own containerd 2.x,
-// against one kube-apiserver and one registry (issue 17, part 2), three
+// against one kube-apiserver and one registry, three
 // times: without waves, with rollout.maxNodesPulling 5, and through a
 // pull-through mirror with rollout.firstNodes 1, and prints what each run
 // cost the registry and the API server. It runs only when asked: `make
@@ -60,10 +60,10 @@ func TestScale(t *testing.T) {
 	}
 	n, err := strconv.Atoi(setting)
 	if err != nil || n < 1 {
-		t.Fatalf("PRELOADER_SCALE=%q: want a number of nodes (20 or more for the issue's checks)", setting)
+		t.Fatalf("PRELOADER_SCALE=%q: want a number of nodes (20 or more for the scale checks)", setting)
 	}
 	if n < 20 {
-		t.Logf("PRELOADER_SCALE=%d: fewer than the 20 nodes issue 17 asks for; a development run", n)
+		t.Logf("PRELOADER_SCALE=%d: fewer than the 20 nodes the scale checks are sized for; a development run", n)
 	}
 	bin, err := harness.BuildPreloader(t.TempDir())
 	if err != nil {

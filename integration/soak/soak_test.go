@@ -1,6 +1,6 @@
 // Package soak runs `preloader agent` for a long time against a registry
-// that keeps failing and healing and a ConfigMap that keeps changing (issue
-// 5, item 8), and checks that its memory and goroutines stay flat and that
+// that keeps failing and healing and a ConfigMap that keeps changing, and
+// checks that its memory and goroutines stay flat and that
 // it ends in the state its last config asks for. It runs only when asked:
 // `make soak` (PRELOADER_SOAK=10m) or `make soak SOAK=2m`.
 package soak

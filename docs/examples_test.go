@@ -1,0 +1,69 @@
+package docs
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/kube-preloader/kube-preloader/preload"
+)
+
+// TestConfigExamplesParse parses every images.yaml the pages show (a
+// ```yaml block whose first key is images:) as `once` and the agent would,
+// so that an operator who copies one gets a config the parser takes.
+func TestConfigExamplesParse(t *testing.T) {
+	found := 0
+	for _, page := range markdownPages(t) {
+		data, err := os.ReadFile(filepath.Join(root, page))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ex := range configExamples(string(data)) {
+			found++
+			if _, err := preload.Parse(page, []byte(ex.text)); err != nil {
+				t.Errorf("%s:%d: the images.yaml example does not parse: %v", page, ex.line, err)
+			}
+		}
+	}
+	if found == 0 {
+		t.Fatal("no images.yaml example found in the pages")
+	}
+	t.Logf("%d images.yaml examples checked", found)
+}
+
+type example struct {
+	line int // of the block's first line of YAML
+	text string
+}
+
+// configExamples returns the ```yaml blocks of a page whose first line
+// that is not a comment starts with "images:".
+func configExamples(page string) []example {
+	var (
+		out   []example
+		in    bool
+		block []string
+		start int
+	)
+	for i, line := range strings.Split(page, "\n") {
+		trimmed := strings.TrimSpace(line)
+		switch {
+		case !in && trimmed == "```yaml":
+			in, block, start = true, nil, i+2
+		case in && strings.HasPrefix(trimmed, "```"):
+			in = false
+			for _, l := range block {
+				if t := strings.TrimSpace(l); t == "" || strings.HasPrefix(t, "#") {
+					continue
+				} else if strings.HasPrefix(l, "images:") {
+					out = append(out, example{line: start, text: strings.Join(block, "\n") + "\n"})
+				}
+				break
+			}
+		case in:
+			block = append(block, line)
+		}
+	}
+	return out
+}
