@@ -57,7 +57,7 @@ spec:
   caveats: |
     status and warm work with the kube-preloader agent: install its
     DaemonSet first (kustomize base github.com/kube-preloader/kube-preloader/manifests,
-    see the README).
+    see docs/install/kustomize.md).
   platforms:
 EOF
 
