@@ -254,6 +254,7 @@ func (f *faultEnv) containerdKilledImport(t *testing.T) {
 	// daemon between calls, so only a call in flight sees it die.
 	l, sp := f.heldImport(t, yaml)
 	f.ctrd.Kill()
+	// The held connection died with containerd; the retry's go through.
 	sp.Limit(-1)
 	f.ctrd.Start()
 	healed := time.Now()
