@@ -211,17 +211,37 @@ func (f *faultEnv) checkDiskFull(t *testing.T, r run, took time.Duration, what, 
 }
 
 // bigArchive is the archive the import scenarios interrupt: four images of
-// 16 MiB, about a second of importing, so that the test sees the import's
-// lease before it ends.
+// 16 MiB, bigArchiveLayers in all, which every import of it sends to
+// containerd.
 func (f *faultEnv) bigArchive(t *testing.T, tag string) (yaml string, names []string, ids map[string]string) {
 	t.Helper()
 	dir := t.TempDir()
-	names, ids = f.archive(t, dir, "app.tar", tag+"-"+strings.ReplaceAll(string(f.flavor), ".", ""), 4, 16<<20)
+	names, ids = f.archive(t, dir, "app.tar", tag+"-"+strings.ReplaceAll(string(f.flavor), ".", ""), 4, bigArchiveLayers/4)
 	var entries []string
 	for _, n := range names {
 		entries = append(entries, n+" archive=app.tar")
 	}
 	return archiveConfig(dir, false, entries...), names, ids
+}
+
+const (
+	bigArchiveLayers = 64 << 20
+	// importHeldAt is where the import scenarios stop what the preloader
+	// sends to containerd: well into the layers, far from their end.
+	importHeldAt = 8 << 20
+)
+
+// heldImport starts `once` on yaml with its containerd client behind a
+// socket proxy that passes importHeldAt bytes, and returns once the
+// proxy holds the rest and containerd has part of a blob: the import is
+// provably in flight and cannot finish until the proxy lets more through.
+func (f *faultEnv) heldImport(t *testing.T, yaml string) (*liveRun, *harness.SocketProxy) {
+	t.Helper()
+	sp := harness.StartSocketProxy(t, f.ctrd.Path(f.ctrd.Address))
+	sp.Limit(importHeldAt)
+	l := f.start(append(f.configYAML(yaml, nil), "--containerd-address", sp.Path)...)
+	f.until(l, 30*time.Second, "an import held with a blob half-written", func() bool { return sp.Holding() && f.writingBlob(t) })
+	return l, sp
 }
 
 // containerdKilledImport: SIGKILL containerd while the preloader writes a
@@ -230,11 +250,12 @@ func (f *faultEnv) bigArchive(t *testing.T, tag string) (yaml string, names []st
 func (f *faultEnv) containerdKilledImport(t *testing.T) {
 	yaml, names, ids := f.bigArchive(t, "killed")
 	before := len(f.ourLeases(t))
-	l := f.start(f.configYAML(yaml, nil)...)
 	// A blob half-written: containerd's client waits for a restarted
 	// daemon between calls, so only a call in flight sees it die.
-	f.until(l, 30*time.Second, "a blob being imported", func() bool { return f.writingBlob(t) })
+	l, sp := f.heldImport(t, yaml)
 	f.ctrd.Kill()
+	// The held connection died with containerd; the retry's go through.
+	sp.Limit(-1)
 	f.ctrd.Start()
 	healed := time.Now()
 	r := f.wait(l, 60*time.Second)
@@ -287,12 +308,15 @@ func (f *faultEnv) containerdKilledImport(t *testing.T) {
 func (f *faultEnv) sigtermImport(t *testing.T) {
 	yaml, names, _ := f.bigArchive(t, "sigterm")
 	before := len(f.ourLeases(t))
-	l := f.start(f.configYAML(yaml, nil)...)
-	f.until(l, 30*time.Second, "a blob being imported", func() bool { return f.writingBlob(t) })
+	l, sp := f.heldImport(t, yaml)
 	sent := time.Now()
 	if err := l.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
+	// Room for the cleanup after the signal (the lease's delete queues
+	// behind the held bytes), not for the import: with less than its
+	// layers through, it cannot end before the signal has stopped it.
+	sp.Limit(bigArchiveLayers / 2)
 	r := f.wait(l, 30*time.Second)
 	took := time.Since(sent)
 	defer func() {

@@ -111,26 +111,29 @@ func TestFaultPullViaContainerd(t *testing.T) {
 			})
 
 			t.Run("containerd restarted", func(t *testing.T) {
-				// A slow link rather than a stall: the download is still
-				// flowing when containerd dies, so its next write fails.
-				var fetching atomic.Int32
-				slow := harness.StartProxy(t, reg.Host, harness.ProxyOptions{BytesPerSec: 128 << 10, Fault: func(_ http.ResponseWriter, r *http.Request) bool {
-					if slices.ContainsFunc(img.Layers, func(l string) bool { return strings.HasSuffix(r.URL.Path, l) }) {
-						fetching.Add(1)
-					}
-					return false
-				}})
-				ref := slow.Host + "/team/stalled:1.0"
-				slowCreds := writeFile(t, node.dir, "slow.json", harness.DockerConfigJSON(slow.Host, testUser, testPassword))
+				// A held body rather than a stall: the download has
+				// started and waits for the test, and once let go after
+				// containerd's restart, its next write fails.
+				hold := harness.NewHold(64<<10, func(r *http.Request) bool {
+					return r.Method == http.MethodGet && slices.ContainsFunc(img.Layers, func(l string) bool { return strings.HasSuffix(r.URL.Path, l) })
+				})
+				t.Cleanup(hold.Release)
+				held := harness.StartProxy(t, reg.Host, harness.ProxyOptions{Hold: hold})
+				ref := held.Host + "/team/stalled:1.0"
+				heldCreds := writeFile(t, node.dir, "held.json", harness.DockerConfigJSON(held.Host, testUser, testPassword))
 				done := make(chan run, 1)
-				go func() { done <- node.once(t, pullViaConfig("containerd", "", ref), "--docker-config", slowCreds) }()
+				go func() { done <- node.once(t, pullViaConfig("containerd", "", ref), "--docker-config", heldCreds) }()
 				deadline := time.Now().Add(time.Minute)
-				for fetching.Load() == 0 && time.Now().Before(deadline) {
+				for hold.Held() == 0 {
+					if time.Now().After(deadline) {
+						t.Fatalf("no layer download held within a minute")
+					}
 					time.Sleep(20 * time.Millisecond)
 				}
 				node.ctrd.Kill()
 				killed := time.Now()
 				node.ctrd.Start()
+				hold.Release()
 				// Nothing of the cut pull may show before the retry.
 				if refs := node.refs(t); len(refs) != 0 {
 					t.Errorf("CRI lists %v right after the restart, want nothing", refs)

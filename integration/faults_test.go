@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -351,23 +352,19 @@ func isLayerGet(r *http.Request, img harness.TestImage) bool {
 }
 
 // containerdKilled: SIGKILL containerd while a layer is downloading, start
-// it again; the preloader's retry reconnects and the run completes.
+// it again; the preloader's retry reconnects and the run completes. The
+// proxy holds the layer's body after its first 256 KiB, so the pull is
+// still in flight when containerd dies, however slow the machine.
 func (f *faultEnv) containerdKilled(t *testing.T) {
-	var inFlight atomic.Bool
 	var img harness.TestImage
-	p := harness.StartProxy(t, f.reg.Host, harness.ProxyOptions{
-		BytesPerSec: 512 << 10,
-		Fault: func(w http.ResponseWriter, r *http.Request) bool {
-			if isLayerGet(r, img) {
-				inFlight.Store(true)
-			}
-			return false
-		},
-	})
+	hold := harness.NewHold(256<<10, func(r *http.Request) bool { return isLayerGet(r, img) })
+	t.Cleanup(hold.Release)
+	p := harness.StartProxy(t, f.reg.Host, harness.ProxyOptions{Hold: hold})
 	img, ref := f.image(1<<20, p.Host)
 	l := f.start(f.config(time.Minute, []string{p.Host}, ref)...)
-	f.until(l, 30*time.Second, "layer download", inFlight.Load)
+	f.until(l, 30*time.Second, "a layer download held midway", func() bool { return hold.Held() > 0 })
 	f.ctrd.Kill()
+	hold.Release()
 	f.ctrd.Start()
 	healed := time.Now()
 	r := f.wait(l, 60*time.Second)
@@ -498,23 +495,18 @@ func (f *faultEnv) slowLink(t *testing.T) {
 
 // sigterm: SIGTERM while three pulls are downloading; the process exits
 // within a few seconds, non-zero, and the runtime has no trace of them.
+// The proxy holds each layer's body after its first 64 KiB: no pull can
+// finish before the signal.
 func (f *faultEnv) sigterm(t *testing.T) {
-	var started atomic.Int64
 	var imgs []harness.TestImage
 	var mu sync.Mutex
-	p := harness.StartProxy(t, f.reg.Host, harness.ProxyOptions{
-		BytesPerSec: 64 << 10,
-		Fault: func(w http.ResponseWriter, r *http.Request) bool {
-			mu.Lock()
-			defer mu.Unlock()
-			for _, img := range imgs {
-				if isLayerGet(r, img) {
-					started.Add(1)
-				}
-			}
-			return false
-		},
+	hold := harness.NewHold(64<<10, func(r *http.Request) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.ContainsFunc(imgs, func(img harness.TestImage) bool { return isLayerGet(r, img) })
 	})
+	t.Cleanup(hold.Release)
+	p := harness.StartProxy(t, f.reg.Host, harness.ProxyOptions{Hold: hold})
 	var refs []string
 	for range 3 {
 		img, ref := f.image(1<<20, p.Host)
@@ -524,7 +516,7 @@ func (f *faultEnv) sigterm(t *testing.T) {
 		refs = append(refs, ref)
 	}
 	l := f.start(f.config(time.Minute, []string{p.Host}, refs...)...)
-	f.until(l, 30*time.Second, "three layer downloads", func() bool { return started.Load() >= 3 })
+	f.until(l, 30*time.Second, "three layer downloads held midway", func() bool { return hold.Held() >= 3 })
 	sent := time.Now()
 	if err := l.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -563,7 +555,7 @@ func (f *faultEnv) sigterm(t *testing.T) {
 			for _, ref := range refs {
 				if tag == ref {
 					half++
-					t.Errorf("%s is listed after SIGTERM cut its 16s download", ref)
+					t.Errorf("%s is listed after SIGTERM cut its download", ref)
 				}
 			}
 		}

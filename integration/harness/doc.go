@@ -30,6 +30,11 @@
 //	prom.Query(t, `preloader_images_present`)                                  // an instant query's series
 //	harness.CheckMetricsLint(t, body)                                             // promtool check metrics on a /metrics body
 //
+//	hold := harness.NewHold(64<<10, isLayerGet)                      // bodies stop after 64 KiB until hold.Release()
+//	p := harness.StartProxy(t, reg.Host, harness.ProxyOptions{Hold: hold}) // p.Host; hold.Held() counts the stopped ones
+//	sp := harness.StartSocketProxy(t, ctrd.Address)                    // sp.Path, for --containerd-address
+//	sp.Limit(8 << 20)                                                  // client bytes past 8 MiB wait (sp.Holding()); Limit(-1) lifts it
+//
 //	harness.Require(t, "containerd", "/usr/bin/containerd")
 //
 // # Prerequisites

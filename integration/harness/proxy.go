@@ -1,10 +1,13 @@
 package harness
 
 import (
+	"context"
+	"errors"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -19,6 +22,9 @@ type ProxyOptions struct {
 	// Fault, when set, may answer a request itself (an injected failure);
 	// it returns false to let the request through.
 	Fault func(w http.ResponseWriter, r *http.Request) bool
+	// Hold, when set, holds the response bodies of the requests it
+	// matches midway.
+	Hold *Hold
 }
 
 // Proxy is a plain-HTTP reverse proxy on 127.0.0.1 in front of a registry,
@@ -58,6 +64,9 @@ func StartProxy(t T, targetHost string, opts ProxyOptions) *Proxy {
 		if opts.BytesPerSec > 0 {
 			w = &throttledWriter{ResponseWriter: w, rate: opts.BytesPerSec, start: time.Now()}
 		}
+		if h := opts.Hold; h != nil && h.match(r) {
+			w = &heldWriter{ResponseWriter: w, h: h, ctx: r.Context()}
+		}
 		rp.ServeHTTP(w, r)
 	})}
 	go p.srv.Serve(lis)
@@ -93,6 +102,92 @@ func (w *throttledWriter) Write(b []byte) (int, error) {
 }
 
 func (w *throttledWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// Hold stops response bodies after their first bytes until it is released:
+// a download that provably started and cannot finish, for a test to
+// interrupt at leisure rather than race against its end.
+type Hold struct {
+	after int64
+	match func(*http.Request) bool
+
+	mu       sync.Mutex
+	held     int
+	released chan struct{}
+}
+
+// NewHold holds the body of each request match accepts once after bytes
+// of it are out, until Release; bodies no longer than that pass.
+func NewHold(after int64, match func(*http.Request) bool) *Hold {
+	return &Hold{after: after, match: match, released: make(chan struct{})}
+}
+
+// Held is how many bodies have been stopped so far, released or not.
+func (h *Hold) Held() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.held
+}
+
+// Release lets the bodies held, and all after, through. It may be called
+// more than once.
+func (h *Hold) Release() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	select {
+	case <-h.released:
+	default:
+		close(h.released)
+	}
+}
+
+// heldWriter passes h.after bytes of a body, flushes them to the client
+// and waits for h's release or the request's end before the rest.
+type heldWriter struct {
+	http.ResponseWriter
+	h       *Hold
+	ctx     context.Context
+	written int64
+	done    bool // held once, or released before the point
+}
+
+func (w *heldWriter) Write(b []byte) (int, error) {
+	if w.done || w.written+int64(len(b)) <= w.h.after {
+		n, err := w.ResponseWriter.Write(b)
+		w.written += int64(n)
+		return n, err
+	}
+	k := w.h.after - w.written
+	n, err := w.ResponseWriter.Write(b[:k])
+	w.written += int64(n)
+	if err != nil {
+		return n, err
+	}
+	w.done = true
+	select {
+	case <-w.h.released:
+	default:
+		if f, ok := w.ResponseWriter.(http.Flusher); ok {
+			f.Flush()
+		}
+		w.h.mu.Lock()
+		w.h.held++
+		w.h.mu.Unlock()
+		select {
+		case <-w.h.released:
+		case <-w.ctx.Done():
+			return n, errors.New("held body: request ended")
+		}
+	}
+	m, err := w.ResponseWriter.Write(b[k:])
+	w.written += int64(m)
+	return n + m, err
+}
+
+func (w *heldWriter) Flush() {
 	if f, ok := w.ResponseWriter.(http.Flusher); ok {
 		f.Flush()
 	}
