@@ -49,13 +49,15 @@ fi
 
 mkdir -p "$CACHE/bin"
 if [[ ! -x "$CACHE/bin/containerd-$CONTAINERD2_VERSION" ]]; then
-  echo "install-deps: building containerd $CONTAINERD2_VERSION and its runc shim into $CACHE/bin (once; about 90 s on 2 cores with a cold Go cache)" >&2
+  echo "install-deps: building containerd $CONTAINERD2_VERSION and its shim into $CACHE/bin (once, ~2 min on 2 idle cores)…" >&2
+  start=$SECONDS
   tmp=$(mktemp -d)
   GOBIN="$tmp" go install "github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD2_VERSION" \
     "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD2_VERSION"
   mv "$tmp/containerd-shim-runc-v2" "$CACHE/bin/containerd-shim-runc-v2-$CONTAINERD2_VERSION"
   mv "$tmp/containerd" "$CACHE/bin/containerd-$CONTAINERD2_VERSION"
   rm -rf "$tmp"
+  echo "install-deps: containerd $CONTAINERD2_VERSION built in $((SECONDS - start)) s" >&2
 fi
 if [[ -z "$want_demo" && ! -x "$CACHE/bin/helm-$HELM_VERSION" ]]; then
   echo "install-deps: building helm $HELM_VERSION into $CACHE/bin (once; about 2 min on 2 cores with a cold Go cache)" >&2
