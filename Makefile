@@ -44,7 +44,7 @@ integration: deps
 # the same flags so that they share the Go build cache.
 demo:
 	@scripts/install-deps.sh demo & deps=$$!; \
-	echo "demo: building $(BIN) and bin/sandbox (~1 min on 2 idle cores the first time, 2 s after)…" >&2; \
+	echo "demo: building $(BIN) and bin/sandbox beside containerd (first time ~3-6 min on 2 cores, then ~2 s)…" >&2; \
 	start=$$(date +%s); \
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/ ./cmd/preloader ./scripts/sandbox && \
 	echo "demo: built $(BIN) and bin/sandbox in $$(($$(date +%s) - start)) s" >&2; built=$$?; \

@@ -49,7 +49,7 @@ fi
 
 mkdir -p "$CACHE/bin"
 if [[ ! -x "$CACHE/bin/containerd-$CONTAINERD2_VERSION" ]]; then
-  echo "install-deps: building containerd $CONTAINERD2_VERSION and its shim into $CACHE/bin (once, ~2 min on 2 idle cores)…" >&2
+  echo "install-deps: building containerd $CONTAINERD2_VERSION and its shim into $CACHE/bin (once, ~4-7 min on 2 cores with an empty Go cache)…" >&2
   start=$SECONDS
   tmp=$(mktemp -d)
   GOBIN="$tmp" go install "github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD2_VERSION" \
