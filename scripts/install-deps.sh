@@ -4,26 +4,32 @@
 # plugins, prometheus and its promtool for the metrics tests, skopeo for the
 # image builder's test) when missing, and containerd 2.x and helm 4 (the
 # chart's tests and the e2e's install) built from the Go module proxy into a
-# cache outside the repo. With the argument "ctr", also ctr 2.x, the
-# peer of the archive import benchmark; with "crictl", crictl, the peer of
-# the pull benchmark.
-# Usage: scripts/install-deps.sh [ctr] [crictl]
+# cache outside the repo. With the argument "demo", only what `make demo`
+# runs: the registry package and containerd 2.x. With "ctr", also ctr 2.x,
+# the peer of the archive import benchmark; with "crictl", crictl, the peer
+# of the pull benchmark.
+# Usage: scripts/install-deps.sh [demo] [ctr] [crictl]
 set -euo pipefail
 
 CACHE="${PRELOADER_CACHE:-$HOME/.cache/kube-preloader}"
 CONTAINERD2_VERSION="${CONTAINERD2_VERSION:-v2.4.2}"
 CRICTL_VERSION="${CRICTL_VERSION:-v1.37.0}"
 HELM_VERSION="${HELM_VERSION:-v4.3.1}"
-want_ctr= want_crictl=
+want_demo= want_ctr= want_crictl=
 for a in "$@"; do
   case "$a" in
+    demo) want_demo=1 ;;
     ctr) want_ctr=1 ;;
     crictl) want_crictl=1 ;;
-    *) echo "usage: scripts/install-deps.sh [ctr] [crictl]" >&2; exit 2 ;;
+    *) echo "usage: scripts/install-deps.sh [demo] [ctr] [crictl]" >&2; exit 2 ;;
   esac
 done
 
 pkgs=(containerd docker-registry etcd-server runc containernetworking-plugins apache2-utils iproute2 zstd prometheus skopeo)
+if [[ -n "$want_demo" ]]; then
+  # The demo only pulls: containerd 2.x needs no runc or CNI plugin for that.
+  pkgs=(docker-registry)
+fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -43,15 +49,17 @@ fi
 
 mkdir -p "$CACHE/bin"
 if [[ ! -x "$CACHE/bin/containerd-$CONTAINERD2_VERSION" ]]; then
-  echo "install-deps: building containerd $CONTAINERD2_VERSION and its runc shim into $CACHE/bin (once; about 90 s on 2 cores with a cold Go cache)" >&2
+  echo "install-deps: building containerd $CONTAINERD2_VERSION and its shim into $CACHE/bin (once, ~4-7 min on 2 cores with an empty Go cache)…" >&2
+  start=$SECONDS
   tmp=$(mktemp -d)
   GOBIN="$tmp" go install "github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD2_VERSION" \
     "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD2_VERSION"
   mv "$tmp/containerd-shim-runc-v2" "$CACHE/bin/containerd-shim-runc-v2-$CONTAINERD2_VERSION"
   mv "$tmp/containerd" "$CACHE/bin/containerd-$CONTAINERD2_VERSION"
   rm -rf "$tmp"
+  echo "install-deps: containerd $CONTAINERD2_VERSION built in $((SECONDS - start)) s" >&2
 fi
-if [[ ! -x "$CACHE/bin/helm-$HELM_VERSION" ]]; then
+if [[ -z "$want_demo" && ! -x "$CACHE/bin/helm-$HELM_VERSION" ]]; then
   echo "install-deps: building helm $HELM_VERSION into $CACHE/bin (once; about 2 min on 2 cores with a cold Go cache)" >&2
   tmp=$(mktemp -d)
   GOBIN="$tmp" go install "helm.sh/helm/v4/cmd/helm@$HELM_VERSION"

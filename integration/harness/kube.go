@@ -30,6 +30,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/kube-preloader/kube-preloader/integration/harness/daemons"
 )
 
 // KubeVersion is the control plane's release (kube-apiserver,
@@ -86,8 +88,8 @@ type Kube struct {
 	apiPort    int
 
 	mu      sync.Mutex
-	etcd    *process
-	apiProc *process
+	etcd    *daemons.Process
+	apiProc *daemons.Process
 }
 
 // StartKube starts etcd and kube-apiserver in a temporary directory and waits
@@ -112,7 +114,7 @@ func StartKube(t T) *Kube {
 			t.Logf("kube dir kept: %s", dir)
 		}
 	})
-	ports, err := freePorts(3)
+	ports, err := daemons.FreePorts(3)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -245,21 +247,21 @@ func (k *Kube) Start() {
 	start := time.Now()
 	var err error
 	if k.etcd == nil {
-		k.etcd, err = startProcess(filepath.Join(k.Dir, "etcd.log"), nil, EtcdPath, k.etcdArgs()...)
+		k.etcd, err = daemons.StartProcess(filepath.Join(k.Dir, "etcd.log"), nil, EtcdPath, k.etcdArgs()...)
 		if err != nil {
 			k.t.Fatalf("kube: start etcd: %v", err)
 		}
 		if err := waitTCP(fmt.Sprintf("127.0.0.1:%d", k.etcdPort), k.etcd, 20*time.Second); err != nil {
-			k.t.Fatalf("kube: etcd: %v\n%s", err, logTail(filepath.Join(k.Dir, "etcd.log"), 30))
+			k.t.Fatalf("kube: etcd: %v\n%s", err, daemons.LogTail(filepath.Join(k.Dir, "etcd.log"), 30))
 		}
 	}
-	k.apiProc, err = startProcess(filepath.Join(k.Dir, "kube-apiserver.log"), nil, k.apiserver, k.apiserverArgs()...)
+	k.apiProc, err = daemons.StartProcess(filepath.Join(k.Dir, "kube-apiserver.log"), nil, k.apiserver, k.apiserverArgs()...)
 	if err != nil {
 		k.t.Fatalf("kube: start kube-apiserver: %v", err)
 	}
 	if err := k.waitReady(60 * time.Second); err != nil {
 		k.t.Fatalf("kube: kube-apiserver not ready: %v\n--- kube-apiserver.log (tail)\n%s\n--- etcd.log (tail)\n%s",
-			err, logTail(filepath.Join(k.Dir, "kube-apiserver.log"), 40), logTail(filepath.Join(k.Dir, "etcd.log"), 10))
+			err, daemons.LogTail(filepath.Join(k.Dir, "kube-apiserver.log"), 40), daemons.LogTail(filepath.Join(k.Dir, "etcd.log"), 10))
 	}
 	k.StartupTime = time.Since(start)
 }
@@ -270,11 +272,11 @@ func (k *Kube) Stop() {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.apiProc != nil {
-		k.apiProc.stop(10 * time.Second)
+		k.apiProc.Stop(10 * time.Second)
 		k.apiProc = nil
 	}
 	if k.etcd != nil {
-		k.etcd.stop(10 * time.Second)
+		k.etcd.Stop(10 * time.Second)
 		k.etcd = nil
 	}
 }
@@ -285,7 +287,7 @@ func (k *Kube) StopAPIServer() {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.apiProc != nil {
-		k.apiProc.stop(10 * time.Second)
+		k.apiProc.Stop(10 * time.Second)
 		k.apiProc = nil
 	}
 }
@@ -308,7 +310,7 @@ func (k *Kube) waitReady(timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	var last string
 	for time.Now().Before(deadline) {
-		if err := k.apiProc.exitError(); err != nil {
+		if err := k.apiProc.ExitError(); err != nil {
 			return fmt.Errorf("kube-apiserver exited: %v", err)
 		}
 		req, _ := http.NewRequest("GET", k.URL+"/readyz", nil)
@@ -441,10 +443,10 @@ func (k *Kube) Kubectl(t T, args ...string) string {
 	return string(out)
 }
 
-func waitTCP(addr string, p *process, timeout time.Duration) error {
+func waitTCP(addr string, p *daemons.Process, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
-		if err := p.exitError(); err != nil {
+		if err := p.ExitError(); err != nil {
 			return fmt.Errorf("exited: %v", err)
 		}
 		c, err := net.DialTimeout("tcp", addr, time.Second)
@@ -457,37 +459,16 @@ func waitTCP(addr string, p *process, timeout time.Duration) error {
 	return fmt.Errorf("%s not listening after %v", addr, timeout)
 }
 
-func waitFile(path string, p *process, timeout time.Duration) ([]byte, error) {
+func waitFile(path string, p *daemons.Process, timeout time.Duration) ([]byte, error) {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
 		if b, err := os.ReadFile(path); err == nil && bytes.Contains(b, []byte("END CERTIFICATE")) {
 			return b, nil
 		}
-		if err := p.exitError(); err != nil {
+		if err := p.ExitError(); err != nil {
 			return nil, fmt.Errorf("kube-apiserver exited: %v", err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	return nil, fmt.Errorf("%s not written after %v", path, timeout)
-}
-
-// freePorts reserves n distinct ephemeral ports on 127.0.0.1 and releases
-// them for the caller to bind.
-func freePorts(n int) ([]int, error) {
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }

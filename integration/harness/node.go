@@ -25,6 +25,8 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/yaml"
+
+	"github.com/kube-preloader/kube-preloader/integration/harness/daemons"
 )
 
 // NodeOptions shape a one-node cluster.
@@ -114,7 +116,7 @@ type Node struct {
 	kubeletPort int
 	healthzPort int
 	mu          sync.Mutex
-	procs       map[string]*process
+	procs       map[string]*daemons.Process
 }
 
 const defaultNodeName = "preloader-node"
@@ -144,7 +146,7 @@ func StartNode(t T, opts NodeOptions) *Node {
 		opts.NodeName = defaultNodeName
 	}
 	k := opts.Kube
-	n := &Node{Name: opts.NodeName, Kube: k, Client: k.Client, KubeletVersion: opts.KubeletVersion, t: t, opts: opts, procs: map[string]*process{}}
+	n := &Node{Name: opts.NodeName, Kube: k, Client: k.Client, KubeletVersion: opts.KubeletVersion, t: t, opts: opts, procs: map[string]*daemons.Process{}}
 
 	if opts.Containerd == nil {
 		if opts.SandboxImage == "" {
@@ -255,13 +257,13 @@ func (n *Node) LogFile(component string) string {
 func (n *Node) Logs(lines int) string {
 	var b strings.Builder
 	for _, c := range []string{"kubelet", "containerd", "kube-controller-manager", "kube-scheduler"} {
-		fmt.Fprintf(&b, "--- %s (tail)\n%s\n", c, logTail(n.LogFile(c), lines))
+		fmt.Fprintf(&b, "--- %s (tail)\n%s\n", c, daemons.LogTail(n.LogFile(c), lines))
 	}
 	return b.String()
 }
 
 func (n *Node) startProcess(name, binary string, args []string) error {
-	p, err := startProcess(n.LogFile(name), nil, binary, args...)
+	p, err := daemons.StartProcess(n.LogFile(name), nil, binary, args...)
 	if err != nil {
 		return fmt.Errorf("start %s: %v", name, err)
 	}
@@ -273,7 +275,7 @@ func (n *Node) startProcess(name, binary string, args []string) error {
 
 func (n *Node) startControllers() error {
 	k := n.Kube
-	ports, err := freePorts(2)
+	ports, err := daemons.FreePorts(2)
 	if err != nil {
 		return err
 	}
@@ -361,7 +363,7 @@ func (n *Node) startKubelet() error {
 			return err
 		}
 	}
-	ports, err := freePorts(2)
+	ports, err := daemons.FreePorts(2)
 	if err != nil {
 		return err
 	}
@@ -632,11 +634,11 @@ func (n *Node) exited() error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	for name, p := range n.procs {
-		if err := p.exitError(); err != nil {
+		if err := p.ExitError(); err != nil {
 			return fmt.Errorf("%s exited: %v", name, err)
 		}
 	}
-	if !n.Containerd.running() {
+	if !n.Containerd.Running() {
 		return fmt.Errorf("containerd is not running")
 	}
 	return nil
@@ -649,7 +651,7 @@ func (n *Node) StopKubelet() {
 	delete(n.procs, "kubelet")
 	n.mu.Unlock()
 	if p != nil {
-		p.stop(10 * time.Second)
+		p.Stop(10 * time.Second)
 	}
 }
 
@@ -847,20 +849,20 @@ func (n *Node) cleanup() {
 	n.StopKubelet()
 	n.mu.Lock()
 	procs := n.procs
-	n.procs = map[string]*process{}
+	n.procs = map[string]*daemons.Process{}
 	n.mu.Unlock()
 	var wg sync.WaitGroup
 	for _, p := range procs {
 		wg.Add(1)
-		go func() { defer wg.Done(); p.stop(10 * time.Second) }()
+		go func() { defer wg.Done(); p.Stop(10 * time.Second) }()
 	}
 	wg.Wait()
 	if ns := n.Containerd.Namespace; ns != nil {
-		if err := ns.unmountBelow(n.Dir); err != nil {
+		if err := ns.UnmountBelow(n.Dir); err != nil {
 			n.t.Logf("node cleanup: %v", err)
 		}
 	}
-	if err := unmountBelow(n.Dir); err != nil {
+	if err := daemons.UnmountBelow(n.Dir); err != nil {
 		n.t.Logf("node cleanup: %v", err)
 	}
 	removeContainerLogLinks(n.Dir)

@@ -13,6 +13,8 @@ import (
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/kube-preloader/kube-preloader/integration/harness/daemons"
 )
 
 // PrometheusBin is Debian's prometheus (package prometheus, which ships
@@ -31,7 +33,7 @@ type Prometheus struct {
 	Targets []string // the scrape targets, as given
 	LogPath string
 
-	proc *process
+	proc *daemons.Process
 }
 
 // prometheusWait bounds each wait for Prometheus: its start, and the
@@ -46,7 +48,7 @@ const prometheusWait = 60 * time.Second
 // it under CI=true.
 func StartPrometheus(t T, targets []string) *Prometheus {
 	t.Helper()
-	if err := checkExecutable(PrometheusBin); err != nil {
+	if err := daemons.CheckExecutable(PrometheusBin); err != nil {
 		if Strict() {
 			t.Fatalf("integration prerequisite missing: prometheus: %v; run scripts/install-deps.sh", err)
 		}
@@ -74,13 +76,13 @@ scrape_configs:
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	ports, err := freePorts(1)
+	ports, err := daemons.FreePorts(1)
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", ports[0])
 	p := &Prometheus{URL: "http://" + addr, Targets: targets, LogPath: filepath.Join(dir, "prometheus.log")}
-	p.proc, err = startProcess(p.LogPath, os.Environ(), PrometheusBin,
+	p.proc, err = daemons.StartProcess(p.LogPath, os.Environ(), PrometheusBin,
 		"--config.file="+cfgPath,
 		"--storage.tsdb.path="+filepath.Join(dir, "data"),
 		"--web.listen-address="+addr,
@@ -91,7 +93,7 @@ scrape_configs:
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if err := p.proc.stop(10 * time.Second); err != nil {
+		if err := p.proc.Stop(10 * time.Second); err != nil {
 			t.Errorf("prometheus: %v", err)
 		}
 	})
@@ -144,11 +146,11 @@ func (p *Prometheus) wait(t T, what string, cond func() string) {
 		if why == "" {
 			return
 		}
-		if done, err := p.proc.exited(); done {
-			t.Fatalf("prometheus exited (%v) while waiting for %s:\n%s", err, what, logTail(p.LogPath, 30))
+		if done, err := p.proc.Exited(); done {
+			t.Fatalf("prometheus exited (%v) while waiting for %s:\n%s", err, what, daemons.LogTail(p.LogPath, 30))
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("prometheus: %s not within %v: %s\n%s", what, prometheusWait, why, logTail(p.LogPath, 30))
+			t.Fatalf("prometheus: %s not within %v: %s\n%s", what, prometheusWait, why, daemons.LogTail(p.LogPath, 30))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -356,7 +358,7 @@ const PromtoolBin = "/usr/bin/promtool"
 // promtool skips the test, or fails it under CI=true.
 func CheckMetricsLint(t T, exposition string) {
 	t.Helper()
-	if err := checkExecutable(PromtoolBin); err != nil {
+	if err := daemons.CheckExecutable(PromtoolBin); err != nil {
 		if Strict() {
 			t.Fatalf("integration prerequisite missing: promtool: %v; run scripts/install-deps.sh", err)
 		}

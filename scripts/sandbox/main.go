@@ -14,7 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/kube-preloader/kube-preloader/integration/harness"
+	"github.com/kube-preloader/kube-preloader/integration/harness/daemons"
 )
 
 func main() {
@@ -22,25 +22,25 @@ func main() {
 		fmt.Fprintln(os.Stderr, "usage: sandbox PATH-TO-PRELOADER")
 		os.Exit(2)
 	}
-	t := harness.NewRunner("demo")
+	t := daemons.NewRunner("demo")
 	code := demo(t, os.Args[1])
 	t.Close()
 	os.Exit(code)
 }
 
-func demo(t *harness.Runner, bin string) (code int) {
+func demo(t *daemons.Runner, bin string) (code int) {
 	defer t.Recover(&code)
-	harness.Require(t, "docker-registry", "/usr/bin/docker-registry")
+	daemons.Require(t, "docker-registry", "/usr/bin/docker-registry")
 
 	const user, password = "demo", "demo-password-not-shown"
-	say("starting a registry with password authentication and containerd " + harness.Containerd2Version + " on 127.0.0.1")
-	reg := harness.StartRegistry(t, harness.RegistryOptions{Username: user, Password: password})
-	pause := harness.PushTestImages(t, reg, []harness.ImageSpec{{Repo: "k8s/pause", Tag: "3.10", OwnLayers: 1, LayerSize: 256 << 10}})[0]
-	apps := harness.PushTestImages(t, reg, []harness.ImageSpec{
+	say("starting a registry with password authentication and containerd " + daemons.Containerd2Version + " on 127.0.0.1")
+	reg := daemons.StartRegistry(t, daemons.RegistryOptions{Username: user, Password: password})
+	pause := daemons.PushTestImages(t, reg, []daemons.ImageSpec{{Repo: "k8s/pause", Tag: "3.10", OwnLayers: 1, LayerSize: 256 << 10}})[0]
+	apps := daemons.PushTestImages(t, reg, []daemons.ImageSpec{
 		{Repo: "team/app", Tag: "1.4", BaseLayers: 2, OwnLayers: 2, LayerSize: 2 << 20},
 		{Repo: "team/worker", Tag: "1.4", BaseLayers: 2, OwnLayers: 1, LayerSize: 2 << 20},
 	})
-	ctrd := harness.StartContainerd(t, harness.ContainerdOptions{Flavor: harness.Containerd2, SandboxImage: pause.Ref})
+	ctrd := daemons.StartContainerd(t, daemons.ContainerdOptions{Flavor: daemons.Containerd2, SandboxImage: pause.Ref})
 
 	dir := t.TempDir()
 	config := fmt.Sprintf(`# The runtime's pause image (sandboxImage: auto) lives on the private

@@ -1,4 +1,4 @@
-package harness
+package daemons
 
 import (
 	"bufio"
@@ -101,7 +101,7 @@ type Containerd struct {
 
 	t    T
 	env  []string
-	proc *process
+	proc *Process
 }
 
 // Path is where the test process reaches path of this containerd's
@@ -389,7 +389,7 @@ func mountTmpfs(dir string, size int64) error {
 // and sockets, and waits until the CRI answers.
 func (c *Containerd) Start() {
 	c.t.Helper()
-	if c.running() {
+	if c.Running() {
 		c.t.Fatalf("containerd: Start while running")
 	}
 	start := time.Now()
@@ -397,14 +397,14 @@ func (c *Containerd) Start() {
 	if c.Namespace != nil {
 		bin, args = c.Namespace.Wrap(bin, args...)
 	}
-	p, err := startProcess(c.LogPath, c.env, bin, args...)
+	p, err := StartProcess(c.LogPath, c.env, bin, args...)
 	if err != nil {
 		c.t.Fatalf("containerd: %v", err)
 	}
 	c.proc = p
 	if err := c.waitCRI(30 * time.Second); err != nil {
-		c.proc.kill()
-		c.t.Fatalf("containerd (%s) did not become ready: %v\nlog %s:\n%s", c.Flavor, err, c.LogPath, logTail(c.LogPath, 40))
+		c.proc.Kill()
+		c.t.Fatalf("containerd (%s) did not become ready: %v\nlog %s:\n%s", c.Flavor, err, c.LogPath, LogTail(c.LogPath, 40))
 	}
 	c.t.Logf("containerd (%s) ready in %s at %s%s", c.Flavor, time.Since(start).Round(time.Millisecond), c.Endpoint, layoutNote(c.Layout))
 }
@@ -422,7 +422,7 @@ func (c *Containerd) waitCRI(timeout time.Duration) error {
 	client := runtimeapi.NewRuntimeServiceClient(conn)
 	deadline := time.Now().Add(timeout)
 	for {
-		if done, err := c.proc.exited(); done {
+		if done, err := c.proc.Exited(); done {
 			return fmt.Errorf("containerd exited: %v", err)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -442,10 +442,10 @@ func (c *Containerd) waitCRI(timeout time.Duration) error {
 // (shims) are left alone, as with a real containerd restart.
 func (c *Containerd) Stop() {
 	c.t.Helper()
-	if !c.running() {
+	if !c.Running() {
 		return
 	}
-	if err := c.proc.stop(10 * time.Second); err != nil {
+	if err := c.proc.Stop(10 * time.Second); err != nil {
 		c.t.Errorf("containerd: stop: %v", err)
 	}
 }
@@ -453,16 +453,17 @@ func (c *Containerd) Stop() {
 // Kill kills the daemon with SIGKILL, for fault tests. Start reuses root and
 // state afterwards, as a restarted node would.
 func (c *Containerd) Kill() {
-	if c.running() {
-		c.proc.kill()
+	if c.Running() {
+		c.proc.Kill()
 	}
 }
 
-func (c *Containerd) running() bool {
+// Running reports whether the daemon is up (not stopped, killed or exited).
+func (c *Containerd) Running() bool {
 	if c.proc == nil {
 		return false
 	}
-	done, _ := c.proc.exited()
+	done, _ := c.proc.Exited()
 	return !done
 }
 
@@ -483,9 +484,9 @@ func (c *Containerd) Conn(t T) *grpc.ClientConn {
 // (through the CRI while it runs), the daemon, leftover shims, mounts below
 // Dir, and Dir itself.
 func (c *Containerd) cleanup() {
-	if c.running() {
+	if c.Running() {
 		c.removeSandboxes()
-		if err := c.proc.stop(10 * time.Second); err != nil {
+		if err := c.proc.Stop(10 * time.Second); err != nil {
 			c.t.Logf("containerd: stop: %v", err)
 		}
 	}
@@ -493,13 +494,13 @@ func (c *Containerd) cleanup() {
 		// The layout's socket path is the same in every namespace: only
 		// this one's shims are ours.
 		killShims(c.Address, c.Namespace.inside)
-		if err := c.Namespace.unmountBelow(c.Dir); err != nil {
+		if err := c.Namespace.UnmountBelow(c.Dir); err != nil {
 			c.t.Errorf("containerd: %v", err)
 		}
 	} else {
 		killShims(c.Address, func(int) bool { return true })
 	}
-	if err := unmountBelow(c.Dir); err != nil {
+	if err := UnmountBelow(c.Dir); err != nil {
 		c.t.Errorf("containerd: %v", err)
 	}
 	if err := os.RemoveAll(c.Dir); err != nil {
@@ -574,8 +575,8 @@ func killShims(address string, ours func(pid int) bool) {
 	}
 }
 
-// unmountBelow lazily unmounts every mount point below dir, deepest first.
-func unmountBelow(dir string) error {
+// UnmountBelow lazily unmounts every mount point below dir, deepest first.
+func UnmountBelow(dir string) error {
 	mounts, err := mountsBelow("/proc/self/mountinfo", dir)
 	if err != nil {
 		return err

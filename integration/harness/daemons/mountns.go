@@ -1,4 +1,4 @@
-package harness
+package daemons
 
 import (
 	"fmt"
@@ -24,7 +24,7 @@ import (
 // killed, which takes its mounts with it, and Dir is removed.
 type MountNamespace struct {
 	Dir    string
-	holder *process
+	holder *Process
 	mntns  string // the namespace's /proc/PID/ns/mnt link, to tell its processes
 }
 
@@ -68,7 +68,7 @@ func NewMountNamespace(t T) *MountNamespace {
 	fmt.Fprintf(&script, "rm -rf %s\n", strings.Join(layoutRuntimePaths, " "))
 	ready := filepath.Join(dir, "ready")
 	fmt.Fprintf(&script, "touch %s\nexec sleep infinity\n", ready)
-	p, err := startProcess(filepath.Join(dir, "holder.log"), os.Environ(), "/usr/bin/unshare",
+	p, err := StartProcess(filepath.Join(dir, "holder.log"), os.Environ(), "/usr/bin/unshare",
 		"--mount", "--propagation", "private", "--", "/bin/sh", "-c", script.String())
 	if err != nil {
 		t.Fatalf("mount namespace: %v", err)
@@ -79,8 +79,8 @@ func NewMountNamespace(t T) *MountNamespace {
 		if _, err := os.Stat(ready); err == nil {
 			break
 		}
-		if done, err := p.exited(); done || time.Now().After(deadline) {
-			t.Fatalf("mount namespace: holder did not get ready (exited %v: %v):\n%s", done, err, logTail(filepath.Join(dir, "holder.log"), 20))
+		if done, err := p.Exited(); done || time.Now().After(deadline) {
+			t.Fatalf("mount namespace: holder did not get ready (exited %v: %v):\n%s", done, err, LogTail(filepath.Join(dir, "holder.log"), 20))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -117,10 +117,10 @@ func (ns *MountNamespace) Command(bin string, args ...string) *exec.Cmd {
 	return cmd
 }
 
-// unmountBelow lazily unmounts, inside the namespace, every mount below
+// UnmountBelow lazily unmounts, inside the namespace, every mount below
 // dir, as unmountBelow does on the host: what a kubelet or containerd in
 // the namespace mounted there.
-func (ns *MountNamespace) unmountBelow(dir string) error {
+func (ns *MountNamespace) UnmountBelow(dir string) error {
 	mounts, err := mountsBelow(fmt.Sprintf("/proc/%d/mountinfo", ns.pid()), dir)
 	if err != nil || len(mounts) == 0 {
 		return err
@@ -153,7 +153,7 @@ func (ns *MountNamespace) close() error {
 			}
 		}
 	}
-	ns.holder.kill()
+	ns.holder.Kill()
 	// The namespace is freed once its last process is reaped; the
 	// overlays' work directories are busy until then.
 	var err error

@@ -1,4 +1,4 @@
-package harness
+package daemons
 
 import (
 	"bytes"
@@ -11,17 +11,17 @@ import (
 	"time"
 )
 
-// process is one run of a daemon binary with its output in a log file.
-type process struct {
+// Process is one run of a daemon binary with its output in a log file.
+type Process struct {
 	cmd  *exec.Cmd
 	log  *os.File
 	done chan struct{} // closed when the process has exited and been reaped
 	err  error         // result of Wait, valid after done is closed
 }
 
-// startProcess runs bin with args, appending stdout and stderr to logPath, so
+// StartProcess runs bin with args, appending stdout and stderr to logPath, so
 // that a restarted daemon keeps one log with all of its runs.
-func startProcess(logPath string, env []string, bin string, args ...string) (*process, error) {
+func StartProcess(logPath string, env []string, bin string, args ...string) (*Process, error) {
 	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("open log: %w", err)
@@ -38,7 +38,7 @@ func startProcess(logPath string, env []string, bin string, args ...string) (*pr
 		f.Close()
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
-	p := &process{cmd: cmd, log: f, done: make(chan struct{})}
+	p := &Process{cmd: cmd, log: f, done: make(chan struct{})}
 	go func() {
 		p.err = cmd.Wait()
 		f.Close()
@@ -47,8 +47,8 @@ func startProcess(logPath string, env []string, bin string, args ...string) (*pr
 	return p, nil
 }
 
-// exited reports whether the process has ended, and how.
-func (p *process) exited() (bool, error) {
+// Exited reports whether the process has ended, and how.
+func (p *Process) Exited() (bool, error) {
 	select {
 	case <-p.done:
 		return true, p.err
@@ -57,9 +57,9 @@ func (p *process) exited() (bool, error) {
 	}
 }
 
-// exitError returns why the process ended, or nil while it runs.
-func (p *process) exitError() error {
-	done, err := p.exited()
+// ExitError returns why the process ended, or nil while it runs.
+func (p *Process) ExitError() error {
+	done, err := p.Exited()
 	switch {
 	case !done:
 		return nil
@@ -69,8 +69,8 @@ func (p *process) exitError() error {
 	return err
 }
 
-// stop sends SIGTERM and waits; after grace it sends SIGKILL.
-func (p *process) stop(grace time.Duration) error {
+// Stop sends SIGTERM and waits; after grace it sends SIGKILL.
+func (p *Process) Stop(grace time.Duration) error {
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
 		return fmt.Errorf("SIGTERM: %w", err)
 	}
@@ -79,18 +79,18 @@ func (p *process) stop(grace time.Duration) error {
 		return nil
 	case <-time.After(grace):
 	}
-	p.kill()
+	p.Kill()
 	return fmt.Errorf("pid %d ignored SIGTERM for %s, killed", p.cmd.Process.Pid, grace)
 }
 
-// kill sends SIGKILL and waits until the process is reaped.
-func (p *process) kill() {
+// Kill sends SIGKILL and waits until the process is reaped.
+func (p *Process) Kill() {
 	_ = p.cmd.Process.Kill()
 	<-p.done
 }
 
-// logTail returns the last n lines of a log file, for failure messages.
-func logTail(path string, n int) string {
+// LogTail returns the last n lines of a log file, for failure messages.
+func LogTail(path string, n int) string {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Sprintf("(no log: %v)", err)

@@ -1,4 +1,4 @@
-package harness
+package daemons
 
 import (
 	"fmt"
@@ -20,7 +20,7 @@ func Require(t T, name, path string) {
 	var missing string
 	if os.Geteuid() != 0 {
 		missing = "root (the integration harness runs containerd, which needs root)"
-	} else if err := checkExecutable(path); err != nil {
+	} else if err := CheckExecutable(path); err != nil {
 		missing = fmt.Sprintf("%s: %v", name, err)
 	}
 	if missing == "" {
@@ -32,7 +32,8 @@ func Require(t T, name, path string) {
 	t.Skipf("integration prerequisite missing: %s (run scripts/install-deps.sh; set CI=true to fail instead of skip)", missing)
 }
 
-func checkExecutable(path string) error {
+// CheckExecutable reports why path is not an executable file, or nil.
+func CheckExecutable(path string) error {
 	fi, err := os.Stat(path)
 	if err != nil {
 		return err

@@ -1,4 +1,4 @@
-package harness
+package daemons
 
 import (
 	"crypto/ecdsa"
@@ -49,7 +49,7 @@ type Registry struct {
 	t      T
 	caPool *x509.CertPool
 	config string
-	proc   *process
+	proc   *Process
 }
 
 // StartRegistry starts a registry and waits until /v2/ answers. It skips or
@@ -66,7 +66,7 @@ func StartRegistry(t T, opts RegistryOptions) *Registry {
 	}
 	r.LogPath = filepath.Join(r.Dir, "registry.log")
 	r.config = filepath.Join(r.Dir, "config.yml")
-	ports, err := freePorts(1)
+	ports, err := FreePorts(1)
 	if err != nil {
 		t.Fatalf("registry: %v", err)
 	}
@@ -80,7 +80,7 @@ func StartRegistry(t T, opts RegistryOptions) *Registry {
 	}
 	t.Cleanup(func() {
 		if r.running() {
-			if err := r.proc.stop(10 * time.Second); err != nil {
+			if err := r.proc.Stop(10 * time.Second); err != nil {
 				t.Logf("registry: %v", err)
 			}
 		}
@@ -161,14 +161,14 @@ func (r *Registry) Start() {
 		}
 	}
 	start := time.Now()
-	p, err := startProcess(r.LogPath, env, RegistryBinary, "serve", r.config)
+	p, err := StartProcess(r.LogPath, env, RegistryBinary, "serve", r.config)
 	if err != nil {
 		r.t.Fatalf("registry: %v", err)
 	}
 	r.proc = p
 	if err := r.waitReady(15 * time.Second); err != nil {
-		r.proc.kill()
-		r.t.Fatalf("registry did not become ready: %v\nlog %s:\n%s", err, r.LogPath, logTail(r.LogPath, 30))
+		r.proc.Kill()
+		r.t.Fatalf("registry did not become ready: %v\nlog %s:\n%s", err, r.LogPath, LogTail(r.LogPath, 30))
 	}
 	r.t.Logf("registry ready in %s at %s", time.Since(start).Round(time.Millisecond), r.URL)
 }
@@ -178,7 +178,7 @@ func (r *Registry) waitReady(timeout time.Duration) error {
 	client := &http.Client{Transport: r.Transport(), Timeout: time.Second}
 	deadline := time.Now().Add(timeout)
 	for {
-		if done, err := r.proc.exited(); done {
+		if done, err := r.proc.Exited(); done {
 			return fmt.Errorf("docker-registry exited: %v", err)
 		}
 		resp, err := client.Get(r.URL + "/v2/")
@@ -202,7 +202,7 @@ func (r *Registry) Stop() {
 	if !r.running() {
 		return
 	}
-	if err := r.proc.stop(10 * time.Second); err != nil {
+	if err := r.proc.Stop(10 * time.Second); err != nil {
 		r.t.Errorf("registry: %v", err)
 	}
 }
@@ -211,7 +211,7 @@ func (r *Registry) running() bool {
 	if r.proc == nil {
 		return false
 	}
-	done, _ := r.proc.exited()
+	done, _ := r.proc.Exited()
 	return !done
 }
 
@@ -309,4 +309,25 @@ func writeTestCerts(dir string) (*x509.CertPool, error) {
 	pool := x509.NewCertPool()
 	pool.AddCert(ca)
 	return pool, nil
+}
+
+// FreePorts reserves n distinct ephemeral ports on 127.0.0.1 and releases
+// them for the caller to bind.
+func FreePorts(n int) ([]int, error) {
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	var ports []int
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
 }

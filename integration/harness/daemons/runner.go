@@ -1,11 +1,9 @@
-package harness
+package daemons
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"slices"
-	"sync"
 )
 
 // T is the part of testing.TB the harness uses. *testing.T and *testing.B
@@ -82,23 +80,4 @@ func (r *Runner) Close() {
 		f()
 	}
 	r.cleanups = nil
-}
-
-// LockedBuffer is a bytes.Buffer that a command writes while the test
-// reads it.
-type LockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *LockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *LockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

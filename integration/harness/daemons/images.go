@@ -1,4 +1,4 @@
-package harness
+package daemons
 
 import (
 	"archive/tar"

@@ -1,0 +1,40 @@
+package harness
+
+import "github.com/kube-preloader/kube-preloader/integration/harness/daemons"
+
+// The daemons every test starts live in package daemons, which `make demo`
+// builds without the Kubernetes clients of this package; they are named
+// here too so that a test needs one import.
+
+type (
+	T                 = daemons.T
+	Runner            = daemons.Runner
+	Flavor            = daemons.Flavor
+	ContainerdOptions = daemons.ContainerdOptions
+	Containerd        = daemons.Containerd
+	MountNamespace    = daemons.MountNamespace
+	RegistryOptions   = daemons.RegistryOptions
+	Registry          = daemons.Registry
+	ImageSpec         = daemons.ImageSpec
+	TestImage         = daemons.TestImage
+)
+
+const (
+	Containerd16       = daemons.Containerd16
+	Containerd2        = daemons.Containerd2
+	Containerd2Version = daemons.Containerd2Version
+	RegistryBinary     = daemons.RegistryBinary
+)
+
+var (
+	NewRunner         = daemons.NewRunner
+	Strict            = daemons.Strict
+	Require           = daemons.Require
+	CacheDir          = daemons.CacheDir
+	StartContainerd   = daemons.StartContainerd
+	NewMountNamespace = daemons.NewMountNamespace
+	StartRegistry     = daemons.StartRegistry
+	PushTestImages    = daemons.PushTestImages
+	BuildTestImage    = daemons.BuildTestImage
+	DropBookkeeping   = daemons.DropBookkeeping
+)
