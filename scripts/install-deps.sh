@@ -5,30 +5,31 @@
 # image builder's test) when missing, and containerd 2.x and helm 4 (the
 # chart's tests and the e2e's install) built from the Go module proxy into a
 # cache outside the repo. With the argument "demo", only what `make demo`
-# runs: the registry package and containerd 2.x. With "ctr", also ctr 2.x,
-# the peer of the archive import benchmark; with "crictl", crictl, the peer
-# of the pull benchmark.
-# Usage: scripts/install-deps.sh [demo] [ctr] [crictl]
+# runs: the registry and Debian's containerd packages, and containerd 2.x
+# too with "containerd2". With "ctr", also ctr 2.x, the peer of the archive
+# import benchmark; with "crictl", crictl, the peer of the pull benchmark.
+# Usage: scripts/install-deps.sh [demo [containerd2]] [ctr] [crictl]
 set -euo pipefail
 
 CACHE="${PRELOADER_CACHE:-$HOME/.cache/kube-preloader}"
 CONTAINERD2_VERSION="${CONTAINERD2_VERSION:-v2.4.2}"
 CRICTL_VERSION="${CRICTL_VERSION:-v1.37.0}"
 HELM_VERSION="${HELM_VERSION:-v4.3.1}"
-want_demo= want_ctr= want_crictl=
+want_demo= want_containerd2=1 want_ctr= want_crictl=
 for a in "$@"; do
   case "$a" in
-    demo) want_demo=1 ;;
+    demo) want_demo=1 want_containerd2= ;;
+    containerd2) want_containerd2=1 ;;
     ctr) want_ctr=1 ;;
     crictl) want_crictl=1 ;;
-    *) echo "usage: scripts/install-deps.sh [demo] [ctr] [crictl]" >&2; exit 2 ;;
+    *) echo "usage: scripts/install-deps.sh [demo [containerd2]] [ctr] [crictl]" >&2; exit 2 ;;
   esac
 done
 
 pkgs=(containerd docker-registry etcd-server runc containernetworking-plugins apache2-utils iproute2 zstd prometheus skopeo)
 if [[ -n "$want_demo" ]]; then
-  # The demo only pulls: containerd 2.x needs no runc or CNI plugin for that.
-  pkgs=(docker-registry)
+  # The demo only pulls: containerd needs no runc or CNI plugin for that.
+  pkgs=(docker-registry containerd)
 fi
 missing=()
 for p in "${pkgs[@]}"; do
@@ -48,7 +49,7 @@ if ((${#missing[@]})); then
 fi
 
 mkdir -p "$CACHE/bin"
-if [[ ! -x "$CACHE/bin/containerd-$CONTAINERD2_VERSION" ]]; then
+if [[ -n "$want_containerd2" && ! -x "$CACHE/bin/containerd-$CONTAINERD2_VERSION" ]]; then
   echo "install-deps: building containerd $CONTAINERD2_VERSION and its shim into $CACHE/bin (once, ~4-7 min on 2 cores with an empty Go cache)…" >&2
   start=$SECONDS
   tmp=$(mktemp -d)
