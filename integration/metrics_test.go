@@ -157,8 +157,11 @@ func checkMetricsDoc(t *testing.T, body string) {
 	}
 	if !maps.Equal(documented, served) {
 		for _, name := range slices.Sorted(maps.Keys(served)) {
-			if documented[name] != served[name] {
-				t.Errorf("/metrics serves %s, a %s; %s documents it as %q", name, served[name], metricsDoc, documented[name])
+			switch doc, ok := documented[name]; {
+			case !ok:
+				t.Errorf("/metrics serves %s, a %s, which %s does not document", name, served[name], metricsDoc)
+			case doc != served[name]:
+				t.Errorf("/metrics serves %s, a %s; %s documents a %s", name, served[name], metricsDoc, doc)
 			}
 		}
 		for _, name := range slices.Sorted(maps.Keys(documented)) {
