@@ -64,7 +64,7 @@ fi
 tools_dir="$(cd "$(dirname "$0")/../tools" && pwd)"
 HELM_DOCS_VERSION=$(awk '$1 == "github.com/norwoodj/helm-docs" {print $2}' "$tools_dir/go.mod")
 if [[ ! -x "$CACHE/bin/helm-docs-$HELM_DOCS_VERSION" ]]; then
-  echo "install-deps: building helm-docs $HELM_DOCS_VERSION into $CACHE/bin (once; about 1 min of CPU, 5 min on a busy 2-core machine, with a cold Go cache)" >&2
+  echo "install-deps: building helm-docs $HELM_DOCS_VERSION into $CACHE/bin (once; about 2 min on 2 cores with a cold Go cache)" >&2
   tmp=$(mktemp -d)
   (cd "$tools_dir" && go build -o "$tmp/helm-docs" github.com/norwoodj/helm-docs/cmd/helm-docs)
   mv "$tmp/helm-docs" "$CACHE/bin/helm-docs-$HELM_DOCS_VERSION"
