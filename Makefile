@@ -5,7 +5,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 GOTEST    := $(GO) test -count=1
 
-.PHONY: all build deps runtime-deps test unit integration demo bench fuzz image chart chart-push e2e soak scale test-faults clean
+.PHONY: all build deps runtime-deps test unit integration docs demo bench fuzz image chart chart-push e2e soak scale test-faults clean
 
 all: build
 
@@ -33,10 +33,17 @@ test: deps
 	$(GOTEST) -timeout 40m -p 2 ./...
 
 unit:
-	$(GOTEST) -short ./cmd/... ./cri/... ./preload/... ./agent/... ./archive/... ./containerd/... ./bundle/... ./kubelet/... ./nodestatus/... ./noderuntime/... ./kubeapi/... ./warm/... ./waves/...
+	$(GOTEST) -short ./cmd/... ./cri/... ./preload/... ./agent/... ./archive/... ./containerd/... ./bundle/... ./kubelet/... ./nodestatus/... ./noderuntime/... ./kubeapi/... ./warm/... ./waves/... ./docs/...
 
 integration: deps
 	$(GOTEST) -timeout 40m -p 2 ./integration/...
+
+# The generated docs: the chart's README from README.md.gotmpl and the
+# comments of values.yaml (helm-docs, pinned in the tools module), and
+# docs/reference/cli.md from the commands. Tests fail when either is stale.
+docs:
+	cd tools && $(GO) tool helm-docs --chart-search-root ../charts/kube-preloader --skip-version-footer --log-level warning
+	$(GO) test -count=1 ./cmd/preloader -run '^TestCLIDoc$$' -update
 
 # Only what the demo runs: the registry and containerd, while the preloader
 # and the sandbox program (which leaves out the test harness's Kubernetes

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -252,4 +253,55 @@ func seriesOf(mf *dto.MetricFamily) int {
 		n++
 	}
 	return n
+}
+
+// metricsDoc is the metrics reference an operator reads.
+const metricsDoc = "../docs/reference/metrics.md"
+
+// docMetric is a row of the reference's table: | `name` | type | `label`, … | what |
+var docMetric = regexp.MustCompile("^\\| `(preloader_[a-z_]+)` \\| ([a-z]+) \\|([^|]*)\\|")
+
+// TestMetricsDoc: the reference documents every preloader_* metric the
+// agent registers, with its type and label names, and no other.
+func TestMetricsDoc(t *testing.T) {
+	data, err := os.ReadFile(metricsDoc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	documented := map[string]string{}
+	for line := range strings.Lines(string(data)) {
+		if m := docMetric.FindStringSubmatch(line); m != nil {
+			labels := strings.Fields(strings.NewReplacer("`", "", ",", "").Replace(m[3]))
+			slices.Sort(labels)
+			documented[m[1]] = m[2] + " " + strings.Join(labels, ",")
+		}
+	}
+	registered := map[string]string{}
+	for _, mf := range gather(t, newMetrics(nil)) {
+		if !strings.HasPrefix(mf.GetName(), "preloader_") {
+			continue
+		}
+		labels := map[string]bool{}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = true
+			}
+		}
+		registered[mf.GetName()] = strings.ToLower(mf.GetType().String()) + " " + strings.Join(slices.Sorted(maps.Keys(labels)), ",")
+	}
+	if len(registered) == 0 {
+		t.Fatal("no preloader_* metric registered")
+	}
+	for name, want := range registered {
+		if got, ok := documented[name]; !ok {
+			t.Errorf("%s does not document %s (%s)", metricsDoc, name, want)
+		} else if got != want {
+			t.Errorf("%s documents %s as %q (type labels), the agent registers %q", metricsDoc, name, got, want)
+		}
+	}
+	for name := range documented {
+		if _, ok := registered[name]; !ok {
+			t.Errorf("%s documents %s, which the agent does not register", metricsDoc, name)
+		}
+	}
 }

@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"sort"
@@ -38,6 +40,53 @@ var distributions = []struct{ name, kustomize string }{
 func TestChartLint(t *testing.T) {
 	out := harness.MustHelm(t, "", "lint", "--strict", chartDir)
 	t.Logf("%s", out)
+}
+
+// helmDocsArgs are helm-docs's arguments for the chart, as make docs
+// passes them, but the chart's directory.
+var helmDocsArgs = []string{"--skip-version-footer", "--log-level", "warning"}
+
+// TestChartReadme: the chart's README.md is what helm-docs v1.14.2 makes of
+// README.md.gotmpl and values.yaml, and describes every value.
+func TestChartReadme(t *testing.T) {
+	harness.Require(t, "helm-docs "+harness.HelmDocsVersion+" (scripts/install-deps.sh)", harness.HelmDocsBinary())
+	dir := t.TempDir()
+	if err := os.CopyFS(dir, os.DirFS(chartDir)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(dir, "README.md")); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(harness.HelmDocsBinary(), append([]string{"--chart-search-root", dir}, helmDocsArgs...)...)
+	if out, err := cmd.CombinedOutput(); err != nil || len(out) > 0 {
+		t.Fatalf("helm-docs: %v\n%s", err, out)
+	}
+	got, err := os.ReadFile(filepath.Join(dir, "README.md"))
+	if err != nil {
+		t.Fatalf("helm-docs wrote no README.md: %v", err)
+	}
+	want, err := os.ReadFile(filepath.Join(chartDir, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("%s/README.md is not what helm-docs makes of README.md.gotmpl and values.yaml; run make docs", chartDir)
+	}
+	rows := 0
+	for line := range strings.Lines(string(got)) {
+		line = strings.TrimSpace(line)
+		if !strings.HasPrefix(line, "| ") || !strings.HasSuffix(line, " |") || strings.HasPrefix(line, "| Key |") {
+			continue
+		}
+		rows++
+		cells := strings.Split(line, " | ")
+		if desc := strings.TrimSpace(strings.TrimSuffix(cells[len(cells)-1], "|")); desc == "" {
+			t.Errorf("value %s has no description: give it a \"# --\" comment in values.yaml", strings.TrimPrefix(cells[0], "| "))
+		}
+	}
+	if rows < 20 {
+		t.Errorf("the chart README's values table has %d rows", rows)
+	}
 }
 
 // TestChartParity keeps the chart and kustomize from drifting: with default

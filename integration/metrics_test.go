@@ -3,9 +3,12 @@ package integration
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -78,6 +81,7 @@ func TestMetricsDashboard(t *testing.T) {
 		t.Fatalf("/metrics: HTTP %d", code)
 	}
 	harness.CheckMetricsLint(t, body)
+	checkMetricsDoc(t, body)
 	for _, want := range []string{
 		"preloader_images_desired 3", "preloader_images_present 2", "preloader_images_failed 1",
 		`preloader_pulls_total{reason="not_found",result="failed"}`,
@@ -122,6 +126,50 @@ func TestMetricsDashboard(t *testing.T) {
 			t.Errorf("CheckDashboard blames a panel with data:\n%s", msg)
 		}
 	})
+}
+
+// metricsDoc is the metrics reference an operator reads.
+const metricsDoc = "../docs/reference/metrics.md"
+
+var (
+	docMetricRow = regexp.MustCompile("(?m)^\\| `(preloader_[a-z_]+)` \\| ([a-z]+) \\|")
+	typeLine     = regexp.MustCompile(`(?m)^# TYPE (preloader_\S+) (\S+)$`)
+)
+
+// checkMetricsDoc: the preloader_* families that /metrics serves, with
+// their types, are those the reference documents. The agent registers
+// every one at its start, so all are served whatever the scenario did.
+func checkMetricsDoc(t *testing.T, body string) {
+	t.Helper()
+	doc, err := os.ReadFile(metricsDoc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	documented, served := map[string]string{}, map[string]string{}
+	for _, m := range docMetricRow.FindAllStringSubmatch(string(doc), -1) {
+		documented[m[1]] = m[2]
+	}
+	for _, m := range typeLine.FindAllStringSubmatch(body, -1) {
+		served[m[1]] = m[2]
+	}
+	if len(served) == 0 {
+		t.Fatalf("/metrics serves no preloader_* family:\n%s", body)
+	}
+	if !maps.Equal(documented, served) {
+		for _, name := range slices.Sorted(maps.Keys(served)) {
+			switch doc, ok := documented[name]; {
+			case !ok:
+				t.Errorf("/metrics serves %s, a %s, which %s does not document", name, served[name], metricsDoc)
+			case doc != served[name]:
+				t.Errorf("/metrics serves %s, a %s; %s documents a %s", name, served[name], metricsDoc, doc)
+			}
+		}
+		for _, name := range slices.Sorted(maps.Keys(documented)) {
+			if _, ok := served[name]; !ok {
+				t.Errorf("%s documents %s, which /metrics does not serve", metricsDoc, name)
+			}
+		}
+	}
 }
 
 // recordingT is a harness.T whose failures are recorded, not reported.

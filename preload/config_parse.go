@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -119,6 +120,9 @@ type parser struct {
 	file     string
 	problems []Problem
 	omitted  int
+	// known, when set, is told the known keys of every mapping that
+	// fields walks, by path: how a test reads the keys the parser accepts.
+	known func(path string, keys []string)
 }
 
 func (p *parser) parse(data []byte) *Config {
@@ -663,6 +667,9 @@ type setters map[string]func(v *yaml.Node, path string)
 // and any other key is a problem. A null value is taken as the key left
 // out, as Kubernetes takes it. It reports whether n is a mapping.
 func (p *parser) fields(n *yaml.Node, path string, set setters) bool {
+	if p.known != nil {
+		p.known(path, slices.Sorted(maps.Keys(set)))
+	}
 	return p.pairs(n, path, func(key string, k, v *yaml.Node) {
 		f, ok := set[key]
 		if !ok {

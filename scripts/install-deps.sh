@@ -2,12 +2,13 @@
 # Installs what the tests and the demo need on a fresh Debian 12 machine:
 # Debian packages (containerd 1.6, the distribution registry, etcd, runc, CNI
 # plugins, prometheus and its promtool for the metrics tests, skopeo for the
-# image builder's test) when missing, and containerd 2.x and helm 4 (the
-# chart's tests and the e2e's install) built from the Go module proxy into a
-# cache outside the repo. With the argument "demo", only what `make demo`
-# runs: the registry and Debian's containerd packages, and containerd 2.x
-# too with "containerd2". With "ctr", also ctr 2.x, the peer of the archive
-# import benchmark; with "crictl", crictl, the peer of the pull benchmark.
+# image builder's test) when missing, and containerd 2.x, helm 4 (the
+# chart's tests and the e2e's install) and helm-docs (the chart's README)
+# built from the Go module proxy into a cache outside the repo. With the
+# argument "demo", only what `make demo` runs: the registry and Debian's
+# containerd packages, and containerd 2.x too with "containerd2". With
+# "ctr", also ctr 2.x, the peer of the archive import benchmark; with
+# "crictl", crictl, the peer of the pull benchmark.
 # Usage: scripts/install-deps.sh [demo [containerd2]] [ctr] [crictl]
 set -euo pipefail
 
@@ -65,6 +66,18 @@ if [[ -z "$want_demo" && ! -x "$CACHE/bin/helm-$HELM_VERSION" ]]; then
   tmp=$(mktemp -d)
   GOBIN="$tmp" go install "helm.sh/helm/v4/cmd/helm@$HELM_VERSION"
   mv "$tmp/helm" "$CACHE/bin/helm-$HELM_VERSION"
+  rm -rf "$tmp"
+fi
+# helm-docs, which makes the chart's README (make docs; checked by the
+# chart's tests), at the version tools/go.mod requires: built from that
+# separate module, so it never enters the product's go.mod.
+tools_dir="$(cd "$(dirname "$0")/../tools" && pwd)"
+HELM_DOCS_VERSION=$(awk '$1 == "github.com/norwoodj/helm-docs" {print $2}' "$tools_dir/go.mod")
+if [[ -z "$want_demo" && ! -x "$CACHE/bin/helm-docs-$HELM_DOCS_VERSION" ]]; then
+  echo "install-deps: building helm-docs $HELM_DOCS_VERSION into $CACHE/bin (once; about 2 min on 2 cores with a cold Go cache)" >&2
+  tmp=$(mktemp -d)
+  (cd "$tools_dir" && go build -o "$tmp/helm-docs" github.com/norwoodj/helm-docs/cmd/helm-docs)
+  mv "$tmp/helm-docs" "$CACHE/bin/helm-docs-$HELM_DOCS_VERSION"
   rm -rf "$tmp"
 fi
 # ctr 2.x, the peer the archive import benchmark compares against on

@@ -50,3 +50,13 @@ func MustHelm(t T, kubeconfig string, args ...string) string {
 	}
 	return out
 }
+
+// HelmDocsVersion is the helm-docs that tools/go.mod requires and
+// scripts/install-deps.sh builds from it.
+const HelmDocsVersion = "v1.14.2"
+
+// HelmDocsBinary is that helm-docs; a test that needs it calls Require
+// with it.
+func HelmDocsBinary() string {
+	return filepath.Join(CacheDir(), "bin", "helm-docs-"+HelmDocsVersion)
+}
