@@ -9,9 +9,13 @@ import (
 	"github.com/kube-preloader/kube-preloader/preload"
 )
 
+// configReference is the page whose every ```yaml block is an images.yaml.
+const configReference = "docs/reference/config.md"
+
 // TestConfigExamplesParse parses every images.yaml the pages show (a
-// ```yaml block whose first key is images:) as `once` and the agent would,
-// so that an operator who copies one gets a config the parser takes.
+// ```yaml block whose first key is images:, and every ```yaml block of the
+// config reference) as `once` and the agent would, so that an operator who
+// copies one gets a config the parser takes.
 func TestConfigExamplesParse(t *testing.T) {
 	found := 0
 	for _, page := range markdownPages(t) {
@@ -19,7 +23,7 @@ func TestConfigExamplesParse(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, ex := range configExamples(string(data)) {
+		for _, ex := range configExamples(string(data), page == configReference) {
 			found++
 			if _, err := preload.Parse(page, []byte(ex.text)); err != nil {
 				t.Errorf("%s:%d: the images.yaml example does not parse: %v", page, ex.line, err)
@@ -38,8 +42,8 @@ type example struct {
 }
 
 // configExamples returns the ```yaml blocks of a page whose first line
-// that is not a comment starts with "images:".
-func configExamples(page string) []example {
+// that is not a comment starts with "images:", or all of them.
+func configExamples(page string, all bool) []example {
 	var (
 		out   []example
 		in    bool
@@ -53,6 +57,10 @@ func configExamples(page string) []example {
 			in, block, start = true, nil, i+2
 		case in && strings.HasPrefix(trimmed, "```"):
 			in = false
+			if all {
+				out = append(out, example{line: start, text: strings.Join(block, "\n") + "\n"})
+				break
+			}
 			for _, l := range block {
 				if t := strings.TrimSpace(l); t == "" || strings.HasPrefix(t, "#") {
 					continue

@@ -24,30 +24,16 @@ type docRow struct {
 // docHeader is the header of every key table: the test reads only these.
 var docHeader = []string{"Key", "Type", "Default", "Bounds", "Applies to", "Description"}
 
-// readConfigDoc returns the rows of every key table of the reference, and
-// its yaml code blocks.
-func readConfigDoc(t *testing.T) (rows []docRow, examples []string) {
+// readConfigDoc returns the rows of every key table of the reference.
+// Its yaml examples are parsed by the docs package's test.
+func readConfigDoc(t *testing.T) (rows []docRow) {
 	t.Helper()
 	data, err := os.ReadFile(configDoc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	inTable, inYAML := false, false
-	var block strings.Builder
+	inTable := false
 	for i, line := range strings.Split(string(data), "\n") {
-		switch {
-		case line == "```yaml":
-			inYAML = true
-			block.Reset()
-			continue
-		case inYAML && line == "```":
-			inYAML = false
-			examples = append(examples, block.String())
-			continue
-		case inYAML:
-			block.WriteString(line + "\n")
-			continue
-		}
 		if !strings.HasPrefix(line, "|") {
 			inTable = false
 			continue
@@ -69,7 +55,7 @@ func readConfigDoc(t *testing.T) (rows []docRow, examples []string) {
 	if len(rows) == 0 {
 		t.Fatalf("%s: no table with the header %q", configDoc, strings.Join(docHeader, " | "))
 	}
-	return rows, examples
+	return rows
 }
 
 // parserKeys is every key the parser accepts, as the reference writes
@@ -161,7 +147,7 @@ func configWith(kv ...string) (string, int) {
 // TestConfigDocKeys: the reference documents every key the parser
 // accepts, and no other, each with a type and where it applies.
 func TestConfigDocKeys(t *testing.T) {
-	rows, _ := readConfigDoc(t)
+	rows := readConfigDoc(t)
 	documented := map[string]bool{}
 	commands := []string{"once", "agent", "bundle", "allowlist"}
 	for _, r := range rows {
@@ -203,7 +189,7 @@ var defaultValue = regexp.MustCompile("^`([^`]+)`")
 // TestConfigDocDefaults: each documented default, written out, gives the
 // config that leaving the key out gives.
 func TestConfigDocDefaults(t *testing.T) {
-	rows, _ := readConfigDoc(t)
+	rows := readConfigDoc(t)
 	want, err := Parse("minimal.yaml", []byte(minimalConfig))
 	if err != nil {
 		t.Fatal(err)
@@ -355,7 +341,7 @@ func configFor(key, v string, b bound) (string, int) {
 // TestConfigDocBounds: a value just outside each documented bound is an
 // error naming the file, the line and the key; just inside is accepted.
 func TestConfigDocBounds(t *testing.T) {
-	rows, _ := readConfigDoc(t)
+	rows := readConfigDoc(t)
 	defaults := map[string]string{}
 	for _, r := range rows {
 		if m := defaultValue.FindStringSubmatch(r.def); m != nil {
@@ -411,19 +397,5 @@ func TestConfigDocBounds(t *testing.T) {
 	}
 	if checked < 30 {
 		t.Errorf("only %d values at the bounds tried", checked)
-	}
-}
-
-// TestConfigDocExamples: every yaml example of the reference is a valid
-// config.
-func TestConfigDocExamples(t *testing.T) {
-	_, examples := readConfigDoc(t)
-	if len(examples) == 0 {
-		t.Fatalf("%s has no yaml example", configDoc)
-	}
-	for i, ex := range examples {
-		if _, err := Parse(fmt.Sprintf("example-%d.yaml", i+1), []byte(ex)); err != nil {
-			t.Errorf("%s: example %d is invalid: %v\n%s", configDoc, i+1, err, ex)
-		}
 	}
 }
