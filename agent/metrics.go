@@ -55,6 +55,7 @@ const (
 	ReasonLabelRegistry     = "registry" // the registry answered 5xx or 429
 	ReasonLabelTLS          = "tls"
 	ReasonLabelTimeout      = "timeout"
+	ReasonLabelStalled      = "stalled" // a download received no bytes for stallTimeout
 	ReasonLabelNoSpace      = "no_space"
 	ReasonLabelDiskBudget   = "disk_budget"
 	ReasonLabelCredentials  = "credentials" // a pullSecret or serviceAccount missing or unusable
@@ -70,7 +71,7 @@ const (
 // PullReasons is every reason label value of a failed pull.
 var PullReasons = []string{
 	ReasonLabelUnauthorized, ReasonLabelNotFound, ReasonLabelNetwork, ReasonLabelRegistry,
-	ReasonLabelTLS, ReasonLabelTimeout, ReasonLabelNoSpace, ReasonLabelDiskBudget,
+	ReasonLabelTLS, ReasonLabelTimeout, ReasonLabelStalled, ReasonLabelNoSpace, ReasonLabelDiskBudget,
 	ReasonLabelCredentials, ReasonLabelRuntime, ReasonLabelInvalid, ReasonLabelArchive,
 	ReasonLabelUnsupported, ReasonLabelNotPresent, ReasonLabelCanceled, ReasonLabelOther,
 }
@@ -85,6 +86,7 @@ var reasonLabels = map[string]string{
 	preload.ReasonRegistry:     ReasonLabelRegistry,
 	preload.ReasonTLS:          ReasonLabelTLS,
 	preload.ReasonTimeout:      ReasonLabelTimeout,
+	preload.ReasonStalled:      ReasonLabelStalled,
 	preload.ReasonNoSpace:      ReasonLabelNoSpace,
 	preload.ReasonDiskBudget:   ReasonLabelDiskBudget,
 	preload.ReasonRuntime:      ReasonLabelRuntime,

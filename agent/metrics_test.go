@@ -36,6 +36,7 @@ func TestPullReasonsAreClosed(t *testing.T) {
 		{reason: preload.ReasonRegistry, want: ReasonLabelRegistry},
 		{reason: preload.ReasonTLS, want: ReasonLabelTLS},
 		{reason: preload.ReasonTimeout, want: ReasonLabelTimeout},
+		{reason: preload.ReasonStalled, want: ReasonLabelStalled},
 		{reason: preload.ReasonNoSpace, want: ReasonLabelNoSpace},
 		{reason: preload.ReasonDiskBudget, want: ReasonLabelDiskBudget},
 		{reason: preload.ReasonRuntime, want: ReasonLabelRuntime},

@@ -40,15 +40,17 @@ func (c *Client) PullProgress() (inFlight, done, total int64) {
 type pullBytes struct {
 	p           *progress
 	done, total atomic.Int64
+	// watch is the pull's own caller's, which it shows per image.
+	watch *Bytes
 	// expected is the size of each blob counted in total whose fetch has
 	// not ended: a map behind a lock, touched once per blob, never per read.
 	mu       sync.Mutex
 	expected map[digest.Digest]int64
 }
 
-func (p *progress) start() *pullBytes {
+func (p *progress) start(watch *Bytes) *pullBytes {
 	p.inFlight.Add(1)
-	return &pullBytes{p: p, expected: map[digest.Digest]int64{}}
+	return &pullBytes{p: p, watch: watch, expected: map[digest.Digest]int64{}}
 }
 
 // end takes the pull out of the sums. client.Pull has joined its fetches
@@ -75,6 +77,7 @@ func (b *pullBytes) expect(blobs []ocispec.Descriptor) {
 	b.mu.Unlock()
 	b.total.Add(n)
 	b.p.total.Add(n)
+	b.watch.Expect(n)
 }
 
 // blob is one expected blob's fetch: the bytes read for it, counted into
@@ -95,6 +98,7 @@ func (f *blob) add(n int64) {
 	if d := min(now, f.size) - min(now-n, f.size); d > 0 {
 		f.b.done.Add(d)
 		f.b.p.done.Add(d)
+		f.b.watch.Add(d)
 	}
 }
 

@@ -44,7 +44,8 @@ func TestPullBytes(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var p progress
-			b := p.start()
+			var watch Bytes
+			b := p.start(&watch)
 			d := blobDesc(tt.data)
 			b.expect([]ocispec.Descriptor{d, d}) // named twice, counted once
 			if got := p.total.Load(); got != int64(len(tt.data)) {
@@ -75,6 +76,9 @@ func TestPullBytes(t *testing.T) {
 			if p.inFlight.Load() != 1 {
 				t.Errorf("inFlight = %d, want 1", p.inFlight.Load())
 			}
+			if done, total := watch.Load(); done != tt.wantDone || total != int64(len(tt.data)) {
+				t.Errorf("the pull's own bytes = %d of %d, want %d of %d", done, total, tt.wantDone, len(tt.data))
+			}
 			b.end()
 			if p.inFlight.Load() != 0 || p.done.Load() != 0 || p.total.Load() != 0 {
 				t.Errorf("after end: inFlight %d done %d total %d, want zeros", p.inFlight.Load(), p.done.Load(), p.total.Load())
@@ -87,7 +91,7 @@ func TestPullBytes(t *testing.T) {
 // one that fails half-way takes out what it had.
 func TestPullBytesTwoPulls(t *testing.T) {
 	var p progress
-	a, b := p.start(), p.start()
+	a, b := p.start(nil), p.start(nil)
 	da, db := blobDesc([]byte("aaaa")), blobDesc([]byte("bbbbbbbb"))
 	a.expect([]ocispec.Descriptor{da})
 	b.expect([]ocispec.Descriptor{db})

@@ -58,7 +58,7 @@ func (c *Client) Pull(ctx context.Context, ref string, auth *runtimeapi.AuthConf
 	}
 	defer func() { release(err) }()
 
-	b := c.progress.start()
+	b := c.progress.start(WatchFrom(ctx).Bytes)
 	defer b.end()
 	resolver := countingResolver{c.resolver(ctx, auth)}
 	labels := map[string]string{LabelCRIImage: criManaged}

@@ -1,6 +1,10 @@
 package noderuntime
 
-import "github.com/kube-preloader/kube-preloader/containerd"
+import (
+	"context"
+
+	"github.com/kube-preloader/kube-preloader/containerd"
+)
 
 // PullProgress is what the pulls in flight through containerd's client
 // (PullDirect) have received and have to receive, in bytes.
@@ -37,3 +41,21 @@ var _ Progress = (*containerdStore)(nil)
 var _ interface {
 	PullProgress() (inFlight, done, total int64)
 } = (*containerd.Client)(nil)
+
+// Bytes is one pull's progress (containerd.Bytes).
+type Bytes = containerd.Bytes
+
+// Watch is what the caller of a pull follows while it runs: its Bytes and
+// the stall timeout (containerd.Watch). PullDirect honours both; PullImage
+// on containerd too, through containerd's content store.
+type Watch = containerd.Watch
+
+// WithWatch makes the pulls of ctx report to w.
+func WithWatch(ctx context.Context, w Watch) context.Context { return containerd.WithWatch(ctx, w) }
+
+// ErrStalled is why a pull was cut when a download stopped receiving
+// bytes (containerd.ErrStalled).
+var ErrStalled = containerd.ErrStalled
+
+// WatchFromContext is the Watch of ctx; the zero Watch if none.
+func WatchFromContext(ctx context.Context) Watch { return containerd.WatchFrom(ctx) }

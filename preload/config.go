@@ -17,6 +17,9 @@ type Config struct {
 	PullVia      string // PullViaAuto, PullViaCRI or PullViaContainerd
 	MaxDownloads int
 	PullTimeout  time.Duration
+	// StallTimeout cuts a download that receives no bytes this long, as
+	// a transient failure, long before PullTimeout would.
+	StallTimeout time.Duration
 	Retry        Retry
 	Resync       time.Duration
 	Pin          bool
@@ -116,6 +119,7 @@ func Defaults() Config {
 		PullVia:      PullViaAuto,
 		MaxDownloads: 8,
 		PullTimeout:  15 * time.Minute,
+		StallTimeout: 30 * time.Second,
 		Retry:        Retry{InitialDelay: 2 * time.Second, MaxDelay: 5 * time.Minute},
 		Resync:       5 * time.Minute,
 		Pin:          true,

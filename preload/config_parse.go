@@ -308,6 +308,7 @@ func (p *parser) config(root *yaml.Node) *Config {
 		},
 		"maxDownloads": func(v *yaml.Node, path string) { p.intIn(v, path, 1, 64, &cfg.MaxDownloads) },
 		"pullTimeout":  func(v *yaml.Node, path string) { p.duration(v, path, 1, &cfg.PullTimeout) },
+		"stallTimeout": func(v *yaml.Node, path string) { p.duration(v, path, time.Second, &cfg.StallTimeout) },
 		"retry":        func(v *yaml.Node, path string) { p.retry(v, path, &cfg.Retry) },
 		"resync":       func(v *yaml.Node, path string) { p.duration(v, path, time.Second, &cfg.Resync) },
 		"pin":          func(v *yaml.Node, path string) { p.boolean(v, path, &cfg.Pin) },

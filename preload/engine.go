@@ -95,6 +95,8 @@ type Engine struct {
 	// and Prune removes only this owner's images. Empty: nothing is
 	// recorded and Prune refuses.
 	Owner string
+	// Pulls, if set, shows the engine's pulls while they run.
+	Pulls *Pulls
 	Log   *slog.Logger
 }
 
@@ -239,9 +241,10 @@ func (e *Engine) pull(ctx context.Context, cfg *Config, img Image) Result {
 		ctx, cancel = context.WithTimeout(ctx, guessTimeout)
 		defer cancel()
 	}
+	defer e.Pulls.end(img.Name)
 	var prev error
 	for attempt := 1; ; attempt++ {
-		err := e.pullOnce(ctx, cfg, img, auths)
+		err := e.pullOnce(e.Pulls.attempt(ctx, img.Name, cfg.PullVia, cfg.StallTimeout), cfg, img, auths)
 		if err == nil {
 			e.log().Info("pulled", "image", img.Name, "seconds", time.Since(start).Seconds(), "attempts", attempt)
 			return Result{Image: img.Name, Status: StatusPulled, Via: cfg.PullVia, Duration: time.Since(start), Attempts: attempt}
@@ -468,6 +471,7 @@ const (
 	ReasonNotFound     = "not found"
 	ReasonUnauthorized = "unauthorized"
 	ReasonTimeout      = "timeout"
+	ReasonStalled      = "stalled" // a download received no bytes for stallTimeout
 	ReasonUnreachable  = "registry unreachable"
 	ReasonRegistry     = "registry error"
 	ReasonTLS          = "tls"
@@ -494,6 +498,8 @@ func Classify(err error) (reason string, transient bool) {
 		return known.Reason(), false
 	}
 	switch {
+	case errors.Is(err, noderuntime.ErrStalled):
+		return ReasonStalled, true
 	case errors.Is(err, context.Canceled):
 		return ReasonCanceled, false
 	case errors.Is(err, context.DeadlineExceeded):

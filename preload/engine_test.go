@@ -340,6 +340,15 @@ type reasoned string
 func (r reasoned) Error() string  { return string(r) }
 func (r reasoned) Reason() string { return string(r) }
 
+// A stalled download is cut by cancelling its pull; the stall, not the
+// cancellation, is the reason, and another attempt may get the bytes.
+func TestClassifyStalled(t *testing.T) {
+	err := fmt.Errorf("pull x: %w", fmt.Errorf("%w: blob sha256:1 received no bytes for 30s: %w", noderuntime.ErrStalled, context.Canceled))
+	if reason, transient := preload.Classify(err); reason != preload.ReasonStalled || !transient {
+		t.Errorf("Classify(%v) = %q, %v; want %q, transient", err, reason, transient, preload.ReasonStalled)
+	}
+}
+
 func TestClassifyKnownReason(t *testing.T) {
 	// Missing credentials say "not found" in their text; their own reason,
 	// not the text, is what users must read.
