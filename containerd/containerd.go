@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -67,6 +68,7 @@ type Client struct {
 	downloadsN int
 	orphans    []leases.Lease // leases whose delete failed
 	progress   progress       // of the pulls in flight
+	ranges     *ranges        // blobs its pulls read in ranges, and their buffers
 }
 
 // New connects to containerd at address. Images are unpacked into
@@ -83,7 +85,12 @@ func New(ctx context.Context, address, snapshotter string, opts ...Option) (*Cli
 		c.Close()
 		return nil, fmt.Errorf("containerd %s: %w", address, err)
 	}
-	cl := &Client{c: c, snapshotter: snapshotter, platform: platforms.Default()}
+	if v := os.Getenv("PRELOADER_RANGE_TMP"); v != "" { // TEMPORARY measurement hook
+		var ch, par, buf int
+		fmt.Sscanf(v, "%d,%d,%d", &ch, &par, &buf)
+		rangeChunk, rangeParallel, rangedBuffers = ch<<20, par, buf<<20
+	}
+	cl := &Client{c: c, snapshotter: snapshotter, platform: platforms.Default(), ranges: newRanges()}
 	for _, o := range opts {
 		o(cl)
 	}

@@ -60,7 +60,10 @@ func (c *Client) Pull(ctx context.Context, ref string, auth *runtimeapi.AuthConf
 
 	b := c.progress.start(WatchFrom(ctx).Bytes)
 	defer b.end()
-	resolver := countingResolver{c.resolver(ctx, auth)}
+	resolver := countingResolver{rangedResolver{
+		Resolver: docker.NewResolver(docker.ResolverOptions{Hosts: withRangeTransport(c.hosts(ctx, auth))}),
+		ranges:   c.ranges,
+	}}
 	labels := map[string]string{LabelCRIImage: criManaged}
 	img, err := c.c.Pull(ctx, named.String(),
 		client.WithResolver(resolver),
@@ -113,12 +116,15 @@ func reservationFrom(ctx context.Context) Reservation {
 // (mirrors, CAs), auth for whichever host serves the image, and the
 // proxy of HTTPS_PROXY and NO_PROXY (containerd's default transport).
 func (c *Client) resolver(ctx context.Context, auth *runtimeapi.AuthConfig) remotes.Resolver {
-	return docker.NewResolver(docker.ResolverOptions{
-		Hosts: memoHosts(config.ConfigureHosts(ctx, config.HostOptions{
-			HostDir:     c.hostDir,
-			Credentials: func(host string) (string, string, error) { return credentials(auth, host) },
-		})),
-	})
+	return docker.NewResolver(docker.ResolverOptions{Hosts: c.hosts(ctx, auth)})
+}
+
+// hosts are the registry hosts of one pull, each configured once.
+func (c *Client) hosts(ctx context.Context, auth *runtimeapi.AuthConfig) docker.RegistryHosts {
+	return memoHosts(config.ConfigureHosts(ctx, config.HostOptions{
+		HostDir:     c.hostDir,
+		Credentials: func(host string) (string, string, error) { return credentials(auth, host) },
+	}))
 }
 
 // lease starts a lease of the preloader's, labelled with what it is for,

@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -32,6 +33,10 @@ type RegistryOptions struct {
 	Username string // when set, htpasswd (basic) auth with Password is required
 	Password string
 	TLS      bool // serve HTTPS with a certificate for 127.0.0.1 from a test CA
+	// Token: the registry wants bearer tokens from a token service of its
+	// own (Username and Password, if set, are the service's credentials)
+	// instead of basic auth.
+	Token bool
 }
 
 // Registry is a distribution registry on 127.0.0.1 with storage in its own
@@ -43,8 +48,10 @@ type Registry struct {
 	Username   string
 	Password   string
 	CACertPath string // PEM of the test CA when TLS, else ""
-	Dir        string
-	LogPath    string
+	// TokensIssued counts the tokens its token service issued (Token).
+	TokensIssued *atomic.Int64
+	Dir          string
+	LogPath      string
 
 	t      T
 	caPool *x509.CertPool
@@ -127,6 +134,22 @@ http:
     certificate: ` + strconv.Quote(filepath.Join(dir, "server.crt")) + `
     key: ` + strconv.Quote(filepath.Join(dir, "server.key")) + `
 `
+	}
+	if opts.Token {
+		ts, err := startTokenService(opts.Username, opts.Password, filepath.Join(r.Dir, "token.crt"))
+		if err != nil {
+			return fmt.Errorf("token service: %w", err)
+		}
+		r.t.Cleanup(ts.close)
+		r.TokensIssued = &ts.Issued
+		cfg += `auth:
+  token:
+    realm: ` + ts.URL + `
+    service: ` + tokenAudience + `
+    issuer: ` + tokenIssuer + `
+    rootcertbundle: ` + strconv.Quote(filepath.Join(r.Dir, "token.crt")) + `
+`
+		return os.WriteFile(r.config, []byte(cfg), 0o600)
 	}
 	if opts.Username != "" {
 		hash, err := bcrypt.GenerateFromPassword([]byte(opts.Password), bcrypt.MinCost)
