@@ -82,9 +82,9 @@ func parseAvailable(s string) (func(capacity uint64) uint64, error) {
 // budgetPlan is one run's disk budget: the room left below it, and each
 // image's decision, taken in config order, so that an earlier image
 // always has its room before a later one. Each image's pull decides its
-// own once it knows its download: through containerd's client when the
-// pull has read its manifest (no request of its own), through the CRI
-// from an estimate just before the pull.
+// own once it knows what it needs on disk: through containerd's client
+// when the pull has read its manifest, through the CRI from an estimate
+// just before the pull; both before the first byte of a layer.
 type budgetPlan struct {
 	budget         Budget
 	capacity, free uint64
@@ -210,8 +210,8 @@ func needHow(n noderuntime.DiskNeed) string {
 func (e *budgetError) Reason() string { return ReasonDiskBudget }
 
 // estimateAndReserve decides ref's room before a pull through the CRI,
-// which gives no hook between manifest and layers: from the download
-// size its manifest gives, asked with the pull's credentials. An image
+// which gives no hook between manifest and layers: from its manifest and
+// layer trailers, asked with the pull's credentials. An image
 // whose size cannot be told is not held back; its pull says why it fails,
 // if it does.
 func (e *Engine) estimateAndReserve(ctx context.Context, p *budgetPlan, ref string, auth *runtimeapi.AuthConfig) error {
