@@ -151,7 +151,8 @@ func (p *budgetPlan) reserve(ctx context.Context, name string, need noderuntime.
 	}
 	defer close(p.done[i])
 	total := uint64(max(need.Total(), 0))
-	if p.used+total > p.limit {
+	// An image whose blobs the node has adds nothing, however full it is.
+	if total > 0 && p.used+total > p.limit {
 		err := &budgetError{need: need, left: p.limit - min(p.used, p.limit), free: p.free, capacity: p.capacity, budget: p.budget}
 		p.held[i] = err
 		return err

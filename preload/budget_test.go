@@ -32,10 +32,11 @@ func TestNeedHow(t *testing.T) {
 }
 
 // TestReserve: an image is held back when its need passes the room left,
-// with what it needs and what is free, and keeps its decision.
+// with what it needs and what is free, and keeps its decision; one that
+// needs nothing new is not, even past the budget.
 func TestReserve(t *testing.T) {
 	p := &budgetPlan{budget: DefaultBudget(), capacity: 100 << 20, free: 90 << 20, limit: 85 << 20, used: 10 << 20, log: slog.New(slog.DiscardHandler),
-		index: map[string]int{"a": 0, "b": 1}, done: []chan struct{}{make(chan struct{}), make(chan struct{})}, held: map[int]error{}}
+		index: map[string]int{"a": 0, "b": 1, "c": 2}, done: []chan struct{}{make(chan struct{}), make(chan struct{}), make(chan struct{})}, held: map[int]error{}}
 	if err := p.reserve(t.Context(), "a", noderuntime.DiskNeed{Download: 20 << 20, Unpacked: 40 << 20, Layers: 1, Told: 1}); err != nil {
 		t.Fatalf("a: %v, want room", err)
 	}
@@ -52,5 +53,9 @@ func TestReserve(t *testing.T) {
 	}
 	if again := p.reserve(t.Context(), "b", noderuntime.DiskNeed{}); again != err {
 		t.Errorf("second decision %v, want the first kept", again)
+	}
+	p.used = 90 << 20
+	if err := p.reserve(t.Context(), "c", noderuntime.DiskNeed{}); err != nil {
+		t.Errorf("c, which needs nothing new: %v, want room", err)
 	}
 }
