@@ -70,7 +70,7 @@ func (c *Client) Pull(ctx context.Context, ref string, auth *runtimeapi.AuthConf
 		client.WithPullLabels(labels),
 		client.WithDownloadLimiter(c.downloadSlots(maxDownloads)),
 		client.WithUnpackOpts([]client.UnpackOpt{client.WithUnpackDuplicationSuppressor(&c.shared)}),
-		client.WithImageHandlerWrapper(c.progressHandler(b, reservationFrom(ctx))),
+		client.WithImageHandlerWrapper(c.progressHandler(b, c.needReservation(resolver, named.String(), reservationFrom(ctx)))),
 	)
 	if err != nil {
 		return fmt.Errorf("pull %s: %w", ref, err)
@@ -92,10 +92,9 @@ func (c *Client) Pull(ctx context.Context, ref string, auth *runtimeapi.AuthConf
 }
 
 // Reservation is asked, once a pull has read its manifest and before it
-// downloads a layer, whether the download of that many bytes (the config
-// and layers the content store lacks) may go ahead; an error fails the
-// pull with it.
-type Reservation func(ctx context.Context, download int64) error
+// downloads a layer, whether what the config and layers the content store
+// lacks need on disk may be taken; an error fails the pull with it.
+type Reservation func(ctx context.Context, need DiskNeed) error
 
 type reservationKey struct{}
 
@@ -115,8 +114,9 @@ func reservationFrom(ctx context.Context) Reservation {
 func (c *Client) resolver(ctx context.Context, auth *runtimeapi.AuthConfig) remotes.Resolver {
 	return docker.NewResolver(docker.ResolverOptions{
 		Hosts: memoHosts(config.ConfigureHosts(ctx, config.HostOptions{
-			HostDir:     c.hostDir,
-			Credentials: func(host string) (string, string, error) { return credentials(auth, host) },
+			HostDir:      c.hostDir,
+			Credentials:  func(host string) (string, string, error) { return credentials(auth, host) },
+			UpdateClient: guardTrailerReads,
 		})),
 	})
 }
