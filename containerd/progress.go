@@ -133,9 +133,9 @@ type blobKey struct{}
 
 // progressHandler wraps a pull's image handler (inside the unpacker's, so
 // it sees every layer the unpacker fetches) to count its bytes: at a
-// manifest, what it lacks goes into total, after r has agreed to the
-// download; at each blob, the fetcher's reads go into done.
-func (c *Client) progressHandler(b *pullBytes, r Reservation) func(images.Handler) images.Handler {
+// manifest, what it lacks goes into total, after r has agreed to it; at
+// each blob, the fetcher's reads go into done.
+func (c *Client) progressHandler(b *pullBytes, r func(context.Context, []ocispec.Descriptor) error) func(images.Handler) images.Handler {
 	return func(h images.Handler) images.Handler {
 		return images.HandlerFunc(func(ctx context.Context, desc ocispec.Descriptor) ([]ocispec.Descriptor, error) {
 			if !images.IsManifestType(desc.MediaType) && !images.IsIndexType(desc.MediaType) {
@@ -154,18 +154,15 @@ func (c *Client) progressHandler(b *pullBytes, r Reservation) func(images.Handle
 				return children, err
 			}
 			// One Info per child (a local gRPC, the manifest's children
-			// only) serves both the reservation and total: the estimate
-			// costs the pull no request to the registry.
+			// only) serves both the reservation and total.
 			var missing []ocispec.Descriptor
-			var download int64
 			for _, d := range children {
 				if _, err := c.c.ContentStore().Info(ctx, d.Digest); errdefs.IsNotFound(err) {
 					missing = append(missing, d)
-					download += d.Size
 				}
 			}
 			if r != nil {
-				if err := r(ctx, download); err != nil {
+				if err := r(ctx, missing); err != nil {
 					return nil, err
 				}
 			}

@@ -73,7 +73,7 @@ func (c *Client) Pull(ctx context.Context, ref string, auth *runtimeapi.AuthConf
 		client.WithPullLabels(labels),
 		client.WithDownloadLimiter(c.downloadSlots(maxDownloads)),
 		client.WithUnpackOpts([]client.UnpackOpt{client.WithUnpackDuplicationSuppressor(&c.shared)}),
-		client.WithImageHandlerWrapper(c.progressHandler(b, reservationFrom(ctx))),
+		client.WithImageHandlerWrapper(c.progressHandler(b, c.needReservation(resolver, named.String(), reservationFrom(ctx)))),
 	)
 	if err != nil {
 		return fmt.Errorf("pull %s: %w", ref, err)
@@ -95,10 +95,9 @@ func (c *Client) Pull(ctx context.Context, ref string, auth *runtimeapi.AuthConf
 }
 
 // Reservation is asked, once a pull has read its manifest and before it
-// downloads a layer, whether the download of that many bytes (the config
-// and layers the content store lacks) may go ahead; an error fails the
-// pull with it.
-type Reservation func(ctx context.Context, download int64) error
+// downloads a layer, whether what the config and layers the content store
+// lacks need on disk may be taken; an error fails the pull with it.
+type Reservation func(ctx context.Context, need DiskNeed) error
 
 type reservationKey struct{}
 
@@ -122,8 +121,9 @@ func (c *Client) resolver(ctx context.Context, auth *runtimeapi.AuthConfig) remo
 // hosts are the registry hosts of one pull, each configured once.
 func (c *Client) hosts(ctx context.Context, auth *runtimeapi.AuthConfig) docker.RegistryHosts {
 	return memoHosts(config.ConfigureHosts(ctx, config.HostOptions{
-		HostDir:     c.hostDir,
-		Credentials: func(host string) (string, string, error) { return credentials(auth, host) },
+		HostDir:      c.hostDir,
+		Credentials:  func(host string) (string, string, error) { return credentials(auth, host) },
+		UpdateClient: guardTrailerReads,
 	}))
 }
 

@@ -15,42 +15,42 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
-// maxManifest bounds what PullSize reads of one manifest or index.
+// maxManifest bounds what PullNeed reads of one manifest or index.
 const maxManifest = 4 << 20
 
-// PullSize is what a pull of ref would download: the compressed size of
-// the config and layers of its manifest for this platform that the
-// content store does not hold yet. It resolves ref and reads the
-// manifests as a pull would reach them, and downloads no layer.
-func (c *Client) PullSize(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (int64, error) {
+// PullNeed is what a pull of ref would add on disk: the config and layers
+// of its manifest for this platform that the content store does not hold
+// yet, and those layers unpacked. It resolves ref and reads the manifests
+// as a pull would reach them, and of the layers only their gzip trailers.
+func (c *Client) PullNeed(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (DiskNeed, error) {
 	named, err := reference.ParseDockerRef(ref)
 	if err != nil {
-		return 0, fmt.Errorf("size of %s: %w", ref, err)
+		return DiskNeed{}, fmt.Errorf("size of %s: %w", ref, err)
 	}
 	r := c.resolver(ctx, auth)
 	name, desc, err := r.Resolve(ctx, named.String())
 	if err != nil {
-		return 0, fmt.Errorf("size of %s: %w", ref, err)
+		return DiskNeed{}, fmt.Errorf("size of %s: %w", ref, err)
 	}
 	f, err := r.Fetcher(ctx, name)
 	if err != nil {
-		return 0, fmt.Errorf("size of %s: %w", ref, err)
+		return DiskNeed{}, fmt.Errorf("size of %s: %w", ref, err)
 	}
 	m, err := images.Manifest(ctx, fetched{f}, desc, c.platform)
 	if err != nil {
-		return 0, fmt.Errorf("size of %s: %w", ref, err)
+		return DiskNeed{}, fmt.Errorf("size of %s: %w", ref, err)
 	}
-	var n int64
+	var missing []ocispec.Descriptor
 	for _, d := range append([]ocispec.Descriptor{m.Config}, m.Layers...) {
 		_, err := c.c.ContentStore().Info(ctx, d.Digest)
 		switch {
 		case errdefs.IsNotFound(err):
-			n += d.Size
+			missing = append(missing, d)
 		case err != nil:
-			return 0, fmt.Errorf("size of %s: %w", ref, err)
+			return DiskNeed{}, fmt.Errorf("size of %s: %w", ref, err)
 		}
 	}
-	return n, nil
+	return diskNeed(ctx, f, missing), nil
 }
 
 // fetched is a content.Provider of a registry's manifests, read whole.

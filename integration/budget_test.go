@@ -14,16 +14,17 @@ import (
 
 // TestDiskBudget is the disk budget on containerd 2.x whose root is a
 // 64 MiB tmpfs, with the kubelet's default thresholds (image GC at 85 %,
-// eviction below 15 % free: 54.4 MiB may be used): three images of 8 MiB
-// each, estimated at 24 MiB on disk, do not all fit. The last in config
+// eviction below 15 % free: 54.4 MiB may be used): three images of 12 MiB
+// of random bytes each, which need 24 MiB on disk (the blob and its
+// unpacked layer, as its gzip trailer tells), do not all fit. The last in config
 // order is held back with the reason "disk budget", whatever order the
 // list gives, and the others are pulled.
 func TestDiskBudget(t *testing.T) {
 	reg := harness.StartRegistry(t, harness.RegistryOptions{})
 	imgs := harness.PushTestImages(t, reg, []harness.ImageSpec{
-		{Repo: "team/one", Tag: "1", OwnLayers: 1, LayerSize: 8 << 20},
-		{Repo: "team/two", Tag: "1", OwnLayers: 1, LayerSize: 8 << 20},
-		{Repo: "team/three", Tag: "1", OwnLayers: 1, LayerSize: 8 << 20},
+		{Repo: "team/one", Tag: "1", OwnLayers: 1, LayerSize: 12 << 20},
+		{Repo: "team/two", Tag: "1", OwnLayers: 1, LayerSize: 12 << 20},
+		{Repo: "team/three", Tag: "1", OwnLayers: 1, LayerSize: 12 << 20},
 	})
 	for _, tc := range []struct {
 		order []int

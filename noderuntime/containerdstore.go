@@ -25,7 +25,7 @@ type Containerd interface {
 	TagDigest(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (string, error)
 	LocalDigest(ctx context.Context, name string) (string, time.Time, error)
 	MarkChecked(ctx context.Context, name string, at time.Time) error
-	PullSize(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (int64, error)
+	PullNeed(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (DiskNeed, error)
 	CollectGarbage(ctx context.Context) error
 	Close() error
 }
@@ -95,8 +95,8 @@ func (s *containerdStore) MarkChecked(ctx context.Context, name string, at time.
 	return s.ctrd.MarkChecked(ctx, name, at)
 }
 
-func (s *containerdStore) PullSize(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (int64, error) {
-	return s.ctrd.PullSize(ctx, ref, auth)
+func (s *containerdStore) PullNeed(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (DiskNeed, error) {
+	return s.ctrd.PullNeed(ctx, ref, auth)
 }
 
 func (s *containerdStore) CollectGarbage(ctx context.Context) error {

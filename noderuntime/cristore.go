@@ -89,8 +89,8 @@ func (s *criStore) LocalDigest(context.Context, string) (string, time.Time, erro
 	return "", time.Time{}, s.Can(OpRefresh)
 }
 
-func (s *criStore) PullSize(context.Context, string, *runtimeapi.AuthConfig) (int64, error) {
-	return 0, s.Can(OpBudget)
+func (s *criStore) PullNeed(context.Context, string, *runtimeapi.AuthConfig) (DiskNeed, error) {
+	return DiskNeed{}, s.Can(OpBudget)
 }
 
 // ImageFs reads the free space of the filesystem the CRI names for

@@ -80,9 +80,9 @@ type Store interface {
 	MarkChecked(ctx context.Context, name string, at time.Time) error
 	// ImageFs is the image filesystem's size and free space.
 	ImageFs(ctx context.Context) (ImageFs, error)
-	// PullSize is what a pull of ref would download (compressed), the
-	// blobs the node already has left out.
-	PullSize(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (int64, error)
+	// PullNeed is what a pull of ref would add on disk, the blobs the
+	// node already has left out.
+	PullNeed(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (DiskNeed, error)
 	// CollectGarbage frees what no image holds, before it returns.
 	CollectGarbage(ctx context.Context) error
 
@@ -107,6 +107,14 @@ type OwnedImage = containerd.OwnedImage
 
 // PinChanges is what one owner's SyncPins changed (containerd.SyncPins).
 type PinChanges = containerd.PinChanges
+
+// DiskNeed is what a pull adds on disk: its download and their layers
+// unpacked.
+type DiskNeed = containerd.DiskNeed
+
+// UnpackFactor is a layer's estimated unpacked size against its
+// compressed size, where nothing tells it.
+const UnpackFactor = containerd.UnpackFactor
 
 // ReasonUnsupported is the reason an UnsupportedError reports.
 const ReasonUnsupported = "unsupported runtime"
@@ -199,9 +207,9 @@ type ImageFs struct {
 }
 
 // WithReservation makes the PullDirect calls of ctx ask r, once each has
-// read its manifest and before it downloads a layer, whether its download
-// of that many bytes (what the node lacks) may go ahead; r's error fails
+// read its manifest and before it downloads a layer, whether what it
+// needs on disk (for what the node lacks) may be taken; r's error fails
 // the pull.
-func WithReservation(ctx context.Context, r func(ctx context.Context, download int64) error) context.Context {
+func WithReservation(ctx context.Context, r func(ctx context.Context, need DiskNeed) error) context.Context {
 	return containerd.WithReservation(ctx, r)
 }

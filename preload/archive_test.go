@@ -83,8 +83,8 @@ func (f *fakeContainerd) LocalDigest(context.Context, string) (string, time.Time
 	return "", time.Time{}, nil
 }
 
-func (f *fakeContainerd) PullSize(context.Context, string, *runtimeapi.AuthConfig) (int64, error) {
-	return 0, nil
+func (f *fakeContainerd) PullNeed(context.Context, string, *runtimeapi.AuthConfig) (noderuntime.DiskNeed, error) {
+	return noderuntime.DiskNeed{}, nil
 }
 
 func (f *fakeContainerd) MarkChecked(context.Context, string, time.Time) error { return nil }

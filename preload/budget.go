@@ -3,6 +3,7 @@ package preload
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,14 +17,6 @@ import (
 // ReasonDiskBudget is the reason of an image not pulled because it would
 // take the image filesystem past the budget.
 const ReasonDiskBudget = "disk budget"
-
-// unpackFactor is the estimate of an image's unpacked layers against
-// their compressed size: a manifest gives only the latter, and gzip
-// layers of real images commonly unpack to about twice it. An image's
-// estimate on disk is its compressed blobs (kept in the content store)
-// and their unpacked layers (the snapshots): three times what it
-// downloads.
-const unpackFactor = 2
 
 // Budget is how full the image filesystem may get: below the kubelet's
 // image GC high threshold and above its imagefs.available eviction
@@ -89,13 +82,14 @@ func parseAvailable(s string) (func(capacity uint64) uint64, error) {
 // budgetPlan is one run's disk budget: the room left below it, and each
 // image's decision, taken in config order, so that an earlier image
 // always has its room before a later one. Each image's pull decides its
-// own once it knows its download: through containerd's client when the
-// pull has read its manifest (no request of its own), through the CRI
-// from an estimate just before the pull.
+// own once it knows what it needs on disk: through containerd's client
+// when the pull has read its manifest, through the CRI from an estimate
+// just before the pull; both before the first byte of a layer.
 type budgetPlan struct {
-	budget   Budget
-	capacity uint64
-	limit    uint64
+	budget         Budget
+	capacity, free uint64
+	limit          uint64
+	log            *slog.Logger
 
 	mu    sync.Mutex
 	used  uint64
@@ -120,7 +114,7 @@ func (e *Engine) planBudget(ctx context.Context, cfg *Config, pulls []Image) *bu
 		e.log().Warn("disk budget not applied", "err", err)
 		return nil
 	}
-	p := &budgetPlan{budget: cfg.DiskBudget, capacity: fs.Capacity, limit: cfg.DiskBudget.limit(fs.Capacity),
+	p := &budgetPlan{budget: cfg.DiskBudget, capacity: fs.Capacity, free: fs.Available, limit: cfg.DiskBudget.limit(fs.Capacity), log: e.log(),
 		used: fs.Capacity - fs.Available, index: make(map[string]int, len(pulls)), held: map[int]error{}}
 	for i, img := range pulls {
 		p.index[img.Name] = i
@@ -133,11 +127,10 @@ func (e *Engine) planBudget(ctx context.Context, cfg *Config, pulls []Image) *bu
 }
 
 // reserve decides the image named name (or its mirror's name), whose
-// pull downloads download bytes, once every earlier image has been
-// decided: its estimate on disk is added, or it is held back with a
-// *budgetError. An image decided before (an earlier attempt) keeps its
-// decision.
-func (p *budgetPlan) reserve(ctx context.Context, name string, download int64) error {
+// pull needs need on disk, once every earlier image has been decided: its
+// need is added, or it is held back with a *budgetError. An image decided
+// before (an earlier attempt) keeps its decision.
+func (p *budgetPlan) reserve(ctx context.Context, name string, need noderuntime.DiskNeed) error {
 	i, ok := p.index[name]
 	if !ok {
 		return nil
@@ -157,13 +150,15 @@ func (p *budgetPlan) reserve(ctx context.Context, name string, download int64) e
 	default:
 	}
 	defer close(p.done[i])
-	need := uint64(max(download, 0)) * (1 + unpackFactor)
-	if p.used+need > p.limit {
-		err := &budgetError{need: need, left: p.limit - min(p.used, p.limit), capacity: p.capacity, budget: p.budget}
+	total := uint64(max(need.Total(), 0))
+	// An image whose blobs the node has adds nothing, however full it is.
+	if total > 0 && p.used+total > p.limit {
+		err := &budgetError{need: need, left: p.limit - min(p.used, p.limit), free: p.free, capacity: p.capacity, budget: p.budget}
 		p.held[i] = err
 		return err
 	}
-	p.used += need
+	p.used += total
+	p.log.Info("disk budget: room taken", "image", name, "need", mib(total), "how", needHow(need))
 	return nil
 }
 
@@ -186,24 +181,42 @@ func (p *budgetPlan) settle(name string) {
 
 // budgetError is an image held back by the disk budget.
 type budgetError struct {
-	need, left, capacity uint64
+	need                 noderuntime.DiskNeed
+	left, free, capacity uint64
 	budget               Budget
 }
 
 func (e *budgetError) Error() string {
-	return fmt.Sprintf("needs about %s on disk, and %s is left of %s before the budget (image GC at %d%%, eviction below %s free)",
-		mib(e.need), mib(e.left), mib(e.capacity), e.budget.ImageGCHighThresholdPercent, e.budget.ImagefsAvailable)
+	return fmt.Sprintf("needs about %s on disk (%s), and %s is left of %s before the budget (image GC at %d%%, eviction below %s free; %s was free when the run began)",
+		mib(uint64(max(e.need.Total(), 0))), needHow(e.need), mib(e.left), mib(e.capacity),
+		e.budget.ImageGCHighThresholdPercent, e.budget.ImagefsAvailable, mib(e.free))
+}
+
+// needHow says what need is made of, and where its unpacked size comes
+// from: told by the layers (their gzip trailers, or uncompressed) or
+// estimated from their compressed size.
+func needHow(n noderuntime.DiskNeed) string {
+	s := fmt.Sprintf("%s of blobs, %s unpacked", mib(uint64(max(n.Download, 0))), mib(uint64(max(n.Unpacked, 0))))
+	switch {
+	case n.Layers == 0:
+		return s
+	case n.Told == n.Layers:
+		return s + " as its layers tell"
+	case n.Told == 0:
+		return fmt.Sprintf("%s, estimated at %d times the compressed size", s, noderuntime.UnpackFactor)
+	}
+	return fmt.Sprintf("%s: told by %d of %d layers, the others estimated at %d times their compressed size", s, n.Told, n.Layers, noderuntime.UnpackFactor)
 }
 
 func (e *budgetError) Reason() string { return ReasonDiskBudget }
 
 // estimateAndReserve decides ref's room before a pull through the CRI,
-// which gives no hook between manifest and layers: from the download
-// size its manifest gives, asked with the pull's credentials. An image
+// which gives no hook between manifest and layers: from its manifest and
+// layer trailers, asked with the pull's credentials. An image
 // whose size cannot be told is not held back; its pull says why it fails,
 // if it does.
 func (e *Engine) estimateAndReserve(ctx context.Context, p *budgetPlan, ref string, auth *runtimeapi.AuthConfig) error {
-	n, err := e.Store.PullSize(ctx, ref, auth)
+	n, err := e.Store.PullNeed(ctx, ref, auth)
 	if err != nil {
 		p.settle(ref)
 		return nil

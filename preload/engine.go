@@ -428,8 +428,8 @@ func (e *Engine) pullWith(ctx context.Context, cfg *Config, ref string, auth *ru
 		return err
 	}
 	if plan != nil {
-		ctx = noderuntime.WithReservation(ctx, func(ctx context.Context, download int64) error {
-			return plan.reserve(ctx, ref, download)
+		ctx = noderuntime.WithReservation(ctx, func(ctx context.Context, need noderuntime.DiskNeed) error {
+			return plan.reserve(ctx, ref, need)
 		})
 	}
 	if err := e.Store.PullDirect(ctx, ref, auth, cfg.MaxDownloads); err != nil {

@@ -25,6 +25,9 @@ type ProxyOptions struct {
 	// Hold, when set, holds the response bodies of the requests it
 	// matches midway.
 	Hold *Hold
+	// Served, when set, is told of each response the registry gave once
+	// it is sent: its status and how many body bytes went out.
+	Served func(r *http.Request, status int, bytes int64)
 }
 
 // Proxy is a plain-HTTP reverse proxy on 127.0.0.1 in front of a registry,
@@ -67,11 +70,40 @@ func StartProxy(t T, targetHost string, opts ProxyOptions) *Proxy {
 		if h := opts.Hold; h != nil && h.match(r) {
 			w = &heldWriter{ResponseWriter: w, h: h, ctx: r.Context()}
 		}
+		if opts.Served != nil {
+			cw := &countingWriter{ResponseWriter: w, status: http.StatusOK}
+			defer func() { opts.Served(r, cw.status, cw.n) }()
+			w = cw
+		}
 		rp.ServeHTTP(w, r)
 	})}
 	go p.srv.Serve(lis)
 	t.Cleanup(func() { p.srv.Close() })
 	return p
+}
+
+// countingWriter counts a response's body bytes.
+type countingWriter struct {
+	http.ResponseWriter
+	status int
+	n      int64
+}
+
+func (w *countingWriter) WriteHeader(status int) {
+	w.status = status
+	w.ResponseWriter.WriteHeader(status)
+}
+
+func (w *countingWriter) Write(b []byte) (int, error) {
+	n, err := w.ResponseWriter.Write(b)
+	w.n += int64(n)
+	return n, err
+}
+
+func (w *countingWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
 }
 
 // throttledWriter paces one response to rate bytes per second.

@@ -40,6 +40,9 @@ type ImageSpec struct {
 	// BaseLayerSize, when set, is the size of the base layers instead of
 	// LayerSize.
 	BaseLayerSize int
+	// Compressible makes the own layers CompressibleLayer's rather than
+	// random bytes.
+	Compressible bool
 
 	// Files, if any, go into one last layer, executable (e.g. a static pause
 	// binary built by the test), and Entrypoint into the config.
@@ -132,8 +135,12 @@ func BuildTestImage(spec ImageSpec) (v1.Image, error) {
 	for i := range spec.BaseLayers {
 		layers = append(layers, randomLayer(fmt.Sprintf("%s/%d", spec.BaseSeed, i), baseSize))
 	}
+	own := randomLayer
+	if spec.Compressible {
+		own = CompressibleLayer
+	}
 	for i := range spec.OwnLayers {
-		layers = append(layers, randomLayer(fmt.Sprintf("own/%s:%s/%d", spec.Repo, spec.Tag, i), spec.LayerSize))
+		layers = append(layers, own(fmt.Sprintf("own/%s:%s/%d", spec.Repo, spec.Tag, i), spec.LayerSize))
 	}
 	if len(spec.Files) > 0 {
 		layers = append(layers, filesLayer(spec.Files))
@@ -159,6 +166,20 @@ func randomLayer(seed string, size int) v1.Layer {
 	key := sha256.Sum256([]byte(seed))
 	data := make([]byte, size)
 	_, _ = rand.NewChaCha8(key).Read(data)
+	return gzipLayer(map[string][]byte{"data/" + fmt.Sprintf("%x", key[:8]): data}, 0o644)
+}
+
+// CompressibleLayer is randomLayer's with bytes drawn from four letters:
+// two bits of entropy a byte, which gzip keeps in about a quarter of the
+// size, as layers of text, binaries and libraries compress by several
+// times where random bytes do not compress at all.
+func CompressibleLayer(seed string, size int) v1.Layer {
+	key := sha256.Sum256([]byte(seed))
+	data := make([]byte, size)
+	_, _ = rand.NewChaCha8(key).Read(data)
+	for i, b := range data {
+		data[i] = "acgt"[b&3]
+	}
 	return gzipLayer(map[string][]byte{"data/" + fmt.Sprintf("%x", key[:8]): data}, 0o644)
 }
 
