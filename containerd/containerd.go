@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"sync"
 	"time"
@@ -84,11 +83,6 @@ func New(ctx context.Context, address, snapshotter string, opts ...Option) (*Cli
 	if _, err := c.Version(vctx); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("containerd %s: %w", address, err)
-	}
-	if v := os.Getenv("PRELOADER_RANGE_TMP"); v != "" { // TEMPORARY measurement hook
-		var ch, par, buf int
-		fmt.Sscanf(v, "%d,%d,%d", &ch, &par, &buf)
-		rangeChunk, rangeParallel, rangedBuffers = ch<<20, par, buf<<20
 	}
 	cl := &Client{c: c, snapshotter: snapshotter, platform: platforms.Default(), ranges: newRanges()}
 	for _, o := range opts {

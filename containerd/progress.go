@@ -22,6 +22,7 @@ import (
 // in flight does nothing at all: there is no ticker to sample with.
 type progress struct {
 	inFlight, done, total atomic.Int64
+	pulls                 atomic.Int64 // pulls started, to order them
 }
 
 // PullProgress is how many pulls through Pull are in flight, the bytes
@@ -45,12 +46,20 @@ type pullBytes struct {
 	// expected is the size of each blob counted in total whose fetch has
 	// not ended: a map behind a lock, touched once per blob, never per read.
 	mu       sync.Mutex
-	expected map[digest.Digest]int64
+	expected map[digest.Digest]expectedBlob
+	// seq is the pull's place among the client's pulls.
+	seq int64
+}
+
+// expectedBlob is a blob's size and its place in its manifest.
+type expectedBlob struct {
+	size  int64
+	index int
 }
 
 func (p *progress) start(watch *Bytes) *pullBytes {
 	p.inFlight.Add(1)
-	return &pullBytes{p: p, watch: watch, expected: map[digest.Digest]int64{}}
+	return &pullBytes{p: p, watch: watch, expected: map[digest.Digest]expectedBlob{}, seq: p.pulls.Add(1)}
 }
 
 // end takes the pull out of the sums. client.Pull has joined its fetches
@@ -67,11 +76,11 @@ func (b *pullBytes) end() {
 func (b *pullBytes) expect(blobs []ocispec.Descriptor) {
 	var n int64
 	b.mu.Lock()
-	for _, d := range blobs {
+	for i, d := range blobs {
 		if _, ok := b.expected[d.Digest]; ok || d.Size <= 0 {
 			continue
 		}
-		b.expected[d.Digest] = d.Size
+		b.expected[d.Digest] = expectedBlob{size: d.Size, index: i}
 		n += d.Size
 	}
 	b.mu.Unlock()
@@ -88,6 +97,8 @@ type blob struct {
 	digest digest.Digest
 	size   int64
 	read   atomic.Int64
+	// order is its turn for a ranged download.
+	order rangeOrder
 }
 
 func (f *blob) add(n int64) {
@@ -106,12 +117,12 @@ func (f *blob) add(n int64) {
 // store had it, or it is a manifest: neither is counted).
 func (b *pullBytes) fetching(desc ocispec.Descriptor) *blob {
 	b.mu.Lock()
-	size, ok := b.expected[desc.Digest]
+	e, ok := b.expected[desc.Digest]
 	b.mu.Unlock()
 	if !ok {
 		return nil
 	}
-	return &blob{b: b, digest: desc.Digest, size: size}
+	return &blob{b: b, digest: desc.Digest, size: e.size, order: rangeOrder{pull: b.seq, layer: e.index}}
 }
 
 // fetched ends the fetch of an expected blob: what was not read (another

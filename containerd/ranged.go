@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -14,7 +16,6 @@ import (
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/containerd/v2/core/transfer"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	"golang.org/x/sync/semaphore"
 )
 
 // A registry link is often limited per connection (a CDN's per-flow rate,
@@ -34,8 +35,8 @@ import (
 // The figures are the fastest measured through a per-connection-limited
 // link within that memory (docs/development/benchmarks.md).
 var (
-	rangeChunk    = 8 << 20
-	rangeParallel = 4
+	rangeChunk    = 4 << 20
+	rangeParallel = 8
 	rangedBuffers = 32 << 20
 )
 
@@ -45,25 +46,74 @@ func rangedMin() int64 { return 2 * int64(rangeChunk) }
 
 // ranges is a client's budget of ranged blobs and their buffers.
 type ranges struct {
-	slots *semaphore.Weighted
-	mu    sync.Mutex
-	free  [][]byte // buffers of blobs that ended, for the next
-	users int
+	mu      sync.Mutex
+	slots   int            // free
+	waiting []*rangeWaiter // by rangeOrder
+	free    [][]byte       // buffers of blobs that ended, for the next
+	users   int
+}
+
+// rangeOrder is who gets a ranged slot first: the earlier pull, and of
+// one pull the lower layer, which the unpacker applies first, so that it
+// unpacks one layer while the next downloads.
+type rangeOrder struct {
+	pull  int64
+	layer int
+}
+
+func (a rangeOrder) before(b rangeOrder) bool {
+	return a.pull < b.pull || (a.pull == b.pull && a.layer < b.layer)
+}
+
+type rangeWaiter struct {
+	order rangeOrder
+	ready chan struct{} // closed when given the slot
 }
 
 func newRanges() *ranges {
-	return &ranges{slots: semaphore.NewWeighted(max(1, int64(rangedBuffers/(rangeParallel*rangeChunk))))}
+	return &ranges{slots: max(1, rangedBuffers/(rangeParallel*rangeChunk))}
 }
 
 // take holds a slot and rangeParallel buffers for one blob. A big blob
 // waits for a slot rather than be fetched whole: whole, it would keep its
 // one connection's pace to its end.
-func (r *ranges) take(ctx context.Context) ([][]byte, error) {
-	if err := r.slots.Acquire(ctx, 1); err != nil {
-		return nil, err
-	}
+func (r *ranges) take(ctx context.Context, order rangeOrder) ([][]byte, error) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
+	if r.slots > 0 {
+		r.slots--
+		defer r.mu.Unlock()
+		return r.buffers(), nil
+	}
+	w := &rangeWaiter{order: order, ready: make(chan struct{})}
+	i, _ := slices.BinarySearchFunc(r.waiting, w, func(a, b *rangeWaiter) int {
+		if a.order.before(b.order) || a.order == b.order {
+			return -1
+		}
+		return 1
+	})
+	r.waiting = slices.Insert(r.waiting, i, w)
+	r.mu.Unlock()
+	select {
+	case <-w.ready:
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return r.buffers(), nil
+	case <-ctx.Done():
+		r.mu.Lock()
+		if i := slices.Index(r.waiting, w); i >= 0 {
+			r.waiting = slices.Delete(r.waiting, i, i+1)
+			r.mu.Unlock()
+		} else {
+			r.mu.Unlock()
+			r.release() // given the slot as ctx ended: pass it on
+		}
+		return nil, ctx.Err()
+	}
+}
+
+// buffers are rangeParallel buffers for a blob that holds a slot; r.mu
+// is held.
+func (r *ranges) buffers() [][]byte {
 	r.users++
 	bufs := make([][]byte, 0, rangeParallel)
 	for len(bufs) < rangeParallel && len(r.free) > 0 {
@@ -73,7 +123,7 @@ func (r *ranges) take(ctx context.Context) ([][]byte, error) {
 	for len(bufs) < rangeParallel {
 		bufs = append(bufs, make([]byte, rangeChunk))
 	}
-	return bufs, nil
+	return bufs
 }
 
 // give returns a blob's buffers and slot. When no blob is ranged any more
@@ -86,7 +136,20 @@ func (r *ranges) give(bufs [][]byte) {
 		r.free = append(r.free, bufs...)
 	}
 	r.mu.Unlock()
-	r.slots.Release(1)
+	r.release()
+}
+
+// release hands the slot to the first waiter, or frees it.
+func (r *ranges) release() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.waiting) > 0 {
+		w := r.waiting[0]
+		r.waiting = r.waiting[1:]
+		close(w.ready)
+		return
+	}
+	r.slots++
 }
 
 // rangedFetcher reads blobs of rangedMin bytes or more in ranges, through
@@ -100,7 +163,10 @@ func (f rangedFetcher) Fetch(ctx context.Context, desc ocispec.Descriptor) (io.R
 	if desc.Size < rangedMin() {
 		return f.Fetcher.Fetch(ctx, desc)
 	}
-	b := &rangedBlob{fetcher: f.Fetcher, desc: desc, ranges: f.ranges}
+	b := &rangedBlob{fetcher: f.Fetcher, desc: desc, ranges: f.ranges, turn: rangeOrder{pull: math.MaxInt64}}
+	if counted, ok := ctx.Value(blobKey{}).(*blob); ok {
+		b.turn = counted.order
+	}
 	b.ctx, b.cancel = context.WithCancelCause(ctx)
 	return b, nil
 }
@@ -116,6 +182,7 @@ type rangedBlob struct {
 	fetcher remotes.Fetcher
 	desc    ocispec.Descriptor
 	ranges  *ranges
+	turn    rangeOrder
 	bufs    [][]byte
 
 	ctx    context.Context
@@ -227,7 +294,7 @@ func (b *rangedBlob) start() error {
 		}
 		return nil
 	}
-	bufs, err := b.ranges.take(b.ctx)
+	bufs, err := b.ranges.take(b.ctx, b.turn)
 	if err != nil {
 		return err
 	}

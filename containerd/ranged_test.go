@@ -7,9 +7,9 @@ import (
 	"io"
 	"math/rand"
 	"net"
-	"slices"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -154,7 +154,7 @@ func TestRangedBlob(t *testing.T) {
 			if n := bs.conns.Load(); n > int64(rangeParallel) {
 				t.Errorf("%d connections for %d ranges: closed ranges should keep theirs", n, len(ranges))
 			}
-			if f.ranges.users != 0 || f.ranges.free != nil {
+			if f.ranges.users != 0 || f.ranges.free != nil || f.ranges.slots != 1 {
 				t.Errorf("after Close: %d users, %d buffers kept; want none", f.ranges.users, len(f.ranges.free))
 			}
 		})

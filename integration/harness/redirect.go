@@ -31,10 +31,8 @@ type BlobRedirect struct {
 type ObjectStore struct {
 	Host        string // localhost:PORT
 	ignoreRange bool
-	Sent        atomic.Int64 // body bytes
 	mu          sync.Mutex
-	ranges      []string
-	auths       int // requests that came with an Authorization header
+	asked       []*StoreRequest
 	srv         *http.Server
 }
 
@@ -97,11 +95,9 @@ func StartBlobRedirect(t T, reg *Registry, ignoreRange bool) *BlobRedirect {
 }
 
 func (s *ObjectStore) serve(w http.ResponseWriter, r *http.Request, regDir string) {
+	req := &StoreRequest{Range: r.Header.Get("Range"), Auth: r.Header.Get("Authorization") != ""}
 	s.mu.Lock()
-	s.ranges = append(s.ranges, r.Header.Get("Range"))
-	if r.Header.Get("Authorization") != "" {
-		s.auths++
-	}
+	s.asked = append(s.asked, req)
 	s.mu.Unlock()
 	dgst, ok := strings.CutPrefix(r.URL.Path, "/blobs/sha256:")
 	if !ok || len(dgst) != 64 {
@@ -118,15 +114,24 @@ func (s *ObjectStore) serve(w http.ResponseWriter, r *http.Request, regDir strin
 		r.Header.Del("Range")
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
-	http.ServeContent(&countingResponse{ResponseWriter: w, n: &s.Sent}, r, "", time.Time{}, f)
+	http.ServeContent(&countingResponse{ResponseWriter: w, n: &req.sent}, r, "", time.Time{}, f)
 }
 
-// Asked is the Range header of each request, "" for none, and how many
-// requests came with credentials.
-func (s *ObjectStore) Asked() (ranges []string, withAuth int) {
+// StoreRequest is one request the object store answered.
+type StoreRequest struct {
+	Range string // "" for none
+	Auth  bool   // it came with an Authorization header
+	sent  atomic.Int64
+}
+
+// Sent is the body bytes it was sent.
+func (r *StoreRequest) Sent() int64 { return r.sent.Load() }
+
+// Asked is every request the store answered, in order.
+func (s *ObjectStore) Asked() []*StoreRequest {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return append([]string(nil), s.ranges...), s.auths
+	return append([]*StoreRequest(nil), s.asked...)
 }
 
 type countingResponse struct {
