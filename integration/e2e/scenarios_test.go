@@ -84,12 +84,14 @@ var (
 )
 
 // TestE2E runs every scenario, the KEP-2535 rows included, on the primary
-// node kind, and the bootstrap hook, pullVia containerd, private images and
-// the search for secrets on the oldest supported kubelet.
+// node kind, then the new node (n, newnode_test.go) on a cluster of its
+// own of that kind, and the bootstrap hook, pullVia containerd, private
+// images and the search for secrets on the oldest supported kubelet.
 func TestE2E(t *testing.T) {
 	start := time.Now()
 	ok := map[string]bool{}
 	ok[primary.String()] = t.Run(primary.String(), func(t *testing.T) { testScenarios(t, primary) })
+	ok["new-node"] = t.Run("new-node", func(t *testing.T) { testNewNode(t, primary) })
 	for _, k := range []nodeKind{oldest2, oldest16} {
 		ok[k.String()] = t.Run(k.String(), func(t *testing.T) { testScenariosSubset(t, k) })
 	}
