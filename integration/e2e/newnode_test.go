@@ -122,8 +122,8 @@ func (r *run) scenarioNewNode(t *testing.T, big harness.TestImage) {
 	r.entries = []cfgEntry{{Image: big.Ref}}
 	applied := r.deployAgent(t)
 
-	obs.waitLift(t, 5*time.Minute)
-	obs.waitPresent(t, time.Minute)
+	obs.waitFor(t, obs.lifted, 5*time.Minute, "the "+notReadyTaint+" taint still there")
+	obs.waitFor(t, obs.present, time.Minute, "the taint gone, but the CRI still without "+big.Ref)
 	waitDeploymentRolledOut(t, n, bigWorkload, big.Ref, 3*time.Minute)
 	cancel()
 	lift, present := obs.wait(t)
@@ -431,25 +431,16 @@ func (o *newNodeObservers) poll(ctx context.Context, what string, ask func(ctx c
 	}
 }
 
-func (o *newNodeObservers) waitLift(t *testing.T, timeout time.Duration) {
+// waitFor waits until done is closed, failing the test with what, and
+// what went wrong in the observers, after timeout.
+func (o *newNodeObservers) waitFor(t *testing.T, done <-chan struct{}, timeout time.Duration, what string) {
 	t.Helper()
 	select {
-	case <-o.lifted:
+	case <-done:
 	case <-time.After(timeout):
 		o.mu.Lock()
 		defer o.mu.Unlock()
-		t.Fatalf("the %s taint still there %v after the agent was installed (observers: %v)", notReadyTaint, timeout, o.errs)
-	}
-}
-
-func (o *newNodeObservers) waitPresent(t *testing.T, timeout time.Duration) {
-	t.Helper()
-	select {
-	case <-o.present:
-	case <-time.After(timeout):
-		o.mu.Lock()
-		defer o.mu.Unlock()
-		t.Fatalf("the taint went but the CRI has no image %v later (observers: %v)", timeout, o.errs)
+		t.Fatalf("%s after %v (observers: %v)", what, timeout, o.errs)
 	}
 }
 
