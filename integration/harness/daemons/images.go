@@ -30,7 +30,9 @@ type ImageSpec struct {
 	Repo string // e.g. "team/app"
 	Tag  string // default "latest"
 
-	// BaseLayers come first; layer i is the same blob in every image with the
+	// Prebuilt layers come first, as they are (CompressibleLayer's).
+	Prebuilt []v1.Layer
+	// BaseLayers follow; layer i is the same blob in every image with the
 	// same BaseSeed and base layer size.
 	BaseLayers int
 	BaseSeed   string // default "base"
@@ -127,7 +129,7 @@ func pushTestImage(reg *Registry, spec ImageSpec) (TestImage, error) {
 // are used as is (no defaults), except BaseLayerSize, which is LayerSize
 // when zero.
 func BuildTestImage(spec ImageSpec) (v1.Image, error) {
-	var layers []v1.Layer
+	layers := append([]v1.Layer(nil), spec.Prebuilt...)
 	baseSize := spec.LayerSize
 	if spec.BaseLayerSize != 0 {
 		baseSize = spec.BaseLayerSize
