@@ -157,29 +157,8 @@ func TestOnceProgress(t *testing.T) {
 		cmd := exec.Command(preloaderBin, "once", "--config", config("log.yaml", ref), "-o", "json", "--timeout", "3m")
 		cmd.Env = append(os.Environ(), env...)
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
 		lineRE := regexp.MustCompile(`(?m)^time=(\S+) level=INFO msg=pulling image=(\S+) done=(\S+) total=(\S+) rate=(\S+) eta=(\S+) elapsed=\S+$`)
-		deadline := time.Now().Add(60 * time.Second)
-		for len(lineRE.FindAllString(stderr.String(), -1)) < 3 {
-			if time.Now().After(deadline) {
-				t.Fatalf("no three progress lines in 60s:\n%s", stderr.String())
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		link.lift()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Fatalf("once: %v\n%s", err, stderr.String())
-			}
-		case <-time.After(2 * time.Minute):
-			cmd.Process.Kill()
-			t.Fatalf("once did not end after the link was lifted:\n%s", stderr.String())
-		}
+		runPaced(t, cmd, &stderr, link, "three progress lines", func(s string) bool { return len(lineRE.FindAllString(s, -1)) >= 3 })
 		var out onceResult
 		if err := json.Unmarshal([]byte(stdout.String()), &out); err != nil {
 			t.Fatalf("stdout is not JSON alone: %v\n%s", err, stdout.String())
@@ -227,29 +206,8 @@ func TestOnceProgress(t *testing.T) {
 		cmd := exec.Command("script", "-qfec", preloaderBin+" once --config "+config("tty.yaml", ref)+" --timeout 3m", "/dev/null")
 		cmd.Env = append(os.Environ(), env...)
 		cmd.Stdout, cmd.Stderr = &out, &out
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
 		clear := "\x1b[1A\x1b[2K"
-		deadline := time.Now().Add(60 * time.Second)
-		for strings.Count(out.String(), clear) < 4 {
-			if time.Now().After(deadline) {
-				t.Fatalf("no live line redrawn 4 times in 60s:\n%q", out.String())
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		link.lift()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Fatalf("once on a terminal: %v\n%q", err, out.String())
-			}
-		case <-time.After(2 * time.Minute):
-			cmd.Process.Kill()
-			t.Fatalf("once did not end after the link was lifted:\n%q", out.String())
-		}
+		runPaced(t, cmd, &out, link, "a live line redrawn 4 times", func(s string) bool { return strings.Count(s, clear) >= 4 })
 		text := strings.ReplaceAll(out.String(), "\r\n", "\n")
 		lineRE := regexp.MustCompile(`pulling ` + regexp.QuoteMeta(ref) + `  (\S+) / (\S+) +(\d+)%  (\S+)/s  ETA (\S+)\n`)
 		lines := lineRE.FindAllStringSubmatch(text, -1)
@@ -272,6 +230,37 @@ func TestOnceProgress(t *testing.T) {
 			t.Errorf("a live line left in the table:\n%q", table)
 		}
 	})
+}
+
+// runPaced runs cmd until its output shows enough, then lifts the link's
+// pace and waits for it to exit 0.
+func runPaced(t *testing.T, cmd *exec.Cmd, out *harness.LockedBuffer, link *pacedLink, enough string, shows func(string) bool) {
+	t.Helper()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	deadline := time.Now().Add(60 * time.Second)
+	for !shows(out.String()) {
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			<-done
+			t.Fatalf("no %s in 60s:\n%q", enough, out.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	link.lift()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("%v: %v\n%q", cmd.Args, err, out.String())
+		}
+	case <-time.After(2 * time.Minute):
+		cmd.Process.Kill()
+		<-done
+		t.Fatalf("%v did not end after the link was lifted:\n%q", cmd.Args, out.String())
+	}
 }
 
 // The agent shows the bytes of a pull in flight in its status annotation,
@@ -376,6 +365,9 @@ func TestAgentProgress(t *testing.T) {
 		if !w.at.Before(first.at) && len(w.status.Pulling) > 0 {
 			during = append(during, w)
 		}
+	}
+	for _, w := range during {
+		t.Logf("progress write %s after the first: %+v", w.at.Sub(first.at).Round(time.Millisecond), w.status.Pulling)
 	}
 	if max := int(window/agent.ProgressInterval) + 1; len(during) < 2 || len(during) > max {
 		t.Errorf("%d progress writes in %s, want 2..%d: %+v", len(during), window, max, during)
