@@ -142,7 +142,7 @@ func BenchmarkPull(b *testing.B) {
 					for i := range numWays {
 						w := (i + r) % numWays
 						if w == wayCrictl {
-							times[w] = append(times[w], crictlPulls(b, crictl, flavor, refs))
+							times[w] = append(times[w], crictlPulls(b, crictl, flavor, refs, ""))
 							continue
 						}
 						run := preloaderOnce(b, bin, flavor, refs, configs[w])
@@ -234,10 +234,10 @@ func flavorName(flavor harness.Flavor) string {
 }
 
 // crictlPulls is the peer: `crictl pull` of each image in turn into a
-// fresh containerd, each waiting for the last, as
-// `for i in …; do crictl pull $i; done` does.
-func crictlPulls(b *testing.B, crictl string, flavor harness.Flavor, refs []string) time.Duration {
-	ctrd := harness.StartContainerd(b, harness.ContainerdOptions{Flavor: flavor, Snapshotter: snapshotter})
+// fresh containerd, with config added to its config file, each waiting
+// for the last, as `for i in …; do crictl pull $i; done` does.
+func crictlPulls(b *testing.B, crictl string, flavor harness.Flavor, refs []string, config string) time.Duration {
+	ctrd := harness.StartContainerd(b, harness.ContainerdOptions{Flavor: flavor, Snapshotter: snapshotter, Config: config})
 	defer discard(ctrd)
 	// An empty config file: nothing of the machine's /etc/crictl.yaml, and
 	// no warning that there is none.
@@ -247,7 +247,7 @@ func crictlPulls(b *testing.B, crictl string, flavor harness.Flavor, refs []stri
 	}
 	start := time.Now()
 	for _, ref := range refs {
-		cmd := exec.Command(crictl, "--config", cfg, "--runtime-endpoint", ctrd.Endpoint, "--timeout", "60s", "pull", ref)
+		cmd := exec.Command(crictl, "--config", cfg, "--runtime-endpoint", ctrd.Endpoint, "--timeout", "10m", "pull", ref)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			b.Fatalf("crictl pull %s: %v\n%s", ref, err, out)
 		}
@@ -295,8 +295,9 @@ func watchPeakRSS(pid int) func() int64 {
 }
 
 // preloaderOnce runs `preloader once` with refs and the config lines
-// extra (pullVia) against a fresh containerd.
-func preloaderOnce(b *testing.B, bin string, flavor harness.Flavor, refs []string, extra string) onceRun {
+// extra (pullVia) against a fresh containerd, with env added to its
+// environment.
+func preloaderOnce(b *testing.B, bin string, flavor harness.Flavor, refs []string, extra string, env ...string) onceRun {
 	ctrd := harness.StartContainerd(b, harness.ContainerdOptions{Flavor: flavor, Snapshotter: snapshotter})
 	defer discard(ctrd)
 	cfg := "sandboxImage: none\n" + extra + "images:\n"
@@ -310,7 +311,7 @@ func preloaderOnce(b *testing.B, bin string, flavor harness.Flavor, refs []strin
 	cmd := exec.Command(bin, "once", "--config", path, "--cri-endpoint", ctrd.Endpoint, "--containerd-address", ctrd.Address)
 	// containerd 2.x does not report its registry config_path; as on a
 	// node, the preloader reads it from containerd's config file.
-	cmd.Env = append(os.Environ(), noderuntime.ContainerdConfigEnv+"="+ctrd.ConfigFile)
+	cmd.Env = append(append(os.Environ(), noderuntime.ContainerdConfigEnv+"="+ctrd.ConfigFile), env...)
 	var buf bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &buf, &buf
 	start := time.Now()
