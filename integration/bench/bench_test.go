@@ -43,6 +43,26 @@ func crictlPath() string {
 	return filepath.Join(harness.CacheDir(), "bin", "crictl-"+CrictlVersion)
 }
 
+// requireCrictl is crictlPath, once it is there (harness.Require).
+func requireCrictl(b *testing.B) string {
+	crictl := crictlPath()
+	harness.Require(b, "crictl "+CrictlVersion+" (scripts/install-deps.sh crictl)", crictl)
+	return crictl
+}
+
+// preloaderPath is the absolute path of the preloader that `make bench`
+// built.
+func preloaderPath(b *testing.B) string {
+	if preloaderBin == "" {
+		b.Fatal("PRELOADER_BIN is not set: run `make bench`")
+	}
+	bin, err := filepath.Abs(preloaderBin)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return bin
+}
+
 // pullImages is the image set: ten images of three 4 MiB layers of their
 // own on a 1 MiB base layer they all share, 13 MiB each, 121 MiB in all.
 func pullImages() []harness.ImageSpec {
@@ -102,15 +122,7 @@ const (
 // config (e.g. "concurrency: 10\nmaxDownloads: 16"), to try other limits;
 // select one row with -bench 'BenchmarkPull/containerd-2/remote-like'.
 func BenchmarkPull(b *testing.B) {
-	if preloaderBin == "" {
-		b.Fatal("PRELOADER_BIN is not set: run `make bench`")
-	}
-	bin, err := filepath.Abs(preloaderBin)
-	if err != nil {
-		b.Fatal(err)
-	}
-	crictl := crictlPath()
-	harness.Require(b, "crictl "+CrictlVersion+" (scripts/install-deps.sh crictl)", crictl)
+	bin, crictl := preloaderPath(b), requireCrictl(b)
 	extra := strings.ReplaceAll(os.Getenv("PRELOADER_BENCH_PULLVIA"), `\n`, "\n")
 	began := time.Now()
 	reg := harness.StartRegistry(b, harness.RegistryOptions{})

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -64,21 +63,9 @@ const (
 // (rangedCRI). Medians of largeRounds; the preloader's peak RSS beside
 // them.
 func BenchmarkPullLarge(b *testing.B) {
-	if preloaderBin == "" {
-		b.Fatal("PRELOADER_BIN is not set: run `make bench`")
-	}
-	bin, err := filepath.Abs(preloaderBin)
-	if err != nil {
-		b.Fatal(err)
-	}
-	crictl := crictlPath()
-	harness.Require(b, "crictl "+CrictlVersion+" (scripts/install-deps.sh crictl)", crictl)
-	raw := sumSizes(aiImage.layers)
-	requireSpace(b, raw)
+	bin, crictl := preloaderPath(b), requireCrictl(b)
 	began := time.Now()
-	layers := buildBigImage(b, aiImage)
-	reg := harness.StartRegistry(b, harness.RegistryOptions{})
-	ref := pushBigImage(b, reg, "bench/"+aiImage.name, layers)
+	reg, ref, layers := servedBigImage(b, aiImage)
 	proxy := harness.StartProxy(b, reg.Host, largeLink)
 	far := strings.Replace(ref, reg.Host, proxy.Host, 1)
 
@@ -152,25 +139,20 @@ const (
 // BenchmarkPullHugeLayer pulls an image of one 4 GiB layer from a
 // registry on loopback, where memory, not the link, is what is measured:
 // `preloader once` with the default config and with pullVia containerd
-// (every byte through the preloader), each in the agent's environment
+// (every byte through the preloader) at the default and the highest
+// maxDownloads, each in the agent's environment
 // (GOMEMLIMIT), and reports their peak RSS against the agent's memory
 // limit.
 func BenchmarkPullHugeLayer(b *testing.B) {
-	if preloaderBin == "" {
-		b.Fatal("PRELOADER_BIN is not set: run `make bench`")
-	}
-	bin, err := filepath.Abs(preloaderBin)
-	if err != nil {
-		b.Fatal(err)
-	}
-	raw := sumSizes(hugeLayer.layers)
-	requireSpace(b, raw)
+	bin := preloaderPath(b)
 	began := time.Now()
-	layers := buildBigImage(b, hugeLayer)
-	reg := harness.StartRegistry(b, harness.RegistryOptions{})
-	ref := pushBigImage(b, reg, "bench/"+hugeLayer.name, layers)
+	_, ref, layers := servedBigImage(b, hugeLayer)
+	raw, _, _ := layerSums(layers)
 	env := "GOMEMLIMIT=" + agentGoMemLimit
-	ways := []struct{ name, config string }{{"default", ""}, {"pullVia containerd", "pullVia: containerd\n"}}
+	// maxDownloads at its bound: the most ranges in flight, whatever the
+	// config.
+	ways := []struct{ name, config string }{{"default", ""}, {"pullVia containerd", "pullVia: containerd\n"},
+		{"pullVia containerd, maxDownloads 64", "pullVia: containerd\nmaxDownloads: 64\n"}}
 	fmt.Printf("\nhuge layer, %.0f MiB (%.0f MiB compressed), loopback, containerd %s on %s, %s:\n",
 		mib(raw), mib(layers[0].Size), strings.TrimPrefix(harness.Containerd2Version, "v"), snapshotter, env)
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
@@ -179,18 +161,23 @@ func BenchmarkPullHugeLayer(b *testing.B) {
 		run := preloaderOnce(b, bin, harness.Containerd2, []string{ref}, noBudget+w.config, env)
 		fmt.Fprintf(tw, "%s\t%s\t%.1fs\t%.1f MiB\t%d MiB\t%s\n", w.name, run.path, run.took.Seconds(), mib(run.peakRSS),
 			agentLimit>>20, pullVerdict(run.peakRSS < agentLimit))
-		b.ReportMetric(mib(run.peakRSS), strings.ReplaceAll(w.name, " ", "-")+"-peak-rss-MiB")
+		b.ReportMetric(mib(run.peakRSS), strings.NewReplacer(" ", "-", ",", "").Replace(w.name)+"-peak-rss-MiB")
 	}
 	tw.Flush()
 	fmt.Printf("(%s in all)\n", time.Since(began).Round(time.Second))
 }
 
-func sumSizes(sizes []int64) int64 {
-	var n int64
-	for _, s := range sizes {
-		n += s
+// servedBigImage is img in a registry of its own, once there is room
+// for it (requireSpace): the registry, the image's reference, its layers.
+func servedBigImage(b *testing.B, img bigImage) (*harness.Registry, string, []bigLayer) {
+	var raw int64
+	for _, n := range img.layers {
+		raw += n
 	}
-	return n
+	requireSpace(b, raw)
+	layers := buildBigImage(b, img)
+	reg := harness.StartRegistry(b, harness.RegistryOptions{})
+	return reg, pushBigImage(b, reg, "bench/"+img.name, layers), layers
 }
 
 // requireSpace skips the benchmark, or fails it in CI, when the cache's
