@@ -26,6 +26,7 @@ type Containerd interface {
 	LocalDigest(ctx context.Context, name string) (string, time.Time, error)
 	MarkChecked(ctx context.Context, name string, at time.Time) error
 	PullNeed(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (DiskNeed, error)
+	LargestLayer(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (int64, error)
 	CollectGarbage(ctx context.Context) error
 	Close() error
 }
@@ -97,6 +98,10 @@ func (s *containerdStore) MarkChecked(ctx context.Context, name string, at time.
 
 func (s *containerdStore) PullNeed(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (DiskNeed, error) {
 	return s.ctrd.PullNeed(ctx, ref, auth)
+}
+
+func (s *containerdStore) LargestLayer(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (int64, error) {
+	return s.ctrd.LargestLayer(ctx, ref, auth)
 }
 
 func (s *containerdStore) CollectGarbage(ctx context.Context) error {

@@ -87,6 +87,10 @@ func (f *fakeContainerd) PullNeed(context.Context, string, *runtimeapi.AuthConfi
 	return noderuntime.DiskNeed{}, nil
 }
 
+func (f *fakeContainerd) LargestLayer(context.Context, string, *runtimeapi.AuthConfig) (int64, error) {
+	return 0, nil
+}
+
 func (f *fakeContainerd) MarkChecked(context.Context, string, time.Time) error { return nil }
 
 func (f *fakeContainerd) RemoveName(_ context.Context, name string) error {
