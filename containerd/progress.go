@@ -201,6 +201,7 @@ func (f countingFetcher) Fetch(ctx context.Context, desc ocispec.Descriptor) (io
 	if err != nil {
 		return nil, err
 	}
+	rc = watchStall(ctx, desc, rc)
 	b, _ := ctx.Value(blobKey{}).(*blob)
 	if b == nil {
 		return rc, nil

@@ -89,6 +89,11 @@ func (f *fakeContainerd) PullSize(context.Context, string, *runtimeapi.AuthConfi
 
 func (f *fakeContainerd) MarkChecked(context.Context, string, time.Time) error { return nil }
 
+// FollowPull follows nothing: the fake has no content store.
+func (f *fakeContainerd) FollowPull(ctx context.Context, _ string, _ *runtimeapi.AuthConfig, pull func(context.Context) error) error {
+	return pull(ctx)
+}
+
 func (f *fakeContainerd) RemoveName(_ context.Context, name string) error {
 	f.cri.Remove(name)
 	return nil
