@@ -28,11 +28,11 @@ func TestFaultStall(t *testing.T) {
 	reg := harness.StartRegistry(t, harness.RegistryOptions{Username: testUser, Password: testPassword})
 	ctrd := harness.StartContainerd(t, harness.ContainerdOptions{Flavor: harness.Containerd2})
 	f := &faultEnv{
-		t: t, flavor: harness.Containerd2, reg: reg, ctrd: ctrd, dir: t.TempDir(), report: reportFault,
-		env: []string{cri.EndpointEnv + "=" + ctrd.Endpoint, noderuntime.ContainerdConfigEnv + "=" + ctrd.ConfigFile},
+		t: t, flavor: harness.Containerd2, reg: reg, ctrd: ctrd, dir: t.TempDir(),
+		report: func(r faultRow) { t.Logf("row: %s | %s | %s", r.scenario, r.outcome, r.recover); reportFault(r) },
+		env:    []string{cri.EndpointEnv + "=" + ctrd.Endpoint, noderuntime.ContainerdConfigEnv + "=" + ctrd.ConfigFile},
 	}
 	t.Cleanup(func() { assertNoSecret(t, f.printed...) })
-	t.Cleanup(func() { t.Log(faultTable()) })
 	const stallTimeout = 2 * time.Second
 	for _, tt := range []struct {
 		via    string
