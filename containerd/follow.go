@@ -42,47 +42,46 @@ func (c *Client) FollowPull(ctx context.Context, ref string, auth *runtimeapi.Au
 	}
 	ctx, cut := context.WithCancelCause(ctx)
 	defer cut(nil)
-	stop := make(chan struct{})
-	followed := make(chan struct{})
-	go func() {
-		defer close(followed)
-		c.follow(ctx, stop, ref, auth, w.Stall, cut)
-	}()
+	b := c.progress.start(w.Bytes)
+	defer b.end()
+	// The following ends with the pull, even mid-call to the registry.
+	fctx, stop := context.WithCancel(ctx)
+	followed := make(chan *follow, 1)
+	go func() { followed <- c.follow(fctx, b, ref, auth, w.Stall, cut) }()
 	err := pull(ctx)
 	cause := context.Cause(ctx)
-	close(stop)
-	<-followed
+	stop()
+	if f := <-followed; f != nil && err == nil {
+		f.complete() // the pull has all of its blobs
+	}
 	if err != nil && errors.Is(cause, ErrStalled) {
 		return fmt.Errorf("pull %s: %w", ref, cause)
 	}
 	return err
 }
 
-// follow looks at the pull's downloads every followEvery until stop.
-func (c *Client) follow(ctx context.Context, stop <-chan struct{}, ref string, auth *runtimeapi.AuthConfig, stall time.Duration, cut context.CancelCauseFunc) {
+// follow looks at the pull's downloads every followEvery until ctx ends,
+// and returns what it followed; nil if it could not start.
+func (c *Client) follow(ctx context.Context, b *pullBytes, ref string, auth *runtimeapi.AuthConfig, stall time.Duration, cut context.CancelCauseFunc) *follow {
 	start := time.Now()
-	b := c.progress.start(WatchFrom(ctx).Bytes)
-	defer b.end()
 	cs := c.c.ContentStore()
 	// Ingests there before the pull are another pull's or an earlier
 	// attempt's: the baseline against which this one's are told.
 	before, err := cs.ListStatuses(ctx)
 	if err != nil {
-		return
+		return nil
 	}
 	target, err := c.resolveTarget(ctx, ref, auth)
 	if err != nil {
-		return // the pull meets the same trouble and says so
+		return nil // the pull meets the same trouble and says so
 	}
 	f := newFollow(b, stall, before)
 	t := time.NewTicker(followEvery)
 	defer t.Stop()
 	for {
 		select {
-		case <-stop:
-			return
 		case <-ctx.Done():
-			return
+			return f
 		case <-t.C:
 		}
 		if f.blobs == nil {
@@ -101,7 +100,7 @@ func (c *Client) follow(ctx context.Context, stop <-chan struct{}, ref string, a
 		absent, err := f.observe(time.Now(), sts)
 		if err != nil {
 			cut(err)
-			return
+			return f
 		}
 		for _, fb := range absent {
 			if _, err := cs.Info(ctx, fb.desc.Digest); err == nil {
@@ -221,6 +220,15 @@ func (f *follow) observe(now time.Time, sts []content.Status) (absent []*followe
 		}
 	}
 	return absent, stalled
+}
+
+// complete counts every blob of the pull as received.
+func (f *follow) complete() {
+	for _, fb := range f.blobs {
+		if !fb.committed {
+			f.committed(fb)
+		}
+	}
 }
 
 // committed counts a blob that is in the store as wholly received.
