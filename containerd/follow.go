@@ -30,8 +30,8 @@ const followEvery = time.Second
 // The blobs are the pull's own, by their digests, so that concurrent
 // pulls are told apart; a layer two pulls share counts, and stalls, in
 // both. The manifest costs one resolution at the registry (a HEAD, which
-// no registry counts as a pull) and is read from the content store once
-// the CRI has it. A blob whose ingest has not started (it waits for one
+// Docker Hub does not count against its pull limit) and is read from the
+// content store once the CRI has it. A blob whose ingest has not started (it waits for one
 // of the CRI's download slots) or has ended (the blob is in, or being
 // unpacked) is not waiting for bytes and cannot stall; nor can an ingest
 // left by an earlier attempt until the pull takes it up again.
@@ -189,21 +189,22 @@ func (f *follow) expect(ctx context.Context, cs content.InfoProvider, start time
 // the caller to look up), and an error wrapping ErrStalled if an ingest of
 // the pull has not moved for the stall timeout.
 func (f *follow) observe(now time.Time, sts []content.Status) (absent []*followed, stalled error) {
-	ingests := make(map[digest.Digest]int64, len(sts))
+	ingests := make(map[digest.Digest]content.Status, len(sts))
 	for _, st := range sts {
 		if d, ok := ingestDigest(st); ok {
-			ingests[d] = st.Offset
+			ingests[d] = st
 		}
 	}
 	for _, fb := range f.blobs {
 		if fb.committed {
 			continue
 		}
-		off, ok := ingests[fb.desc.Digest]
+		st, ok := ingests[fb.desc.Digest]
 		if !ok {
 			absent = append(absent, fb)
 			continue
 		}
+		off := st.Offset
 		if !fb.started {
 			prev, was := f.before[fb.desc.Digest]
 			fb.started = !was || prev != off
@@ -215,8 +216,15 @@ func (f *follow) observe(now time.Time, sts []content.Status) (absent []*followe
 		if d := off - fb.f.read.Load(); d > 0 {
 			fb.f.add(d)
 		}
-		if fb.started && f.stall > 0 && now.Sub(fb.since) >= f.stall && stalled == nil {
-			stalled = stallError(fb.desc, off, now.Sub(fb.since))
+		// The store knows when the ingest was last written (containerd's
+		// local store: the data's mtime), which is sooner than a look
+		// once a second can tell.
+		last := fb.since
+		if !st.UpdatedAt.IsZero() && st.UpdatedAt.Before(last) {
+			last = st.UpdatedAt
+		}
+		if waited := now.Sub(last); fb.started && f.stall > 0 && waited >= f.stall && stalled == nil {
+			stalled = stallError(fb.desc, off, waited)
 		}
 	}
 	return absent, stalled

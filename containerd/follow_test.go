@@ -105,6 +105,14 @@ func TestFollow(t *testing.T) {
 			wantStop: layer2.Digest.String() + ": download stalled at 2600 of 5000 bytes",
 		},
 		{
+			name: "the store says when the ingest was last written",
+			ticks: []tick{
+				{at: 1 * time.Second, ingests: []content.Status{{Ref: "layer-" + layer1.Digest.String(), Offset: 64, UpdatedAt: start.Add(200 * time.Millisecond)}}},
+				{at: 2500 * time.Millisecond, ingests: []content.Status{{Ref: "layer-" + layer1.Digest.String(), Offset: 64, UpdatedAt: start.Add(200 * time.Millisecond)}}},
+			},
+			wantStop: layer1.Digest.String() + ": download stalled at 64 of 1000 bytes: no bytes for 2.3s",
+		},
+		{
 			name: "another pull's download stops",
 			ticks: []tick{
 				{at: 1 * time.Second, ingests: []content.Status{ingest("layer", other, 1), ingest("layer", layer1, 1)}},
