@@ -27,6 +27,7 @@ type Containerd interface {
 	MarkChecked(ctx context.Context, name string, at time.Time) error
 	PullNeed(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (DiskNeed, error)
 	LargestLayer(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (int64, error)
+	FollowPull(ctx context.Context, ref string, auth *runtimeapi.AuthConfig, pull func(context.Context) error) error
 	CollectGarbage(ctx context.Context) error
 	Close() error
 }
@@ -47,6 +48,18 @@ func WithContainerd(c *cri.Client, ctrd Containerd) Store {
 }
 
 func (s *containerdStore) Can(Op) error { return nil }
+
+// PullImage is the CRI's pull, followed in containerd's content store
+// while it runs: its bytes show in the pull's Watch and in PullProgress,
+// and a download that stalls cuts it (Containerd.FollowPull).
+func (s *containerdStore) PullImage(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (string, error) {
+	var id string
+	err := s.ctrd.FollowPull(ctx, ref, auth, func(ctx context.Context) (err error) {
+		id, err = s.criStore.PullImage(ctx, ref, auth)
+		return err
+	})
+	return id, err
+}
 
 func (s *containerdStore) PullDirect(ctx context.Context, ref string, auth *runtimeapi.AuthConfig, maxDownloads int) error {
 	return s.ctrd.Pull(ctx, ref, auth, maxDownloads)

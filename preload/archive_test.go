@@ -93,6 +93,11 @@ func (f *fakeContainerd) LargestLayer(context.Context, string, *runtimeapi.AuthC
 
 func (f *fakeContainerd) MarkChecked(context.Context, string, time.Time) error { return nil }
 
+// FollowPull follows nothing: the fake has no content store.
+func (f *fakeContainerd) FollowPull(ctx context.Context, _ string, _ *runtimeapi.AuthConfig, pull func(context.Context) error) error {
+	return pull(ctx)
+}
+
 func (f *fakeContainerd) RemoveName(_ context.Context, name string) error {
 	f.cri.Remove(name)
 	return nil
