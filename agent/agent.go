@@ -28,6 +28,7 @@ import (
 
 	"github.com/kube-preloader/kube-preloader/kubeapi"
 	"github.com/kube-preloader/kube-preloader/noderuntime"
+	"github.com/kube-preloader/kube-preloader/preload"
 )
 
 // ConfigKey is the ConfigMap key that holds the config.
@@ -101,6 +102,13 @@ type Agent struct {
 	// that has not caught up, and the node handler recognises the echo of
 	// our own write instead of waking a sync for it.
 	pending atomic.Pointer[pendingWrite]
+	// lastWriteAt is when the agent last wrote its Node (Unix ns), which
+	// spaces the writes that show progress.
+	lastWriteAt atomic.Int64
+
+	// pulls is every run's pulls in flight, for the progress the status
+	// shows.
+	pulls *preload.Pulls
 
 	// configLoaded and runtimeOK feed /readyz.
 	configLoaded atomic.Bool
@@ -144,6 +152,7 @@ func New(opts Options) (*Agent, error) {
 		metrics: newMetrics(opts.Store),
 		cmKey:   opts.Namespace + "/" + opts.ConfigMap,
 		wake:    make(chan struct{}, 1),
+		pulls:   &preload.Pulls{},
 	}
 	a.rollout.a = a
 

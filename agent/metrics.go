@@ -207,13 +207,13 @@ func newMetrics(store noderuntime.Store) *metrics {
 	}, func() float64 { return float64(m.inFlight.Load()) })
 	bytesDone := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "preloader_pull_received_bytes",
-		Help: "Bytes received so far by the pulls in flight through containerd's client (pullVia containerd). " +
-			"A pull through the CRI is one blocking PullImage call that reports no progress: it adds nothing here, and on a runtime other than containerd this is always 0.",
+		Help: "Bytes received so far by the pulls in flight on containerd: through its client, and through its CRI as its content store shows them. " +
+			"On a runtime other than containerd this is always 0.",
 	}, func() float64 { return float64(progress().Done) })
 	bytesTotal := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "preloader_pull_expected_bytes",
-		Help: "Bytes the pulls in flight through containerd's client have to receive (the blobs their manifests name that the node lacks). " +
-			"Pulls through the CRI report no progress and add nothing.",
+		Help: "Bytes the pulls in flight on containerd have to receive (the blobs their manifests name that the node lacks). " +
+			"A pull through the CRI counts once the CRI has its manifest; on a runtime other than containerd this is always 0.",
 	}, func() float64 { return float64(progress().Total) })
 
 	m.reg.MustRegister(m.desired, m.present, m.failed, m.pulls, m.pullDuration, m.pruned, m.lastSuccess, m.syncDuration,

@@ -83,7 +83,8 @@ func (a *Agent) currentNode() *corev1.Node {
 
 // ownView returns our Node and what it shows of ours: the informer's copy,
 // unless our last write is younger than pendingTTL and the informer has
-// not delivered it yet. Only the sync loop calls it, and only it clears
+// not delivered it yet. Only the sync loop calls it (or, while the loop
+// waits for a run, the run's progress in its stead), and only it clears
 // pending, so a write cannot be forgotten between reading and comparing.
 func (a *Agent) ownView() (*corev1.Node, nodeView) {
 	p := a.pending.Load()
@@ -126,10 +127,12 @@ func buildStatus(hash string, results []preload.Result) nodestatus.Status {
 }
 
 // sameStatus compares statuses as the annotation shows them (where an
-// empty list and none are the same), ignoring when they changed; Encode
-// stamps the format version on both.
+// empty list and none are the same), ignoring when they changed and the
+// pulls in flight, which are progress, not a change; Encode stamps the
+// format version on both.
 func sameStatus(a, b nodestatus.Status) bool {
 	a.Changed, b.Changed = time.Time{}, time.Time{}
+	a.Pulling, b.Pulling = nil, nil
 	return nodestatus.Encode(a) == nodestatus.Encode(b)
 }
 
@@ -145,7 +148,10 @@ type nodeWrite struct {
 // planWrite compares st with what the Node shows and returns the write
 // that makes the Node show st, or false when it already does. Changed
 // keeps its time unless the rest of the status differs, so that it says
-// when something last happened, not when the agent last looked.
+// when something last happened, not when the agent last looked. A Node
+// that still shows pulls in flight is written even when nothing else
+// differs: a sync's status has none, and a node at rest must not show
+// progress that ended.
 func planWrite(v nodeView, st nodestatus.Status, now time.Time) (nodeWrite, bool) {
 	prev, err := nodestatus.Decode(v.status)
 	same := err == nil && sameStatus(prev, st)
@@ -161,7 +167,7 @@ func planWrite(v nodeView, st nodestatus.Status, now time.Time) (nodeWrite, bool
 		removeTaint: st.Ready() && v.tainted,
 		wasReady:    v.ready == "true",
 	}
-	return w, !same || w.ready != v.ready || w.removeTaint
+	return w, !same || len(prev.Pulling) > 0 || w.ready != v.ready || w.removeTaint
 }
 
 // writeNode applies w as one patch: label, annotation and, when ready, the
@@ -197,13 +203,16 @@ func (a *Agent) writeNode(ctx context.Context, node *corev1.Node, w nodeWrite) e
 		a.pending.CompareAndSwap(p, nil)
 		return fmt.Errorf("patch node %s: %w", node.Name, err)
 	}
+	a.lastWriteAt.Store(time.Now().UnixNano())
 	return nil
 }
 
 func patchFor(node *corev1.Node, w nodeWrite) map[string]any {
 	meta := map[string]any{
-		"labels":      map[string]string{nodestatus.LabelReady: w.ready},
 		"annotations": map[string]string{nodestatus.AnnotationStatus: w.annotation},
+	}
+	if w.ready != "" { // a progress write on a Node without the label leaves it absent
+		meta["labels"] = map[string]string{nodestatus.LabelReady: w.ready}
 	}
 	patch := map[string]any{"metadata": meta}
 	if !w.removeTaint {

@@ -190,7 +190,9 @@ func (a *Agent) run(ctx context.Context, cfg *loadedConfig, images []preload.Ima
 	// The gate is outside the count: a pull it refuses never started.
 	engine.Store = gatedStore{Store: countingStore{Store: a.opts.Store, n: &a.metrics.inFlight}, blocked: creds.blocked}
 	engine.Auth = creds.Auth
+	stop := a.showProgress(ctx, func() nodestatus.Status { return a.freshStatus(ctx, cfg.hash, images) })
 	results, err := engine.Run(ctx, a.withKubeletBudget(cfg.Config), images)
+	stop()
 	if err != nil {
 		return nil, err
 	}
@@ -222,7 +224,7 @@ func (a *Agent) withKubeletBudget(cfg *preload.Config) *preload.Config {
 // engine is the agent's engine: one attempt per image, the images it
 // brings recorded as its ConfigMap's.
 func (a *Agent) engine() *preload.Engine {
-	return &preload.Engine{Store: a.opts.Store, MaxAttempts: 1, Owner: "agent:" + a.cmKey, Log: a.log}
+	return &preload.Engine{Store: a.opts.Store, MaxAttempts: 1, Owner: "agent:" + a.cmKey, Log: a.log, Pulls: a.pulls}
 }
 
 // prune removes what the agent brought and the config dropped (prune:

@@ -19,15 +19,16 @@ import (
 // config and layers their manifests name and the content store lacks) and
 // what of it has arrived. Reads add to atomics as they return, so a
 // scrape reads the sums without stopping a pull, and a client with no pull
-// in flight does nothing at all: there is no ticker to sample with.
+// in flight does nothing at all: only a CRI pull, which has no reads
+// here, is looked at on a ticker (FollowPull), and only while it runs.
 type progress struct {
 	inFlight, done, total atomic.Int64
 	pulls                 atomic.Int64 // pulls started, to order them
 }
 
-// PullProgress is how many pulls through Pull are in flight, the bytes
-// they have received and the bytes they have to receive; zeros when none
-// is. Done reaches total as each pull ends, whereupon both lose that pull.
+// PullProgress is how many pulls through Pull, and CRI pulls through
+// FollowPull, are in flight, the bytes they have received and the bytes
+// they have to receive; zeros when none is. Done reaches total as each pull ends, whereupon both lose that pull.
 func (c *Client) PullProgress() (inFlight, done, total int64) {
 	// done is read first: a pull that ends between the loads takes its
 	// bytes out of done before total, so done never reads above total
@@ -209,6 +210,7 @@ func (f countingFetcher) Fetch(ctx context.Context, desc ocispec.Descriptor) (io
 	if err != nil {
 		return nil, err
 	}
+	rc = watchStall(ctx, desc, rc)
 	b, _ := ctx.Value(blobKey{}).(*blob)
 	if b == nil {
 		return rc, nil

@@ -46,7 +46,8 @@ func WithRegistryConfigPath(path string) Option {
 //
 // The pull runs under a lease: an interrupted pull records no image, and
 // its partial content goes to containerd's garbage collector. While it
-// runs, its bytes count in PullProgress.
+// runs, its bytes count in PullProgress. A blob download that waits the
+// Watch's Stall for a byte cuts it, with an error that wraps ErrStalled.
 func (c *Client) Pull(ctx context.Context, ref string, auth *runtimeapi.AuthConfig, maxDownloads int) (err error) {
 	named, err := reference.ParseDockerRef(ref)
 	if err != nil {
@@ -60,6 +61,8 @@ func (c *Client) Pull(ctx context.Context, ref string, auth *runtimeapi.AuthConf
 
 	b := c.progress.start(WatchFrom(ctx).Bytes)
 	defer b.end()
+	ctx, stalled, stop := cutStalls(ctx)
+	defer stop()
 	resolver := countingResolver{rangedResolver{
 		Resolver: docker.NewResolver(docker.ResolverOptions{Hosts: withRangeTransport(c.hosts(ctx, auth))}),
 		ranges:   c.ranges,
@@ -76,7 +79,7 @@ func (c *Client) Pull(ctx context.Context, ref string, auth *runtimeapi.AuthConf
 		client.WithImageHandlerWrapper(c.progressHandler(b, c.needReservation(resolver, named.String(), reservationFrom(ctx)))),
 	)
 	if err != nil {
-		return fmt.Errorf("pull %s: %w", ref, err)
+		return fmt.Errorf("pull %s: %w", ref, stalled(err))
 	}
 	cfg, err := img.Config(ctx)
 	if err != nil {

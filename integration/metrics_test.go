@@ -16,7 +16,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/kube-preloader/kube-preloader/containerd"
+	"github.com/kube-preloader/kube-preloader/cri"
 	"github.com/kube-preloader/kube-preloader/integration/harness"
+	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/nodestatus"
 )
 
@@ -185,16 +187,19 @@ func (r *recordingT) Fatalf(format string, args ...any) {
 	r.errs = append(r.errs, fmt.Sprintf(format, args...))
 }
 
-// TestPullProgress pulls through containerd's client from a registry
-// behind a 512 KiB/s link and samples the client's progress as a scrape
-// would: mid-pull one pull is in flight with a total of the image's
-// missing blobs and a received count that only grows and never passes it;
-// after the pull everything is back at zero.
+// TestPullProgress pulls from a registry behind a 512 KiB/s link, through
+// containerd's client and through its CRI, and samples the client's
+// progress as a scrape would: mid-pull one pull is in flight with a total
+// of the image's missing blobs and a received count that only grows and
+// never passes it; after the pull everything is back at zero. The pull's
+// own Watch ends with all of its bytes received.
 func TestPullProgress(t *testing.T) {
 	reg := harness.StartRegistry(t, harness.RegistryOptions{})
-	img := harness.PushTestImages(t, reg, []harness.ImageSpec{{Repo: "team/big", Tag: "1.0", OwnLayers: 2, LayerSize: 768 << 10}})[0]
+	imgs := harness.PushTestImages(t, reg, []harness.ImageSpec{
+		{Repo: "team/big", Tag: "1.0", OwnLayers: 2, LayerSize: 768 << 10},
+		{Repo: "team/big", Tag: "2.0", OwnLayers: 2, LayerSize: 768 << 10},
+	})
 	slow := harness.StartProxy(t, reg.Host, harness.ProxyOptions{BytesPerSec: 512 << 10})
-	ref := slow.Host + "/team/big:1.0"
 	ctrd := harness.StartContainerd(t, harness.ContainerdOptions{Flavor: harness.Containerd2, SandboxImage: "registry.example/unused/pause:0"})
 	ctx := context.Background()
 	c, err := containerd.New(ctx, ctrd.Address, "native", containerd.WithRegistryConfigPath(ctrd.ConfigPath))
@@ -202,42 +207,65 @@ func TestPullProgress(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
+	criClient, err := cri.Connect(ctx, ctrd.Endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := noderuntime.WithContainerd(criClient, c)
 
-	done := make(chan error, 1)
-	go func() { done <- c.Pull(ctx, ref, nil, 8) }()
-	var samples, midPull int
-	var lastDone, maxTotal int64
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-sample:
-	for {
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Fatalf("pull %s: %v", ref, err)
+	for i, tt := range []struct {
+		via  string
+		pull func(ctx context.Context, ref string) error
+	}{
+		{"containerd", func(ctx context.Context, ref string) error { return c.Pull(ctx, ref, nil, 8) }},
+		// The CRI's downloads are looked at once a second, from the
+		// moment the CRI has the manifest.
+		{"cri", func(ctx context.Context, ref string) error { _, err := store.PullImage(ctx, ref, nil); return err }},
+	} {
+		t.Run(tt.via, func(t *testing.T) {
+			img := imgs[i]
+			ref := strings.Replace(img.Ref, reg.Host, slow.Host, 1)
+			var watch noderuntime.Bytes
+			done := make(chan error, 1)
+			go func() { done <- tt.pull(noderuntime.WithWatch(ctx, noderuntime.Watch{Bytes: &watch}), ref) }()
+			var samples, midPull int
+			var lastDone, maxTotal int64
+			tick := time.NewTicker(20 * time.Millisecond)
+			defer tick.Stop()
+		sample:
+			for {
+				select {
+				case err := <-done:
+					if err != nil {
+						t.Fatalf("pull %s: %v", ref, err)
+					}
+					break sample
+				case <-tick.C:
+				}
+				inFlight, d, total := c.PullProgress()
+				samples++
+				if inFlight > 1 || d > total || d < lastDone && total == maxTotal {
+					t.Errorf("sample %d: in flight %d, received %d of %d (before: %d of %d)", samples, inFlight, d, total, lastDone, maxTotal)
+				}
+				if inFlight == 1 && total > 0 && d > 0 && d < total {
+					midPull++
+				}
+				lastDone, maxTotal = d, max(maxTotal, total)
 			}
-			break sample
-		case <-tick.C:
-		}
-		inFlight, d, total := c.PullProgress()
-		samples++
-		if inFlight > 1 || d > total || d < lastDone && total == maxTotal {
-			t.Errorf("sample %d: in flight %d, received %d of %d (before: %d of %d)", samples, inFlight, d, total, lastDone, maxTotal)
-		}
-		if inFlight == 1 && total > 0 && d > 0 && d < total {
-			midPull++
-		}
-		lastDone, maxTotal = d, max(maxTotal, total)
+			if inFlight, d, total := c.PullProgress(); inFlight != 0 || d != 0 || total != 0 {
+				t.Errorf("after the pull: in flight %d, received %d of %d; want zeros", inFlight, d, total)
+			}
+			// The layers and the config the node lacked: the image less its manifest.
+			if maxTotal < 2*768<<10 || maxTotal > img.Size {
+				t.Errorf("expected bytes peaked at %d, want the layers' %d up to the image's %d", maxTotal, 2*768<<10, img.Size)
+			}
+			if d, total := watch.Load(); d != total || total != maxTotal {
+				t.Errorf("the pull's watch ended at %d of %d, want all of %d", d, total, maxTotal)
+			}
+			if midPull < 3 {
+				t.Errorf("%d of %d samples saw the pull part-way (received between 0 and expected), want several", midPull, samples)
+			}
+			t.Logf("%d samples, %d part-way; expected bytes %d", samples, midPull, maxTotal)
+		})
 	}
-	if inFlight, d, total := c.PullProgress(); inFlight != 0 || d != 0 || total != 0 {
-		t.Errorf("after the pull: in flight %d, received %d of %d; want zeros", inFlight, d, total)
-	}
-	// The layers and the config the node lacked: the image less its manifest.
-	if maxTotal < 2*768<<10 || maxTotal > img.Size {
-		t.Errorf("expected bytes peaked at %d, want the layers' %d up to the image's %d", maxTotal, 2*768<<10, img.Size)
-	}
-	if midPull < 3 {
-		t.Errorf("%d of %d samples saw the pull part-way (received between 0 and expected), want several", midPull, samples)
-	}
-	t.Logf("%d samples, %d part-way; expected bytes %d", samples, midPull, maxTotal)
 }

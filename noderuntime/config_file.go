@@ -22,9 +22,10 @@ const ContainerdConfigEnv = "PRELOADER_CONTAINERD_CONFIG"
 type containerdConfigFile struct {
 	Plugins struct {
 		CRI struct {
-			SandboxImage string             `toml:"sandbox_image"`
-			Registry     registryConfigFile `toml:"registry"`
-			Containerd   struct {
+			SandboxImage           string             `toml:"sandbox_image"`
+			Registry               registryConfigFile `toml:"registry"`
+			MaxConcurrentDownloads int                `toml:"max_concurrent_downloads"`
+			Containerd             struct {
 				DiscardUnpackedLayers bool `toml:"discard_unpacked_layers"`
 			} `toml:"containerd"`
 		} `toml:"io.containerd.grpc.v1.cri"`
@@ -32,13 +33,26 @@ type containerdConfigFile struct {
 			PinnedImages struct {
 				Sandbox string `toml:"sandbox"`
 			} `toml:"pinned_images"`
-			Registry              registryConfigFile `toml:"registry"`
-			DiscardUnpackedLayers bool               `toml:"discard_unpacked_layers"`
+			Registry                   registryConfigFile `toml:"registry"`
+			DiscardUnpackedLayers      bool               `toml:"discard_unpacked_layers"`
+			MaxConcurrentDownloads     int                `toml:"max_concurrent_downloads"`
+			ConcurrentLayerFetchBuffer int                `toml:"concurrent_layer_fetch_buffer"`
+			UseLocalImagePull          bool               `toml:"use_local_image_pull"`
 		} `toml:"io.containerd.cri.v1.images"`
+		// Transfer is the service containerd 2.x's CRI pulls through
+		// unless use_local_image_pull is set.
+		Transfer      pullLimits `toml:"io.containerd.transfer.v1.local"`
 		ImageVerifier struct {
 			BinDir string `toml:"bin_dir"`
 		} `toml:"io.containerd.image-verifier.v1.bindir"`
 	} `toml:"plugins"`
+}
+
+// pullLimits are the keys that bound a containerd 2.x pull's downloads;
+// zero: not set, containerd's default.
+type pullLimits struct {
+	MaxConcurrentDownloads     int `toml:"max_concurrent_downloads"`
+	ConcurrentLayerFetchBuffer int `toml:"concurrent_layer_fetch_buffer"`
 }
 
 type registryConfigFile struct {

@@ -68,7 +68,22 @@ func connect(ctx context.Context, c *cri.Client, opts Options, log *slog.Logger)
 		return nil, &cri.UnreachableError{Tried: []string{f.ContainerdAddress}, Err: err}
 	}
 	log.Info("connected to containerd", "address", f.ContainerdAddress, "layout", f.Layout, "config", orNone(f.ContainerdConfig), "snapshotter", f.Snapshotter, "registryConfigPath", f.RegistryConfigPath)
+	f.GzipTool, f.GzipToolKnown = gzipTool(f.ContainerdAddress)
+	adviseSettings(log, f)
 	return &containerdStore{criStore: criStore{Client: c, facts: f}, ctrd: ctrd}, nil
+}
+
+// adviseSettings says, once for the process, what of containerd's own
+// settings holds back big pulls on the node: every pull through its CRI
+// (the kubelet's too) is bound by them, and containerd unpacks what any
+// path fetches.
+func adviseSettings(log *slog.Logger, f Facts) {
+	if set := f.CRIPull.Advice(); set != "" {
+		log.Info("containerd's settings hold back CRI pulls of big layers", "set", set)
+	}
+	if f.GzipToolKnown && f.GzipTool == "" {
+		log.Info("containerd decompresses layers in one goroutine", "advice", decompressAdvice)
+	}
 }
 
 func orNone(s string) string {

@@ -26,6 +26,8 @@ type Containerd interface {
 	LocalDigest(ctx context.Context, name string) (string, time.Time, error)
 	MarkChecked(ctx context.Context, name string, at time.Time) error
 	PullNeed(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (DiskNeed, error)
+	LargestLayer(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (int64, error)
+	FollowPull(ctx context.Context, ref string, auth *runtimeapi.AuthConfig, pull func(context.Context) error) error
 	CollectGarbage(ctx context.Context) error
 	Close() error
 }
@@ -46,6 +48,18 @@ func WithContainerd(c *cri.Client, ctrd Containerd) Store {
 }
 
 func (s *containerdStore) Can(Op) error { return nil }
+
+// PullImage is the CRI's pull, followed in containerd's content store
+// while it runs: its bytes show in the pull's Watch and in PullProgress,
+// and a download that stalls cuts it (Containerd.FollowPull).
+func (s *containerdStore) PullImage(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (string, error) {
+	var id string
+	err := s.ctrd.FollowPull(ctx, ref, auth, func(ctx context.Context) (err error) {
+		id, err = s.criStore.PullImage(ctx, ref, auth)
+		return err
+	})
+	return id, err
+}
 
 func (s *containerdStore) PullDirect(ctx context.Context, ref string, auth *runtimeapi.AuthConfig, maxDownloads int) error {
 	return s.ctrd.Pull(ctx, ref, auth, maxDownloads)
@@ -97,6 +111,10 @@ func (s *containerdStore) MarkChecked(ctx context.Context, name string, at time.
 
 func (s *containerdStore) PullNeed(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (DiskNeed, error) {
 	return s.ctrd.PullNeed(ctx, ref, auth)
+}
+
+func (s *containerdStore) LargestLayer(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (int64, error) {
+	return s.ctrd.LargestLayer(ctx, ref, auth)
 }
 
 func (s *containerdStore) CollectGarbage(ctx context.Context) error {

@@ -93,6 +93,10 @@ func (s *criStore) PullNeed(context.Context, string, *runtimeapi.AuthConfig) (Di
 	return DiskNeed{}, s.Can(OpBudget)
 }
 
+func (s *criStore) LargestLayer(context.Context, string, *runtimeapi.AuthConfig) (int64, error) {
+	return 0, s.Can(OpPullDirect)
+}
+
 // ImageFs reads the free space of the filesystem the CRI names for
 // images, or of ImageFsPathEnv's path.
 func (s *criStore) ImageFs(ctx context.Context) (ImageFs, error) {

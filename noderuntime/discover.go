@@ -145,6 +145,11 @@ func (d *discovery) containerd(ctx context.Context, f *Facts) error {
 			return err
 		}
 		f.directPullBypasses = bypasses
+		cfg, err := d.containerdConfig()
+		if err != nil {
+			return err
+		}
+		f.CRIPull = criPullLimits(cfg)
 	}
 	return nil
 }

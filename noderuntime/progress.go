@@ -6,22 +6,25 @@ import (
 	"github.com/kube-preloader/kube-preloader/containerd"
 )
 
-// PullProgress is what the pulls in flight through containerd's client
-// (PullDirect) have received and have to receive, in bytes.
+// PullProgress is what the pulls in flight on containerd have received
+// and have to receive, in bytes: those through its client (PullDirect)
+// and those through its CRI (PullImage), as far as they have got through
+// their manifests.
 type PullProgress struct {
 	InFlight, Done, Total int64
 }
 
 // Progress is a Store whose pulls say how far they are while they run:
-// containerd's, for PullDirect. A CRI PullImage is one blocking call that
-// says nothing until it returns, so its pulls are in no Progress.
+// containerd's, whose content store shows a CRI pull's downloads too. A
+// CRI PullImage on another runtime is one blocking call that says nothing
+// until it returns, so its pulls are in no Progress.
 type Progress interface {
 	PullProgress() PullProgress
 }
 
-// PullProgress asks the containerd client, which counts its pulls' bytes
-// (*containerd.Client does); a Containerd that does not count reports
-// zeros.
+// PullProgress asks the containerd client, which counts its own pulls'
+// bytes and those it follows for the CRI (*containerd.Client does); a
+// Containerd that does not count reports zeros.
 func (s *containerdStore) PullProgress() PullProgress {
 	c, ok := s.ctrd.(interface {
 		PullProgress() (inFlight, done, total int64)
@@ -47,7 +50,8 @@ type Bytes = containerd.Bytes
 
 // Watch is what the caller of a pull follows while it runs: its Bytes and
 // the stall timeout (containerd.Watch). PullDirect honours both; PullImage
-// on containerd too, through containerd's content store.
+// on containerd too, through containerd's content store; PullImage on
+// another runtime neither.
 type Watch = containerd.Watch
 
 // WithWatch makes the pulls of ctx report to w.

@@ -83,6 +83,9 @@ type Store interface {
 	// PullNeed is what a pull of ref would add on disk, the blobs the
 	// node already has left out.
 	PullNeed(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (DiskNeed, error)
+	// LargestLayer is the compressed size of the largest layer a pull of
+	// ref would download.
+	LargestLayer(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (int64, error)
 	// CollectGarbage frees what no image holds, before it returns.
 	CollectGarbage(ctx context.Context) error
 
@@ -149,6 +152,12 @@ type Facts struct {
 	RegistryConfigPath string // hosts.toml directories, colon-separated; empty: none
 	Layout             string // Layouts' name of where containerd's files were looked for
 	ContainerdConfig   string // the config file read; empty: none found
+	// CRIPull is what bounds the downloads of CRI pulls (containerd 2.x).
+	CRIPull CRIPullLimits
+	// GzipTool is the program containerd decompresses gzip layers with,
+	// "" for none; GzipToolKnown is false where the preloader cannot tell.
+	GzipTool      string
+	GzipToolKnown bool
 
 	sandboxImage, sandboxSource string
 	sandboxErr                  error

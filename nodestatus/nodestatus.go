@@ -55,8 +55,22 @@ type Status struct {
 	// config; RefreshedImages names the last MaxListed of them.
 	Refreshed       int      `json:"refreshed,omitempty"`
 	RefreshedImages []string `json:"refreshedImages,omitempty"`
-	// Changed is when this status last differed from the one before.
+	// Pulling is the pulls in flight when the agent wrote, with their
+	// bytes; absent when none was. It is progress, not a change of status:
+	// Changed does not move with it.
+	Pulling []Pulling `json:"pulling,omitempty"`
+	// Changed is when this status last differed from the one before,
+	// Pulling aside.
 	Changed time.Time `json:"changed"`
+}
+
+// Pulling is one image's pull in flight: the bytes its attempt running has
+// received and has to receive (0 while not known, or where the runtime
+// cannot say).
+type Pulling struct {
+	Image string `json:"image"`
+	Done  int64  `json:"done"`
+	Total int64  `json:"total,omitempty"`
 }
 
 // FailedImage is an image whose last attempt failed, with a short reason.

@@ -87,7 +87,16 @@ func (f *fakeContainerd) PullNeed(context.Context, string, *runtimeapi.AuthConfi
 	return noderuntime.DiskNeed{}, nil
 }
 
+func (f *fakeContainerd) LargestLayer(context.Context, string, *runtimeapi.AuthConfig) (int64, error) {
+	return 0, nil
+}
+
 func (f *fakeContainerd) MarkChecked(context.Context, string, time.Time) error { return nil }
+
+// FollowPull follows nothing: the fake has no content store.
+func (f *fakeContainerd) FollowPull(ctx context.Context, _ string, _ *runtimeapi.AuthConfig, pull func(context.Context) error) error {
+	return pull(ctx)
+}
 
 func (f *fakeContainerd) RemoveName(_ context.Context, name string) error {
 	f.cri.Remove(name)

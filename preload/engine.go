@@ -126,7 +126,7 @@ func (e *Engine) Run(ctx context.Context, cfg *Config, images []Image) ([]Result
 	}
 	fromArchives, extra := e.importArchives(ctx, cfg, images, imageIDs(listed))
 	pulls := toPull(images, fromArchives, have)
-	cfg, why := e.choosePath(ctx, cfg, directRefs(pulls))
+	cfg, why := e.choosePath(ctx, cfg, direct(pulls))
 	plan := e.planBudget(ctx, cfg, pulls)
 	var pulling sync.Once // say the path once, and only when there is a pull
 	results := make([]Result, len(images))
@@ -321,28 +321,99 @@ func attemptTimedOut(ctx, pctx context.Context, err error) bool {
 // BenchmarkPull, LAN-like and remote-like links).
 const nearRegistry = 5 * time.Millisecond
 
+// bigLayer is the compressed size of a layer from which pullVia auto
+// pulls with containerd's client even from a near registry: the client
+// fetches such a blob as parallel ranges, the CRI, unless its
+// concurrent_layer_fetch_buffer is on, over one connection, which then
+// sets the image's time. Through a LAN-like link (100 MiB/s a
+// connection) one 64 MiB layer takes 0.64 s over one connection and a
+// fraction of that in ranges, more than the client's extra CPU for
+// 64 MiB (BenchmarkPull's LAN-like row: the CPU of each way); the small
+// images' 4 MiB layers gain nothing from ranges and keep the CRI.
+const bigLayer = 64 << 20
+
 // choosePath returns cfg with pullVia auto decided for this runtime
 // (noderuntime.Facts.DirectPull) and, where that is containerd's client,
-// for the registries of refs, the images it would pull; and why pulls
+// for the registries of pulls and their largest layers; and why pulls
 // take that path.
-func (e *Engine) choosePath(ctx context.Context, cfg *Config, refs []string) (*Config, string) {
+func (e *Engine) choosePath(ctx context.Context, cfg *Config, pulls []Image) (*Config, string) {
 	c := *cfg
-	why := "pullVia " + cfg.PullVia
 	if c.PullVia != PullViaAuto {
-		return &c, why
+		return &c, "pullVia " + cfg.PullVia
 	}
-	direct, reason := e.Store.Facts().DirectPull()
-	c.PullVia, why = PullViaCRI, "pullVia auto: "+reason
+	facts := e.Store.Facts()
+	direct, reason := facts.DirectPull()
 	if !direct {
-		return &c, why
+		c.PullVia = PullViaCRI
+		return &c, "pullVia auto: " + reason
 	}
-	c.PullVia = PullViaContainerd
-	if near, nearWhy := e.registriesNear(ctx, refs); near {
-		c.PullVia, why = PullViaCRI, "pullVia auto: "+nearWhy
-	} else if nearWhy != "" {
-		why += "; " + nearWhy
+	var refs []string
+	for _, img := range pulls {
+		refs = append(refs, img.Name)
 	}
-	return &c, why
+	p := pathFacts{directWhy: reason, criRanges: facts.CRIPull.RangedFetch()}
+	p.near, p.answer = e.registriesNear(ctx, refs)
+	if p.near && !p.criRanges {
+		p.largest, p.largestImage = e.largestLayer(ctx, pulls)
+	}
+	var why string
+	c.PullVia, why = autoPath(p)
+	return &c, "pullVia auto: " + why
+}
+
+// pathFacts is what pullVia auto decides by on containerd 2.x.
+type pathFacts struct {
+	directWhy    string // why containerd's client at all
+	near         bool   // every registry answers within nearRegistry
+	answer       string // how they answered; "" when none was timed
+	criRanges    bool   // the CRI fetches a blob as parallel ranges
+	largest      int64  // compressed bytes of the largest layer to pull
+	largestImage string
+}
+
+// autoPath is the path of pullVia auto on containerd 2.x, and why.
+func autoPath(p pathFacts) (via, why string) {
+	switch {
+	case !p.near && p.answer != "":
+		return PullViaContainerd, p.directWhy + "; " + p.answer
+	case !p.near:
+		return PullViaContainerd, p.directWhy
+	case p.largest >= bigLayer && !p.criRanges:
+		return PullViaContainerd, fmt.Sprintf("%s, but %s has a layer of %d MiB: containerd's client fetches it as parallel ranges, the CRI over one connection (its concurrent_layer_fetch_buffer is off)",
+			p.answer, p.largestImage, p.largest>>20)
+	}
+	return PullViaCRI, p.answer + ": containerd's CRI pulls keep the node busy at less CPU"
+}
+
+// largestLayer is the largest layer that pulls would download, and its
+// image, as their manifests say; images whose manifest cannot be read
+// count for nothing here (their pull says why).
+func (e *Engine) largestLayer(ctx context.Context, pulls []Image) (int64, string) {
+	sizes := make([]int64, len(pulls))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for i, img := range pulls {
+		var auth *runtimeapi.AuthConfig
+		if e.Auth != nil {
+			if auths := e.Auth(img); len(auths) > 0 {
+				auth = auths[0]
+			}
+		}
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			sizes[i], _ = e.Store.LargestLayer(ctx, img.Name, auth)
+		})
+	}
+	wg.Wait()
+	var largest int64
+	var image string
+	for i, n := range sizes {
+		if n > largest {
+			largest, image = n, pulls[i].Name
+		}
+	}
+	return largest, image
 }
 
 // registriesNear says whether every registry of refs answers within
@@ -365,8 +436,7 @@ func (e *Engine) registriesNear(ctx context.Context, refs []string) (bool, strin
 	if slowestHost == "" {
 		return false, ""
 	}
-	return true, fmt.Sprintf("registry %s answers in %v, within %v: containerd's CRI pulls keep the node busy at less CPU",
-		slowestHost, slowest.Round(10*time.Microsecond), nearRegistry)
+	return true, fmt.Sprintf("registry %s answers in %v, within %v", slowestHost, slowest.Round(10*time.Microsecond), nearRegistry)
 }
 
 // registryHost is a registry and one reference of an image on it.
@@ -389,16 +459,16 @@ func registryHosts(refs []string) []registryHost {
 	return hosts
 }
 
-// directRefs are the references of pulls that go by pullVia: those not
-// from a mirror (always through the CRI).
-func directRefs(pulls []Image) []string {
-	var refs []string
+// direct are the pulls that go by pullVia: those not from a mirror
+// (always through the CRI).
+func direct(pulls []Image) []Image {
+	var out []Image
 	for _, img := range pulls {
 		if img.Mirror == "" {
-			refs = append(refs, img.Name)
+			out = append(out, img)
 		}
 	}
-	return refs
+	return out
 }
 
 // toPull is the images of the run still missing once the archives are in,

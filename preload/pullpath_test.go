@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/distribution/reference"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/kube-preloader/kube-preloader/cri/critest"
 	"github.com/kube-preloader/kube-preloader/noderuntime"
@@ -22,13 +23,27 @@ import (
 type containerd2 struct {
 	noderuntime.Store
 	answers map[string]time.Duration
+	layers  map[string]int64 // ref -> its largest layer, compressed
+	ranges  bool             // the CRI's concurrent_layer_fetch_buffer is on
 
 	mu    sync.Mutex
 	asked []string
 }
 
 func (s *containerd2) Facts() noderuntime.Facts {
-	return noderuntime.Facts{Name: "containerd", Version: "2.4.2"}
+	limits := noderuntime.CRIPullLimits{Known: true, Downloads: 3}
+	if s.ranges {
+		limits.FetchBuffer = 16 << 20
+	}
+	return noderuntime.Facts{Name: "containerd", Version: "2.4.2", CRIPull: limits}
+}
+
+func (s *containerd2) LargestLayer(_ context.Context, ref string, _ *runtimeapi.AuthConfig) (int64, error) {
+	n, ok := s.layers[ref]
+	if !ok {
+		return 0, errors.New("manifest unknown")
+	}
+	return n, nil
 }
 
 func (s *containerd2) RegistryNear(_ context.Context, ref string, d time.Duration) (bool, time.Duration, error) {
@@ -88,6 +103,52 @@ func TestRunAutoByRegistryAnswer(t *testing.T) {
 			}
 			if want := "near.example lan.example"; strings.Join(store.asked, " ") != want {
 				t.Errorf("timed %v, want %s", store.asked, want)
+			}
+		})
+	}
+}
+
+// From a near registry, pullVia auto pulls with containerd's client when
+// an image to pull has a layer of 64 MiB or more, which the client
+// fetches as parallel ranges, unless the CRI fetches ranges too; the pull
+// path line says which image and layer decided.
+func TestRunAutoByLayerSize(t *testing.T) {
+	near := map[string]time.Duration{"near.example": time.Millisecond}
+	tests := []struct {
+		name   string
+		layers map[string]int64
+		ranges bool
+		via    string
+		why    string
+	}{
+		{"small layers", map[string]int64{"near.example/a:1": 12 << 20, "near.example/b:1": 63 << 20}, false, preload.PullViaCRI,
+			`why="pullVia auto: registry near.example answers in 1ms, within 5ms: containerd's CRI pulls keep the node busy at less CPU"`},
+		{"one big layer", map[string]int64{"near.example/a:1": 12 << 20, "near.example/b:1": 512 << 20}, false, preload.PullViaContainerd,
+			`why="pullVia auto: registry near.example answers in 1ms, within 5ms, but near.example/b:1 has a layer of 512 MiB: containerd's client fetches it as parallel ranges, the CRI over one connection (its concurrent_layer_fetch_buffer is off)"`},
+		{"exactly 64 MiB", map[string]int64{"near.example/a:1": 64 << 20, "near.example/b:1": 1 << 20}, false, preload.PullViaContainerd,
+			`but near.example/a:1 has a layer of 64 MiB`},
+		{"manifest unreadable", map[string]int64{"near.example/a:1": 1 << 20}, false, preload.PullViaCRI,
+			`within 5ms: containerd's CRI pulls keep the node busy`},
+		{"the CRI fetches ranges", map[string]int64{"near.example/a:1": 12 << 20, "near.example/b:1": 512 << 20}, true, preload.PullViaCRI,
+			`within 5ms: containerd's CRI pulls keep the node busy`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := critest.Start(t)
+			store := &containerd2{Store: noderuntime.WithContainerd(connect(t, s), &fakeContainerd{cri: s}), answers: near, layers: tt.layers, ranges: tt.ranges}
+			var logs bytes.Buffer
+			e := &preload.Engine{Store: store, Log: slog.New(slog.NewTextHandler(&logs, nil))}
+			results, err := e.Run(context.Background(), testConfig(), images("near.example/a:1", "near.example/b:1"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range results {
+				if r.Status != preload.StatusPulled || r.Via != tt.via {
+					t.Errorf("%s: %s via %q, want pulled via %s", r.Image, r.Status, r.Via, tt.via)
+				}
+			}
+			if !strings.Contains(logs.String(), `msg="pull path" via=`+tt.via) || !strings.Contains(logs.String(), tt.why) {
+				t.Errorf("pull path not via %s saying %s:\n%s", tt.via, tt.why, logs.String())
 			}
 		})
 	}

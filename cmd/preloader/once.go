@@ -34,7 +34,12 @@ func newOnceCmd() *cobra.Command {
 then exit: pulled (with containerd's client on containerd 2.x, through the
 CRI elsewhere: pullVia), or imported from archives on the node; present is
 what CRI ImageStatus says, as the kubelet asks. No API server is needed: run it as a node bootstrap
-hook, before the kubelet starts.`,
+hook, before the kubelet starts.
+
+While it pulls, stderr shows each image in flight with its bytes done and
+to do, rate and time left: live lines redrawn every second on a terminal,
+a log line every 10 s otherwise (a bootstrap log, CI). stdout holds the
+results alone.`,
 		Example: `  # As a bootstrap hook, with the kubelet's registry credentials:
   preloader once --config /etc/preloader/images.yaml
 
@@ -73,7 +78,10 @@ func (o *onceOptions) run(ctx context.Context, stdout, stderr io.Writer) error {
 		ctx, cancel = context.WithTimeout(ctx, o.timeout)
 		defer cancel()
 	}
-	log := newLogger(stderr)
+	pulls := &preload.Pulls{}
+	prog := newProgress(pulls, stderr)
+	log := newLogger(prog.writer())
+	prog.log = log
 	if cfg.Rollout.Coordinated() {
 		// One node has no cluster to take turns with; the agents do.
 		log.Info("rollout is for the agent: once ignores it", "rollout", cfg.Rollout.Describe())
@@ -109,8 +117,11 @@ func (o *onceOptions) run(ctx context.Context, stdout, stderr io.Writer) error {
 		Auth:  func(img preload.Image) []*runtimeapi.AuthConfig { return keyring.Lookup(img.Name) },
 		Owner: owner,
 		Log:   log,
+		Pulls: pulls,
 	}
+	stop := prog.start(ctx)
 	results, err := engine.Run(ctx, cfg, apply)
+	stop()
 	if err != nil {
 		return &exitError{code: exitUnreachable, err: err}
 	}

@@ -92,15 +92,16 @@ func writeNodeStatus(w io.Writer, format string, nodes []nodestatus.Node, now ti
 	wide := format == "wide"
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	if wide {
-		fmt.Fprintln(tw, "NODE\tREADY\tPRESENT\tMISSING\tUPDATED\tCONFIG\tPOLICY\tREFUSED\tFAILED")
+		fmt.Fprintln(tw, "NODE\tREADY\tPRESENT\tMISSING\tPULLING\tUPDATED\tCONFIG\tPOLICY\tREFUSED\tFAILED")
 	} else {
 		fmt.Fprintln(tw, "NODE\tREADY\tPRESENT\tMISSING\tUPDATED")
 	}
 	for _, v := range nodes {
-		present, missing, updated, config, policy, refused, failed := "-", "-", "-", "-", "-", "-", "-"
+		present, missing, pulling, updated, config, policy, refused, failed := "-", "-", "-", "-", "-", "-", "-", "-"
 		if st := v.Status; st != nil {
 			present = fmt.Sprintf("%d/%d", st.Present, st.Total)
 			missing = missingList(st, wide)
+			pulling = pullingList(st)
 			if !st.Changed.IsZero() {
 				updated = duration.HumanDuration(now.Sub(st.Changed))
 			}
@@ -111,7 +112,7 @@ func writeNodeStatus(w io.Writer, format string, nodes []nodestatus.Node, now ti
 			failed = v.Error
 		}
 		if wide {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, v.Ready, present, missing, updated, config, policy, refused, failed)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, v.Ready, present, missing, pulling, updated, config, policy, refused, failed)
 		} else {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", v.Name, v.Ready, present, missing, updated)
 		}
@@ -151,6 +152,22 @@ func missingList(st *nodestatus.Status, all bool) string {
 		return strings.Join(names, ",")
 	}
 	return fmt.Sprintf("%s,+%d more", strings.Join(names[:short], ","), len(names)-short)
+}
+
+// pullingList is the pulls in flight as the agent last wrote them: each
+// image with its bytes received of its size, where the runtime tells it.
+func pullingList(st *nodestatus.Status) string {
+	if len(st.Pulling) == 0 {
+		return "<none>"
+	}
+	parts := make([]string, len(st.Pulling))
+	for i, p := range st.Pulling {
+		parts[i] = p.Image + " " + humanBytes(p.Done)
+		if p.Total > 0 {
+			parts[i] += "/" + humanBytes(p.Total)
+		}
+	}
+	return strings.Join(parts, "; ")
 }
 
 func failedList(st *nodestatus.Status) string {

@@ -42,3 +42,38 @@ func TestStatusShowsKubeletRefusals(t *testing.T) {
 		t.Errorf("verdict = %v, want exit 1 naming node-c and why", err)
 	}
 }
+
+// -o wide shows each pull in flight with its bytes as the agent last
+// wrote them; the short table leaves them out.
+func TestStatusWideShowsPulling(t *testing.T) {
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	rows := []nodestatus.Node{
+		{Name: "gpu-1", Ready: "false", Status: &nodestatus.Status{ConfigHash: "c1", Present: 1, Total: 2, Missing: []string{"corp.example/vllm:0.9"},
+			Pulling: []nodestatus.Pulling{{Image: "corp.example/vllm:0.9", Done: 3 << 30, Total: 12 << 30}}, Changed: now.Add(-time.Minute)}},
+		{Name: "gpu-2", Ready: "true", Status: &nodestatus.Status{ConfigHash: "c1", Present: 2, Total: 2, Changed: now.Add(-time.Hour)}},
+	}
+	for _, tt := range []struct {
+		format string
+		want   []string // per row
+	}{
+		{"wide", []string{"corp.example/vllm:0.9 3.0GiB/12.0GiB", "<none>"}},
+		{"table", []string{"", ""}},
+	} {
+		var out bytes.Buffer
+		if err := writeNodeStatus(&out, tt.format, rows, now); err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+		if got := strings.Contains(lines[0], "PULLING"); got != (tt.format == "wide") {
+			t.Errorf("%s: PULLING column shown: %v\n%s", tt.format, got, out.String())
+		}
+		for i, w := range tt.want {
+			if w != "" && !strings.Contains(lines[i+1], w) {
+				t.Errorf("%s: row %d lacks %q:\n%s", tt.format, i, w, out.String())
+			}
+		}
+		if tt.format == "table" && strings.Contains(out.String(), "GiB") {
+			t.Errorf("table shows bytes:\n%s", out.String())
+		}
+	}
+}

@@ -43,6 +43,26 @@ func crictlPath() string {
 	return filepath.Join(harness.CacheDir(), "bin", "crictl-"+CrictlVersion)
 }
 
+// requireCrictl is crictlPath, once it is there (harness.Require).
+func requireCrictl(b *testing.B) string {
+	crictl := crictlPath()
+	harness.Require(b, "crictl "+CrictlVersion+" (scripts/install-deps.sh crictl)", crictl)
+	return crictl
+}
+
+// preloaderPath is the absolute path of the preloader that `make bench`
+// built.
+func preloaderPath(b *testing.B) string {
+	if preloaderBin == "" {
+		b.Fatal("PRELOADER_BIN is not set: run `make bench`")
+	}
+	bin, err := filepath.Abs(preloaderBin)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return bin
+}
+
 // pullImages is the image set: ten images of three 4 MiB layers of their
 // own on a 1 MiB base layer they all share, 13 MiB each, 121 MiB in all.
 func pullImages() []harness.ImageSpec {
@@ -102,15 +122,7 @@ const (
 // config (e.g. "concurrency: 10\nmaxDownloads: 16"), to try other limits;
 // select one row with -bench 'BenchmarkPull/containerd-2/remote-like'.
 func BenchmarkPull(b *testing.B) {
-	if preloaderBin == "" {
-		b.Fatal("PRELOADER_BIN is not set: run `make bench`")
-	}
-	bin, err := filepath.Abs(preloaderBin)
-	if err != nil {
-		b.Fatal(err)
-	}
-	crictl := crictlPath()
-	harness.Require(b, "crictl "+CrictlVersion+" (scripts/install-deps.sh crictl)", crictl)
+	bin, crictl := preloaderPath(b), requireCrictl(b)
 	extra := strings.ReplaceAll(os.Getenv("PRELOADER_BENCH_PULLVIA"), `\n`, "\n")
 	began := time.Now()
 	reg := harness.StartRegistry(b, harness.RegistryOptions{})
@@ -142,7 +154,7 @@ func BenchmarkPull(b *testing.B) {
 					for i := range numWays {
 						w := (i + r) % numWays
 						if w == wayCrictl {
-							times[w] = append(times[w], crictlPulls(b, crictl, flavor, refs))
+							times[w] = append(times[w], crictlPulls(b, crictl, flavor, refs, ""))
 							continue
 						}
 						run := preloaderOnce(b, bin, flavor, refs, configs[w])
@@ -234,10 +246,10 @@ func flavorName(flavor harness.Flavor) string {
 }
 
 // crictlPulls is the peer: `crictl pull` of each image in turn into a
-// fresh containerd, each waiting for the last, as
-// `for i in …; do crictl pull $i; done` does.
-func crictlPulls(b *testing.B, crictl string, flavor harness.Flavor, refs []string) time.Duration {
-	ctrd := harness.StartContainerd(b, harness.ContainerdOptions{Flavor: flavor, Snapshotter: snapshotter})
+// fresh containerd, with config added to its config file, each waiting
+// for the last, as `for i in …; do crictl pull $i; done` does.
+func crictlPulls(b *testing.B, crictl string, flavor harness.Flavor, refs []string, config string) time.Duration {
+	ctrd := harness.StartContainerd(b, harness.ContainerdOptions{Flavor: flavor, Snapshotter: snapshotter, Config: config})
 	defer discard(ctrd)
 	// An empty config file: nothing of the machine's /etc/crictl.yaml, and
 	// no warning that there is none.
@@ -247,7 +259,7 @@ func crictlPulls(b *testing.B, crictl string, flavor harness.Flavor, refs []stri
 	}
 	start := time.Now()
 	for _, ref := range refs {
-		cmd := exec.Command(crictl, "--config", cfg, "--runtime-endpoint", ctrd.Endpoint, "--timeout", "60s", "pull", ref)
+		cmd := exec.Command(crictl, "--config", cfg, "--runtime-endpoint", ctrd.Endpoint, "--timeout", "10m", "pull", ref)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			b.Fatalf("crictl pull %s: %v\n%s", ref, err, out)
 		}
@@ -295,8 +307,9 @@ func watchPeakRSS(pid int) func() int64 {
 }
 
 // preloaderOnce runs `preloader once` with refs and the config lines
-// extra (pullVia) against a fresh containerd.
-func preloaderOnce(b *testing.B, bin string, flavor harness.Flavor, refs []string, extra string) onceRun {
+// extra (pullVia) against a fresh containerd, with env added to its
+// environment.
+func preloaderOnce(b *testing.B, bin string, flavor harness.Flavor, refs []string, extra string, env ...string) onceRun {
 	ctrd := harness.StartContainerd(b, harness.ContainerdOptions{Flavor: flavor, Snapshotter: snapshotter})
 	defer discard(ctrd)
 	cfg := "sandboxImage: none\n" + extra + "images:\n"
@@ -310,7 +323,7 @@ func preloaderOnce(b *testing.B, bin string, flavor harness.Flavor, refs []strin
 	cmd := exec.Command(bin, "once", "--config", path, "--cri-endpoint", ctrd.Endpoint, "--containerd-address", ctrd.Address)
 	// containerd 2.x does not report its registry config_path; as on a
 	// node, the preloader reads it from containerd's config file.
-	cmd.Env = append(os.Environ(), noderuntime.ContainerdConfigEnv+"="+ctrd.ConfigFile)
+	cmd.Env = append(append(os.Environ(), noderuntime.ContainerdConfigEnv+"="+ctrd.ConfigFile), env...)
 	var buf bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &buf, &buf
 	start := time.Now()

@@ -63,6 +63,12 @@ const (
 	// kubeletDropIns is where the agent's pod sees the kubelet's
 	// --config-dir (the conventional path; the harness's is a temp dir).
 	kubeletDropIns = "/etc/kubernetes/kubelet.conf.d"
+	// nodeDiskBudget is the test kubelet's thresholds (image GC at 100%,
+	// imagefs.available 1%) for `once` on the node, which reads them from
+	// the kubelet's config where it finds one; the hook runs before the
+	// harness writes it. Without it the defaults (85%, 15%) would refuse
+	// every pull on a test machine whose disk is fuller than a node's.
+	nodeDiskBudget = "diskBudget: {imageGCHighThresholdPercent: 100, imagefsAvailable: 1%}\n"
 )
 
 // nodeKind is one row of the test matrix: a kubelet release on a
@@ -84,12 +90,14 @@ var (
 )
 
 // TestE2E runs every scenario, the KEP-2535 rows included, on the primary
-// node kind, and the bootstrap hook, pullVia containerd, private images and
-// the search for secrets on the oldest supported kubelet.
+// node kind, then the new node (n, newnode_test.go) on a cluster of its
+// own of that kind, and the bootstrap hook, pullVia containerd, private
+// images and the search for secrets on the oldest supported kubelet.
 func TestE2E(t *testing.T) {
 	start := time.Now()
 	ok := map[string]bool{}
 	ok[primary.String()] = t.Run(primary.String(), func(t *testing.T) { testScenarios(t, primary) })
+	ok["new-node"] = t.Run("new-node", func(t *testing.T) { testNewNode(t, primary) })
 	for _, k := range []nodeKind{oldest2, oldest16} {
 		ok[k.String()] = t.Run(k.String(), func(t *testing.T) { testScenariosSubset(t, k) })
 	}
@@ -438,7 +446,7 @@ func (r *run) bootstrapHook(t *testing.T, n *harness.Node) {
 	t.Helper()
 	dir := t.TempDir()
 	config := filepath.Join(dir, "images.yaml")
-	write(t, config, "# The node's bootstrap list: the runtime's own pause image.\nimages: []\nsandboxImage: auto\n")
+	write(t, config, "# The node's bootstrap list: the runtime's own pause image.\nimages: []\nsandboxImage: auto\n"+nodeDiskBudget)
 	dockercfg := filepath.Join(dir, ".dockercfg")
 	legacy := map[string]map[string]string{r.priv.Host: {"auth": r.auth, "email": "e2e@example.invalid"}}
 	b, _ := json.Marshal(legacy)
@@ -1203,7 +1211,7 @@ func (r *run) scenarioPullViaContainerd(t *testing.T, name string) {
 	// and the private image, pulled by the containerd client.
 	dir := t.TempDir()
 	config := filepath.Join(dir, "images.yaml")
-	write(t, config, "sandboxImage: auto\npullVia: containerd\nimages:\n  - image: "+img.Ref+"\n")
+	write(t, config, "sandboxImage: auto\npullVia: containerd\nimages:\n  - image: "+img.Ref+"\n"+nodeDiskBudget)
 	creds, _ := json.Marshal(map[string]any{"auths": map[string]any{r.priv.Host: map[string]string{"auth": r.auth}}})
 	dockerConfig := filepath.Join(dir, "config.json")
 	writeMode(t, dockerConfig, string(creds), 0o600)

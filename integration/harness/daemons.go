@@ -36,5 +36,6 @@ var (
 	StartRegistry     = daemons.StartRegistry
 	PushTestImages    = daemons.PushTestImages
 	BuildTestImage    = daemons.BuildTestImage
+	CompressibleLayer = daemons.CompressibleLayer
 	DropBookkeeping   = daemons.DropBookkeeping
 )

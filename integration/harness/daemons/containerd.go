@@ -75,6 +75,9 @@ type ContainerdOptions struct {
 	// the namespace: Path reaches them from the test, Command runs a
 	// program where they resolve.
 	Layout string
+	// Config is appended to the config file: TOML tables of a version 2
+	// config, e.g. the transfer service's download limits.
+	Config string
 }
 
 // Containerd is a containerd daemon with its CRI plugin, confined to its own
@@ -365,7 +368,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = ` + q(cniDir) + `
-` + registry
+` + registry + opts.Config
 }
 
 func layoutNote(layout string) string {

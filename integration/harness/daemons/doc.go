@@ -27,6 +27,9 @@
 //	})
 //	imgs[0].Ref, imgs[0].DigestRef, imgs[0].Digest, imgs[0].Size, imgs[0].Layers
 //
+//	big, err := daemons.CompressibleLayer(t.TempDir(), "seed", 512<<20) // streamed to a file; gzip halves it
+//	daemons.ImageSpec{Repo: "team/big", Prebuilt: []v1.Layer{big}}
+//
 //	daemons.Require(t, "containerd", "/usr/bin/containerd")
 //
 // # Prerequisites

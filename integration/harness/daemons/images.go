@@ -30,7 +30,9 @@ type ImageSpec struct {
 	Repo string // e.g. "team/app"
 	Tag  string // default "latest"
 
-	// BaseLayers come first; layer i is the same blob in every image with the
+	// Prebuilt layers come first, as they are (CompressibleLayer's).
+	Prebuilt []v1.Layer
+	// BaseLayers follow; layer i is the same blob in every image with the
 	// same BaseSeed and base layer size.
 	BaseLayers int
 	BaseSeed   string // default "base"
@@ -40,7 +42,7 @@ type ImageSpec struct {
 	// BaseLayerSize, when set, is the size of the base layers instead of
 	// LayerSize.
 	BaseLayerSize int
-	// Compressible makes the own layers CompressibleLayer's rather than
+	// Compressible makes the own layers fourLetterLayer's rather than
 	// random bytes.
 	Compressible bool
 
@@ -127,7 +129,7 @@ func pushTestImage(reg *Registry, spec ImageSpec) (TestImage, error) {
 // are used as is (no defaults), except BaseLayerSize, which is LayerSize
 // when zero.
 func BuildTestImage(spec ImageSpec) (v1.Image, error) {
-	var layers []v1.Layer
+	layers := append([]v1.Layer(nil), spec.Prebuilt...)
 	baseSize := spec.LayerSize
 	if spec.BaseLayerSize != 0 {
 		baseSize = spec.BaseLayerSize
@@ -137,7 +139,7 @@ func BuildTestImage(spec ImageSpec) (v1.Image, error) {
 	}
 	own := randomLayer
 	if spec.Compressible {
-		own = CompressibleLayer
+		own = fourLetterLayer
 	}
 	for i := range spec.OwnLayers {
 		layers = append(layers, own(fmt.Sprintf("own/%s:%s/%d", spec.Repo, spec.Tag, i), spec.LayerSize))
@@ -169,11 +171,11 @@ func randomLayer(seed string, size int) v1.Layer {
 	return gzipLayer(map[string][]byte{"data/" + fmt.Sprintf("%x", key[:8]): data}, 0o644)
 }
 
-// CompressibleLayer is randomLayer's with bytes drawn from four letters:
+// fourLetterLayer is randomLayer's with bytes drawn from four letters:
 // two bits of entropy a byte, which gzip keeps in about a quarter of the
 // size, as layers of text, binaries and libraries compress by several
 // times where random bytes do not compress at all.
-func CompressibleLayer(seed string, size int) v1.Layer {
+func fourLetterLayer(seed string, size int) v1.Layer {
 	key := sha256.Sum256([]byte(seed))
 	data := make([]byte, size)
 	_, _ = rand.NewChaCha8(key).Read(data)
