@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -89,17 +90,17 @@ func TestUnpackedSize(t *testing.T) {
 // seeks, and counts the bytes read.
 type seekFetcher struct {
 	blobs map[digest.Digest][]byte
-	read  *int
+	read  *atomic.Int64
 }
 
 type countedSection struct {
 	*io.SectionReader
-	read *int
+	read *atomic.Int64
 }
 
 func (c countedSection) Read(p []byte) (int, error) {
 	n, err := c.SectionReader.Read(p)
-	*c.read += n
+	c.read.Add(int64(n))
 	return n, err
 }
 
@@ -120,7 +121,7 @@ func TestDiskNeed(t *testing.T) {
 		return ocispec.Descriptor{MediaType: mt, Digest: digest.FromBytes(b), Size: int64(len(b))}
 	}
 	config := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: digest.FromString("config"), Size: 500}
-	read := 0
+	var read atomic.Int64
 	f := seekFetcher{blobs: map[digest.Digest][]byte{digest.FromBytes(text): text, digest.FromBytes(other): other}, read: &read}
 	zstd := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayerZstd, Digest: digest.FromString("z"), Size: 300}
 	missingBlob := ocispec.Descriptor{MediaType: images.MediaTypeDockerSchema2LayerGzip, Digest: digest.FromString("gone"), Size: 400}
@@ -139,7 +140,7 @@ func TestDiskNeed(t *testing.T) {
 		{"config only", &f, []ocispec.Descriptor{config}, DiskNeed{Download: 500}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			read = 0
+			read.Store(0)
 			var got DiskNeed
 			if tc.f == nil {
 				got = diskNeed(t.Context(), nil, tc.missing)
@@ -149,8 +150,8 @@ func TestDiskNeed(t *testing.T) {
 			if got != tc.want {
 				t.Errorf("diskNeed = %+v, want %+v", got, tc.want)
 			}
-			if read > 8*got.Layers {
-				t.Errorf("read %d bytes of %d layers: more than their trailers", read, got.Layers)
+			if n := read.Load(); n > 8*int64(got.Layers) {
+				t.Errorf("read %d bytes of %d layers: more than their trailers", n, got.Layers)
 			}
 		})
 	}

@@ -194,18 +194,25 @@ type rangedBlob struct {
 	free    chan []byte     // buffers read to the end
 	whole   io.ReadCloser   // Range ignored: the blob after the first range
 	cur     *blobRange      // being read
-	wg      sync.WaitGroup  // the fetches
-	closed  sync.Once
+	first   *blobRange
+	wg      sync.WaitGroup // the fetches
+	// mu guards the ranges' filled, end and err; cond wakes the reader
+	// when one of them changes, or ctx ends.
+	mu     sync.Mutex
+	cond   *sync.Cond
+	closed sync.Once
 }
 
-// blobRange is the blob's bytes [off, off+n): in buf once done is closed,
-// unless err.
+// blobRange is the blob's bytes [off, off+n), arriving in buf: filled
+// of them so far; end once no more will (all n, or err); done closed then.
 type blobRange struct {
 	off, n int64
 	buf    []byte
-	done   chan struct{}
+	filled int64
+	end    bool
 	err    error
-	read   int64
+	done   chan struct{}
+	read   int64 // by the reader
 }
 
 // Seek before the first Read starts the blob there: a copy that resumes
@@ -235,6 +242,9 @@ func (b *rangedBlob) Read(p []byte) (int, error) {
 			}
 			r, ok := <-b.order
 			if !ok {
+				if b.first != nil {
+					<-b.first.done // it hands over the whole blob, if it was that
+				}
 				if b.whole != nil {
 					n, err := b.whole.Read(p)
 					b.pos += int64(n)
@@ -242,25 +252,30 @@ func (b *rangedBlob) Read(p []byte) (int, error) {
 				}
 				return 0, b.failure()
 			}
-			select {
-			case <-r.done:
-			case <-b.ctx.Done():
-				return 0, b.failure()
-			}
-			if r.err != nil {
-				return 0, r.err
-			}
 			b.cur = r
 		}
-		n := copy(p, b.cur.buf[b.cur.read:b.cur.n])
-		b.cur.read += int64(n)
-		b.pos += int64(n)
-		if b.cur.read == b.cur.n {
-			b.free <- b.cur.buf
-			b.cur = nil
+		r := b.cur
+		b.mu.Lock()
+		for r.filled == r.read && !r.end && b.ctx.Err() == nil {
+			b.cond.Wait()
 		}
-		if n > 0 || len(p) == 0 {
+		filled, err := r.filled, r.err
+		b.mu.Unlock()
+		if filled > r.read {
+			n := copy(p, r.buf[r.read:filled])
+			r.read += int64(n)
+			b.pos += int64(n)
+			if r.read == r.n {
+				b.free <- r.buf
+				b.cur = nil
+			}
 			return n, nil
+		}
+		switch {
+		case err != nil:
+			return 0, err
+		case b.ctx.Err() != nil:
+			return 0, b.failure()
 		}
 	}
 }
@@ -299,12 +314,19 @@ func (b *rangedBlob) start() error {
 		return err
 	}
 	b.bufs = bufs
+	b.cond = sync.NewCond(&b.mu)
+	context.AfterFunc(b.ctx, func() {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		b.cond.Broadcast()
+	})
 	b.free = make(chan []byte, len(b.bufs))
 	for _, buf := range b.bufs {
 		b.free <- buf
 	}
 	b.order = make(chan *blobRange, len(b.bufs))
 	first := b.next(b.pos)
+	b.first = first
 	b.order <- first
 	ask := &rangeAsk{end: first.off + first.n - 1, answered: make(chan struct{})}
 	b.wg.Add(1)
@@ -358,43 +380,61 @@ func (b *rangedBlob) next(off int64) *blobRange {
 // fill fetches r. The first range, answered with the whole blob, leaves
 // the rest of it in b.whole.
 func (b *rangedBlob) fill(r *blobRange, ask *rangeAsk, first bool) {
-	defer close(r.done)
+	err := b.fillFrom(r, ask, first)
+	b.mu.Lock()
+	r.err, r.end = err, true
+	b.cond.Broadcast()
+	b.mu.Unlock()
+	close(r.done)
+}
+
+// fillFrom reads r's bytes into its buffer as they come.
+func (b *rangedBlob) fillFrom(r *blobRange, ask *rangeAsk, first bool) error {
 	rc, err := b.fetcher.Fetch(context.WithValue(b.ctx, rangeKey{}, ask), b.desc)
 	if err != nil {
-		r.err = err
-		return
+		return err
 	}
 	if r.off > 0 {
 		s, ok := rc.(io.Seeker)
 		if !ok {
 			rc.Close()
-			r.err = fmt.Errorf("blob %s: the fetcher cannot seek to a range", b.desc.Digest)
-			return
+			return fmt.Errorf("blob %s: the fetcher cannot seek to a range", b.desc.Digest)
 		}
 		if _, err := s.Seek(r.off, io.SeekStart); err != nil {
 			rc.Close()
-			r.err = err
-			return
+			return err
 		}
 	}
-	if _, err := io.ReadFull(rc, r.buf[:r.n]); err != nil {
-		rc.Close()
-		r.err = fmt.Errorf("blob %s bytes %d-%d: %w", b.desc.Digest, r.off, r.off+r.n-1, err)
-		return
+	for filled := int64(0); filled < r.n; {
+		k, err := rc.Read(r.buf[filled:r.n])
+		if k > 0 {
+			filled += int64(k)
+			b.mu.Lock()
+			r.filled = filled
+			b.cond.Broadcast()
+			b.mu.Unlock()
+		}
+		if err != nil && (filled < r.n || !errors.Is(err, io.EOF)) {
+			rc.Close()
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return fmt.Errorf("blob %s bytes %d-%d: %w", b.desc.Digest, r.off, r.off+r.n-1, err)
+		}
 	}
 	if !ask.isPartial() {
 		if first {
 			b.whole = rc
-			return
+			return nil
 		}
 		rc.Close()
-		r.err = fmt.Errorf("blob %s: the registry stopped honouring Range requests midway", b.desc.Digest)
-		return
+		return fmt.Errorf("blob %s: the registry stopped honouring Range requests midway", b.desc.Digest)
 	}
 	// The body's last bytes came with its end (Go's client says EOF with
 	// them), so the connection is already back in its pool: reading on
 	// would only open a request for the bytes after the range.
 	rc.Close()
+	return nil
 }
 
 // Close stops the fetches and gives back the blob's slot and buffers.
