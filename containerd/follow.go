@@ -126,9 +126,11 @@ type followed struct {
 	desc ocispec.Descriptor
 	f    *blob
 	// offset is its ingest's offset when last seen, since when it has not
-	// moved; started, once the ingest is this pull's (new, or moving).
+	// moved; started, once the ingest is written by this pull (new, or
+	// moving); seen, once it was.
 	offset    int64
 	since     time.Time
+	seen      bool
 	started   bool
 	committed bool
 }
@@ -140,6 +142,8 @@ type follow struct {
 	stall  time.Duration
 	before map[digest.Digest]int64
 	blobs  []*followed
+	// moved is when an ingest this pull writes last moved.
+	moved time.Time
 }
 
 func newFollow(b *pullBytes, stall time.Duration, before []content.Status) *follow {
@@ -195,6 +199,7 @@ func (f *follow) observe(now time.Time, sts []content.Status) (absent []*followe
 			ingests[d] = st
 		}
 	}
+	var current []*followed
 	for _, fb := range f.blobs {
 		if fb.committed {
 			continue
@@ -205,26 +210,41 @@ func (f *follow) observe(now time.Time, sts []content.Status) (absent []*followe
 			continue
 		}
 		off := st.Offset
-		if !fb.started {
+		if !fb.seen {
 			prev, was := f.before[fb.desc.Digest]
-			fb.started = !was || prev != off
+			fb.seen, fb.started = true, !was || prev != off
 			fb.offset, fb.since = off, now
+			if fb.started {
+				f.moved = now
+			}
 		}
 		if off != fb.offset {
-			fb.offset, fb.since = off, now
+			fb.offset, fb.since, fb.started = off, now, true
+			f.moved = now
 		}
 		if d := off - fb.f.read.Load(); d > 0 {
 			fb.f.add(d)
 		}
+		current = append(current, fb)
+	}
+	for _, fb := range current {
+		st := ingests[fb.desc.Digest]
 		// The store knows when the ingest was last written (containerd's
 		// local store: the data's mtime), which is sooner than a look
-		// once a second can tell.
+		// once a second can tell. An earlier attempt's ingest that has
+		// not moved since waits for one of the runtime's download slots
+		// while the pull's other downloads move, and is judged only once
+		// none has moved for the stall timeout: a download that resumes
+		// it and stalls at once is a stall too.
 		last := fb.since
-		if !st.UpdatedAt.IsZero() && st.UpdatedAt.Before(last) {
+		switch {
+		case fb.started && !st.UpdatedAt.IsZero() && st.UpdatedAt.Before(last):
 			last = st.UpdatedAt
+		case !fb.started && f.moved.After(last):
+			last = f.moved
 		}
-		if waited := now.Sub(last); fb.started && f.stall > 0 && waited >= f.stall && stalled == nil {
-			stalled = stallError(fb.desc, off, waited)
+		if waited := now.Sub(last); f.stall > 0 && waited >= f.stall && stalled == nil {
+			stalled = stallError(fb.desc, fb.offset, waited)
 		}
 	}
 	return absent, stalled

@@ -95,6 +95,16 @@ func TestFollow(t *testing.T) {
 			wantDone: 100 + 900 + 2500,
 		},
 		{
+			name:   "an earlier attempt's ingest resumed, stopped at once",
+			before: []content.Status{ingest("layer", layer2, 2500)},
+			ticks: []tick{
+				{at: 1 * time.Second, ingests: []content.Status{ingest("layer", layer2, 2500)}, in: []ocispec.Descriptor{layer1}},
+				{at: 2 * time.Second, ingests: []content.Status{ingest("layer", layer2, 2500)}},
+				{at: 3 * time.Second, ingests: []content.Status{ingest("layer", layer2, 2500)}},
+			},
+			wantStop: layer2.Digest.String() + ": download stalled at 2500 of 5000 bytes",
+		},
+		{
 			name:   "an earlier attempt's ingest taken up, then stopped",
 			before: []content.Status{ingest("layer", layer2, 2500)},
 			ticks: []tick{

@@ -210,9 +210,10 @@ func (f countingFetcher) Fetch(ctx context.Context, desc ocispec.Descriptor) (io
 	if err != nil {
 		return nil, err
 	}
+	_, countsItself := rc.(*rangedBlob) // as its ranges arrive, not as they are read
 	rc = watchStall(ctx, desc, rc)
 	b, _ := ctx.Value(blobKey{}).(*blob)
-	if b == nil {
+	if b == nil || countsItself {
 		return rc, nil
 	}
 	cr := countingReader{rc: rc, b: b}

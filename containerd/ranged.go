@@ -165,7 +165,7 @@ func (f rangedFetcher) Fetch(ctx context.Context, desc ocispec.Descriptor) (io.R
 	}
 	b := &rangedBlob{fetcher: f.Fetcher, desc: desc, ranges: f.ranges, turn: rangeOrder{pull: math.MaxInt64}}
 	if counted, ok := ctx.Value(blobKey{}).(*blob); ok {
-		b.turn = counted.order
+		b.turn, b.counted = counted.order, counted
 	}
 	b.ctx, b.cancel = context.WithCancelCause(ctx)
 	return b, nil
@@ -183,6 +183,9 @@ type rangedBlob struct {
 	desc    ocispec.Descriptor
 	ranges  *ranges
 	turn    rangeOrder
+	// counted takes the bytes as they arrive, not as they are read:
+	// ranges ahead of the reader arrive too.
+	counted *blob
 	bufs    [][]byte
 
 	ctx    context.Context
@@ -248,6 +251,7 @@ func (b *rangedBlob) Read(p []byte) (int, error) {
 				if b.whole != nil {
 					n, err := b.whole.Read(p)
 					b.pos += int64(n)
+					b.count(n)
 					return n, err
 				}
 				return 0, b.failure()
@@ -277,6 +281,12 @@ func (b *rangedBlob) Read(p []byte) (int, error) {
 		case b.ctx.Err() != nil:
 			return 0, b.failure()
 		}
+	}
+}
+
+func (b *rangedBlob) count(n int) {
+	if b.counted != nil {
+		b.counted.add(int64(n))
 	}
 }
 
@@ -408,6 +418,7 @@ func (b *rangedBlob) fillFrom(r *blobRange, ask *rangeAsk, first bool) error {
 	for filled := int64(0); filled < r.n; {
 		k, err := rc.Read(r.buf[filled:r.n])
 		if k > 0 {
+			b.count(k)
 			filled += int64(k)
 			b.mu.Lock()
 			r.filled = filled
