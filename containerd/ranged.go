@@ -126,11 +126,11 @@ func (r *ranges) buffers() [][]byte {
 	return bufs
 }
 
-// give returns a blob's buffers and slot. When no blob is ranged any more
-// the buffers go too: an agent at rest holds none.
+// give returns a blob's buffers and slot. When no blob is ranged or
+// waits to be any more, the buffers go too: an agent at rest holds none.
 func (r *ranges) give(bufs [][]byte) {
 	r.mu.Lock()
-	if r.users--; r.users == 0 {
+	if r.users--; r.users == 0 && len(r.waiting) == 0 {
 		r.free = nil
 	} else {
 		r.free = append(r.free, bufs...)
