@@ -18,7 +18,9 @@ import (
 
 // blobWatch is a registry proxy that holds every blob download for a
 // second and records, per blob, how many downloads of it ran at once: the
-// registry's view of how many nodes pulled at the same time.
+// registry's view of how many nodes pulled at the same time. A read of a
+// blob's tail (the disk budget reading a gzip trailer) is a ranged GET,
+// counted apart from downloads.
 type blobWatch struct {
 	host string
 
@@ -26,6 +28,7 @@ type blobWatch struct {
 	inFlight map[string]int
 	peak     map[string]int
 	gets     map[string]int
+	tails    map[string]int
 }
 
 func startBlobWatch(t *testing.T, target string) *blobWatch {
@@ -34,7 +37,7 @@ func startBlobWatch(t *testing.T, target string) *blobWatch {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := &blobWatch{host: lis.Addr().String(), inFlight: map[string]int{}, peak: map[string]int{}, gets: map[string]int{}}
+	b := &blobWatch{host: lis.Addr().String(), inFlight: map[string]int{}, peak: map[string]int{}, gets: map[string]int{}, tails: map[string]int{}}
 	rp := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "http", Host: target})
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, digest, isBlob := strings.Cut(r.URL.Path, "/blobs/")
@@ -43,8 +46,12 @@ func startBlobWatch(t *testing.T, target string) *blobWatch {
 			return
 		}
 		b.mu.Lock()
+		if rg := r.Header.Get("Range"); rg != "" && !strings.HasPrefix(rg, "bytes=0-") {
+			b.tails[digest]++
+		} else {
+			b.gets[digest]++
+		}
 		b.inFlight[digest]++
-		b.gets[digest]++
 		b.peak[digest] = max(b.peak[digest], b.inFlight[digest])
 		b.mu.Unlock()
 		defer func() {
@@ -95,7 +102,7 @@ func TestWavesAgents(t *testing.T) {
 	watch.mu.Lock()
 	defer watch.mu.Unlock()
 	for digest, peak := range watch.peak {
-		t.Logf("blob %s: %d downloads, at most %d at once", digest[:19], watch.gets[digest], peak)
+		t.Logf("blob %s: %d downloads and %d tail reads, at most %d at once", digest[:19], watch.gets[digest], watch.tails[digest], peak)
 		if peak > 1 {
 			t.Errorf("blob %s served to %d nodes at once with maxNodesPulling 1", digest, peak)
 		}
