@@ -69,8 +69,8 @@ FUZZTIME ?= 1m
 # Every fuzz target for FUZZTIME each. Archive inputs are large: minimizing
 # each new one for the default 60 s would take most of a short run.
 fuzz:
-	$(GO) test ./preload -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./preload -run '^$$' -fuzz '^FuzzNormalizeRef$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./preload/config -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./preload/config -run '^$$' -fuzz '^FuzzNormalizeRef$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./cri/keyring -run '^$$' -fuzz '^FuzzParseDockerConfig$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./archive -run '^$$' -fuzz '^FuzzArchive$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 5s
 

@@ -29,6 +29,7 @@ import (
 	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/nodestatus"
 	"github.com/kube-preloader/kube-preloader/preload"
+	"github.com/kube-preloader/kube-preloader/preload/config"
 )
 
 const (
@@ -297,7 +298,7 @@ func TestNoConfigThenConfigMapPreloadsAndReports(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := e.waitStatus("ready status", func(st nodestatus.Status) bool { return st.Total == 2 && st.Ready() })
-	if want := preload.ConfigHash([]byte(data)); st.ConfigHash != want {
+	if want := config.Hash([]byte(data)); st.ConfigHash != want {
 		t.Errorf("configHash = %s, want %s", st.ConfigHash, want)
 	}
 	if len(st.Failed) != 0 || len(st.Missing) != 0 || st.Changed.IsZero() {
@@ -337,7 +338,7 @@ func TestInvalidUpdateKeepsLastGoodConfig(t *testing.T) {
 	good := testConfig("  - image: " + appImage + "\n")
 	e := start(t, nil, newNode(nil), newConfigMap(good))
 	e.waitStatus("ready", func(st nodestatus.Status) bool { return st.Total == 1 && st.Ready() })
-	goodHash := preload.ConfigHash([]byte(good))
+	goodHash := config.Hash([]byte(good))
 
 	bad := good + "imagez: []\n"
 	if _, err := e.client.CoreV1().ConfigMaps(testNS).Update(context.Background(), newConfigMap(bad), metav1.UpdateOptions{}); err != nil {
@@ -632,7 +633,7 @@ func TestConfigChangeDuringRunWaitsForIt(t *testing.T) {
 	time.Sleep(50 * time.Millisecond) // time for the update to reach the agent
 	close(release)
 	st := e.waitStatus("the new config applied", func(st nodestatus.Status) bool {
-		return st.ConfigHash == preload.ConfigHash([]byte(data)) && st.Total == 2 && st.Ready()
+		return st.ConfigHash == config.Hash([]byte(data)) && st.Total == 2 && st.Ready()
 	})
 	if _, ok := canceled.Load(appImage); ok {
 		t.Error("the running pull was canceled by the config change")

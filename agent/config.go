@@ -5,13 +5,13 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
-	"github.com/kube-preloader/kube-preloader/preload"
+	"github.com/kube-preloader/kube-preloader/preload/config"
 )
 
 // loadedConfig is a config that parsed, with the hash of the bytes it came
 // from: the hash is what the status annotation and `preloader warm` name.
 type loadedConfig struct {
-	*preload.Config
+	*config.Config
 	hash string
 }
 
@@ -40,7 +40,7 @@ func (a *Agent) currentConfig() *loadedConfig {
 	}
 
 	data, ok := cm.Data[ConfigKey]
-	hash := preload.ConfigHash([]byte(data))
+	hash := config.Hash([]byte(data))
 	if !ok {
 		hash = "no " + ConfigKey // never a hash, so it cannot match content
 	}
@@ -51,11 +51,11 @@ func (a *Agent) currentConfig() *loadedConfig {
 		return cs.good // invalid, and already explained
 	}
 
-	var cfg *preload.Config
+	var cfg *config.Config
 	if !ok {
 		err = fmt.Errorf("ConfigMap %s has no key %s", a.cmKey, ConfigKey)
 	} else {
-		cfg, err = preload.Parse(a.configFile(), []byte(data))
+		cfg, err = config.Parse(a.configFile(), []byte(data))
 	}
 	if err != nil {
 		cs.badHash = hash

@@ -10,7 +10,7 @@ import (
 
 	"github.com/kube-preloader/kube-preloader/cri/keyring"
 	"github.com/kube-preloader/kube-preloader/noderuntime"
-	"github.com/kube-preloader/kube-preloader/preload"
+	"github.com/kube-preloader/kube-preloader/preload/config"
 )
 
 // credentials turns each image's pullSecrets and serviceAccount into a
@@ -41,7 +41,7 @@ type imageAuth struct {
 // Auth is the engine's Auth: the credentials for whatever reference it
 // pulls, the image's own or its mirror's, from the image's keyring. Lookup
 // may run concurrently; everything was added before the run.
-func (ia imageAuth) Auth(img preload.Image) []*runtimeapi.AuthConfig {
+func (ia imageAuth) Auth(img config.Image) []*runtimeapi.AuthConfig {
 	if k := ia.keyrings[sourceKey(img)]; k != nil {
 		return k.Lookup(img.Name)
 	}
@@ -49,11 +49,11 @@ func (ia imageAuth) Auth(img preload.Image) []*runtimeapi.AuthConfig {
 }
 
 // sourceKey identifies where an image's credentials come from.
-func sourceKey(img preload.Image) string {
+func sourceKey(img config.Image) string {
 	return strings.Join(img.PullSecrets, ",") + "|" + img.ServiceAccount
 }
 
-func (c credentials) resolve(images []preload.Image) imageAuth {
+func (c credentials) resolve(images []config.Image) imageAuth {
 	out := imageAuth{keyrings: map[string]*keyring.Keyring{}, blocked: map[string]string{}}
 	problems := map[string]string{}
 	for _, img := range images {
@@ -74,7 +74,7 @@ func (c credentials) resolve(images []preload.Image) imageAuth {
 		if problem, ok := problems[key]; ok {
 			out.blocked[img.Name] = problem
 			if img.Mirror != "" {
-				if ref, err := preload.MirrorRef(img.Name, img.Mirror); err == nil {
+				if ref, err := config.MirrorRef(img.Name, img.Mirror); err == nil {
 					out.blocked[ref] = problem
 				}
 			}
@@ -85,7 +85,7 @@ func (c credentials) resolve(images []preload.Image) imageAuth {
 
 // keyring builds the keyring of img's pullSecrets, then its
 // serviceAccount's imagePullSecrets, or says why it cannot.
-func (c credentials) keyring(img preload.Image) (*keyring.Keyring, string) {
+func (c credentials) keyring(img config.Image) (*keyring.Keyring, string) {
 	names := append([]string(nil), img.PullSecrets...)
 	if img.ServiceAccount != "" {
 		sa, err := c.serviceAccounts.ServiceAccounts(c.namespace).Get(img.ServiceAccount)

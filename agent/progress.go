@@ -7,6 +7,7 @@ import (
 
 	"github.com/kube-preloader/kube-preloader/nodestatus"
 	"github.com/kube-preloader/kube-preloader/preload"
+	"github.com/kube-preloader/kube-preloader/preload/config"
 )
 
 // ProgressInterval is the shortest time between two Node writes of an
@@ -104,7 +105,7 @@ func (a *Agent) writeProgress(ctx context.Context, start, now time.Time, fresh f
 // freshStatus is the status a Node that shows none yet gets beside its
 // first progress: the config being applied, its images and which of them
 // the runtime lists already; the rest are missing until the run tells.
-func (a *Agent) freshStatus(ctx context.Context, hash string, images []preload.Image) nodestatus.Status {
+func (a *Agent) freshStatus(ctx context.Context, hash string, images []config.Image) nodestatus.Status {
 	st := nodestatus.Status{ConfigHash: hash, Total: len(images), Changed: time.Now().UTC().Truncate(time.Second)}
 	missing, err := preload.Missing(ctx, a.opts.Store, images)
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kube-preloader/kube-preloader/preload"
+	"github.com/kube-preloader/kube-preloader/preload/config"
 	"github.com/kube-preloader/kube-preloader/waves"
 )
 
@@ -37,7 +38,7 @@ type rollout struct {
 // missing and not from an archive. Images already present and archive
 // imports take no slot and wait for no first node. Without coordination
 // it asks nothing: the runtime is listed by the run itself.
-func toPull(ctx context.Context, a *Agent, cfg *loadedConfig, images []preload.Image) ([]preload.Image, error) {
+func toPull(ctx context.Context, a *Agent, cfg *loadedConfig, images []config.Image) ([]config.Image, error) {
 	if !cfg.Rollout.Coordinated() {
 		return nil, nil
 	}
@@ -45,7 +46,7 @@ func toPull(ctx context.Context, a *Agent, cfg *loadedConfig, images []preload.I
 	if err != nil {
 		return nil, err
 	}
-	var pull []preload.Image
+	var pull []config.Image
 	for _, img := range missing {
 		if img.Archive == "" {
 			pull = append(pull, img)
@@ -66,7 +67,7 @@ func (r *rollout) first(cfg *loadedConfig) *waves.First {
 
 // waitFirst waits, image by image, until the first nodes have each image
 // or its timeout passed; an image another node saw first is left to them.
-func (r *rollout) waitFirst(ctx context.Context, cfg *loadedConfig, images []preload.Image) error {
+func (r *rollout) waitFirst(ctx context.Context, cfg *loadedConfig, images []config.Image) error {
 	f := r.first(cfg)
 	for _, img := range images {
 		start := time.Now()

@@ -15,6 +15,7 @@ import (
 	"github.com/kube-preloader/kube-preloader/kubelet"
 	"github.com/kube-preloader/kube-preloader/nodestatus"
 	"github.com/kube-preloader/kube-preloader/preload"
+	"github.com/kube-preloader/kube-preloader/preload/config"
 )
 
 // syncState is what one sync leaves for the next; only the sync loop
@@ -147,7 +148,7 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 // runInTurn is run, holding a pull slot while it runs if it will pull from
 // a registry and the config's rollout bounds the nodes pulling at once. A
 // sync with nothing to pull makes no API request for it.
-func (a *Agent) runInTurn(ctx context.Context, cfg *loadedConfig, images []preload.Image) ([]preload.Result, error) {
+func (a *Agent) runInTurn(ctx context.Context, cfg *loadedConfig, images []config.Image) ([]preload.Result, error) {
 	pull, err := toPull(ctx, a, cfg, images)
 	if err != nil {
 		return nil, err
@@ -184,7 +185,7 @@ func (a *Agent) runInTurn(ctx context.Context, cfg *loadedConfig, images []prelo
 
 // run makes the images present: one bounded engine run, so that a failure
 // shows in status soon and a new config waits at most one attempt.
-func (a *Agent) run(ctx context.Context, cfg *loadedConfig, images []preload.Image) ([]preload.Result, error) {
+func (a *Agent) run(ctx context.Context, cfg *loadedConfig, images []config.Image) ([]preload.Result, error) {
 	creds := a.creds.resolve(images)
 	engine := a.engine()
 	// The gate is outside the count: a pull it refuses never started.
@@ -208,7 +209,7 @@ func (a *Agent) run(ctx context.Context, cfg *loadedConfig, images []preload.Ima
 
 // withKubeletBudget is cfg with the disk budget the config leaves unset
 // taken from the node kubelet's thresholds, read with its policy.
-func (a *Agent) withKubeletBudget(cfg *preload.Config) *preload.Config {
+func (a *Agent) withKubeletBudget(cfg *config.Config) *config.Config {
 	if a.opts.KubeletConfig == "" {
 		return cfg
 	}
@@ -349,7 +350,7 @@ func (a *Agent) syncSucceeded() {
 }
 
 // retryIn is the delay before a sync after one that failed: the config's
-// retry backoff (preload.Retry.Backoff), never beyond resync, which bounds
+// retry backoff (config.Retry.Backoff), never beyond resync, which bounds
 // how stale the node may be.
 func (a *Agent) retryIn(cfg *loadedConfig) time.Duration {
 	if a.state.backoff == nil {
@@ -407,7 +408,7 @@ func nextRefresh(results []preload.Result, every time.Duration) time.Time {
 }
 
 // shortestRefresh is the shortest refresh interval of images; 0: none.
-func shortestRefresh(images []preload.Image) time.Duration {
+func shortestRefresh(images []config.Image) time.Duration {
 	var d time.Duration
 	for _, img := range images {
 		if img.Refresh > 0 && (d == 0 || img.Refresh < d) {
@@ -435,13 +436,13 @@ func (a *Agent) sandboxImage(ctx context.Context, cfg *loadedConfig) (string, er
 
 // desiredKey identifies the set of images a sync wants: the config's
 // content and which of its images apply here.
-func desiredKey(hash string, images []preload.Image) string {
+func desiredKey(hash string, images []config.Image) string {
 	names := imageNames(images)
 	slices.Sort(names)
 	return hash + "\n" + strings.Join(names, "\n")
 }
 
-func imageNames(images []preload.Image) []string {
+func imageNames(images []config.Image) []string {
 	names := make([]string, len(images))
 	for i, img := range images {
 		names[i] = img.Name
@@ -453,7 +454,7 @@ func imageNames(images []preload.Image) []string {
 // pods without pull credentials (KEP-2535), from the kubelet's config as
 // it is now; refusals are reported in an Event when they change. The
 // sandbox image is not judged: the runtime uses it, not a pod.
-func (a *Agent) judge(node *corev1.Node, st nodestatus.Status, apply []preload.Image, sandbox string) nodestatus.Status {
+func (a *Agent) judge(node *corev1.Node, st nodestatus.Status, apply []config.Image, sandbox string) nodestatus.Status {
 	if a.opts.KubeletConfig == "" {
 		return st
 	}

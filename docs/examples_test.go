@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/kube-preloader/kube-preloader/preload"
+	"github.com/kube-preloader/kube-preloader/preload/config"
 )
 
 // configReference is the page whose every ```yaml block is an images.yaml.
@@ -25,7 +25,7 @@ func TestConfigExamplesParse(t *testing.T) {
 		}
 		for _, ex := range configExamples(string(data), page == configReference) {
 			found++
-			if _, err := preload.Parse(page, []byte(ex.text)); err != nil {
+			if _, err := config.Parse(page, []byte(ex.text)); err != nil {
 				t.Errorf("%s:%d: the images.yaml example does not parse: %v", page, ex.line, err)
 			}
 		}

@@ -18,7 +18,7 @@ import (
 	"github.com/kube-preloader/kube-preloader/cri"
 	"github.com/kube-preloader/kube-preloader/integration/harness"
 	"github.com/kube-preloader/kube-preloader/nodestatus"
-	"github.com/kube-preloader/kube-preloader/preload"
+	"github.com/kube-preloader/kube-preloader/preload/config"
 )
 
 // The agent's ConfigMap, as manifests/ names it.
@@ -363,7 +363,7 @@ func testAgent(t *testing.T, flavor harness.Flavor) {
 		if criImage(t, rt, warm) == "" {
 			t.Errorf("warm --wait exited 0 but CRI ImageStatus(%s) is absent", warm)
 		}
-		hash = preload.ConfigHash([]byte(cmData(c, agentNS, agentCM)))
+		hash = config.Hash([]byte(cmData(c, agentNS, agentCM)))
 		if why := node().Shows(hash, 7, 7); why != "" {
 			t.Errorf("after warm: %s", why)
 		}

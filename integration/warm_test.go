@@ -18,7 +18,7 @@ import (
 
 	"github.com/kube-preloader/kube-preloader/integration/harness"
 	"github.com/kube-preloader/kube-preloader/nodestatus"
-	"github.com/kube-preloader/kube-preloader/preload"
+	"github.com/kube-preloader/kube-preloader/preload/config"
 )
 
 const warmConfig = `# Images every node of this cluster keeps.
@@ -106,8 +106,8 @@ concurrency: 2
 		if got != want {
 			t.Fatalf("images.yaml after warm:\n%s\nwant:\n%s", got, want)
 		}
-		if !strings.Contains(r.stdout, preload.ConfigHash([]byte(got))) {
-			t.Errorf("warm does not print the new config hash %s:\n%s", preload.ConfigHash([]byte(got)), r)
+		if !strings.Contains(r.stdout, config.Hash([]byte(got))) {
+			t.Errorf("warm does not print the new config hash %s:\n%s", config.Hash([]byte(got)), r)
 		}
 		// The same image written another way is already there: no write.
 		r = preloader(t, time.Minute, nil, append([]string{"warm", "--configmap", "warm-a/preloader-config", "--image", "docker.io/library/nginx:1.27"}, kc...)...)
@@ -263,7 +263,7 @@ func reportFor(t testing.TB, c kubernetes.Interface, node, ns, name string, miss
 	data, _ := getImagesYAML(t, c, ns, name)
 	total := strings.Count(data, "- image:")
 	setNodeStatus(t, c, node, nodestatus.Status{
-		ConfigHash: preload.ConfigHash([]byte(data)), Total: total,
+		ConfigHash: config.Hash([]byte(data)), Total: total,
 		Present: total - len(missing) - len(failed), Missing: missing, Failed: failed, Changed: time.Now().UTC(),
 	})
 }
@@ -272,7 +272,7 @@ func TestWarmWait(t *testing.T) {
 	k := harness.StartKube(t)
 	c := k.Client
 	createConfigMap(t, c, "kube-preloader", "preloader-config", warmConfig)
-	old := preload.ConfigHash([]byte(warmConfig))
+	old := config.Hash([]byte(warmConfig))
 	for _, n := range []string{"n1", "n2"} {
 		createNode(t, c, n, &nodestatus.Status{ConfigHash: old, Present: 2, Total: 2, Changed: time.Now()}, nil)
 	}

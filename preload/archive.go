@@ -17,6 +17,7 @@ import (
 
 	"github.com/kube-preloader/kube-preloader/archive"
 	"github.com/kube-preloader/kube-preloader/noderuntime"
+	"github.com/kube-preloader/kube-preloader/preload/config"
 )
 
 // criVisibleTimeout bounds the wait for the CRI to show an image recorded
@@ -27,7 +28,7 @@ const criVisibleTimeout = 10 * time.Second
 // in cfg.ArchiveDir, each file once. It returns results by image name for
 // images (those with an archive, and those an archive in the directory
 // provided), and results for the archives' other images.
-func (e *Engine) importArchives(ctx context.Context, cfg *Config, images []Image, ids map[string]string) (byName map[string]Result, extra []Result) {
+func (e *Engine) importArchives(ctx context.Context, cfg *config.Config, images []config.Image, ids map[string]string) (byName map[string]Result, extra []Result) {
 	files, wanted := archiveFiles(cfg, images)
 	if len(files) == 0 {
 		return nil, nil
@@ -52,8 +53,8 @@ func (e *Engine) importArchives(ctx context.Context, cfg *Config, images []Image
 // archiveFiles lists the archives to import, as paths relative to
 // cfg.ArchiveDir: those images name, then the rest of the directory's
 // files, sorted. Hidden files (an upload in progress) are left out.
-func archiveFiles(cfg *Config, images []Image) (files []string, wanted map[string][]Image) {
-	wanted = make(map[string][]Image)
+func archiveFiles(cfg *config.Config, images []config.Image) (files []string, wanted map[string][]config.Image) {
+	wanted = make(map[string][]config.Image)
 	for _, img := range images {
 		if img.Archive == "" {
 			continue
@@ -88,7 +89,7 @@ func archiveFiles(cfg *Config, images []Image) (files []string, wanted map[strin
 // its images, by config digest. It returns a result for each image of
 // wanted and each name the archive records, or for the file when it
 // cannot be read and no image names it.
-func (e *Engine) importArchive(ctx context.Context, cfg *Config, file string, wanted []Image, ids map[string]string) []Result {
+func (e *Engine) importArchive(ctx context.Context, cfg *config.Config, file string, wanted []config.Image, ids map[string]string) []Result {
 	start := time.Now()
 	dir := cfg.ArchiveDir
 	path := filepath.Join(dir, file)
@@ -198,7 +199,7 @@ func (e *Engine) importArchive(ctx context.Context, cfg *Config, file string, wa
 // is unavailable (restarting): an air-gapped node has no registry to fall
 // back on, and its containerd is usually back within seconds. Anything
 // else is final, as a bad or oversized archive stays so.
-func (e *Engine) importRetrying(ctx context.Context, retry Retry, path string, contents *archive.Contents, imgs []archive.Image) error {
+func (e *Engine) importRetrying(ctx context.Context, retry config.Retry, path string, contents *archive.Contents, imgs []archive.Image) error {
 	backoff := retry.Backoff()
 	for attempt := 1; ; attempt++ {
 		err := e.Store.Import(ctx, contents, imgs)

@@ -20,6 +20,7 @@ import (
 	"github.com/kube-preloader/kube-preloader/cri/critest"
 	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/preload"
+	"github.com/kube-preloader/kube-preloader/preload/config"
 )
 
 // fakeContainerd records what the engine asks of containerd and makes
@@ -245,7 +246,7 @@ func TestRunArchives(t *testing.T) {
 	tests := []struct {
 		name        string
 		setup       func(t *testing.T, dir string, s *critest.Server)
-		images      []preload.Image
+		images      []config.Image
 		noCtrd      bool
 		want        map[string]outcome
 		wantImports int
@@ -294,7 +295,7 @@ func TestRunArchives(t *testing.T) {
 			setup: func(t *testing.T, dir string, _ *critest.Server) {
 				testArchive(t, dir, "untagged.tar", archivetest.DockerSave, nil)
 			},
-			images:      []preload.Image{{Ref: x, Name: x, Archive: "untagged.tar"}},
+			images:      []config.Image{{Ref: x, Name: x, Archive: "untagged.tar"}},
 			want:        map[string]outcome{x: {preload.StatusImported, ""}},
 			wantImports: 1,
 		},
@@ -303,7 +304,7 @@ func TestRunArchives(t *testing.T) {
 			setup: func(t *testing.T, dir string, _ *critest.Server) {
 				testArchive(t, dir, "ab.tar", archivetest.OCILayout, []string{a}, []string{b})
 			},
-			images: []preload.Image{{Ref: x, Name: x, Archive: "ab.tar"}},
+			images: []config.Image{{Ref: x, Name: x, Archive: "ab.tar"}},
 			want: map[string]outcome{
 				x: {preload.StatusFailed, preload.ReasonArchive},
 				a: {preload.StatusImported, ""},
@@ -325,7 +326,7 @@ func TestRunArchives(t *testing.T) {
 		},
 		{
 			name:   "archive missing",
-			images: []preload.Image{{Ref: x, Name: x, Archive: "missing.tar"}},
+			images: []config.Image{{Ref: x, Name: x, Archive: "missing.tar"}},
 			want:   map[string]outcome{x: {preload.StatusFailed, preload.ReasonNotFound}},
 		},
 		{
@@ -333,7 +334,7 @@ func TestRunArchives(t *testing.T) {
 			setup: func(t *testing.T, dir string, _ *critest.Server) {
 				testArchive(t, dir, "x.tar", archivetest.OCILayout, []string{x})
 			},
-			images: []preload.Image{{Ref: x, Name: x, Archive: "x.tar"}},
+			images: []config.Image{{Ref: x, Name: x, Archive: "x.tar"}},
 			noCtrd: true,
 			want:   map[string]outcome{x: {preload.StatusFailed, preload.ReasonUnsupported}},
 		},
@@ -393,7 +394,7 @@ func TestMirrorRef(t *testing.T) {
 			"m.corp/pause:3.10@sha256:ee6521f290b2168b6e0935a181d4cff9be1ac3f505666ef0e3c98fae8199917a"},
 	}
 	for _, tt := range tests {
-		got, err := preload.MirrorRef(tt.name, tt.mirror)
+		got, err := config.MirrorRef(tt.name, tt.mirror)
 		if err != nil || got != tt.want {
 			t.Errorf("MirrorRef(%s, %s) = %s, %v; want %s", tt.name, tt.mirror, got, err, tt.want)
 		}
@@ -403,7 +404,7 @@ func TestMirrorRef(t *testing.T) {
 func TestRunMirror(t *testing.T) {
 	const canonical, mirror = "registry.k8s.io/pause:3.10", "mirror.corp/k8s"
 	user := &runtimeapi.AuthConfig{Username: "u", Password: "p"}
-	img := preload.Image{Ref: canonical, Name: canonical, Mirror: mirror}
+	img := config.Image{Ref: canonical, Name: canonical, Mirror: mirror}
 
 	t.Run("pulled from the mirror with its credentials, recorded under the canonical name", func(t *testing.T) {
 		s := critest.Start(t)
@@ -421,11 +422,11 @@ func TestRunMirror(t *testing.T) {
 		ctrd := &fakeContainerd{cri: s}
 		var asked []string
 		e := &preload.Engine{Store: noderuntime.WithContainerd(connect(t, s), ctrd), MaxAttempts: 1,
-			Auth: func(img preload.Image) []*runtimeapi.AuthConfig {
+			Auth: func(img config.Image) []*runtimeapi.AuthConfig {
 				asked = append(asked, img.Name)
 				return []*runtimeapi.AuthConfig{user}
 			}}
-		results, err := e.Run(context.Background(), testConfig(), []preload.Image{img})
+		results, err := e.Run(context.Background(), testConfig(), []config.Image{img})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -444,7 +445,7 @@ func TestRunMirror(t *testing.T) {
 	t.Run("not containerd", func(t *testing.T) {
 		s := critest.Start(t)
 		e := &preload.Engine{Store: noderuntime.CRIOnly(connect(t, s)), MaxAttempts: 1}
-		results, err := e.Run(context.Background(), testConfig(), []preload.Image{img})
+		results, err := e.Run(context.Background(), testConfig(), []config.Image{img})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -460,7 +461,7 @@ func TestRunMirror(t *testing.T) {
 func TestRunPullViaContainerd(t *testing.T) {
 	const name = "registry.example/team/app:1"
 	cfg := testConfig()
-	cfg.PullVia = preload.PullViaContainerd
+	cfg.PullVia = config.PullViaContainerd
 
 	t.Run("pulled by the containerd client, not the CRI", func(t *testing.T) {
 		s := critest.Start(t)

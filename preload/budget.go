@@ -4,80 +4,17 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"strconv"
-	"strings"
 	"sync"
 
-	"k8s.io/apimachinery/pkg/api/resource"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/kube-preloader/kube-preloader/noderuntime"
+	"github.com/kube-preloader/kube-preloader/preload/config"
 )
 
 // ReasonDiskBudget is the reason of an image not pulled because it would
 // take the image filesystem past the budget.
 const ReasonDiskBudget = "disk budget"
-
-// Budget is how full the image filesystem may get: below the kubelet's
-// image GC high threshold and above its imagefs.available eviction
-// threshold, whichever is lower. The defaults are the kubelet's.
-type Budget struct {
-	ImageGCHighThresholdPercent int    // 85
-	ImagefsAvailable            string // "15%", or a quantity such as 10Gi
-	// Off (diskBudget: none): no budget; a full disk is the runtime's
-	// to report (ENOSPC).
-	Off bool
-	// Set says which values the config gave; the others may come from
-	// the node kubelet's config (WithKubelet).
-	setHigh, setAvailable bool
-}
-
-// DefaultBudget is the kubelet's defaults.
-func DefaultBudget() Budget { return Budget{ImageGCHighThresholdPercent: 85, ImagefsAvailable: "15%"} }
-
-// WithKubelet returns b with what the config left unset taken from the
-// kubelet's own thresholds, where it set them.
-func (b Budget) WithKubelet(high int, available string) Budget {
-	if !b.setHigh && high > 0 {
-		b.ImageGCHighThresholdPercent = high
-	}
-	if !b.setAvailable && available != "" {
-		if _, err := parseAvailable(available); err == nil {
-			b.ImagefsAvailable = available
-		}
-	}
-	return b
-}
-
-// limit is the bytes in use the budget allows on a filesystem of
-// capacity bytes.
-func (b Budget) limit(capacity uint64) uint64 {
-	byGC := capacity / 100 * uint64(b.ImageGCHighThresholdPercent)
-	avail, _ := parseAvailable(b.ImagefsAvailable)
-	keep := avail(capacity)
-	if keep >= capacity {
-		return 0
-	}
-	return min(byGC, capacity-keep)
-}
-
-// parseAvailable reads "15%" or a quantity into the bytes it keeps free
-// of a filesystem of a given capacity.
-func parseAvailable(s string) (func(capacity uint64) uint64, error) {
-	if p, ok := strings.CutSuffix(s, "%"); ok {
-		f, err := strconv.ParseFloat(p, 64)
-		if err != nil || f < 0 || f > 100 {
-			return nil, fmt.Errorf("%q is not a percentage", s)
-		}
-		return func(c uint64) uint64 { return uint64(float64(c) * f / 100) }, nil
-	}
-	q, err := resource.ParseQuantity(s)
-	if err != nil || q.Sign() < 0 {
-		return nil, fmt.Errorf("%q is neither a percentage nor a quantity such as 10Gi", s)
-	}
-	v := uint64(q.Value())
-	return func(uint64) uint64 { return v }, nil
-}
 
 // budgetPlan is one run's disk budget: the room left below it, and each
 // image's decision, taken in config order, so that an earlier image
@@ -86,7 +23,7 @@ func parseAvailable(s string) (func(capacity uint64) uint64, error) {
 // when the pull has read its manifest, through the CRI from an estimate
 // just before the pull; both before the first byte of a layer.
 type budgetPlan struct {
-	budget         Budget
+	budget         config.Budget
 	capacity, free uint64
 	limit          uint64
 	log            *slog.Logger
@@ -101,7 +38,7 @@ type budgetPlan struct {
 // planBudget returns the budget of a run that pulls images, in config
 // order; nil where the runtime cannot say sizes or free space (the log
 // says why), and nothing is held back.
-func (e *Engine) planBudget(ctx context.Context, cfg *Config, pulls []Image) *budgetPlan {
+func (e *Engine) planBudget(ctx context.Context, cfg *config.Config, pulls []config.Image) *budgetPlan {
 	if len(pulls) == 0 || cfg.DiskBudget.Off {
 		return nil
 	}
@@ -114,11 +51,11 @@ func (e *Engine) planBudget(ctx context.Context, cfg *Config, pulls []Image) *bu
 		e.log().Warn("disk budget not applied", "err", err)
 		return nil
 	}
-	p := &budgetPlan{budget: cfg.DiskBudget, capacity: fs.Capacity, free: fs.Available, limit: cfg.DiskBudget.limit(fs.Capacity), log: e.log(),
+	p := &budgetPlan{budget: cfg.DiskBudget, capacity: fs.Capacity, free: fs.Available, limit: cfg.DiskBudget.Limit(fs.Capacity), log: e.log(),
 		used: fs.Capacity - fs.Available, index: make(map[string]int, len(pulls)), held: map[int]error{}}
 	for i, img := range pulls {
 		p.index[img.Name] = i
-		if src, err := MirrorRef(img.Name, img.Mirror); img.Mirror != "" && err == nil {
+		if src, err := config.MirrorRef(img.Name, img.Mirror); img.Mirror != "" && err == nil {
 			p.index[src] = i
 		}
 		p.done = append(p.done, make(chan struct{}))
@@ -183,7 +120,7 @@ func (p *budgetPlan) settle(name string) {
 type budgetError struct {
 	need                 noderuntime.DiskNeed
 	left, free, capacity uint64
-	budget               Budget
+	budget               config.Budget
 }
 
 func (e *budgetError) Error() string {

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/kube-preloader/kube-preloader/noderuntime"
+	"github.com/kube-preloader/kube-preloader/preload/config"
 )
 
 func TestNeedHow(t *testing.T) {
@@ -35,7 +36,7 @@ func TestNeedHow(t *testing.T) {
 // with what it needs and what is free, and keeps its decision; one that
 // needs nothing new is not, even past the budget.
 func TestReserve(t *testing.T) {
-	p := &budgetPlan{budget: DefaultBudget(), capacity: 100 << 20, free: 90 << 20, limit: 85 << 20, used: 10 << 20, log: slog.New(slog.DiscardHandler),
+	p := &budgetPlan{budget: config.DefaultBudget(), capacity: 100 << 20, free: 90 << 20, limit: 85 << 20, used: 10 << 20, log: slog.New(slog.DiscardHandler),
 		index: map[string]int{"a": 0, "b": 1, "c": 2}, done: []chan struct{}{make(chan struct{}), make(chan struct{}), make(chan struct{})}, held: map[int]error{}}
 	if err := p.reserve(t.Context(), "a", noderuntime.DiskNeed{Download: 20 << 20, Unpacked: 40 << 20, Layers: 1, Told: 1}); err != nil {
 		t.Fatalf("a: %v, want room", err)

@@ -16,6 +16,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/kube-preloader/kube-preloader/noderuntime"
+	"github.com/kube-preloader/kube-preloader/preload/config"
 )
 
 // Status is what happened to one image.
@@ -85,7 +86,7 @@ type Engine struct {
 	Store noderuntime.Store
 	// Auth returns the credentials to try for img, most specific first;
 	// anonymous is always tried after them. Nil means anonymous only.
-	Auth func(img Image) []*runtimeapi.AuthConfig
+	Auth func(img config.Image) []*runtimeapi.AuthConfig
 	// MaxAttempts bounds the attempts per image in one Run; 0 retries
 	// transient failures until ctx ends. The agent runs short bounded syncs
 	// so that status shows failures and config changes are not held up.
@@ -110,7 +111,7 @@ type Engine struct {
 // pinned before lose their pin otherwise. Results are in the order of
 // images, followed by the archives' images that images do not list;
 // identical references are handled once.
-func (e *Engine) Run(ctx context.Context, cfg *Config, images []Image) ([]Result, error) {
+func (e *Engine) Run(ctx context.Context, cfg *config.Config, images []config.Image) ([]Result, error) {
 	listed, err := e.Store.ListImages(ctx)
 	if err != nil {
 		return nil, err
@@ -226,7 +227,7 @@ func (e *Engine) Run(ctx context.Context, cfg *Config, images []Image) ([]Result
 
 // pull pulls one image, retrying transient failures with exponential
 // backoff and jitter; permanent failures end it at once.
-func (e *Engine) pull(ctx context.Context, cfg *Config, img Image) Result {
+func (e *Engine) pull(ctx context.Context, cfg *config.Config, img config.Image) Result {
 	start := time.Now()
 	var auths []*runtimeapi.AuthConfig
 	if e.Auth != nil {
@@ -273,7 +274,7 @@ func (e *Engine) pull(ctx context.Context, cfg *Config, img Image) Result {
 // pullOnce tries each credential in turn, then anonymous, as the kubelet
 // tries every matching credential. An unauthorized answer moves on to the
 // next credential; anything else ends the attempt.
-func (e *Engine) pullOnce(ctx context.Context, cfg *Config, img Image, auths []*runtimeapi.AuthConfig) error {
+func (e *Engine) pullOnce(ctx context.Context, cfg *config.Config, img config.Image, auths []*runtimeapi.AuthConfig) error {
 	var err error
 	for _, auth := range auths {
 		pctx, cancel := context.WithTimeout(ctx, cfg.PullTimeout)
@@ -336,15 +337,15 @@ const bigLayer = 64 << 20
 // (noderuntime.Facts.DirectPull) and, where that is containerd's client,
 // for the registries of pulls and their largest layers; and why pulls
 // take that path.
-func (e *Engine) choosePath(ctx context.Context, cfg *Config, pulls []Image) (*Config, string) {
+func (e *Engine) choosePath(ctx context.Context, cfg *config.Config, pulls []config.Image) (*config.Config, string) {
 	c := *cfg
-	if c.PullVia != PullViaAuto {
+	if c.PullVia != config.PullViaAuto {
 		return &c, "pullVia " + cfg.PullVia
 	}
 	facts := e.Store.Facts()
 	direct, reason := facts.DirectPull()
 	if !direct {
-		c.PullVia = PullViaCRI
+		c.PullVia = config.PullViaCRI
 		return &c, "pullVia auto: " + reason
 	}
 	var refs []string
@@ -375,20 +376,20 @@ type pathFacts struct {
 func autoPath(p pathFacts) (via, why string) {
 	switch {
 	case !p.near && p.answer != "":
-		return PullViaContainerd, p.directWhy + "; " + p.answer
+		return config.PullViaContainerd, p.directWhy + "; " + p.answer
 	case !p.near:
-		return PullViaContainerd, p.directWhy
+		return config.PullViaContainerd, p.directWhy
 	case p.largest >= bigLayer && !p.criRanges:
-		return PullViaContainerd, fmt.Sprintf("%s, but %s has a layer of %d MiB: containerd's client fetches it as parallel ranges, the CRI over one connection (its concurrent_layer_fetch_buffer is off)",
+		return config.PullViaContainerd, fmt.Sprintf("%s, but %s has a layer of %d MiB: containerd's client fetches it as parallel ranges, the CRI over one connection (its concurrent_layer_fetch_buffer is off)",
 			p.answer, p.largestImage, p.largest>>20)
 	}
-	return PullViaCRI, p.answer + ": containerd's CRI pulls keep the node busy at less CPU"
+	return config.PullViaCRI, p.answer + ": containerd's CRI pulls keep the node busy at less CPU"
 }
 
 // largestLayer is the largest layer that pulls would download, and its
 // image, as their manifests say; images whose manifest cannot be read
 // count for nothing here (their pull says why).
-func (e *Engine) largestLayer(ctx context.Context, pulls []Image) (int64, string) {
+func (e *Engine) largestLayer(ctx context.Context, pulls []config.Image) (int64, string) {
 	sizes := make([]int64, len(pulls))
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 8)
@@ -461,8 +462,8 @@ func registryHosts(refs []string) []registryHost {
 
 // direct are the pulls that go by pullVia: those not from a mirror
 // (always through the CRI).
-func direct(pulls []Image) []Image {
-	var out []Image
+func direct(pulls []config.Image) []config.Image {
+	var out []config.Image
 	for _, img := range pulls {
 		if img.Mirror == "" {
 			out = append(out, img)
@@ -473,8 +474,8 @@ func direct(pulls []Image) []Image {
 
 // toPull is the images of the run still missing once the archives are in,
 // in config order.
-func toPull(images []Image, fromArchives map[string]Result, have map[string]bool) []Image {
-	var out []Image
+func toPull(images []config.Image, fromArchives map[string]Result, have map[string]bool) []config.Image {
+	var out []config.Image
 	for _, img := range images {
 		if _, imported := fromArchives[img.Name]; !imported && !have[presenceKey(img.Name)] {
 			out = append(out, img)
@@ -486,9 +487,9 @@ func toPull(images []Image, fromArchives map[string]Result, have map[string]bool
 // pullWith pulls ref the way cfg.PullVia says: by the runtime's own CRI
 // pull, or by the containerd client. The latter is done only once the CRI
 // shows the image, which containerd 1.6's CRI learns of from an event.
-func (e *Engine) pullWith(ctx context.Context, cfg *Config, ref string, auth *runtimeapi.AuthConfig) error {
+func (e *Engine) pullWith(ctx context.Context, cfg *config.Config, ref string, auth *runtimeapi.AuthConfig) error {
 	plan := budgetFrom(ctx)
-	if cfg.PullVia != PullViaContainerd {
+	if cfg.PullVia != config.PullViaContainerd {
 		if plan != nil {
 			if err := e.estimateAndReserve(ctx, plan, ref, auth); err != nil {
 				return err
@@ -625,13 +626,13 @@ func Classify(err error) (reason string, transient bool) {
 
 // Missing returns the images of which a single ListImages shows no trace:
 // the cheap check the agent runs every resync.
-func Missing(ctx context.Context, s noderuntime.Store, images []Image) ([]Image, error) {
+func Missing(ctx context.Context, s noderuntime.Store, images []config.Image) ([]config.Image, error) {
 	listed, err := s.ListImages(ctx)
 	if err != nil {
 		return nil, err
 	}
 	have := index(listed)
-	var missing []Image
+	var missing []config.Image
 	for _, img := range images {
 		if !have[presenceKey(img.Name)] {
 			missing = append(missing, img)
@@ -668,7 +669,7 @@ func presenceKey(name string) string {
 	return name
 }
 
-func dedupe(images []Image) []Image {
+func dedupe(images []config.Image) []config.Image {
 	seen := make(map[string]bool, len(images))
 	out := images[:0:0]
 	for _, img := range images {

@@ -19,19 +19,20 @@ import (
 	"github.com/kube-preloader/kube-preloader/cri/critest"
 	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/preload"
+	"github.com/kube-preloader/kube-preloader/preload/config"
 )
 
-func testConfig() *preload.Config {
-	cfg := preload.Defaults()
-	cfg.Retry = preload.Retry{InitialDelay: 5 * time.Millisecond, MaxDelay: 20 * time.Millisecond}
+func testConfig() *config.Config {
+	cfg := config.Defaults()
+	cfg.Retry = config.Retry{InitialDelay: 5 * time.Millisecond, MaxDelay: 20 * time.Millisecond}
 	cfg.PullTimeout = time.Second
 	return &cfg
 }
 
-func images(names ...string) []preload.Image {
-	var out []preload.Image
+func images(names ...string) []config.Image {
+	var out []config.Image
 	for _, n := range names {
-		out = append(out, preload.Image{Ref: n, Name: n})
+		out = append(out, config.Image{Ref: n, Name: n})
 	}
 	return out
 }
@@ -121,7 +122,7 @@ func TestRunOutcomes(t *testing.T) {
 				}
 				return tt.pull(attempt, auth)
 			}
-			e := &preload.Engine{Store: noderuntime.CRIOnly(connect(t, s)), Auth: func(preload.Image) []*runtimeapi.AuthConfig { return tt.auths }}
+			e := &preload.Engine{Store: noderuntime.CRIOnly(connect(t, s)), Auth: func(config.Image) []*runtimeapi.AuthConfig { return tt.auths }}
 			res, err := e.Run(context.Background(), testConfig(), images("reg.example/app:1"))
 			if err != nil {
 				t.Fatal(err)
@@ -284,8 +285,8 @@ func TestClassify(t *testing.T) {
 }
 
 func TestPlan(t *testing.T) {
-	cfg := preload.Defaults()
-	cfg.Images = []preload.Image{
+	cfg := config.Defaults()
+	cfg.Images = []config.Image{
 		{Name: "r/a:1"},
 		{Name: "r/gpu:1", NodeSelector: map[string]string{"gpu": "true"}},
 		{Name: "r/pause:3", NodeSelector: map[string]string{"never": "x"}},
@@ -315,7 +316,7 @@ func TestPlan(t *testing.T) {
 	}
 }
 
-func names(imgs []preload.Image) []string {
+func names(imgs []config.Image) []string {
 	var out []string
 	for _, i := range imgs {
 		out = append(out, i.Name)
@@ -412,7 +413,7 @@ func TestRunSaysPullPath(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, r := range results[:2] {
-		if r.Status != preload.StatusPulled || r.Via != preload.PullViaCRI {
+		if r.Status != preload.StatusPulled || r.Via != config.PullViaCRI {
 			t.Errorf("%s: %s via %q, want pulled via cri", r.Image, r.Status, r.Via)
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"github.com/kube-preloader/kube-preloader/noderuntime"
+	"github.com/kube-preloader/kube-preloader/preload/config"
 )
 
 // syncPins makes the engine's Owner hold a pin on every image present
@@ -12,7 +13,7 @@ import (
 // of the preloader's configs pinned stays pinned; an engine without an
 // Owner pins and never unpins, as it cannot tell its pins from others'.
 // A failure is logged: the images are present all the same.
-func (e *Engine) syncPins(ctx context.Context, cfg *Config, results []Result) {
+func (e *Engine) syncPins(ctx context.Context, cfg *config.Config, results []Result) {
 	if err := e.Store.Can(noderuntime.OpPin); err != nil {
 		// Nothing to unpin either: the preloader pins nothing here.
 		if cfg.Pin {

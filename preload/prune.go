@@ -10,6 +10,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/kube-preloader/kube-preloader/noderuntime"
+	"github.com/kube-preloader/kube-preloader/preload/config"
 )
 
 // What Prune did with an image.
@@ -31,11 +32,11 @@ type Pruned struct {
 // own records on the node that the engine's Owner brought the images
 // this run pulled or imported, and keeps the prune: false mark of those it
 // brought before current. Images it found present are not its own.
-func (e *Engine) own(ctx context.Context, images []Image, results []Result) {
+func (e *Engine) own(ctx context.Context, images []config.Image, results []Result) {
 	if e.Owner == "" || e.Store.Can(noderuntime.OpPrune) != nil {
 		return
 	}
-	byName := make(map[string]Image, len(images))
+	byName := make(map[string]config.Image, len(images))
 	for _, img := range images {
 		byName[img.Name] = img
 	}
@@ -76,8 +77,8 @@ func (e *Engine) own(ctx context.Context, images []Image, results []Result) {
 // image other names hold loses only the preloader's names. Images the
 // preloader did not bring, and the runtime's sandbox image, are never
 // touched. Without cfg.Prune it does nothing.
-func (e *Engine) Prune(ctx context.Context, cfg *Config) ([]Pruned, error) {
-	if cfg.Prune == PruneOff {
+func (e *Engine) Prune(ctx context.Context, cfg *config.Config) ([]Pruned, error) {
+	if cfg.Prune == config.PruneOff {
 		return nil, nil
 	}
 	if e.Owner == "" {
@@ -114,14 +115,14 @@ func (e *Engine) Prune(ctx context.Context, cfg *Config) ([]Pruned, error) {
 // leftTheList is what of owned cfg no longer lists, less what must stay
 // whatever the list says: the images marked prune: false and the
 // runtime's sandbox image, which lose only this owner's mark.
-func (e *Engine) leftTheList(ctx context.Context, cfg *Config, owned []noderuntime.OwnedImage) []noderuntime.OwnedImage {
+func (e *Engine) leftTheList(ctx context.Context, cfg *config.Config, owned []noderuntime.OwnedImage) []noderuntime.OwnedImage {
 	listed := make(map[string]bool, len(cfg.Images)+1)
 	for _, img := range cfg.Images {
 		listed[presenceKey(img.Name)] = true
 	}
 	sandbox := ""
 	if s, _, err := e.Store.SandboxImage(ctx); err == nil && s != "" {
-		if n, err := NormalizeRef(s); err == nil {
+		if n, err := config.NormalizeRef(s); err == nil {
 			sandbox = presenceKey(n)
 		}
 	}
@@ -130,7 +131,7 @@ func (e *Engine) leftTheList(ctx context.Context, cfg *Config, owned []noderunti
 		switch {
 		case listed[o.Name]:
 		case o.Keep || o.Name == sandbox || o.Others > 0:
-			if cfg.Prune == PruneOn {
+			if cfg.Prune == config.PruneOn {
 				if err := e.Store.Disown(ctx, e.Owner, o.Name); err != nil {
 					e.log().Warn("cannot forget an image", "image", o.Name, "err", err)
 				}
@@ -144,7 +145,7 @@ func (e *Engine) leftTheList(ctx context.Context, cfg *Config, owned []noderunti
 
 // pruneOne removes (or would remove) the owned record o; false when there
 // is nothing to say (the image is already gone).
-func (e *Engine) pruneOne(ctx context.Context, cfg *Config, o noderuntime.OwnedImage, containers []*runtimeapi.Container, leaving map[string]bool) (Pruned, bool) {
+func (e *Engine) pruneOne(ctx context.Context, cfg *config.Config, o noderuntime.OwnedImage, containers []*runtimeapi.Container, leaving map[string]bool) (Pruned, bool) {
 	st, err := e.Store.ImageStatus(ctx, o.Name)
 	if err != nil {
 		return Pruned{Image: o.Name, Action: PruneFailed, Reason: err.Error()}, true
@@ -161,7 +162,7 @@ func (e *Engine) pruneOne(ctx context.Context, cfg *Config, o noderuntime.OwnedI
 	// every tag is one leaving the list does the image itself go, and
 	// then as the kubelet's GC removes one, through the CRI.
 	whole := !slices.ContainsFunc(st.RepoTags, func(t string) bool { return !leaving[t] })
-	if cfg.Prune == PruneDryRun {
+	if cfg.Prune == config.PruneDryRun {
 		return Pruned{Image: o.Name, Action: PruneWouldRemove}, true
 	}
 	if whole {

@@ -8,6 +8,7 @@ import (
 	"github.com/kube-preloader/kube-preloader/cri/critest"
 	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/preload"
+	"github.com/kube-preloader/kube-preloader/preload/config"
 )
 
 // Prune removes what this owner pulled and the list dropped, and nothing
@@ -18,12 +19,12 @@ func TestPrune(t *testing.T) {
 		a, b, c, d = "registry.example/a:1", "registry.example/b:1", "registry.example/c:1", "registry.example/d:1"
 		owner      = "once:/etc/preloader/images.yaml"
 	)
-	config := func(extra string, names ...string) *preload.Config {
+	parse := func(extra string, names ...string) *config.Config {
 		y := "sandboxImage: none\n" + extra + "images:\n"
 		for _, n := range names {
 			y += "  - image: " + n + "\n"
 		}
-		cfg, err := preload.Parse("images.yaml", []byte(y))
+		cfg, err := config.Parse("images.yaml", []byte(y))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -32,25 +33,25 @@ func TestPrune(t *testing.T) {
 	tests := []struct {
 		name      string
 		setup     func(*critest.Server, *fakeContainerd)
-		later     *preload.Config
+		later     *config.Config
 		want      []preload.Pruned
 		remain    []string
 		forgotten []string
 	}{
-		{name: "dropped image removed", later: config("prune: true\n", a),
+		{name: "dropped image removed", later: parse("prune: true\n", a),
 			want: []preload.Pruned{{Image: b, Action: preload.PruneRemoved}}, remain: []string{a, c}},
-		{name: "dry run removes nothing", later: config("prune: dryRun\n", a),
+		{name: "dry run removes nothing", later: parse("prune: dryRun\n", a),
 			want: []preload.Pruned{{Image: b, Action: preload.PruneWouldRemove}}, remain: []string{a, b, c}},
-		{name: "prune off", later: config("", a), remain: []string{a, b, c}},
-		{name: "in use kept", later: config("prune: true\n", a),
+		{name: "prune off", later: parse("", a), remain: []string{a, b, c}},
+		{name: "in use kept", later: parse("prune: true\n", a),
 			setup: func(s *critest.Server, _ *fakeContainerd) { s.RunContainer("web", "sha256:"+b) },
 			want:  []preload.Pruned{{Image: b, Action: preload.PruneInUse, Reason: "used by container web"}}, remain: []string{a, b, c}},
-		{name: "another owner's too: only forgotten", later: config("prune: true\n", a),
+		{name: "another owner's too: only forgotten", later: parse("prune: true\n", a),
 			setup: func(_ *critest.Server, f *fakeContainerd) {
 				_ = f.Own(context.Background(), "agent:kube-preloader/preloader-config", b, false)
 			},
 			remain: []string{a, b, c}, forgotten: []string{b}},
-		{name: "another owner's pin: only forgotten", later: config("prune: true\n", a),
+		{name: "another owner's pin: only forgotten", later: parse("prune: true\n", a),
 			setup: func(_ *critest.Server, f *fakeContainerd) {
 				_, _ = f.SyncPins(context.Background(), "agent:kube-preloader/preloader-config", []string{b}, nil)
 			},
@@ -63,7 +64,7 @@ func TestPrune(t *testing.T) {
 			ctrd := &fakeContainerd{cri: s}
 			e := &preload.Engine{Store: noderuntime.WithContainerd(connect(t, s), ctrd), MaxAttempts: 1, Owner: owner}
 			ctx := context.Background()
-			first := config("", a, b, c)
+			first := parse("", a, b, c)
 			if _, err := e.Run(ctx, first, first.Images); err != nil {
 				t.Fatal(err)
 			}
@@ -106,14 +107,14 @@ func TestPruneKeepsNoPrune(t *testing.T) {
 	ctrd := &fakeContainerd{cri: s}
 	e := &preload.Engine{Store: noderuntime.WithContainerd(connect(t, s), ctrd), MaxAttempts: 1, Owner: "agent:ns/cm"}
 	ctx := context.Background()
-	first, err := preload.Parse("images.yaml", []byte("sandboxImage: none\nimages:\n  - image: "+a+"\n  - image: "+b+"\n    prune: false\n"))
+	first, err := config.Parse("images.yaml", []byte("sandboxImage: none\nimages:\n  - image: "+a+"\n  - image: "+b+"\n    prune: false\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.Run(ctx, first, first.Images); err != nil {
 		t.Fatal(err)
 	}
-	later, err := preload.Parse("images.yaml", []byte("sandboxImage: none\nprune: true\nimages:\n  - image: "+a+"\n"))
+	later, err := config.Parse("images.yaml", []byte("sandboxImage: none\nprune: true\nimages:\n  - image: "+a+"\n"))
 	if err != nil {
 		t.Fatal(err)
 	}

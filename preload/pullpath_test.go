@@ -16,6 +16,7 @@ import (
 	"github.com/kube-preloader/kube-preloader/cri/critest"
 	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/preload"
+	"github.com/kube-preloader/kube-preloader/preload/config"
 )
 
 // containerd2 is a containerd 2.x node whose registries answer in the
@@ -73,11 +74,11 @@ func TestRunAutoByRegistryAnswer(t *testing.T) {
 		via     string
 		why     string
 	}{
-		{"near", map[string]time.Duration{"near.example": time.Millisecond, "lan.example": 2 * time.Millisecond}, preload.PullViaCRI,
+		{"near", map[string]time.Duration{"near.example": time.Millisecond, "lan.example": 2 * time.Millisecond}, config.PullViaCRI,
 			`why="pullVia auto: registry lan.example answers in 2ms, within 5ms: containerd's CRI pulls keep the node busy at less CPU"`},
-		{"one far", map[string]time.Duration{"near.example": time.Millisecond, "lan.example": 30 * time.Millisecond}, preload.PullViaContainerd,
+		{"one far", map[string]time.Duration{"near.example": time.Millisecond, "lan.example": 30 * time.Millisecond}, config.PullViaContainerd,
 			`why="pullVia auto: containerd 2.4.2: its CRI pulls share 3 download slots on the node; registry lan.example answers in more than 5ms"`},
-		{"cannot be timed", map[string]time.Duration{"near.example": time.Millisecond}, preload.PullViaContainerd,
+		{"cannot be timed", map[string]time.Duration{"near.example": time.Millisecond}, config.PullViaContainerd,
 			`registry lan.example: connection refused"`},
 	}
 	for _, tt := range tests {
@@ -88,7 +89,7 @@ func TestRunAutoByRegistryAnswer(t *testing.T) {
 			var logs bytes.Buffer
 			e := &preload.Engine{Store: store, Log: slog.New(slog.NewTextHandler(&logs, nil))}
 			imgs := images("near.example/a:1", "lan.example/b:1", "near.example/c:1", "near.example/present:1")
-			imgs = append(imgs, preload.Image{Ref: "far.example/m:1", Name: "far.example/m:1", Mirror: "near.example"})
+			imgs = append(imgs, config.Image{Ref: "far.example/m:1", Name: "far.example/m:1", Mirror: "near.example"})
 			results, err := e.Run(context.Background(), testConfig(), imgs)
 			if err != nil {
 				t.Fatal(err)
@@ -121,15 +122,15 @@ func TestRunAutoByLayerSize(t *testing.T) {
 		via    string
 		why    string
 	}{
-		{"small layers", map[string]int64{"near.example/a:1": 12 << 20, "near.example/b:1": 63 << 20}, false, preload.PullViaCRI,
+		{"small layers", map[string]int64{"near.example/a:1": 12 << 20, "near.example/b:1": 63 << 20}, false, config.PullViaCRI,
 			`why="pullVia auto: registry near.example answers in 1ms, within 5ms: containerd's CRI pulls keep the node busy at less CPU"`},
-		{"one big layer", map[string]int64{"near.example/a:1": 12 << 20, "near.example/b:1": 512 << 20}, false, preload.PullViaContainerd,
+		{"one big layer", map[string]int64{"near.example/a:1": 12 << 20, "near.example/b:1": 512 << 20}, false, config.PullViaContainerd,
 			`why="pullVia auto: registry near.example answers in 1ms, within 5ms, but near.example/b:1 has a layer of 512 MiB: containerd's client fetches it as parallel ranges, the CRI over one connection (its concurrent_layer_fetch_buffer is off)"`},
-		{"exactly 64 MiB", map[string]int64{"near.example/a:1": 64 << 20, "near.example/b:1": 1 << 20}, false, preload.PullViaContainerd,
+		{"exactly 64 MiB", map[string]int64{"near.example/a:1": 64 << 20, "near.example/b:1": 1 << 20}, false, config.PullViaContainerd,
 			`but near.example/a:1 has a layer of 64 MiB`},
-		{"manifest unreadable", map[string]int64{"near.example/a:1": 1 << 20}, false, preload.PullViaCRI,
+		{"manifest unreadable", map[string]int64{"near.example/a:1": 1 << 20}, false, config.PullViaCRI,
 			`within 5ms: containerd's CRI pulls keep the node busy`},
-		{"the CRI fetches ranges", map[string]int64{"near.example/a:1": 12 << 20, "near.example/b:1": 512 << 20}, true, preload.PullViaCRI,
+		{"the CRI fetches ranges", map[string]int64{"near.example/a:1": 12 << 20, "near.example/b:1": 512 << 20}, true, config.PullViaCRI,
 			`within 5ms: containerd's CRI pulls keep the node busy`},
 	}
 	for _, tt := range tests {

@@ -10,6 +10,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/kube-preloader/kube-preloader/noderuntime"
+	"github.com/kube-preloader/kube-preloader/preload/config"
 )
 
 // refreshCheck is what the check of one present tag found.
@@ -25,8 +26,8 @@ type refreshCheck struct {
 // node, so once and the agent share it), which manifest the tag names
 // now. A tag that moved is pulled again by the run; one whose registry
 // cannot be asked keeps the image the node has.
-func (e *Engine) checkTags(ctx context.Context, images []Image, have map[string]bool) map[string]refreshCheck {
-	var due []Image
+func (e *Engine) checkTags(ctx context.Context, images []config.Image, have map[string]bool) map[string]refreshCheck {
+	var due []config.Image
 	for _, img := range images {
 		if img.Refresh > 0 && !strings.Contains(img.Name, "@") && have[presenceKey(img.Name)] {
 			due = append(due, img)
@@ -86,7 +87,7 @@ func nextCheck(name string, checked time.Time, every time.Duration) time.Time {
 
 // tagDigest asks with the image's credentials, most specific first, then
 // anonymously, as a pull does.
-func (e *Engine) tagDigest(ctx context.Context, img Image) (string, error) {
+func (e *Engine) tagDigest(ctx context.Context, img config.Image) (string, error) {
 	var auths []*runtimeapi.AuthConfig
 	if e.Auth != nil {
 		auths = e.Auth(img)
@@ -105,7 +106,7 @@ func (e *Engine) tagDigest(ctx context.Context, img Image) (string, error) {
 // markChecked records as checked the refreshed tags the run pulled: a
 // pull resolves the tag, and the runtime's pull wrote a new record,
 // without the old one's labels.
-func (e *Engine) markChecked(ctx context.Context, images []Image, results []Result) {
+func (e *Engine) markChecked(ctx context.Context, images []config.Image, results []Result) {
 	refresh := make(map[string]bool, len(images))
 	refreshOf := make(map[string]time.Duration, len(images))
 	for _, img := range images {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/kube-preloader/kube-preloader/noderuntime"
+	"github.com/kube-preloader/kube-preloader/preload/config"
 )
 
 // SandboxReporter is a runtime that can say which pod-infra image it uses;
@@ -33,16 +34,16 @@ const guessTimeout = time.Minute
 // ResolveSandbox turns cfg.SandboxImage into a normalized reference, or ""
 // for none. "auto" asks the runtime, so that the image preloaded is the one
 // the runtime will actually use for every pod sandbox.
-func ResolveSandbox(ctx context.Context, rt SandboxReporter, cfg *Config) (Sandbox, error) {
+func ResolveSandbox(ctx context.Context, rt SandboxReporter, cfg *config.Config) (Sandbox, error) {
 	switch cfg.SandboxImage {
-	case SandboxNone:
+	case config.SandboxNone:
 		return Sandbox{}, nil
-	case SandboxAuto:
+	case config.SandboxAuto:
 		img, source, err := rt.SandboxImage(ctx)
 		if err != nil {
 			return Sandbox{}, fmt.Errorf("sandboxImage auto: %w", err)
 		}
-		name, err := NormalizeRef(img)
+		name, err := config.NormalizeRef(img)
 		if err != nil {
 			return Sandbox{}, fmt.Errorf("sandboxImage auto: runtime reports %q: %w", img, err)
 		}

@@ -12,6 +12,7 @@ import (
 	"github.com/kube-preloader/kube-preloader/cri/critest"
 	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/preload"
+	"github.com/kube-preloader/kube-preloader/preload/config"
 )
 
 // A sandbox image that is containerd 2.x's compiled-in default, because no
@@ -49,7 +50,7 @@ func TestGuessedSandbox(t *testing.T) {
 			store := noderuntime.CRIOnly(connect(t, s))
 			cfg := testConfig()
 			cfg.Images = images("reg.example/app:1")
-			cfg.PullVia = preload.PullViaCRI
+			cfg.PullVia = config.PullViaCRI
 			sb, err := preload.ResolveSandbox(context.Background(), store, cfg)
 			if err != nil {
 				t.Fatal(err)

@@ -8,7 +8,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/kube-preloader/kube-preloader/preload"
+	"github.com/kube-preloader/kube-preloader/preload/config"
 )
 
 // ConfigKey is the ConfigMap key the agent reads its config from.
@@ -23,7 +23,7 @@ type Image struct {
 
 // ParseImage checks and normalizes an image reference.
 func ParseImage(ref string) (Image, error) {
-	norm, err := preload.NormalizeRef(ref)
+	norm, err := config.NormalizeRef(ref)
 	if err != nil {
 		return Image{}, err
 	}
@@ -122,7 +122,7 @@ func entryNames(item *yaml.Node, norm string) bool {
 	if v == "" {
 		return false
 	}
-	n, err := preload.NormalizeRef(v)
+	n, err := config.NormalizeRef(v)
 	return err == nil && n == norm
 }
 
@@ -148,6 +148,6 @@ func sameImage(s, norm string) bool {
 	if s == norm {
 		return true
 	}
-	n, err := preload.NormalizeRef(s)
+	n, err := config.NormalizeRef(s)
 	return err == nil && n == norm
 }

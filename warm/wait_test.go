@@ -20,7 +20,7 @@ import (
 
 	"github.com/kube-preloader/kube-preloader/kubeapi/clientset"
 	"github.com/kube-preloader/kube-preloader/nodestatus"
-	"github.com/kube-preloader/kube-preloader/preload"
+	"github.com/kube-preloader/kube-preloader/preload/config"
 )
 
 const (
@@ -67,11 +67,11 @@ func node(name string, st *nodestatus.Status) *metav1.PartialObjectMetadata {
 
 // reports is the status of a node whose agent synced config data.
 func reports(data string, missing []string, failed ...nodestatus.FailedImage) *nodestatus.Status {
-	return &nodestatus.Status{ConfigHash: preload.ConfigHash([]byte(data)), Total: 2, Present: 2 - len(missing) - len(failed), Missing: missing, Failed: failed}
+	return &nodestatus.Status{ConfigHash: config.Hash([]byte(data)), Total: 2, Present: 2 - len(missing) - len(failed), Missing: missing, Failed: failed}
 }
 
 func TestEvaluate(t *testing.T) {
-	oldHash := preload.ConfigHash([]byte(without))
+	oldHash := config.Hash([]byte(without))
 	tests := []struct {
 		name, image  string
 		st           *nodestatus.Status
@@ -88,7 +88,7 @@ func TestEvaluate(t *testing.T) {
 		{"failed, named normalized", "nginx:1", reports(with, nil, nodestatus.FailedImage{Image: "docker.io/library/nginx:1", Reason: "denied"}), false, "failed: denied", "denied"},
 	}
 	for _, tt := range tests {
-		w := &Waiter{Image: mustParse(t, tt.image), accept: map[string]bool{preload.ConfigHash([]byte(with)): true}}
+		w := &Waiter{Image: mustParse(t, tt.image), accept: map[string]bool{config.Hash([]byte(with)): true}}
 		states := w.evaluate([]any{node("n1", tt.st)})
 		want := nodeState{name: "n1", have: tt.have, reason: tt.reason, failed: tt.fail}
 		if len(states) != 1 || states[0] != want {
@@ -102,7 +102,7 @@ func TestEvaluate(t *testing.T) {
 func TestEvaluateCountsReportingNodes(t *testing.T) {
 	broken := node("n0", nil)
 	broken.Annotations = map[string]string{nodestatus.AnnotationStatus: "{not json"}
-	w := &Waiter{Image: mustParse(t, newImage), accept: map[string]bool{preload.ConfigHash([]byte(with)): true}}
+	w := &Waiter{Image: mustParse(t, newImage), accept: map[string]bool{config.Hash([]byte(with)): true}}
 	states := w.evaluate([]any{node("n2", reports(with, nil)), node("n1", nil), broken})
 	if len(states) != 2 || states[0].name != "n0" || states[0].have || !strings.HasPrefix(states[0].reason, nodestatus.AnnotationStatus+" annotation: ") ||
 		states[1] != (nodeState{name: "n2", have: true}) {

@@ -7,7 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/kube-preloader/kube-preloader/kubelet"
-	"github.com/kube-preloader/kube-preloader/preload"
+	"github.com/kube-preloader/kube-preloader/preload/config"
 )
 
 type allowlistOptions struct {
@@ -52,7 +52,7 @@ func (o *allowlistOptions) run(stdout, stderr io.Writer) error {
 	if minor == 0 {
 		return usageError("allowlist: --kubelet-version %q is not a Kubernetes 1.x release", o.kubeletVersion)
 	}
-	cfg, err := preload.Load(o.config)
+	cfg, err := config.Load(o.config)
 	if err != nil {
 		return err
 	}
@@ -69,7 +69,7 @@ func (o *allowlistOptions) run(stdout, stderr io.Writer) error {
 		// image, where the default lets them through.
 		return &exitError{code: exitInvalid, err: fmt.Errorf("allowlist: no image of %s can be allowlisted for kubelet 1.%d; printing nothing, as NeverVerifyAllowlistedImages with an empty list refuses every preloaded image", o.config, minor)}
 	}
-	if cfg.SandboxImage != preload.SandboxNone {
+	if cfg.SandboxImage != config.SandboxNone {
 		fmt.Fprintln(stderr, "allowlist: the sandbox image needs no entry: the kubelet does not verify it")
 	}
 	if o.output.value == "drop-in" {

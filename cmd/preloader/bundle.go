@@ -18,7 +18,7 @@ import (
 
 	"github.com/kube-preloader/kube-preloader/bundle"
 	"github.com/kube-preloader/kube-preloader/cri/keyring"
-	"github.com/kube-preloader/kube-preloader/preload"
+	"github.com/kube-preloader/kube-preloader/preload/config"
 )
 
 type bundleOptions struct {
@@ -58,7 +58,7 @@ func (o *bundleOptions) run(ctx context.Context, stderr io.Writer) error {
 	if err != nil {
 		return usageError("bundle: --platform: %v", err)
 	}
-	cfg, err := preload.Load(o.config)
+	cfg, err := config.Load(o.config)
 	if err != nil {
 		return err
 	}
@@ -84,14 +84,14 @@ func (o *bundleOptions) run(ctx context.Context, stderr io.Writer) error {
 // bundleSources lists what to fetch: every image of the config, from its
 // mirror if it has one, and the sandbox image if the config names one.
 // Images that come from an archive are the node's already.
-func bundleSources(cfg *preload.Config, kr *keyring.Keyring, stderr io.Writer) ([]bundle.Source, error) {
+func bundleSources(cfg *config.Config, kr *keyring.Keyring, stderr io.Writer) ([]bundle.Source, error) {
 	images := cfg.Images
 	switch cfg.SandboxImage {
-	case preload.SandboxAuto:
+	case config.SandboxAuto:
 		fmt.Fprintln(stderr, "bundle: sandboxImage is auto, so the pause image is not bundled; list it in images or set sandboxImage to its reference")
-	case preload.SandboxNone:
+	case config.SandboxNone:
 	default:
-		images = append([]preload.Image{{Ref: cfg.SandboxImage, Name: cfg.SandboxImage}}, images...)
+		images = append([]config.Image{{Ref: cfg.SandboxImage, Name: cfg.SandboxImage}}, images...)
 	}
 	var sources []bundle.Source
 	seen := make(map[string]bool)
@@ -106,7 +106,7 @@ func bundleSources(cfg *preload.Config, kr *keyring.Keyring, stderr io.Writer) (
 		}
 		s := bundle.Source{Name: img.Name, From: img.Name}
 		if img.Mirror != "" {
-			from, err := preload.MirrorRef(img.Name, img.Mirror)
+			from, err := config.MirrorRef(img.Name, img.Mirror)
 			if err != nil {
 				return nil, err
 			}

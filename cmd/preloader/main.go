@@ -21,7 +21,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/kube-preloader/kube-preloader/cri"
-	"github.com/kube-preloader/kube-preloader/preload"
+	"github.com/kube-preloader/kube-preloader/preload/config"
 )
 
 // Exit codes, fixed by the design contract.
@@ -139,7 +139,7 @@ func exitCode(stderr io.Writer, name string, err error) int {
 	}
 	var (
 		ee  *exitError
-		ce  *preload.ConfigError
+		ce  *config.Error
 		ue  *cri.UnreachableError
 		msg = err.Error()
 	)

@@ -15,6 +15,7 @@ import (
 	"github.com/kube-preloader/kube-preloader/cri/keyring"
 	"github.com/kube-preloader/kube-preloader/kubelet"
 	"github.com/kube-preloader/kube-preloader/preload"
+	"github.com/kube-preloader/kube-preloader/preload/config"
 )
 
 type onceOptions struct {
@@ -64,7 +65,7 @@ func (o *onceOptions) run(ctx context.Context, stdout, stderr io.Writer) error {
 	if o.config == "" {
 		return usageError("once: --config is required")
 	}
-	cfg, err := preload.Load(o.config)
+	cfg, err := config.Load(o.config)
 	if err != nil {
 		return err
 	}
@@ -114,7 +115,7 @@ func (o *onceOptions) run(ctx context.Context, stdout, stderr io.Writer) error {
 	}
 	engine := &preload.Engine{
 		Store: store,
-		Auth:  func(img preload.Image) []*runtimeapi.AuthConfig { return keyring.Lookup(img.Name) },
+		Auth:  func(img config.Image) []*runtimeapi.AuthConfig { return keyring.Lookup(img.Name) },
 		Owner: owner,
 		Log:   log,
 		Pulls: pulls,

@@ -38,7 +38,7 @@ import (
 	"github.com/kube-preloader/kube-preloader/integration/harness"
 	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/nodestatus"
-	"github.com/kube-preloader/kube-preloader/preload"
+	"github.com/kube-preloader/kube-preloader/preload/config"
 )
 
 // What the agent is held to at rest and on an edit (docs/development/benchmarks.md).
@@ -110,7 +110,7 @@ func benchAgent(b *testing.B, bin string, flavor harness.Flavor) {
 		Name: node, Labels: map[string]string{"kubernetes.io/hostname": node}}}, metav1.CreateOptions{}); err != nil {
 		b.Fatal(err)
 	}
-	config := func(n int, withExtra bool) string {
+	configYAML := func(n int, withExtra bool) string {
 		s := fmt.Sprintf("# edit %d\nsandboxImage: auto\nresync: 5s\nimages:\n", n)
 		for _, img := range imgs[:agentImages] {
 			s += "  - image: " + img.Ref + "\n"
@@ -120,7 +120,7 @@ func benchAgent(b *testing.B, bin string, flavor harness.Flavor) {
 		}
 		return s
 	}
-	hash := setConfig(b, c, config(0, false))
+	hash := setConfig(b, c, configYAML(0, false))
 
 	proxy := startCountingProxy(b, k)
 	criCalls := startCRIProxy(b, ctrd)
@@ -192,8 +192,8 @@ func benchAgent(b *testing.B, bin string, flavor harness.Flavor) {
 		var lat []time.Duration
 		before := proxy.since(0)
 		for i := 1; i <= edits; i++ {
-			data := config(i, i%2 == 1)
-			want := preload.ConfigHash([]byte(data))
+			data := configYAML(i, i%2 == 1)
+			want := config.Hash([]byte(data))
 			total := agentImages + 1
 			if i%2 == 1 {
 				total++
@@ -254,7 +254,7 @@ func setConfig(b *testing.B, c kubernetes.Interface, data string) string {
 	if err != nil {
 		b.Fatal(err)
 	}
-	return preload.ConfigHash([]byte(data))
+	return config.Hash([]byte(data))
 }
 
 func nodeStatus(n *corev1.Node) *nodestatus.Status {

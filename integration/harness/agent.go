@@ -22,7 +22,7 @@ import (
 
 	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/nodestatus"
-	"github.com/kube-preloader/kube-preloader/preload"
+	"github.com/kube-preloader/kube-preloader/preload/config"
 )
 
 // The agent's namespace, ConfigMap and ServiceAccount, as manifests/ names
@@ -246,7 +246,7 @@ func SetImagesYAML(t T, c kubernetes.Interface, data string) string {
 	if err != nil {
 		t.Fatalf("edit ConfigMap: %v", err)
 	}
-	return preload.ConfigHash([]byte(data))
+	return config.Hash([]byte(data))
 }
 
 // NodeView is what `kubectl get node -o yaml` shows of the agent's work.

@@ -18,7 +18,7 @@ import (
 
 	"github.com/kube-preloader/kube-preloader/integration/harness"
 	"github.com/kube-preloader/kube-preloader/nodestatus"
-	"github.com/kube-preloader/kube-preloader/preload"
+	"github.com/kube-preloader/kube-preloader/preload/config"
 )
 
 const plainConfig = "sandboxImage: none\nimages:\n  - image: corp.example/team/app:1.4\n"
@@ -46,7 +46,7 @@ func TestScalePlainNodes(t *testing.T) {
 	c := k.Client
 	k.Kubectl(t, "apply", "-k", "../../manifests")
 	harness.SetImagesYAML(t, c, plainConfig)
-	old := preload.ConfigHash([]byte(plainConfig))
+	old := config.Hash([]byte(plainConfig))
 	nodes := make([]string, n)
 	for i := range nodes {
 		nodes[i] = fmt.Sprintf("plain-%04d", i)
@@ -104,7 +104,7 @@ func TestScalePlainNodes(t *testing.T) {
 		t.Fatal(err)
 	}
 	data := cm.Data["images.yaml"]
-	hash := preload.ConfigHash([]byte(data))
+	hash := config.Hash([]byte(data))
 	total := strings.Count(data, "- image:")
 	reportStart := time.Now()
 	parallel(t, nodes, func(name string) error {

@@ -1,4 +1,4 @@
-package preload_test
+package config_test
 
 import (
 	"fmt"
@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kube-preloader/kube-preloader/preload"
+	"github.com/kube-preloader/kube-preloader/preload/config"
 )
 
 // TestParseSyntaxErrorLines pins the line of each kind of broken YAML to
@@ -64,7 +64,7 @@ func TestParseSyntaxErrorLines(t *testing.T) {
 		{"missing ']', LS", "images: []\u2028pin: [true\u2028", "images.yaml:2: invalid YAML: did not find expected ',' or ']'"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := preload.Parse("images.yaml", []byte(tc.yaml))
+			_, err := config.Parse("images.yaml", []byte(tc.yaml))
 			if err == nil || err.Error() != tc.want {
 				t.Errorf("Parse(%q):\n got  %v\n want %s (as with gopkg.in/yaml.v3 v3.0.1)", tc.yaml, err, tc.want)
 			}
@@ -83,7 +83,7 @@ func TestParseSyntaxErrorLineOfLargeConfig(t *testing.T) {
 	}
 	lines := 10001
 	start := time.Now()
-	if _, err := preload.Parse("images.yaml", []byte(b.String())); err != nil {
+	if _, err := config.Parse("images.yaml", []byte(b.String())); err != nil {
 		t.Fatal(err)
 	}
 	valid := time.Since(start)
@@ -92,7 +92,7 @@ func TestParseSyntaxErrorLineOfLargeConfig(t *testing.T) {
 		{"\t- image: x\n", "found character that cannot start any token"},
 	} {
 		start := time.Now()
-		_, err := preload.Parse("images.yaml", []byte(b.String()+tc.last))
+		_, err := config.Parse("images.yaml", []byte(b.String()+tc.last))
 		want := fmt.Sprintf("images.yaml:%d: invalid YAML: %s", lines+1, tc.msg)
 		if err == nil || err.Error() != want {
 			t.Errorf("got  %v\nwant %s", err, want)

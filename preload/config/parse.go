@@ -1,4 +1,4 @@
-package preload
+package config
 
 import (
 	"bytes"
@@ -37,8 +37,8 @@ const (
 	maxMsgBytes = 1024
 )
 
-// ConfigError is an invalid config: every problem found in it.
-type ConfigError struct {
+// Error is an invalid config: every problem found in it.
+type Error struct {
 	Problems []Problem
 }
 
@@ -58,23 +58,12 @@ func (p Problem) String() string {
 }
 
 // Error is one line per problem, in the order of the file.
-func (e *ConfigError) Error() string {
+func (e *Error) Error() string {
 	lines := make([]string, len(e.Problems))
 	for i, p := range e.Problems {
 		lines[i] = p.String()
 	}
 	return strings.Join(lines, "\n")
-}
-
-// NormalizeRef normalizes an image reference the way the kubelet does
-// before it asks the runtime: "nginx" is docker.io/library/nginx:latest, a
-// digest reference keeps its digest, and its tag if it has one.
-func NormalizeRef(s string) (string, error) {
-	named, err := reference.ParseNormalizedNamed(s)
-	if err != nil {
-		return "", err
-	}
-	return reference.TagNameOnly(named).String(), nil
 }
 
 // Load reads and parses the config file at path.
@@ -93,18 +82,18 @@ func Load(path string) (*Config, error) {
 	return Parse(path, data)
 }
 
-// readError is a *ConfigError so that the commands treat a config they
+// readError is an *Error so that the commands treat a config they
 // cannot read like one they cannot parse: invalid, exit code 2.
 func readError(path string, err error) error {
 	var pe *fs.PathError
 	if errors.As(err, &pe) {
 		err = pe.Err
 	}
-	return &ConfigError{Problems: []Problem{{File: path, Msg: "cannot read config: " + err.Error()}}}
+	return &Error{Problems: []Problem{{File: path, Msg: "cannot read config: " + err.Error()}}}
 }
 
 // Parse parses the content of a config file; file names it in problems.
-// The error, if any, is a *ConfigError with every problem found (up to
+// The error, if any, is an *Error with every problem found (up to
 // 1000, then a count). Input over 1 MiB, more than 10000 images and
 // aliases that expand past 4 MiB are refused before anything else.
 func Parse(file string, data []byte) (*Config, error) {
@@ -169,105 +158,6 @@ func (p *parser) document(data []byte) *yaml.Node {
 	}
 }
 
-// yamlError is all that yaml.v3 tells of a syntax error: its text,
-// "yaml: line N: msg", or "yaml: msg" when it names no line.
-var yamlError = regexp.MustCompile(`(?s)^yaml: (?:line (\d+): )?(.*)$`)
-
-func (p *parser) syntaxError(err error, data []byte) {
-	line, msg := splitYAMLError(err)
-	p.add(errorLine(data, line, msg), "invalid YAML: "+msg)
-}
-
-// splitYAMLError returns the line that yaml.v3's error names, 0 if none,
-// and its message.
-func splitYAMLError(err error) (line int, msg string) {
-	m := yamlError.FindStringSubmatch(err.Error())
-	if m == nil {
-		return 0, err.Error()
-	}
-	line, _ = strconv.Atoi(m[1])
-	return line, m[2]
-}
-
-// errorLine is the line of data that yaml.v3 means by line in its error
-// msg. yaml.v3 counts the lines of its scanner's errors from 1 and those
-// of its parser's from 0, leaving out line 0 (parser.fail, in its
-// decode.go), and its text does not say which counted. A blank line put
-// before line+1 tells: it moves what the error points at only if that
-// is on line+1. (A scanner's error on line 1 names none, and goes on to
-// name 2: it stays without one.) At the end of the input, that line is
-// the one after the last.
-func errorLine(data []byte, line int, msg string) int {
-	lines := lineCount(data)
-	if line >= lines {
-		return lines // line and line+1 are both past the end
-	}
-	if at, _ := skipLines(data, line); movesDown(data, at, line, msg) {
-		return line + 1
-	}
-	return line
-}
-
-// movesDown reports whether yaml.v3 names line+1 for the same error msg
-// once a blank line is put at offset at of data. It costs one more parse,
-// no more than the one that failed.
-func movesDown(data []byte, at, line int, msg string) bool {
-	blank := "\n"
-	if at > 0 && data[at-1] == '\r' {
-		blank = "\r" // "\r\n" would be one line break
-	}
-	r := io.MultiReader(bytes.NewReader(data[:at]), strings.NewReader(blank), bytes.NewReader(data[at:]))
-	dec := yaml.NewDecoder(r)
-	for {
-		var doc yaml.Node
-		if err := dec.Decode(&doc); err != nil {
-			l, m := splitYAMLError(err)
-			return l == line+1 && m == msg
-		}
-	}
-}
-
-// lineCount is how many lines data has, counted as yaml.v3 counts them.
-func lineCount(data []byte) int {
-	end, n := skipLines(data, len(data))
-	if end < len(data) {
-		n++ // the last line has no line break
-	}
-	return n
-}
-
-// skipLines returns the offset just after the first n line breaks of data,
-// or after its last if it has fewer, and how many it skipped. Line breaks
-// are yaml.v3's: CR, LF, CRLF, NEL, LS and PS.
-func skipLines(data []byte, n int) (offset, skipped int) {
-	for i := 0; i < len(data) && skipped < n; {
-		w := breakWidth(data[i:])
-		if w == 0 {
-			i++
-			continue
-		}
-		i += w
-		offset, skipped = i, skipped+1
-	}
-	return offset, skipped
-}
-
-// breakWidth is the length of the line break that b starts with, 0 if none.
-func breakWidth(b []byte) int {
-	switch {
-	case bytes.HasPrefix(b, []byte("\r\n")):
-		return 2
-	case b[0] == '\r' || b[0] == '\n':
-		return 1
-	case bytes.HasPrefix(b, []byte("\u0085")):
-		return 2
-	case bytes.HasPrefix(b, []byte("\u2028")), bytes.HasPrefix(b, []byte("\u2029")):
-		return 3
-	}
-	return 0
-}
-
-// expandedSize is what n costs a walk that follows aliases, in nodes plus
 // scalar bytes, saturated just above maxExpanded. Anchored nodes are
 // measured once, so this is linear in the parsed tree.
 func expandedSize(n *yaml.Node, anchored map[*yaml.Node]int) int {
@@ -856,5 +746,5 @@ func (p *parser) err() error {
 	if p.omitted > 0 {
 		problems = append(problems, Problem{File: p.file, Msg: fmt.Sprintf("and %d more problems", p.omitted)})
 	}
-	return &ConfigError{Problems: problems}
+	return &Error{Problems: problems}
 }

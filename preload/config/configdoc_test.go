@@ -1,4 +1,4 @@
-package preload
+package config
 
 import (
 	"fmt"
@@ -13,7 +13,7 @@ import (
 )
 
 // configDoc is the config reference an operator reads.
-const configDoc = "../docs/reference/config.md"
+const configDoc = "../../docs/reference/config.md"
 
 // docRow is one key of the reference's tables.
 type docRow struct {

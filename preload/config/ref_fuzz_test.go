@@ -1,4 +1,4 @@
-package preload_test
+package config_test
 
 import (
 	"encoding/json"
@@ -7,7 +7,7 @@ import (
 
 	"github.com/distribution/reference"
 
-	"github.com/kube-preloader/kube-preloader/preload"
+	"github.com/kube-preloader/kube-preloader/preload/config"
 )
 
 // FuzzNormalizeRef checks image reference handling on any input:
@@ -36,17 +36,17 @@ func FuzzNormalizeRef(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, ref, mirror string) {
 		// Never a panic, whatever the input.
-		if s, err := preload.MirrorRef(ref, mirror); err == nil {
+		if s, err := config.MirrorRef(ref, mirror); err == nil {
 			if _, err := reference.ParseNormalizedNamed(s); err != nil {
 				t.Fatalf("MirrorRef(%q, %q) = %q, which does not parse: %v", ref, mirror, s, err)
 			}
 		}
 
-		name, err := preload.NormalizeRef(ref)
+		name, err := config.NormalizeRef(ref)
 		if err != nil {
 			return
 		}
-		again, err := preload.NormalizeRef(name)
+		again, err := config.NormalizeRef(name)
 		if err != nil || again != name {
 			t.Fatalf("NormalizeRef(%q) = %q, but NormalizeRef(%q) = %q, %v", ref, name, name, again, err)
 		}
@@ -55,7 +55,7 @@ func FuzzNormalizeRef(f *testing.F) {
 			t.Fatalf("NormalizeRef(%q) = %q, which does not parse: %v", ref, name, err)
 		}
 		if familiar := reference.FamiliarString(named); familiar != name {
-			if n, err := preload.NormalizeRef(familiar); err != nil || n != name {
+			if n, err := config.NormalizeRef(familiar); err != nil || n != name {
 				t.Fatalf("familiar form %q of %q normalizes to %q, %v", familiar, name, n, err)
 			}
 		}
@@ -68,14 +68,14 @@ func FuzzNormalizeRef(f *testing.F) {
 		// A mirror the config accepts for this image: the mirror reference
 		// must parse and keep everything but the registry.
 		q := func(s string) string { b, _ := json.Marshal(s); return string(b) }
-		cfg, err := preload.Parse("f.yaml", []byte("images:\n  - image: "+q(ref)+"\n    mirror: "+q(mirror)+"\n"))
+		cfg, err := config.Parse("f.yaml", []byte("images:\n  - image: "+q(ref)+"\n    mirror: "+q(mirror)+"\n"))
 		if err != nil {
 			return
 		}
 		if len(cfg.Images) != 1 || cfg.Images[0].Name != name || cfg.Images[0].Mirror != mirror {
 			t.Fatalf("Parse of %q, %q: %+v", ref, mirror, cfg.Images)
 		}
-		s, err := preload.MirrorRef(name, mirror)
+		s, err := config.MirrorRef(name, mirror)
 		if err != nil {
 			t.Fatalf("MirrorRef(%q, %q) of an accepted config: %v", name, mirror, err)
 		}
@@ -101,7 +101,7 @@ func FuzzNormalizeRef(f *testing.F) {
 				t.Fatalf("MirrorRef(%q, %q) = %q lost the digest", name, mirror, s)
 			}
 		}
-		if n, err := preload.NormalizeRef(s); err != nil || n != s && n != reference.TagNameOnly(m).String() {
+		if n, err := config.NormalizeRef(s); err != nil || n != s && n != reference.TagNameOnly(m).String() {
 			t.Fatalf("MirrorRef(%q, %q) = %q normalizes to %q, %v", name, mirror, s, n, err)
 		}
 	})

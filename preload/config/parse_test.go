@@ -1,4 +1,4 @@
-package preload_test
+package config_test
 
 import (
 	"errors"
@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kube-preloader/kube-preloader/preload"
+	"github.com/kube-preloader/kube-preloader/preload/config"
 )
 
 const digest = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
@@ -39,15 +39,15 @@ rollout: {maxNodesPulling: 100%, firstNodes: 0}   # agent: cluster-wide pull wav
 `
 
 func TestParseDesignExample(t *testing.T) {
-	cfg, err := preload.Parse("images.yaml", []byte(designExample))
+	cfg, err := config.Parse("images.yaml", []byte(designExample))
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := preload.Defaults()
+	want := config.Defaults()
 	// The example writes the CRI path's concurrency; left out, the path
 	// decides it (Config.PullConcurrency).
 	want.Concurrency = 3
-	want.Images = []preload.Image{
+	want.Images = []config.Image{
 		{Ref: "registry.k8s.io/pause:3.10", Name: "registry.k8s.io/pause:3.10", Line: 2},
 		{
 			Ref: "corp.example/team/app:1.4", Name: "corp.example/team/app:1.4", Line: 3,
@@ -66,7 +66,7 @@ func TestParseDesignExample(t *testing.T) {
 }
 
 func TestParseDefaults(t *testing.T) {
-	cfg, err := preload.Parse("images.yaml", []byte("images: []\n"))
+	cfg, err := config.Parse("images.yaml", []byte("images: []\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,13 +74,13 @@ func TestParseDefaults(t *testing.T) {
 		t.Errorf("images: %v", cfg.Images)
 	}
 	cfg.Images = nil
-	want := preload.Defaults()
+	want := config.Defaults()
 	if !reflect.DeepEqual(*cfg, want) {
 		t.Errorf("got  %+v\nwant %+v", *cfg, want)
 	}
 	if want.SandboxImage != "auto" || want.ArchiveDir != "/var/lib/preloader/archives" ||
 		want.Concurrency != 0 || want.PullConcurrency("cri") != 3 || want.PullConcurrency("containerd") != 8 || want.PullVia != "auto" || want.MaxDownloads != 8 ||
-		want.PullTimeout != 15*time.Minute || want.Retry != (preload.Retry{InitialDelay: 2 * time.Second, MaxDelay: 5 * time.Minute}) ||
+		want.PullTimeout != 15*time.Minute || want.Retry != (config.Retry{InitialDelay: 2 * time.Second, MaxDelay: 5 * time.Minute}) ||
 		want.Resync != 5*time.Minute || !want.Pin {
 		t.Errorf("defaults differ from docs/design/contract.md: %+v", want)
 	}
@@ -89,7 +89,7 @@ func TestParseDefaults(t *testing.T) {
 func TestParseValues(t *testing.T) {
 	for _, tc := range []struct {
 		name, yaml string
-		check      func(*preload.Config) bool
+		check      func(*config.Config) bool
 	}{
 		{"every key set", `
 images: [{image: nginx}]
@@ -102,37 +102,37 @@ pullTimeout: 90s
 retry: {initialDelay: 1s, maxDelay: 1s}
 resync: 1s
 pin: false
-`, func(c *preload.Config) bool {
+`, func(c *config.Config) bool {
 			return c.SandboxImage == "registry.k8s.io/pause:3.10" && c.ArchiveDir == "/srv/archives" &&
 				c.Concurrency == 64 && c.PullVia == "containerd" && c.MaxDownloads == 1 &&
-				c.PullTimeout == 90*time.Second && c.Retry == (preload.Retry{InitialDelay: time.Second, MaxDelay: time.Second}) &&
+				c.PullTimeout == 90*time.Second && c.Retry == (config.Retry{InitialDelay: time.Second, MaxDelay: time.Second}) &&
 				c.Resync == time.Second && !c.Pin
 		}},
-		{"through containerd: images at once to fill the download slots", "images: []\npullVia: containerd\nmaxDownloads: 12\n", func(c *preload.Config) bool {
+		{"through containerd: images at once to fill the download slots", "images: []\npullVia: containerd\nmaxDownloads: 12\n", func(c *config.Config) bool {
 			return c.PullConcurrency("containerd") == 12
 		}},
-		{"an explicit concurrency stays on either path", "images: []\npullVia: containerd\nconcurrency: 2\n", func(c *preload.Config) bool {
+		{"an explicit concurrency stays on either path", "images: []\npullVia: containerd\nconcurrency: 2\n", func(c *config.Config) bool {
 			return c.PullConcurrency("containerd") == 2 && c.PullConcurrency("cri") == 2 && c.MaxDownloads == 8
 		}},
-		{"through containerd: never fewer images than the default", "images: []\npullVia: containerd\nmaxDownloads: 1\n", func(c *preload.Config) bool {
+		{"through containerd: never fewer images than the default", "images: []\npullVia: containerd\nmaxDownloads: 1\n", func(c *config.Config) bool {
 			return c.PullConcurrency("containerd") == 3
 		}},
-		{"through the CRI: the default", "images: []\nmaxDownloads: 12\n", func(c *preload.Config) bool {
+		{"through the CRI: the default", "images: []\nmaxDownloads: 12\n", func(c *config.Config) bool {
 			return c.PullConcurrency("cri") == 3 && c.PullVia == "auto"
 		}},
-		{"sandbox image normalized", "images: []\nsandboxImage: pause\n", func(c *preload.Config) bool {
+		{"sandbox image normalized", "images: []\nsandboxImage: pause\n", func(c *config.Config) bool {
 			return c.SandboxImage == "docker.io/library/pause:latest"
 		}},
-		{"sandbox none", "images: []\nsandboxImage: none\n", func(c *preload.Config) bool { return c.SandboxImage == "none" }},
-		{"null is left out", "images: []\nconcurrency:\nretry: ~\nsandboxImage: null\n", func(c *preload.Config) bool {
-			d := preload.Defaults()
+		{"sandbox none", "images: []\nsandboxImage: none\n", func(c *config.Config) bool { return c.SandboxImage == "none" }},
+		{"null is left out", "images: []\nconcurrency:\nretry: ~\nsandboxImage: null\n", func(c *config.Config) bool {
+			d := config.Defaults()
 			return c.Concurrency == d.Concurrency && c.Retry == d.Retry && c.SandboxImage == d.SandboxImage
 		}},
-		{"one retry delay", "images: []\nretry: {maxDelay: 1m}\n", func(c *preload.Config) bool {
-			return c.Retry == preload.Retry{InitialDelay: 2 * time.Second, MaxDelay: time.Minute}
+		{"one retry delay", "images: []\nretry: {maxDelay: 1m}\n", func(c *config.Config) bool {
+			return c.Retry == config.Retry{InitialDelay: 2 * time.Second, MaxDelay: time.Minute}
 		}},
-		{"trailing document marker", "images: []\n---\n", func(c *preload.Config) bool { return true }},
-		{"block style image", "images:\n  -\n    serviceAccount: sa\n    image: nginx\n", func(c *preload.Config) bool {
+		{"trailing document marker", "images: []\n---\n", func(c *config.Config) bool { return true }},
+		{"block style image", "images:\n  -\n    serviceAccount: sa\n    image: nginx\n", func(c *config.Config) bool {
 			return c.Images[0].Line == 3 && c.Images[0].Name == "docker.io/library/nginx:latest" && c.Images[0].ServiceAccount == "sa"
 		}},
 		{"aliases share a selector", `
@@ -141,25 +141,25 @@ images:
     nodeSelector: &gpu {gpu: "true", kubernetes.io/arch: amd64}
   - image: b
     nodeSelector: *gpu
-`, func(c *preload.Config) bool {
+`, func(c *config.Config) bool {
 			return reflect.DeepEqual(c.Images[0].NodeSelector, c.Images[1].NodeSelector) &&
 				c.Images[1].NodeSelector["kubernetes.io/arch"] == "amd64" && c.Images[1].Line == 5
 		}},
 		{"same repository, tag and digest differ", "images: [{image: nginx}, {image: 'nginx@" + digest + "'}, {image: 'nginx:1@" + digest + "'}]\n",
-			func(c *preload.Config) bool { return len(c.Images) == 3 }},
+			func(c *config.Config) bool { return len(c.Images) == 3 }},
 		{"mirrors", `
 images:
   - {image: a, mirror: mirror.corp}
   - {image: b, mirror: "localhost:5000"}
   - {image: c, mirror: "[::1]:5000/a/b"}
   - {image: d, mirror: localhost}
-`, func(c *preload.Config) bool { return c.Images[2].Mirror == "[::1]:5000/a/b" }},
-		{"archive in a subdirectory", "images: [{image: a, archive: team/a.tar}]\n", func(c *preload.Config) bool {
+`, func(c *config.Config) bool { return c.Images[2].Mirror == "[::1]:5000/a/b" }},
+		{"archive in a subdirectory", "images: [{image: a, archive: team/a.tar}]\n", func(c *config.Config) bool {
 			return c.Images[0].Archive == "team/a.tar"
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cfg, err := preload.Parse("images.yaml", []byte(tc.yaml))
+			cfg, err := config.Parse("images.yaml", []byte(tc.yaml))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -173,11 +173,11 @@ images:
 // problems parses and returns the lines a user sees.
 func problems(t *testing.T, yaml string) []string {
 	t.Helper()
-	cfg, err := preload.Parse("images.yaml", []byte(yaml))
+	cfg, err := config.Parse("images.yaml", []byte(yaml))
 	if err == nil {
 		t.Fatalf("no error; config %+v", *cfg)
 	}
-	var ce *preload.ConfigError
+	var ce *config.Error
 	if !errors.As(err, &ce) {
 		t.Fatalf("%T is not a *ConfigError: %v", err, err)
 	}
@@ -379,14 +379,14 @@ func TestNormalizeRef(t *testing.T) {
 		{in: " nginx", err: "invalid reference format"},
 		{in: strings.TrimPrefix(digest, "sha256:"), err: "cannot specify 64-byte hexadecimal strings"},
 	} {
-		got, err := preload.NormalizeRef(tc.in)
+		got, err := config.NormalizeRef(tc.in)
 		switch {
 		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
 			t.Errorf("NormalizeRef(%q) = %q, %v; want error with %q", tc.in, got, err, tc.err)
 		case tc.err == "" && (err != nil || got != tc.want):
 			t.Errorf("NormalizeRef(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
 		}
-		if image, err2 := preload.Parse("images.yaml", []byte(fmt.Sprintf("images: [{image: %q}]\n", tc.in))); err == nil && (err2 != nil || image.Images[0].Name != got || image.Images[0].Ref != tc.in) {
+		if image, err2 := config.Parse("images.yaml", []byte(fmt.Sprintf("images: [{image: %q}]\n", tc.in))); err == nil && (err2 != nil || image.Images[0].Name != got || image.Images[0].Ref != tc.in) {
 			t.Errorf("Parse of %q: %+v, %v", tc.in, image, err2)
 		}
 	}
@@ -411,7 +411,7 @@ func TestParseLimits(t *testing.T) {
 		for i := range 10000 {
 			fmt.Fprintf(&b, "- {image: corp.example/team/image-%d:1.0, pullSecrets: [regcred], nodeSelector: {pool: gpu}}\n", i)
 		}
-		cfg, err := preload.Parse("images.yaml", []byte(b.String()))
+		cfg, err := config.Parse("images.yaml", []byte(b.String()))
 		if err != nil || len(cfg.Images) != 10000 {
 			t.Fatalf("%d bytes: %v", b.Len(), err)
 		}
@@ -481,7 +481,7 @@ func TestLoad(t *testing.T) {
 		}
 	}
 
-	cfg, err := preload.Load(good)
+	cfg, err := config.Load(good)
 	if err != nil || len(cfg.Images) != 4 {
 		t.Fatalf("Load(good): %v", err)
 	}
@@ -491,8 +491,8 @@ func TestLoad(t *testing.T) {
 		filepath.Join(dir, "missing.yaml"): filepath.Join(dir, "missing.yaml") + ": cannot read config: no such file or directory",
 		dir:                                dir + ": cannot read config: is a directory",
 	} {
-		_, err := preload.Load(path)
-		var ce *preload.ConfigError
+		_, err := config.Load(path)
+		var ce *config.Error
 		if !errors.As(err, &ce) || !strings.HasPrefix(err.Error(), want) {
 			t.Errorf("Load(%s) = %v; want a *ConfigError starting %q", path, err, want)
 		}
@@ -503,9 +503,9 @@ func TestLoad(t *testing.T) {
 // with one line per problem, and that what it accepts is within bounds.
 func FuzzParse(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
-		cfg, err := preload.Parse("f.yaml", data)
+		cfg, err := config.Parse("f.yaml", data)
 		if err != nil {
-			var ce *preload.ConfigError
+			var ce *config.Error
 			if !errors.As(err, &ce) || len(ce.Problems) == 0 || len(ce.Problems) > 1001 {
 				t.Fatalf("error %T with %d problems: %v", err, len(ce.Problems), err)
 			}
@@ -525,10 +525,10 @@ func FuzzParse(f *testing.F) {
 		}
 		seen := map[string]bool{}
 		for _, img := range cfg.Images {
-			if n, err := preload.NormalizeRef(img.Name); err != nil || n != img.Name {
+			if n, err := config.NormalizeRef(img.Name); err != nil || n != img.Name {
 				t.Fatalf("name %q normalizes to %q, %v", img.Name, n, err)
 			}
-			if n, _ := preload.NormalizeRef(img.Ref); n != img.Name {
+			if n, _ := config.NormalizeRef(img.Ref); n != img.Name {
 				t.Fatalf("ref %q is %q, name %q", img.Ref, n, img.Name)
 			}
 			if seen[img.Name] {
@@ -540,20 +540,20 @@ func FuzzParse(f *testing.F) {
 			}
 			if img.Mirror != "" {
 				// The mirror stays the registry of what is pulled from it.
-				if n, err := preload.NormalizeRef(img.Mirror + "/a"); err != nil || !strings.HasPrefix(n, img.Mirror+"/") {
+				if n, err := config.NormalizeRef(img.Mirror + "/a"); err != nil || !strings.HasPrefix(n, img.Mirror+"/") {
 					t.Fatalf("mirror %q: %q, %v", img.Mirror, n, err)
 				}
 			}
 		}
 		if s := cfg.SandboxImage; s != "auto" && s != "none" {
-			if n, err := preload.NormalizeRef(s); err != nil || n != s {
+			if n, err := config.NormalizeRef(s); err != nil || n != s {
 				t.Fatalf("sandbox image %q normalizes to %q, %v", s, n, err)
 			}
 		}
 		if cfg.Concurrency < 0 || cfg.Concurrency > 64 || cfg.MaxDownloads < 1 || cfg.MaxDownloads > 64 ||
 			cfg.PullTimeout <= 0 || cfg.Retry.InitialDelay <= 0 || cfg.Retry.InitialDelay > cfg.Retry.MaxDelay ||
 			cfg.Resync < time.Second || !filepath.IsAbs(cfg.ArchiveDir) ||
-			(cfg.PullVia != preload.PullViaAuto && cfg.PullVia != preload.PullViaCRI && cfg.PullVia != preload.PullViaContainerd) {
+			(cfg.PullVia != config.PullViaAuto && cfg.PullVia != config.PullViaCRI && cfg.PullVia != config.PullViaContainerd) {
 			t.Fatalf("out of bounds: %+v", *cfg)
 		}
 	})
@@ -562,7 +562,7 @@ func FuzzParse(f *testing.F) {
 // The one retry schedule: each wait in [d/2, d) for d doubling from
 // initialDelay, and never above maxDelay however long it runs.
 func TestRetryBackoff(t *testing.T) {
-	r := preload.Retry{InitialDelay: 2 * time.Second, MaxDelay: 20 * time.Second}
+	r := config.Retry{InitialDelay: 2 * time.Second, MaxDelay: 20 * time.Second}
 	b := r.Backoff()
 	for i, d := range []time.Duration{2, 4, 8, 16, 20, 20, 20} {
 		d *= time.Second

@@ -1,4 +1,4 @@
-package preload
+package config
 
 import (
 	"math"
@@ -74,9 +74,9 @@ type Image struct {
 	refreshSet bool
 	// Line is where the entry starts in the config file.
 	Line int
-	// Guess is a sandbox image no config names (Sandbox.Guess): pulled
-	// with one attempt of at most guessTimeout, and its failure reported
-	// without counting against the run (Count).
+	// Guess is a sandbox image no config names, which the engine adds
+	// (preload.Sandbox.Guess): pulled with one attempt, and its failure
+	// reported without counting against the run (preload.Count).
 	Guess bool
 }
 

@@ -1,32 +1,32 @@
-package preload_test
+package config_test
 
 import (
 	"testing"
 	"time"
 
-	"github.com/kube-preloader/kube-preloader/preload"
+	"github.com/kube-preloader/kube-preloader/preload/config"
 )
 
 func TestParseRollout(t *testing.T) {
-	def := preload.DefaultRollout()
+	def := config.DefaultRollout()
 	for _, tc := range []struct {
 		name, yaml string
-		want       preload.Rollout
+		want       config.Rollout
 	}{
 		{"left out", "images: []\n", def},
-		{"a count", "images: []\nrollout: {maxNodesPulling: 5}\n", preload.Rollout{
-			MaxNodesPulling: preload.NodeCount{N: 5}, FirstNodesTimeout: def.FirstNodesTimeout,
+		{"a count", "images: []\nrollout: {maxNodesPulling: 5}\n", config.Rollout{
+			MaxNodesPulling: config.NodeCount{N: 5}, FirstNodesTimeout: def.FirstNodesTimeout,
 		}},
-		{"a percentage", "images: []\nrollout: {maxNodesPulling: 10%}\n", preload.Rollout{
-			MaxNodesPulling: preload.NodeCount{N: 10, Percent: true}, FirstNodesTimeout: def.FirstNodesTimeout,
+		{"a percentage", "images: []\nrollout: {maxNodesPulling: 10%}\n", config.Rollout{
+			MaxNodesPulling: config.NodeCount{N: 10, Percent: true}, FirstNodesTimeout: def.FirstNodesTimeout,
 		}},
 		{"quoted percentage", "images: []\nrollout: {maxNodesPulling: \"100%\"}\n", def},
-		{"every key", "images: []\nrollout:\n  maxNodesPulling: 1\n  firstNodes: 2\n  firstNodesTimeout: 90s\n", preload.Rollout{
-			MaxNodesPulling: preload.NodeCount{N: 1}, FirstNodes: 2, FirstNodesTimeout: 90 * time.Second,
+		{"every key", "images: []\nrollout:\n  maxNodesPulling: 1\n  firstNodes: 2\n  firstNodesTimeout: 90s\n", config.Rollout{
+			MaxNodesPulling: config.NodeCount{N: 1}, FirstNodes: 2, FirstNodesTimeout: 90 * time.Second,
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cfg, err := preload.Parse("images.yaml", []byte(tc.yaml))
+			cfg, err := config.Parse("images.yaml", []byte(tc.yaml))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -67,17 +67,17 @@ func TestParseRolloutErrors(t *testing.T) {
 
 func TestNodeCountOf(t *testing.T) {
 	for _, tc := range []struct {
-		c           preload.NodeCount
+		c           config.NodeCount
 		nodes, want int
 		unlimited   bool
 	}{
-		{preload.NodeCount{N: 5}, 500, 5, false},
-		{preload.NodeCount{N: 5}, 2, 5, false},
-		{preload.NodeCount{N: 10, Percent: true}, 500, 50, false},
-		{preload.NodeCount{N: 10, Percent: true}, 15, 2, false}, // rounds up
-		{preload.NodeCount{N: 1, Percent: true}, 3, 1, false},   // never 0
-		{preload.NodeCount{N: 1, Percent: true}, 0, 1, false},
-		{preload.NodeCount{N: 100, Percent: true}, 7, 7, true},
+		{config.NodeCount{N: 5}, 500, 5, false},
+		{config.NodeCount{N: 5}, 2, 5, false},
+		{config.NodeCount{N: 10, Percent: true}, 500, 50, false},
+		{config.NodeCount{N: 10, Percent: true}, 15, 2, false}, // rounds up
+		{config.NodeCount{N: 1, Percent: true}, 3, 1, false},   // never 0
+		{config.NodeCount{N: 1, Percent: true}, 0, 1, false},
+		{config.NodeCount{N: 100, Percent: true}, 7, 7, true},
 	} {
 		if got := tc.c.Of(tc.nodes); got != tc.want {
 			t.Errorf("%s of %d = %d, want %d", tc.c, tc.nodes, got, tc.want)
