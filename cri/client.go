@@ -20,7 +20,7 @@ import (
 
 // DefaultEndpoints are tried in order when no endpoint is configured:
 // the sockets of noderuntime.Layouts (standard containerd, k3s and RKE2,
-// microk8s), then CRI-O's and cri-dockerd's (noderuntime.OtherEndpoints).
+// microk8s), then CRI-O's and cri-dockerd's.
 var DefaultEndpoints = []string{
 	"unix:///run/containerd/containerd.sock",
 	"unix:///run/k3s/containerd/containerd.sock",

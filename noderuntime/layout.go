@@ -69,13 +69,6 @@ var Layouts = []Layout{
 	},
 }
 
-// OtherEndpoints are the CRI sockets of runtimes that are not containerd,
-// tried after every layout's.
-var OtherEndpoints = []string{
-	"/run/crio/crio.sock",
-	"/var/run/cri-dockerd.sock",
-}
-
 // layoutFor is the layout of the containerd that answered at endpoint:
 // of the layouts with that socket (kubeadm's and talos's for a socket no
 // layout names), the one whose DataDir holds containerd's root, else the

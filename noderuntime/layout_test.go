@@ -11,15 +11,16 @@ import (
 )
 
 // cri.DefaultEndpoints is what Connect tries: every layout's socket once,
-// in the table's order, then the other runtimes'.
+// in the table's order, then the other runtimes' (CRI-O's, cri-dockerd's).
 func TestDefaultEndpointsFollowLayouts(t *testing.T) {
+	otherEndpoints := []string{"/run/crio/crio.sock", "/var/run/cri-dockerd.sock"}
 	var want []string
 	for _, l := range Layouts {
 		if ep := "unix://" + l.Socket; !slices.Contains(want, ep) {
 			want = append(want, ep)
 		}
 	}
-	for _, s := range OtherEndpoints {
+	for _, s := range otherEndpoints {
 		want = append(want, "unix://"+s)
 	}
 	if !slices.Equal(cri.DefaultEndpoints, want) {

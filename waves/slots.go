@@ -369,7 +369,3 @@ func (h *Held) Release(ctx context.Context) error {
 	}
 	return fmt.Errorf("releasing slot %s: conflicts", h.Name)
 }
-
-// Lost says whether another node took the slot while this one held it.
-// Call it after Release.
-func (h *Held) Lost() bool { return !h.lostAt.IsZero() }

@@ -166,11 +166,11 @@ func writeLayout(w io.Writer, fill func(layout.Path) error) error {
 	if err := fill(p); err != nil {
 		return err
 	}
-	return TarDir(w, dir)
+	return tarDir(w, dir)
 }
 
-// TarDir writes the files below dir as a tar stream, paths relative to dir.
-func TarDir(w io.Writer, dir string) error {
+// tarDir writes the files below dir as a tar stream, paths relative to dir.
+func tarDir(w io.Writer, dir string) error {
 	tw := tar.NewWriter(w)
 	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
 		if err != nil || d.IsDir() {

@@ -259,8 +259,8 @@ func parseEntries(prefix string, raw map[string]json.RawMessage) (DockerConfig, 
 //
 // One Keyring is one kubelet keyring: the kubelet keeps a Pod's pull Secrets
 // in one and the node's config files in another and tries the first's
-// matches before the second's (see LookupUnion). Formatting a Keyring shows
-// keys and sources only.
+// matches before the second's. Formatting a Keyring shows keys and sources
+// only.
 type Keyring struct {
 	index []string // distinct keys, reverse lexical order: most specific first
 	creds map[string][]credential
@@ -351,34 +351,6 @@ func (k *Keyring) Lookup(image string) []*AuthConfig {
 	var out []*AuthConfig
 	for _, m := range k.lookup(image) {
 		out = append(out, m.auth)
-	}
-	return out
-}
-
-// Sources returns, in Lookup's order, where each of Lookup's credentials
-// came from ("secret ns/a", or "file /x, secret ns/b" for one found twice).
-func (k *Keyring) Sources(image string) []string {
-	var out []string
-	for _, m := range k.lookup(image) {
-		out = append(out, strings.Join(m.sources, ", "))
-	}
-	return out
-}
-
-// LookupUnion is the kubelet's UnionDockerKeyring: each keyring's Lookup in
-// turn, concatenated (duplicates dropped). The kubelet puts the Pod's pull
-// Secrets' keyring first and the node's config files' second; each keeps its
-// own order and its own Docker Hub fallback.
-func LookupUnion(image string, keyrings ...*Keyring) []*AuthConfig {
-	var out []*AuthConfig
-	seen := map[authKey]bool{}
-	for _, k := range keyrings {
-		for _, a := range k.Lookup(image) {
-			if key := keyOf(a); !seen[key] {
-				seen[key] = true
-				out = append(out, a)
-			}
-		}
 	}
 	return out
 }
@@ -516,7 +488,7 @@ func urlsMatchStr(glob, target string) (bool, error) {
 // Format prints keys and sources, never credentials: the fields are
 // unexported, but fmt would still print them.
 func (k Keyring) Format(f fmt.State, _ rune) {
-	io.WriteString(f, "cri.Keyring{")
+	io.WriteString(f, "keyring.Keyring{")
 	for i, key := range k.index {
 		if i > 0 {
 			io.WriteString(f, ", ")

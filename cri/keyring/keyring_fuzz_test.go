@@ -109,7 +109,7 @@ const messageVocabulary = `invalid JSON at byte ; not a JSON object; invalid JSO
 	`has "auths": config.json content, not legacy .dockercfg; ` +
 	`: not a JSON string number bool array map struct interface slice ptr; ` +
 	`DockerConfigEntry{Username: "", Email: "", set: [password identitytoken registrytoken] (redacted)}; ` +
-	`registries: , cri.Keyring{: [, ]}; docker config : larger than  MiB; ` +
+	`registries: , keyring.Keyring{: [, ]}; docker config : larger than  MiB; ` +
 	`secret ns/name: .dockerconfigjson .dockercfg type  but no ; file /fuzz/config.json`
 
 // leak returns a piece (6 bytes or more) of a secret that msg shows, once
@@ -267,7 +267,7 @@ func FuzzParseDockerConfig(f *testing.F) {
 				for _, img := range lookupImages(cfg, image) {
 					auths := k.Lookup(img)
 					checkAuths(t, img, auths, in, cfg)
-					if n := len(k.Sources(img)); n != len(auths) {
+					if n := len(k.sources(img)); n != len(auths) {
 						t.Fatalf("Lookup(%q): %d credentials, %d sources", img, len(auths), n)
 					}
 				}

@@ -231,8 +231,8 @@ func TestLookupValues(t *testing.T) {
 	if a := got[1]; a.Username != "u" || a.Password != "p" || a.RegistryToken != "regtok" {
 		t.Errorf("second = %+v", a)
 	}
-	if srcs := k.Sources("reg.io/team/app:1"); !slices.Equal(srcs, []string{"file /a, secret ns/b", "file /a"}) {
-		t.Errorf("Sources = %q", srcs)
+	if srcs := k.sources("reg.io/team/app:1"); !slices.Equal(srcs, []string{"file /a, secret ns/b", "file /a"}) {
+		t.Errorf("sources = %q", srcs)
 	}
 	got[0].IdentityToken = "changed"
 	if k.Lookup("reg.io/team/app")[0].IdentityToken != "idtok" {
@@ -243,20 +243,9 @@ func TestLookupValues(t *testing.T) {
 	}
 }
 
-// The kubelet keeps Pod Secrets and node files in separate keyrings, each with
-// its own Hub fallback, and tries the Secrets' matches first.
-func TestLookupUnion(t *testing.T) {
-	var secrets, node Keyring
-	secrets.Add("secret ns/team", DockerConfig{"docker.io/team": user("team")})
-	node.Add("file /var/lib/kubelet/config.json", DockerConfig{"https://index.docker.io/v1/": user("hub"), "docker.io/team": user("team")})
-	if got := users(LookupUnion("team/app", &secrets, nil, &node)); !slices.Equal(got, []string{"team"}) {
-		t.Errorf("union = %q, want [team] (deduplicated)", got)
-	}
-	node = Keyring{}
-	node.Add("file /x", DockerConfig{"https://index.docker.io/v1/": user("hub")})
-	if got := users(LookupUnion("team/app", &secrets, &node)); !slices.Equal(got, []string{"team", "hub"}) {
-		t.Errorf("union = %q, want [team hub]", got)
-	}
+// A Docker Hub key is only a fallback: a more specific key of the same
+// keyring wins over it.
+func TestLookupHubFallback(t *testing.T) {
 	var merged Keyring
 	merged.Add("a", DockerConfig{"docker.io/team": user("team")})
 	merged.Add("b", DockerConfig{"https://index.docker.io/v1/": user("hub")})
@@ -422,8 +411,8 @@ func TestAddFromSecret(t *testing.T) {
 			if got := users(k.Lookup("reg.io/app")); !slices.Equal(got, tc.want) {
 				t.Errorf("Lookup = %q, want %q", got, tc.want)
 			}
-			if tc.want != nil && !slices.Equal(k.Sources("reg.io/app"), []string{"secret ns/s"}) {
-				t.Errorf("Sources = %q", k.Sources("reg.io/app"))
+			if tc.want != nil && !slices.Equal(k.sources("reg.io/app"), []string{"secret ns/s"}) {
+				t.Errorf("sources = %q", k.sources("reg.io/app"))
 			}
 		})
 	}
@@ -454,4 +443,24 @@ func TestFormattingRedacts(t *testing.T) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}
 	}
+	// A keyring prints as its type, then each key with where its
+	// credentials came from.
+	const wantKeyring = "keyring.Keyring{reg.io: [secret ns/regcred]}"
+	for _, verb := range []string{"%v", "%+v", "%#v", "%s"} {
+		for _, v := range []any{k, &k} {
+			if got := fmt.Sprintf(verb, v); got != wantKeyring {
+				t.Errorf("Sprintf(%q, %T) = %q, want %q", verb, v, got, wantKeyring)
+			}
+		}
+	}
+}
+
+// sources returns, in Lookup's order, where each of Lookup's credentials
+// came from ("secret ns/a", or "file /x, secret ns/b" for one found twice).
+func (k *Keyring) sources(image string) []string {
+	var out []string
+	for _, m := range k.lookup(image) {
+		out = append(out, strings.Join(m.sources, ", "))
+	}
+	return out
 }

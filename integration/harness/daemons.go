@@ -8,11 +8,9 @@ import "github.com/kube-preloader/kube-preloader/integration/harness/daemons"
 
 type (
 	T                 = daemons.T
-	Runner            = daemons.Runner
 	Flavor            = daemons.Flavor
 	ContainerdOptions = daemons.ContainerdOptions
 	Containerd        = daemons.Containerd
-	MountNamespace    = daemons.MountNamespace
 	RegistryOptions   = daemons.RegistryOptions
 	Registry          = daemons.Registry
 	ImageSpec         = daemons.ImageSpec
@@ -27,15 +25,12 @@ const (
 )
 
 var (
-	NewRunner         = daemons.NewRunner
 	Strict            = daemons.Strict
 	Require           = daemons.Require
 	CacheDir          = daemons.CacheDir
 	StartContainerd   = daemons.StartContainerd
-	NewMountNamespace = daemons.NewMountNamespace
 	StartRegistry     = daemons.StartRegistry
 	PushTestImages    = daemons.PushTestImages
-	BuildTestImage    = daemons.BuildTestImage
 	CompressibleLayer = daemons.CompressibleLayer
 	DropBookkeeping   = daemons.DropBookkeeping
 )

@@ -43,8 +43,8 @@ const KubeVersion = "v1.37.2"
 // runs on containerd 1.x; `make deps` builds its kubelet too.
 const OldestKubeletVersion = "v1.35.4"
 
-// EtcdPath is the Debian etcd-server binary.
-const EtcdPath = "/usr/bin/etcd"
+// etcdPath is the Debian etcd-server binary.
+const etcdPath = "/usr/bin/etcd"
 
 // KubeBinary is where scripts/build-kube.sh leaves a Kubernetes binary:
 // $PRELOADER_CACHE (default ~/.cache/kube-preloader)/bin/NAME-$KUBE_VERSION.
@@ -56,13 +56,13 @@ func KubeBinary(name string) string {
 	return filepath.Join(CacheDir(), "bin", name+"-"+v)
 }
 
-// KubeletBinary is the kubelet of a release scripts/build-kube.sh built.
-func KubeletBinary(version string) string {
+// kubeletBinary is the kubelet of a release scripts/build-kube.sh built.
+func kubeletBinary(version string) string {
 	return filepath.Join(CacheDir(), "bin", "kubelet-"+version)
 }
 
-// ServiceAccountIssuer is the issuer (and API audience) of the test API server.
-const ServiceAccountIssuer = "https://kubernetes.default.svc.cluster.local"
+// serviceAccountIssuer is the issuer (and API audience) of the test API server.
+const serviceAccountIssuer = "https://kubernetes.default.svc.cluster.local"
 
 // Kube is a real etcd and kube-apiserver on 127.0.0.1, owned by one test.
 type Kube struct {
@@ -99,7 +99,7 @@ func StartKube(t T) *Kube {
 	t.Helper()
 	apiserver := KubeBinary("kube-apiserver")
 	Require(t, "kube-apiserver (scripts/build-kube.sh)", apiserver)
-	Require(t, "etcd (Debian etcd-server)", EtcdPath)
+	Require(t, "etcd (Debian etcd-server)", etcdPath)
 
 	dir, err := os.MkdirTemp("", "preloader-kube-")
 	if err != nil {
@@ -187,13 +187,9 @@ func (k *Kube) prepare() error {
 
 func (k *Kube) saKeyPath() string { return filepath.Join(k.Dir, "sa.key") }
 
-// ServiceAccountKeyFile is the PEM private key that signs service account
-// tokens (for a kube-controller-manager's --service-account-private-key-file).
-func (k *Kube) ServiceAccountKeyFile() string { return k.saKeyPath() }
-
-// CAFile is a PEM file with the API server's serving certificate chain
+// caFile is a PEM file with the API server's serving certificate chain
 // (for --root-ca-file and kubeconfigs of other components).
-func (k *Kube) CAFile() string { return filepath.Join(k.Dir, "certs", "apiserver.crt") }
+func (k *Kube) caFile() string { return filepath.Join(k.Dir, "certs", "apiserver.crt") }
 
 func (k *Kube) etcdArgs() []string {
 	client := fmt.Sprintf("http://127.0.0.1:%d", k.etcdPort)
@@ -222,8 +218,8 @@ func (k *Kube) apiserverArgs() []string {
 		"--cert-dir=" + filepath.Join(k.Dir, "certs"),
 		"--authorization-mode=Node,RBAC",
 		"--token-auth-file=" + filepath.Join(k.Dir, "tokens.csv"),
-		"--service-account-issuer=" + ServiceAccountIssuer,
-		"--api-audiences=" + ServiceAccountIssuer,
+		"--service-account-issuer=" + serviceAccountIssuer,
+		"--api-audiences=" + serviceAccountIssuer,
 		"--service-account-key-file=" + filepath.Join(k.Dir, "sa.pub"),
 		"--service-account-signing-key-file=" + k.saKeyPath(),
 		"--service-cluster-ip-range=10.96.0.0/16",
@@ -247,7 +243,7 @@ func (k *Kube) Start() {
 	start := time.Now()
 	var err error
 	if k.etcd == nil {
-		k.etcd, err = daemons.StartProcess(filepath.Join(k.Dir, "etcd.log"), nil, EtcdPath, k.etcdArgs()...)
+		k.etcd, err = daemons.StartProcess(filepath.Join(k.Dir, "etcd.log"), nil, etcdPath, k.etcdArgs()...)
 		if err != nil {
 			k.t.Fatalf("kube: start etcd: %v", err)
 		}
@@ -291,9 +287,6 @@ func (k *Kube) StopAPIServer() {
 		k.apiProc = nil
 	}
 }
-
-// LogFile is the API server's log.
-func (k *Kube) LogFile() string { return filepath.Join(k.Dir, "kube-apiserver.log") }
 
 func (k *Kube) waitReady(timeout time.Duration) error {
 	bundle, err := waitFile(filepath.Join(k.Dir, "certs", "apiserver.crt"), k.apiProc, timeout)

@@ -19,7 +19,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
@@ -52,7 +51,7 @@ type NodeOptions struct {
 	// where the kernel lets root mount an overlay, else native.
 	Snapshotter string
 	// SandboxImage is the pod-infra image of the containerd StartNode
-	// starts. Empty: the harness builds its pause program (PauseSource),
+	// starts. Empty: the harness builds its pause program (pauseSource),
 	// pushes it as pause:3.10 to a registry of its own (StartRegistry), and
 	// containerd pulls it on the first sandbox.
 	SandboxImage string
@@ -138,7 +137,7 @@ func StartNode(t T, opts NodeOptions) *Node {
 	for _, b := range []string{"kube-controller-manager", "kube-scheduler"} {
 		Require(t, b+" (scripts/build-kube.sh "+b+")", KubeBinary(b))
 	}
-	Require(t, "kubelet "+opts.KubeletVersion+" (KUBE_VERSION="+opts.KubeletVersion+" scripts/build-kube.sh kubelet)", KubeletBinary(opts.KubeletVersion))
+	Require(t, "kubelet "+opts.KubeletVersion+" (KUBE_VERSION="+opts.KubeletVersion+" scripts/build-kube.sh kubelet)", kubeletBinary(opts.KubeletVersion))
 	if err := checkDevNull(); err != nil {
 		t.Fatalf("StartNode: %v", err)
 	}
@@ -296,8 +295,8 @@ func (n *Node) startControllers() error {
 		"--use-service-account-credentials=true",
 		// Pods get kube-root-ca.crt (the API server's serving chain) and
 		// legacy token secrets are signed with the API server's key.
-		"--root-ca-file=" + k.CAFile(),
-		"--service-account-private-key-file=" + k.ServiceAccountKeyFile(),
+		"--root-ca-file=" + k.caFile(),
+		"--service-account-private-key-file=" + k.saKeyPath(),
 		"--service-cluster-ip-range=10.96.0.0/16",
 		"--profiling=false",
 		"--v=1",
@@ -465,7 +464,7 @@ func (n *Node) startKubelet() error {
 		args = append(args, "--node-labels="+strings.Join(ls, ","))
 	}
 	n.KubeletStarted = time.Now()
-	bin := KubeletBinary(n.opts.KubeletVersion)
+	bin := kubeletBinary(n.opts.KubeletVersion)
 	if ns := n.Containerd.Namespace; ns != nil {
 		bin, args = ns.Wrap(bin, args...)
 	}
@@ -885,16 +884,4 @@ func removeContainerLogLinks(dir string) {
 			os.Remove(p)
 		}
 	}
-}
-
-// PatchNode applies a strategic merge patch to the Node (labels, taints).
-func (n *Node) PatchNode(t T, patch string) *corev1.Node {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	node, err := n.Client.CoreV1().Nodes().Patch(ctx, n.Name, types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{})
-	if err != nil {
-		t.Fatalf("patch node %s: %v", n.Name, err)
-	}
-	return node
 }

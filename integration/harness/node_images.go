@@ -7,10 +7,10 @@ import (
 	"runtime"
 )
 
-// PauseSource is the pod-infra ("pause") program of the test node: it holds
+// pauseSource is the pod-infra ("pause") program of the test node: it holds
 // the sandbox's namespaces and exits on SIGTERM or SIGINT, like
 // registry.k8s.io/pause.
-const PauseSource = `package main
+const pauseSource = `package main
 
 import (
 	"os"
@@ -71,14 +71,14 @@ func BuildGoSource(t T, progName, source string) []byte {
 	return b
 }
 
-// PauseImageSpec is an image of the pause program (PauseSource) as REPO:TAG,
+// PauseImageSpec is an image of the pause program (pauseSource) as REPO:TAG,
 // for PushTestImages.
 func PauseImageSpec(t T, repo, tag string) ImageSpec {
 	t.Helper()
 	return ImageSpec{
 		Repo:       repo,
 		Tag:        tag,
-		Files:      map[string][]byte{"pause": BuildGoSource(t, "pause", PauseSource)},
+		Files:      map[string][]byte{"pause": BuildGoSource(t, "pause", pauseSource)},
 		Entrypoint: []string{"/pause"},
 	}
 }

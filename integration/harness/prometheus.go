@@ -17,9 +17,9 @@ import (
 	"github.com/kube-preloader/kube-preloader/integration/harness/daemons"
 )
 
-// PrometheusBin is Debian's prometheus (package prometheus, which ships
+// prometheusBin is Debian's prometheus (package prometheus, which ships
 // promtool beside it).
-const PrometheusBin = "/usr/bin/prometheus"
+const prometheusBin = "/usr/bin/prometheus"
 
 // Prometheus is a real Prometheus scraping the given targets every second,
 // for tests that query what a scrape of the agent gives (the dashboard's
@@ -48,7 +48,7 @@ const prometheusWait = 60 * time.Second
 // it under CI=true.
 func StartPrometheus(t T, targets []string) *Prometheus {
 	t.Helper()
-	if err := daemons.CheckExecutable(PrometheusBin); err != nil {
+	if err := daemons.CheckExecutable(prometheusBin); err != nil {
 		if Strict() {
 			t.Fatalf("integration prerequisite missing: prometheus: %v; run scripts/install-deps.sh", err)
 		}
@@ -82,7 +82,7 @@ scrape_configs:
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", ports[0])
 	p := &Prometheus{URL: "http://" + addr, Targets: targets, LogPath: filepath.Join(dir, "prometheus.log")}
-	p.proc, err = daemons.StartProcess(p.LogPath, os.Environ(), PrometheusBin,
+	p.proc, err = daemons.StartProcess(p.LogPath, os.Environ(), prometheusBin,
 		"--config.file="+cfgPath,
 		"--storage.tsdb.path="+filepath.Join(dir, "data"),
 		"--web.listen-address="+addr,
@@ -350,21 +350,21 @@ func substitute(expr string, vars map[string]string) (string, []string) {
 	return out, unknown
 }
 
-// PromtoolBin is Debian's promtool (package prometheus).
-const PromtoolBin = "/usr/bin/promtool"
+// promtoolBin is Debian's promtool (package prometheus).
+const promtoolBin = "/usr/bin/promtool"
 
 // CheckMetricsLint pipes an exposition (a /metrics body) through
 // `promtool check metrics` and fails the test on any finding. A missing
 // promtool skips the test, or fails it under CI=true.
 func CheckMetricsLint(t T, exposition string) {
 	t.Helper()
-	if err := daemons.CheckExecutable(PromtoolBin); err != nil {
+	if err := daemons.CheckExecutable(promtoolBin); err != nil {
 		if Strict() {
 			t.Fatalf("integration prerequisite missing: promtool: %v; run scripts/install-deps.sh", err)
 		}
 		t.Skipf("integration prerequisite missing: promtool: %v (run scripts/install-deps.sh; set CI=true to fail instead of skip)", err)
 	}
-	cmd := exec.Command(PromtoolBin, "check", "metrics")
+	cmd := exec.Command(promtoolBin, "check", "metrics")
 	cmd.Stdin = strings.NewReader(exposition)
 	out, err := cmd.CombinedOutput()
 	if err != nil || len(strings.TrimSpace(string(out))) > 0 {
