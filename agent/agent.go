@@ -26,6 +26,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 
+	"github.com/kube-preloader/kube-preloader/failure"
 	"github.com/kube-preloader/kube-preloader/kubeapi"
 	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/preload"
@@ -45,7 +46,7 @@ const (
 	ReasonInvalidConfig      = "InvalidConfig"
 	ReasonConfigMissing      = "ConfigMapMissing"
 	ReasonImagesReady        = "ImagesReady"
-	ReasonPreloadFailed      = "PreloadFailed"
+	ReasonPreloadFailed      = failure.EventReason // the image's failure.Reason is in the message
 	ReasonRuntimeUnavailable = "RuntimeUnavailable"
 	ReasonSandboxUnknown     = "SandboxImageUnknown"
 	ReasonKubeletRefuses     = "KubeletRefusesImages"

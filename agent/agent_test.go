@@ -25,10 +25,10 @@ import (
 
 	"github.com/kube-preloader/kube-preloader/cri"
 	"github.com/kube-preloader/kube-preloader/cri/critest"
+	"github.com/kube-preloader/kube-preloader/failure"
 	"github.com/kube-preloader/kube-preloader/kubeapi/clientset"
 	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/nodestatus"
-	"github.com/kube-preloader/kube-preloader/preload"
 	"github.com/kube-preloader/kube-preloader/preload/config"
 )
 
@@ -575,7 +575,7 @@ func TestFailuresBackOffAndAreReportedOnce(t *testing.T) {
 	}
 	e := start(t, setup, newNode(nil, corev1.Taint{Key: nodestatus.TaintNotReady, Effect: corev1.TaintEffectNoSchedule}), newConfigMap(testConfig("  - image: "+appImage+"\n")))
 	st := e.waitStatus("failed", func(st nodestatus.Status) bool { return len(st.Failed) == 1 })
-	if st.Failed[0].Reason != preload.ReasonRegistry || st.Ready() {
+	if st.Failed[0].Reason != failure.Registry.String() || st.Ready() {
 		t.Errorf("status = %+v", st)
 	}
 	n := e.node()

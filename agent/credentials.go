@@ -9,6 +9,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/kube-preloader/kube-preloader/cri/keyring"
+	"github.com/kube-preloader/kube-preloader/failure"
 	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/preload/config"
 )
@@ -134,9 +135,10 @@ func (g gatedStore) PullDirect(ctx context.Context, ref string, auth *runtimeapi
 	return g.Store.PullDirect(ctx, ref, auth, maxDownloads)
 }
 
-// credentialsError is a pull refused for missing credentials; it is its
-// own reason ("secret NS/NAME not found"), which preload.Classify reports.
+// credentialsError is a pull refused for missing credentials; its text is
+// its own reason ("secret NS/NAME not found"), which preload.Classify
+// reports.
 type credentialsError string
 
-func (e credentialsError) Error() string  { return string(e) }
-func (e credentialsError) Reason() string { return string(e) }
+func (e credentialsError) Error() string          { return string(e) }
+func (e credentialsError) Reason() failure.Reason { return failure.Credentials(string(e)) }

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/kube-preloader/kube-preloader/failure"
 	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/preload"
 )
@@ -19,7 +20,7 @@ import (
 // process (tests) do not collide and nothing else's metrics leak in.
 //
 // No metric has an image label, and every label takes its values from a
-// closed set (PullReasons, PruneActions): a node's series count does not
+// closed set (failure.Labels, PruneActions): a node's series count does not
 // grow with its config, so a fleet's is nodes × a constant. The node is
 // the scrape target (its instance), never a label of the agent's own.
 type metrics struct {
@@ -44,73 +45,6 @@ const (
 	resultPulled = "pulled"
 	resultFailed = "failed"
 )
-
-// Reason label values of preloader_pulls_total{result="failed"}: the
-// closed set every failure reason maps onto (pullReason). A pulled image
-// has the reason "".
-const (
-	ReasonLabelUnauthorized = "unauthorized"
-	ReasonLabelNotFound     = "not_found"
-	ReasonLabelNetwork      = "network"  // the registry unreachable: refused, reset, no such host
-	ReasonLabelRegistry     = "registry" // the registry answered 5xx or 429
-	ReasonLabelTLS          = "tls"
-	ReasonLabelTimeout      = "timeout"
-	ReasonLabelStalled      = "stalled" // a download received no bytes for stallTimeout
-	ReasonLabelNoSpace      = "no_space"
-	ReasonLabelDiskBudget   = "disk_budget"
-	ReasonLabelCredentials  = "credentials" // a pullSecret or serviceAccount missing or unusable
-	ReasonLabelRuntime      = "runtime"     // the container runtime did not answer
-	ReasonLabelInvalid      = "invalid_reference"
-	ReasonLabelArchive      = "archive" // an archive unreadable, or one the runtime did not take
-	ReasonLabelUnsupported  = "unsupported"
-	ReasonLabelNotPresent   = "not_present" // pulled, yet ImageStatus does not find it
-	ReasonLabelCanceled     = "canceled"
-	ReasonLabelOther        = "other"
-)
-
-// PullReasons is every reason label value of a failed pull.
-var PullReasons = []string{
-	ReasonLabelUnauthorized, ReasonLabelNotFound, ReasonLabelNetwork, ReasonLabelRegistry,
-	ReasonLabelTLS, ReasonLabelTimeout, ReasonLabelStalled, ReasonLabelNoSpace, ReasonLabelDiskBudget,
-	ReasonLabelCredentials, ReasonLabelRuntime, ReasonLabelInvalid, ReasonLabelArchive,
-	ReasonLabelUnsupported, ReasonLabelNotPresent, ReasonLabelCanceled, ReasonLabelOther,
-}
-
-// reasonLabels maps the engine's reasons, short and stable, onto the
-// label values. Anything else, such as the credentials problem that names
-// its Secret, is not a reason the engine defines and becomes other.
-var reasonLabels = map[string]string{
-	preload.ReasonUnauthorized: ReasonLabelUnauthorized,
-	preload.ReasonNotFound:     ReasonLabelNotFound,
-	preload.ReasonUnreachable:  ReasonLabelNetwork,
-	preload.ReasonRegistry:     ReasonLabelRegistry,
-	preload.ReasonTLS:          ReasonLabelTLS,
-	preload.ReasonTimeout:      ReasonLabelTimeout,
-	preload.ReasonStalled:      ReasonLabelStalled,
-	preload.ReasonNoSpace:      ReasonLabelNoSpace,
-	preload.ReasonDiskBudget:   ReasonLabelDiskBudget,
-	preload.ReasonRuntime:      ReasonLabelRuntime,
-	preload.ReasonInvalid:      ReasonLabelInvalid,
-	preload.ReasonArchive:      ReasonLabelArchive,
-	preload.ReasonImport:       ReasonLabelArchive,
-	preload.ReasonUnsupported:  ReasonLabelUnsupported,
-	preload.ReasonNotPresent:   ReasonLabelNotPresent,
-	preload.ReasonCanceled:     ReasonLabelCanceled,
-	preload.ReasonOther:        ReasonLabelOther,
-}
-
-// pullReason is the label value of a failed pull's reason; credentials
-// says the agent's gate refused it for want of a Secret, whose reason
-// names the Secret.
-func pullReason(reason string, credentials bool) string {
-	if credentials {
-		return ReasonLabelCredentials
-	}
-	if l, ok := reasonLabels[reason]; ok {
-		return l
-	}
-	return ReasonLabelOther
-}
 
 // PruneActions is every action label value of preloader_pruned_total,
 // from preload's Prune actions (which read as prose in status).
@@ -186,8 +120,8 @@ func newMetrics(store noderuntime.Store) *metrics {
 	// Every label value is exported from the start, so that a dashboard
 	// has a series (at 0) before the first failure or prune.
 	m.pulls.WithLabelValues(resultPulled, "")
-	for _, r := range PullReasons {
-		m.pulls.WithLabelValues(resultFailed, r)
+	for _, l := range failure.Labels() {
+		m.pulls.WithLabelValues(resultFailed, l)
 	}
 	for _, a := range PruneActions {
 		m.pruned.WithLabelValues(a)
@@ -224,15 +158,14 @@ func newMetrics(store noderuntime.Store) *metrics {
 
 // countPulls records the pulls of one run; images found present were not
 // pulled and are not counted.
-func (m *metrics) countPulls(results []preload.Result, blocked map[string]string) {
+func (m *metrics) countPulls(results []preload.Result) {
 	for _, r := range results {
 		switch {
 		case r.Status == preload.StatusPulled:
 			m.pulls.WithLabelValues(resultPulled, "").Inc()
 			m.pullDuration.Observe(r.Duration.Seconds())
 		case r.Status == preload.StatusFailed && r.Attempts > 0:
-			_, creds := blocked[r.Image]
-			m.pulls.WithLabelValues(resultFailed, pullReason(r.Reason, creds)).Inc()
+			m.pulls.WithLabelValues(resultFailed, r.Reason.Label()).Inc()
 		}
 	}
 }

@@ -16,6 +16,7 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/kube-preloader/kube-preloader/failure"
 	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/preload"
 )
@@ -26,67 +27,63 @@ import (
 // set of label values, so a fleet's series do not grow with its errors.
 func TestPullReasonsAreClosed(t *testing.T) {
 	tests := []struct {
-		reason  string
-		blocked bool
-		want    string
+		reason failure.Reason
+		want   string
 	}{
-		{reason: preload.ReasonUnauthorized, want: ReasonLabelUnauthorized},
-		{reason: preload.ReasonNotFound, want: ReasonLabelNotFound},
-		{reason: preload.ReasonUnreachable, want: ReasonLabelNetwork},
-		{reason: preload.ReasonRegistry, want: ReasonLabelRegistry},
-		{reason: preload.ReasonTLS, want: ReasonLabelTLS},
-		{reason: preload.ReasonTimeout, want: ReasonLabelTimeout},
-		{reason: preload.ReasonStalled, want: ReasonLabelStalled},
-		{reason: preload.ReasonNoSpace, want: ReasonLabelNoSpace},
-		{reason: preload.ReasonDiskBudget, want: ReasonLabelDiskBudget},
-		{reason: preload.ReasonRuntime, want: ReasonLabelRuntime},
-		{reason: preload.ReasonInvalid, want: ReasonLabelInvalid},
-		{reason: preload.ReasonArchive, want: ReasonLabelArchive},
-		{reason: preload.ReasonImport, want: ReasonLabelArchive},
-		{reason: preload.ReasonUnsupported, want: ReasonLabelUnsupported},
-		{reason: preload.ReasonNotPresent, want: ReasonLabelNotPresent},
-		{reason: preload.ReasonCanceled, want: ReasonLabelCanceled},
-		{reason: preload.ReasonOther, want: ReasonLabelOther},
+		{reason: failure.Unauthorized, want: "unauthorized"},
+		{reason: failure.NotFound, want: "not_found"},
+		{reason: failure.Unreachable, want: "network"},
+		{reason: failure.Registry, want: "registry"},
+		{reason: failure.TLS, want: "tls"},
+		{reason: failure.Timeout, want: "timeout"},
+		{reason: failure.Stalled, want: "stalled"},
+		{reason: failure.NoSpace, want: "no_space"},
+		{reason: failure.DiskBudget, want: "disk_budget"},
+		{reason: failure.Runtime, want: "runtime"},
+		{reason: failure.Invalid, want: "invalid_reference"},
+		{reason: failure.Archive, want: "archive"},
+		{reason: failure.Import, want: "archive"},
+		{reason: failure.Unsupported, want: "unsupported"},
+		{reason: failure.NotPresent, want: "not_present"},
+		{reason: failure.Canceled, want: "canceled"},
+		{reason: failure.Other, want: "other"},
 		// The gate's reason names the Secret: one series per Secret name
-		// without the mapping.
-		{reason: "secret kube-preloader/regcred not found", blocked: true, want: ReasonLabelCredentials},
-		{reason: "serviceaccount kube-preloader/builder not found", blocked: true, want: ReasonLabelCredentials},
-		{reason: "secret kube-preloader/x: .dockerconfigjson: invalid character 'a' at offset 3", blocked: true, want: ReasonLabelCredentials},
+		// if its text were the label.
+		{reason: failure.Credentials("secret kube-preloader/regcred not found"), want: "credentials"},
+		{reason: failure.Credentials("serviceaccount kube-preloader/builder not found"), want: "credentials"},
+		{reason: failure.Credentials("secret kube-preloader/x: .dockerconfigjson: invalid character 'a' at offset 3"), want: "credentials"},
 		// Free-form text that is no reason the engine defines.
-		{reason: `failed to resolve reference "corp.example:5000/team/app:1.4": dial tcp 10.0.0.7:5000: connect: connection refused`, want: ReasonLabelOther},
-		{reason: "registry-1.docker.io", want: ReasonLabelOther},
-		{reason: "", want: ReasonLabelOther},
-		{reason: "Unauthorized", want: ReasonLabelOther}, // not the engine's spelling
+		{reason: failure.Note(`failed to resolve reference "corp.example:5000/team/app:1.4": dial tcp 10.0.0.7:5000: connect: connection refused`), want: "other"},
+		{reason: failure.Note("registry-1.docker.io"), want: "other"},
+		{reason: failure.Reason{}, want: "other"},
+		{reason: failure.Note("Unauthorized"), want: "other"}, // not the engine's spelling
 	}
 	m := newMetrics(nil)
 	var results []preload.Result
-	blocked := map[string]string{}
 	for i, tt := range tests {
-		if got := pullReason(tt.reason, tt.blocked); got != tt.want {
-			t.Errorf("pullReason(%q, %v) = %q, want %q", tt.reason, tt.blocked, got, tt.want)
+		if got := tt.reason.Label(); got != tt.want {
+			t.Errorf("%q.Label() = %q, want %q", tt.reason, got, tt.want)
 		}
 		img := fmt.Sprintf("corp.example/team/img-%d:1", i)
 		results = append(results, preload.Result{Image: img, Status: preload.StatusFailed, Reason: tt.reason, Attempts: 1})
-		if tt.blocked {
-			blocked[img] = tt.reason
-		}
 	}
 	results = append(results, preload.Result{Image: "corp.example/ok:1", Status: preload.StatusPulled, Duration: time.Second, Attempts: 1})
-	m.countPulls(results, blocked)
+	m.countPulls(results)
 
-	closed := append([]string{""}, PullReasons...)
+	labels := failure.Labels()
+	closed := append([]string{""}, labels...)
 	series := 0
 	for _, s := range gatherSeries(t, m, "preloader_pulls_total") {
 		series++
 		result, reason := s["result"], s["reason"]
 		switch {
 		case result == resultPulled && reason == "":
-		case result == resultFailed && slices.Contains(PullReasons, reason):
+		case result == resultFailed && slices.Contains(labels, reason):
 		default:
 			t.Errorf("preloader_pulls_total{result=%q,reason=%q}: not in the closed set %q", result, reason, closed)
 		}
 	}
-	if want := 1 + len(PullReasons); series != want {
+	if want := 1 + len(labels); series != want {
 		t.Errorf("preloader_pulls_total has %d series, want %d (pulled, and failed × each reason)", series, want)
 	}
 }
@@ -98,7 +95,7 @@ func TestSeriesPerNodeDoNotGrowWithImages(t *testing.T) {
 	count := func(images int) int {
 		m := newMetrics(nil)
 		var results []preload.Result
-		reasons := append(slices.Collect(maps.Keys(reasonLabels)), "free-form error text")
+		reasons := append(failure.All(), failure.Credentials("secret ns/x not found"), failure.Note("free-form error text"))
 		for i := range images {
 			img := fmt.Sprintf("registry-%d.example/team/img-%d:%d", i, i, i)
 			st := preload.StatusPulled
@@ -108,7 +105,7 @@ func TestSeriesPerNodeDoNotGrowWithImages(t *testing.T) {
 			results = append(results, preload.Result{Image: img, Status: st, Reason: reasons[i%len(reasons)], Attempts: 1, Duration: time.Duration(i) * time.Second})
 			m.pruned.WithLabelValues(pruneAction([]string{preload.PruneRemoved, preload.PruneWouldRemove, preload.PruneInUse, preload.PruneFailed, "whatever"}[i%5])).Inc()
 		}
-		m.countPulls(results, nil)
+		m.countPulls(results)
 		n := 0
 		for _, mf := range gather(t, m) {
 			if strings.HasPrefix(mf.GetName(), "preloader_") {
@@ -177,9 +174,9 @@ func TestMetricsPassPromtool(t *testing.T) {
 	m := newMetrics(fakeProgress{p: noderuntime.PullProgress{InFlight: 1, Done: 10, Total: 20}})
 	m.countPulls([]preload.Result{
 		{Image: "a", Status: preload.StatusPulled, Duration: 3 * time.Second, Attempts: 1},
-		{Image: "b", Status: preload.StatusFailed, Reason: preload.ReasonNotFound, Attempts: 1},
-		{Image: "c", Status: preload.StatusFailed, Reason: "secret x/y not found", Attempts: 1},
-	}, map[string]string{"c": "secret x/y not found"})
+		{Image: "b", Status: preload.StatusFailed, Reason: failure.NotFound, Attempts: 1},
+		{Image: "c", Status: preload.StatusFailed, Reason: failure.Credentials("secret x/y not found"), Attempts: 1},
+	})
 	m.pruned.WithLabelValues(pruneAction(preload.PruneRemoved)).Inc()
 	m.desired.Set(3)
 	m.present.Set(1)

@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/retry"
 
+	"github.com/kube-preloader/kube-preloader/failure"
 	"github.com/kube-preloader/kube-preloader/nodestatus"
 	"github.com/kube-preloader/kube-preloader/preload"
 )
@@ -115,11 +116,11 @@ func buildStatus(hash string, results []preload.Result) nodestatus.Status {
 			continue
 		case r.Present():
 			st.Present++
-		case r.Reason == preload.ReasonCanceled:
+		case r.Reason == failure.Canceled:
 			// Not attempted to the end: missing, but nothing failed.
 			st.Missing = append(st.Missing, r.Image)
 		default:
-			st.Failed = append(st.Failed, nodestatus.FailedImage{Image: r.Image, Reason: r.Reason})
+			st.Failed = append(st.Failed, nodestatus.FailedImage{Image: r.Image, Reason: r.Reason.String()})
 		}
 		st.Total++
 	}

@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 
+	"github.com/kube-preloader/kube-preloader/failure"
 	"github.com/kube-preloader/kube-preloader/kubelet"
 	"github.com/kube-preloader/kube-preloader/nodestatus"
 	"github.com/kube-preloader/kube-preloader/preload"
@@ -31,7 +32,7 @@ type syncState struct {
 	// failures are the failed images and reasons already reported in
 	// Events, so that a failure is reported when it starts or changes, not
 	// every backoff round.
-	failures map[string]string
+	failures map[string]failure.Reason
 	// backoff is the retry schedule since the last good sync; nil after
 	// one.
 	backoff *wait.Backoff
@@ -200,7 +201,7 @@ func (a *Agent) run(ctx context.Context, cfg *loadedConfig, images []config.Imag
 	if ctx.Err() != nil {
 		return results, nil
 	}
-	a.metrics.countPulls(results, creds.blocked)
+	a.metrics.countPulls(results)
 	if transferred(results) {
 		releaseMemory()
 	}
@@ -307,20 +308,17 @@ func (a *Agent) report(ctx context.Context, st nodestatus.Status) error {
 // reportFailures records an Event for each image that newly failed or
 // failed for a new reason.
 func (a *Agent) reportFailures(results []preload.Result) {
-	cur := map[string]string{}
+	cur := map[string]failure.Reason{}
 	for _, r := range results {
-		if r.Status != preload.StatusFailed || r.Reason == preload.ReasonCanceled {
+		if r.Status != preload.StatusFailed || r.Reason == failure.Canceled {
 			continue
 		}
 		cur[r.Image] = r.Reason
 		if a.state.failures[r.Image] == r.Reason {
 			continue
 		}
-		msg := fmt.Sprintf("%s: %s", r.Image, r.Reason)
-		if r.Error != "" && r.Error != r.Reason {
-			msg += " (" + r.Error + ")"
-		}
-		a.nodeEvent(corev1.EventTypeWarning, ReasonPreloadFailed, msg)
+		reason, msg := r.Reason.Event(r.Image, r.Error)
+		a.nodeEvent(corev1.EventTypeWarning, reason, msg)
 	}
 	a.state.failures = cur
 }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/kube-preloader/kube-preloader/archive/archivetest"
 	"github.com/kube-preloader/kube-preloader/cri"
+	"github.com/kube-preloader/kube-preloader/failure"
 	"github.com/kube-preloader/kube-preloader/integration/harness"
 	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/preload"
@@ -146,7 +147,7 @@ func TestDiskBudgetBeforeFirstByte(t *testing.T) {
 			}
 			out, r := onceJSON(t, []string{noderuntime.ContainerdConfigEnv + "=" + ctrd.ConfigFile}, path,
 				"--cri-endpoint", ctrd.Endpoint, "--containerd-address", ctrd.Address)
-			if len(out.Images) != 1 || out.Images[0].Status != preload.StatusFailed || out.Images[0].Reason != preload.ReasonDiskBudget {
+			if len(out.Images) != 1 || out.Images[0].Status != preload.StatusFailed || out.Images[0].Reason != failure.DiskBudget {
 				t.Fatalf("want the image held back by the disk budget:\n%s", r)
 			}
 			msg := out.Images[0].Error

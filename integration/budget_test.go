@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kube-preloader/kube-preloader/failure"
 	"github.com/kube-preloader/kube-preloader/integration/harness"
 	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/preload"
@@ -53,7 +54,7 @@ func TestDiskBudget(t *testing.T) {
 		last := imgs[order[2]].Ref
 		for _, res := range out.Images {
 			switch {
-			case res.Image == last && (res.Status != preload.StatusFailed || res.Reason != preload.ReasonDiskBudget):
+			case res.Image == last && (res.Status != preload.StatusFailed || res.Reason != failure.DiskBudget):
 				t.Errorf("order %v: %s is %s (%s), want held back by the disk budget:\n%s", order, res.Image, res.Status, res.Reason, r)
 			case res.Image != last && res.Status != preload.StatusPulled:
 				t.Errorf("order %v: %s is %s (%s), want pulled: an earlier image keeps its room:\n%s", order, res.Image, res.Status, res.Reason, r)

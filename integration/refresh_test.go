@@ -82,7 +82,7 @@ func testRefresh(t *testing.T, flavor harness.Flavor) {
 	reg.Stop()
 	time.Sleep(interval + interval/10 + 100*time.Millisecond)
 	out, r = once()
-	if r.code != 0 || out.Images[0].Status != "present" || !strings.HasPrefix(out.Images[0].Reason, "refresh: ") {
+	if r.code != 0 || out.Images[0].Status != "present" || !strings.HasPrefix(out.Images[0].Reason.String(), "refresh: ") {
 		t.Fatalf("registry gone: want %s present with a refresh reason:\n%s", moving, r)
 	}
 	if !strings.Contains(digestOnNode(), v2.Digest) {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/kube-preloader/kube-preloader/archive"
 	"github.com/kube-preloader/kube-preloader/containerd"
+	"github.com/kube-preloader/kube-preloader/failure"
 )
 
 // Store is a node's image store, as the preloader uses it. Presence is
@@ -119,9 +120,6 @@ type DiskNeed = containerd.DiskNeed
 // compressed size, where nothing tells it.
 const UnpackFactor = containerd.UnpackFactor
 
-// ReasonUnsupported is the reason an UnsupportedError reports.
-const ReasonUnsupported = "unsupported runtime"
-
 // UnsupportedError is an operation the runtime does not do. It reports
 // its own reason, and retrying cannot mend it.
 type UnsupportedError struct {
@@ -138,7 +136,7 @@ func (e *UnsupportedError) Error() string {
 	return msg
 }
 
-func (e *UnsupportedError) Reason() string { return ReasonUnsupported }
+func (e *UnsupportedError) Reason() failure.Reason { return failure.Unsupported }
 
 // Facts is what Connect found out about the runtime.
 type Facts struct {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/kube-preloader/kube-preloader/cri"
 	"github.com/kube-preloader/kube-preloader/cri/critest"
+	"github.com/kube-preloader/kube-preloader/failure"
 )
 
 // A runtime known only by its CRI fails what only containerd does, each
@@ -35,7 +36,7 @@ func TestCRIOnlyUnsupported(t *testing.T) {
 		{OpPin, pinErr, "pinned_images"},
 	} {
 		var u *UnsupportedError
-		if !errors.As(tt.err, &u) || u.Op != tt.op || u.Reason() != ReasonUnsupported {
+		if !errors.As(tt.err, &u) || u.Op != tt.op || u.Reason() != failure.Unsupported {
 			t.Errorf("%s: %v, want an UnsupportedError", tt.op, tt.err)
 			continue
 		}

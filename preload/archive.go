@@ -16,6 +16,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/kube-preloader/kube-preloader/archive"
+	"github.com/kube-preloader/kube-preloader/failure"
 	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/preload/config"
 )
@@ -93,7 +94,7 @@ func (e *Engine) importArchive(ctx context.Context, cfg *config.Config, file str
 	start := time.Now()
 	dir := cfg.ArchiveDir
 	path := filepath.Join(dir, file)
-	fail := func(reason string, err error) []Result {
+	fail := func(reason failure.Reason, err error) []Result {
 		e.log().Warn("archive failed", "archive", path, "reason", reason, "err", err)
 		r := Result{Image: path, Source: path, Status: StatusFailed, Reason: reason, Error: err.Error(), Duration: time.Since(start)}
 		if len(wanted) == 0 {
@@ -107,24 +108,24 @@ func (e *Engine) importArchive(ctx context.Context, cfg *config.Config, file str
 		return rs
 	}
 	if err := e.Store.Can(noderuntime.OpImport); err != nil {
-		return fail(ReasonUnsupported, fmt.Errorf("archive %s: %w", path, err))
+		return fail(failure.Unsupported, fmt.Errorf("archive %s: %w", path, err))
 	}
 	a, err := archive.Open(dir, file)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return fail(ReasonNotFound, err)
+			return fail(failure.NotFound, err)
 		}
-		return fail(ReasonArchive, err)
+		return fail(failure.Archive, err)
 	}
 	defer a.Close()
 	contents, err := archive.Inspect(ctx, a, platforms.DefaultSpec())
 	if err != nil {
-		return fail(ReasonArchive, err)
+		return fail(failure.Archive, err)
 	}
 	imgs := contents.Images
 
 	var results []Result
-	result := func(name string, status Status, reason string, err error) {
+	result := func(name string, status Status, reason failure.Reason, err error) {
 		r := Result{Image: name, Status: status, Source: path, Reason: reason, Duration: time.Since(start)}
 		if err != nil {
 			r.Error = err.Error()
@@ -140,14 +141,14 @@ func (e *Engine) importArchive(ctx context.Context, cfg *config.Config, file str
 		case len(imgs) == 1:
 			imgs[0].Names = append(imgs[0].Names, w.Name)
 		default:
-			result(w.Name, StatusFailed, ReasonArchive, fmt.Errorf("archive %s holds %d images and none is named %s (it has %s)", path, len(imgs), w.Name, archiveNames(imgs)))
+			result(w.Name, StatusFailed, failure.Archive, fmt.Errorf("archive %s holds %d images and none is named %s (it has %s)", path, len(imgs), w.Name, archiveNames(imgs)))
 		}
 	}
 	var named []archive.Image
 	present := true
 	for _, img := range imgs {
 		if len(img.Names) == 0 {
-			result(fmt.Sprintf("%s (%s)", path, img.Config), StatusFailed, ReasonArchive,
+			result(fmt.Sprintf("%s (%s)", path, img.Config), StatusFailed, failure.Archive,
 				fmt.Errorf("archive %s: image %s has no name; name it in the archive, or give it one with `archive:` on an image entry", path, img.Config))
 			continue
 		}
@@ -162,7 +163,7 @@ func (e *Engine) importArchive(ctx context.Context, cfg *config.Config, file str
 	if present {
 		for _, img := range named {
 			for _, n := range img.Names {
-				result(n, StatusPresent, "", nil)
+				result(n, StatusPresent, failure.Reason{}, nil)
 			}
 		}
 		return results
@@ -186,10 +187,10 @@ func (e *Engine) importArchive(ctx context.Context, cfg *config.Config, file str
 				status = StatusPresent
 			}
 			if err := e.awaitCRI(ctx, n, img.Config.String()); err != nil {
-				result(n, StatusFailed, ReasonImport, fmt.Errorf("archive %s: %w", path, err))
+				result(n, StatusFailed, failure.Import, fmt.Errorf("archive %s: %w", path, err))
 				continue
 			}
-			result(n, status, "", nil)
+			result(n, status, failure.Reason{}, nil)
 		}
 	}
 	return results
@@ -203,11 +204,11 @@ func (e *Engine) importRetrying(ctx context.Context, retry config.Retry, path st
 	backoff := retry.Backoff()
 	for attempt := 1; ; attempt++ {
 		err := e.Store.Import(ctx, contents, imgs)
-		if err == nil || importReason(ctx, err) != ReasonRuntime || attempt == e.MaxAttempts {
+		if err == nil || importReason(ctx, err) != failure.Runtime || attempt == e.MaxAttempts {
 			return err
 		}
 		wait := backoff.Step()
-		e.log().Info("import failed, retrying", "archive", path, "reason", ReasonRuntime, "attempt", attempt, "retryIn", wait.Round(time.Millisecond).String(), "err", err)
+		e.log().Info("import failed, retrying", "archive", path, "reason", failure.Runtime, "attempt", attempt, "retryIn", wait.Round(time.Millisecond).String(), "err", err)
 		select {
 		case <-ctx.Done():
 			return err
@@ -241,7 +242,7 @@ func (e *Engine) awaitCRI(ctx context.Context, ref, id string) error {
 }
 
 // importReason tells the runtime's troubles from the rest.
-func importReason(ctx context.Context, err error) string {
+func importReason(ctx context.Context, err error) failure.Reason {
 	if cerr := ctx.Err(); cerr != nil {
 		// The run ended (SIGTERM, --timeout): whatever containerd's cut
 		// stream said ("error getting writer status: EOF"), that is why
@@ -249,13 +250,13 @@ func importReason(ctx context.Context, err error) string {
 		err = cerr
 	}
 	if errors.Is(err, archive.ErrCorrupt) {
-		return ReasonArchive // a layer found corrupt as it was written
+		return failure.Archive // a layer found corrupt as it was written
 	}
 	switch reason, _ := Classify(err); reason {
-	case ReasonRuntime, ReasonNoSpace, ReasonCanceled, ReasonTimeout:
+	case failure.Runtime, failure.NoSpace, failure.Canceled, failure.Timeout:
 		return reason
 	}
-	return ReasonImport
+	return failure.Import
 }
 
 // imageIDs maps every reference the runtime lists to its image ID.

@@ -11,6 +11,7 @@ import (
 	"github.com/kube-preloader/kube-preloader/archive"
 	"github.com/kube-preloader/kube-preloader/archive/archivetest"
 	"github.com/kube-preloader/kube-preloader/cri/critest"
+	"github.com/kube-preloader/kube-preloader/failure"
 	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/preload"
 )
@@ -44,10 +45,10 @@ func TestImportRetry(t *testing.T) {
 		want        outcome
 		wantCalls   int
 	}{
-		{"containerd restarting: retried until it answers", unavailable, 2, 0, outcome{preload.StatusImported, ""}, 3},
-		{"containerd restarting, one attempt (the agent)", unavailable, 2, 1, outcome{preload.StatusFailed, preload.ReasonRuntime}, 1},
-		{"no space: final", errors.New("write /var/lib/containerd/x: no space left on device"), 1, 0, outcome{preload.StatusFailed, preload.ReasonNoSpace}, 1},
-		{"anything else: final", errors.New("unpack: invalid layer"), 1, 0, outcome{preload.StatusFailed, preload.ReasonImport}, 1},
+		{"containerd restarting: retried until it answers", unavailable, 2, 0, outcome{preload.StatusImported, failure.Reason{}}, 3},
+		{"containerd restarting, one attempt (the agent)", unavailable, 2, 1, outcome{preload.StatusFailed, failure.Runtime}, 1},
+		{"no space: final", errors.New("write /var/lib/containerd/x: no space left on device"), 1, 0, outcome{preload.StatusFailed, failure.NoSpace}, 1},
+		{"anything else: final", errors.New("unpack: invalid layer"), 1, 0, outcome{preload.StatusFailed, failure.Import}, 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -99,7 +100,7 @@ func TestImportCutByTheRunIsCanceled(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := outcomes(results)[a]; got != (outcome{preload.StatusFailed, preload.ReasonCanceled}) {
+	if got := outcomes(results)[a]; got != (outcome{preload.StatusFailed, failure.Canceled}) {
 		t.Errorf("%s: %+v, want failed, canceled", a, got)
 	}
 }

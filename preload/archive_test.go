@@ -18,6 +18,7 @@ import (
 	"github.com/kube-preloader/kube-preloader/archive/archivetest"
 	"github.com/kube-preloader/kube-preloader/containerd"
 	"github.com/kube-preloader/kube-preloader/cri/critest"
+	"github.com/kube-preloader/kube-preloader/failure"
 	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/preload"
 	"github.com/kube-preloader/kube-preloader/preload/config"
@@ -230,7 +231,7 @@ func testArchive(t *testing.T, dir, file string, f archivetest.Format, names ...
 
 type outcome struct {
 	status preload.Status
-	reason string
+	reason failure.Reason
 }
 
 func outcomes(results []preload.Result) map[string]outcome {
@@ -258,8 +259,8 @@ func TestRunArchives(t *testing.T) {
 			},
 			images: images(a),
 			want: map[string]outcome{
-				a: {preload.StatusImported, ""},
-				b: {preload.StatusImported, ""},
+				a: {preload.StatusImported, failure.Reason{}},
+				b: {preload.StatusImported, failure.Reason{}},
 			},
 			wantImports: 1,
 		},
@@ -272,8 +273,8 @@ func TestRunArchives(t *testing.T) {
 			},
 			images: images(a),
 			want: map[string]outcome{
-				a: {preload.StatusPresent, ""},
-				b: {preload.StatusPresent, ""},
+				a: {preload.StatusPresent, failure.Reason{}},
+				b: {preload.StatusPresent, failure.Reason{}},
 			},
 		},
 		{
@@ -285,8 +286,8 @@ func TestRunArchives(t *testing.T) {
 			},
 			images: images(a),
 			want: map[string]outcome{
-				a: {preload.StatusImported, ""},
-				b: {preload.StatusPresent, ""},
+				a: {preload.StatusImported, failure.Reason{}},
+				b: {preload.StatusPresent, failure.Reason{}},
 			},
 			wantImports: 1,
 		},
@@ -296,7 +297,7 @@ func TestRunArchives(t *testing.T) {
 				testArchive(t, dir, "untagged.tar", archivetest.DockerSave, nil)
 			},
 			images:      []config.Image{{Ref: x, Name: x, Archive: "untagged.tar"}},
-			want:        map[string]outcome{x: {preload.StatusImported, ""}},
+			want:        map[string]outcome{x: {preload.StatusImported, failure.Reason{}}},
 			wantImports: 1,
 		},
 		{
@@ -306,9 +307,9 @@ func TestRunArchives(t *testing.T) {
 			},
 			images: []config.Image{{Ref: x, Name: x, Archive: "ab.tar"}},
 			want: map[string]outcome{
-				x: {preload.StatusFailed, preload.ReasonArchive},
-				a: {preload.StatusImported, ""},
-				b: {preload.StatusImported, ""},
+				x: {preload.StatusFailed, failure.Archive},
+				a: {preload.StatusImported, failure.Reason{}},
+				b: {preload.StatusImported, failure.Reason{}},
 			},
 			wantImports: 1,
 		},
@@ -322,12 +323,12 @@ func TestRunArchives(t *testing.T) {
 					t.Fatal(err)
 				}
 			},
-			want: map[string]outcome{"notes.txt": {preload.StatusFailed, preload.ReasonArchive}},
+			want: map[string]outcome{"notes.txt": {preload.StatusFailed, failure.Archive}},
 		},
 		{
 			name:   "archive missing",
 			images: []config.Image{{Ref: x, Name: x, Archive: "missing.tar"}},
-			want:   map[string]outcome{x: {preload.StatusFailed, preload.ReasonNotFound}},
+			want:   map[string]outcome{x: {preload.StatusFailed, failure.NotFound}},
 		},
 		{
 			name: "not containerd",
@@ -336,7 +337,7 @@ func TestRunArchives(t *testing.T) {
 			},
 			images: []config.Image{{Ref: x, Name: x, Archive: "x.tar"}},
 			noCtrd: true,
-			want:   map[string]outcome{x: {preload.StatusFailed, preload.ReasonUnsupported}},
+			want:   map[string]outcome{x: {preload.StatusFailed, failure.Unsupported}},
 		},
 	}
 	for _, tt := range tests {
@@ -449,7 +450,7 @@ func TestRunMirror(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if r := results[0]; r.Status != preload.StatusFailed || r.Reason != preload.ReasonUnsupported || !strings.Contains(r.Error, "registries.conf") {
+		if r := results[0]; r.Status != preload.StatusFailed || r.Reason != failure.Unsupported || !strings.Contains(r.Error, "registries.conf") {
 			t.Errorf("result %+v, want failed with a pointer to the runtime's mirror config", r)
 		}
 		if n := s.Calls("PullImage"); n != 0 {
@@ -487,7 +488,7 @@ func TestRunPullViaContainerd(t *testing.T) {
 			t.Fatal(err)
 		}
 		r := results[0]
-		if r.Status != preload.StatusFailed || r.Reason != preload.ReasonUnsupported || r.Attempts != 1 || !strings.Contains(r.Error, "pullVia: cri") {
+		if r.Status != preload.StatusFailed || r.Reason != failure.Unsupported || r.Attempts != 1 || !strings.Contains(r.Error, "pullVia: cri") {
 			t.Errorf("result %+v, want one failed attempt, unsupported runtime, pointing to pullVia: cri", r)
 		}
 		if n := s.Calls("PullImage"); n != 0 {

@@ -8,13 +8,10 @@ import (
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/kube-preloader/kube-preloader/failure"
 	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/preload/config"
 )
-
-// ReasonDiskBudget is the reason of an image not pulled because it would
-// take the image filesystem past the budget.
-const ReasonDiskBudget = "disk budget"
 
 // budgetPlan is one run's disk budget: the room left below it, and each
 // image's decision, taken in config order, so that an earlier image
@@ -145,7 +142,9 @@ func needHow(n noderuntime.DiskNeed) string {
 	return fmt.Sprintf("%s: told by %d of %d layers, the others estimated at %d times their compressed size", s, n.Told, n.Layers, noderuntime.UnpackFactor)
 }
 
-func (e *budgetError) Reason() string { return ReasonDiskBudget }
+// Reason: an image that would take the image filesystem past the budget
+// is held back, not pulled.
+func (e *budgetError) Reason() failure.Reason { return failure.DiskBudget }
 
 // estimateAndReserve decides ref's room before a pull through the CRI,
 // which gives no hook between manifest and layers: from its manifest and

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/kube-preloader/kube-preloader/failure"
 	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/preload/config"
 )
@@ -39,12 +40,12 @@ type Result struct {
 	Source string `json:"source,omitempty"`
 	// Via is the path of a pull: cri (the runtime's own) or containerd
 	// (containerd's client).
-	Via      string        `json:"via,omitempty"`
-	Reason   string        `json:"reason,omitempty"` // short and stable: "not found", "unauthorized", …
-	Error    string        `json:"error,omitempty"`  // the runtime's last message
-	Size     uint64        `json:"sizeBytes,omitempty"`
-	Duration time.Duration `json:"durationNanos"`
-	Attempts int           `json:"attempts,omitempty"`
+	Via      string         `json:"via,omitempty"`
+	Reason   failure.Reason `json:"reason,omitzero"` // short and stable: "not found", "unauthorized", …
+	Error    string         `json:"error,omitempty"` // the runtime's last message
+	Size     uint64         `json:"sizeBytes,omitempty"`
+	Duration time.Duration  `json:"durationNanos"`
+	Attempts int            `json:"attempts,omitempty"`
 	// Refreshed: the tag had moved, and the run pulled what it names now.
 	Refreshed bool `json:"refreshed,omitempty"`
 	// NextCheck is when the tag is due to be checked again (refresh);
@@ -180,7 +181,7 @@ func (e *Engine) Run(ctx context.Context, cfg *config.Config, images []config.Im
 			} else {
 				results[i] = e.pull(pctx, cfg, img)
 			}
-			if results[i].Reason == ReasonNoSpace {
+			if results[i].Reason == failure.NoSpace {
 				e.collectGarbage(ctx)
 			}
 		}()
@@ -201,7 +202,7 @@ func (e *Engine) Run(ctx context.Context, cfg *config.Config, images []config.Im
 			// Listed or pulled, yet the runtime does not find it the way
 			// the kubelet asks: the promise is about ImageStatus, so this
 			// is a failure, never "present".
-			*r = Result{Image: r.Image, Status: StatusFailed, Source: r.Source, Reason: ReasonNotPresent, Duration: r.Duration, Attempts: r.Attempts}
+			*r = Result{Image: r.Image, Status: StatusFailed, Source: r.Source, Reason: failure.NotPresent, Duration: r.Duration, Attempts: r.Attempts}
 		default:
 			if r.Status == "" {
 				r.Status = StatusPresent
@@ -210,8 +211,10 @@ func (e *Engine) Run(ctx context.Context, cfg *config.Config, images []config.Im
 			if c, ok := checks[r.Image]; ok {
 				r.Refreshed = c.moved && r.Status == StatusPulled
 				r.NextCheck = c.next
-				if c.reason != "" {
-					r.Reason, r.Error = c.reason, c.err
+				if !c.reason.IsZero() {
+					// The image is present: the reason is a note on it,
+					// not a failure.
+					r.Reason, r.Error = failure.Note("refresh: "+c.reason.String()), c.err
 				}
 			}
 		}
@@ -287,7 +290,7 @@ func (e *Engine) pullOnce(ctx context.Context, cfg *config.Config, img config.Im
 		if timedOut {
 			return fmt.Errorf("attempt exceeded pullTimeout %s: %w", cfg.PullTimeout, err)
 		}
-		if reason, _ := Classify(err); reason != ReasonUnauthorized {
+		if reason, _ := Classify(err); reason != failure.Unauthorized {
 			return err
 		}
 	}
@@ -537,60 +540,40 @@ func failed(image string, err error, d time.Duration, attempts int) Result {
 	return Result{Image: image, Status: StatusFailed, Reason: reason, Error: err.Error(), Duration: d, Attempts: attempts}
 }
 
-// Reasons for failure, short and stable for tables, status and metrics.
-const (
-	ReasonNotFound     = "not found"
-	ReasonUnauthorized = "unauthorized"
-	ReasonTimeout      = "timeout"
-	ReasonStalled      = "stalled" // a download received no bytes for stallTimeout
-	ReasonUnreachable  = "registry unreachable"
-	ReasonRegistry     = "registry error"
-	ReasonTLS          = "tls"
-	ReasonNoSpace      = "no space"
-	ReasonRuntime      = "runtime unavailable"
-	ReasonCanceled     = "canceled"
-	ReasonInvalid      = "invalid reference"
-	ReasonArchive      = "bad archive"                 // unreadable, unsafe, truncated, wrong digest or platform
-	ReasonImport       = "import failed"               // a sound archive the runtime did not take
-	ReasonUnsupported  = noderuntime.ReasonUnsupported // archive, mirror or pullVia containerd on a runtime other than containerd
-	ReasonNotPresent   = "not present after pull"      // pulled or listed, yet ImageStatus does not find it
-	ReasonOther        = "error"
-)
-
 // Classify maps a pull error to a reason and whether retrying may help.
 // Runtimes report registry failures only as text inside a gRPC Unknown
 // status, so the text is what there is to go on; the patterns are those of
 // containerd's and CRI-O's resolvers.
-func Classify(err error) (reason string, transient bool) {
+func Classify(err error) (reason failure.Reason, transient bool) {
 	// An error that knows its reason (the agent's missing credentials) is
 	// final: retrying cannot supply what is not there.
-	var known interface{ Reason() string }
+	var known interface{ Reason() failure.Reason }
 	if errors.As(err, &known) {
 		return known.Reason(), false
 	}
 	switch {
 	case errors.Is(err, noderuntime.ErrStalled):
-		return ReasonStalled, true
+		return failure.Stalled, true
 	case errors.Is(err, context.Canceled):
-		return ReasonCanceled, false
+		return failure.Canceled, false
 	case errors.Is(err, context.DeadlineExceeded):
-		return ReasonTimeout, true
+		return failure.Timeout, true
 	}
 	// The containerd client (imports, pullVia containerd) turns gRPC codes
 	// into errdefs errors, whose text ("connection refused") would read
 	// as a registry's trouble.
 	if errdefs.IsUnavailable(err) {
-		return ReasonRuntime, true
+		return failure.Runtime, true
 	}
 	switch status.Code(err) {
 	case codes.Canceled:
-		return ReasonCanceled, false
+		return failure.Canceled, false
 	case codes.DeadlineExceeded:
-		return ReasonTimeout, true
+		return failure.Timeout, true
 	case codes.Unavailable:
-		return ReasonRuntime, true
+		return failure.Runtime, true
 	case codes.InvalidArgument:
-		return ReasonInvalid, false
+		return failure.Invalid, false
 	}
 	msg := strings.ToLower(err.Error())
 	has := func(subs ...string) bool {
@@ -607,21 +590,21 @@ func Classify(err error) (reason string, transient bool) {
 		// the space the other images need, and `once` would hold a node's
 		// boot until its timeout. The agent tries again at its next sync,
 		// when the kubelet's image GC may have made room.
-		return ReasonNoSpace, false
+		return failure.NoSpace, false
 	case has("401 unauthorized", "403 forbidden", "unauthorized", "authorization failed", "access denied", "denied:"):
-		return ReasonUnauthorized, false
+		return failure.Unauthorized, false
 	case has("not found", "manifest unknown", "name unknown", "no match for platform"):
-		return ReasonNotFound, false
+		return failure.NotFound, false
 	case has("x509:", "tls: failed", "certificate"):
-		return ReasonTLS, false
+		return failure.TLS, false
 	case has("deadline exceeded", "i/o timeout", "timeout"):
-		return ReasonTimeout, true
+		return failure.Timeout, true
 	case has("connection refused", "no such host", "connection reset", "eof", "network is unreachable", "broken pipe"):
-		return ReasonUnreachable, true
+		return failure.Unreachable, true
 	case has(" 500 ", " 502 ", " 503 ", " 504 ", "429", "internal server error", "bad gateway", "service unavailable", "gateway timeout", "too many requests"):
-		return ReasonRegistry, true
+		return failure.Registry, true
 	}
-	return ReasonOther, true
+	return failure.Other, true
 }
 
 // Missing returns the images of which a single ListImages shows no trace:

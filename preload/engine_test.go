@@ -17,6 +17,7 @@ import (
 
 	"github.com/kube-preloader/kube-preloader/cri"
 	"github.com/kube-preloader/kube-preloader/cri/critest"
+	"github.com/kube-preloader/kube-preloader/failure"
 	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/preload"
 	"github.com/kube-preloader/kube-preloader/preload/config"
@@ -55,7 +56,7 @@ func TestRunOutcomes(t *testing.T) {
 		auths      []*runtimeapi.AuthConfig
 		pull       func(attempt int, auth *runtimeapi.AuthConfig) error
 		wantStatus preload.Status
-		wantReason string
+		wantReason failure.Reason
 		wantPulls  int
 		wantTries  int
 	}{
@@ -69,7 +70,7 @@ func TestRunOutcomes(t *testing.T) {
 			pull: func(int, *runtimeapi.AuthConfig) error {
 				return critest.Errorf("failed to resolve reference: not found")
 			},
-			wantStatus: preload.StatusFailed, wantReason: preload.ReasonNotFound, wantPulls: 1, wantTries: 1,
+			wantStatus: preload.StatusFailed, wantReason: failure.NotFound, wantPulls: 1, wantTries: 1,
 		},
 		{
 			name:  "second credential works",
@@ -88,7 +89,7 @@ func TestRunOutcomes(t *testing.T) {
 			pull: func(int, *runtimeapi.AuthConfig) error {
 				return critest.Errorf("failed to authorize: 401 Unauthorized")
 			},
-			wantStatus: preload.StatusFailed, wantReason: preload.ReasonUnauthorized, wantPulls: 3, wantTries: 1,
+			wantStatus: preload.StatusFailed, wantReason: failure.Unauthorized, wantPulls: 3, wantTries: 1,
 		},
 		{
 			name: "transient failures are retried",
@@ -248,7 +249,7 @@ func TestRunPullTimeoutThenCancel(t *testing.T) {
 		t.Errorf("run took %s after its context ended", took)
 	}
 	r := res[0]
-	if r.Status != preload.StatusFailed || r.Reason != preload.ReasonTimeout {
+	if r.Status != preload.StatusFailed || r.Reason != failure.Timeout {
 		t.Errorf("got %s/%q (%s), want failed/timeout", r.Status, r.Reason, r.Error)
 	}
 	if r.Attempts < 2 {
@@ -259,16 +260,16 @@ func TestRunPullTimeoutThenCancel(t *testing.T) {
 func TestClassify(t *testing.T) {
 	tests := []struct {
 		msg       string
-		reason    string
+		reason    failure.Reason
 		transient bool
 	}{
-		{`failed to pull and unpack image "127.0.0.1:5000/x:1": failed to resolve reference "127.0.0.1:5000/x:1": 127.0.0.1:5000/x:1: not found`, preload.ReasonNotFound, false},
-		{`failed to resolve reference: pulling from host 127.0.0.1:5000 failed with status code [manifests 1]: 401 Unauthorized`, preload.ReasonUnauthorized, false},
-		{`failed to do request: Head "https://127.0.0.1:5000/v2/x/manifests/1": dial tcp 127.0.0.1:5000: connect: connection refused`, preload.ReasonUnreachable, true},
-		{`failed to do request: Head "https://127.0.0.1:5000/v2/": tls: failed to verify certificate: x509: certificate signed by unknown authority`, preload.ReasonTLS, false},
-		{`failed to copy: httpReadSeeker: failed open: unexpected status code https://r/v2/x/blobs/sha256:1: 503 Service Unavailable`, preload.ReasonRegistry, true},
-		{`failed to extract layer: write /var/lib/containerd/x: no space left on device`, preload.ReasonNoSpace, false},
-		{`something new`, preload.ReasonOther, true},
+		{`failed to pull and unpack image "127.0.0.1:5000/x:1": failed to resolve reference "127.0.0.1:5000/x:1": 127.0.0.1:5000/x:1: not found`, failure.NotFound, false},
+		{`failed to resolve reference: pulling from host 127.0.0.1:5000 failed with status code [manifests 1]: 401 Unauthorized`, failure.Unauthorized, false},
+		{`failed to do request: Head "https://127.0.0.1:5000/v2/x/manifests/1": dial tcp 127.0.0.1:5000: connect: connection refused`, failure.Unreachable, true},
+		{`failed to do request: Head "https://127.0.0.1:5000/v2/": tls: failed to verify certificate: x509: certificate signed by unknown authority`, failure.TLS, false},
+		{`failed to copy: httpReadSeeker: failed open: unexpected status code https://r/v2/x/blobs/sha256:1: 503 Service Unavailable`, failure.Registry, true},
+		{`failed to extract layer: write /var/lib/containerd/x: no space left on device`, failure.NoSpace, false},
+		{`something new`, failure.Other, true},
 	}
 	for _, tt := range tests {
 		reason, transient := preload.Classify(critest.Errorf("%s", tt.msg))
@@ -279,8 +280,8 @@ func TestClassify(t *testing.T) {
 	// From the containerd client rather than the CRI: containerd itself is
 	// down, though the text says "connection refused".
 	down := fmt.Errorf("pull x: %w", fmt.Errorf("connection error: dial unix /run/containerd/containerd.sock: connect: connection refused: %w", errdefs.ErrUnavailable))
-	if reason, transient := preload.Classify(down); reason != preload.ReasonRuntime || !transient {
-		t.Errorf("Classify(%v) = %q, %v; want %q, transient", down, reason, transient, preload.ReasonRuntime)
+	if reason, transient := preload.Classify(down); reason != failure.Runtime || !transient {
+		t.Errorf("Classify(%v) = %q, %v; want %q, transient", down, reason, transient, failure.Runtime)
 	}
 }
 
@@ -338,15 +339,15 @@ func equal(a, b []string) bool {
 
 type reasoned string
 
-func (r reasoned) Error() string  { return string(r) }
-func (r reasoned) Reason() string { return string(r) }
+func (r reasoned) Error() string          { return string(r) }
+func (r reasoned) Reason() failure.Reason { return failure.Credentials(string(r)) }
 
 // A stalled download is cut by cancelling its pull; the stall, not the
 // cancellation, is the reason, and another attempt may get the bytes.
 func TestClassifyStalled(t *testing.T) {
 	err := fmt.Errorf("pull x: %w", fmt.Errorf("%w: blob sha256:1 received no bytes for 30s: %w", noderuntime.ErrStalled, context.Canceled))
-	if reason, transient := preload.Classify(err); reason != preload.ReasonStalled || !transient {
-		t.Errorf("Classify(%v) = %q, %v; want %q, transient", err, reason, transient, preload.ReasonStalled)
+	if reason, transient := preload.Classify(err); reason != failure.Stalled || !transient {
+		t.Errorf("Classify(%v) = %q, %v; want %q, transient", err, reason, transient, failure.Stalled)
 	}
 }
 
@@ -354,7 +355,7 @@ func TestClassifyKnownReason(t *testing.T) {
 	// Missing credentials say "not found" in their text; their own reason,
 	// not the text, is what users must read.
 	err := fmt.Errorf("pull: %w", reasoned("secret ns/regcred not found"))
-	if reason, transient := preload.Classify(err); reason != "secret ns/regcred not found" || transient {
+	if reason, transient := preload.Classify(err); reason != failure.Credentials("secret ns/regcred not found") || transient {
 		t.Errorf("Classify = %q, %v; want the error's own reason, permanent", reason, transient)
 	}
 }
@@ -376,7 +377,7 @@ func TestRunPullTimeoutSeenFirstByTheRuntime(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r := res[0]; r.Reason != preload.ReasonTimeout || !strings.Contains(r.Error, "exceeded pullTimeout 300ms") {
+	if r := res[0]; r.Reason != failure.Timeout || !strings.Contains(r.Error, "exceeded pullTimeout 300ms") {
 		t.Errorf("got %q: %s; want a timeout that names pullTimeout", r.Reason, r.Error)
 	}
 }

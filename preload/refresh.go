@@ -9,14 +9,15 @@ import (
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/kube-preloader/kube-preloader/failure"
 	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/preload/config"
 )
 
 // refreshCheck is what the check of one present tag found.
 type refreshCheck struct {
-	moved  bool   // the registry's tag names another manifest: pull it
-	reason string // why the check failed; the image stays
+	moved  bool           // the registry's tag names another manifest: pull it
+	reason failure.Reason // why the check failed; the image stays
 	err    string
 	next   time.Time // when the tag is due again
 }
@@ -57,7 +58,7 @@ func (e *Engine) checkTags(ctx context.Context, images []config.Image, have map[
 		case err != nil:
 			reason, _ := Classify(err)
 			e.log().Warn("cannot check whether the tag moved; keeping the image the node has", "image", img.Name, "reason", reason, "err", err)
-			c.reason, c.err = "refresh: "+reason, err.Error()
+			c.reason, c.err = reason, err.Error()
 		case remote != local:
 			e.log().Info("tag moved; pulling it again", "image", img.Name, "from", local, "to", remote)
 			c.moved = true

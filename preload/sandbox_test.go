@@ -10,6 +10,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/kube-preloader/kube-preloader/cri/critest"
+	"github.com/kube-preloader/kube-preloader/failure"
 	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/preload"
 	"github.com/kube-preloader/kube-preloader/preload/config"
@@ -72,8 +73,8 @@ func TestGuessedSandbox(t *testing.T) {
 				t.Errorf("sandbox result = %+v", r)
 			}
 			// A configured one's last attempt may end in the run's deadline.
-			if tt.guess && r.Reason != preload.ReasonUnreachable {
-				t.Errorf("guessed sandbox: reason %q, want %q", r.Reason, preload.ReasonUnreachable)
+			if tt.guess && r.Reason != failure.Unreachable {
+				t.Errorf("guessed sandbox: reason %q, want %q", r.Reason, failure.Unreachable)
 			}
 			if tt.guess && r.Attempts != 1 {
 				t.Errorf("guessed sandbox: %d attempts, want 1", r.Attempts)

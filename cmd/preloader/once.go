@@ -13,6 +13,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/kube-preloader/kube-preloader/cri/keyring"
+	"github.com/kube-preloader/kube-preloader/failure"
 	"github.com/kube-preloader/kube-preloader/kubelet"
 	"github.com/kube-preloader/kube-preloader/preload"
 	"github.com/kube-preloader/kube-preloader/preload/config"
@@ -132,7 +133,7 @@ func (o *onceOptions) run(ctx context.Context, stdout, stderr io.Writer) error {
 		log.Error("prune failed", "err", err)
 	}
 	for _, img := range skipped {
-		results = append(results, preload.Result{Image: img.Name, Status: preload.StatusSkipped, Reason: "nodeSelector: no node labels in once"})
+		results = append(results, preload.Result{Image: img.Name, Status: preload.StatusSkipped, Reason: failure.Note("nodeSelector: no node labels in once")})
 	}
 	if err := writeResults(stdout, o.output.value, results, pruned); err != nil {
 		return err

@@ -65,12 +65,12 @@ func writeObject(w io.Writer, format string, v any) error {
 // one, and that its failure is not counted.
 func reason(r preload.Result) string {
 	if !r.Guess {
-		return r.Reason
+		return r.Reason.String()
 	}
 	if r.Present() {
 		return "sandbox image guessed (containerd 2.x default, not found in config)"
 	}
-	return r.Reason + "; sandbox image guessed (containerd 2.x default, not found in config), not counted"
+	return r.Reason.String() + "; sandbox image guessed (containerd 2.x default, not found in config), not counted"
 }
 
 func attempts(n int) string {
