@@ -45,6 +45,16 @@ docs:
 	cd tools && $(GO) tool helm-docs --chart-search-root ../charts/kube-preloader --skip-version-footer --log-level warning
 	$(GO) test -count=1 ./cmd/preloader -run '^TestCLIDoc$$' -update
 
+# manifests/ from the chart, for kubectl apply -k: base/ is helm template
+# with the chart's defaults (kubeadm's layout), overlays/D what
+# distribution: D changes, as patches kustomize applies; every overlay is
+# built with kubectl kustomize and compared with the chart before anything
+# is written. TestManifestsRendered fails when manifests/ is stale.
+KUBECTL ?= $(shell command -v kubectl 2>/dev/null || echo $(HOME)/.cache/kube-preloader/bin/kubectl-$(KUBE_VERSION))
+.PHONY: manifests
+manifests:
+	$(GO) run ./scripts/manifests -helm $(HELM) -kubectl $(KUBECTL)
+
 # Only what the demo runs: the registry and containerd, while the preloader
 # and the sandbox program (which leaves out the test harness's Kubernetes
 # clients) build with the same flags, so that they share the Go build
@@ -101,10 +111,11 @@ test-faults: deps
 	$(GOTEST) -run '^TestFault' -v -timeout 40m ./integration/
 	$(MAKE) --no-print-directory soak
 
-# The agent's container image, the content the Dockerfile describes, built
-# and pushed without a Docker daemon (plain HTTP for loopback registries) as
-# one OCI index of PLATFORMS. Its times are SOURCE_DATE_EPOCH, else the
-# commit's, so the same commit and VERSION push the same digest.
+# The agent's container image, built by scripts/imagebuild (its only
+# recipe: there is no Dockerfile) and pushed without a Docker daemon (plain
+# HTTP for loopback registries) as one OCI index of PLATFORMS. Its times
+# are SOURCE_DATE_EPOCH, else the commit's, so the same commit and VERSION
+# push the same digest.
 PLATFORMS ?= linux/amd64,linux/arm64
 image:
 	@test -n "$(IMAGE)" || { echo "usage: make image IMAGE=REF [PLATFORMS=linux/amd64]" >&2; exit 2; }

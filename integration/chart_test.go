@@ -10,31 +10,21 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"reflect"
 	"slices"
-	"sort"
 	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
-	"sigs.k8s.io/yaml"
 
 	"github.com/kube-preloader/kube-preloader/integration/harness"
 )
 
 const chartDir = "../charts/kube-preloader"
 
-// distributions are the chart's distribution values but auto, each with
-// the kustomize directory that must render the same objects.
-var distributions = []struct{ name, kustomize string }{
-	{"kubeadm", "../manifests"},
-	{"k3s", "../manifests/overlays/k3s"},
-	{"rke2", "../manifests/overlays/rke2"},
-	{"microk8s", "../manifests/overlays/microk8s"},
-	{"talos", "../manifests/overlays/talos"},
-}
+// distributions are the chart's distribution values but auto.
+var distributions = []string{"kubeadm", "k3s", "rke2", "microk8s", "talos"}
 
 // TestChartLint is `helm lint --strict` of the chart.
 func TestChartLint(t *testing.T) {
@@ -89,36 +79,84 @@ func TestChartReadme(t *testing.T) {
 	}
 }
 
-// TestChartParity keeps the chart and kustomize from drifting: with default
-// values, helm template renders manifests/ (bar the Namespace, which helm
-// install --create-namespace makes), and with distribution: D every
-// overlay's objects. Helm's own labels are not compared, nor the order of
-// lists Kubernetes does not order (volumes, mounts, env), and images.yaml is
-// compared as the YAML it is.
-func TestChartParity(t *testing.T) {
-	kust := func(t *testing.T, dir string) map[string]map[string]any {
-		out, err := exec.Command(harness.KubeBinary("kubectl"), "kustomize", dir).CombinedOutput()
-		if err != nil {
-			t.Fatalf("kubectl kustomize %s: %v\n%s", dir, err, out)
+// TestManifestsRendered: manifests/ is what make manifests renders from the
+// chart (scripts/manifests, which also builds every overlay with kubectl
+// kustomize and compares it with the chart's distribution), so that
+// kubectl apply -k users get the chart's objects.
+func TestManifestsRendered(t *testing.T) {
+	harness.Require(t, "helm "+harness.HelmVersion+" (scripts/install-deps.sh)", harness.HelmBinary())
+	harness.Require(t, "kubectl (scripts/build-kube.sh)", harness.KubeBinary("kubectl"))
+	out := filepath.Join(t.TempDir(), "manifests")
+	cmd := exec.Command("go", "run", "./scripts/manifests", "-helm", harness.HelmBinary(), "-kubectl", harness.KubeBinary("kubectl"), "-out", out)
+	cmd.Dir = ".."
+	cmd.Env = append(os.Environ(), harness.HelmEnv(t.TempDir())...)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("scripts/manifests: %v\n%s", err, b)
+	}
+	rendered, committed := filesUnder(t, out), filesUnder(t, "../manifests")
+	for _, name := range slices.Sorted(maps.Keys(rendered)) {
+		c, ok := committed[name]
+		if !ok {
+			t.Errorf("manifests/%s: missing; the chart renders it", name)
+			continue
 		}
-		return objectsByKey(t, out)
+		if line, ok := firstDiff(c, rendered[name]); ok {
+			t.Errorf("manifests/%s line %d differs from what the chart renders:\n  committed: %q\n  rendered:  %q", name, line.n, line.committed, line.rendered)
+		}
 	}
-	t.Run("defaults", func(t *testing.T) {
-		harness.Require(t, "kubectl (scripts/build-kube.sh)", harness.KubeBinary("kubectl"))
-		want := kust(t, "../manifests")
-		delete(want, "Namespace//kube-preloader")
-		got := objectsByKey(t, []byte(harness.MustHelm(t, "", "template", "kube-preloader", chartDir, "-n", "kube-preloader")))
-		compareObjects(t, got, want)
+	for _, name := range slices.Sorted(maps.Keys(committed)) {
+		if _, ok := rendered[name]; !ok {
+			t.Errorf("manifests/%s: not rendered from the chart", name)
+		}
+	}
+	if t.Failed() {
+		t.Log("manifests/ is rendered from charts/kube-preloader: edit the chart, then run make manifests")
+	}
+}
+
+// filesUnder reads every file below dir, by path relative to it.
+func filesUnder(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	files := map[string]string{}
+	err := filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(dir, path)
+		files[filepath.ToSlash(rel)] = string(b)
+		return err
 	})
-	for _, d := range distributions {
-		t.Run(d.name, func(t *testing.T) {
-			harness.Require(t, "kubectl (scripts/build-kube.sh)", harness.KubeBinary("kubectl"))
-			want := kust(t, d.kustomize)
-			got := objectsByKey(t, []byte(harness.MustHelm(t, "", "template", "kube-preloader", chartDir, "-n", "kube-preloader",
-				"--set", "distribution="+d.name, "--set", "namespace.create=true")))
-			compareObjects(t, got, want)
-		})
+	if err != nil {
+		t.Fatal(err)
 	}
+	return files
+}
+
+type lineDiff struct {
+	n                   int
+	committed, rendered string
+}
+
+// firstDiff is the first line where a and b differ, if they do.
+func firstDiff(a, b string) (lineDiff, bool) {
+	al, bl := strings.Split(a, "\n"), strings.Split(b, "\n")
+	for i := range max(len(al), len(bl)) {
+		if i >= len(al) || i >= len(bl) || al[i] != bl[i] {
+			return lineDiff{i + 1, at(al, i), at(bl, i)}, true
+		}
+	}
+	return lineDiff{}, false
+}
+
+func at(lines []string, i int) string {
+	if i < len(lines) {
+		return lines[i]
+	}
+	return "(end of file)"
 }
 
 // TestChartValues: what a user's values change, and values the schema or
@@ -214,8 +252,8 @@ func TestChartOnAPIServer(t *testing.T) {
 		}
 	}
 	for _, d := range distributions {
-		t.Run("dry-run/"+d.name, func(t *testing.T) {
-			out := harness.MustHelm(t, "", "template", "kube-preloader", chartDir, "-n", "kube-preloader", "--set", "distribution="+d.name,
+		t.Run("dry-run/"+d, func(t *testing.T) {
+			out := harness.MustHelm(t, "", "template", "kube-preloader", chartDir, "-n", "kube-preloader", "--set", "distribution="+d,
 				"--set", "dashboard.enabled=true")
 			res := kubectlStdin(t, k, out, "apply", "--dry-run=server", "-f", "-")
 			if !strings.Contains(res, "daemonset.apps/preloader created (server dry run)") {
@@ -361,71 +399,6 @@ func objectsByKey(t *testing.T, stream []byte) map[string]map[string]any {
 		name, _ := dig(o, "metadata", "name").(string)
 		objs[fmt.Sprintf("%s/%s/%s", o["kind"], ns, name)] = o
 	}
-}
-
-// compareObjects fails for every object only one side has, or that
-// differs once normalized.
-func compareObjects(t *testing.T, got, want map[string]map[string]any) {
-	t.Helper()
-	for _, key := range slices.Sorted(maps.Keys(want)) {
-		g, ok := got[key]
-		if !ok {
-			t.Errorf("the chart does not render %s", key)
-			continue
-		}
-		gn, wn := normalize(t, g), normalize(t, want[key])
-		if !reflect.DeepEqual(gn, wn) {
-			gy, _ := yaml.Marshal(gn)
-			wy, _ := yaml.Marshal(wn)
-			t.Errorf("%s differs:\n--- chart\n%s\n--- kustomize\n%s", key, gy, wy)
-		}
-	}
-	for _, key := range slices.Sorted(maps.Keys(got)) {
-		if _, ok := want[key]; !ok {
-			t.Errorf("the chart renders %s, which kustomize does not", key)
-		}
-	}
-}
-
-// helmLabels are the labels helm adds and kustomize does not.
-var helmLabels = []string{"helm.sh/chart", "app.kubernetes.io/managed-by", "app.kubernetes.io/instance", "app.kubernetes.io/version"}
-
-func normalize(t *testing.T, o map[string]any) map[string]any {
-	t.Helper()
-	b, _ := yaml.Marshal(o)
-	var c map[string]any
-	if err := yaml.Unmarshal(b, &c); err != nil {
-		t.Fatal(err)
-	}
-	if labels, ok := dig(c, "metadata", "labels").(map[string]any); ok {
-		for _, l := range helmLabels {
-			delete(labels, l)
-		}
-	}
-	if data, ok := c["data"].(map[string]any); ok && c["kind"] == "ConfigMap" {
-		if s, ok := data["images.yaml"].(string); ok {
-			var v any
-			if err := yaml.Unmarshal([]byte(s), &v); err != nil {
-				t.Fatalf("images.yaml: %v", err)
-			}
-			data["images.yaml"] = v
-		}
-	}
-	if pod, ok := dig(c, "spec", "template", "spec").(map[string]any); ok {
-		sortByName(pod, "volumes", "name")
-		for _, ct := range pod["containers"].([]any) {
-			sortByName(ct.(map[string]any), "volumeMounts", "mountPath")
-			sortByName(ct.(map[string]any), "env", "name")
-		}
-	}
-	return c
-}
-
-func sortByName(m map[string]any, field, key string) {
-	list, _ := m[field].([]any)
-	sort.SliceStable(list, func(i, j int) bool {
-		return fmt.Sprint(list[i].(map[string]any)[key]) < fmt.Sprint(list[j].(map[string]any)[key])
-	})
 }
 
 func dig(o any, path ...string) any {

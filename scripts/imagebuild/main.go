@@ -1,9 +1,9 @@
 // Command imagebuild builds the preloader container image without a Docker
 // daemon and pushes it as one OCI image index with a manifest per platform
-// (default linux/amd64 and linux/arm64): the same content the Dockerfile
-// describes (a scratch image with /etc/ssl/certs/ca-certificates.crt and the
-// static /preloader, entrypoint /preloader). Nothing is fetched: the base is
-// empty. Registries on localhost/127.0.0.1/::1 are spoken to over plain HTTP.
+// (default linux/amd64 and linux/arm64). It is the image's only recipe
+// (there is no Dockerfile): a scratch image with
+// /etc/ssl/certs/ca-certificates.crt and the static /preloader, entrypoint
+// /preloader. Nothing is fetched: the base is empty. Registries on localhost/127.0.0.1/::1 are spoken to over plain HTTP.
 // Credentials come from the Docker config ($DOCKER_CONFIG, ~/.docker).
 //
 //	go run ./scripts/imagebuild --image REF [--platforms linux/amd64,linux/arm64]
@@ -271,8 +271,8 @@ func buildBinaries(ctx context.Context, o options, dir string) ([]string, error)
 	return bins, g.Wait()
 }
 
-// goBuild builds the binary as make build and the Dockerfile's build stage
-// do: static, -trimpath, the same -ldflags.
+// goBuild builds the binary as make build does: static, -trimpath, the same
+// -ldflags.
 func goBuild(ctx context.Context, o options, p v1.Platform, out string) error {
 	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", o.ldflags, "-o", out, o.pkg)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS="+p.OS, "GOARCH="+p.Architecture)
@@ -351,8 +351,8 @@ func caLayer(o options) (*mutate.Addendum, error) {
 		Created: v1.Time{Time: o.created}, CreatedBy: "COPY /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt"}}, nil
 }
 
-// buildImage is the Dockerfile's final stage for p: its layers in its
-// order, its config, and the OCI annotations on the manifest.
+// buildImage is the image for p: the CA bundle's layer then the binary's,
+// its config, and the OCI annotations on the manifest.
 func buildImage(o options, p v1.Platform, bin string, certs *mutate.Addendum) (v1.Image, error) {
 	if err := checkBinary(bin, p); err != nil {
 		return nil, err
@@ -397,7 +397,7 @@ func withConfig(img v1.Image, o options, p v1.Platform) (v1.Image, error) {
 	return mutate.ConfigFile(img, cf)
 }
 
-// labels are the Dockerfile's LABEL lines. The project names no license
+// labels are the image config's OCI labels. The project names no license
 // yet, so there is no org.opencontainers.image.licenses.
 func labels(o options) map[string]string {
 	return map[string]string{
@@ -406,7 +406,7 @@ func labels(o options) map[string]string {
 		"org.opencontainers.image.source":      sourceURL,
 		"org.opencontainers.image.version":     o.version,
 		"org.opencontainers.image.created":     o.created.Format(time.RFC3339),
-		// Set even when empty, as the Dockerfile's LABEL does.
+		// Set even when empty, so every image has the same keys.
 		"org.opencontainers.image.revision": o.revision,
 	}
 }
