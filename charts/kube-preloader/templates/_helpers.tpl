@@ -105,7 +105,8 @@ nothing and the answer is kubeadm, manifests/'s layout.
 {{- end -}}
 
 {{/*
-Labels: kustomize's (manifests/kustomization.yaml) and Helm's own.
+Labels: the project's, and Helm's own, which make manifests leaves out of
+manifests/ (objects applied with kubectl belong to no release).
 */}}
 {{- define "preloader.labels" -}}
 app.kubernetes.io/name: preloader
