@@ -30,6 +30,7 @@ import (
 )
 
 const (
+	chartName = "kube-preloader"
 	release   = "kube-preloader"
 	namespace = "kube-preloader"
 	source    = "charts/kube-preloader"
@@ -121,9 +122,13 @@ func run(ctx context.Context, helm, kubectl, chart, out string) error {
 			files["overlays/"+dist+"/"+p.file] = header(p.text)
 			paths = append(paths, p.file)
 		}
+		what := "the patches hold what " + dist + " changes"
+		if len(paths) == 0 {
+			what = "the base's own layout"
+		}
 		files["overlays/"+dist+"/kustomization.yaml"] = header(fmt.Sprintf(
-			"# manifests/base as the chart renders it with distribution: %[1]s\n"+
-				"# (docs/install/distributions.md): the patches hold what %[1]s changes.\n", dist) +
+			"# manifests/base as the chart renders it with distribution: %s\n"+
+				"# (docs/install/distributions.md): %s.\n", dist, what) +
 			kustomization([]string{"../../base"}, paths))
 	}
 
@@ -167,7 +172,7 @@ func render(ctx context.Context, helm, chart, dist string) ([]doc, error) {
 	for _, part := range strings.Split(string(stdout), "\n---\n") {
 		part = strings.TrimPrefix(part, "---\n")
 		src, body, ok := strings.Cut(part, "\n")
-		file, isSource := strings.CutPrefix(src, "# Source: "+filepath.Base(chart)+"/templates/")
+		file, isSource := strings.CutPrefix(src, "# Source: "+chartName+"/templates/")
 		if !ok || !isSource {
 			if strings.TrimSpace(part) != "" {
 				return nil, fmt.Errorf("helm template --set distribution=%s: a document without its # Source line: %.80q", dist, part)
