@@ -7,30 +7,71 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/kube-preloader/kube-preloader/archive"
+	"github.com/kube-preloader/kube-preloader/containerd"
 	"github.com/kube-preloader/kube-preloader/cri"
 )
 
-// Containerd is what the preloader does through containerd's own API;
-// *containerd.Client implements it.
-type Containerd interface {
+// The containerd roles are what the preloader does through containerd's
+// own API, split as the Store's roles are: containerdStore forwards each
+// of its roles to one of them, and *containerd.Client implements them all.
+
+// ContainerdPuller pulls with containerd's client, follows the CRI's
+// pulls in containerd's content store, and tells the path's facts.
+type ContainerdPuller interface {
 	Pull(ctx context.Context, ref string, auth *runtimeapi.AuthConfig, maxDownloads int) error
+	// FollowPull runs pull, a CRI pull of ref, watching its downloads in
+	// containerd's content store: their bytes show in the pull's Watch,
+	// and a download that stalls cuts it.
+	FollowPull(ctx context.Context, ref string, auth *runtimeapi.AuthConfig, pull func(context.Context) error) error
 	RegistryNear(ctx context.Context, ref string, d time.Duration) (bool, time.Duration, error)
+	LargestLayer(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (int64, error)
+	CollectGarbage(ctx context.Context) error
+}
+
+// ContainerdImporter writes images and names into containerd.
+type ContainerdImporter interface {
 	Import(ctx context.Context, contents *archive.Contents, images []archive.Image) error
 	Tag(ctx context.Context, name, source string) error
+}
+
+// ContainerdPinner pins images with containerd's image labels.
+type ContainerdPinner interface {
 	SyncPins(ctx context.Context, owner string, pin, keep []string) (PinChanges, error)
+}
+
+// ContainerdRecords keeps the owners' records on containerd's images.
+type ContainerdRecords interface {
 	Own(ctx context.Context, owner, name string, keep bool) error
 	Owned(ctx context.Context, owner string) ([]OwnedImage, error)
 	Disown(ctx context.Context, owner, name string) error
 	RemoveName(ctx context.Context, name string) error
+}
+
+// ContainerdRefresher compares a tag's manifest with the node's record.
+type ContainerdRefresher interface {
 	TagDigest(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (string, error)
 	LocalDigest(ctx context.Context, name string) (string, time.Time, error)
 	MarkChecked(ctx context.Context, name string, at time.Time) error
+}
+
+// ContainerdBudgeter sizes a pull against the blobs containerd has.
+type ContainerdBudgeter interface {
 	PullNeed(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (DiskNeed, error)
-	LargestLayer(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (int64, error)
-	FollowPull(ctx context.Context, ref string, auth *runtimeapi.AuthConfig, pull func(context.Context) error) error
-	CollectGarbage(ctx context.Context) error
+}
+
+// Containerd is every containerd role, and the connection: what
+// WithContainerd takes.
+type Containerd interface {
+	ContainerdPuller
+	ContainerdImporter
+	ContainerdPinner
+	ContainerdRecords
+	ContainerdRefresher
+	ContainerdBudgeter
 	Close() error
 }
+
+var _ Containerd = (*containerd.Client)(nil)
 
 // containerdStore is containerd: the CRI for what the kubelet does and
 // for presence, containerd's API for the rest.

@@ -2,10 +2,10 @@
 // node's container runtime. Connect finds the runtime once (its CRI
 // endpoint, name and version, and on containerd the containerd behind the
 // CRI: its address, the snapshotter, the registry hosts directories and
-// the sandbox image) and returns a Store, the one interface the engine and
-// the agent work through. A runtime that lacks an operation fails it here,
-// with a reason and what to do instead, so callers hold no runtime
-// checks of their own.
+// the sandbox image) and returns a Store, which composes the small roles
+// each part of the engine works through (roles.go). A runtime that lacks
+// an operation fails it here, with a reason and what to do instead, so
+// callers hold no runtime checks of their own.
 package noderuntime
 
 import (
@@ -13,85 +13,10 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"time"
 
-	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
-
-	"github.com/kube-preloader/kube-preloader/archive"
 	"github.com/kube-preloader/kube-preloader/containerd"
 	"github.com/kube-preloader/kube-preloader/failure"
 )
-
-// Store is a node's image store, as the preloader uses it. Presence is
-// always the CRI's answer (ListImages, ImageStatus), asked as the kubelet
-// asks; the other operations are the runtime's own.
-type Store interface {
-	// Facts is what Connect found.
-	Facts() Facts
-	// SandboxImage asks the runtime now which pod-infra image it uses, so
-	// that a long-running agent follows a containerd reconfigured and
-	// restarted under it.
-	SandboxImage(ctx context.Context) (image, source string, err error)
-
-	ListImages(ctx context.Context) ([]*runtimeapi.Image, error)
-	// ImageStatus is the kubelet's question before a pull; nil is absent.
-	ImageStatus(ctx context.Context, ref string) (*runtimeapi.Image, error)
-	// PullImage pulls through the CRI, as the kubelet pulls.
-	PullImage(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (string, error)
-	RemoveImage(ctx context.Context, ref string) error
-	// ListContainers is every container, in any state.
-	ListContainers(ctx context.Context) ([]*runtimeapi.Container, error)
-
-	// Can returns nil if the runtime does op, else an *UnsupportedError.
-	// The operations below fail with it too; Can is for asking before
-	// work that would be wasted (a pull from a mirror that cannot be
-	// recorded under its name).
-	Can(op Op) error
-	// PullDirect pulls ref with the containerd client (pullVia
-	// containerd), maxDownloads layers at once on the node, and records
-	// it as a CRI pull would.
-	PullDirect(ctx context.Context, ref string, auth *runtimeapi.AuthConfig, maxDownloads int) error
-	// RegistryNear says whether the registry a PullDirect of ref would
-	// ask first answers within d, and how fast; it fails as PullDirect
-	// does where the runtime has no containerd API.
-	RegistryNear(ctx context.Context, ref string, d time.Duration) (bool, time.Duration, error)
-	// Import writes images from an archive, all or nothing.
-	Import(ctx context.Context, contents *archive.Contents, images []archive.Image) error
-	// Tag records the image source names under name too.
-	Tag(ctx context.Context, name, source string) error
-	// SyncPins makes owner, one of the preloader's configs, hold a pin on
-	// pin and lets go of owner's pins keep does not hold; an image stays
-	// pinned while any owner holds a pin on it.
-	SyncPins(ctx context.Context, owner string, pin, keep []string) (PinChanges, error)
-	// Own records on the image named name that owner, one of the
-	// preloader's configs, brought it to the node; keep: never prune it.
-	Own(ctx context.Context, owner, name string, keep bool) error
-	// Owned lists the images owner brought.
-	Owned(ctx context.Context, owner string) ([]OwnedImage, error)
-	// Disown forgets that owner brought the image named name.
-	Disown(ctx context.Context, owner, name string) error
-	// RemoveName deletes the one name of an image; the image stays under
-	// its other names.
-	RemoveName(ctx context.Context, name string) error
-	// TagDigest asks the registry which manifest the tag reference ref
-	// names now; LocalDigest is what the node's record name points to,
-	// and when its tag was last checked; MarkChecked records a check.
-	TagDigest(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (string, error)
-	LocalDigest(ctx context.Context, name string) (digest string, checked time.Time, err error)
-	MarkChecked(ctx context.Context, name string, at time.Time) error
-	// ImageFs is the image filesystem's size and free space.
-	ImageFs(ctx context.Context) (ImageFs, error)
-	// PullNeed is what a pull of ref would add on disk, the blobs the
-	// node already has left out.
-	PullNeed(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (DiskNeed, error)
-	// LargestLayer is the compressed size of the largest layer a pull of
-	// ref would download.
-	LargestLayer(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (int64, error)
-	// CollectGarbage frees what no image holds, before it returns.
-	CollectGarbage(ctx context.Context) error
-
-	Close() error
-}
 
 // Op is an operation only some runtimes do.
 type Op string

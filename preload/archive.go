@@ -107,7 +107,7 @@ func (e *Engine) importArchive(ctx context.Context, cfg *config.Config, file str
 		}
 		return rs
 	}
-	if err := e.Store.Can(noderuntime.OpImport); err != nil {
+	if err := e.importer().Can(noderuntime.OpImport); err != nil {
 		return fail(failure.Unsupported, fmt.Errorf("archive %s: %w", path, err))
 	}
 	a, err := archive.Open(dir, file)
@@ -203,7 +203,7 @@ func (e *Engine) importArchive(ctx context.Context, cfg *config.Config, file str
 func (e *Engine) importRetrying(ctx context.Context, retry config.Retry, path string, contents *archive.Contents, imgs []archive.Image) error {
 	backoff := retry.Backoff()
 	for attempt := 1; ; attempt++ {
-		err := e.Store.Import(ctx, contents, imgs)
+		err := e.importer().Import(ctx, contents, imgs)
 		if err == nil || importReason(ctx, err) != failure.Runtime || attempt == e.MaxAttempts {
 			return err
 		}
@@ -226,7 +226,7 @@ func (e *Engine) awaitCRI(ctx context.Context, ref, id string) error {
 	var got *runtimeapi.Image
 	var err error
 	for {
-		got, err = e.Store.ImageStatus(ctx, ref)
+		got, err = e.presence().ImageStatus(ctx, ref)
 		if err == nil && got != nil && (id == "" || got.Id == id) {
 			return nil
 		}

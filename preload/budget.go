@@ -39,11 +39,11 @@ func (e *Engine) planBudget(ctx context.Context, cfg *config.Config, pulls []con
 	if len(pulls) == 0 || cfg.DiskBudget.Off {
 		return nil
 	}
-	if err := e.Store.Can(noderuntime.OpBudget); err != nil {
+	if err := e.budgeter().Can(noderuntime.OpBudget); err != nil {
 		e.log().Info("disk budget not applied", "reason", err)
 		return nil
 	}
-	fs, err := e.Store.ImageFs(ctx)
+	fs, err := e.budgeter().ImageFs(ctx)
 	if err != nil {
 		e.log().Warn("disk budget not applied", "err", err)
 		return nil
@@ -152,7 +152,7 @@ func (e *budgetError) Reason() failure.Reason { return failure.DiskBudget }
 // whose size cannot be told is not held back; its pull says why it fails,
 // if it does.
 func (e *Engine) estimateAndReserve(ctx context.Context, p *budgetPlan, ref string, auth *runtimeapi.AuthConfig) error {
-	n, err := e.Store.PullNeed(ctx, ref, auth)
+	n, err := e.budgeter().PullNeed(ctx, ref, auth)
 	if err != nil {
 		p.settle(ref)
 		return nil

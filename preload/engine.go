@@ -113,7 +113,7 @@ type Engine struct {
 // images, followed by the archives' images that images do not list;
 // identical references are handled once.
 func (e *Engine) Run(ctx context.Context, cfg *config.Config, images []config.Image) ([]Result, error) {
-	listed, err := e.Store.ListImages(ctx)
+	listed, err := e.presence().ListImages(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -194,7 +194,7 @@ func (e *Engine) Run(ctx context.Context, cfg *config.Config, images []config.Im
 		if r.Status == StatusFailed {
 			continue
 		}
-		st, err := e.Store.ImageStatus(ctx, r.Image)
+		st, err := e.presence().ImageStatus(ctx, r.Image)
 		switch {
 		case err != nil:
 			*r = failed(r.Image, err, r.Duration, r.Attempts)
@@ -406,7 +406,7 @@ func (e *Engine) largestLayer(ctx context.Context, pulls []config.Image) (int64,
 		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			sizes[i], _ = e.Store.LargestLayer(ctx, img.Name, auth)
+			sizes[i], _ = e.puller().LargestLayer(ctx, img.Name, auth)
 		})
 	}
 	wg.Wait()
@@ -427,7 +427,7 @@ func (e *Engine) registriesNear(ctx context.Context, refs []string) (bool, strin
 	var slowest time.Duration
 	var slowestHost string
 	for _, host := range registryHosts(refs) {
-		near, took, err := e.Store.RegistryNear(ctx, host.ref, nearRegistry)
+		near, took, err := e.puller().RegistryNear(ctx, host.ref, nearRegistry)
 		switch {
 		case err != nil:
 			return false, fmt.Sprintf("could not time registry %s: %v", host.name, err)
@@ -498,7 +498,7 @@ func (e *Engine) pullWith(ctx context.Context, cfg *config.Config, ref string, a
 				return err
 			}
 		}
-		_, err := e.Store.PullImage(ctx, ref, auth)
+		_, err := e.puller().PullImage(ctx, ref, auth)
 		return err
 	}
 	if plan != nil {
@@ -506,7 +506,7 @@ func (e *Engine) pullWith(ctx context.Context, cfg *config.Config, ref string, a
 			return plan.reserve(ctx, ref, need)
 		})
 	}
-	if err := e.Store.PullDirect(ctx, ref, auth, cfg.MaxDownloads); err != nil {
+	if err := e.puller().PullDirect(ctx, ref, auth, cfg.MaxDownloads); err != nil {
 		return err
 	}
 	return e.awaitCRI(ctx, ref, "")
@@ -516,7 +516,7 @@ func (e *Engine) pullWith(ctx context.Context, cfg *config.Config, ref string, a
 // the next pull takes its place (with concurrency 1, the image that does
 // not fit is then the only one to fail).
 func (e *Engine) collectGarbage(ctx context.Context) {
-	if err := e.Store.CollectGarbage(ctx); err != nil {
+	if err := e.puller().CollectGarbage(ctx); err != nil {
 		e.log().Warn("cannot have the runtime collect garbage after a pull ran out of space", "err", err)
 	}
 }
@@ -609,7 +609,7 @@ func Classify(err error) (reason failure.Reason, transient bool) {
 
 // Missing returns the images of which a single ListImages shows no trace:
 // the cheap check the agent runs every resync.
-func Missing(ctx context.Context, s noderuntime.Store, images []config.Image) ([]config.Image, error) {
+func Missing(ctx context.Context, s noderuntime.Presence, images []config.Image) ([]config.Image, error) {
 	listed, err := s.ListImages(ctx)
 	if err != nil {
 		return nil, err

@@ -16,7 +16,7 @@ func (e *Engine) pullMirror(ctx context.Context, cfg *config.Config, img config.
 	start := time.Now()
 	// Asked first: a mirror pull that cannot be recorded under img.Name
 	// is of no use to a pod that names img.Name.
-	if err := e.Store.Can(noderuntime.OpTag); err != nil {
+	if err := e.importer().Can(noderuntime.OpTag); err != nil {
 		return failed(img.Name, fmt.Errorf("mirror: %w", err), 0, 0)
 	}
 	src, err := config.MirrorRef(img.Name, img.Mirror)
@@ -30,7 +30,7 @@ func (e *Engine) pullMirror(ctx context.Context, cfg *config.Config, img config.
 	if r.Status != StatusPulled {
 		return r
 	}
-	if err := e.Store.Tag(ctx, img.Name, src); err != nil {
+	if err := e.importer().Tag(ctx, img.Name, src); err != nil {
 		r = failed(img.Name, err, time.Since(start), r.Attempts)
 		r.Source = src
 		return r

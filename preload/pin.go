@@ -14,7 +14,7 @@ import (
 // Owner pins and never unpins, as it cannot tell its pins from others'.
 // A failure is logged: the images are present all the same.
 func (e *Engine) syncPins(ctx context.Context, cfg *config.Config, results []Result) {
-	if err := e.Store.Can(noderuntime.OpPin); err != nil {
+	if err := e.pinner().Can(noderuntime.OpPin); err != nil {
 		// Nothing to unpin either: the preloader pins nothing here.
 		if cfg.Pin {
 			e.log().Info("images not pinned", "reason", err)
@@ -30,7 +30,7 @@ func (e *Engine) syncPins(ctx context.Context, cfg *config.Config, results []Res
 			}
 		}
 	}
-	ch, err := e.Store.SyncPins(ctx, e.Owner, pin, keep)
+	ch, err := e.pinner().SyncPins(ctx, e.Owner, pin, keep)
 	if err != nil {
 		e.log().Warn("pinning failed", "err", err)
 	}

@@ -33,14 +33,14 @@ type Pruned struct {
 // this run pulled or imported, and keeps the prune: false mark of those it
 // brought before current. Images it found present are not its own.
 func (e *Engine) own(ctx context.Context, images []config.Image, results []Result) {
-	if e.Owner == "" || e.Store.Can(noderuntime.OpPrune) != nil {
+	if e.Owner == "" || e.pruner().Can(noderuntime.OpPrune) != nil {
 		return
 	}
 	byName := make(map[string]config.Image, len(images))
 	for _, img := range images {
 		byName[img.Name] = img
 	}
-	owned, err := e.Store.Owned(ctx, e.Owner)
+	owned, err := e.pruner().Owned(ctx, e.Owner)
 	if err != nil {
 		e.log().Warn("cannot read which images the preloader brought", "err", err)
 		return
@@ -62,7 +62,7 @@ func (e *Engine) own(ctx context.Context, images []config.Image, results []Resul
 			names = append(names, presenceKey(r.Source)) // a mirror's own name
 		}
 		for _, n := range names {
-			if err := e.Store.Own(ctx, e.Owner, n, img.NoPrune); err != nil {
+			if err := e.pruner().Own(ctx, e.Owner, n, img.NoPrune); err != nil {
 				e.log().Warn("cannot record that the preloader brought an image", "image", n, "err", err)
 			}
 		}
@@ -84,10 +84,10 @@ func (e *Engine) Prune(ctx context.Context, cfg *config.Config) ([]Pruned, error
 	if e.Owner == "" {
 		return nil, errors.New("prune: the engine has no owner")
 	}
-	if err := e.Store.Can(noderuntime.OpPrune); err != nil {
+	if err := e.pruner().Can(noderuntime.OpPrune); err != nil {
 		return nil, fmt.Errorf("prune: %w", err)
 	}
-	owned, err := e.Store.Owned(ctx, e.Owner)
+	owned, err := e.pruner().Owned(ctx, e.Owner)
 	if err != nil {
 		return nil, fmt.Errorf("prune: %w", err)
 	}
@@ -95,7 +95,7 @@ func (e *Engine) Prune(ctx context.Context, cfg *config.Config) ([]Pruned, error
 	if len(left) == 0 {
 		return nil, nil
 	}
-	containers, err := e.Store.ListContainers(ctx)
+	containers, err := e.pruner().ListContainers(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("prune: %w", err)
 	}
@@ -121,7 +121,7 @@ func (e *Engine) leftTheList(ctx context.Context, cfg *config.Config, owned []no
 		listed[presenceKey(img.Name)] = true
 	}
 	sandbox := ""
-	if s, _, err := e.Store.SandboxImage(ctx); err == nil && s != "" {
+	if s, _, err := e.pruner().SandboxImage(ctx); err == nil && s != "" {
 		if n, err := config.NormalizeRef(s); err == nil {
 			sandbox = presenceKey(n)
 		}
@@ -132,7 +132,7 @@ func (e *Engine) leftTheList(ctx context.Context, cfg *config.Config, owned []no
 		case listed[o.Name]:
 		case o.Keep || o.Name == sandbox || o.Others > 0:
 			if cfg.Prune == config.PruneOn {
-				if err := e.Store.Disown(ctx, e.Owner, o.Name); err != nil {
+				if err := e.pruner().Disown(ctx, e.Owner, o.Name); err != nil {
 					e.log().Warn("cannot forget an image", "image", o.Name, "err", err)
 				}
 			}
@@ -146,13 +146,13 @@ func (e *Engine) leftTheList(ctx context.Context, cfg *config.Config, owned []no
 // pruneOne removes (or would remove) the owned record o; false when there
 // is nothing to say (the image is already gone).
 func (e *Engine) pruneOne(ctx context.Context, cfg *config.Config, o noderuntime.OwnedImage, containers []*runtimeapi.Container, leaving map[string]bool) (Pruned, bool) {
-	st, err := e.Store.ImageStatus(ctx, o.Name)
+	st, err := e.pruner().ImageStatus(ctx, o.Name)
 	if err != nil {
 		return Pruned{Image: o.Name, Action: PruneFailed, Reason: err.Error()}, true
 	}
 	if st == nil {
 		// Gone (the kubelet's GC, a person): forget it.
-		_ = e.Store.Disown(ctx, e.Owner, o.Name)
+		_ = e.pruner().Disown(ctx, e.Owner, o.Name)
 		return Pruned{}, false
 	}
 	if users := usersOf(st, containers); len(users) > 0 {
@@ -166,9 +166,9 @@ func (e *Engine) pruneOne(ctx context.Context, cfg *config.Config, o noderuntime
 		return Pruned{Image: o.Name, Action: PruneWouldRemove}, true
 	}
 	if whole {
-		err = e.Store.RemoveImage(ctx, st.Id)
+		err = e.pruner().RemoveImage(ctx, st.Id)
 	} else {
-		err = e.Store.RemoveName(ctx, o.Name)
+		err = e.pruner().RemoveName(ctx, o.Name)
 	}
 	if err != nil {
 		return Pruned{Image: o.Name, Action: PruneFailed, Reason: err.Error()}, true

@@ -37,14 +37,14 @@ func (e *Engine) checkTags(ctx context.Context, images []config.Image, have map[
 	if len(due) == 0 {
 		return nil
 	}
-	if err := e.Store.Can(noderuntime.OpRefresh); err != nil {
+	if err := e.refresher().Can(noderuntime.OpRefresh); err != nil {
 		e.log().Info("tags not refreshed", "reason", err)
 		return nil
 	}
 	now := time.Now()
 	checks := make(map[string]refreshCheck)
 	for _, img := range due {
-		local, checked, err := e.Store.LocalDigest(ctx, img.Name)
+		local, checked, err := e.refresher().LocalDigest(ctx, img.Name)
 		if err != nil {
 			continue
 		}
@@ -64,7 +64,7 @@ func (e *Engine) checkTags(ctx context.Context, images []config.Image, have map[
 			c.moved = true
 		}
 		if err == nil {
-			if err := e.Store.MarkChecked(ctx, img.Name, now); err != nil {
+			if err := e.refresher().MarkChecked(ctx, img.Name, now); err != nil {
 				e.log().Warn("cannot record the tag check", "image", img.Name, "err", err)
 			}
 		}
@@ -97,7 +97,7 @@ func (e *Engine) tagDigest(ctx context.Context, img config.Image) (string, error
 	var err error
 	for _, auth := range auths {
 		var d string
-		if d, err = e.Store.TagDigest(ctx, img.Name, auth); err == nil {
+		if d, err = e.refresher().TagDigest(ctx, img.Name, auth); err == nil {
 			return d, nil
 		}
 	}
@@ -118,7 +118,7 @@ func (e *Engine) markChecked(ctx context.Context, images []config.Image, results
 	for i := range results {
 		r := &results[i]
 		if r.Status == StatusPulled && refresh[r.Image] {
-			if err := e.Store.MarkChecked(ctx, r.Image, now); err != nil {
+			if err := e.refresher().MarkChecked(ctx, r.Image, now); err != nil {
 				e.log().Warn("cannot record the tag check", "image", r.Image, "err", err)
 			}
 			r.NextCheck = nextCheck(r.Image, now, refreshOf[r.Image])
