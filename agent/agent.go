@@ -30,6 +30,7 @@ import (
 	"github.com/kube-preloader/kube-preloader/kubeapi"
 	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/preload"
+	"github.com/kube-preloader/kube-preloader/waves"
 )
 
 // ConfigKey is the ConfigMap key that holds the config.
@@ -123,10 +124,9 @@ type Agent struct {
 	// testResync, if set, replaces the config's resync, which the config
 	// bounds to at least a second.
 	testResync time.Duration
-	// testLease, if set, replaces the slot lease duration (15 s).
-	testLease time.Duration
-
-	rollout rollout
+	// rollout coordinates this agent's registry pulls with the other
+	// nodes' through Leases. Only the sync loop uses it.
+	rollout *waves.Rollout
 
 	state syncState // owned by the sync loop
 }
@@ -155,7 +155,7 @@ func New(opts Options) (*Agent, error) {
 		wake:    make(chan struct{}, 1),
 		pulls:   &preload.Pulls{},
 	}
-	a.rollout.a = a
+	a.rollout = &waves.Rollout{Leases: opts.Client.Leases(opts.Namespace), Nodes: opts.Client.Nodes(), Identity: opts.NodeName, Log: a.log}
 
 	// The ConfigMap and the Node are each watched alone (a field selector
 	// on the name, so a node in a big cluster receives nothing but its own

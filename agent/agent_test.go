@@ -123,7 +123,7 @@ func startWith(t *testing.T, setup func(*critest.Server), opts func(*Options), o
 		t.Fatal(err)
 	}
 	e.agent.testResync = testResync
-	e.agent.testLease = 3 * time.Second
+	e.agent.rollout.LeaseDuration = 3 * time.Second
 	e.agent.onSynced = func() {
 		e.mu.Lock()
 		defer e.mu.Unlock()

@@ -158,7 +158,7 @@ func (a *Agent) runInTurn(ctx context.Context, cfg *loadedConfig, images []confi
 		return a.run(ctx, cfg, images)
 	}
 	if cfg.Rollout.FirstNodes > 0 {
-		if err := a.rollout.waitFirst(ctx, cfg, pull); err != nil {
+		if err := a.waitFirst(ctx, cfg, pull); err != nil {
 			if ctx.Err() != nil {
 				return nil, nil
 			}
@@ -168,18 +168,18 @@ func (a *Agent) runInTurn(ctx context.Context, cfg *loadedConfig, images []confi
 		}
 	}
 	if !cfg.Rollout.MaxNodesPulling.Unlimited() {
-		h, err := a.rollout.acquire(ctx, cfg)
+		h, err := a.acquire(ctx, cfg)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, nil
 			}
 			return nil, fmt.Errorf("pull slot: %w", err)
 		}
-		defer a.rollout.release(ctx, h)
+		defer a.release(ctx, h)
 	}
 	results, err := a.run(ctx, cfg, images)
 	if err == nil && cfg.Rollout.FirstNodes > 0 && ctx.Err() == nil {
-		a.rollout.tellHave(ctx, cfg, results)
+		a.tellHave(ctx, cfg, results)
 	}
 	return results, err
 }

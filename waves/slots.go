@@ -10,6 +10,10 @@
 // Create) against the resourceVersion just read, so two nodes racing for
 // one slot cannot both win: the API server refuses the second with a
 // conflict.
+//
+// Rollout is one agent's side of it: the first nodes of an image new to
+// the cluster (First), the slots (Slots), and the count of nodes behind a
+// percentage.
 package waves
 
 import (
