@@ -114,7 +114,7 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 			return 0 // shutting down: results say "canceled", not the truth
 		}
 		st = buildStatus(cfg.hash, results)
-		a.state.refreshAt = nextRefresh(results, shortestRefresh(apply))
+		a.state.refreshAt = preload.NextRefresh(apply, results)
 		a.noteRefreshed(cfg.hash, results, &st)
 		a.prune(ctx, cfg, &st)
 		a.state.last = &converged{key: key, status: st}
@@ -387,33 +387,6 @@ func (a *Agent) noteRefreshed(hash string, results []preload.Result, st *nodesta
 		}
 	}
 	st.Refreshed, st.RefreshedImages = a.state.refreshCount, slices.Clone(a.state.refreshed)
-}
-
-// nextRefresh is the earliest tag check the results say is due; when a
-// refreshed image has no time (not present, the runtime could not say),
-// a check is due in every.
-func nextRefresh(results []preload.Result, every time.Duration) time.Time {
-	if every == 0 {
-		return time.Time{}
-	}
-	next := time.Now().Add(every)
-	for _, r := range results {
-		if !r.NextCheck.IsZero() && r.NextCheck.Before(next) {
-			next = r.NextCheck
-		}
-	}
-	return next
-}
-
-// shortestRefresh is the shortest refresh interval of images; 0: none.
-func shortestRefresh(images []config.Image) time.Duration {
-	var d time.Duration
-	for _, img := range images {
-		if img.Refresh > 0 && (d == 0 || img.Refresh < d) {
-			d = img.Refresh
-		}
-	}
-	return d
 }
 
 // sandboxImage resolves the config's sandboxImage once per config.

@@ -125,3 +125,32 @@ func (e *Engine) markChecked(ctx context.Context, images []config.Image, results
 		}
 	}
 }
+
+// NextRefresh is when the next tag check of images is due, after a run
+// that gave results: the earliest the results say; when a refreshed image
+// has no time (not present, the runtime could not say), one shortest
+// refresh interval from now. Zero: no image is refreshed.
+func NextRefresh(images []config.Image, results []Result) time.Time {
+	every := shortestRefresh(images)
+	if every == 0 {
+		return time.Time{}
+	}
+	next := time.Now().Add(every)
+	for _, r := range results {
+		if !r.NextCheck.IsZero() && r.NextCheck.Before(next) {
+			next = r.NextCheck
+		}
+	}
+	return next
+}
+
+// shortestRefresh is the shortest refresh interval of images; 0: none.
+func shortestRefresh(images []config.Image) time.Duration {
+	var d time.Duration
+	for _, img := range images {
+		if img.Refresh > 0 && (d == 0 || img.Refresh < d) {
+			d = img.Refresh
+		}
+	}
+	return d
+}
