@@ -129,11 +129,11 @@ func newMetrics(store noderuntime.Store) *metrics {
 
 	// Progress is read when scraped: atomics the pulls add to, so a node
 	// that pulls nothing does nothing for these.
-	progress := func() noderuntime.PullProgress {
-		if p, ok := store.(noderuntime.Progress); ok {
-			return p.PullProgress()
+	progress := func() noderuntime.Transferred {
+		if p, ok := store.(noderuntime.Transfers); ok {
+			return p.Transferred()
 		}
-		return noderuntime.PullProgress{}
+		return noderuntime.Transferred{}
 	}
 	inFlight := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "preloader_pulls_in_flight",

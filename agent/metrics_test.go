@@ -123,10 +123,10 @@ func TestSeriesPerNodeDoNotGrowWithImages(t *testing.T) {
 
 type fakeProgress struct {
 	noderuntime.Store
-	p noderuntime.PullProgress
+	p noderuntime.Transferred
 }
 
-func (f fakeProgress) PullProgress() noderuntime.PullProgress { return f.p }
+func (f fakeProgress) Transferred() noderuntime.Transferred { return f.p }
 
 // TestPullProgressGauges: the byte gauges read the Store's progress when
 // scraped, and a Store without one (the CRI's) exports zeros.
@@ -136,7 +136,7 @@ func TestPullProgressGauges(t *testing.T) {
 		store              noderuntime.Store
 		received, expected float64
 	}{
-		{name: "containerd", store: fakeProgress{p: noderuntime.PullProgress{InFlight: 2, Done: 300, Total: 1000}}, received: 300, expected: 1000},
+		{name: "containerd", store: fakeProgress{p: noderuntime.Transferred{InFlight: 2, Done: 300, Total: 1000}}, received: 300, expected: 1000},
 		{name: "CRI only", store: nil, received: 0, expected: 0},
 	}
 	for _, tt := range tests {
@@ -171,7 +171,7 @@ func TestMetricsPassPromtool(t *testing.T) {
 		}
 		t.Skipf("promtool not found (run scripts/install-deps.sh; set CI=true to fail instead): %v", err)
 	}
-	m := newMetrics(fakeProgress{p: noderuntime.PullProgress{InFlight: 1, Done: 10, Total: 20}})
+	m := newMetrics(fakeProgress{p: noderuntime.Transferred{InFlight: 1, Done: 10, Total: 20}})
 	m.countPulls([]preload.Result{
 		{Image: "a", Status: preload.StatusPulled, Duration: 3 * time.Second, Attempts: 1},
 		{Image: "b", Status: preload.StatusFailed, Reason: failure.NotFound, Attempts: 1},

@@ -64,7 +64,7 @@ type fetched struct {
 // Write fetches every source's image for opts.Platform and writes them to
 // w as the tar stream of one OCI image layout.
 func Write(ctx context.Context, w io.Writer, sources []Source, opts Options) error {
-	p := &progress{w: opts.Progress, every: opts.ProgressEvery}
+	p := &meter{w: opts.Progress, every: opts.ProgressEvery}
 	var imgs []fetched
 	blobs := make(map[v1.Hash]bool)
 	for i, s := range sources {
@@ -189,7 +189,7 @@ func resolved(s Source, img v1.Image) (fetched, error) {
 // writeImage writes an image's blobs that are not written yet: layers,
 // config, then the manifest exactly as the registry served it, so that its
 // digest holds.
-func writeImage(ctx context.Context, tw *tar.Writer, f fetched, written map[v1.Hash]bool, p *progress) error {
+func writeImage(ctx context.Context, tw *tar.Writer, f fetched, written map[v1.Hash]bool, p *meter) error {
 	layers, err := f.img.Layers()
 	if err != nil {
 		return err

@@ -66,7 +66,7 @@ type Client struct {
 	downloads  *semaphore.Weighted
 	downloadsN int
 	orphans    []leases.Lease // leases whose delete failed
-	progress   progress       // of the pulls in flight
+	transfers  transfers      // the bytes of the pulls in flight
 	ranges     *ranges        // blobs its pulls read in ranges, and their buffers
 }
 

@@ -23,7 +23,7 @@ const followEvery = time.Second
 // FollowPull runs pull, the CRI plugin's pull of ref, and follows its
 // downloads in containerd's content store while it runs: the ingests of
 // the blobs ref's manifest names feed the Watch's Bytes and the client's
-// PullProgress, and an ingest whose offset stays put for the Watch's
+// Transferred, and an ingest whose offset stays put for the Watch's
 // Stall cuts pull (its context is cancelled), which then returns an error
 // that wraps ErrStalled.
 //
@@ -42,7 +42,7 @@ func (c *Client) FollowPull(ctx context.Context, ref string, auth *runtimeapi.Au
 	}
 	ctx, cut := context.WithCancelCause(ctx)
 	defer cut(nil)
-	b := c.progress.start(w.Bytes)
+	b := c.transfers.start(w.Bytes)
 	defer b.end()
 	// The following ends with the pull, even mid-call to the registry.
 	fctx, stop := context.WithCancel(ctx)

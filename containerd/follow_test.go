@@ -143,7 +143,7 @@ func TestFollow(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			var c Client
 			var watch Bytes
-			f := newFollow(c.progress.start(&watch), stall, tt.before)
+			f := newFollow(c.transfers.start(&watch), stall, tt.before)
 			store := infos{base.Digest: {Digest: base.Digest, CreatedAt: start.Add(-time.Hour)}}
 			if !strings.Contains(tt.name, "config stops") {
 				store[config.Digest] = content.Info{Digest: config.Digest, CreatedAt: start.Add(time.Second / 2)}
@@ -181,8 +181,8 @@ func TestFollow(t *testing.T) {
 			if done, _ := watch.Load(); done != tt.wantDone {
 				t.Errorf("done = %d, want %d", done, tt.wantDone)
 			}
-			if _, d, _ := c.PullProgress(); d != tt.wantDone {
-				t.Errorf("client's PullProgress done = %d, want %d", d, tt.wantDone)
+			if _, d, _ := c.Transferred(); d != tt.wantDone {
+				t.Errorf("client's Transferred done = %d, want %d", d, tt.wantDone)
 			}
 		})
 	}

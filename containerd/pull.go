@@ -46,7 +46,7 @@ func WithRegistryConfigPath(path string) Option {
 //
 // The pull runs under a lease: an interrupted pull records no image, and
 // its partial content goes to containerd's garbage collector. While it
-// runs, its bytes count in PullProgress. A blob download that waits the
+// runs, its bytes count in Transferred. A blob download that waits the
 // Watch's Stall for a byte cuts it, with an error that wraps ErrStalled.
 func (c *Client) Pull(ctx context.Context, ref string, auth *runtimeapi.AuthConfig, maxDownloads int) (err error) {
 	named, err := reference.ParseDockerRef(ref)
@@ -59,7 +59,7 @@ func (c *Client) Pull(ctx context.Context, ref string, auth *runtimeapi.AuthConf
 	}
 	defer func() { release(err) }()
 
-	b := c.progress.start(WatchFrom(ctx).Bytes)
+	b := c.transfers.start(WatchFrom(ctx).Bytes)
 	defer b.end()
 	ctx, stalled, stop := cutStalls(ctx)
 	defer stop()
@@ -76,7 +76,7 @@ func (c *Client) Pull(ctx context.Context, ref string, auth *runtimeapi.AuthConf
 		client.WithPullLabels(labels),
 		client.WithDownloadLimiter(c.downloadSlots(maxDownloads)),
 		client.WithUnpackOpts([]client.UnpackOpt{client.WithUnpackDuplicationSuppressor(&c.shared)}),
-		client.WithImageHandlerWrapper(c.progressHandler(b, c.needReservation(resolver, named.String(), reservationFrom(ctx)))),
+		client.WithImageHandlerWrapper(c.countingHandler(b, c.needReservation(resolver, named.String(), reservationFrom(ctx)))),
 	)
 	if err != nil {
 		return fmt.Errorf("pull %s: %w", ref, stalled(err))

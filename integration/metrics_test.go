@@ -187,13 +187,13 @@ func (r *recordingT) Fatalf(format string, args ...any) {
 	r.errs = append(r.errs, fmt.Sprintf(format, args...))
 }
 
-// TestPullProgress pulls from a registry behind a 512 KiB/s link, through
+// TestTransferred pulls from a registry behind a 512 KiB/s link, through
 // containerd's client and through its CRI, and samples the client's
 // progress as a scrape would: mid-pull one pull is in flight with a total
 // of the image's missing blobs and a received count that only grows and
 // never passes it; after the pull everything is back at zero. The pull's
 // own Watch ends with all of its bytes received.
-func TestPullProgress(t *testing.T) {
+func TestTransferred(t *testing.T) {
 	reg := harness.StartRegistry(t, harness.RegistryOptions{})
 	imgs := harness.PushTestImages(t, reg, []harness.ImageSpec{
 		{Repo: "team/big", Tag: "1.0", OwnLayers: 2, LayerSize: 768 << 10},
@@ -242,7 +242,7 @@ func TestPullProgress(t *testing.T) {
 					break sample
 				case <-tick.C:
 				}
-				inFlight, d, total := c.PullProgress()
+				inFlight, d, total := c.Transferred()
 				samples++
 				if inFlight > 1 || d > total || d < lastDone && total == maxTotal {
 					t.Errorf("sample %d: in flight %d, received %d of %d (before: %d of %d)", samples, inFlight, d, total, lastDone, maxTotal)
@@ -252,7 +252,7 @@ func TestPullProgress(t *testing.T) {
 				}
 				lastDone, maxTotal = d, max(maxTotal, total)
 			}
-			if inFlight, d, total := c.PullProgress(); inFlight != 0 || d != 0 || total != 0 {
+			if inFlight, d, total := c.Transferred(); inFlight != 0 || d != 0 || total != 0 {
 				t.Errorf("after the pull: in flight %d, received %d of %d; want zeros", inFlight, d, total)
 			}
 			// The layers and the config the node lacked: the image less its manifest.

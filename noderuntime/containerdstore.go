@@ -91,7 +91,7 @@ func WithContainerd(c *cri.Client, ctrd Containerd) Store {
 func (s *containerdStore) Can(Op) error { return nil }
 
 // PullImage is the CRI's pull, followed in containerd's content store
-// while it runs: its bytes show in the pull's Watch and in PullProgress,
+// while it runs: its bytes show in the pull's Watch and in Transferred,
 // and a download that stalls cuts it (Containerd.FollowPull).
 func (s *containerdStore) PullImage(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (string, error) {
 	var id string

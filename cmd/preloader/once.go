@@ -81,7 +81,7 @@ func (o *onceOptions) run(ctx context.Context, stdout, stderr io.Writer) error {
 		defer cancel()
 	}
 	pulls := &preload.Pulls{}
-	prog := newProgress(pulls, stderr)
+	prog := newPullDisplay(pulls, stderr)
 	log := newLogger(prog.writer())
 	prog.log = log
 	if cfg.Rollout.Coordinated() {

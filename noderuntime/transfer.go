@@ -6,43 +6,43 @@ import (
 	"github.com/kube-preloader/kube-preloader/containerd"
 )
 
-// PullProgress is what the pulls in flight on containerd have received
+// Transferred is what the pulls in flight on containerd have received
 // and have to receive, in bytes: those through its client (PullDirect)
 // and those through its CRI (PullImage), as far as they have got through
 // their manifests.
-type PullProgress struct {
+type Transferred struct {
 	InFlight, Done, Total int64
 }
 
-// Progress is a Store whose pulls say how far they are while they run:
+// Transfers is a Store whose pulls count their bytes while they run:
 // containerd's, whose content store shows a CRI pull's downloads too. A
 // CRI PullImage on another runtime is one blocking call that says nothing
-// until it returns, so its pulls are in no Progress.
-type Progress interface {
-	PullProgress() PullProgress
+// until it returns, so its pulls are in no Transfers.
+type Transfers interface {
+	Transferred() Transferred
 }
 
-// PullProgress asks the containerd client, which counts its own pulls'
+// Transferred asks the containerd client, which counts its own pulls'
 // bytes and those it follows for the CRI (*containerd.Client does); a
 // Containerd that does not count reports zeros.
-func (s *containerdStore) PullProgress() PullProgress {
+func (s *containerdStore) Transferred() Transferred {
 	c, ok := s.ctrd.(interface {
-		PullProgress() (inFlight, done, total int64)
+		Transferred() (inFlight, done, total int64)
 	})
 	if !ok {
-		return PullProgress{}
+		return Transferred{}
 	}
-	var p PullProgress
-	p.InFlight, p.Done, p.Total = c.PullProgress()
-	return p
+	var t Transferred
+	t.InFlight, t.Done, t.Total = c.Transferred()
+	return t
 }
 
-var _ Progress = (*containerdStore)(nil)
+var _ Transfers = (*containerdStore)(nil)
 
 // The containerd client is what counts; a change of its signature must
 // not silently turn the gauges to zeros.
 var _ interface {
-	PullProgress() (inFlight, done, total int64)
+	Transferred() (inFlight, done, total int64)
 } = (*containerd.Client)(nil)
 
 // Bytes is one pull's progress (containerd.Bytes).

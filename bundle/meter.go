@@ -9,9 +9,10 @@ import (
 	"time"
 )
 
-// progress counts the bytes of blobs written and reports them now and then,
-// so that a long bundle shows it is moving.
-type progress struct {
+// meter is a bundle's terminal output while it runs: it counts the bytes
+// of blobs written and reports them now and then, so that a long bundle
+// shows it is moving.
+type meter struct {
 	w     io.Writer
 	every time.Duration
 	total int64
@@ -19,12 +20,12 @@ type progress struct {
 	mu    sync.Mutex // serializes lines
 }
 
-func (p *progress) Write(b []byte) (int, error) {
+func (p *meter) Write(b []byte) (int, error) {
 	p.done.Add(int64(len(b)))
 	return len(b), nil
 }
 
-func (p *progress) printf(format string, args ...any) {
+func (p *meter) printf(format string, args ...any) {
 	if p.w == nil {
 		return
 	}
@@ -35,7 +36,7 @@ func (p *progress) printf(format string, args ...any) {
 
 // start reports every p.every until the returned func is called (once or
 // more).
-func (p *progress) start() (stop func()) {
+func (p *meter) start() (stop func()) {
 	if p.w == nil || p.every <= 0 {
 		return func() {}
 	}

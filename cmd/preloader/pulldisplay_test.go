@@ -75,7 +75,7 @@ func TestMeter(t *testing.T) {
 		{"held: nothing arrives", []step{{1, 1, 0, 0}, {2, 1, 1 << 20, 1 << 20}, {13, 1, 1 << 20, 0}, {14, 1, 1 << 20, 0}}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			var m meter
+			var m rateMeter
 			for _, s := range tt.steps {
 				m.add(at(s.at), pull(s.attempt, s.done))
 				if got := m.rate(); int64(got) != int64(s.rate) {
@@ -111,7 +111,7 @@ func TestProgressLine(t *testing.T) {
 func TestProgressWriterKeepsLogsAboveLiveLines(t *testing.T) {
 	var out bytes.Buffer
 	pulls := &preload.Pulls{}
-	p := &progress{pulls: pulls, out: &out, tty: true, meters: map[string]*meter{}}
+	p := &pullDisplay{pulls: pulls, out: &out, tty: true, meters: map[string]*rateMeter{}}
 	p.draw([]string{"pulling a:1  1.0MiB"})
 	slog.New(slog.NewTextHandler(p.writer(), nil)).Info("hello")
 	got := out.String()

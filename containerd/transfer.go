@@ -15,32 +15,32 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
-// progress is what this client's pulls in flight have to download (the
+// transfers is what this client's pulls in flight have to download (the
 // config and layers their manifests name and the content store lacks) and
 // what of it has arrived. Reads add to atomics as they return, so a
 // scrape reads the sums without stopping a pull, and a client with no pull
 // in flight does nothing at all: only a CRI pull, which has no reads
 // here, is looked at on a ticker (FollowPull), and only while it runs.
-type progress struct {
+type transfers struct {
 	inFlight, done, total atomic.Int64
 	pulls                 atomic.Int64 // pulls started, to order them
 }
 
-// PullProgress is how many pulls through Pull, and CRI pulls through
+// Transferred is how many pulls through Pull, and CRI pulls through
 // FollowPull, are in flight, the bytes they have received and the bytes
 // they have to receive; zeros when none is. Done reaches total as each pull ends, whereupon both lose that pull.
-func (c *Client) PullProgress() (inFlight, done, total int64) {
+func (c *Client) Transferred() (inFlight, done, total int64) {
 	// done is read first: a pull that ends between the loads takes its
 	// bytes out of done before total, so done never reads above total
 	// because of the ordering (it may read below, for a moment).
-	d := c.progress.done.Load()
-	return c.progress.inFlight.Load(), d, c.progress.total.Load()
+	d := c.transfers.done.Load()
+	return c.transfers.inFlight.Load(), d, c.transfers.total.Load()
 }
 
-// pullBytes is one pull's share of the client's progress, kept so that
+// pullBytes is one pull's share of the client's transfers, kept so that
 // the pull takes out exactly what it put in when it ends, however it ends.
 type pullBytes struct {
-	p           *progress
+	p           *transfers
 	done, total atomic.Int64
 	// watch is the pull's own caller's, which it shows per image.
 	watch *Bytes
@@ -58,7 +58,7 @@ type expectedBlob struct {
 	index int
 }
 
-func (p *progress) start(watch *Bytes) *pullBytes {
+func (p *transfers) start(watch *Bytes) *pullBytes {
 	p.inFlight.Add(1)
 	return &pullBytes{p: p, watch: watch, expected: map[digest.Digest]expectedBlob{}, seq: p.pulls.Add(1)}
 }
@@ -143,11 +143,11 @@ func (b *pullBytes) fetched(f *blob) {
 
 type blobKey struct{}
 
-// progressHandler wraps a pull's image handler (inside the unpacker's, so
+// countingHandler wraps a pull's image handler (inside the unpacker's, so
 // it sees every layer the unpacker fetches) to count its bytes: at a
 // manifest, what it lacks goes into total, after r has agreed to it; at
 // each blob, the fetcher's reads go into done.
-func (c *Client) progressHandler(b *pullBytes, r func(context.Context, []ocispec.Descriptor) error) func(images.Handler) images.Handler {
+func (c *Client) countingHandler(b *pullBytes, r func(context.Context, []ocispec.Descriptor) error) func(images.Handler) images.Handler {
 	return func(h images.Handler) images.Handler {
 		return images.HandlerFunc(func(ctx context.Context, desc ocispec.Descriptor) ([]ocispec.Descriptor, error) {
 			if !images.IsManifestType(desc.MediaType) && !images.IsIndexType(desc.MediaType) {

@@ -43,7 +43,7 @@ func TestPullBytes(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var p progress
+			var p transfers
 			var watch Bytes
 			b := p.start(&watch)
 			d := blobDesc(tt.data)
@@ -90,7 +90,7 @@ func TestPullBytes(t *testing.T) {
 // TestPullBytesTwoPulls: the client's sums are over the pulls in flight;
 // one that fails half-way takes out what it had.
 func TestPullBytesTwoPulls(t *testing.T) {
-	var p progress
+	var p transfers
 	a, b := p.start(nil), p.start(nil)
 	da, db := blobDesc([]byte("aaaa")), blobDesc([]byte("bbbbbbbb"))
 	a.expect([]ocispec.Descriptor{da})

@@ -27,10 +27,10 @@ const (
 	rateWindow = 10 * time.Second
 )
 
-// progress shows the pulls in flight of `once` on stderr: live lines on a
+// pullDisplay shows the pulls in flight of `once` on stderr: live lines on a
 // terminal, a log line per image every progressLogEvery otherwise. It
 // samples Pulls only while run runs, so a command at rest draws nothing.
-type progress struct {
+type pullDisplay struct {
 	pulls *preload.Pulls
 	out   io.Writer
 	tty   bool
@@ -39,12 +39,12 @@ type progress struct {
 
 	mu     sync.Mutex
 	drawn  int // live lines on the terminal below the cursor's line
-	meters map[string]*meter
+	meters map[string]*rateMeter
 }
 
-// newProgress shows pulls on stderr, live when it is a terminal.
-func newProgress(pulls *preload.Pulls, stderr io.Writer) *progress {
-	p := &progress{pulls: pulls, out: stderr, meters: map[string]*meter{}}
+// newPullDisplay shows pulls on stderr, live when it is a terminal.
+func newPullDisplay(pulls *preload.Pulls, stderr io.Writer) *pullDisplay {
+	p := &pullDisplay{pulls: pulls, out: stderr, meters: map[string]*rateMeter{}}
 	if f, ok := stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		p.tty = true
 		if w, _, err := term.GetSize(int(f.Fd())); err == nil {
@@ -57,14 +57,14 @@ func newProgress(pulls *preload.Pulls, stderr io.Writer) *progress {
 // writer is where the command's logs go: on a terminal it clears the live
 // lines before a log line and draws them again below it, so that the two
 // never overwrite each other.
-func (p *progress) writer() io.Writer {
+func (p *pullDisplay) writer() io.Writer {
 	if !p.tty {
 		return p.out
 	}
 	return progressWriter{p}
 }
 
-type progressWriter struct{ p *progress }
+type progressWriter struct{ p *pullDisplay }
 
 func (w progressWriter) Write(b []byte) (int, error) {
 	p := w.p
@@ -81,7 +81,7 @@ func (w progressWriter) Write(b []byte) (int, error) {
 
 // run shows progress until ctx ends, then clears the terminal's live
 // lines, so that what follows (the results table) starts on a clean line.
-func (p *progress) run(ctx context.Context) {
+func (p *pullDisplay) run(ctx context.Context) {
 	every := progressLogEvery
 	if p.tty {
 		every = progressRedraw
@@ -115,7 +115,7 @@ func (p *progress) run(ctx context.Context) {
 
 // start runs the progress in the background; the func it returns stops it
 // and returns once the terminal is clean.
-func (p *progress) start(ctx context.Context) (stop func()) {
+func (p *pullDisplay) start(ctx context.Context) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
@@ -130,7 +130,7 @@ func (p *progress) start(ctx context.Context) (stop func()) {
 
 // lines samples the pulls in flight (when sample) and renders them, one
 // per image.
-func (p *progress) lines(now time.Time, sample bool) []string {
+func (p *pullDisplay) lines(now time.Time, sample bool) []string {
 	snap := p.pulls.Snapshot()
 	seen := make(map[string]bool, len(snap))
 	var out []string
@@ -138,7 +138,7 @@ func (p *progress) lines(now time.Time, sample bool) []string {
 		seen[pl.Image] = true
 		m := p.meters[pl.Image]
 		if m == nil {
-			m = &meter{}
+			m = &rateMeter{}
 			p.meters[pl.Image] = m
 		}
 		if sample {
@@ -155,7 +155,7 @@ func (p *progress) lines(now time.Time, sample bool) []string {
 }
 
 // logLines logs one line per pull in flight.
-func (p *progress) logLines(now time.Time) {
+func (p *pullDisplay) logLines(now time.Time) {
 	for _, pl := range p.pulls.Snapshot() {
 		rate := 0.0
 		if m := p.meters[pl.Image]; m != nil {
@@ -176,7 +176,7 @@ func (p *progress) logLines(now time.Time) {
 
 // draw writes lines below the cursor and remembers how many; the caller
 // holds mu and has cleared the lines drawn before.
-func (p *progress) draw(lines []string) {
+func (p *pullDisplay) draw(lines []string) {
 	var b strings.Builder
 	for _, l := range lines {
 		b.WriteString(l)
@@ -188,7 +188,7 @@ func (p *progress) draw(lines []string) {
 
 // clear erases the live lines: the cursor goes up one line and erases it,
 // once per line drawn. The caller holds mu.
-func (p *progress) clear() {
+func (p *pullDisplay) clear() {
 	if p.drawn == 0 {
 		return
 	}
@@ -214,9 +214,9 @@ func progressLine(pl preload.Pull, rate float64, width int) string {
 	return line
 }
 
-// meter measures one image's rate from the bytes its pull received over
+// rateMeter measures one image's rate from the bytes its pull received over
 // the last rateWindow; a new attempt starts over.
-type meter struct {
+type rateMeter struct {
 	attempt int
 	samples []sample
 }
@@ -226,7 +226,7 @@ type sample struct {
 	done int64
 }
 
-func (m *meter) add(now time.Time, pl preload.Pull) {
+func (m *rateMeter) add(now time.Time, pl preload.Pull) {
 	if pl.Attempt != m.attempt || (len(m.samples) > 0 && pl.Done < m.samples[len(m.samples)-1].done) {
 		// Measured from the first sample, not from the attempt's start:
 		// resolving and reading the manifest are not the link's pace.
@@ -241,7 +241,7 @@ func (m *meter) add(now time.Time, pl preload.Pull) {
 }
 
 // rate is bytes per second over the samples kept; 0 until there are two.
-func (m *meter) rate() float64 {
+func (m *rateMeter) rate() float64 {
 	if len(m.samples) < 2 {
 		return 0
 	}
