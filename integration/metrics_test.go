@@ -187,13 +187,13 @@ func (r *recordingT) Fatalf(format string, args ...any) {
 	r.errs = append(r.errs, fmt.Sprintf(format, args...))
 }
 
-// TestTransferred pulls from a registry behind a 512 KiB/s link, through
+// TestPullProgress pulls from a registry behind a 512 KiB/s link, through
 // containerd's client and through its CRI, and samples the client's
 // progress as a scrape would: mid-pull one pull is in flight with a total
 // of the image's missing blobs and a received count that only grows and
 // never passes it; after the pull everything is back at zero. The pull's
 // own Watch ends with all of its bytes received.
-func TestTransferred(t *testing.T) {
+func TestPullProgress(t *testing.T) {
 	reg := harness.StartRegistry(t, harness.RegistryOptions{})
 	imgs := harness.PushTestImages(t, reg, []harness.ImageSpec{
 		{Repo: "team/big", Tag: "1.0", OwnLayers: 2, LayerSize: 768 << 10},
