@@ -18,7 +18,7 @@ import (
 
 // failingImports fails the first imports with err, then imports.
 type failingImports struct {
-	*fakeContainerd
+	*critest.Containerd
 	fail  int
 	err   error
 	calls int
@@ -29,7 +29,7 @@ func (f *failingImports) Import(ctx context.Context, c *archive.Contents, imgs [
 	if f.calls <= f.fail {
 		return f.err
 	}
-	return f.fakeContainerd.Import(ctx, c, imgs)
+	return f.Containerd.Import(ctx, c, imgs)
 }
 
 func TestImportRetry(t *testing.T) {
@@ -57,7 +57,7 @@ func TestImportRetry(t *testing.T) {
 			testArchive(t, dir, "a.tar", archivetest.OCILayout, []string{a})
 			cfg := testConfig()
 			cfg.ArchiveDir = dir
-			ctrd := &failingImports{fakeContainerd: &fakeContainerd{cri: s}, fail: tt.fail, err: tt.err}
+			ctrd := &failingImports{Containerd: critest.NewContainerd(s), fail: tt.fail, err: tt.err}
 			e := &preload.Engine{Store: noderuntime.WithContainerd(connect(t, s), ctrd), MaxAttempts: tt.maxAttempts}
 			results, err := e.Run(context.Background(), cfg, images(a))
 			if err != nil {
@@ -77,7 +77,7 @@ func TestImportRetry(t *testing.T) {
 // run's context ends during the import, and the client reports what the
 // broken stream said, not the context's error.
 type cancelingImports struct {
-	*fakeContainerd
+	*critest.Containerd
 	cancel context.CancelFunc
 }
 
@@ -95,7 +95,7 @@ func TestImportCutByTheRunIsCanceled(t *testing.T) {
 	cfg.ArchiveDir = dir
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	e := &preload.Engine{Store: noderuntime.WithContainerd(connect(t, s), &cancelingImports{fakeContainerd: &fakeContainerd{cri: s}, cancel: cancel})}
+	e := &preload.Engine{Store: noderuntime.WithContainerd(connect(t, s), &cancelingImports{Containerd: critest.NewContainerd(s), cancel: cancel})}
 	results, err := e.Run(ctx, cfg, images(a))
 	if err != nil {
 		t.Fatal(err)

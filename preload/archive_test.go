@@ -10,195 +10,16 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
-	"github.com/kube-preloader/kube-preloader/archive"
 	"github.com/kube-preloader/kube-preloader/archive/archivetest"
-	"github.com/kube-preloader/kube-preloader/containerd"
 	"github.com/kube-preloader/kube-preloader/cri/critest"
 	"github.com/kube-preloader/kube-preloader/failure"
 	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/preload"
 	"github.com/kube-preloader/kube-preloader/preload/config"
 )
-
-// fakeContainerd records what the engine asks of containerd and makes
-// imports and tags visible in the fake CRI, as containerd's CRI plugin
-// does.
-type fakeContainerd struct {
-	cri *critest.Server
-
-	mu      sync.Mutex
-	imports int
-	pulls   []string
-	tags    map[string]string
-	owners  map[string]map[string]bool   // name -> owner -> keep
-	labels  map[string]map[string]string // name -> pin labels
-}
-
-func (f *fakeContainerd) Own(_ context.Context, owner, name string, keep bool) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.owners == nil {
-		f.owners = map[string]map[string]bool{}
-	}
-	if f.owners[name] == nil {
-		f.owners[name] = map[string]bool{}
-	}
-	f.owners[name][owner] = keep
-	return nil
-}
-
-func (f *fakeContainerd) Owned(_ context.Context, owner string) ([]noderuntime.OwnedImage, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	var out []noderuntime.OwnedImage
-	for name, by := range f.owners {
-		if keep, ok := by[owner]; ok {
-			// As containerd.Owned: other owners' pins count as theirs.
-			others := len(by) - 1
-			for k := range f.labels[name] {
-				if k == containerd.LabelPreloaderPinned || strings.HasPrefix(k, containerd.LabelPinOwnerPrefix) && k != containerd.LabelPinOwnerPrefix+owner {
-					others++
-				}
-			}
-			out = append(out, noderuntime.OwnedImage{Name: name, Keep: keep, Others: others})
-		}
-	}
-	return out, nil
-}
-
-func (f *fakeContainerd) Disown(_ context.Context, owner, name string) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	delete(f.owners[name], owner)
-	return nil
-}
-
-func (f *fakeContainerd) TagDigest(context.Context, string, *runtimeapi.AuthConfig) (string, error) {
-	return "", nil
-}
-
-func (f *fakeContainerd) LocalDigest(context.Context, string) (string, time.Time, error) {
-	return "", time.Time{}, nil
-}
-
-func (f *fakeContainerd) PullNeed(context.Context, string, *runtimeapi.AuthConfig) (noderuntime.DiskNeed, error) {
-	return noderuntime.DiskNeed{}, nil
-}
-
-func (f *fakeContainerd) LargestLayer(context.Context, string, *runtimeapi.AuthConfig) (int64, error) {
-	return 0, nil
-}
-
-func (f *fakeContainerd) MarkChecked(context.Context, string, time.Time) error { return nil }
-
-// FollowPull follows nothing: the fake has no content store.
-func (f *fakeContainerd) FollowPull(ctx context.Context, _ string, _ *runtimeapi.AuthConfig, pull func(context.Context) error) error {
-	return pull(ctx)
-}
-
-func (f *fakeContainerd) RemoveName(_ context.Context, name string) error {
-	f.cri.Remove(name)
-	return nil
-}
-
-func (f *fakeContainerd) Pull(_ context.Context, ref string, _ *runtimeapi.AuthConfig, _ int) error {
-	f.mu.Lock()
-	f.pulls = append(f.pulls, ref)
-	f.mu.Unlock()
-	f.cri.Add(ref, 1)
-	return nil
-}
-
-func (f *fakeContainerd) Import(_ context.Context, _ *archive.Contents, imgs []archive.Image) error {
-	f.mu.Lock()
-	f.imports++
-	f.mu.Unlock()
-	for _, img := range imgs {
-		f.cri.AddImage(&runtimeapi.Image{Id: img.Config.String(), RepoTags: img.Names, Size: 1})
-	}
-	return nil
-}
-
-func (f *fakeContainerd) Tag(_ context.Context, name, source string) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.tags == nil {
-		f.tags = map[string]string{}
-	}
-	f.tags[name] = source
-	f.cri.Add(name, 1)
-	return nil
-}
-
-func (f *fakeContainerd) RegistryNear(context.Context, string, time.Duration) (bool, time.Duration, error) {
-	return false, 0, nil
-}
-
-func (f *fakeContainerd) CollectGarbage(context.Context) error { return nil }
-func (f *fakeContainerd) Close() error                         { return nil }
-
-// SyncPins decides as containerd.SyncPins does, on labels kept here, and
-// shows the CRI pin label as containerd 2.x's CRI does: the pinned field.
-func (f *fakeContainerd) SyncPins(_ context.Context, owner string, pin, keep []string) (noderuntime.PinChanges, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	var ch noderuntime.PinChanges
-	if owner != "" {
-		want := map[string]bool{}
-		for _, n := range slices.Concat(pin, keep) {
-			want[n] = true
-		}
-		for _, n := range slices.Sorted(maps.Keys(f.labels)) {
-			if want[n] || f.labels[n][containerd.LabelPinOwnerPrefix+owner] == "" {
-				continue
-			}
-			u := containerd.PinUpdate(f.labels[n], owner, false)
-			f.setLabels(n, u)
-			if _, off := u[containerd.LabelPinned]; off {
-				ch.Unpinned = append(ch.Unpinned, n)
-			} else {
-				ch.StillPinned = append(ch.StillPinned, n)
-			}
-		}
-	}
-	for _, n := range pin {
-		if u := containerd.PinUpdate(f.labels[n], owner, true); u != nil {
-			f.setLabels(n, u)
-			ch.Pinned = append(ch.Pinned, n)
-		}
-	}
-	return ch, nil
-}
-
-// pinByHand pins name as an admin would: the CRI's label, no owner.
-func (f *fakeContainerd) pinByHand(name string) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.setLabels(name, map[string]string{containerd.LabelPinned: "pinned"})
-}
-
-func (f *fakeContainerd) setLabels(name string, u map[string]string) {
-	if f.labels == nil {
-		f.labels = map[string]map[string]string{}
-	}
-	l := f.labels[name]
-	if l == nil {
-		l = map[string]string{}
-		f.labels[name] = l
-	}
-	for k, v := range u {
-		if v == "" {
-			delete(l, k)
-		} else {
-			l[k] = v
-		}
-	}
-	f.cri.SetPinned(name, l[containerd.LabelPinned] == "pinned")
-}
 
 // testArchive writes an OCI layout archive of images named names[i] into
 // dir/file and returns their config digests.
@@ -349,7 +170,7 @@ func TestRunArchives(t *testing.T) {
 			}
 			cfg := testConfig()
 			cfg.ArchiveDir = dir
-			ctrd := &fakeContainerd{cri: s}
+			ctrd := critest.NewContainerd(s)
 			e := &preload.Engine{Store: noderuntime.WithContainerd(connect(t, s), ctrd), MaxAttempts: 1}
 			if tt.noCtrd {
 				e.Store = noderuntime.CRIOnly(connect(t, s))
@@ -374,8 +195,8 @@ func TestRunArchives(t *testing.T) {
 					t.Errorf("%s: error %q does not name the archive", r.Image, r.Error)
 				}
 			}
-			if ctrd.imports != tt.wantImports {
-				t.Errorf("%d imports, want %d", ctrd.imports, tt.wantImports)
+			if ctrd.Imports() != tt.wantImports {
+				t.Errorf("%d imports, want %d", ctrd.Imports(), tt.wantImports)
 			}
 			if n := s.Calls("PullImage"); n != 0 {
 				t.Errorf("%d pulls, want none: archives come first", n)
@@ -420,7 +241,7 @@ func TestRunMirror(t *testing.T) {
 			}
 			return nil
 		}
-		ctrd := &fakeContainerd{cri: s}
+		ctrd := critest.NewContainerd(s)
 		var asked []string
 		e := &preload.Engine{Store: noderuntime.WithContainerd(connect(t, s), ctrd), MaxAttempts: 1,
 			Auth: func(img config.Image) []*runtimeapi.AuthConfig {
@@ -438,8 +259,12 @@ func TestRunMirror(t *testing.T) {
 		if !slices.Equal(pulled, []string{mirror + "/pause:3.10"}) || !slices.Equal(asked, []string{mirror + "/pause:3.10"}) {
 			t.Errorf("pulled %v with credentials for %v, want the mirror reference for both", pulled, asked)
 		}
-		if ctrd.tags[canonical] != mirror+"/pause:3.10" {
-			t.Errorf("tags %v, want %s from the mirror reference", ctrd.tags, canonical)
+		from, err := connect(t, s).ImageStatus(context.Background(), mirror+"/pause:3.10")
+		if err != nil || from == nil {
+			t.Fatalf("ImageStatus of the mirror reference: %v, %v", from, err)
+		}
+		if !slices.Contains(from.RepoTags, canonical) {
+			t.Errorf("the mirror's image is named %v, want %s among its names", from.RepoTags, canonical)
 		}
 	})
 
@@ -466,7 +291,7 @@ func TestRunPullViaContainerd(t *testing.T) {
 
 	t.Run("pulled by the containerd client, not the CRI", func(t *testing.T) {
 		s := critest.Start(t)
-		ctrd := &fakeContainerd{cri: s}
+		ctrd := critest.NewContainerd(s)
 		e := &preload.Engine{Store: noderuntime.WithContainerd(connect(t, s), ctrd), MaxAttempts: 1}
 		results, err := e.Run(context.Background(), cfg, images(name))
 		if err != nil {
@@ -475,8 +300,8 @@ func TestRunPullViaContainerd(t *testing.T) {
 		if r := results[0]; r.Status != preload.StatusPulled {
 			t.Errorf("result %+v, want pulled", r)
 		}
-		if !slices.Equal(ctrd.pulls, []string{name}) || s.Calls("PullImage") != 0 {
-			t.Errorf("containerd pulls %v, CRI pulls %d; want containerd only", ctrd.pulls, s.Calls("PullImage"))
+		if !slices.Equal(ctrd.Pulls(), []string{name}) || s.Calls("PullImage") != 0 {
+			t.Errorf("containerd pulls %v, CRI pulls %d; want containerd only", ctrd.Pulls(), s.Calls("PullImage"))
 		}
 	})
 

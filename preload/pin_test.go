@@ -30,7 +30,7 @@ func TestRunPins(t *testing.T) {
 		}
 		cfg := testConfig()
 		cfg.Pin = pin
-		e := &preload.Engine{Store: noderuntime.WithContainerd(connect(t, s), &fakeContainerd{cri: s}), MaxAttempts: 1, Owner: "once:/etc/images.yaml"}
+		e := &preload.Engine{Store: noderuntime.WithContainerd(connect(t, s), critest.NewContainerd(s)), MaxAttempts: 1, Owner: "once:/etc/images.yaml"}
 		if _, err := e.Run(context.Background(), cfg, images(present, pulled, missing)); err != nil {
 			t.Fatal(err)
 		}
@@ -87,8 +87,8 @@ func TestPinOwners(t *testing.T) {
 	for _, n := range []string{a, b, c, d, adm} {
 		s.Add(n, 1)
 	}
-	ctrd := &fakeContainerd{cri: s}
-	ctrd.pinByHand(adm)
+	ctrd := critest.NewContainerd(s)
+	ctrd.PinByHand(adm)
 	for _, st := range steps {
 		var logs bytes.Buffer
 		cfg := testConfig()

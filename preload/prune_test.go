@@ -3,8 +3,10 @@ package preload_test
 import (
 	"context"
 	"slices"
+	"strings"
 	"testing"
 
+	"github.com/kube-preloader/kube-preloader/containerd"
 	"github.com/kube-preloader/kube-preloader/cri/critest"
 	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/preload"
@@ -32,7 +34,7 @@ func TestPrune(t *testing.T) {
 	}
 	tests := []struct {
 		name      string
-		setup     func(*critest.Server, *fakeContainerd)
+		setup     func(*critest.Server, *critest.Containerd)
 		later     *config.Config
 		want      []preload.Pruned
 		remain    []string
@@ -44,15 +46,18 @@ func TestPrune(t *testing.T) {
 			want: []preload.Pruned{{Image: b, Action: preload.PruneWouldRemove}}, remain: []string{a, b, c}},
 		{name: "prune off", later: parse("", a), remain: []string{a, b, c}},
 		{name: "in use kept", later: parse("prune: true\n", a),
-			setup: func(s *critest.Server, _ *fakeContainerd) { s.RunContainer("web", "sha256:"+b) },
+			setup: func(s *critest.Server, _ *critest.Containerd) {
+				st, _ := connect(t, s).ImageStatus(context.Background(), b)
+				s.RunContainer("web", st.GetId())
+			},
 			want:  []preload.Pruned{{Image: b, Action: preload.PruneInUse, Reason: "used by container web"}}, remain: []string{a, b, c}},
 		{name: "another owner's too: only forgotten", later: parse("prune: true\n", a),
-			setup: func(_ *critest.Server, f *fakeContainerd) {
+			setup: func(_ *critest.Server, f *critest.Containerd) {
 				_ = f.Own(context.Background(), "agent:kube-preloader/preloader-config", b, false)
 			},
 			remain: []string{a, b, c}, forgotten: []string{b}},
 		{name: "another owner's pin: only forgotten", later: parse("prune: true\n", a),
-			setup: func(_ *critest.Server, f *fakeContainerd) {
+			setup: func(_ *critest.Server, f *critest.Containerd) {
 				_, _ = f.SyncPins(context.Background(), "agent:kube-preloader/preloader-config", []string{b}, nil)
 			},
 			remain: []string{a, b, c}, forgotten: []string{b}},
@@ -61,7 +66,7 @@ func TestPrune(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			s := critest.Start(t)
 			s.Add(c, 1) // present before: not the preloader's
-			ctrd := &fakeContainerd{cri: s}
+			ctrd := critest.NewContainerd(s)
 			e := &preload.Engine{Store: noderuntime.WithContainerd(connect(t, s), ctrd), MaxAttempts: 1, Owner: owner}
 			ctx := context.Background()
 			first := parse("", a, b, c)
@@ -93,8 +98,10 @@ func TestPrune(t *testing.T) {
 					t.Errorf("%s still owned by %s", n, owner)
 				}
 			}
-			if ctrd.owners[c] != nil {
-				t.Errorf("%s was present before the preloader ran, yet it is recorded as brought: %v", c, ctrd.owners[c])
+			for k := range ctrd.Labels(c) {
+				if strings.HasPrefix(k, containerd.LabelOwnerPrefix) {
+					t.Errorf("%s was present before the preloader ran, yet it is recorded as brought: %s", c, k)
+				}
 			}
 		})
 	}
@@ -104,7 +111,7 @@ func TestPrune(t *testing.T) {
 func TestPruneKeepsNoPrune(t *testing.T) {
 	const a, b = "registry.example/a:1", "registry.example/b:1"
 	s := critest.Start(t)
-	ctrd := &fakeContainerd{cri: s}
+	ctrd := critest.NewContainerd(s)
 	e := &preload.Engine{Store: noderuntime.WithContainerd(connect(t, s), ctrd), MaxAttempts: 1, Owner: "agent:ns/cm"}
 	ctx := context.Background()
 	first, err := config.Parse("images.yaml", []byte("sandboxImage: none\nimages:\n  - image: "+a+"\n  - image: "+b+"\n    prune: false\n"))

@@ -85,7 +85,7 @@ func TestRunAutoByRegistryAnswer(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			s := critest.Start(t)
 			s.Add("near.example/present:1", 1)
-			store := &containerd2{Store: noderuntime.WithContainerd(connect(t, s), &fakeContainerd{cri: s}), answers: tt.answers}
+			store := &containerd2{Store: noderuntime.WithContainerd(connect(t, s), critest.NewContainerd(s)), answers: tt.answers}
 			var logs bytes.Buffer
 			e := &preload.Engine{Store: store, Log: slog.New(slog.NewTextHandler(&logs, nil))}
 			imgs := images("near.example/a:1", "lan.example/b:1", "near.example/c:1", "near.example/present:1")
@@ -136,7 +136,7 @@ func TestRunAutoByLayerSize(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			s := critest.Start(t)
-			store := &containerd2{Store: noderuntime.WithContainerd(connect(t, s), &fakeContainerd{cri: s}), answers: near, layers: tt.layers, ranges: tt.ranges}
+			store := &containerd2{Store: noderuntime.WithContainerd(connect(t, s), critest.NewContainerd(s)), answers: near, layers: tt.layers, ranges: tt.ranges}
 			var logs bytes.Buffer
 			e := &preload.Engine{Store: store, Log: slog.New(slog.NewTextHandler(&logs, nil))}
 			results, err := e.Run(context.Background(), testConfig(), images("near.example/a:1", "near.example/b:1"))
