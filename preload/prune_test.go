@@ -50,7 +50,7 @@ func TestPrune(t *testing.T) {
 				st, _ := connect(t, s).ImageStatus(context.Background(), b)
 				s.RunContainer("web", st.GetId())
 			},
-			want:  []preload.Pruned{{Image: b, Action: preload.PruneInUse, Reason: "used by container web"}}, remain: []string{a, b, c}},
+			want: []preload.Pruned{{Image: b, Action: preload.PruneInUse, Reason: "used by container web"}}, remain: []string{a, b, c}},
 		{name: "another owner's too: only forgotten", later: parse("prune: true\n", a),
 			setup: func(_ *critest.Server, f *critest.Containerd) {
 				_ = f.Own(context.Background(), "agent:kube-preloader/preloader-config", b, false)

@@ -18,6 +18,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/containerd/errdefs"
 	"github.com/distribution/reference"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -288,8 +289,12 @@ func (s *Server) PullImage(ctx context.Context, req *runtimeapi.PullImageRequest
 	}
 	id, err := s.Fetch(ref, req.GetAuth())
 	if err != nil {
-		st, _ := status.FromError(err)
-		return nil, status.Errorf(st.Code(), "failed to pull and unpack image %q: %s", ref, st.Message())
+		// containerd's CRI sends errdefs' kinds as gRPC codes.
+		code := codes.Unknown
+		if errdefs.IsNotFound(err) {
+			code = codes.NotFound
+		}
+		return nil, status.Errorf(code, "failed to pull and unpack image %q: %v", ref, err)
 	}
 	return &runtimeapi.PullImageResponse{ImageRef: id}, nil
 }
@@ -314,11 +319,12 @@ func (s *Server) Fetch(ref string, auth *runtimeapi.AuthConfig) (string, error) 
 	return r.ID, nil
 }
 
-// Resolve asks the fake registry which image ref names, as a pull would.
+// Resolve asks the fake registry which image ref names, as a pull would;
+// its errors are those of containerd's resolver, not gRPC statuses.
 func (s *Server) Resolve(ref string, auth *runtimeapi.AuthConfig) (Remote, reference.Named, error) {
 	named, err := reference.ParseDockerRef(ref)
 	if err != nil {
-		return Remote{}, nil, status.Errorf(codes.InvalidArgument, "failed to parse image reference %q: %v", ref, err)
+		return Remote{}, nil, fmt.Errorf("failed to parse image reference %q: %w", ref, err)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -332,10 +338,14 @@ func (s *Server) Resolve(ref string, auth *runtimeapi.AuthConfig) (Remote, refer
 	host := reference.Domain(named)
 	r, ok := s.remote[named.String()]
 	if !ok {
-		return Remote{}, nil, status.Errorf(codes.NotFound, "failed to resolve reference %q: %s: not found", named, named)
+		return Remote{}, nil, fmt.Errorf("failed to resolve reference %q: %s: %w", named, named, errdefs.ErrNotFound)
 	}
-	if r.Auth != nil && (auth == nil || auth.Username != r.Auth.Username || auth.Password != r.Auth.Password) {
-		return Remote{}, nil, status.Errorf(codes.Unknown, "failed to resolve reference %q: unexpected status from HEAD request to https://%s/v2/%s/manifests/%s: 401 Unauthorized",
+	switch {
+	case r.Auth == nil:
+	case auth == nil:
+		return Remote{}, nil, fmt.Errorf("failed to resolve reference %q: pull access denied, repository does not exist or may require authorization: authorization failed: no basic auth credentials", named)
+	case auth.Username != r.Auth.Username || auth.Password != r.Auth.Password:
+		return Remote{}, nil, fmt.Errorf("failed to resolve reference %q: unexpected status from HEAD request to https://%s/v2/%s/manifests/%s: 401 Unauthorized",
 			named, host, reference.Path(named), tagOrDigest(named))
 	}
 	return r, named, nil
