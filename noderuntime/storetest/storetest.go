@@ -18,6 +18,7 @@ import (
 	"github.com/distribution/reference"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/kube-preloader/kube-preloader/failure"
 	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/preload"
 )
@@ -135,13 +136,13 @@ func Run(t *testing.T, b Backend) {
 			auth *runtimeapi.AuthConfig
 		}{{"no credentials", nil}, {"wrong credentials", b.WrongAuth}} {
 			_, err := s.PullImage(ctx, b.Private.Ref, tt.auth)
-			wantReason(t, "PullImage with "+tt.name, err, preload.ReasonUnauthorized, secrets)
+			wantReason(t, "PullImage with "+tt.name, err, failure.Unauthorized, secrets)
 			ifCan(t, s, noderuntime.OpPullDirect, s.PullDirect(ctx, b.Private.Ref, tt.auth, 3), func(err error) {
-				wantReason(t, "PullDirect with "+tt.name, err, preload.ReasonUnauthorized, secrets)
+				wantReason(t, "PullDirect with "+tt.name, err, failure.Unauthorized, secrets)
 			})
 			_, err = s.TagDigest(ctx, b.Private.Ref, tt.auth)
 			ifCan(t, s, noderuntime.OpRefresh, err, func(err error) {
-				wantReason(t, "TagDigest with "+tt.name, err, preload.ReasonUnauthorized, secrets)
+				wantReason(t, "TagDigest with "+tt.name, err, failure.Unauthorized, secrets)
 			})
 		}
 		if img, err := s.ImageStatus(ctx, b.Private.Ref); err != nil || img != nil {
@@ -173,13 +174,13 @@ func Run(t *testing.T, b Backend) {
 
 	step(t, "a missing image is not found", func(t *testing.T) {
 		_, err := s.PullImage(ctx, b.Missing, nil)
-		wantReason(t, "PullImage", err, preload.ReasonNotFound, nil)
+		wantReason(t, "PullImage", err, failure.NotFound, nil)
 		ifCan(t, s, noderuntime.OpPullDirect, s.PullDirect(ctx, b.Missing, nil, 3), func(err error) {
-			wantReason(t, "PullDirect", err, preload.ReasonNotFound, nil)
+			wantReason(t, "PullDirect", err, failure.NotFound, nil)
 		})
 		_, err = s.TagDigest(ctx, b.Missing, nil)
 		ifCan(t, s, noderuntime.OpRefresh, err, func(err error) {
-			wantReason(t, "TagDigest", err, preload.ReasonNotFound, nil)
+			wantReason(t, "TagDigest", err, failure.NotFound, nil)
 		})
 	})
 
@@ -372,6 +373,9 @@ func ifCan(t *testing.T, s noderuntime.Store, op noderuntime.Op, err error, chec
 		if !errors.As(err, &u) || u.Op != op {
 			t.Errorf("%s on a runtime that cannot: %v, want an UnsupportedError", op, err)
 		}
+		if got, transient := preload.Classify(err); got != failure.Unsupported || transient {
+			t.Errorf("%s on a runtime that cannot: classified %v (transient %v), want %v, final", op, got, transient, failure.Unsupported)
+		}
 		return false
 	}
 	if check != nil {
@@ -380,16 +384,18 @@ func ifCan(t *testing.T, s noderuntime.Store, op noderuntime.Op, err error, chec
 	return true
 }
 
-// wantReason checks that err classifies as want and shows none of secrets.
-func wantReason(t *testing.T, what string, err error, want string, secrets []string) {
+// wantReason checks that err classifies as want, a final reason, and
+// shows none of secrets.
+func wantReason(t *testing.T, what string, err error, want failure.Reason, secrets []string) {
 	t.Helper()
 	if err == nil {
 		t.Errorf("%s: no error, want %s", what, want)
 		return
 	}
-	got, _ := preload.Classify(err)
-	if got != want {
-		t.Errorf("%s: classified %q, want %q: %v", what, got, want, err)
+	// Both reasons the suite expects are final: retrying cannot mend them.
+	got, transient := preload.Classify(err)
+	if got != want || transient {
+		t.Errorf("%s: classified %q (transient %v), want %q, final: %v", what, got, transient, want, err)
 	}
 	t.Logf("%s: %s: %v", what, got, err)
 	for _, secret := range secrets {
