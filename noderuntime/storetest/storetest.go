@@ -10,6 +10,7 @@ package storetest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -45,10 +46,10 @@ type Backend struct {
 	PinsReported bool
 }
 
-// Visible bounds how long a change made through the runtime's own API
+// visible bounds how long a change made through the runtime's own API
 // (a tag, a label, a removed record) may take to show in the CRI:
 // containerd's CRI plugin learns of them from events.
-const Visible = 10 * time.Second
+const visible = 10 * time.Second
 
 const (
 	ownerA = "once:/etc/conformance/a.yaml"
@@ -215,9 +216,9 @@ func Run(t *testing.T, b Backend) {
 				t.Fatalf("Tag(%s, %s): %v", alias, pub.Ref, err)
 			}
 			eventually(t, "the tagged name shows as the source's image", func() string {
-				img := status(t, s, alias)
-				src := status(t, s, pub.Ref)
-				if img.Id != id || !slices.Contains(src.RepoTags, alias) {
+				img, _ := s.ImageStatus(ctx, alias)
+				src, _ := s.ImageStatus(ctx, pub.Ref)
+				if img.GetId() != id || !slices.Contains(src.GetRepoTags(), alias) {
 					return "ImageStatus(" + alias + ") = " + img.String() + ", of the source " + src.String()
 				}
 				return ""
@@ -295,7 +296,7 @@ func Run(t *testing.T, b Backend) {
 				if img, err := s.ImageStatus(ctx, alias); err != nil || img != nil {
 					return "ImageStatus(" + alias + ") = " + img.String()
 				}
-				if img := status(t, s, pub.Ref); img.Id != id || slices.Contains(img.RepoTags, alias) {
+				if img, _ := s.ImageStatus(ctx, pub.Ref); img.GetId() != id || slices.Contains(img.GetRepoTags(), alias) {
 					return "ImageStatus(" + pub.Ref + ") = " + img.String()
 				}
 				return ""
@@ -425,31 +426,34 @@ func wantPins(t *testing.T, what string, got noderuntime.PinChanges, err error, 
 func pinned(t *testing.T, s noderuntime.Store, b Backend, ref string, on bool) {
 	t.Helper()
 	want := on && b.PinsReported
-	eventually(t, "pinned shown as "+map[bool]string{true: "true", false: "false"}[want], func() string {
-		img := status(t, s, ref)
+	eventually(t, fmt.Sprintf("pinned shown as %v", want), func() string {
+		img, err := s.ImageStatus(context.Background(), ref)
+		if err != nil {
+			return "ImageStatus: " + err.Error()
+		}
 		listed, err := s.ListImages(context.Background())
 		if err != nil {
 			return "ListImages: " + err.Error()
 		}
 		l := find(listed, ref)
-		if img.Pinned != want || l == nil || l.Pinned != want {
+		if img == nil || img.Pinned != want || l == nil || l.Pinned != want {
 			return "ImageStatus " + img.String() + "; ListImages " + l.String()
 		}
 		return ""
 	})
 }
 
-// eventually waits up to Visible for check to report nothing.
+// eventually waits up to visible for check to report nothing.
 func eventually(t *testing.T, what string, check func() string) {
 	t.Helper()
-	deadline := time.Now().Add(Visible)
+	deadline := time.Now().Add(visible)
 	for {
 		msg := check()
 		if msg == "" {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: after %v: %s", what, Visible, msg)
+			t.Fatalf("%s: after %v: %s", what, visible, msg)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
