@@ -30,7 +30,9 @@ type Image struct {
 	Digest string // its manifest digest
 }
 
-// Backend is a runtime under test, with what its registry serves.
+// Backend is a runtime under test, with what its registry serves. The
+// suite's steps are named by the roles (noderuntime.Presence, Puller, …)
+// whose methods they check.
 type Backend struct {
 	Store noderuntime.Store
 	// Public is pulled without credentials; Private needs Auth and is
@@ -67,7 +69,7 @@ func Run(t *testing.T, b Backend) {
 	alias := repo(t, pub.Ref) + ":conformance-alias"
 	var id string
 
-	step(t, "absent is nil, not an error", func(t *testing.T) {
+	step(t, "Presence: absent is nil, not an error", func(t *testing.T) {
 		for _, ref := range []string{pub.Ref, digestRef, b.Missing} {
 			if img, err := s.ImageStatus(ctx, ref); err != nil || img != nil {
 				t.Errorf("ImageStatus(%s) = %v, %v; want nil, nil", ref, img, err)
@@ -85,7 +87,7 @@ func Run(t *testing.T, b Backend) {
 		}
 	})
 
-	step(t, "a public image pulls without credentials", func(t *testing.T) {
+	step(t, "Puller: a public image pulls without credentials", func(t *testing.T) {
 		got, err := s.PullImage(ctx, pub.Ref, nil)
 		if err != nil {
 			t.Fatalf("PullImage(%s): %v", pub.Ref, err)
@@ -96,7 +98,7 @@ func Run(t *testing.T, b Backend) {
 		id = got
 	})
 
-	step(t, "present by name, digest reference, name:tag@digest and ID", func(t *testing.T) {
+	step(t, "Presence: by name, digest reference, name:tag@digest and ID", func(t *testing.T) {
 		img := status(t, s, pub.Ref)
 		if img.Id != id {
 			t.Errorf("ImageStatus(%s).Id = %s, want the pull's %s", pub.Ref, img.Id, id)
@@ -130,7 +132,7 @@ func Run(t *testing.T, b Backend) {
 		}
 	})
 
-	step(t, "credentials: none and wrong ones are unauthorized, the right ones pull", func(t *testing.T) {
+	step(t, "Puller, Refresher: credentials; none and wrong ones are unauthorized, the right ones pull", func(t *testing.T) {
 		secrets := []string{b.Auth.Password, b.WrongAuth.Password}
 		for _, tt := range []struct {
 			name string
@@ -173,7 +175,7 @@ func Run(t *testing.T, b Backend) {
 		})
 	})
 
-	step(t, "a missing image is not found", func(t *testing.T) {
+	step(t, "Puller, Refresher: a missing image is not found", func(t *testing.T) {
 		_, err := s.PullImage(ctx, b.Missing, nil)
 		wantReason(t, "PullImage", err, failure.NotFound, nil)
 		ifCan(t, s, noderuntime.OpPullDirect, s.PullDirect(ctx, b.Missing, nil, 3), func(err error) {
@@ -185,7 +187,7 @@ func Run(t *testing.T, b Backend) {
 		})
 	})
 
-	step(t, "tag and digest records", func(t *testing.T) {
+	step(t, "Refresher, Importer: digest records and tags", func(t *testing.T) {
 		d, err := s.TagDigest(ctx, pub.Ref, nil)
 		ifCan(t, s, noderuntime.OpRefresh, err, func(err error) {
 			if err != nil || d != pub.Digest {
@@ -229,7 +231,7 @@ func Run(t *testing.T, b Backend) {
 		})
 	})
 
-	step(t, "owners", func(t *testing.T) {
+	step(t, "Records: owners", func(t *testing.T) {
 		err := s.Own(ctx, ownerA, pub.Ref, false)
 		if !ifCan(t, s, noderuntime.OpPrune, err, nil) {
 			// Nothing is recorded, so nothing is owned or forgotten.
@@ -264,7 +266,7 @@ func Run(t *testing.T, b Backend) {
 		wantOwned(t, s, ownerB)
 	})
 
-	step(t, "pins, as the kubelet sees them", func(t *testing.T) {
+	step(t, "Pinner: pins as the kubelet sees them", func(t *testing.T) {
 		ch, err := s.SyncPins(ctx, ownerA, []string{pub.Ref, b.Missing}, nil)
 		if !ifCan(t, s, noderuntime.OpPin, err, nil) {
 			if _, err := s.SyncPins(ctx, ownerA, nil, []string{pub.Ref}); err != nil {
@@ -286,7 +288,7 @@ func Run(t *testing.T, b Backend) {
 		pinned(t, s, b, pub.Ref, false)
 	})
 
-	step(t, "removal: one name, then the image", func(t *testing.T) {
+	step(t, "Records: removal of one name, then of the image", func(t *testing.T) {
 		err := s.RemoveName(ctx, alias)
 		if ifCan(t, s, noderuntime.OpPrune, err, nil) {
 			if err != nil {
@@ -343,7 +345,7 @@ func repo(t *testing.T, ref string) string {
 }
 
 // status is ImageStatus(ref), which must find the image.
-func status(t *testing.T, s noderuntime.Store, ref string) *runtimeapi.Image {
+func status(t *testing.T, s noderuntime.Presence, ref string) *runtimeapi.Image {
 	t.Helper()
 	img, err := s.ImageStatus(context.Background(), ref)
 	if err != nil || img == nil {
@@ -364,7 +366,7 @@ func find(listed []*runtimeapi.Image, ref string) *runtimeapi.Image {
 // ifCan checks err of an operation op: if the runtime cannot do op, it
 // must be an UnsupportedError for op, and ifCan is false; else it hands
 // err to check, if any, and is true.
-func ifCan(t *testing.T, s noderuntime.Store, op noderuntime.Op, err error, check func(error)) bool {
+func ifCan(t *testing.T, s noderuntime.Capable, op noderuntime.Op, err error, check func(error)) bool {
 	t.Helper()
 	if cannot := s.Can(op); cannot != nil {
 		var u *noderuntime.UnsupportedError
@@ -406,7 +408,7 @@ func wantReason(t *testing.T, what string, err error, want failure.Reason, secre
 	}
 }
 
-func wantOwned(t *testing.T, s noderuntime.Store, owner string, want ...noderuntime.OwnedImage) {
+func wantOwned(t *testing.T, s noderuntime.Records, owner string, want ...noderuntime.OwnedImage) {
 	t.Helper()
 	got, err := s.Owned(context.Background(), owner)
 	if err != nil || !slices.Equal(got, want) {
@@ -423,7 +425,7 @@ func wantPins(t *testing.T, what string, got noderuntime.PinChanges, err error, 
 
 // pinned checks ImageStatus(ref).Pinned and ListImages against on, where
 // the runtime reports pins; where it does not, that it reports none.
-func pinned(t *testing.T, s noderuntime.Store, b Backend, ref string, on bool) {
+func pinned(t *testing.T, s noderuntime.Presence, b Backend, ref string, on bool) {
 	t.Helper()
 	want := on && b.PinsReported
 	eventually(t, fmt.Sprintf("pinned shown as %v", want), func() string {

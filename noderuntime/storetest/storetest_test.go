@@ -12,6 +12,8 @@ import (
 	"github.com/kube-preloader/kube-preloader/noderuntime/storetest"
 )
 
+var _ noderuntime.Containerd = (*critest.Containerd)(nil)
+
 // The in-process fake passes the suite the real runtimes pass in
 // integration/: as containerd (CRI plus critest.Containerd) and as a
 // runtime known only by its CRI, which must refuse containerd's
