@@ -152,10 +152,28 @@ e2e: deps
 clean:
 	rm -rf bin
 
-# The kubectl plugin's release: kubectl-preload archives for linux and
-# darwin (amd64, arm64) in dist/, dist/SHA256SUMS and the krew manifest
-# dist/krew/preload.yaml. PLATFORMS, OUT and RELEASE_URL pass through to
-# scripts/release.sh; krew wants a semver VERSION (make release VERSION=v0.1.0).
+# The kubectl plugin's release, made by goreleaser (.goreleaser.yaml, the
+# tool pinned in tools/release/go.mod): kubectl-preload archives for linux and
+# darwin (amd64, arm64), SHA256SUMS and the krew manifest krew/preload.yaml,
+# copied from goreleaser's work directory into OUT (default dist/).
+# goreleaser takes VERSION as its current tag, so no git tag is needed, and
+# --snapshot publishes nothing; krew wants a semver VERSION (make release
+# VERSION=v0.1.0). RELEASE_URL (in the environment) is where the manifest
+# says the archives are downloaded from; RELEASE_FLAGS=--single-target
+# builds only this machine's platform.
+OUT             ?= dist
+RELEASE_FLAGS   ?=
+GORELEASER_DIST := _output/goreleaser# .goreleaser.yaml's dist
+# goreleaser asks git for the remote's URL and, in a checkout without a
+# remote (a worktree, an unpacked tarball), drops what git told it: tag
+# v0.0.0 and a zero commit time. A remote given in the environment only
+# answers that question; a configured one comes first.
+RELEASE_GIT_ENV := GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=remote.origin.url GIT_CONFIG_VALUE_0=https://github.com/kube-preloader/kube-preloader.git
+SEMVER          := ^v(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$$
 .PHONY: release
 release:
-	VERSION='$(VERSION)' GO='$(GO)' scripts/release.sh
+	@echo '$(VERSION)' | grep -Eq '$(SEMVER)' || { echo 'release: VERSION=$(VERSION) is not a semver tag (krew needs one): tag the release or pass VERSION=v0.1.0' >&2; exit 2; }
+	GORELEASER_CURRENT_TAG='$(VERSION)' $(RELEASE_GIT_ENV) $(GO) tool -modfile=tools/release/go.mod goreleaser release --snapshot --clean $(RELEASE_FLAGS)
+	mkdir -p '$(OUT)/krew'
+	cd $(GORELEASER_DIST) && cp $$(awk '{print $$2}' SHA256SUMS) SHA256SUMS '$(abspath $(OUT))/'
+	cp $(GORELEASER_DIST)/krew/preload.yaml '$(OUT)/krew/'

@@ -3,13 +3,10 @@ package noderuntime
 import (
 	"bytes"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-
-	"golang.org/x/sys/unix"
 )
 
 // containerd 2.x's defaults for a pull's downloads (plugins/transfer and
@@ -153,32 +150,6 @@ func gzipTool(address string) (tool string, known bool) {
 		}
 	}
 	return "", true
-}
-
-// socketPeer is the process at the other end of the unix socket at
-// address, as the kernel tells it (0 when that process is in a PID
-// namespace this one does not see).
-func socketPeer(address string) (int, error) {
-	conn, err := net.Dial("unix", address)
-	if err != nil {
-		return 0, err
-	}
-	defer conn.Close()
-	raw, err := conn.(*net.UnixConn).SyscallConn()
-	if err != nil {
-		return 0, err
-	}
-	var cred *unix.Ucred
-	var credErr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return 0, err
-	}
-	if credErr != nil {
-		return 0, credErr
-	}
-	return int(cred.Pid), nil
 }
 
 // decompressAdvice is what to do when containerd decompresses in one

@@ -1,5 +1,6 @@
-// Package release tests scripts/release.sh the way a user meets its output:
-// the krew manifest, the archives it names and the kubectl plugin in them.
+// Package release tests `make release` (goreleaser with .goreleaser.yaml)
+// the way a user meets its output: the krew manifest, the archives it names
+// and the kubectl plugin in them.
 package release
 
 import (
@@ -36,24 +37,26 @@ type manifest struct {
 		Name string `yaml:"name"`
 	} `yaml:"metadata"`
 	Spec struct {
-		Version          string `yaml:"version"`
-		Homepage         string `yaml:"homepage"`
-		ShortDescription string `yaml:"shortDescription"`
-		Description      string `yaml:"description"`
-		Caveats          string `yaml:"caveats"`
-		Platforms        []struct {
-			Selector struct {
-				MatchLabels map[string]string `yaml:"matchLabels"`
-			} `yaml:"selector"`
-			URI    string `yaml:"uri"`
-			Sha256 string `yaml:"sha256"`
-			Bin    string `yaml:"bin"`
-			Files  []struct {
-				From string `yaml:"from"`
-				To   string `yaml:"to"`
-			} `yaml:"files"`
-		} `yaml:"platforms"`
+		Version          string     `yaml:"version"`
+		Homepage         string     `yaml:"homepage"`
+		ShortDescription string     `yaml:"shortDescription"`
+		Description      string     `yaml:"description"`
+		Caveats          string     `yaml:"caveats"`
+		Platforms        []platform `yaml:"platforms"`
 	} `yaml:"spec"`
+}
+
+type platform struct {
+	Selector struct {
+		MatchLabels map[string]string `yaml:"matchLabels"`
+	} `yaml:"selector"`
+	URI    string `yaml:"uri"`
+	Sha256 string `yaml:"sha256"`
+	Bin    string `yaml:"bin"`
+	Files  []struct {
+		From string `yaml:"from"`
+		To   string `yaml:"to"`
+	} `yaml:"files"`
 }
 
 // strict is the repository's rule: under CI a missing tool fails the test.
@@ -69,15 +72,17 @@ func missing(t *testing.T, format string, args ...any) {
 	t.Skipf(format, args...)
 }
 
+// platforms are the os/arch pairs a release ships, as krew's selectors
+// name them.
+var platforms = []string{"darwin/amd64", "darwin/arm64", "linux/amd64", "linux/arm64"}
+
+// release runs `make release` as a person does: every platform, so a
+// package that does not build for one of them fails here.
 func release(t *testing.T, out string) {
 	t.Helper()
-	cmd := exec.CommandContext(t.Context(), "bash", "../release.sh")
-	cmd.Env = append(os.Environ(),
-		"VERSION="+version,
-		"PLATFORMS="+runtime.GOOS+"/"+runtime.GOARCH, // the binary must run here
-		"OUT="+out)
+	cmd := exec.CommandContext(t.Context(), "make", "-C", "../..", "release", "VERSION="+version, "OUT="+out)
 	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("release.sh: %v\n%s", err, b)
+		t.Fatalf("make release: %v\n%s", err, b)
 	}
 }
 
@@ -109,53 +114,67 @@ func TestRelease(t *testing.T) {
 	if m.Spec.Homepage == "" || m.Spec.ShortDescription == "" || m.Spec.Description == "" {
 		t.Errorf("manifest lacks homepage, shortDescription or description:\n%s", raw)
 	}
-	if len(m.Spec.Platforms) != 1 {
-		t.Fatalf("want the 1 platform asked for, got %d", len(m.Spec.Platforms))
-	}
 
 	sums, err := os.ReadFile(filepath.Join(out, "SHA256SUMS"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := m.Spec.Platforms[0]
-	name := "kube-preloader_" + version + "_" + runtime.GOOS + "_" + runtime.GOARCH + ".tar.gz"
-	if want := "https://github.com/kube-preloader/kube-preloader/releases/download/" + version + "/" + name; p.URI != want {
-		t.Errorf("uri %s, want %s", p.URI, want)
+	// SHA256SUMS in sha256sum's format, one line per archive, and nothing else.
+	listed := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSuffix(string(sums), "\n"), "\n") {
+		sum, name, ok := strings.Cut(line, "  ")
+		if !ok {
+			t.Fatalf("SHA256SUMS line %q is not sha256sum's\n%s", line, sums)
+		}
+		listed[name] = sum
 	}
-	if l := p.Selector.MatchLabels; len(l) != 2 || l["os"] != runtime.GOOS || l["arch"] != runtime.GOARCH {
-		t.Errorf("selector %v, want os %s arch %s", l, runtime.GOOS, runtime.GOARCH)
-	}
-	if p.Bin != "kubectl-preload" {
-		t.Errorf("bin %q, want kubectl-preload", p.Bin)
-	}
-	archive := filepath.Join(out, path.Base(p.URI))
-	data, err := os.ReadFile(archive)
-	if err != nil {
-		t.Fatalf("the archive the manifest names: %v", err)
-	}
-	sum := sha256.Sum256(data)
-	if got := hex.EncodeToString(sum[:]); got != p.Sha256 {
-		t.Errorf("manifest sha256 %s, archive's %s", p.Sha256, got)
-	} else if want := got + "  " + name + "\n"; string(sums) != want {
-		t.Errorf("SHA256SUMS:\n%s\nwant:\n%s", sums, want)
+	if len(listed) != len(platforms) {
+		t.Errorf("SHA256SUMS lists %d files, want the %d archives:\n%s", len(listed), len(platforms), sums)
 	}
 
-	// The archive: what krew extracts, then runs as `kubectl preload`.
-	bin := filepath.Join(t.TempDir(), "kubectl-preload")
-	entries := untar(t, data, "kubectl-preload", bin)
-	var from []string
-	for _, f := range p.Files {
-		from = append(from, f.From)
-		if f.To != "." {
-			t.Errorf("files: %s to %q, want .", f.From, f.To)
+	var shipped, entries []string
+	var archive string
+	for _, p := range m.Spec.Platforms {
+		l := p.Selector.MatchLabels
+		osArch := l["os"] + "/" + l["arch"]
+		shipped = append(shipped, osArch)
+		name := "kube-preloader_" + version + "_" + l["os"] + "_" + l["arch"] + ".tar.gz"
+		if want := "https://github.com/kube-preloader/kube-preloader/releases/download/" + version + "/" + name; p.URI != want {
+			t.Errorf("%s: uri %s, want %s", osArch, p.URI, want)
+		}
+		if len(l) != 2 {
+			t.Errorf("%s: selector %v, want os and arch only", osArch, l)
+		}
+		if p.Bin != "kubectl-preload" {
+			t.Errorf("%s: bin %q, want kubectl-preload", osArch, p.Bin)
+		}
+		file := filepath.Join(out, path.Base(p.URI))
+		b, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatalf("%s: the archive the manifest names: %v", osArch, err)
+		}
+		sum := sha256.Sum256(b)
+		if got := hex.EncodeToString(sum[:]); got != p.Sha256 {
+			t.Errorf("%s: manifest sha256 %s, archive's %s", osArch, p.Sha256, got)
+		} else if listed[name] != got {
+			t.Errorf("%s: SHA256SUMS has %q for %s, the archive's is %s", osArch, listed[name], name, got)
+		}
+		// Every archive holds the plugin, root-owned; only this machine's runs here.
+		bin := filepath.Join(t.TempDir(), "kubectl-preload")
+		names := untar(t, b, "kubectl-preload", bin)
+		if osArch == runtime.GOOS+"/"+runtime.GOARCH {
+			archive, entries = file, names
+			if got := run(t, bin, "version"); got != version {
+				t.Errorf("kubectl-preload version printed %q, want %q", got, version)
+			}
 		}
 	}
-	sort.Strings(from)
-	if strings.Join(entries, " ") != strings.Join(from, " ") {
-		t.Errorf("archive holds %v, manifest's files move %v", entries, from)
+	sort.Strings(shipped)
+	if strings.Join(shipped, " ") != strings.Join(platforms, " ") {
+		t.Errorf("manifest platforms %v, want %v", shipped, platforms)
 	}
-	if got := run(t, bin, "version"); got != version {
-		t.Errorf("kubectl-preload version printed %q, want %q", got, version)
+	if archive == "" {
+		t.Fatalf("no archive for this machine, %s/%s, to install", runtime.GOOS, runtime.GOARCH)
 	}
 
 	// Reproducible: a second run gives the same bytes, so anyone can check the sum.
@@ -165,7 +184,7 @@ func TestRelease(t *testing.T) {
 		t.Errorf("second run's SHA256SUMS differ (%v):\n%s\nfirst:\n%s", err, b, sums)
 	}
 
-	krew(t, filepath.Join(out, "krew", "preload.yaml"), archive)
+	krew(t, filepath.Join(out, "krew", "preload.yaml"), archive, entries)
 }
 
 // untar checks each entry is owned by root with a fixed mode, writes the one
@@ -229,9 +248,10 @@ func run(t *testing.T, name string, args ...string) string {
 // krew checks the manifest with krew's own tools: validate-krew-manifest's
 // structural checks (its install step downloads the uri, which does not
 // exist before the release is published), then `krew install --archive`,
-// which verifies the archive's sha256, extracts it and links the plugin the
+// which verifies the archive's sha256, extracts it, moves the files the
+// manifest names (all of them when it names none) and links the plugin the
 // way a user's `kubectl krew install preload` does; kubectl then runs it.
-func krew(t *testing.T, manifest, archive string) {
+func krew(t *testing.T, manifest, archive string, entries []string) {
 	gobin := t.TempDir()
 	for _, tool := range []string{"validate-krew-manifest", "krew"} {
 		cmd := exec.CommandContext(t.Context(), "go", "install", "sigs.k8s.io/krew/cmd/"+tool+"@"+krewVersion)
@@ -254,6 +274,17 @@ func krew(t *testing.T, manifest, archive string) {
 	}
 	if got := run(t, filepath.Join(root, "bin", "kubectl-preload"), "version"); got != version {
 		t.Errorf("krew-installed kubectl-preload version printed %q, want %q", got, version)
+	}
+	installed, err := os.ReadDir(filepath.Join(root, "store", "preload", version))
+	if err != nil {
+		t.Fatalf("krew's install directory: %v", err)
+	}
+	var names []string
+	for _, e := range installed {
+		names = append(names, e.Name())
+	}
+	if strings.Join(names, " ") != strings.Join(entries, " ") {
+		t.Errorf("krew installed %v, the archive holds %v", names, entries)
 	}
 
 	kubectl := kubectlBinary()
