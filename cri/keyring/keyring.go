@@ -455,6 +455,11 @@ func splitURL(u *url.URL) (parts []string, port string) {
 	return strings.Split(host, "."), port
 }
 
+// URLsMatch says whether glob (a keyring key, or a credential provider's
+// matchImages entry) matches target, an image's repository, by the rules
+// below.
+func URLsMatch(glob, target string) (bool, error) { return urlsMatchStr(glob, target) }
+
 // urlsMatchStr is the kubelet's URLsMatchStr/URLsMatch: the port must be
 // equal, the number of host labels equal, each label match as a
 // filepath.Match glob ("*.example.com"), and the key's path be a string
