@@ -341,7 +341,7 @@ func (p *parser) decode(js []byte, into any) bool {
 	strict, err := sigsjson.UnmarshalStrict(js, into)
 	if err != nil {
 		if m := typeError.FindStringSubmatch(err.Error()); m != nil {
-			p.add(m[2], "%s: a %s, want %s", m[2], m[1], m[3])
+			p.problems = append(p.problems, Problem{p.file, p.mismatchLine(m[2], m[3]), fmt.Sprintf("%s: a %s, want %s", m[2], m[1], m[3])})
 		} else {
 			p.add("", "not a CredentialProviderConfig object")
 		}
@@ -470,7 +470,7 @@ func qualifiedName(k string) string {
 // found in the YAML tree (JSON is YAML); the line of the nearest node that
 // exists, 0 without a tree.
 func (p *parser) line(path string) int {
-	if p.root == nil || len(p.root.Content) == 0 {
+	if path == "" || p.root == nil || len(p.root.Content) == 0 {
 		return 0
 	}
 	n := p.root.Content[0]
@@ -505,6 +505,50 @@ func splitPath(path string) []string {
 		}
 	}
 	return out
+}
+
+// mismatchLine is the line of the first value at path (encoding/json's,
+// without sequence indices: "providers.env.value") that is not of type
+// want, 0 if none is found.
+func (p *parser) mismatchLine(path, want string) int {
+	if p.root == nil || len(p.root.Content) == 0 {
+		return 0
+	}
+	var find func(n *yaml.Node, segs []string) int
+	find = func(n *yaml.Node, segs []string) int {
+		for n.Kind == yaml.AliasNode {
+			n = n.Alias
+		}
+		if n.Kind == yaml.SequenceNode && (len(segs) > 0 || !strings.HasPrefix(want, "[]")) {
+			for _, item := range n.Content {
+				if l := find(item, segs); l > 0 {
+					return l
+				}
+			}
+			return 0
+		}
+		if len(segs) == 0 {
+			ok := false
+			switch {
+			case strings.HasPrefix(want, "[]"):
+				ok = n.Kind == yaml.SequenceNode
+			case want == "string":
+				ok = n.Kind == yaml.ScalarNode && n.Tag == "!!str"
+			case strings.HasPrefix(want, "map"), strings.HasPrefix(want, "v1."):
+				ok = n.Kind == yaml.MappingNode
+			}
+			if ok {
+				return 0
+			}
+			return n.Line
+		}
+		next, _ := child(n, segs[0])
+		if next == nil {
+			return 0
+		}
+		return find(next, segs[1:])
+	}
+	return find(p.root.Content[0], strings.Split(path, "."))
 }
 
 // child is n's value at seg (a key, or "[i]") and the line of its key or
