@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/kube-preloader/kube-preloader/cri/keyring"
 	"github.com/kube-preloader/kube-preloader/failure"
@@ -25,6 +24,7 @@ type onceOptions struct {
 	timeout       time.Duration
 	output        *outputFlag
 	dockerConfigs []string
+	credProviders credProviderFlags
 }
 
 func newOnceCmd() *cobra.Command {
@@ -57,6 +57,7 @@ results alone.`,
 	o.runtime.add(f)
 	f.DurationVar(&o.timeout, "timeout", 30*time.Minute, "bound for the whole run")
 	f.StringArrayVar(&o.dockerConfigs, "docker-config", nil, "docker config file with registry credentials (config.json, dockerconfigjson or .dockercfg); repeatable. Default: the kubelet's search paths")
+	o.credProviders.add(f)
 	o.output = addOutputFlag(cmd, "output format: table, wide, json or yaml", "table", "wide", "json", "yaml")
 	cmd.MarkFlagFilename("config", "yaml", "yml")
 	return cmd
@@ -73,6 +74,10 @@ func (o *onceOptions) run(ctx context.Context, stdout, stderr io.Writer) error {
 	keyring, err := loadKeyring(o.dockerConfigs)
 	if err != nil {
 		return &exitError{code: exitInvalid, err: err}
+	}
+	plugins, err := o.credProviders.load()
+	if err != nil {
+		return err
 	}
 
 	if o.timeout > 0 {
@@ -114,9 +119,10 @@ func (o *onceOptions) run(ctx context.Context, stdout, stderr io.Writer) error {
 	if err != nil {
 		return &exitError{code: exitInvalid, err: err}
 	}
+	auth := &nodeAuth{ctx: ctx, files: keyring, plugins: plugins, failed: map[string]error{}}
 	engine := &preload.Engine{
-		Store: store,
-		Auth:  func(img config.Image) []*runtimeapi.AuthConfig { return keyring.Lookup(img.Name) },
+		Store: gatedStore{Store: store, auth: auth},
+		Auth:  auth.Auth,
 		Owner: owner,
 		Log:   log,
 		Pulls: pulls,
