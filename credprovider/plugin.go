@@ -63,6 +63,7 @@ func New(cfg *Config, binDir string, opts Options) *Plugins {
 			bin:      filepath.Join(binDir, p.Name),
 			opts:     opts,
 			cache:    map[string]cacheEntry{},
+			learning: make(chan struct{}, 1),
 		})
 	}
 	return ps
@@ -128,6 +129,7 @@ const (
 	Crashed       Kind = "failed"         // exited non-zero or was killed
 	BadResponse   Kind = "bad response"   // stdout is not a CredentialProviderResponse
 	WrongVersion  Kind = "wrong apiVersion"
+	NeedsToken    Kind = "needs a service account token" // tokenAttributes: not supported yet
 )
 
 // Error is a provider that gave no credentials for an image. Its text
@@ -156,11 +158,16 @@ type plugin struct {
 	mu sync.Mutex
 	// keyType is the cacheKeyType of the last answer, "" before one.
 	keyType credv1.PluginCacheKeyType
-	// learning is held by the one run that learns keyType, so that
-	// concurrent first lookups do not each run the plugin.
-	learning sync.Mutex
+	// learning is held (a slot of one) by the one run that learns
+	// keyType, so that concurrent first lookups do not each run the plugin.
+	learning chan struct{}
 	cache    map[string]cacheEntry
+	swept    time.Time // last removal of every expired entry
 }
+
+// sweepEvery bounds how long expired entries of keys never looked up
+// again stay, as the kubelet's purge interval does.
+const sweepEvery = 15 * time.Minute
 
 type cacheEntry struct {
 	cfg       keyring.DockerConfig
@@ -201,6 +208,14 @@ func (p *plugin) cached(repo string) (keyring.DockerConfig, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	now := p.opts.Now()
+	if now.Sub(p.swept) > sweepEvery {
+		for key, e := range p.cache {
+			if now.After(e.expiresAt) {
+				delete(p.cache, key)
+			}
+		}
+		p.swept = now
+	}
 	for _, key := range []string{repo, registry(repo), globalKey} {
 		e, ok := p.cache[key]
 		if !ok {
@@ -224,6 +239,12 @@ type answer struct {
 // provide returns the provider's credentials for repo, from the cache or
 // one run of the plugin per cache key at a time.
 func (p *plugin) provide(ctx context.Context, repo string) (keyring.DockerConfig, error) {
+	if t := p.TokenAttributes; t != nil {
+		// Run without a token, such a plugin would answer for no one or
+		// for the wrong identity.
+		return nil, &Error{Provider: p.Name, Kind: NeedsToken,
+			Detail: fmt.Sprintf("the provider's tokenAttributes ask for a token for audience %q, which the preloader does not request", t.ServiceAccountTokenAudience)}
+	}
 	if cfg, ok := p.cached(repo); ok {
 		return cfg, nil
 	}
@@ -235,10 +256,12 @@ func (p *plugin) provide(ctx context.Context, repo string) (keyring.DockerConfig
 	p.mu.Unlock()
 	if keyType == "" {
 		// Until an answer says what the cache key is, one run at a time.
-		if err := lock(ctx, &p.learning); err != nil {
-			return nil, err
+		select {
+		case p.learning <- struct{}{}:
+		case <-ctx.Done():
+			return nil, ctx.Err()
 		}
-		defer p.learning.Unlock()
+		defer func() { <-p.learning }()
 		if cfg, ok := p.cached(repo); ok {
 			return cfg, nil
 		}
@@ -256,18 +279,6 @@ func (p *plugin) provide(ctx context.Context, repo string) (keyring.DockerConfig
 		return nil, err
 	}
 	return a.cfg, nil
-}
-
-// lock takes mu unless ctx ends first.
-func lock(ctx context.Context, mu *sync.Mutex) error {
-	for !mu.TryLock() {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-	return nil
 }
 
 // do runs the plugin for repo once per key at a time; a caller whose ctx

@@ -135,7 +135,7 @@ func TestCacheKeyType(t *testing.T) {
 }
 
 func TestCacheExpires(t *testing.T) {
-	ps, dir := setup(t, Provider{Name: "p", MatchImages: []string{"reg.io"}, Env: []EnvVar{{"PLUGIN_DURATION", "10m"}}})
+	ps, dir := setup(t, Provider{Name: "p", MatchImages: []string{"reg.io", "*.reg.io"}, Env: []EnvVar{{"PLUGIN_DURATION", "10m"}}})
 	now := time.Now()
 	ps.providers[0].opts.Now = func() time.Time { return now }
 	lookup := func() {
@@ -153,6 +153,16 @@ func TestCacheExpires(t *testing.T) {
 	lookup()
 	if got := runs(t, dir); got != 2 {
 		t.Fatalf("after cacheDuration: %d runs, want 2", got)
+	}
+
+	// An entry never looked up again goes within sweepEvery of expiring.
+	if _, err := ps.Lookup(t.Context(), "other.reg.io/app"); err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(sweepEvery + time.Minute)
+	lookup()
+	if n := len(ps.providers[0].cache); n != 1 {
+		t.Errorf("%d cache entries after the sweep, want 1 (reg.io's new one)", n)
 	}
 }
 
@@ -267,6 +277,20 @@ func TestFailures(t *testing.T) {
 				t.Errorf("got %d credentials, want the good provider's", len(auths))
 			}
 		})
+	}
+}
+
+// A service-account-token provider is not run without its token.
+func TestTokenProvider(t *testing.T) {
+	ps, dir := setup(t, Provider{Name: "p", MatchImages: []string{"reg.io"},
+		TokenAttributes: &TokenAttributes{ServiceAccountTokenAudience: "reg.io", RequireServiceAccount: true, CacheType: "ServiceAccount"}})
+	_, err := ps.Lookup(t.Context(), "reg.io/app")
+	var pe *Error
+	if !errors.As(err, &pe) || pe.Kind != NeedsToken || !strings.Contains(err.Error(), `audience "reg.io"`) {
+		t.Fatalf("err = %v, want %q naming the audience", err, NeedsToken)
+	}
+	if got := runs(t, dir); got != 0 {
+		t.Errorf("plugin ran %d times, want 0", got)
 	}
 }
 

@@ -62,16 +62,21 @@ func (a *nodeAuth) Auth(img config.Image) []*runtimeapi.AuthConfig {
 		return auths
 	}
 	fromPlugins, err := a.plugins.Lookup(a.ctx, img.Name)
-	if err != nil {
-		a.mu.Lock()
-		a.failed[img.Name] = err
-		if img.Mirror != "" {
-			if ref, merr := config.MirrorRef(img.Name, img.Mirror); merr == nil {
-				a.failed[ref] = err
-			}
+	refs := []string{img.Name}
+	if img.Mirror != "" {
+		if ref, merr := config.MirrorRef(img.Name, img.Mirror); merr == nil {
+			refs = append(refs, ref)
 		}
-		a.mu.Unlock()
 	}
+	a.mu.Lock()
+	for _, ref := range refs {
+		if err != nil {
+			a.failed[ref] = err
+		} else {
+			delete(a.failed, ref) // a later lookup worked
+		}
+	}
+	a.mu.Unlock()
 	return append(auths, fromPlugins...)
 }
 
