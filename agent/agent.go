@@ -26,6 +26,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 
+	"github.com/kube-preloader/kube-preloader/credprovider"
 	"github.com/kube-preloader/kube-preloader/failure"
 	"github.com/kube-preloader/kube-preloader/kubeapi"
 	"github.com/kube-preloader/kube-preloader/noderuntime"
@@ -75,6 +76,10 @@ type Options struct {
 	// policy is not read and status does not show it.
 	KubeletConfig    string
 	KubeletConfigDir string
+	// CredentialProviders are the node kubelet's credential provider
+	// plugins, asked after the image's pull Secrets as the kubelet asks
+	// them after a pod's; nil: none.
+	CredentialProviders *credprovider.Plugins
 	// Log receives the agent's logs; nil discards them.
 	Log *slog.Logger
 }

@@ -8,6 +8,7 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/kube-preloader/kube-preloader/credprovider"
 	"github.com/kube-preloader/kube-preloader/cri/keyring"
 	"github.com/kube-preloader/kube-preloader/failure"
 	"github.com/kube-preloader/kube-preloader/noderuntime"
@@ -37,16 +38,29 @@ type imageAuth struct {
 	// ServiceAccount it names is missing or unusable. Pulling it anyway,
 	// anonymously, would only earn a misleading "unauthorized".
 	blocked map[string]string
+	// plugins are the node's credential providers for this run, nil if
+	// it has none; a reference whose provider failed is blocked too.
+	plugins *credprovider.Gate
 }
 
 // Auth is the engine's Auth: the credentials for whatever reference it
-// pulls, the image's own or its mirror's, from the image's keyring. Lookup
-// may run concurrently; everything was added before the run.
+// pulls, the image's own or its mirror's, from the image's keyring, then
+// from the credential providers, the kubelet's order. Lookup may run
+// concurrently; everything was added before the run.
 func (ia imageAuth) Auth(img config.Image) []*runtimeapi.AuthConfig {
+	var auths []*runtimeapi.AuthConfig
 	if k := ia.keyrings[sourceKey(img)]; k != nil {
-		return k.Lookup(img.Name)
+		auths = k.Lookup(img.Name)
 	}
-	return nil
+	return append(auths, ia.plugins.Auth(img.Name, img.PullRefs()...)...)
+}
+
+// blockedErr is why ref must not be pulled, nil if it may be.
+func (ia imageAuth) blockedErr(ref string) error {
+	if why, ok := ia.blocked[ref]; ok {
+		return credentialsError(why)
+	}
+	return ia.plugins.Err(ref)
 }
 
 // sourceKey identifies where an image's credentials come from.
@@ -73,11 +87,8 @@ func (c credentials) resolve(images []config.Image) imageAuth {
 			}
 		}
 		if problem, ok := problems[key]; ok {
-			out.blocked[img.Name] = problem
-			if img.Mirror != "" {
-				if ref, err := config.MirrorRef(img.Name, img.Mirror); err == nil {
-					out.blocked[ref] = problem
-				}
+			for _, ref := range img.PullRefs() {
+				out.blocked[ref] = problem
 			}
 		}
 	}
@@ -113,24 +124,25 @@ func (c credentials) keyring(img config.Image) (*keyring.Keyring, string) {
 }
 
 // gatedStore refuses, without asking the runtime, to pull references
-// whose credentials are missing, by either way of pulling, so that the
-// engine still checks whether the image is present (it may be) and the
-// credential problem becomes the reason when it is not.
+// whose credentials are missing or whose credential provider failed, by
+// either way of pulling, so that the engine still checks whether the
+// image is present (it may be) and the credential problem becomes the
+// reason when it is not.
 type gatedStore struct {
 	noderuntime.Store
-	blocked map[string]string
+	creds imageAuth
 }
 
 func (g gatedStore) PullImage(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (string, error) {
-	if why, ok := g.blocked[ref]; ok {
-		return "", credentialsError(why)
+	if err := g.creds.blockedErr(ref); err != nil {
+		return "", err
 	}
 	return g.Store.PullImage(ctx, ref, auth)
 }
 
 func (g gatedStore) PullDirect(ctx context.Context, ref string, auth *runtimeapi.AuthConfig, maxDownloads int) error {
-	if why, ok := g.blocked[ref]; ok {
-		return credentialsError(why)
+	if err := g.creds.blockedErr(ref); err != nil {
+		return err
 	}
 	return g.Store.PullDirect(ctx, ref, auth, maxDownloads)
 }

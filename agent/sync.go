@@ -188,9 +188,10 @@ func (a *Agent) runInTurn(ctx context.Context, cfg *loadedConfig, images []confi
 // shows in status soon and a new config waits at most one attempt.
 func (a *Agent) run(ctx context.Context, cfg *loadedConfig, images []config.Image) ([]preload.Result, error) {
 	creds := a.creds.resolve(images)
+	creds.plugins = a.opts.CredentialProviders.Gate(ctx)
 	engine := a.engine()
 	// The gate is outside the count: a pull it refuses never started.
-	engine.Store = gatedStore{Store: countingStore{Store: a.opts.Store, n: &a.metrics.inFlight}, blocked: creds.blocked}
+	engine.Store = gatedStore{Store: countingStore{Store: a.opts.Store, n: &a.metrics.inFlight}, creds: creds}
 	engine.Auth = creds.Auth
 	stop := a.showProgress(ctx, func() nodestatus.Status { return a.freshStatus(ctx, cfg.hash, images) })
 	results, err := engine.Run(ctx, a.withKubeletBudget(cfg.Config), images)

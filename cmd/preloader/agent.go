@@ -21,6 +21,7 @@ type agentOptions struct {
 	configMap, nodeName, kubeconfig, metricsAddr string
 	kubeletConfig, kubeletConfigDir              string
 	runtime                                      runtimeFlags
+	credProviders                                credProviderFlags
 }
 
 func newAgentCmd() *cobra.Command {
@@ -51,6 +52,7 @@ manifests/; a bad ConfigMap keeps the last good config running.`,
 	f.StringVar(&o.kubeletConfig, "kubelet-config", kubelet.DefaultConfigFile, "the node kubelet's --config file, read for its credential verification policy; empty: do not read it")
 	f.StringVar(&o.kubeletConfigDir, "kubelet-config-dir", "", "the node kubelet's --config-dir (drop-ins), if it has one")
 	o.runtime.add(f)
+	o.credProviders.add(f)
 	return cmd
 }
 
@@ -61,6 +63,10 @@ func (o *agentOptions) run(ctx context.Context, stderr io.Writer) error {
 	}
 	if o.nodeName == "" {
 		return usageError("agent: --node-name (or $NODE_NAME) is required")
+	}
+	plugins, err := o.credProviders.load()
+	if err != nil {
+		return err
 	}
 
 	restConfig, err := agentClusterConfig(o.kubeconfig)
@@ -94,6 +100,8 @@ func (o *agentOptions) run(ctx context.Context, stderr io.Writer) error {
 
 		KubeletConfig:    o.kubeletConfig,
 		KubeletConfigDir: o.kubeletConfigDir,
+
+		CredentialProviders: plugins,
 	}
 	a, err := agent.New(opts)
 	if err != nil {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"sync"
 
 	"github.com/spf13/pflag"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -14,7 +13,8 @@ import (
 )
 
 // credProviderFlags are the kubelet's flags of the same names, so that a
-// bootstrap hook passes the preloader what it passes the kubelet.
+// bootstrap hook or the chart passes the preloader what it passes the
+// kubelet.
 type credProviderFlags struct {
 	config, binDir string
 }
@@ -43,66 +43,32 @@ func (f *credProviderFlags) load() (*credprovider.Plugins, error) {
 }
 
 // nodeAuth is the node's own credentials, in the kubelet's order: the
-// docker config files, then the credential provider plugins. A plugin
-// that fails for an image blocks that image's pulls (gatedStore): pulling
-// it with the credentials left would not be what the kubelet gets when
-// its plugin works, and would end in a misleading "unauthorized".
-type nodeAuth struct {
-	ctx     context.Context
-	files   *keyring.Keyring
-	plugins *credprovider.Plugins
-
-	mu     sync.Mutex
-	failed map[string]error // by reference pulled
-}
-
-func (a *nodeAuth) Auth(img config.Image) []*runtimeapi.AuthConfig {
-	auths := a.files.Lookup(img.Name)
-	if a.plugins == nil || !a.plugins.Matches(img.Name) {
-		return auths
+// docker config files, then the credential provider plugins.
+func nodeAuth(files *keyring.Keyring, gate *credprovider.Gate) func(config.Image) []*runtimeapi.AuthConfig {
+	return func(img config.Image) []*runtimeapi.AuthConfig {
+		return append(files.Lookup(img.Name), gate.Auth(img.Name, img.PullRefs()...)...)
 	}
-	fromPlugins, err := a.plugins.Lookup(a.ctx, img.Name)
-	refs := []string{img.Name}
-	if img.Mirror != "" {
-		if ref, merr := config.MirrorRef(img.Name, img.Mirror); merr == nil {
-			refs = append(refs, ref)
-		}
-	}
-	a.mu.Lock()
-	for _, ref := range refs {
-		if err != nil {
-			a.failed[ref] = err
-		} else {
-			delete(a.failed, ref) // a later lookup worked
-		}
-	}
-	a.mu.Unlock()
-	return append(auths, fromPlugins...)
-}
-
-func (a *nodeAuth) blocked(ref string) error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.failed[ref]
 }
 
 // gatedStore refuses, without asking the runtime, to pull a reference
-// whose credential provider failed; the error says which and how, and is
-// classified as credentials.
+// whose credential provider failed: pulling it with the credentials left
+// is not what the kubelet gets when its plugin works, and would end in a
+// misleading "unauthorized". The error says which provider and how, and
+// is classified as credentials.
 type gatedStore struct {
 	noderuntime.Store
-	auth *nodeAuth
+	gate *credprovider.Gate
 }
 
 func (g gatedStore) PullImage(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (string, error) {
-	if err := g.auth.blocked(ref); err != nil {
+	if err := g.gate.Err(ref); err != nil {
 		return "", err
 	}
 	return g.Store.PullImage(ctx, ref, auth)
 }
 
 func (g gatedStore) PullDirect(ctx context.Context, ref string, auth *runtimeapi.AuthConfig, maxDownloads int) error {
-	if err := g.auth.blocked(ref); err != nil {
+	if err := g.gate.Err(ref); err != nil {
 		return err
 	}
 	return g.Store.PullDirect(ctx, ref, auth, maxDownloads)

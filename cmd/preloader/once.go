@@ -119,10 +119,10 @@ func (o *onceOptions) run(ctx context.Context, stdout, stderr io.Writer) error {
 	if err != nil {
 		return &exitError{code: exitInvalid, err: err}
 	}
-	auth := &nodeAuth{ctx: ctx, files: keyring, plugins: plugins, failed: map[string]error{}}
+	gate := plugins.Gate(ctx)
 	engine := &preload.Engine{
-		Store: gatedStore{Store: store, auth: auth},
-		Auth:  auth.Auth,
+		Store: gatedStore{Store: store, gate: gate},
+		Auth:  nodeAuth(keyring, gate),
 		Owner: owner,
 		Log:   log,
 		Pulls: pulls,

@@ -17,6 +17,18 @@ func NormalizeRef(s string) (string, error) {
 	return reference.TagNameOnly(named).String(), nil
 }
 
+// PullRefs are the references an image may be pulled by: its name, and
+// its mirror's reference when it has a mirror.
+func (img Image) PullRefs() []string {
+	refs := []string{img.Name}
+	if img.Mirror != "" {
+		if ref, err := MirrorRef(img.Name, img.Mirror); err == nil {
+			refs = append(refs, ref)
+		}
+	}
+	return refs
+}
+
 // MirrorRef is where image name is pulled from when its entry has a mirror:
 // the mirror (host[:port][/path]), then the repository path without its
 // registry, then the tag and/or digest.
