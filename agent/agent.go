@@ -91,7 +91,10 @@ type Agent struct {
 	log     *slog.Logger
 	metrics *metrics
 	creds   credentials
-	cmKey   string // namespace/name of the ConfigMap in its informer's store
+	// tokens are the service account tokens of credential providers with
+	// tokenAttributes.
+	tokens *saTokens
+	cmKey  string // namespace/name of the ConfigMap in its informer's store
 
 	informers  []cache.SharedIndexInformer
 	configMaps cache.SharedIndexInformer
@@ -181,6 +184,7 @@ func New(opts Options) (*Agent, error) {
 		secrets:         corelisters.NewSecretLister(secrets.GetIndexer()),
 		serviceAccounts: corelisters.NewServiceAccountLister(serviceAccounts.GetIndexer()),
 	}
+	a.tokens = &saTokens{client: c, namespace: opts.Namespace, serviceAccounts: a.creds.serviceAccounts, now: time.Now}
 
 	// The name filters repeat the field selectors: they cost nothing and
 	// keep the agent right where a List ignores field selectors (fake

@@ -52,7 +52,7 @@ func (ia imageAuth) Auth(img config.Image) []*runtimeapi.AuthConfig {
 	if k := ia.keyrings[sourceKey(img)]; k != nil {
 		auths = k.Lookup(img.Name)
 	}
-	return append(auths, ia.plugins.Auth(img.Name, img.PullRefs()...)...)
+	return append(auths, ia.plugins.Auth(img.Name, img.ServiceAccount, img.PullRefs()...)...)
 }
 
 // blockedErr is why ref must not be pulled, nil if it may be.

@@ -188,7 +188,7 @@ func (a *Agent) runInTurn(ctx context.Context, cfg *loadedConfig, images []confi
 // shows in status soon and a new config waits at most one attempt.
 func (a *Agent) run(ctx context.Context, cfg *loadedConfig, images []config.Image) ([]preload.Result, error) {
 	creds := a.creds.resolve(images)
-	creds.plugins = a.opts.CredentialProviders.Gate(ctx)
+	creds.plugins = a.opts.CredentialProviders.Gate(ctx, a.tokens)
 	engine := a.engine()
 	// The gate is outside the count: a pull it refuses never started.
 	engine.Store = gatedStore{Store: countingStore{Store: a.opts.Store, n: &a.metrics.inFlight}, creds: creds}

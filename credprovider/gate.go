@@ -15,27 +15,31 @@ import (
 type Gate struct {
 	ctx     context.Context
 	plugins *Plugins
+	tokens  Tokens
 
 	mu     sync.Mutex
 	failed map[string]error
 }
 
-// Gate starts a run's Gate; ctx bounds the plugin runs it waits for.
-func (ps *Plugins) Gate(ctx context.Context) *Gate {
+// Gate starts a run's Gate; ctx bounds the plugin runs it waits for;
+// tokens, nil where there is no API server, gives the service account
+// tokens of providers with tokenAttributes.
+func (ps *Plugins) Gate(ctx context.Context, tokens Tokens) *Gate {
 	if ps == nil {
 		return nil
 	}
-	return &Gate{ctx: ctx, plugins: ps, failed: map[string]error{}}
+	return &Gate{ctx: ctx, plugins: ps, tokens: tokens, failed: map[string]error{}}
 }
 
-// Auth returns the plugins' credentials for image; refs are the
-// references pulled for it (its name, its mirror's), each blocked while
-// a provider that matches it fails.
-func (g *Gate) Auth(image string, refs ...string) []*keyring.AuthConfig {
+// Auth returns the plugins' credentials for image, whose pods run as
+// serviceAccount ("" if it names none); refs are the references pulled
+// for it (its name, its mirror's), each blocked while a provider that
+// matches it fails.
+func (g *Gate) Auth(image, serviceAccount string, refs ...string) []*keyring.AuthConfig {
 	if g == nil || !g.plugins.Matches(image) {
 		return nil
 	}
-	auths, err := g.plugins.Lookup(g.ctx, image)
+	auths, err := g.plugins.Lookup(g.ctx, image, Identity{Tokens: g.tokens, Name: serviceAccount})
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for _, ref := range refs {

@@ -3,6 +3,7 @@ package credprovider
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -84,11 +86,34 @@ func (ps *Plugins) Matches(image string) bool {
 	return false
 }
 
+// Tokens is where a provider with tokenAttributes gets the service
+// account data and token the kubelet would send it. Errors must not hold
+// a token.
+type Tokens interface {
+	// ServiceAccount returns the named ServiceAccount's UID and
+	// annotations.
+	ServiceAccount(ctx context.Context, name string) (uid string, annotations map[string]string, err error)
+	// Token returns a token of the ServiceAccount name (whose UID is uid)
+	// for audience.
+	Token(ctx context.Context, name, uid, audience string) (string, error)
+}
+
+// Identity is whose service account token the providers with
+// tokenAttributes receive for an image: the ServiceAccount Name, from
+// Tokens. Name "" is an image without one, as the kubelet sees a pod
+// without a service account; Tokens nil is a preloader without an API
+// server to ask.
+type Identity struct {
+	Tokens Tokens
+	Name   string
+}
+
 // Lookup returns the credentials the providers give for image, as the
 // kubelet's plugin keyring does: every matching provider's answer in one
 // keyring, looked up for the image. A provider that fails adds an *Error;
-// the others' credentials are returned all the same.
-func (ps *Plugins) Lookup(ctx context.Context, image string) ([]*keyring.AuthConfig, error) {
+// the others' credentials are returned all the same. id is whose token
+// the providers with tokenAttributes get.
+func (ps *Plugins) Lookup(ctx context.Context, image string, id Identity) ([]*keyring.AuthConfig, error) {
 	repo, err := repository(image)
 	if err != nil {
 		return nil, nil // the keyring finds nothing for it either
@@ -99,7 +124,7 @@ func (ps *Plugins) Lookup(ctx context.Context, image string) ([]*keyring.AuthCon
 		if !p.matches(repo) {
 			continue
 		}
-		cfg, err := p.provide(ctx, repo)
+		cfg, err := p.provide(ctx, repo, id)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -129,7 +154,8 @@ const (
 	Crashed       Kind = "failed"         // exited non-zero or was killed
 	BadResponse   Kind = "bad response"   // stdout is not a CredentialProviderResponse
 	WrongVersion  Kind = "wrong apiVersion"
-	NeedsToken    Kind = "needs a service account token" // tokenAttributes: not supported yet
+	NoToken       Kind = "no service account token" // tokenAttributes, and no token to send
+	TokenEchoed   Kind = "answered with the token"  // the password is the token, cacheType not Token
 )
 
 // Error is a provider that gave no credentials for an image. Its text
@@ -192,19 +218,34 @@ func registry(repo string) string {
 	return host
 }
 
-func cacheKey(t credv1.PluginCacheKeyType, repo string) string {
+// cacheKey is where an answer of type t for repo is cached; sa is the
+// service account part of the key ("" without a token).
+func cacheKey(t credv1.PluginCacheKeyType, repo, sa string) string {
 	switch t {
 	case credv1.RegistryPluginCacheKeyType:
-		return registry(repo)
+		repo = registry(repo)
 	case credv1.GlobalPluginCacheKeyType:
-		return globalKey
+		repo = globalKey
 	}
-	return repo
+	if sa == "" {
+		return repo
+	}
+	return keyOf(repo, sa)
+}
+
+// keyOf joins parts without ambiguity: each is length-prefixed.
+func keyOf(parts ...string) string {
+	var b strings.Builder
+	for _, s := range parts {
+		fmt.Fprintf(&b, "%d:%s", len(s), s)
+	}
+	return b.String()
 }
 
 // cached looks repo up as the kubelet does: by image, by registry, then
-// the global key; expired entries go.
-func (p *plugin) cached(repo string) (keyring.DockerConfig, bool) {
+// the global key, each with the service account part sa; expired entries
+// go.
+func (p *plugin) cached(repo, sa string) (keyring.DockerConfig, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	now := p.opts.Now()
@@ -216,7 +257,8 @@ func (p *plugin) cached(repo string) (keyring.DockerConfig, bool) {
 		}
 		p.swept = now
 	}
-	for _, key := range []string{repo, registry(repo), globalKey} {
+	for _, t := range []credv1.PluginCacheKeyType{credv1.ImagePluginCacheKeyType, credv1.RegistryPluginCacheKeyType, credv1.GlobalPluginCacheKeyType} {
+		key := cacheKey(t, repo, sa)
 		e, ok := p.cache[key]
 		if !ok {
 			continue
@@ -236,20 +278,40 @@ type answer struct {
 	repo    string
 }
 
+// request is one run's input: the image and, for a provider with
+// tokenAttributes, the service account's token and annotations.
+type request struct {
+	repo        string
+	token       string
+	annotations map[string]string
+	// saKey is the service account part of the cache key, the kubelet's:
+	// name, UID, annotations, and the token's hash for cacheType Token.
+	saKey string
+	// flight is the kubelet's singleflight key with a token: image, token
+	// hash, annotations.
+	flight string
+}
+
 // provide returns the provider's credentials for repo, from the cache or
-// one run of the plugin per cache key at a time.
-func (p *plugin) provide(ctx context.Context, repo string) (keyring.DockerConfig, error) {
-	if t := p.TokenAttributes; t != nil {
-		// Run without a token, such a plugin would answer for no one or
-		// for the wrong identity.
-		return nil, &Error{Provider: p.Name, Kind: NeedsToken,
-			Detail: fmt.Sprintf("the provider's tokenAttributes ask for a token for audience %q, which the preloader does not request", t.ServiceAccountTokenAudience)}
+// one run of the plugin per cache key at a time. A nil config without an
+// error is a provider the kubelet would not run for this identity.
+func (p *plugin) provide(ctx context.Context, repo string, id Identity) (keyring.DockerConfig, error) {
+	req := request{repo: repo}
+	if p.TokenAttributes != nil {
+		run, err := p.serviceAccount(ctx, &req, id)
+		if err != nil || !run {
+			return nil, err
+		}
 	}
-	if cfg, ok := p.cached(repo); ok {
+	if cfg, ok := p.cached(repo, req.saKey); ok {
 		return cfg, nil
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
+	}
+	if req.token != "" {
+		a, err := p.do(ctx, req.flight, req)
+		return a.cfg, err
 	}
 	p.mu.Lock()
 	keyType := p.keyType
@@ -262,18 +324,18 @@ func (p *plugin) provide(ctx context.Context, repo string) (keyring.DockerConfig
 			return nil, ctx.Err()
 		}
 		defer func() { <-p.learning }()
-		if cfg, ok := p.cached(repo); ok {
+		if cfg, ok := p.cached(repo, ""); ok {
 			return cfg, nil
 		}
 		p.mu.Lock()
 		keyType = p.keyType
 		p.mu.Unlock()
 	}
-	a, err := p.do(ctx, cacheKey(keyType, repo), repo)
+	a, err := p.do(ctx, cacheKey(keyType, repo, ""), req)
 	if err == nil && a.keyType == credv1.ImagePluginCacheKeyType && a.repo != repo {
 		// Shared a run for another image of what turned out to be a
 		// per-image answer: this image needs its own.
-		a, err = p.do(ctx, repo, repo)
+		a, err = p.do(ctx, repo, req)
 	}
 	if err != nil {
 		return nil, err
@@ -281,15 +343,81 @@ func (p *plugin) provide(ctx context.Context, repo string) (keyring.DockerConfig
 	return a.cfg, nil
 }
 
-// do runs the plugin for repo once per key at a time; a caller whose ctx
+// serviceAccount fills req's token part as the kubelet does for a pod
+// whose service account is id's, and says whether the plugin runs: not
+// when a required annotation is missing (the kubelet's opt-in for
+// workloads: the provider then gives nothing, and no error).
+func (p *plugin) serviceAccount(ctx context.Context, req *request, id Identity) (bool, error) {
+	t := p.TokenAttributes
+	fail := func(format string, args ...any) (bool, error) {
+		return false, &Error{Provider: p.Name, Kind: NoToken, Detail: fmt.Sprintf(format, args...)}
+	}
+	switch {
+	case id.Name == "" && !t.RequireServiceAccount:
+		return true, nil // the kubelet runs it without a token for a pod without a service account
+	case id.Tokens == nil:
+		return fail("the provider wants a token for audience %q, and preloader once has no service account to request one with (the agent has, for images that name a serviceAccount)", t.ServiceAccountTokenAudience)
+	case id.Name == "":
+		return fail("the provider requires a service account token for audience %q, and the image names no serviceAccount", t.ServiceAccountTokenAudience)
+	}
+	uid, all, err := id.Tokens.ServiceAccount(ctx, id.Name)
+	if err != nil {
+		return fail("serviceaccount %s: %v", id.Name, err)
+	}
+	annotations := map[string]string{}
+	for _, k := range t.RequiredServiceAccountAnnotationKeys {
+		v, ok := all[k]
+		if !ok {
+			return false, nil
+		}
+		annotations[k] = v
+	}
+	for _, k := range t.OptionalServiceAccountAnnotationKeys {
+		if v, ok := all[k]; ok {
+			annotations[k] = v
+		}
+	}
+	token, err := id.Tokens.Token(ctx, id.Name, uid, t.ServiceAccountTokenAudience)
+	if err != nil {
+		return fail("token of serviceaccount %s for audience %q: %v", id.Name, t.ServiceAccountTokenAudience, err)
+	}
+	if token == "" {
+		return fail("the API server gave serviceaccount %s an empty token", id.Name)
+	}
+	hash := fmt.Sprintf("sha256:%x", sha256.Sum256([]byte(token)))
+	ak := annotationsKey(annotations)
+	req.token, req.annotations = token, annotations
+	req.saKey = keyOf(id.Name, uid, ak)
+	if t.CacheType == "Token" {
+		req.saKey = keyOf(req.saKey, "token", hash)
+	}
+	req.flight = keyOf(req.repo, hash, ak)
+	return true, nil
+}
+
+// annotationsKey is annotations in key order, unambiguous.
+func annotationsKey(annotations map[string]string) string {
+	keys := make([]string, 0, len(annotations))
+	for k := range annotations {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	parts := make([]string, 0, 2*len(keys))
+	for _, k := range keys {
+		parts = append(parts, k, annotations[k])
+	}
+	return keyOf(parts...)
+}
+
+// do runs the plugin for req once per key at a time; a caller whose ctx
 // ends stops waiting, the run goes on for the others (bounded by the
 // timeout).
-func (p *plugin) do(ctx context.Context, key, repo string) (answer, error) {
+func (p *plugin) do(ctx context.Context, key string, req request) (answer, error) {
 	ch := p.group.DoChan(key, func() (any, error) {
-		if cfg, ok := p.cached(repo); ok {
-			return answer{cfg, "", repo}, nil
+		if cfg, ok := p.cached(req.repo, req.saKey); ok {
+			return answer{cfg, "", req.repo}, nil
 		}
-		return p.run(context.WithoutCancel(ctx), repo)
+		return p.run(context.WithoutCancel(ctx), req)
 	})
 	select {
 	case <-ctx.Done():
@@ -307,7 +435,8 @@ func (p *plugin) do(ctx context.Context, key, repo string) (answer, error) {
 const maxStdout = 1 << 20
 
 // run execs the plugin once as the kubelet does, and caches its answer.
-func (p *plugin) run(ctx context.Context, repo string) (answer, error) {
+func (p *plugin) run(ctx context.Context, r request) (answer, error) {
+	repo := r.repo
 	fail := func(kind Kind, format string, args ...any) (answer, error) {
 		return answer{}, &Error{Provider: p.Name, Kind: kind, Detail: fmt.Sprintf(format, args...)}
 	}
@@ -324,6 +453,9 @@ func (p *plugin) run(ctx context.Context, repo string) (answer, error) {
 	req, err := json.Marshal(credv1.CredentialProviderRequest{
 		TypeMeta: metav1.TypeMeta{APIVersion: p.APIVersion, Kind: "CredentialProviderRequest"},
 		Image:    repo,
+		// Only with tokenAttributes, which only v1 configs have.
+		ServiceAccountToken:       r.token,
+		ServiceAccountAnnotations: r.annotations,
 	})
 	if err != nil {
 		return answer{}, fmt.Errorf("credential provider %s: request: %w", p.Name, err)
@@ -369,6 +501,15 @@ func (p *plugin) run(ctx context.Context, repo string) (answer, error) {
 	if err != nil {
 		return answer{}, err
 	}
+	if r.token != "" && p.TokenAttributes.CacheType != "Token" {
+		// As the kubelet: credentials that are the token itself may only
+		// be cached with the token.
+		for _, a := range resp.Auth {
+			if a.Password == r.token {
+				return fail(TokenEchoed, "the password is the service account token, which only cacheType Token allows")
+			}
+		}
+	}
 	cfg := keyring.DockerConfig{}
 	for match, a := range resp.Auth {
 		cfg[match] = keyring.DockerConfigEntry{Username: a.Username, Password: a.Password}
@@ -383,7 +524,7 @@ func (p *plugin) run(ctx context.Context, repo string) (answer, error) {
 	defer p.mu.Unlock()
 	p.keyType = resp.CacheKeyType
 	if ttl > 0 {
-		p.cache[cacheKey(resp.CacheKeyType, repo)] = cacheEntry{cfg, p.opts.Now().Add(ttl)}
+		p.cache[cacheKey(resp.CacheKeyType, repo, r.saKey)] = cacheEntry{cfg, p.opts.Now().Add(ttl)}
 	}
 	return a, nil
 }

@@ -2,6 +2,7 @@ package credprovider
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -114,7 +115,7 @@ func TestCacheKeyType(t *testing.T) {
 				Env: []EnvVar{{"PLUGIN_KEY_TYPE", tc.keyType}, {"PLUGIN_DURATION", tc.duration}},
 			})
 			for _, img := range images {
-				auths, err := ps.Lookup(t.Context(), img)
+				auths, err := ps.Lookup(t.Context(), img, Identity{})
 				if err != nil {
 					t.Fatalf("Lookup(%s): %v", img, err)
 				}
@@ -139,7 +140,7 @@ func TestCacheExpires(t *testing.T) {
 	now := time.Now()
 	ps.providers[0].opts.Now = func() time.Time { return now }
 	lookup := func() {
-		if _, err := ps.Lookup(t.Context(), "reg.io/app"); err != nil {
+		if _, err := ps.Lookup(t.Context(), "reg.io/app", Identity{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -156,7 +157,7 @@ func TestCacheExpires(t *testing.T) {
 	}
 
 	// An entry never looked up again goes within sweepEvery of expiring.
-	if _, err := ps.Lookup(t.Context(), "other.reg.io/app"); err != nil {
+	if _, err := ps.Lookup(t.Context(), "other.reg.io/app", Identity{}); err != nil {
 		t.Fatal(err)
 	}
 	now = now.Add(sweepEvery + time.Minute)
@@ -177,7 +178,7 @@ func TestOneRunPerCacheKey(t *testing.T) {
 			errs := make([]error, 20)
 			for i := range errs {
 				wg.Go(func() {
-					auths, err := ps.Lookup(t.Context(), fmt.Sprintf("reg.io/team/app%d:1", i))
+					auths, err := ps.Lookup(t.Context(), fmt.Sprintf("reg.io/team/app%d:1", i), Identity{})
 					if err == nil && len(auths) != 1 {
 						err = fmt.Errorf("%d credentials", len(auths))
 					}
@@ -200,7 +201,7 @@ func TestRequestAndEnv(t *testing.T) {
 	ps, _ := setup(t, Provider{Name: "p", MatchImages: []string{"reg.io"}, APIVersion: apiV1beta1,
 		Env: []EnvVar{{"PLUGIN_USER", "from-provider"}}})
 	ps.providers[0].opts.Environ = func() []string { return []string{"PLUGIN_USER=from-agent", "PLUGIN_KEY_TYPE=Image"} }
-	auths, err := ps.Lookup(t.Context(), "reg.io/app:1@sha256:"+strings.Repeat("b", 64))
+	auths, err := ps.Lookup(t.Context(), "reg.io/app:1@sha256:"+strings.Repeat("b", 64), Identity{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -254,7 +255,7 @@ func TestFailures(t *testing.T) {
 				tc.setup(t, filepath.Dir(ps.providers[0].bin))
 			}
 			ps.providers[0].opts.Timeout = 300 * time.Millisecond
-			auths, err := ps.Lookup(t.Context(), "reg.io/app:1")
+			auths, err := ps.Lookup(t.Context(), "reg.io/app:1", Identity{})
 			var pe *Error
 			if !errors.As(err, &pe) {
 				t.Fatalf("err = %v, want an *Error", err)
@@ -280,17 +281,198 @@ func TestFailures(t *testing.T) {
 	}
 }
 
-// A service-account-token provider is not run without its token.
-func TestTokenProvider(t *testing.T) {
-	ps, dir := setup(t, Provider{Name: "p", MatchImages: []string{"reg.io"},
-		TokenAttributes: &TokenAttributes{ServiceAccountTokenAudience: "reg.io", RequireServiceAccount: true, CacheType: "ServiceAccount"}})
-	_, err := ps.Lookup(t.Context(), "reg.io/app")
-	var pe *Error
-	if !errors.As(err, &pe) || pe.Kind != NeedsToken || !strings.Contains(err.Error(), `audience "reg.io"`) {
-		t.Fatalf("err = %v, want %q naming the audience", err, NeedsToken)
+// fakeTokens is an API server's ServiceAccounts: each Token call issues
+// a new token, as a TokenRequest does.
+type fakeTokens struct {
+	mu       sync.Mutex
+	accounts map[string]fakeAccount
+	issued   []string
+	tokenErr error
+}
+
+type fakeAccount struct {
+	uid         string
+	annotations map[string]string
+}
+
+const tokenPrefix = "sa-token-do-not-show-"
+
+func (f *fakeTokens) ServiceAccount(_ context.Context, name string) (string, map[string]string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	a, ok := f.accounts[name]
+	if !ok {
+		return "", nil, fmt.Errorf("serviceaccount %q not found", name)
 	}
-	if got := runs(t, dir); got != 0 {
-		t.Errorf("plugin ran %d times, want 0", got)
+	return a.uid, a.annotations, nil
+}
+
+func (f *fakeTokens) Token(_ context.Context, name, uid, audience string) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.tokenErr != nil {
+		return "", f.tokenErr
+	}
+	tok := fmt.Sprintf("%s%s-%s-%s-%d", tokenPrefix, name, uid, audience, len(f.issued))
+	f.issued = append(f.issued, tok)
+	return tok, nil
+}
+
+// sentRequest is what the test plugin recorded of a request.
+type sentRequest struct {
+	APIVersion  string            `json:"apiVersion"`
+	Token       string            `json:"serviceAccountToken"`
+	Annotations map[string]string `json:"serviceAccountAnnotations"`
+}
+
+func requests(t *testing.T, dir string) []sentRequest {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []sentRequest
+	for _, e := range entries {
+		data, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r sentRequest
+		if err := json.Unmarshal(data, &r); err != nil {
+			t.Fatalf("request %s: %v", data, err)
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// Providers with tokenAttributes get what the kubelet sends for a pod of
+// the image's ServiceAccount, or are not run where the kubelet would not
+// run them; the token shows in no error.
+func TestTokenProvider(t *testing.T) {
+	accounts := map[string]fakeAccount{
+		"app":   {"uid-1", map[string]string{"reg.io/role": "puller", "reg.io/region": "eu", "other": "x"}},
+		"plain": {"uid-2", nil},
+	}
+	for _, tc := range []struct {
+		name      string
+		require   bool
+		cacheType string
+		mode      string
+		tokens    bool // an API server to ask (the agent); false is once
+		sa        string
+		tokenErr  error
+		// want
+		runs        int
+		token       bool              // the plugin received a token
+		annotations map[string]string // the plugin received
+		kind        Kind              // "" is credentials from the plugin
+		errHas      string
+	}{
+		{name: "token and annotations", require: true, tokens: true, sa: "app",
+			runs: 1, token: true, annotations: map[string]string{"reg.io/role": "puller", "reg.io/region": "eu"}},
+		{name: "required annotation missing: not run, no error", require: true, tokens: true, sa: "plain"},
+		{name: "image without serviceAccount", require: true, tokens: true,
+			kind: NoToken, errHas: "the image names no serviceAccount"},
+		{name: "no serviceAccount, not required: run without a token", tokens: true, runs: 1},
+		{name: "once", require: true, sa: "", kind: NoToken, errHas: "preloader once has no service account"},
+		{name: "once, not required: run without a token", runs: 1},
+		{name: "serviceaccount missing", require: true, tokens: true, sa: "gone",
+			kind: NoToken, errHas: `serviceaccount gone: serviceaccount "gone" not found`},
+		{name: "TokenRequest refused", require: true, tokens: true, sa: "app", tokenErr: errors.New("forbidden: cannot create resource serviceaccounts/token"),
+			kind: NoToken, errHas: `token of serviceaccount app for audience "reg.io": forbidden`},
+		{name: "token echoed, cacheType ServiceAccount", require: true, tokens: true, sa: "app", mode: "echo",
+			runs: 1, token: true, annotations: map[string]string{"reg.io/role": "puller", "reg.io/region": "eu"}, kind: TokenEchoed},
+		{name: "token echoed, cacheType Token", require: true, cacheType: "Token", tokens: true, sa: "app", mode: "echo",
+			runs: 1, token: true, annotations: map[string]string{"reg.io/role": "puller", "reg.io/region": "eu"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cacheType := tc.cacheType
+			if cacheType == "" {
+				cacheType = "ServiceAccount"
+			}
+			attrs := &TokenAttributes{ServiceAccountTokenAudience: "reg.io", RequireServiceAccount: tc.require, CacheType: cacheType,
+				OptionalServiceAccountAnnotationKeys: []string{"reg.io/region", "reg.io/absent"}}
+			if tc.require {
+				attrs.RequiredServiceAccountAnnotationKeys = []string{"reg.io/role"}
+			}
+			ps, dir := setup(t, Provider{Name: "p", MatchImages: []string{"reg.io"}, TokenAttributes: attrs,
+				Env: []EnvVar{{"PLUGIN_MODE", tc.mode}}})
+			fake := &fakeTokens{accounts: accounts, tokenErr: tc.tokenErr}
+			id := Identity{Name: tc.sa}
+			if tc.tokens {
+				id.Tokens = fake
+			}
+			auths, err := ps.Lookup(t.Context(), "reg.io/app:1", id)
+			sent := requests(t, dir)
+			if len(sent) != tc.runs {
+				t.Fatalf("plugin ran %d times, want %d", len(sent), tc.runs)
+			}
+			if err != nil && strings.Contains(err.Error(), tokenPrefix) {
+				t.Errorf("error shows the token: %v", err)
+			}
+			if tc.runs == 1 {
+				got := sent[0]
+				if got.APIVersion != apiV1 {
+					t.Errorf("request apiVersion %q", got.APIVersion)
+				}
+				if tc.token != (got.Token != "") || tc.token && (len(fake.issued) == 0 || got.Token != fake.issued[len(fake.issued)-1]) {
+					t.Errorf("plugin received token %q, want one %v (issued %q)", got.Token, tc.token, fake.issued)
+				}
+				if fmt.Sprint(got.Annotations) != fmt.Sprint(tc.annotations) {
+					t.Errorf("plugin received annotations %v, want %v", got.Annotations, tc.annotations)
+				}
+			}
+			if tc.kind == "" {
+				if err != nil {
+					t.Fatalf("Lookup: %v", err)
+				}
+				if wantCreds := tc.runs == 1; wantCreds != (len(auths) == 1) {
+					t.Errorf("got %d credentials, want them only from a run", len(auths))
+				}
+				return
+			}
+			var pe *Error
+			if !errors.As(err, &pe) || pe.Kind != tc.kind || !strings.Contains(err.Error(), tc.errHas) {
+				t.Fatalf("err = %v, want %q with %q", err, tc.kind, tc.errHas)
+			}
+			if pe.Reason().Label() != "credentials" {
+				t.Errorf("reason %v, want credentials", pe.Reason())
+			}
+			if len(auths) != 0 {
+				t.Errorf("got %d credentials with an error", len(auths))
+			}
+		})
+	}
+}
+
+// The cache is keyed as the kubelet's: per ServiceAccount (name, UID,
+// annotations) for cacheType ServiceAccount, per token for Token.
+func TestTokenProviderCache(t *testing.T) {
+	for _, tc := range []struct {
+		cacheType string
+		// lookups: image, serviceAccount
+		lookups [][2]string
+		runs    int
+	}{
+		// Every lookup has a new token: ServiceAccount caching ignores it.
+		{"ServiceAccount", [][2]string{{"reg.io/a", "app"}, {"reg.io/b", "app"}, {"reg.io/a", "app"}}, 1},
+		{"ServiceAccount", [][2]string{{"reg.io/a", "app"}, {"reg.io/a", "other"}, {"reg.io/b", "other"}}, 2},
+		{"Token", [][2]string{{"reg.io/a", "app"}, {"reg.io/b", "app"}}, 2},
+	} {
+		t.Run(fmt.Sprint(tc.cacheType, tc.lookups), func(t *testing.T) {
+			ps, dir := setup(t, Provider{Name: "p", MatchImages: []string{"reg.io"}, DefaultCacheDuration: time.Hour,
+				TokenAttributes: &TokenAttributes{ServiceAccountTokenAudience: "reg.io", RequireServiceAccount: true, CacheType: tc.cacheType}})
+			fake := &fakeTokens{accounts: map[string]fakeAccount{"app": {"uid-1", nil}, "other": {"uid-2", nil}}}
+			for _, l := range tc.lookups {
+				if auths, err := ps.Lookup(t.Context(), l[0], Identity{Tokens: fake, Name: l[1]}); err != nil || len(auths) != 1 {
+					t.Fatalf("Lookup(%s, %s) = %d, %v", l[0], l[1], len(auths), err)
+				}
+			}
+			if got := runs(t, dir); got != tc.runs {
+				t.Errorf("plugin ran %d times, want %d", got, tc.runs)
+			}
+		})
 	}
 }
 
@@ -306,7 +488,7 @@ func TestLookupCanceled(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error)
 	go func() {
-		_, err := ps.Lookup(ctx, "reg.io/app")
+		_, err := ps.Lookup(ctx, "reg.io/app", Identity{})
 		done <- err
 	}()
 	// The plugin records its run before it blocks on the FIFO.
@@ -319,7 +501,7 @@ func TestLookupCanceled(t *testing.T) {
 	if !errors.Is(err, context.Canceled) || errors.As(err, &pe) {
 		t.Fatalf("err = %v, want context.Canceled", err)
 	}
-	if _, err := ps.Lookup(ctx, "reg.io/app"); !errors.Is(err, context.Canceled) {
+	if _, err := ps.Lookup(ctx, "reg.io/app", Identity{}); !errors.Is(err, context.Canceled) {
 		t.Fatalf("canceled before: err = %v, want context.Canceled", err)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"context"
 	"fmt"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -44,10 +45,15 @@ type Interface interface {
 	Nodes() Resource[*corev1.Node, *corev1.NodeList]
 	// Leases are the agents' pull slots (package waves).
 	Leases(namespace string) Resource[*coordinationv1.Lease, *coordinationv1.LeaseList]
+	// CreateToken is a TokenRequest for the ServiceAccount name: the
+	// tokens credential providers with tokenAttributes receive.
+	CreateToken(ctx context.Context, namespace, name string, tr *authenticationv1.TokenRequest) (*authenticationv1.TokenRequest, error)
 }
 
 // Scheme knows the core/v1 types, all the preloader reads, writes and
-// records Events about, and coordination/v1 Leases, a single small type.
+// records Events about, coordination/v1 Leases, a single small type, and
+// authentication/v1, whose TokenRequest is the body of a ServiceAccount's
+// token subresource (three small types).
 var Scheme = runtime.NewScheme()
 
 var (
@@ -60,6 +66,9 @@ func init() {
 		panic(err)
 	}
 	if err := coordinationv1.AddToScheme(Scheme); err != nil {
+		panic(err)
+	}
+	if err := authenticationv1.AddToScheme(Scheme); err != nil {
 		panic(err)
 	}
 	metav1.AddToGroupVersion(Scheme, corev1.SchemeGroupVersion)
@@ -133,4 +142,14 @@ func (c *Client) Nodes() Resource[*corev1.Node, *corev1.NodeList] {
 
 func (c *Client) Leases(namespace string) Resource[*coordinationv1.Lease, *coordinationv1.LeaseList] {
 	return resourceOf(c.coordination, "leases", namespace, func() *coordinationv1.Lease { return &coordinationv1.Lease{} }, func() *coordinationv1.LeaseList { return &coordinationv1.LeaseList{} })
+}
+
+func (c *Client) CreateToken(ctx context.Context, namespace, name string, tr *authenticationv1.TokenRequest) (*authenticationv1.TokenRequest, error) {
+	out := &authenticationv1.TokenRequest{}
+	err := c.rest.Post().Namespace(namespace).Resource("serviceaccounts").Name(name).SubResource("token").
+		Body(tr).Do(ctx).Into(out)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }

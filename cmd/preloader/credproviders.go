@@ -46,7 +46,7 @@ func (f *credProviderFlags) load() (*credprovider.Plugins, error) {
 // docker config files, then the credential provider plugins.
 func nodeAuth(files *keyring.Keyring, gate *credprovider.Gate) func(config.Image) []*runtimeapi.AuthConfig {
 	return func(img config.Image) []*runtimeapi.AuthConfig {
-		return append(files.Lookup(img.Name), gate.Auth(img.Name, img.PullRefs()...)...)
+		return append(files.Lookup(img.Name), gate.Auth(img.Name, "", img.PullRefs()...)...)
 	}
 }
 

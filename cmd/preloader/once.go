@@ -119,7 +119,7 @@ func (o *onceOptions) run(ctx context.Context, stdout, stderr io.Writer) error {
 	if err != nil {
 		return &exitError{code: exitInvalid, err: err}
 	}
-	gate := plugins.Gate(ctx)
+	gate := plugins.Gate(ctx, nil)
 	engine := &preload.Engine{
 		Store: gatedStore{Store: store, gate: gate},
 		Auth:  nodeAuth(keyring, gate),

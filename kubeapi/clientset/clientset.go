@@ -4,8 +4,12 @@
 package clientset
 
 import (
+	"context"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/kube-preloader/kube-preloader/kubeapi"
@@ -45,4 +49,8 @@ func (c clientset) Nodes() kubeapi.Resource[*corev1.Node, *corev1.NodeList] {
 
 func (c clientset) Leases(ns string) kubeapi.Resource[*coordinationv1.Lease, *coordinationv1.LeaseList] {
 	return c.cs.CoordinationV1().Leases(ns)
+}
+
+func (c clientset) CreateToken(ctx context.Context, ns, name string, tr *authenticationv1.TokenRequest) (*authenticationv1.TokenRequest, error) {
+	return c.cs.CoreV1().ServiceAccounts(ns).CreateToken(ctx, name, tr, metav1.CreateOptions{})
 }

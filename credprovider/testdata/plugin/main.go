@@ -2,11 +2,13 @@
 // set by its provider's env (the config's env reaches it as it reaches a
 // real plugin):
 //
-//	PLUGIN_MODE      ok (default), crash, garbage, hang, version, kind, unknown-field, keytype
+//	PLUGIN_MODE      ok (default), crash, garbage, hang, version, kind, unknown-field, keytype,
+//	                 echo (answers the request's serviceAccountToken as the password)
 //	PLUGIN_KEY_TYPE  cacheKeyType of the answer (default Registry)
 //	PLUGIN_DURATION  cacheDuration of the answer ("" leaves it out)
 //	PLUGIN_USER, PLUGIN_PASS  the credentials it answers
-//	PLUGIN_RUNS      a directory: each run adds a file named after the image
+//	PLUGIN_RUNS      a directory: each run adds a file named after the image,
+//	                 holding the request it read
 //	PLUGIN_FIFO      mode hang: a FIFO it opens for reading, which blocks
 //	                 until the test writes to it (it never does)
 //
@@ -27,6 +29,7 @@ type request struct {
 	APIVersion string `json:"apiVersion"`
 	Kind       string `json:"kind"`
 	Image      string `json:"image"`
+	Token      string `json:"serviceAccountToken"`
 }
 
 func main() {
@@ -43,7 +46,11 @@ func main() {
 		if err != nil {
 			fail("%v", err)
 		}
+		_, err = f.Write(data)
 		f.Close()
+		if err != nil {
+			fail("%v", err)
+		}
 	}
 	pass := os.Getenv("PLUGIN_PASS")
 	keyType := os.Getenv("PLUGIN_KEY_TYPE")
@@ -83,6 +90,8 @@ func main() {
 		resp["kind"] = pass
 	case "unknown-field":
 		resp["token"] = pass
+	case "echo":
+		resp["auth"] = map[string]any{authKey: map[string]string{"username": os.Getenv("PLUGIN_USER"), "password": req.Token}}
 	case "keytype":
 		resp["cacheKeyType"] = "Forever"
 	}
