@@ -2,17 +2,23 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/kube-preloader/kube-preloader/credprovider"
 	"github.com/kube-preloader/kube-preloader/cri/critest"
+	"github.com/kube-preloader/kube-preloader/kubeapi"
 	"github.com/kube-preloader/kube-preloader/nodestatus"
 )
 
@@ -106,5 +112,104 @@ func TestCredentialProviders(t *testing.T) {
 	}
 	if strings.Contains(e.logs.String(), password) {
 		t.Error("logs show the plugin's secret")
+	}
+}
+
+// tokenClient answers TokenRequests as an API server would, recording them.
+type tokenClient struct {
+	kubeapi.Interface
+	token string
+
+	mu       sync.Mutex
+	requests []string // namespace/name audience uid
+}
+
+// IsWatchListSemanticsUnSupported is the fake clientset's, which the
+// embedded Interface hides.
+func (c *tokenClient) IsWatchListSemanticsUnSupported() bool {
+	w, ok := c.Interface.(interface{ IsWatchListSemanticsUnSupported() bool })
+	return ok && w.IsWatchListSemanticsUnSupported()
+}
+
+func (c *tokenClient) CreateToken(_ context.Context, ns, name string, tr *authenticationv1.TokenRequest) (*authenticationv1.TokenRequest, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.requests = append(c.requests, fmt.Sprintf("%s/%s %s %s", ns, name, strings.Join(tr.Spec.Audiences, ","), tr.UID))
+	out := tr.DeepCopy()
+	out.Status = authenticationv1.TokenRequestStatus{Token: c.token, ExpirationTimestamp: metav1.NewTime(time.Now().Add(10 * time.Minute))}
+	return out, nil
+}
+
+// A provider with tokenAttributes gets a token of the ServiceAccount the
+// image names, for its audience, and the credentials it makes of it reach
+// the pull; an image that names none fails with reason credentials,
+// unpulled. The token is in no status, Event or log.
+func TestCredentialProviderToken(t *testing.T) {
+	const (
+		token     = "eyJ-sa-token-never-shown"
+		withSA    = "tok.example/team/app:1"
+		withoutSA = "tok.example/team/other:1"
+	)
+	bin := buildTestPlugin(t, "token-provider")
+	plugins := credprovider.New(&credprovider.Config{Providers: []credprovider.Provider{
+		{Name: "token-provider", MatchImages: []string{"tok.example"}, APIVersion: "credentialprovider.kubelet.k8s.io/v1",
+			// The plugin answers the token as the password: allowed with cacheType Token.
+			Env: env("PLUGIN_USER", "sa", "PLUGIN_MODE", "echo"),
+			TokenAttributes: &credprovider.TokenAttributes{ServiceAccountTokenAudience: "tok.example", RequireServiceAccount: true, CacheType: "Token"}},
+	}}, bin, credprovider.Options{})
+	tc := &tokenClient{token: token}
+
+	var (
+		mu   sync.Mutex
+		seen = map[string][]string{}
+	)
+	setup := func(s *critest.Server) {
+		s.Pull = func(_ context.Context, ref string, auth *runtimeapi.AuthConfig) error {
+			mu.Lock()
+			defer mu.Unlock()
+			if auth == nil {
+				seen[ref] = append(seen[ref], "anonymous")
+				return critest.Errorf("failed to authorize: 401 Unauthorized")
+			}
+			seen[ref] = append(seen[ref], auth.Username+":"+auth.Password)
+			return nil
+		}
+	}
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: testNS, Name: "app", UID: "uid-app"}}
+	data := testConfig("  - image: " + withSA + "\n    serviceAccount: app\n  - image: " + withoutSA + "\n")
+	e := startWith(t, setup, func(o *Options) {
+		o.CredentialProviders = plugins
+		tc.Interface = o.Client
+		o.Client = tc
+	}, newNode(nil), newConfigMap(data), sa)
+
+	st := e.waitStatus("one pulled, one failed", func(st nodestatus.Status) bool { return st.Present == 1 && len(st.Failed) == 1 })
+	if f := st.Failed[0]; f.Image != withoutSA || f.Reason != `credential provider token-provider: no service account token: the provider requires a service account token for audience "tok.example", and the image names no serviceAccount` {
+		t.Errorf("failed = %+v, want %s failing for want of a ServiceAccount", st.Failed, withoutSA)
+	}
+	mu.Lock()
+	if got := strings.Join(seen[withSA], ","); got != "sa:"+token {
+		t.Errorf("pulls of %s: %d, want one with the credentials the plugin made of the token", withSA, len(seen[withSA]))
+	}
+	if got := seen[withoutSA]; len(got) != 0 {
+		t.Errorf("%s pulled (%d times) though its provider had no token", withoutSA, len(got))
+	}
+	mu.Unlock()
+	tc.mu.Lock()
+	if len(tc.requests) == 0 || tc.requests[0] != testNS+"/app tok.example uid-app" {
+		t.Errorf("TokenRequests %q, want one for %s/app, audience tok.example, its UID", tc.requests, testNS)
+	}
+	tc.mu.Unlock()
+	e.waitEvent("default", "Node", ReasonPreloadFailed, withoutSA+": credential provider token-provider")
+	for _, ev := range e.events("default") {
+		if strings.Contains(ev.Message, token) {
+			t.Errorf("Event shows the token: %s", ev.Message)
+		}
+	}
+	if strings.Contains(fmt.Sprint(st), token) {
+		t.Error("status shows the token")
+	}
+	if strings.Contains(e.logs.String(), token) {
+		t.Error("logs show the token")
 	}
 }
