@@ -154,7 +154,7 @@ func TestCredentialProviderToken(t *testing.T) {
 	plugins := credprovider.New(&credprovider.Config{Providers: []credprovider.Provider{
 		{Name: "token-provider", MatchImages: []string{"tok.example"}, APIVersion: "credentialprovider.kubelet.k8s.io/v1",
 			// The plugin answers the token as the password: allowed with cacheType Token.
-			Env: env("PLUGIN_USER", "sa", "PLUGIN_MODE", "echo"),
+			Env:             env("PLUGIN_USER", "sa", "PLUGIN_MODE", "echo"),
 			TokenAttributes: &credprovider.TokenAttributes{ServiceAccountTokenAudience: "tok.example", RequireServiceAccount: true, CacheType: "Token"}},
 	}}, bin, credprovider.Options{})
 	tc := &tokenClient{token: token}
