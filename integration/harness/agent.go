@@ -57,6 +57,8 @@ type AgentOptions struct {
 	// one with a Layout is instead found by the agent, run inside its
 	// namespace with none of them, as on a node of that distribution.
 	Containerd *Containerd
+	// Args are added to the agent's command line.
+	Args []string
 }
 
 // Agent is `preloader agent` running as its own process, the way the
@@ -86,6 +88,7 @@ func StartAgent(t T, opts AgentOptions) *Agent {
 		"--node-name", opts.Node,
 		"--kubeconfig", opts.Kubeconfig,
 		"--metrics-addr", "127.0.0.1:0"}
+	args = append(args, opts.Args...)
 	ctrd := opts.Containerd
 	if ctrd.Layout != "" {
 		a.cmd = ctrd.Command(opts.Bin, args...)
