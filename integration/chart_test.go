@@ -181,6 +181,12 @@ func TestChartValues(t *testing.T) {
 			{[]string{"--set", "resync=5m"}, "additional properties 'resync' not allowed"},
 			{[]string{"--set", "metrics.podMonitor.enabled=true"}, "metrics.podMonitor.enabled: the cluster serves no monitoring.coreos.com/v1 PodMonitor"},
 			{[]string{"--set", "metrics.serviceMonitor.enabled=true"}, "metrics.serviceMonitor.enabled: the cluster serves no monitoring.coreos.com/v1 ServiceMonitor"},
+			{[]string{"--set", "credentialProviders.config=etc/config.yaml"}, "at '/credentialProviders/config'"},
+			{[]string{"--set", "credentialProviders.binDir=bin"}, "at '/credentialProviders/binDir'"},
+			{[]string{"--set", "credentialProviders.enabled=yes"}, "at '/credentialProviders/enabled'"},
+			{[]string{"--set", "credentialProviders.bin=/opt/bin"}, "additional properties 'bin' not allowed"},
+			{[]string{"--set", "distribution=kubeadm", "--set", "credentialProviders.enabled=true"}, "credentialProviders: set both config and binDir, the paths the node's kubelet has in --image-credential-provider-config and --image-credential-provider-bin-dir (distribution kubeadm has no default for them"},
+			{[]string{"--set", "distribution=microk8s", "--set", "credentialProviders.config=/etc/cp.yaml"}, "distribution microk8s has no default for them"},
 		} {
 			_, out, err := render(t, tc.args...)
 			if err == nil || !strings.Contains(out, tc.want) {
@@ -240,6 +246,139 @@ func TestChartValues(t *testing.T) {
 	})
 }
 
+// credentialProviderMount is one hostPath the agent sees of the kubelet's
+// credential provider config or plugins.
+type credentialProviderMount struct {
+	path, hostPathType string
+	readOnly           bool
+}
+
+// credentialProviderSetup is what a rendered DaemonSet gives the agent of
+// the kubelet's credential providers: its two flags (as `flag=value`, in
+// order) and the hostPath volumes mounted for them, by volume name.
+func credentialProviderSetup(t *testing.T, ds map[string]any) (flags []string, mounts map[string]credentialProviderMount) {
+	t.Helper()
+	pod := dig(ds, "spec", "template", "spec").(map[string]any)
+	c := dig(pod, "containers").([]any)[0].(map[string]any)
+	for _, a := range c["args"].([]any) {
+		if s := a.(string); strings.HasPrefix(s, "--image-credential-provider-") {
+			flags = append(flags, s)
+		}
+	}
+	mounts = map[string]credentialProviderMount{}
+	for _, v := range dig(pod, "volumes").([]any) {
+		v := v.(map[string]any)
+		name := v["name"].(string)
+		if !strings.HasPrefix(name, "credential-provider") {
+			continue
+		}
+		hp, _ := v["hostPath"].(map[string]any)
+		if hp == nil {
+			t.Errorf("volume %s is not a hostPath: %v", name, v)
+			continue
+		}
+		mounts[name] = credentialProviderMount{path: fmt.Sprint(hp["path"]), hostPathType: fmt.Sprint(hp["type"])}
+	}
+	for _, m := range c["volumeMounts"].([]any) {
+		m := m.(map[string]any)
+		name := m["name"].(string)
+		vm, ok := mounts[name]
+		if !ok {
+			continue
+		}
+		if m["mountPath"] != vm.path {
+			t.Errorf("volume %s of host path %s is mounted at %v: the kubelet's config names host paths", name, vm.path, m["mountPath"])
+		}
+		vm.readOnly = m["readOnly"] == true
+		mounts[name] = vm
+	}
+	return flags, mounts
+}
+
+// TestChartCredentialProviders: credentialProviders off by default on
+// every distribution; on, the agent gets the kubelet's two flags and both
+// host paths read-only, with hostPath types that create nothing on the
+// host; the distribution fills in the paths it knows.
+func TestChartCredentialProviders(t *testing.T) {
+	for _, d := range distributions {
+		out := harness.MustHelm(t, "", "template", "kube-preloader", chartDir, "-n", "ops", "--set", "distribution="+d)
+		flags, mounts := credentialProviderSetup(t, objectsByKey(t, []byte(out))["DaemonSet/ops/preloader"])
+		if len(flags) > 0 || len(mounts) > 0 {
+			t.Errorf("distribution %s by default: flags %v, mounts %v; want none", d, flags, mounts)
+		}
+	}
+	const rancherConfig, rancherBin = "/var/lib/rancher/credentialprovider/config.yaml", "/var/lib/rancher/credentialprovider/bin"
+	for _, tc := range []struct {
+		name       string
+		args       []string
+		wantFlags  []string
+		wantMounts map[string]credentialProviderMount
+	}{
+		{
+			name:      "k3s enabled",
+			args:      []string{"--set", "distribution=k3s", "--set", "credentialProviders.enabled=true"},
+			wantFlags: []string{"--image-credential-provider-config=" + rancherConfig, "--image-credential-provider-bin-dir=" + rancherBin},
+			wantMounts: map[string]credentialProviderMount{
+				"credential-provider-config": {rancherConfig, "File", true},
+				"credential-provider-bin":    {rancherBin, "Directory", true},
+			},
+		},
+		{
+			name:      "rke2 enabled, own plugin directory",
+			args:      []string{"--set", "distribution=rke2", "--set", "credentialProviders.binDir=/opt/cred/bin"},
+			wantFlags: []string{"--image-credential-provider-config=" + rancherConfig, "--image-credential-provider-bin-dir=/opt/cred/bin"},
+			wantMounts: map[string]credentialProviderMount{
+				"credential-provider-config": {rancherConfig, "File", true},
+				"credential-provider-bin":    {"/opt/cred/bin", "Directory", true},
+			},
+		},
+		{
+			name: "talos enabled",
+			args: []string{"--set", "distribution=talos", "--set", "credentialProviders.enabled=true"},
+			wantFlags: []string{"--image-credential-provider-config=/etc/kubernetes/kubelet-credentialproviderconfig.yaml",
+				"--image-credential-provider-bin-dir=/usr/local/lib/kubelet/credentialproviders"},
+			wantMounts: map[string]credentialProviderMount{
+				"credential-provider-config": {"/etc/kubernetes/kubelet-credentialproviderconfig.yaml", "File", true},
+				"credential-provider-bin":    {"/usr/local/lib/kubelet/credentialproviders", "Directory", true},
+			},
+		},
+		{
+			// EKS AL2023: the config is in the plugin directory, which
+			// brings it along.
+			name: "EKS paths",
+			args: []string{"--set", "distribution=kubeadm", "--set", "credentialProviders.config=/etc/eks/image-credential-provider/config.json",
+				"--set", "credentialProviders.binDir=/etc/eks/image-credential-provider"},
+			wantFlags: []string{"--image-credential-provider-config=/etc/eks/image-credential-provider/config.json",
+				"--image-credential-provider-bin-dir=/etc/eks/image-credential-provider"},
+			wantMounts: map[string]credentialProviderMount{
+				"credential-provider-bin": {"/etc/eks/image-credential-provider", "Directory", true},
+			},
+		},
+		{
+			name: "config directory",
+			args: []string{"--set", "distribution=kubeadm", "--set", "credentialProviders.config=/etc/kubernetes/credential-providers.d",
+				"--set", "credentialProviders.binDir=/usr/libexec/kubelet-image-credential-provider-plugins"},
+			wantFlags: []string{"--image-credential-provider-config=/etc/kubernetes/credential-providers.d",
+				"--image-credential-provider-bin-dir=/usr/libexec/kubelet-image-credential-provider-plugins"},
+			wantMounts: map[string]credentialProviderMount{
+				"credential-provider-config": {"/etc/kubernetes/credential-providers.d", "Directory", true},
+				"credential-provider-bin":    {"/usr/libexec/kubelet-image-credential-provider-plugins", "Directory", true},
+			},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out := harness.MustHelm(t, "", append([]string{"template", "kube-preloader", chartDir, "-n", "ops"}, tc.args...)...)
+			flags, mounts := credentialProviderSetup(t, objectsByKey(t, []byte(out))["DaemonSet/ops/preloader"])
+			if !slices.Equal(flags, tc.wantFlags) {
+				t.Errorf("agent flags %q, want %q", flags, tc.wantFlags)
+			}
+			if !maps.Equal(mounts, tc.wantMounts) {
+				t.Errorf("mounts %+v, want %+v", mounts, tc.wantMounts)
+			}
+		})
+	}
+}
+
 // TestChartOnAPIServer renders the chart for every distribution and has a
 // real API server validate it (server-side dry run); distribution auto
 // reads the cluster's Nodes, and the monitors install where their CRDs are.
@@ -254,7 +393,7 @@ func TestChartOnAPIServer(t *testing.T) {
 	for _, d := range distributions {
 		t.Run("dry-run/"+d, func(t *testing.T) {
 			out := harness.MustHelm(t, "", "template", "kube-preloader", chartDir, "-n", "kube-preloader", "--set", "distribution="+d,
-				"--set", "dashboard.enabled=true")
+				"--set", "dashboard.enabled=true", "--set", "credentialProviders.config=/etc/cp/config.yaml", "--set", "credentialProviders.binDir=/etc/cp/bin")
 			res := kubectlStdin(t, k, out, "apply", "--dry-run=server", "-f", "-")
 			if !strings.Contains(res, "daemonset.apps/preloader created (server dry run)") {
 				t.Errorf("dry run:\n%s", res)

@@ -9,7 +9,9 @@ DirectoryOrCreate, so that one manifest serves containerd and CRI-O nodes;
 the other layouts use Directory, so a wrong distribution value fails the
 pod's start with the path it missed instead of creating directories a later
 install of the real distribution would find. noderuntime/layout.go is the
-agent's side of the same table.
+agent's side of the same table. credentialProviders: where the distribution
+puts the kubelet's credential provider config and plugins when it is told
+to use them (none of them does by default), for credentialProviders.enabled.
 */}}
 {{- define "preloader.layouts" -}}
 kubeadm:
@@ -29,6 +31,7 @@ k3s:
     - {name: image-verifiers, path: /opt/containerd/image-verifier/bin, type: DirectoryOrCreate}
   imagefs: /var/lib/rancher/k3s/agent/containerd/tmpmounts
   imagefsType: Directory
+  credentialProviders: {config: /var/lib/rancher/credentialprovider/config.yaml, binDir: /var/lib/rancher/credentialprovider/bin}
 rke2:
   mounts:
     - {name: containerd, path: /run/k3s/containerd, type: Directory}
@@ -36,6 +39,7 @@ rke2:
     - {name: image-verifiers, path: /opt/containerd/image-verifier/bin, type: DirectoryOrCreate}
   imagefs: /var/lib/rancher/rke2/agent/containerd/tmpmounts
   imagefsType: Directory
+  credentialProviders: {config: /var/lib/rancher/credentialprovider/config.yaml, binDir: /var/lib/rancher/credentialprovider/bin}
 microk8s:
   mounts:
     - {name: containerd, path: /var/snap/microk8s/common/run, type: Directory}
@@ -49,6 +53,7 @@ talos:
     - {name: containerd-config, path: /etc/cri, type: Directory}
   imagefs: /var/lib/containerd/tmpmounts
   imagefsType: Directory
+  credentialProviders: {config: /etc/kubernetes/kubelet-credentialproviderconfig.yaml, binDir: /usr/local/lib/kubelet/credentialproviders}
 {{- end -}}
 
 {{/*
@@ -89,6 +94,33 @@ nothing and the answer is kubeadm, manifests/'s layout.
 {{- define "preloader.layout" -}}
 {{- $layouts := include "preloader.layouts" . | fromYaml -}}
 {{- toYaml (get $layouts (include "preloader.distribution" .)) -}}
+{{- end -}}
+
+{{/*
+The kubelet's credential provider config and plugin directory the agent
+uses, as YAML {config, binDir, configType}, or nothing when off. On when
+enabled or either path is set; a path left empty is the layout's. The
+config is a file or a directory of files, as for the kubelet; a hostPath
+type can check only one of them, so a path ending in .json, .yaml or .yml
+is a File and any other a Directory. Both types fail the pod's start
+where nothing is at the path: a type-less hostPath would have containerd
+create a directory there, and an ...OrCreate one an empty file or
+directory, which the kubelet would later find.
+*/}}
+{{- define "preloader.credentialProviders" -}}
+{{- $v := .Values.credentialProviders -}}
+{{- if or $v.enabled $v.config $v.binDir -}}
+{{- $layout := include "preloader.layout" . | fromYaml -}}
+{{- $known := $layout.credentialProviders | default dict -}}
+{{- $config := $v.config | default $known.config -}}
+{{- $binDir := $v.binDir | default $known.binDir -}}
+{{- if not (and $config $binDir) -}}
+{{- fail (printf "credentialProviders: set both config and binDir, the paths the node's kubelet has in --image-credential-provider-config and --image-credential-provider-bin-dir (distribution %s has no default for them; see docs/operations/credential-providers.md)" (include "preloader.distribution" .)) -}}
+{{- end -}}
+config: {{ $config | quote }}
+binDir: {{ $binDir | quote }}
+configType: {{ ternary "File" "Directory" (regexMatch "\\.(json|yaml|yml)$" $config) }}
+{{- end -}}
 {{- end -}}
 
 {{- define "preloader.configMapName" -}}
