@@ -379,6 +379,42 @@ func TestChartCredentialProviders(t *testing.T) {
 	}
 }
 
+// TestChartCredentialProvidersDocExamples: the values the operators' page
+// shows render, giving the agent both flags and read-only mounts.
+func TestChartCredentialProvidersDocExamples(t *testing.T) {
+	page, err := os.ReadFile("../docs/operations/credential-providers.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var blocks []string
+	for _, part := range strings.Split(string(page), "```yaml\n")[1:] {
+		blocks = append(blocks, part[:strings.Index(part, "```")])
+	}
+	if len(blocks) < 2 {
+		t.Fatalf("%d yaml examples on the page, want the EKS and the k3s one", len(blocks))
+	}
+	for i, b := range blocks {
+		values := filepath.Join(t.TempDir(), "values.yaml")
+		if err := os.WriteFile(values, []byte(b), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out, err := harness.Helm(t, "", "template", "kube-preloader", chartDir, "-n", "ops", "-f", values)
+		if err != nil {
+			t.Errorf("example %d:\n%s\ndoes not render: %v\n%s", i+1, b, err, out)
+			continue
+		}
+		flags, mounts := credentialProviderSetup(t, objectsByKey(t, []byte(out))["DaemonSet/ops/preloader"])
+		if len(flags) != 2 || len(mounts) == 0 {
+			t.Errorf("example %d:\n%s\ngives the agent flags %q and mounts %+v", i+1, b, flags, mounts)
+		}
+		for name, m := range mounts {
+			if !m.readOnly {
+				t.Errorf("example %d: %s (%s) is mounted writable", i+1, name, m.path)
+			}
+		}
+	}
+}
+
 // TestChartOnAPIServer renders the chart for every distribution and has a
 // real API server validate it (server-side dry run); distribution auto
 // reads the cluster's Nodes, and the monitors install where their CRDs are.
