@@ -477,6 +477,13 @@ func TestChartOnAPIServer(t *testing.T) {
 		if !strings.Contains(out, "(k3s layout)") {
 			t.Errorf("NOTES do not name the k3s layout:\n%s", out[strings.Index(out, "\nNOTES:"):])
 		}
+		out, err = install(t, "--set", "credentialProviders.enabled=true")
+		if err != nil {
+			t.Fatalf("credentialProviders.enabled on k3s Nodes: %v\n%s", err, out)
+		}
+		if m := mountsOf(t, out); !strings.Contains(m, "/var/lib/rancher/credentialprovider/config.yaml /var/lib/rancher/credentialprovider/bin") {
+			t.Errorf("credentialProviders.enabled on k3s Nodes: want k3s's provider paths, got %s", m)
+		}
 		mk := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "mk-1", Labels: map[string]string{"microk8s.io/cluster": "true"}}}
 		if _, err := k.Client.CoreV1().Nodes().Create(ctx, mk, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
