@@ -185,6 +185,7 @@ func TestChartValues(t *testing.T) {
 			{[]string{"--set", "credentialProviders.binDir=bin"}, "at '/credentialProviders/binDir'"},
 			{[]string{"--set", "credentialProviders.enabled=yes"}, "at '/credentialProviders/enabled'"},
 			{[]string{"--set", "credentialProviders.bin=/opt/bin"}, "additional properties 'bin' not allowed"},
+			{[]string{"--set", "credentialProviders.serviceAccounts={Builder}"}, "at '/credentialProviders/serviceAccounts/0'"},
 			{[]string{"--set", "distribution=kubeadm", "--set", "credentialProviders.enabled=true"}, "credentialProviders: set both config and binDir, the paths the node's kubelet has in --image-credential-provider-config and --image-credential-provider-bin-dir (distribution kubeadm has no default for them"},
 			{[]string{"--set", "distribution=microk8s", "--set", "credentialProviders.config=/etc/cp.yaml"}, "distribution microk8s has no default for them"},
 		} {
@@ -293,6 +294,41 @@ func credentialProviderSetup(t *testing.T, ds map[string]any) (flags []string, m
 		mounts[name] = vm
 	}
 	return flags, mounts
+}
+
+// TestChartTokenRequestRule: the agent may request tokens of no
+// ServiceAccount by default, and with credentialProviders.serviceAccounts
+// of exactly those, and only create them.
+func TestChartTokenRequestRule(t *testing.T) {
+	tokenRules := func(args ...string) []any {
+		out := harness.MustHelm(t, "", append([]string{"template", "kube-preloader", chartDir, "-n", "ops"}, args...)...)
+		role := objectsByKey(t, []byte(out))["Role/ops/preloader"]
+		if role == nil {
+			t.Fatalf("no Role ops/preloader in the chart's output")
+		}
+		var found []any
+		for _, r := range role["rules"].([]any) {
+			rule := r.(map[string]any)
+			if slices.Contains(rule["resources"].([]any), any("serviceaccounts/token")) {
+				found = append(found, rule)
+			}
+		}
+		return found
+	}
+	if got := tokenRules(); len(got) != 0 {
+		t.Errorf("by default: rules on serviceaccounts/token %v; want none", got)
+	}
+	got := tokenRules("--set", "credentialProviders.serviceAccounts={builder,app}")
+	if len(got) != 1 {
+		t.Fatalf("with serviceAccounts builder, app: rules on serviceaccounts/token %v; want one", got)
+	}
+	rule := got[0].(map[string]any)
+	if names := fmt.Sprint(rule["resourceNames"]); names != "[builder app]" {
+		t.Errorf("resourceNames %s; want [builder app]", names)
+	}
+	if verbs := fmt.Sprint(rule["verbs"]); verbs != "[create]" {
+		t.Errorf("verbs %s; want [create]", verbs)
+	}
 }
 
 // TestChartCredentialProviders: credentialProviders off by default on
