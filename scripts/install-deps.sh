@@ -3,7 +3,8 @@
 # Debian packages (containerd 1.6, the distribution registry, etcd, runc, CNI
 # plugins, prometheus and its promtool for the metrics tests, skopeo for the
 # image builder's test) when missing, and containerd 2.x, helm 4 (the
-# chart's tests and the e2e's install) and helm-docs (the chart's README)
+# chart's tests and the e2e's install), helm-docs (the chart's README) and
+# ecr-credential-provider (the credential provider tests)
 # built from the Go module proxy into a cache outside the repo. With the
 # argument "demo", only what `make demo` runs: the registry and Debian's
 # containerd packages, and containerd 2.x too with "containerd2". With
@@ -78,6 +79,18 @@ if [[ -z "$want_demo" && ! -x "$CACHE/bin/helm-docs-$HELM_DOCS_VERSION" ]]; then
   tmp=$(mktemp -d)
   (cd "$tools_dir" && go build -o "$tmp/helm-docs" github.com/norwoodj/helm-docs/cmd/helm-docs)
   mv "$tmp/helm-docs" "$CACHE/bin/helm-docs-$HELM_DOCS_VERSION"
+  rm -rf "$tmp"
+fi
+# ecr-credential-provider, the real credential provider plugin the
+# integration tests run `once` against, at the version
+# tools/credproviders/go.mod requires; static (CGO_ENABLED=0), as the
+# agent's image has no libc.
+ECR_PROVIDER_VERSION=$(awk '$1 == "k8s.io/cloud-provider-aws" {print $2}' "$tools_dir/credproviders/go.mod")
+if [[ -z "$want_demo" && ! -x "$CACHE/bin/ecr-credential-provider-$ECR_PROVIDER_VERSION" ]]; then
+  echo "install-deps: building ecr-credential-provider $ECR_PROVIDER_VERSION into $CACHE/bin (once; about 3 min on 2 cores with a cold Go cache)" >&2
+  tmp=$(mktemp -d)
+  (cd "$tools_dir/credproviders" && CGO_ENABLED=0 go build -trimpath -o "$tmp/ecr-credential-provider" k8s.io/cloud-provider-aws/cmd/ecr-credential-provider)
+  mv "$tmp/ecr-credential-provider" "$CACHE/bin/ecr-credential-provider-$ECR_PROVIDER_VERSION"
   rm -rf "$tmp"
 fi
 # ctr 2.x, the peer the archive import benchmark compares against on
