@@ -30,6 +30,7 @@ type onceResult struct {
 	Images []struct {
 		Image    string `json:"image"`
 		Status   string `json:"status"`
+		Via      string `json:"via"`
 		Reason   string `json:"reason"`
 		Error    string `json:"error"`
 		Size     uint64 `json:"sizeBytes"`
