@@ -68,22 +68,8 @@ func TestCredentialProviders(t *testing.T) {
 			Env: env("PLUGIN_MODE", "crash", "PLUGIN_PASS", password)},
 	}}, bin, credprovider.Options{})
 
-	var (
-		mu   sync.Mutex
-		seen = map[string][]string{}
-	)
-	setup := func(s *critest.Server) {
-		s.Pull = func(_ context.Context, ref string, auth *runtimeapi.AuthConfig) error {
-			mu.Lock()
-			defer mu.Unlock()
-			if auth == nil {
-				seen[ref] = append(seen[ref], "anonymous")
-				return critest.Errorf("failed to authorize: 401 Unauthorized")
-			}
-			seen[ref] = append(seen[ref], auth.Username+":"+auth.Password)
-			return nil
-		}
-	}
+	pulls := &pullAuths{seen: map[string][]string{}}
+	setup := pulls.serve
 	data := testConfig("  - image: " + ecrImage + "\n  - image: " + ecrImage2 + "\n  - image: " + brokenImg + "\n")
 	e := startWith(t, setup, func(o *Options) { o.CredentialProviders = plugins }, newNode(nil), newConfigMap(data))
 
@@ -91,16 +77,16 @@ func TestCredentialProviders(t *testing.T) {
 	if f := st.Failed[0]; f.Image != brokenImg || !strings.HasPrefix(f.Reason, "credential provider broken: failed: exit status 3 (") {
 		t.Errorf("failed = %+v, want %s failing for its provider", st.Failed, brokenImg)
 	}
-	mu.Lock()
+	pulls.mu.Lock()
 	for _, img := range []string{ecrImage, ecrImage2} {
-		if got := strings.Join(seen[img], ","); got != "AWS:"+password {
+		if got := strings.Join(pulls.seen[img], ","); got != "AWS:"+password {
 			t.Errorf("pulls of %s with %q, want one with the plugin's credentials", img, got)
 		}
 	}
-	if got := seen[brokenImg]; len(got) != 0 {
+	if got := pulls.seen[brokenImg]; len(got) != 0 {
 		t.Errorf("%s pulled (%v) though its provider failed", brokenImg, got)
 	}
-	mu.Unlock()
+	pulls.mu.Unlock()
 	if entries, _ := os.ReadDir(runs); len(entries) != 1 {
 		t.Errorf("ecr plugin ran %d times for two images of one registry, want 1", len(entries))
 	}
@@ -159,22 +145,8 @@ func TestCredentialProviderToken(t *testing.T) {
 	}}, bin, credprovider.Options{})
 	tc := &tokenClient{token: token}
 
-	var (
-		mu   sync.Mutex
-		seen = map[string][]string{}
-	)
-	setup := func(s *critest.Server) {
-		s.Pull = func(_ context.Context, ref string, auth *runtimeapi.AuthConfig) error {
-			mu.Lock()
-			defer mu.Unlock()
-			if auth == nil {
-				seen[ref] = append(seen[ref], "anonymous")
-				return critest.Errorf("failed to authorize: 401 Unauthorized")
-			}
-			seen[ref] = append(seen[ref], auth.Username+":"+auth.Password)
-			return nil
-		}
-	}
+	pulls := &pullAuths{seen: map[string][]string{}}
+	setup := pulls.serve
 	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: testNS, Name: "app", UID: "uid-app"}}
 	data := testConfig("  - image: " + withSA + "\n    serviceAccount: app\n  - image: " + withoutSA + "\n")
 	e := startWith(t, setup, func(o *Options) {
@@ -187,14 +159,14 @@ func TestCredentialProviderToken(t *testing.T) {
 	if f := st.Failed[0]; f.Image != withoutSA || f.Reason != `credential provider token-provider: no service account token: the provider requires a service account token for audience "tok.example", and the image names no serviceAccount` {
 		t.Errorf("failed = %+v, want %s failing for want of a ServiceAccount", st.Failed, withoutSA)
 	}
-	mu.Lock()
-	if got := strings.Join(seen[withSA], ","); got != "sa:"+token {
-		t.Errorf("pulls of %s: %d, want one with the credentials the plugin made of the token", withSA, len(seen[withSA]))
+	pulls.mu.Lock()
+	if got := strings.Join(pulls.seen[withSA], ","); got != "sa:"+token {
+		t.Errorf("pulls of %s: %d, want one with the credentials the plugin made of the token", withSA, len(pulls.seen[withSA]))
 	}
-	if got := seen[withoutSA]; len(got) != 0 {
+	if got := pulls.seen[withoutSA]; len(got) != 0 {
 		t.Errorf("%s pulled (%d times) though its provider had no token", withoutSA, len(got))
 	}
-	mu.Unlock()
+	pulls.mu.Unlock()
 	tc.mu.Lock()
 	if len(tc.requests) == 0 || tc.requests[0] != testNS+"/app tok.example uid-app" {
 		t.Errorf("TokenRequests %q, want one for %s/app, audience tok.example, its UID", tc.requests, testNS)
@@ -211,5 +183,25 @@ func TestCredentialProviderToken(t *testing.T) {
 	}
 	if strings.Contains(e.logs.String(), token) {
 		t.Error("logs show the token")
+	}
+}
+
+// pullAuths is a runtime that records the credentials of each pull
+// (user:password, or anonymous) and refuses pulls without any.
+type pullAuths struct {
+	mu   sync.Mutex
+	seen map[string][]string
+}
+
+func (p *pullAuths) serve(s *critest.Server) {
+	s.Pull = func(_ context.Context, ref string, auth *runtimeapi.AuthConfig) error {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if auth == nil {
+			p.seen[ref] = append(p.seen[ref], "anonymous")
+			return critest.Errorf("failed to authorize: 401 Unauthorized")
+		}
+		p.seen[ref] = append(p.seen[ref], auth.Username+":"+auth.Password)
+		return nil
 	}
 }

@@ -37,6 +37,8 @@ import (
 	kubeletv1alpha1 "k8s.io/kubelet/config/v1alpha1"
 	sigsjson "sigs.k8s.io/json"
 	sigsyaml "sigs.k8s.io/yaml"
+
+	"github.com/kube-preloader/kube-preloader/preload/config"
 )
 
 // The config's group, and the versions of it the kubelet reads a
@@ -101,24 +103,9 @@ type TokenAttributes struct {
 	CacheType string
 }
 
-// Problem is one thing wrong with a config file. Line is 0 when the
-// problem has no place in it.
-type Problem struct {
-	File string
-	Line int
-	Msg  string
-}
-
-func (p Problem) String() string {
-	if p.Line == 0 {
-		return p.File + ": " + p.Msg
-	}
-	return fmt.Sprintf("%s:%d: %s", p.File, p.Line, p.Msg)
-}
-
 // ConfigError is every problem found in a CredentialProviderConfig.
 type ConfigError struct {
-	Problems []Problem
+	Problems []config.Problem
 }
 
 func (e *ConfigError) Error() string {
@@ -165,7 +152,7 @@ func Load(path string) (*Config, error) {
 		}
 	}
 	cfg := &Config{}
-	var problems []Problem
+	var problems []config.Problem
 	first := map[string]Provider{}
 	for _, f := range files {
 		data, err := readBounded(f)
@@ -183,8 +170,8 @@ func Load(path string) (*Config, error) {
 		}
 		for _, p := range providers {
 			if prev, dup := first[p.Name]; dup {
-				problems = append(problems, Problem{p.File, p.Line,
-					fmt.Sprintf("provider name %q is used twice, first at %s:%d", p.Name, prev.File, prev.Line)})
+				problems = append(problems, config.Problem{File: p.File, Line: p.Line,
+					Msg: fmt.Sprintf("provider name %q is used twice, first at %s:%d", p.Name, prev.File, prev.Line)})
 				continue
 			}
 			first[p.Name] = p
@@ -233,11 +220,11 @@ func Parse(file string, data []byte) ([]Provider, error) {
 type parser struct {
 	file     string
 	root     *yaml.Node
-	problems []Problem
+	problems []config.Problem
 }
 
 func (p *parser) add(path, format string, args ...any) {
-	p.problems = append(p.problems, Problem{p.file, p.line(path), fmt.Sprintf(format, args...)})
+	p.problems = append(p.problems, config.Problem{File: p.file, Line: p.line(path), Msg: fmt.Sprintf(format, args...)})
 }
 
 func (p *parser) parse(data []byte) []Provider {
@@ -341,7 +328,7 @@ func (p *parser) decode(js []byte, into any) bool {
 	strict, err := sigsjson.UnmarshalStrict(js, into)
 	if err != nil {
 		if m := typeError.FindStringSubmatch(err.Error()); m != nil {
-			p.problems = append(p.problems, Problem{p.file, p.mismatchLine(m[2], m[3]), fmt.Sprintf("%s: a %s, want %s", m[2], m[1], m[3])})
+			p.problems = append(p.problems, config.Problem{File: p.file, Line: p.mismatchLine(m[2], m[3]), Msg: fmt.Sprintf("%s: a %s, want %s", m[2], m[1], m[3])})
 		} else {
 			p.add("", "not a CredentialProviderConfig object")
 		}
