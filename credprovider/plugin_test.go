@@ -483,6 +483,13 @@ func TestLookupCanceled(t *testing.T) {
 	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// The run goes on after the caller cancels; a writer's open ends its
+	// wait, so that no plugin outlives the test binary.
+	t.Cleanup(func() {
+		if f, err := os.OpenFile(fifo, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
+			f.Close()
+		}
+	})
 	ps, dir := setup(t, Provider{Name: "p", MatchImages: []string{"reg.io"}, Env: []EnvVar{{"PLUGIN_MODE", "hang"}, {"PLUGIN_FIFO", fifo}}})
 	ps.providers[0].opts.Timeout = time.Second
 	ctx, cancel := context.WithCancel(t.Context())
