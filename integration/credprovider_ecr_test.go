@@ -178,12 +178,5 @@ providers:
 // serve fails here instead of leaving 127.0.0.1.
 func writeMirrorTOML(t *testing.T, c *harness.Containerd, host string, reg *harness.Registry) {
 	t.Helper()
-	hosts := fmt.Sprintf("server = \"https://127.0.0.1:1\"\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n  ca = %q\n", reg.URL, reg.CACertPath)
-	dir := c.Path(filepath.Join(c.ConfigPath, host))
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "hosts.toml"), []byte(hosts), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	writeHosts(t, c, host, "https://127.0.0.1:1", reg.URL, reg.CACertPath)
 }
