@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"maps"
 	"net/http"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -162,22 +160,7 @@ func testPullViaContainerd(t *testing.T, flavor harness.Flavor) {
 // an admin's /etc/containerd/certs.d/<host>/hosts.toml would.
 func writeHostsTOML(t *testing.T, c *harness.Containerd, host, url string) {
 	t.Helper()
-	writeHosts(t, c, host, "https://"+host, url, "")
-}
-
-// writeHosts writes host's hosts.toml in c's certs.d: the mirror at url
-// (trusted with the CA file ca, if not ""), then server.
-func writeHosts(t *testing.T, c *harness.Containerd, host, server, url, ca string) {
-	t.Helper()
-	hosts := fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", server, url)
-	if ca != "" {
-		hosts += fmt.Sprintf("  ca = %q\n", ca)
-	}
-	dir := c.Path(filepath.Join(c.ConfigPath, host))
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "hosts.toml"), []byte(hosts), 0o644); err != nil {
+	if err := c.WriteHosts(host, "https://"+host, url, ""); err != nil {
 		t.Fatal(err)
 	}
 }

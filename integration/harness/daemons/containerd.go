@@ -116,6 +116,23 @@ func (c *Containerd) Path(path string) string {
 	return c.Namespace.Path(path)
 }
 
+// WriteHosts writes host's hosts.toml in ConfigPath: the mirror at url
+// (trusted with the CA file ca, if not ""), then server.
+func (c *Containerd) WriteHosts(host, server, url, ca string) error {
+	hosts := fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\", \"push\"]\n", server, url)
+	if ca != "" {
+		hosts += fmt.Sprintf("  ca = %q\n", ca)
+	}
+	dir := c.Path(filepath.Join(c.ConfigPath, host))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("hosts.toml of %s: %w", host, err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "hosts.toml"), []byte(hosts), 0o644); err != nil {
+		return fmt.Errorf("hosts.toml of %s: %w", host, err)
+	}
+	return nil
+}
+
 // Command is exec.Command of bin where this containerd's paths resolve:
 // inside its Namespace, if it has one. The process is killed if the test
 // binary dies.

@@ -259,15 +259,18 @@ func (r *Registry) Authenticator() authn.Authenticator {
 // reaches this registry with the right scheme and trusts its test CA.
 func (r *Registry) TrustIn(c *Containerd) {
 	r.t.Helper()
-	hosts := fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\", \"push\"]\n", r.URL, r.URL)
-	if r.CACertPath != "" {
-		hosts += fmt.Sprintf("  ca = %q\n", r.CACertPath)
-	}
-	dir := c.Path(filepath.Join(c.ConfigPath, r.Host))
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := c.WriteHosts(r.Host, r.URL, r.URL, r.CACertPath); err != nil {
 		r.t.Fatalf("registry: %v", err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "hosts.toml"), []byte(hosts), 0o644); err != nil {
+}
+
+// MirrorFor makes this registry (its URL and test CA) host's mirror in c,
+// as an admin's certs.d/<host>/hosts.toml would. The server is a local
+// port that refuses, not host's real name: a pull the mirror does not
+// serve fails here instead of leaving 127.0.0.1.
+func (r *Registry) MirrorFor(c *Containerd, host string) {
+	r.t.Helper()
+	if err := c.WriteHosts(host, "https://127.0.0.1:1", r.URL, r.CACertPath); err != nil {
 		r.t.Fatalf("registry: %v", err)
 	}
 }
