@@ -14,12 +14,13 @@ build:
 
 # Debian packages, containerd 2.x and the Kubernetes binaries of the test
 # matrix: the newest supported release (API server, controller-manager,
-# scheduler, kubectl and kubelet) and the oldest supported kubelet, each
-# only when missing; builds are cached in ~/.cache/kube-preloader.
+# scheduler, kubectl, kubelet and the kubelet's e2e credential provider
+# plugin) and the oldest supported kubelet, each only when missing; builds
+# are cached in ~/.cache/kube-preloader.
 KUBE_VERSION        ?= v1.37.2
 OLDEST_KUBELET      ?= v1.35.4
 deps: runtime-deps
-	KUBE_VERSION=$(KUBE_VERSION) scripts/build-kube.sh kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl
+	KUBE_VERSION=$(KUBE_VERSION) scripts/build-kube.sh kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl gcp-credential-provider
 	KUBE_VERSION=$(OLDEST_KUBELET) scripts/build-kube.sh kubelet
 
 # What the tests run besides Kubernetes: Debian packages, containerd 2.x, helm.

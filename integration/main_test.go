@@ -48,9 +48,17 @@ func (r run) String() string {
 
 func preloader(t *testing.T, timeout time.Duration, env []string, args ...string) run {
 	t.Helper()
+	return runPreloader(t, timeout, env, preloaderBin, args...)
+}
+
+// runPreloader runs the preloader through name, a program that execs it
+// in its place (harness.WithHosts), or name itself when that is the
+// preloader.
+func runPreloader(t *testing.T, timeout time.Duration, env []string, name string, args ...string) run {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, preloaderBin, args...)
+	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Env = append(os.Environ(), env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr

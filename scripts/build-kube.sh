@@ -3,7 +3,9 @@
 # the Go module proxy into a cache outside the repo. k8s.io/kubernetes is not
 # meant to be a dependency, so it is built from a throwaway module whose
 # replace lines map every staging module to the matching v0 release.
-# Usage: scripts/build-kube.sh [kube-apiserver kubelet kube-controller-manager kube-scheduler kubectl]
+# gcp-credential-provider is the kubelet's own e2e credential provider
+# plugin (test/e2e_node/plugins), which the credential provider tests run.
+# Usage: scripts/build-kube.sh [kube-apiserver kubelet kube-controller-manager kube-scheduler kubectl gcp-credential-provider]
 set -euo pipefail
 
 CACHE="${PRELOADER_CACHE:-$HOME/.cache/kube-preloader}"
@@ -20,6 +22,8 @@ todo=()
 # step reruns when the Go build cache is warm.
 reports_version() {
   local out
+  # The test plugin has no version flag; the file name carries it.
+  [[ "$1" == gcp-credential-provider ]] && return 0
   if [[ "$1" == kubectl ]]; then
     out=$("$CACHE/bin/$1-$KUBE_VERSION" version --client 2>/dev/null) || return 1
   else
@@ -70,6 +74,7 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
 	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "k8s.io/kubernetes/test/e2e_node/plugins/gcp-credential-provider"
 )
 GO
 GOFLAGS=-mod=mod go mod tidy
@@ -81,6 +86,10 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 done
 for b in "${todo[@]}"; do
   echo "build-kube: building $b $KUBE_VERSION" >&2
-  CGO_ENABLED=0 go build -trimpath -ldflags="-s -w $ldversion" -o "$CACHE/bin/$b-$KUBE_VERSION.tmp" "k8s.io/kubernetes/cmd/$b"
+  pkg="k8s.io/kubernetes/cmd/$b"
+  [[ "$b" == gcp-credential-provider ]] && pkg="k8s.io/kubernetes/test/e2e_node/plugins/$b"
+  # Static (CGO_ENABLED=0) like every binary here: a plugin must run in
+  # the agent's image, which has no libc.
+  CGO_ENABLED=0 go build -trimpath -ldflags="-s -w $ldversion" -o "$CACHE/bin/$b-$KUBE_VERSION.tmp" "$pkg"
   mv "$CACHE/bin/$b-$KUBE_VERSION.tmp" "$CACHE/bin/$b-$KUBE_VERSION"
 done

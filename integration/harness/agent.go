@@ -47,7 +47,7 @@ func BuildPreloader(dir string) (string, error) {
 	return bin, nil
 }
 
-// AgentOptions configure StartAgent. All fields are required.
+// AgentOptions configure StartAgent. All fields but Hosts are required.
 type AgentOptions struct {
 	Bin        string // the preloader binary (BuildPreloader)
 	Kubeconfig string // the identity the agent acts as
@@ -59,6 +59,9 @@ type AgentOptions struct {
 	Containerd *Containerd
 	// Args are added to the agent's command line.
 	Args []string
+	// Hosts, if set, is the /etc/hosts the agent and its credential
+	// provider plugins see, in a mount namespace of their own (WithHosts).
+	Hosts string
 }
 
 // Agent is `preloader agent` running as its own process, the way the
@@ -90,11 +93,18 @@ func StartAgent(t T, opts AgentOptions) *Agent {
 		"--metrics-addr", "127.0.0.1:0"}
 	args = append(args, opts.Args...)
 	ctrd := opts.Containerd
+	command := ctrd.Command
+	if opts.Hosts != "" {
+		command = func(bin string, args ...string) *exec.Cmd {
+			name, argv := WithHosts(opts.Hosts, bin, args...)
+			return ctrd.Command(name, argv...)
+		}
+	}
 	if ctrd.Layout != "" {
-		a.cmd = ctrd.Command(opts.Bin, args...)
+		a.cmd = command(opts.Bin, args...)
 		a.cmd.Env = DiscoveryEnv()
 	} else {
-		a.cmd = ctrd.Command(opts.Bin, append(args, "--cri-endpoint", ctrd.Endpoint, "--containerd-address", ctrd.Address)...)
+		a.cmd = command(opts.Bin, append(args, "--cri-endpoint", ctrd.Endpoint, "--containerd-address", ctrd.Address)...)
 		// containerd 2.x does not report its sandbox image over the CRI; the
 		// documented fallback reads this containerd's config file.
 		a.cmd.Env = append(os.Environ(), noderuntime.ContainerdConfigEnv+"="+ctrd.ConfigFile)

@@ -12,3 +12,11 @@ const ECRCredentialProviderVersion = "v1.37.0"
 func ECRCredentialProviderBinary() string {
 	return filepath.Join(CacheDir(), "bin", "ecr-credential-provider-"+ECRCredentialProviderVersion)
 }
+
+// GCPCredentialProviderBinary is the kubelet's own e2e test plugin,
+// test/e2e_node/plugins/gcp-credential-provider of k8s.io/kubernetes at
+// KubeVersion, which scripts/build-kube.sh builds (make deps); a test
+// that needs it calls Require with it.
+func GCPCredentialProviderBinary() string {
+	return filepath.Join(CacheDir(), "bin", "gcp-credential-provider-"+KubeVersion)
+}
