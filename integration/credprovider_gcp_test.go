@@ -105,6 +105,9 @@ providers:
 			name, args := harness.WithHosts(stub.Hosts(t), preloaderBin, "once", "--config", cfg, "-o", "json",
 				"--image-credential-provider-config", providers, "--image-credential-provider-bin-dir", bin)
 			r := runPreloader(t, 2*time.Minute, env, name, args...)
+			if hosts, err := os.ReadFile("/etc/hosts"); err != nil || strings.Contains(string(hosts), stub.IP) {
+				t.Errorf("the machine's /etc/hosts names the stub (%v):\n%s", err, hosts)
+			}
 			harness.AssertNoSecret(t, harness.GCPTokenUser, harness.GCPAccessToken, r.stdout, r.stderr)
 			for _, s := range gcpPluginPrinted {
 				if strings.Contains(r.stdout+r.stderr, s) {
@@ -254,6 +257,26 @@ providers:
 		}
 		return ""
 	})
+	// The plugin answers cacheKeyType Global; the kubelet keys a token
+	// provider's answers by the token too, so gar-other's image, retried at
+	// each sync after gar-puller's answer is cached, still runs the plugin
+	// with its own token, which it refuses.
+	syncs := strings.Count(agent.Log(), "msg=synced")
+	agent.Eventually(t, time.Minute, "two more syncs", func() string {
+		if n := strings.Count(agent.Log(), "msg=synced"); n < syncs+2 {
+			return fmt.Sprintf("%d syncs, want %d", n, syncs+2)
+		}
+		return ""
+	})
+	v := node()
+	for ref, provider := range refused {
+		if want, r := "credential provider "+provider+": failed: exit status 255 (", v.FailedReason(ref); !strings.HasPrefix(r, want) {
+			t.Errorf("after two more syncs, reason for %s: %q, want %q…", ref, r, want)
+		}
+		if criImage(t, rt, ref) != "" {
+			t.Errorf("CRI ImageStatus(%s): present, want refused by the plugin", ref)
+		}
+	}
 	if criImage(t, rt, pulled) == "" {
 		t.Errorf("CRI ImageStatus(%s): absent, want pulled with the plugin's credentials", pulled)
 	}
