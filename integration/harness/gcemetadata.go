@@ -46,6 +46,7 @@ type GCEMetadataStub struct {
 func StartGCEMetadataStub(t T, status int) *GCEMetadataStub {
 	t.Helper()
 	Require(t, "unshare (util-linux)", "/usr/bin/unshare")
+	Require(t, "mount (util-linux)", "/usr/bin/mount")
 	s := &GCEMetadataStub{status: status}
 	var (
 		ln  net.Listener
@@ -121,5 +122,5 @@ func (s *GCEMetadataStub) Hosts(t T) string {
 // exit status are bin's.
 func WithHosts(hosts, bin string, args ...string) (string, []string) {
 	return "/usr/bin/unshare", append([]string{"--mount", "--propagation", "private", "--",
-		"/bin/sh", "-c", `mount --bind "$0" /etc/hosts && exec "$@"`, hosts, bin}, args...)
+		"/bin/sh", "-c", `/usr/bin/mount --bind "$0" /etc/hosts && exec "$@"`, hosts, bin}, args...)
 }
