@@ -87,6 +87,10 @@ func (r *run) writeValues(t *testing.T, path string) {
 			{"name": "KUBERNETES_SERVICE_PORT_HTTPS", "value": port},
 		},
 	}
+	if r.ecr != nil {
+		// k3s's paths, which the chart knows.
+		v["credentialProviders"] = map[string]any{"enabled": true}
+	}
 	b, err := yaml.Marshal(v)
 	if err != nil {
 		t.Fatal(err)

@@ -75,6 +75,10 @@ func (r *run) scenarioCredentialPolicy(t *testing.T) {
 			nodeStatus(t, node).Refused, judged, refusedEvent, reported.Seconds()),
 	})
 
+	if r.ecr != nil {
+		r.scenarioPluginCredentialsAlwaysVerify(t)
+	}
+
 	// k3: the allowlist `preloader allowlist` prints, as a kubelet drop-in.
 	r.scenarioAllowlist(t, "Pending, ErrImageNeverPull (AlwaysVerify)")
 
@@ -101,9 +105,32 @@ func (r *run) scenarioCredentialPolicy(t *testing.T) {
 		after: fmt.Sprintf("agent: refused, in status and Event %.1fs after the edit; Never pod: ErrImageNeverPull",
 			reported.Seconds()),
 	})
-	for _, name := range []string{"k-always", "k-allowed", "k-late"} {
+	for _, name := range []string{"k-always", "k-allowed", "k-late", "k-ecr-preloaded", "k-ecr-kubelet"} {
 		_ = n.Client.CoreV1().Pods("default").Delete(context.Background(), name, metav1.DeleteOptions{})
 	}
+}
+
+// scenarioPluginCredentialsAlwaysVerify: under AlwaysVerify, scenario h's
+// two ECR images, both needing plugin credentials: the one the agent
+// preloaded is refused to a Never pod without imagePullSecrets, the one
+// the kubelet pulled itself with the plugin's credentials runs (its pull
+// record says node credentials, which any pod of the node may use).
+func (r *run) scenarioPluginCredentialsAlwaysVerify(t *testing.T) {
+	t.Helper()
+	n := r.node
+	preloaded, pulled := ecrRef(r.ecr.preloaded), ecrRef(r.ecr.kubeletPulled)
+	createPod(t, n, hostPod(n, "k-ecr-preloaded", preloaded, corev1.PullNever))
+	createPod(t, n, hostPod(n, "k-ecr-kubelet", pulled, corev1.PullNever))
+	p := n.WaitContainerWaiting(t, "default", "k-ecr-preloaded", "ErrImageNeverPull", 2*time.Minute)
+	if !r.imagePresent(t, preloaded) {
+		t.Fatalf("k2: %s is not in the runtime; the kubelet's refusal would prove nothing", preloaded)
+	}
+	n.WaitPodRunning(t, "default", "k-ecr-kubelet", time.Minute)
+	verdicts.add(verdict{
+		scenario: r.row("k2 AlwaysVerify, plugin credentials (h's images)"),
+		before:   "-",
+		after:    fmt.Sprintf("preloaded: %s, %s; kubelet-pulled with the plugin: Running (both Never)", p.Status.Phase, harness.WaitingReason(p)),
+	})
 }
 
 // scenarioAllowlist restarts the kubelet with the drop-in `preloader

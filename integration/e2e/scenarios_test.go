@@ -4,13 +4,14 @@ package e2e
 // reports: pod phase, the container's waiting reason, Events.
 //
 // One cluster (etcd, kube-apiserver, controller-manager, scheduler, kubelet,
-// containerd 1.6) serves scenarios a (after), b, c, d, e, f and g, in an
+// containerd 1.6) serves scenarios a (after), b, c, d, e, f, g and h, in an
 // order that lets each start from the state the one before left: the node
 // boots with the pause image preloaded by the bootstrap hook (a) and the
 // preloader.io/not-ready taint (c), `once` pulls a private image with
 // pullVia containerd before the agent runs (g), the agent is installed from
-// its Helm chart (c) and upgraded, then private images (b), the rollout with the registry
-// down (d), the image removed behind the kubelet's back (e), and the search
+// its Helm chart (c) and upgraded, then private images (b), an ECR image
+// through the credential provider plugin the kubelet has too (h,
+// credprovider_test.go), the rollout with the registry down (d), the image removed behind the kubelet's back (e), and the search
 // for the password in everything a user or an attacker with read access
 // sees (f).
 // Scenario a's "before" needs a node that boots without the hook: its own
@@ -133,6 +134,7 @@ func testScenarios(t *testing.T, kind nodeKind) {
 	// The release installed in c, upgraded with changed values.
 	step("helm upgrade", func() { r.helmUpgrade(t) })
 	step("b", func() { r.scenarioPrivate(t, "b") })
+	step("h", func() { r.scenarioCredentialProvider(t) })
 	step("d", func() { r.scenarioRegistryDown(t) })
 	step("e", func() { r.scenarioRemoved(t) })
 	// Before k, whose kubelet policy refuses what it has not verified.
@@ -191,7 +193,10 @@ type run struct {
 	// helmHome holds helm's registry login and caches (the full run).
 	helmHome string
 	// prom scrapes the agent (the full run).
-	prom     *harness.Prometheus
+	prom *harness.Prometheus
+	// ecr is the ECR registry, its stub and images (the full run): the
+	// node's kubelet and the chart's agent have ecr-credential-provider.
+	ecr      *ecrSetup
 	agentPod string
 	// entries and sandbox are the images.yaml the test last wrote.
 	entries []cfgEntry
@@ -260,6 +265,9 @@ func newRun(t *testing.T, kind nodeKind, full bool) *run {
 		r.img[name] = pub[i]
 	}
 	r.spec = spec
+	if full {
+		r.ecr = startECR(t, spec)
+	}
 	priv := harness.PushTestImages(t, r.priv, []harness.ImageSpec{
 		harness.PauseImageSpec(t, "pause", "3.10"),
 		spec("team/private", "1.0"),
@@ -399,6 +407,13 @@ func (r *run) startNode(t *testing.T, taint bool) {
 		SandboxImage:   r.img["pause"].Ref,
 		Registries:     []*harness.Registry{r.pub, r.priv},
 		BeforeKubelet:  func(n *harness.Node) { r.bootstrapHook(t, n) },
+	}
+	if r.ecr != nil {
+		opts.ImageCredentialProviderConfig, opts.ImageCredentialProviderBinDir = k3sProviderConfig, k3sProviderBinDir
+		opts.BeforeKubelet = func(n *harness.Node) {
+			r.ecr.install(t, n)
+			r.bootstrapHook(t, n)
+		}
 	}
 	if r.full {
 		// containerd 2.x at k3s's paths: the chart's distribution: k3s and
@@ -1167,6 +1182,9 @@ func (r *run) scenarioNoSecrets(t *testing.T, name string) {
 		"the password in base64":     base64.StdEncoding.EncodeToString([]byte(r.password)),
 		"user:password in the clear": r.user + ":" + r.password,
 	}
+	if r.ecr != nil {
+		maps.Copy(needles, r.ecr.secretNeedles())
+	}
 	total := 0
 	for _, tx := range texts {
 		total += len(tx.text)
@@ -1181,7 +1199,7 @@ func (r *run) scenarioNoSecrets(t *testing.T, name string) {
 	for _, tx := range texts {
 		names = append(names, tx.name)
 	}
-	t.Logf("searched %d sources, %d bytes, for the password and auth string: %s", len(texts), total, strings.Join(names, "; "))
+	t.Logf("searched %d sources, %d bytes, for %d forms of the passwords and tokens: %s", len(texts), total, len(needles), strings.Join(names, "; "))
 	verdicts.add(verdict{
 		scenario: r.row(name + " no password or auth string anywhere"),
 		before:   "-",

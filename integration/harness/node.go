@@ -69,6 +69,13 @@ type NodeOptions struct {
 	// KubeletDropIns are files written to the kubelet's --config-dir
 	// (name -> content) before it starts.
 	KubeletDropIns map[string]string
+	// ImageCredentialProviderConfig and ImageCredentialProviderBinDir are
+	// the kubelet's --image-credential-provider-config and -bin-dir, as the
+	// kubelet sees them (inside the Layout's namespace, if any). The
+	// kubelet does not start when a binary the config names is missing:
+	// write them before, in BeforeKubelet at the latest.
+	ImageCredentialProviderConfig string
+	ImageCredentialProviderBinDir string
 	// Labels are extra Node labels (kubelet --node-labels).
 	Labels map[string]string
 	// BeforeKubelet runs once containerd answers and before the kubelet
@@ -454,6 +461,9 @@ func (n *Node) startKubelet() error {
 		// addresses come from the cloud controller: initializeNode.
 		"--cloud-provider=external",
 		"--v=2",
+	}
+	if c := n.opts.ImageCredentialProviderConfig; c != "" {
+		args = append(args, "--image-credential-provider-config="+c, "--image-credential-provider-bin-dir="+n.opts.ImageCredentialProviderBinDir)
 	}
 	if len(n.opts.Labels) > 0 {
 		var ls []string

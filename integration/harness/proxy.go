@@ -30,24 +30,50 @@ type ProxyOptions struct {
 	Served func(r *http.Request, status int, bytes int64)
 }
 
-// Proxy is a plain-HTTP reverse proxy on 127.0.0.1 in front of a registry,
-// to make a loopback registry behave like a remote one or a failing one.
+// Proxy is a reverse proxy on 127.0.0.1 in front of a registry, to make a
+// loopback registry behave like a remote one or a failing one, or to see
+// what clients send it.
 type Proxy struct {
 	Host     string
+	URL      string // "http://Host", or "https://Host" in front of a TLS registry
 	Requests atomic.Int64
 	opts     ProxyOptions
 	srv      *http.Server
 }
 
-// StartProxy proxies to the plain-HTTP registry at targetHost.
+// StartProxy proxies plain HTTP to the plain-HTTP registry at targetHost.
 func StartProxy(t T, targetHost string, opts ProxyOptions) *Proxy {
+	t.Helper()
+	return startProxy(t, &url.URL{Scheme: "http", Host: targetHost}, nil, "", "", opts)
+}
+
+// StartTLSProxy proxies to a TLS registry and serves HTTPS with the
+// registry's own certificate: a client that trusts the registry's test CA
+// (its CACertPath) trusts the proxy too.
+func StartTLSProxy(t T, reg *Registry, opts ProxyOptions) *Proxy {
+	t.Helper()
+	if reg.CACertPath == "" {
+		t.Fatalf("proxy: registry %s does not serve TLS", reg.Host)
+	}
+	cert, key := reg.ServerCertificate()
+	return startProxy(t, &url.URL{Scheme: "https", Host: reg.Host}, reg.Transport(), cert, key, opts)
+}
+
+// startProxy serves plain HTTP, or TLS with certFile and keyFile when
+// given, and forwards to target through transport (nil: the default).
+func startProxy(t T, target *url.URL, transport http.RoundTripper, certFile, keyFile string, opts ProxyOptions) *Proxy {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("proxy: %v", err)
 	}
 	p := &Proxy{Host: lis.Addr().String(), opts: opts}
-	rp := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "http", Host: targetHost})
+	p.URL = "http://" + p.Host
+	if certFile != "" {
+		p.URL = "https://" + p.Host
+	}
+	rp := httputil.NewSingleHostReverseProxy(target)
+	rp.Transport = transport
 	// Registries answer with absolute Location headers for blob redirects
 	// only when configured to; distribution's defaults are relative, so no
 	// rewriting is needed.
@@ -77,7 +103,11 @@ func StartProxy(t T, targetHost string, opts ProxyOptions) *Proxy {
 		}
 		rp.ServeHTTP(w, r)
 	})}
-	go p.srv.Serve(lis)
+	if certFile != "" {
+		go p.srv.ServeTLS(lis, certFile, keyFile)
+	} else {
+		go p.srv.Serve(lis)
+	}
 	t.Cleanup(func() { p.srv.Close() })
 	return p
 }

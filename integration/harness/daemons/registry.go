@@ -247,6 +247,16 @@ func (r *Registry) Transport() *http.Transport {
 	return tr
 }
 
+// ServerCertificate is the registry's TLS certificate and key files (for
+// 127.0.0.1, from its test CA); "" without TLS.
+func (r *Registry) ServerCertificate() (certFile, keyFile string) {
+	if r.CACertPath == "" {
+		return "", ""
+	}
+	dir := filepath.Dir(r.CACertPath)
+	return filepath.Join(dir, "server.crt"), filepath.Join(dir, "server.key")
+}
+
 // Authenticator returns the credentials for go-containerregistry clients.
 func (r *Registry) Authenticator() authn.Authenticator {
 	if r.Username == "" {
