@@ -57,12 +57,14 @@ type ecrSetup struct {
 func startECR(t *testing.T, spec func(repo, tag string) harness.ImageSpec) *ecrSetup {
 	t.Helper()
 	harness.Require(t, "ecr-credential-provider "+harness.ECRCredentialProviderVersion+" (scripts/install-deps.sh)", harness.ECRCredentialProviderBinary())
+	start := time.Now()
 	e := &ecrSetup{seen: &credentialLog{}}
 	e.reg = harness.StartRegistry(t, harness.RegistryOptions{Username: ecrUser, Password: harness.ECRPassword, TLS: true})
 	e.front = harness.StartTLSProxy(t, e.reg, harness.ProxyOptions{Served: e.seen.note})
 	e.stub = harness.StartECRStub(t)
 	imgs := harness.PushTestImages(t, e.reg, []harness.ImageSpec{spec("team/app", "1.4"), spec("team/app", "1.5")})
 	e.preloaded, e.kubeletPulled = imgs[0], imgs[1]
+	t.Logf("ECR registry, its front and two images, and the ECR stub: %v", time.Since(start).Round(time.Millisecond))
 	return e
 }
 

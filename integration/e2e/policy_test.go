@@ -129,7 +129,7 @@ func (r *run) scenarioPluginCredentialsAlwaysVerify(t *testing.T) {
 	verdicts.add(verdict{
 		scenario: r.row("k2 AlwaysVerify, plugin credentials (h's images)"),
 		before:   "-",
-		after:    fmt.Sprintf("preloaded: %s, %s; kubelet-pulled with the plugin: Running (both Never)", p.Status.Phase, harness.WaitingReason(p)),
+		after:    fmt.Sprintf("preloaded: %s, %s; kubelet-pulled: Running (both Never)", p.Status.Phase, harness.WaitingReason(p)),
 	})
 }
 
