@@ -11,9 +11,9 @@ package e2e
 // pullVia containerd before the agent runs (g), the agent is installed from
 // its Helm chart (c) and upgraded, then private images (b), an ECR image
 // through the credential provider plugin the kubelet has too (h,
-// credprovider_test.go), the rollout with the registry down (d), the image removed behind the kubelet's back (e), and the search
-// for the password in everything a user or an attacker with read access
-// sees (f).
+// credprovider_test.go), the rollout with the registry down (d), the image
+// removed behind the kubelet's back (e), and the search for the password
+// in everything a user or an attacker with read access sees (f).
 // Scenario a's "before" needs a node that boots without the hook: its own
 // short-lived cluster. Scenarios b and g run again on containerd 2.x.
 

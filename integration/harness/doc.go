@@ -15,6 +15,7 @@
 //
 //	hold := harness.NewHold(64<<10, isLayerGet)                      // bodies stop after 64 KiB until hold.Release()
 //	p := harness.StartProxy(t, reg.Host, harness.ProxyOptions{Hold: hold}) // p.Host; hold.Held() counts the stopped ones
+//	f := harness.StartTLSProxy(t, reg, harness.ProxyOptions{Served: note})  // f.URL is https with reg's certificate; note(r, status, n) sees each request
 //	sp := harness.StartSocketProxy(t, ctrd.Address)                    // sp.Path, for --containerd-address
 //	sp.Limit(8 << 20)                                                  // client bytes past 8 MiB wait (sp.Holding()); Limit(-1) lifts it
 //
