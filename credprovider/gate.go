@@ -12,13 +12,24 @@ import (
 // too asks only when it pulls), and remembers a failure for every
 // reference pulled for the image, which Err then gives to the store
 // wrapper that refuses those pulls. A nil *Gate gives nothing.
+//
+// A run asks once per image: the engine may want an image's credentials
+// before its pull (to size its layers) and again for it, and a plugin
+// that hangs would cost the kubelet's minute each time. The next run asks
+// again.
 type Gate struct {
 	ctx     context.Context
 	plugins *Plugins
 	tokens  Tokens
 
-	mu     sync.Mutex
-	failed map[string]error
+	mu      sync.Mutex
+	failed  map[string]error
+	answers map[string]answered // by image and service account
+}
+
+type answered struct {
+	auths []*keyring.AuthConfig
+	err   error
 }
 
 // Gate starts a run's Gate; ctx bounds the plugin runs it waits for;
@@ -28,7 +39,7 @@ func (ps *Plugins) Gate(ctx context.Context, tokens Tokens) *Gate {
 	if ps == nil {
 		return nil
 	}
-	return &Gate{ctx: ctx, plugins: ps, tokens: tokens, failed: map[string]error{}}
+	return &Gate{ctx: ctx, plugins: ps, tokens: tokens, failed: map[string]error{}, answers: map[string]answered{}}
 }
 
 // Auth returns the plugins' credentials for image, whose pods run as
@@ -39,9 +50,20 @@ func (g *Gate) Auth(image, serviceAccount string, refs ...string) []*keyring.Aut
 	if g == nil || !g.plugins.Matches(image) {
 		return nil
 	}
+	key := keyOf(image, serviceAccount)
+	g.mu.Lock()
+	a, ok := g.answers[key]
+	g.mu.Unlock()
+	if ok {
+		return a.auths
+	}
 	auths, err := g.plugins.Lookup(g.ctx, image, Identity{Tokens: g.tokens, Name: serviceAccount})
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if g.ctx.Err() == nil {
+		// A lookup the run's end cut short is no answer.
+		g.answers[key] = answered{auths, err}
+	}
 	for _, ref := range refs {
 		if err != nil {
 			g.failed[ref] = err

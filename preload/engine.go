@@ -397,15 +397,17 @@ func (e *Engine) largestLayer(ctx context.Context, pulls []config.Image) (int64,
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 8)
 	for i, img := range pulls {
-		var auth *runtimeapi.AuthConfig
-		if e.Auth != nil {
-			if auths := e.Auth(img); len(auths) > 0 {
-				auth = auths[0]
-			}
-		}
 		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
+			// Looked up here, not before: a credential provider that
+			// hangs holds one slot, not every other image's turn.
+			var auth *runtimeapi.AuthConfig
+			if e.Auth != nil {
+				if auths := e.Auth(img); len(auths) > 0 {
+					auth = auths[0]
+				}
+			}
 			sizes[i], _ = e.puller().LargestLayer(ctx, img.Name, auth)
 		})
 	}

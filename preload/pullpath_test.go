@@ -154,3 +154,41 @@ func TestRunAutoByLayerSize(t *testing.T) {
 		})
 	}
 }
+
+// pullVia auto sizes the layers of every image to pull at once: a
+// credential lookup that hangs (a plugin's, up to its minute) holds its
+// own image, not the others' turn.
+func TestRunAutoLayerSizesDoNotWaitInTurn(t *testing.T) {
+	s := critest.Start(t)
+	store := &containerd2{Store: noderuntime.WithContainerd(connect(t, s), critest.NewContainerd(s)),
+		answers: map[string]time.Duration{"near.example": time.Millisecond},
+		layers:  map[string]int64{"near.example/a:1": 1 << 20, "near.example/b:1": 1 << 20}}
+	bAsked := make(chan struct{})
+	var once sync.Once
+	var waited sync.Map
+	e := &preload.Engine{Store: store, Auth: func(img config.Image) []*runtimeapi.AuthConfig {
+		switch img.Name {
+		case "near.example/b:1":
+			once.Do(func() { close(bAsked) })
+		case "near.example/a:1":
+			select {
+			case <-bAsked:
+			case <-time.After(10 * time.Second):
+				waited.Store(img.Name, true)
+			}
+		}
+		return nil
+	}}
+	results, err := e.Run(context.Background(), testConfig(), images("near.example/a:1", "near.example/b:1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := waited.Load("near.example/a:1"); ok {
+		t.Errorf("b's credentials were not asked for while a's lookup hung")
+	}
+	for _, r := range results {
+		if r.Status != preload.StatusPulled {
+			t.Errorf("%s: %s, want pulled", r.Image, r.Status)
+		}
+	}
+}
