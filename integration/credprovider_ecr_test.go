@@ -27,7 +27,8 @@ import (
 //
 // pullVia cri is the kubelet's path: the runtime's own pull with the
 // credentials in the request; containerd is the preloader's own client,
-// which reads the same hosts.toml.
+// which reads the same hosts.toml. Both on containerd 2.x and 1.6, whose
+// CRI gives the request's credentials to a mirror of another name too.
 func TestOnceECRCredentialProvider(t *testing.T) {
 	harness.Require(t, "ecr-credential-provider "+harness.ECRCredentialProviderVersion+" (scripts/install-deps.sh)", harness.ECRCredentialProviderBinary())
 	for _, flavor := range flavors {
@@ -198,6 +199,7 @@ func TestAgentECRCredentialProvider(t *testing.T) {
 	if n := stub.Calls("us-east-1"); n != 1 {
 		t.Errorf("GetAuthorizationToken called %d times, want still 1: the cached answer is valid", n)
 	}
+	t.Logf("GetAuthorizationToken calls for the denied account, one per sync that retried it: %d", stub.Calls("eu-west-1"))
 
 	var shown []string
 	for _, ev := range listEvents(t, c, "", "") {
