@@ -14,9 +14,9 @@ import (
 // wrapper that refuses those pulls. A nil *Gate gives nothing.
 //
 // A run asks once per image: the engine may want an image's credentials
-// before its pull (to size its layers) and again for it, and a plugin
-// that hangs would cost the kubelet's minute each time. The next run asks
-// again.
+// before its pull (to size its layers) and again for it, while the first
+// lookup still runs, and a plugin that hangs would cost the kubelet's
+// minute each time. The next run asks again.
 type Gate struct {
 	ctx     context.Context
 	plugins *Plugins
@@ -24,12 +24,13 @@ type Gate struct {
 
 	mu      sync.Mutex
 	failed  map[string]error
-	answers map[string]answered // by image and service account
+	lookups map[string]*lookup // by image and service account
 }
 
-type answered struct {
+// lookup is one of the run's; auths are set when done is closed.
+type lookup struct {
+	done  chan struct{}
 	auths []*keyring.AuthConfig
-	err   error
 }
 
 // Gate starts a run's Gate; ctx bounds the plugin runs it waits for;
@@ -39,7 +40,7 @@ func (ps *Plugins) Gate(ctx context.Context, tokens Tokens) *Gate {
 	if ps == nil {
 		return nil
 	}
-	return &Gate{ctx: ctx, plugins: ps, tokens: tokens, failed: map[string]error{}, answers: map[string]answered{}}
+	return &Gate{ctx: ctx, plugins: ps, tokens: tokens, failed: map[string]error{}, lookups: map[string]*lookup{}}
 }
 
 // Auth returns the plugins' credentials for image, whose pods run as
@@ -52,25 +53,30 @@ func (g *Gate) Auth(image, serviceAccount string, refs ...string) []*keyring.Aut
 	}
 	key := keyOf(image, serviceAccount)
 	g.mu.Lock()
-	a, ok := g.answers[key]
+	l, asked := g.lookups[key]
+	if !asked {
+		l = &lookup{done: make(chan struct{})}
+		g.lookups[key] = l
+	}
 	g.mu.Unlock()
-	if ok {
-		return a.auths
-	}
-	auths, err := g.plugins.Lookup(g.ctx, image, Identity{Tokens: g.tokens, Name: serviceAccount})
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.ctx.Err() == nil {
-		// A lookup the run's end cut short is no answer.
-		g.answers[key] = answered{auths, err}
-	}
-	for _, ref := range refs {
-		if err != nil {
-			g.failed[ref] = err
-		} else {
-			delete(g.failed, ref) // a later lookup worked
+	if asked {
+		select {
+		case <-l.done:
+			return l.auths
+		case <-g.ctx.Done():
+			return nil // the run is over: its pulls end too
 		}
 	}
+	auths, err := g.plugins.Lookup(g.ctx, image, Identity{Tokens: g.tokens, Name: serviceAccount})
+	if err != nil {
+		g.mu.Lock()
+		for _, ref := range refs {
+			g.failed[ref] = err
+		}
+		g.mu.Unlock()
+	}
+	l.auths = auths
+	close(l.done)
 	return auths
 }
 

@@ -389,37 +389,59 @@ func autoPath(p pathFacts) (via, why string) {
 	return config.PullViaCRI, p.answer + ": containerd's CRI pulls keep the node busy at less CPU"
 }
 
+// layerSizing bounds how long pullVia auto waits for the sizes of the
+// layers to pull. Manifests from registries that answered within
+// nearRegistry come in well under it; what it cuts short is an image
+// whose credentials are still being looked up (a credential provider may
+// take the kubelet's minute), which then counts for nothing.
+var layerSizing = 5 * time.Second
+
 // largestLayer is the largest layer that pulls would download, and its
 // image, as their manifests say; images whose manifest cannot be read
-// count for nothing here (their pull says why).
+// within layerSizing count for nothing here (their pull says why).
 func (e *Engine) largestLayer(ctx context.Context, pulls []config.Image) (int64, string) {
-	sizes := make([]int64, len(pulls))
-	var wg sync.WaitGroup
+	type size struct {
+		n int64
+		i int
+	}
+	// Buffered: a lookup cut short ends on its own, with no one to read it.
+	sizes := make(chan size, len(pulls))
 	sem := make(chan struct{}, 8)
 	for i, img := range pulls {
-		wg.Go(func() {
+		go func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			// Looked up here, not before: a credential provider that
-			// hangs holds one slot, not every other image's turn.
 			var auth *runtimeapi.AuthConfig
 			if e.Auth != nil {
 				if auths := e.Auth(img); len(auths) > 0 {
 					auth = auths[0]
 				}
 			}
-			sizes[i], _ = e.puller().LargestLayer(ctx, img.Name, auth)
-		})
+			n, _ := e.puller().LargestLayer(ctx, img.Name, auth)
+			sizes <- size{n, i}
+		}()
 	}
-	wg.Wait()
-	var largest int64
-	var image string
-	for i, n := range sizes {
-		if n > largest {
-			largest, image = n, pulls[i].Name
+	timer := time.NewTimer(layerSizing)
+	defer timer.Stop()
+	largest, at := int64(0), -1
+wait:
+	for range pulls {
+		select {
+		case s := <-sizes:
+			if s.n > largest || (s.n == largest && s.n > 0 && s.i < at) {
+				largest, at = s.n, s.i
+			}
+		case <-timer.C:
+			e.log().Info("pull path: sizing layers without the manifests not read in time", "after", layerSizing.String())
+			break wait
+		case <-ctx.Done():
+			break wait
 		}
 	}
-	return largest, image
+	if at < 0 {
+		return 0, ""
+	}
+	return largest, pulls[at].Name
 }
 
 // registriesNear says whether every registry of refs answers within
