@@ -615,7 +615,7 @@ func Classify(err error) (reason failure.Reason, transient bool) {
 		// boot until its timeout. The agent tries again at its next sync,
 		// when the kubelet's image GC may have made room.
 		return failure.NoSpace, false
-	case has("401 unauthorized", "403 forbidden", "unauthorized", "authorization failed", "access denied", "denied:"):
+	case has("401 unauthorized", "403 forbidden", "unauthorized", "authorization failed", "authentication required", "access denied", "denied:"):
 		return failure.Unauthorized, false
 	case has("not found", "manifest unknown", "name unknown", "no match for platform"):
 		return failure.NotFound, false

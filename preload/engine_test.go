@@ -269,6 +269,8 @@ func TestClassify(t *testing.T) {
 		{`failed to do request: Head "https://127.0.0.1:5000/v2/": tls: failed to verify certificate: x509: certificate signed by unknown authority`, failure.TLS, false},
 		{`failed to copy: httpReadSeeker: failed open: unexpected status code https://r/v2/x/blobs/sha256:1: 503 Service Unavailable`, failure.Registry, true},
 		{`failed to extract layer: write /var/lib/containerd/x: no space left on device`, failure.NoSpace, false},
+		// CRI-O 1.36, without or with wrong credentials (the registry says 401 to both).
+		{`unable to pull image or OCI artifact: pull image err: initializing source docker://127.0.0.1:5000/x:1: reading manifest 1 in 127.0.0.1:5000/x: authentication required; artifact err: image reference: get manifest from ref: create image source: reading manifest 1 in 127.0.0.1:5000/x: authentication required`, failure.Unauthorized, false},
 		{`something new`, failure.Other, true},
 	}
 	for _, tt := range tests {

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Installs what the tests and the demo need on a fresh Debian 12 machine:
-# Debian packages (containerd 1.6, the distribution registry, etcd, runc, CNI
-# plugins, prometheus and its promtool for the metrics tests, skopeo for the
-# image builder's test) when missing, and containerd 2.x, helm 4 (the
-# chart's tests and the e2e's install), helm-docs (the chart's README) and
-# ecr-credential-provider (the credential provider tests)
-# built from the Go module proxy into a cache outside the repo. With the
-# argument "demo", only what `make demo` runs: the registry and Debian's
+# Debian packages (containerd 1.6, the distribution registry, etcd, runc,
+# conmon, CNI plugins, prometheus and its promtool for the metrics tests,
+# skopeo for the image builder's test) when missing, and containerd 2.x,
+# CRI-O, helm 4 (the chart's tests and the e2e's install), helm-docs (the
+# chart's README) and ecr-credential-provider (the credential provider
+# tests) built from the Go module proxy into a cache outside the repo. With
+# the argument "demo", only what `make demo` runs: the registry and Debian's
 # containerd packages, and containerd 2.x too with "containerd2". With
 # "ctr", also ctr 2.x, the peer of the archive import benchmark; with
 # "crictl", crictl, the peer of the pull benchmark.
@@ -28,7 +28,7 @@ for a in "$@"; do
   esac
 done
 
-pkgs=(containerd docker-registry etcd-server runc containernetworking-plugins apache2-utils iproute2 zstd prometheus skopeo)
+pkgs=(containerd docker-registry etcd-server runc conmon containernetworking-plugins apache2-utils iproute2 zstd prometheus skopeo)
 if [[ -n "$want_demo" ]]; then
   # The demo only pulls: containerd needs no runc or CNI plugin for that.
   pkgs=(docker-registry containerd)
@@ -92,6 +92,28 @@ if [[ -z "$want_demo" && ! -x "$CACHE/bin/ecr-credential-provider-$ECR_PROVIDER_
   (cd "$tools_dir/credproviders" && CGO_ENABLED=0 go build -trimpath -o "$tmp/ecr-credential-provider" k8s.io/cloud-provider-aws/cmd/ecr-credential-provider)
   mv "$tmp/ecr-credential-provider" "$CACHE/bin/ecr-credential-provider-$ECR_PROVIDER_VERSION"
   rm -rf "$tmp"
+fi
+# CRI-O and its pinns, the CRI-only runtime the integration tests run the
+# preloader on, at the version tools/crio/go.mod requires: the proxy lists
+# no versions of it, so `go install …@version` is refused and it builds from
+# that separate module. pinns is C inside CRI-O's module, whose copy in the
+# module cache is read-only: it builds from a copy. Debian's conmon and runc
+# run its containers (Debian's crun is too old for its runtime spec).
+CRIO_VERSION=$(awk '$1 == "github.com/cri-o/cri-o" {print $2}' "$tools_dir/crio/go.mod")
+if [[ -z "$want_demo" && ! -x "$CACHE/bin/crio-$CRIO_VERSION" ]]; then
+  echo "install-deps: building CRI-O $CRIO_VERSION and pinns into $CACHE/bin (once; about 10 min on 2 cores with a cold Go cache)" >&2
+  start=$SECONDS
+  tmp=$(mktemp -d)
+  (cd "$tools_dir/crio" && go build -trimpath -tags 'containers_image_openpgp exclude_graphdriver_btrfs' \
+    -o "$tmp/crio" github.com/cri-o/cri-o/cmd/crio)
+  src=$(cd "$tools_dir/crio" && go list -m -f '{{.Dir}}' github.com/cri-o/cri-o)
+  cp -r "$src/pinns" "$tmp/pinns"
+  chmod -R u+w "$tmp/pinns"
+  make -s -C "$tmp/pinns" >&2
+  mv "$tmp/bin/pinns" "$CACHE/bin/pinns-$CRIO_VERSION"
+  mv "$tmp/crio" "$CACHE/bin/crio-$CRIO_VERSION"
+  rm -rf "$tmp"
+  echo "install-deps: CRI-O $CRIO_VERSION built in $((SECONDS - start)) s" >&2
 fi
 # ctr 2.x, the peer the archive import benchmark compares against on
 # containerd 2.x (Debian's ctr is 1.6).

@@ -11,6 +11,8 @@ type (
 	Flavor            = daemons.Flavor
 	ContainerdOptions = daemons.ContainerdOptions
 	Containerd        = daemons.Containerd
+	CRIOOptions       = daemons.CRIOOptions
+	CRIO              = daemons.CRIO
 	RegistryOptions   = daemons.RegistryOptions
 	Registry          = daemons.Registry
 	ImageSpec         = daemons.ImageSpec
@@ -21,6 +23,7 @@ const (
 	Containerd16       = daemons.Containerd16
 	Containerd2        = daemons.Containerd2
 	Containerd2Version = daemons.Containerd2Version
+	CRIOVersion        = daemons.CRIOVersion
 	RegistryBinary     = daemons.RegistryBinary
 )
 
@@ -29,6 +32,7 @@ var (
 	Require           = daemons.Require
 	CacheDir          = daemons.CacheDir
 	StartContainerd   = daemons.StartContainerd
+	StartCRIO         = daemons.StartCRIO
 	StartRegistry     = daemons.StartRegistry
 	PushTestImages    = daemons.PushTestImages
 	CompressibleLayer = daemons.CompressibleLayer

@@ -431,19 +431,26 @@ func (c *Containerd) Start() {
 
 // waitCRI polls the CRI Version call until it answers or the daemon exits.
 func (c *Containerd) waitCRI(timeout time.Duration) error {
-	// gRPC's default reconnect backoff starts at 1 s, which would be most of
-	// the wait: the daemon itself boots in about 0.2 s.
-	fast := grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.2, MaxDelay: 200 * time.Millisecond}}
-	conn, err := grpc.NewClient(c.dialEndpoint(), grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithConnectParams(fast))
+	conn, err := grpc.NewClient(c.dialEndpoint(), grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithConnectParams(fastReconnect))
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
+	return waitVersion(conn, c.proc, timeout)
+}
+
+// fastReconnect replaces gRPC's default reconnect backoff, which starts at
+// 1 s, most of the wait for a daemon that boots in a fraction of it.
+var fastReconnect = grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.2, MaxDelay: 200 * time.Millisecond}}
+
+// waitVersion polls the CRI Version call on conn until it answers or the
+// daemon p exits.
+func waitVersion(conn *grpc.ClientConn, p *Process, timeout time.Duration) error {
 	client := runtimeapi.NewRuntimeServiceClient(conn)
 	deadline := time.Now().Add(timeout)
 	for {
-		if done, err := c.proc.Exited(); done {
-			return fmt.Errorf("containerd exited: %v", err)
+		if done, err := p.Exited(); done {
+			return fmt.Errorf("daemon exited: %v", err)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		_, err := client.Version(ctx, &runtimeapi.VersionRequest{})
@@ -505,7 +512,7 @@ func (c *Containerd) Conn(t T) *grpc.ClientConn {
 // Dir, and Dir itself.
 func (c *Containerd) cleanup() {
 	if c.Running() {
-		c.removeSandboxes()
+		removeSandboxes(c.t, "containerd", c.dialEndpoint())
 		if err := c.proc.Stop(10 * time.Second); err != nil {
 			c.t.Logf("containerd: stop: %v", err)
 		}
@@ -525,32 +532,6 @@ func (c *Containerd) cleanup() {
 	}
 	if err := os.RemoveAll(c.Dir); err != nil {
 		c.t.Errorf("containerd: remove %s: %v", c.Dir, err)
-	}
-}
-
-// removeSandboxes stops and removes all pod sandboxes, so that their
-// containers and shims end with the test. Best effort.
-func (c *Containerd) removeSandboxes() {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	conn, err := grpc.NewClient(c.dialEndpoint(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return
-	}
-	defer conn.Close()
-	rs := runtimeapi.NewRuntimeServiceClient(conn)
-	resp, err := rs.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{})
-	if err != nil {
-		c.t.Logf("containerd: cleanup: list sandboxes: %v", err)
-		return
-	}
-	for _, sb := range resp.Items {
-		if _, err := rs.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: sb.Id}); err != nil {
-			c.t.Logf("containerd: cleanup: stop sandbox %s: %v", sb.Id, err)
-		}
-		if _, err := rs.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: sb.Id}); err != nil {
-			c.t.Logf("containerd: cleanup: remove sandbox %s: %v", sb.Id, err)
-		}
 	}
 }
 

@@ -1,6 +1,6 @@
 // Package daemons starts the real daemons of the integration tests and of
-// `make demo`: containerd with its CRI plugin (Debian's 1.6 or a built 2.x)
-// and a distribution registry with optional htpasswd auth and TLS, plus
+// `make demo`: containerd with its CRI plugin (Debian's 1.6 or a built 2.x),
+// CRI-O, and a distribution registry with optional htpasswd auth and TLS, plus
 // synthetic test images. It leaves out the Kubernetes clients of package
 // harness, which re-exports it, so that the demo does not compile them.
 // Everything listens on 127.0.0.1, lives in its own temporary directory and
@@ -15,6 +15,12 @@
 //	ctrd.Address    // the socket path, for the containerd Go client
 //	ctrd.ConfigPath // registry config_path; TrustIn writes <host>/hosts.toml here
 //	ctrd.Stop(); ctrd.Start(); ctrd.Kill() // Start reuses root and state
+//
+//	crio := daemons.StartCRIO(t, daemons.CRIOOptions{
+//		PauseImage: "registry.k8s.io/pause:3.10",
+//		Registries: []*daemons.Registry{reg}, // CA in CertsDir, or insecure in registries.conf.d
+//	})
+//	crio.Endpoint, crio.CertsDir, crio.RegistriesConfDir, crio.CgroupParent
 //
 //	reg := daemons.StartRegistry(t, daemons.RegistryOptions{Username: "alice", Password: "…", TLS: true})
 //	reg.Host, reg.URL, reg.CACertPath
