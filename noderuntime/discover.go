@@ -27,10 +27,9 @@ const containerd2DefaultConfigPath = "/etc/containerd/certs.d:/etc/docker/certs.
 // containerd 2.x node with no pinned_images.sandbox setting uses.
 const containerd2DefaultSandboxImage = "registry.k8s.io/pause:3.10.2"
 
-// statusConfig is the part of the verbose CRI status config the preloader
-// reads: containerd 1.6 reports all of it; 2.x moved the image service's
-// config (snapshotter, registry, sandbox image) out of it; CRI-O reports
-// its pause image.
+// statusConfig is the part of containerd's verbose CRI status config the
+// preloader reads: containerd 1.6 reports all of it; 2.x moved the image
+// service's config (snapshotter, registry, sandbox image) out of it.
 type statusConfig struct {
 	Endpoint   string `json:"containerdEndpoint"`
 	RootDir    string `json:"containerdRootDir"`
@@ -45,8 +44,17 @@ type statusConfig struct {
 		ConfigPath string `json:"configPath"`
 	} `json:"registry"`
 	SandboxImage string `json:"sandboxImage"` // containerd 1.x
-	PauseImage   string `json:"pause_image"`  // CRI-O
 }
+
+// crioStatusConfig is the part of CRI-O's verbose status config the
+// preloader reads: its pause_image setting, as "sandboxImage" beside its
+// runtime config ("crio").
+type crioStatusConfig struct {
+	SandboxImage string `json:"sandboxImage"`
+}
+
+// crioRuntimeName is CRI-O's RuntimeName in the CRI Version call.
+const crioRuntimeName = "cri-o"
 
 // discovery holds what one look at the runtime found: one verbose CRI
 // status, and containerd's config file read at most once.
@@ -54,7 +62,8 @@ type discovery struct {
 	c          *cri.Client
 	layout     Layout
 	status     statusConfig
-	statusErr  error // the status config did not parse
+	statusRaw  string // the status config as the runtime sent it
+	statusErr  error  // the status config did not parse as containerd's
 	configFile string
 	file       *containerdConfigFile
 	fileErr    error
@@ -69,9 +78,9 @@ func discover(ctx context.Context, c *cri.Client) (*discovery, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &discovery{c: c}
-	if raw, ok := info["config"]; ok {
-		d.statusErr = json.Unmarshal([]byte(raw), &d.status)
+	d := &discovery{c: c, statusRaw: info["config"]}
+	if d.statusRaw != "" {
+		d.statusErr = json.Unmarshal([]byte(d.statusRaw), &d.status)
 	}
 	d.layout = layoutFor(c.Endpoint, d.status.RootDir, fileExists)
 	d.configFile = containerdConfigPath(d.layout)
@@ -208,6 +217,22 @@ func (d *discovery) registryConfigPath() (string, error) {
 	return containerd2DefaultConfigPath, nil
 }
 
+// crioPauseImage is the pause image CRI-O reports: its effective
+// pause_image, drop-ins and flags applied, which no file on the node shows
+// alone.
+func (d *discovery) crioPauseImage() (image, source string, err error) {
+	var st crioStatusConfig
+	if d.statusRaw != "" {
+		if err := json.Unmarshal([]byte(d.statusRaw), &st); err != nil {
+			return "", "", fmt.Errorf("CRI-O status config: %w", err)
+		}
+	}
+	if st.SandboxImage == "" {
+		return "", "", fmt.Errorf("CRI-O %s reports no pause image in its status: set sandboxImage in the config", d.c.RuntimeVersion)
+	}
+	return st.SandboxImage, "CRI-O status (pause_image)", nil
+}
+
 // SandboxGuess begins the source of a sandbox image that is containerd
 // 2.x's compiled-in default because no config said otherwise: a guess, as
 // a config the preloader did not find may well name another.
@@ -217,17 +242,15 @@ const SandboxGuess = "guess: containerd 2.x default, "
 func IsSandboxGuess(source string) bool { return strings.HasPrefix(source, SandboxGuess) }
 
 // sandboxImage is the pod-infra image the runtime will use for every pod
-// sandbox, and where the answer came from. containerd 1.x and CRI-O
+// sandbox, and where the answer came from. CRI-O and containerd 1.x
 // report it in the status; containerd 2.x does not, so then its config
 // file is read, and failing that the 2.x compiled-in default is guessed.
 func (d *discovery) sandboxImage() (image, source string, err error) {
-	if d.statusErr == nil {
-		switch {
-		case d.status.SandboxImage != "":
-			return d.status.SandboxImage, "runtime status", nil
-		case d.status.PauseImage != "":
-			return d.status.PauseImage, "runtime status", nil
-		}
+	if d.c.RuntimeName == crioRuntimeName {
+		return d.crioPauseImage()
+	}
+	if d.statusErr == nil && d.status.SandboxImage != "" {
+		return d.status.SandboxImage, "runtime status", nil
 	}
 	if d.c.RuntimeName != "containerd" {
 		return "", "", fmt.Errorf("runtime %s %s does not report its sandbox image: set sandboxImage in the config", d.c.RuntimeName, d.c.RuntimeVersion)
