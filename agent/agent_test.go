@@ -274,7 +274,10 @@ func TestNoConfigThenConfigMapPreloadsAndReports(t *testing.T) {
 		{Key: nodestatus.TaintNotReady, Effect: corev1.TaintEffectNoSchedule},
 		{Key: "other", Value: "x", Effect: corev1.TaintEffectNoExecute},
 	}
-	e := start(t, func(s *critest.Server) { s.Add("registry.k8s.io/pause:3.10", 1) }, newNode(nil, taints...))
+	e := start(t, func(s *critest.Server) {
+		s.Add("registry.k8s.io/pause:3.10", 1)
+		s.RuntimeVersion = "1.2.3-test"
+	}, newNode(nil, taints...))
 	srv := httptest.NewServer(e.agent.Handler())
 	defer srv.Close()
 
@@ -303,6 +306,9 @@ func TestNoConfigThenConfigMapPreloadsAndReports(t *testing.T) {
 	}
 	if len(st.Failed) != 0 || len(st.Missing) != 0 || st.Changed.IsZero() {
 		t.Errorf("status = %+v", st)
+	}
+	if want := (nodestatus.Runtime{Name: "critest", Version: "1.2.3-test"}); st.Runtime == nil || *st.Runtime != want {
+		t.Errorf("status runtime = %+v, want the CRI's %+v", st.Runtime, want)
 	}
 	n := e.node()
 	if got := n.Labels[nodestatus.LabelReady]; got != "true" {

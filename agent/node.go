@@ -127,6 +127,12 @@ func buildStatus(hash string, results []preload.Result) nodestatus.Status {
 	return st
 }
 
+// runtime is the container runtime the agent reaches, for its status.
+func (a *Agent) runtime() *nodestatus.Runtime {
+	f := a.opts.Store.Facts()
+	return &nodestatus.Runtime{Name: f.Name, Version: f.Version}
+}
+
 // sameStatus compares statuses as the annotation shows them (where an
 // empty list and none are the same), ignoring when they changed and the
 // pulls in flight, which are progress, not a change; Encode stamps the

@@ -106,7 +106,7 @@ func (a *Agent) writeProgress(ctx context.Context, start, now time.Time, fresh f
 // first progress: the config being applied, its images and which of them
 // the runtime lists already; the rest are missing until the run tells.
 func (a *Agent) freshStatus(ctx context.Context, hash string, images []config.Image) nodestatus.Status {
-	st := nodestatus.Status{ConfigHash: hash, Total: len(images), Changed: time.Now().UTC().Truncate(time.Second)}
+	st := nodestatus.Status{ConfigHash: hash, Total: len(images), Runtime: a.runtime(), Changed: time.Now().UTC().Truncate(time.Second)}
 	missing, err := preload.Missing(ctx, a.opts.Store, images)
 	if err != nil {
 		missing = images

@@ -123,6 +123,7 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 	}
 	a.syncSucceeded()
 	st = a.judge(node, st, apply, sandbox)
+	st.Runtime = a.runtime()
 	a.metrics.desired.Set(float64(st.Total))
 	a.metrics.present.Set(float64(st.Present))
 	a.metrics.failed.Set(float64(len(st.Failed)))

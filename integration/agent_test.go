@@ -193,6 +193,9 @@ func testAgent(t *testing.T, flavor harness.Flavor) {
 		}
 		agent.Eventually(t, time.Minute, "node ready", func() string { return node().Shows(hash, 3, 3) })
 		v := node()
+		if got := v.Status.Runtime; got == nil || got.Name != "containerd" || got.Name != rt.RuntimeName || got.Version != rt.RuntimeVersion {
+			t.Errorf("status names runtime %+v, want containerd %s as its CRI says", got, rt.RuntimeVersion)
+		}
 		if v.Tainted {
 			t.Errorf("ready node keeps the %s taint: %v", nodestatus.TaintNotReady, v.Node.Spec.Taints)
 		}

@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -14,7 +15,8 @@ import (
 // TestSandboxImageCRIO: on a real CRI-O the pause image is the one its
 // status reports, its effective pause_image (a crio.conf.d drop-in's over
 // crio.conf's), and `once` with sandboxImage auto pulls it and an image of
-// the config from a private registry with the node's credentials.
+// the config from a private registry with the node's credentials, naming
+// CRI-O as its runtime.
 func TestSandboxImageCRIO(t *testing.T) {
 	reg := harness.StartRegistry(t, harness.RegistryOptions{Username: testUser, Password: testPassword, TLS: true})
 	imgs := harness.PushTestImages(t, reg, []harness.ImageSpec{
@@ -54,4 +56,8 @@ func TestSandboxImageCRIO(t *testing.T) {
 		}
 	}
 	assertPresent(t, crio.Endpoint, pause.Ref, app.Ref)
+	assertRuntime(t, out, crio.Endpoint, "cri-o")
+	if want := strings.TrimPrefix(harness.CRIOVersion, "v"); out.Runtime.Version != want {
+		t.Errorf("runtime version %q, want the harness's CRI-O %s", out.Runtime.Version, want)
+	}
 }

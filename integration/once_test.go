@@ -27,6 +27,10 @@ const (
 var flavors = []harness.Flavor{harness.Containerd2, harness.Containerd16}
 
 type onceResult struct {
+	Runtime struct {
+		Name    string `json:"name"`
+		Version string `json:"version"`
+	} `json:"runtime"`
 	Images []struct {
 		Image    string `json:"image"`
 		Status   string `json:"status"`
@@ -91,6 +95,20 @@ func assertPresent(t *testing.T, endpoint string, refs ...string) {
 	}
 }
 
+// assertRuntime checks that once's output names the runtime at endpoint,
+// name, as its CRI Version call does.
+func assertRuntime(t *testing.T, out onceResult, endpoint, name string) {
+	t.Helper()
+	c, err := cri.Connect(context.Background(), endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if out.Runtime.Name != name || out.Runtime.Name != c.RuntimeName || out.Runtime.Version != c.RuntimeVersion {
+		t.Errorf("output names runtime %+v, want %s %s as the CRI says", out.Runtime, c.RuntimeName, c.RuntimeVersion)
+	}
+}
+
 // assertNoSecret fails if anything a process printed holds the password or
 // an auth string derived from it.
 func assertNoSecret(t *testing.T, texts ...string) {
@@ -146,6 +164,11 @@ func testOnce(t *testing.T, flavor harness.Flavor) {
 			}
 		}
 		assertPresent(t, ctrd.Endpoint, pause.Ref, pub[0].Ref, byDigest)
+		assertRuntime(t, out, ctrd.Endpoint, "containerd")
+		// Built from the module proxy, it says "2.4.2+unknown".
+		if want := strings.TrimPrefix(harness.Containerd2Version, "v"); flavor == harness.Containerd2 && !strings.HasPrefix(out.Runtime.Version, want) {
+			t.Errorf("runtime version %q, want the harness's containerd %s", out.Runtime.Version, want)
+		}
 
 		pullsBefore := pullCount(t, ctrd)
 		r = once(t, time.Minute, "--config", cfg)

@@ -31,12 +31,15 @@ const FormatVersion = 1
 type Status struct {
 	// Version is FormatVersion when written; 0 (absent) was written by
 	// releases before the field, and means 1.
-	Version    int           `json:"v,omitempty"`
-	ConfigHash string        `json:"configHash"`
-	Present    int           `json:"present"`
-	Total      int           `json:"total"`
-	Missing    []string      `json:"missing,omitempty"`
-	Failed     []FailedImage `json:"failed,omitempty"`
+	Version    int    `json:"v,omitempty"`
+	ConfigHash string `json:"configHash"`
+	Present    int    `json:"present"`
+	Total      int    `json:"total"`
+	// Runtime is the container runtime the agent reached; absent in
+	// statuses written before the field.
+	Runtime *Runtime      `json:"runtime,omitempty"`
+	Missing []string      `json:"missing,omitempty"`
+	Failed  []FailedImage `json:"failed,omitempty"`
 	// Policy is the node kubelet's imagePullCredentialsVerificationPolicy
 	// (KEP-2535), "unknown" where its config cannot be read, empty where
 	// the agent was not asked to read it.
@@ -62,6 +65,13 @@ type Status struct {
 	// Changed is when this status last differed from the one before,
 	// Pulling aside.
 	Changed time.Time `json:"changed"`
+}
+
+// Runtime is a container runtime as its CRI Version call names it
+// (RuntimeName, RuntimeVersion): containerd, cri-o, …
+type Runtime struct {
+	Name    string `json:"name"`
+	Version string `json:"version"`
 }
 
 // Pulling is one image's pull in flight: the bytes its attempt running has

@@ -14,6 +14,7 @@ import (
 	"github.com/kube-preloader/kube-preloader/cri/keyring"
 	"github.com/kube-preloader/kube-preloader/failure"
 	"github.com/kube-preloader/kube-preloader/kubelet"
+	"github.com/kube-preloader/kube-preloader/nodestatus"
 	"github.com/kube-preloader/kube-preloader/preload"
 	"github.com/kube-preloader/kube-preloader/preload/config"
 )
@@ -41,7 +42,9 @@ hook, before the kubelet starts.
 While it pulls, stderr shows each image in flight with its bytes done and
 to do, rate and time left: live lines redrawn every second on a terminal,
 a log line every 10 s otherwise (a bootstrap log, CI). stdout holds the
-results alone.`,
+results alone; with -o json or yaml, "images" (and "pruned") beside
+"runtime": {"name", "version"}, the runtime they are of as its CRI Version
+call names it (containerd, cri-o, …).`,
 		Example: `  # As a bootstrap hook, with the kubelet's registry credentials:
   preloader once --config /etc/preloader/images.yaml
 
@@ -141,7 +144,9 @@ func (o *onceOptions) run(ctx context.Context, stdout, stderr io.Writer) error {
 	for _, img := range skipped {
 		results = append(results, preload.Result{Image: img.Name, Status: preload.StatusSkipped, Reason: failure.Note("nodeSelector: no node labels in once")})
 	}
-	if err := writeResults(stdout, o.output.value, results, pruned); err != nil {
+	facts := store.Facts()
+	rt := nodestatus.Runtime{Name: facts.Name, Version: facts.Version}
+	if err := writeResults(stdout, o.output.value, rt, results, pruned); err != nil {
 		return err
 	}
 	if present, total := preload.Count(results); present < total {

@@ -9,19 +9,21 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/kube-preloader/kube-preloader/nodestatus"
 	"github.com/kube-preloader/kube-preloader/preload"
 )
 
 // writeResults prints once's results: a table (wide adds the pull path,
 // where each image came from, the attempts and the runtime's message), or every field as
-// JSON or YAML.
-func writeResults(w io.Writer, format string, results []preload.Result, pruned []preload.Pruned) error {
+// JSON or YAML, with the runtime they are of.
+func writeResults(w io.Writer, format string, rt nodestatus.Runtime, results []preload.Result, pruned []preload.Pruned) error {
 	switch format {
 	case "json", "yaml":
 		return writeObject(w, format, struct {
-			Images []preload.Result `json:"images"`
-			Pruned []preload.Pruned `json:"pruned,omitempty"`
-		}{results, pruned})
+			Runtime nodestatus.Runtime `json:"runtime"`
+			Images  []preload.Result   `json:"images"`
+			Pruned  []preload.Pruned   `json:"pruned,omitempty"`
+		}{rt, results, pruned})
 	}
 	wide := format == "wide"
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
