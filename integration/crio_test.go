@@ -61,3 +61,83 @@ func TestSandboxImageCRIO(t *testing.T) {
 		t.Errorf("runtime version %q, want the harness's CRI-O %s", out.Runtime.Version, want)
 	}
 }
+
+// TestOnceCRIO runs `once` on a real CRI-O as the docs promise it there:
+// pulls with credentials from a registry with htpasswd behind TLS (the CA
+// in CRI-O's certs directory), unauthorized without them; pins and
+// refresh skipped with the reason and what to do instead; an archive
+// entry failing with reason "unsupported runtime".
+func TestOnceCRIO(t *testing.T) {
+	secure := harness.StartRegistry(t, harness.RegistryOptions{Username: testUser, Password: testPassword, TLS: true})
+	app := harness.PushTestImages(t, secure, []harness.ImageSpec{{Repo: "corp/app", Tag: "1.0", BaseLayers: 1, OwnLayers: 1, LayerSize: 32 << 10}})[0]
+	crio := harness.StartCRIO(t, harness.CRIOOptions{PauseImage: "registry.example/unused/pause:0", Registries: []*harness.Registry{secure}})
+
+	env := []string{cri.EndpointEnv + "=" + crio.Endpoint}
+	crioRuntime := "cri-o " + strings.TrimPrefix(harness.CRIOVersion, "v") // as messages name it
+	dir := t.TempDir()
+	creds := writeFile(t, dir, "config.json", harness.DockerConfigJSON(secure.Host, testUser, testPassword))
+	var printed []string
+	once := func(t *testing.T, args ...string) run {
+		t.Helper()
+		r := preloader(t, time.Minute, env, append([]string{"once"}, args...)...)
+		printed = append(printed, r.stdout, r.stderr)
+		return r
+	}
+	t.Cleanup(func() { assertNoSecret(t, printed...) })
+
+	t.Run("private TLS registry: unauthorized without credentials, pulled with them", func(t *testing.T) {
+		cfg := writeFile(t, dir, "private.yaml", imagesYAML("none", app.Ref))
+		r := once(t, "--config", cfg, "-o", "json", "--docker-config", writeFile(t, dir, "empty.json", `{"auths":{}}`))
+		if r.code != 1 {
+			t.Fatalf("without credentials: want exit 1:\n%s", r)
+		}
+		out := parseOnce(t, r)
+		if st, reason := out.status(app.Ref); st != "failed" || reason != "unauthorized" || out.Images[0].Attempts != 1 {
+			t.Errorf("without credentials: %s %q after %d attempts, want failed unauthorized after 1\n%s", st, reason, out.Images[0].Attempts, r)
+		}
+		r = once(t, "--config", cfg, "-o", "json", "--docker-config", creds)
+		if r.code != 0 {
+			t.Fatalf("with credentials: want exit 0:\n%s", r)
+		}
+		if st, reason := parseOnce(t, r).status(app.Ref); st != "pulled" {
+			t.Errorf("with credentials: %s %q, want pulled\n%s", st, reason, r)
+		}
+		assertPresent(t, crio.Endpoint, app.Ref)
+	})
+
+	t.Run("pins and refresh: skipped with the reason, the images present", func(t *testing.T) {
+		cfg := writeFile(t, dir, "pin.yaml", imagesYAML("none", app.Ref)+"pin: true\nrefresh: 1m\n")
+		r := once(t, "--config", cfg, "--docker-config", creds)
+		if r.code != 0 {
+			t.Fatalf("want exit 0:\n%s", r)
+		}
+		for _, want := range []string{
+			`msg="images not pinned" reason="pinning images needs containerd, and the runtime is ` + crioRuntime + `; pin them in the runtime's own config (CRI-O: pinned_images)"`,
+			`msg="tags not refreshed" reason="refreshing moving tags needs containerd, and the runtime is ` + crioRuntime + `; name images by digest, or pull moved tags with crictl pull"`,
+		} {
+			if !strings.Contains(r.stderr, want) {
+				t.Errorf("stderr lacks %s\n%s", want, r)
+			}
+		}
+		if !strings.Contains(r.stdout, " present ") {
+			t.Errorf("%s not shown present\n%s", app.Ref, r)
+		}
+	})
+
+	t.Run("archive entry: unsupported runtime", func(t *testing.T) {
+		archives := t.TempDir()
+		ref := "corp.example/offline/tool:1"
+		cfg := writeFile(t, dir, "archive.yaml", "sandboxImage: none\narchiveDir: "+archives+"\nimages:\n  - image: "+ref+"\n    archive: tool.tar\n")
+		r := once(t, "--config", cfg, "-o", "json")
+		if r.code != 1 {
+			t.Fatalf("want exit 1:\n%s", r)
+		}
+		out := parseOnce(t, r)
+		if st, reason := out.status(ref); st != "failed" || reason != "unsupported runtime" {
+			t.Errorf("%s %q, want failed \"unsupported runtime\"\n%s", st, reason, r)
+		}
+		if want := "importing archives needs containerd, and the runtime is " + crioRuntime; !strings.Contains(out.Images[0].Error, want) {
+			t.Errorf("error %q, want it to say %q", out.Images[0].Error, want)
+		}
+	})
+}
