@@ -2,14 +2,20 @@ package integration
 
 import (
 	"context"
+	"fmt"
+	"net/http"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/kube-preloader/kube-preloader/cri"
 	"github.com/kube-preloader/kube-preloader/integration/harness"
 	"github.com/kube-preloader/kube-preloader/noderuntime"
+	"github.com/kube-preloader/kube-preloader/nodestatus"
 )
 
 // TestSandboxImageCRIO: on a real CRI-O the pause image is the one its
@@ -140,4 +146,81 @@ func TestOnceCRIO(t *testing.T) {
 			t.Errorf("error %q, want it to say %q", out.Images[0].Error, want)
 		}
 	})
+}
+
+// TestAgentCRIO runs `preloader agent` as a process under the manifests'
+// RBAC against a real kube-apiserver and CRI-O: the pause image CRI-O
+// reports and an image pulled with a pullSecret from an htpasswd+TLS
+// registry; the Node's label, status (naming CRI-O), taint, Event and the
+// metrics, as on containerd; an image removed behind its back comes back.
+func TestAgentCRIO(t *testing.T) {
+	const nodeName = "crio-1"
+	k := harness.StartKube(t)
+	c := k.Client
+	ctx := context.Background()
+	k.Kubectl(t, "apply", "-k", "../manifests")
+
+	open := harness.StartRegistry(t, harness.RegistryOptions{})
+	secure := harness.StartRegistry(t, harness.RegistryOptions{Username: testUser, Password: testPassword, TLS: true})
+	pause := harness.PushTestImages(t, open, []harness.ImageSpec{{Repo: "pause", Tag: "3.10", OwnLayers: 1, LayerSize: 4 << 10}})[0]
+	app := harness.PushTestImages(t, secure, []harness.ImageSpec{{Repo: "corp/app", Tag: "1.0", BaseLayers: 1, OwnLayers: 1, LayerSize: 32 << 10}})[0]
+	crio := harness.StartCRIO(t, harness.CRIOOptions{PauseImage: pause.Ref, Registries: []*harness.Registry{open, secure}})
+	rt, err := cri.Connect(ctx, crio.Endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Close()
+
+	createNode(t, c, nodeName, nil, func(n *corev1.Node) {
+		n.Spec.Taints = []corev1.Taint{{Key: nodestatus.TaintNotReady, Effect: corev1.TaintEffectNoSchedule}}
+	})
+	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "regcred", Namespace: agentNS}, Type: corev1.SecretTypeDockerConfigJson,
+		Data: map[string][]byte{corev1.DockerConfigJsonKey: []byte(harness.DockerConfigJSON(secure.Host, testUser, testPassword))}}
+	if _, err := c.CoreV1().Secrets(agentNS).Create(ctx, sec, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	hash := harness.SetImagesYAML(t, c, agentConfig("  - image: "+app.Ref+"\n    pullSecrets: [regcred]\n"))
+	agent := harness.StartAgent(t, harness.AgentOptions{Bin: preloaderBin, Kubeconfig: k.KubeconfigForPodOn(t, agentNS, agentSA, nodeName), Node: nodeName, CRIO: crio})
+	node := func() harness.NodeView { return harness.ViewNode(c, nodeName) }
+
+	agent.Eventually(t, time.Minute, "node ready", func() string { return node().Shows(hash, 2, 2) })
+	v := node()
+	if v.Tainted {
+		t.Errorf("ready node keeps the %s taint", nodestatus.TaintNotReady)
+	}
+	if got := v.Status.Runtime; got == nil || got.Name != "cri-o" || got.Version != rt.RuntimeVersion {
+		t.Errorf("status names runtime %+v, want cri-o %s as its CRI says", got, rt.RuntimeVersion)
+	}
+	assertPresent(t, crio.Endpoint, pause.Ref, app.Ref)
+	agent.Eventually(t, 30*time.Second, "ImagesReady Event on the Node", func() string {
+		evs := listEvents(t, c, "", "involvedObject.kind=Node,involvedObject.name="+nodeName+",reason="+agentReasonImagesReady)
+		return eventWith(evs, corev1.EventTypeNormal, "All 2 images present", hash)
+	})
+	if code, body := agent.Get(t, "/readyz"); code != http.StatusOK {
+		t.Errorf("/readyz: %d %s", code, body)
+	}
+	code, body := agent.Get(t, "/metrics")
+	for _, want := range []string{"preloader_images_desired 2", "preloader_images_present 2", `preloader_pulls_total{reason="",result="pulled"} 2`} {
+		if code != http.StatusOK || !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q (HTTP %d)", want, code)
+		}
+	}
+
+	// Removed behind the agent's back, through CRI-O: back at the next resync.
+	if err := rt.RemoveImage(ctx, app.Ref); err != nil {
+		t.Fatal(err)
+	}
+	agent.Eventually(t, 30*time.Second, "the removed image back", func() string {
+		if img, err := rt.ImageStatus(ctx, app.Ref); err != nil || img == nil {
+			return fmt.Sprintf("CRI ImageStatus(%s) = %v, %v", app.Ref, img, err)
+		}
+		return ""
+	})
+	if log := agent.Log(); !strings.Contains(log, `msg="images gone from the runtime; restoring them"`) {
+		t.Errorf("the agent did not say it restored the image:\n%s", agent.Tail(20))
+	}
+	if err := agent.Stop(15 * time.Second); err != nil {
+		t.Error(err)
+	}
+	assertNoSecret(t, agent.Log())
 }

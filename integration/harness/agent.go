@@ -57,6 +57,9 @@ type AgentOptions struct {
 	// one with a Layout is instead found by the agent, run inside its
 	// namespace with none of them, as on a node of that distribution.
 	Containerd *Containerd
+	// CRIO, instead of Containerd, is a CRI-O the agent is pointed at
+	// with --cri-endpoint alone.
+	CRIO *CRIO
 	// Args are added to the agent's command line.
 	Args []string
 	// Hosts, if set, is the /etc/hosts the agent and its credential
@@ -93,17 +96,29 @@ func StartAgent(t T, opts AgentOptions) *Agent {
 		"--metrics-addr", "127.0.0.1:0"}
 	args = append(args, opts.Args...)
 	ctrd := opts.Containerd
-	command := ctrd.Command
+	command := func(bin string, args ...string) *exec.Cmd {
+		if opts.CRIO != nil {
+			cmd := exec.Command(bin, args...)
+			cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+			return cmd
+		}
+		return ctrd.Command(bin, args...)
+	}
 	if opts.Hosts != "" {
+		plain := command
 		command = func(bin string, args ...string) *exec.Cmd {
 			name, argv := WithHosts(opts.Hosts, bin, args...)
-			return ctrd.Command(name, argv...)
+			return plain(name, argv...)
 		}
 	}
-	if ctrd.Layout != "" {
+	switch {
+	case opts.CRIO != nil:
+		a.cmd = command(opts.Bin, append(args, "--cri-endpoint", opts.CRIO.Endpoint)...)
+		a.cmd.Env = DiscoveryEnv()
+	case ctrd.Layout != "":
 		a.cmd = command(opts.Bin, args...)
 		a.cmd.Env = DiscoveryEnv()
-	} else {
+	default:
 		a.cmd = command(opts.Bin, append(args, "--cri-endpoint", ctrd.Endpoint, "--containerd-address", ctrd.Address)...)
 		// containerd 2.x does not report its sandbox image over the CRI; the
 		// documented fallback reads this containerd's config file.
