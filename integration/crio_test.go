@@ -76,7 +76,20 @@ func TestSandboxImageCRIO(t *testing.T) {
 func TestOnceCRIO(t *testing.T) {
 	secure := harness.StartRegistry(t, harness.RegistryOptions{Username: testUser, Password: testPassword, TLS: true})
 	app := harness.PushTestImages(t, secure, []harness.ImageSpec{{Repo: "corp/app", Tag: "1.0", BaseLayers: 1, OwnLayers: 1, LayerSize: 32 << 10}})[0]
-	crio := harness.StartCRIO(t, harness.CRIOOptions{PauseImage: "registry.example/unused/pause:0", Registries: []*harness.Registry{secure}})
+	// CRI-O's own mirror, as its docs have it, of a name no DNS resolves:
+	// another htpasswd+TLS registry, whose credentials are in CRI-O's
+	// global_auth_file (containers/image never sends a mirror the
+	// credentials of the registry it stands for).
+	const mirrored = "mirrored.example"
+	mirror := harness.StartRegistry(t, harness.RegistryOptions{Username: "mirror-reader", Password: testPassword, TLS: true})
+	harness.PushTestImages(t, mirror, []harness.ImageSpec{{Repo: "corp/app", Tag: "1.0", BaseLayers: 1, OwnLayers: 1, LayerSize: 32 << 10}})
+	authFile := writeFile(t, t.TempDir(), "auth.json", harness.DockerConfigJSON(mirror.Host, mirror.Username, mirror.Password))
+	crio := harness.StartCRIO(t, harness.CRIOOptions{
+		PauseImage:       "registry.example/unused/pause:0",
+		Registries:       []*harness.Registry{secure, mirror},
+		RegistriesDropIn: fmt.Sprintf("[[registry]]\nlocation = %q\n\n[[registry.mirror]]\nlocation = %q\n", mirrored, mirror.Host),
+		ConfigDropIn:     "[crio.image]\nglobal_auth_file = " + strconv.Quote(authFile) + "\n",
+	})
 
 	env := []string{cri.EndpointEnv + "=" + crio.Endpoint}
 	crioRuntime := "cri-o " + strings.TrimPrefix(harness.CRIOVersion, "v") // as messages name it
@@ -127,6 +140,36 @@ func TestOnceCRIO(t *testing.T) {
 		}
 		if !strings.Contains(r.stdout, " present ") {
 			t.Errorf("%s not shown present\n%s", app.Ref, r)
+		}
+	})
+
+	t.Run("mirrors: CRI-O's registries.conf mirror, not the config's mirror key", func(t *testing.T) {
+		// The kubelet asks for the name pods write and CRI-O goes to its
+		// mirror: so does once, and the image is there under that name.
+		ref := mirrored + "/corp/app:1.0"
+		r := once(t, "--config", writeFile(t, dir, "mirrored.yaml", imagesYAML("none", ref)), "-o", "json", "--docker-config", writeFile(t, dir, "none.json", `{"auths":{}}`))
+		if r.code != 0 {
+			t.Fatalf("image of a registry CRI-O mirrors: want exit 0:\n%s", r)
+		}
+		if st, reason := parseOnce(t, r).status(ref); st != "pulled" {
+			t.Errorf("%s: %s %q, want pulled through CRI-O's mirror\n%s", ref, st, reason, r)
+		}
+		assertPresent(t, crio.Endpoint, ref)
+
+		// The config's mirror key needs the runtime to record the image
+		// under another name than it pulled: refused, pointing at CRI-O's.
+		ref = "registry.example/corp/app:1.0"
+		cfg := writeFile(t, dir, "mirror.yaml", imagesYAML("none", ref)+"    mirror: "+secure.Host+"\n")
+		r = once(t, "--config", cfg, "-o", "json", "--docker-config", creds)
+		if r.code != 1 {
+			t.Fatalf("mirror key: want exit 1:\n%s", r)
+		}
+		out := parseOnce(t, r)
+		if st, reason := out.status(ref); st != "failed" || reason != "unsupported runtime" {
+			t.Errorf("mirror key: %s %q, want failed \"unsupported runtime\"\n%s", st, reason, r)
+		}
+		if want := "CRI-O: registries.conf [[registry.mirror]]"; !strings.Contains(out.Images[0].Error, want) {
+			t.Errorf("mirror key: error %q, want it to point at %q", out.Images[0].Error, want)
 		}
 	})
 

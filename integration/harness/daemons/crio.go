@@ -48,6 +48,9 @@ type CRIOOptions struct {
 	// tables whose keys override the harness's, e.g. [crio.image]
 	// pull_progress_timeout.
 	ConfigDropIn string
+	// RegistriesDropIn is a registries.conf.d drop-in, e.g. a
+	// [[registry.mirror]] of a registry.
+	RegistriesDropIn string
 }
 
 // CRIO is a CRI-O daemon confined to its own directory: config, storage
@@ -174,6 +177,9 @@ func (c *CRIO) writeFiles(opts CRIOOptions, pinns string) error {
 	}
 	if opts.ConfigDropIn != "" {
 		files[filepath.Join(c.ConfigDir, "50-test.conf")] = opts.ConfigDropIn
+	}
+	if opts.RegistriesDropIn != "" {
+		files[filepath.Join(c.RegistriesConfDir, "50-test.conf")] = opts.RegistriesDropIn
 	}
 	for path, content := range files {
 		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
