@@ -79,6 +79,7 @@ type faultEnv struct {
 	flavor   harness.Flavor
 	reg      *harness.Registry
 	ctrd     *harness.Containerd
+	crio     *harness.CRIO // the runtime instead of ctrd
 	dir      string
 	env      []string
 	report   func(faultRow)
@@ -115,6 +116,32 @@ func testFaults(t *testing.T, flavor harness.Flavor, report func(faultRow)) {
 		f.scenario = s.name
 		t.Run(s.name, s.fn)
 	}
+}
+
+// endpoint is the CRI endpoint of the runtime under test.
+func (f *faultEnv) endpoint() string {
+	if f.crio != nil {
+		return f.crio.Endpoint
+	}
+	return f.ctrd.Endpoint
+}
+
+// killRuntime kills the runtime under test with SIGKILL; startRuntime
+// starts it again on the same storage.
+func (f *faultEnv) killRuntime() {
+	if f.crio != nil {
+		f.crio.Kill()
+		return
+	}
+	f.ctrd.Kill()
+}
+
+func (f *faultEnv) startRuntime() {
+	if f.crio != nil {
+		f.crio.Start()
+		return
+	}
+	f.ctrd.Start()
 }
 
 // image pushes a fresh image (never pulled before in this containerd) with
@@ -266,7 +293,7 @@ func (f *faultEnv) verify(t *testing.T, r run, refs ...string) (lost int) {
 	t.Helper()
 	out := parseOnce(t, r)
 	ctx := context.Background()
-	c, err := cri.Connect(ctx, f.ctrd.Endpoint)
+	c, err := cri.Connect(ctx, f.endpoint())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -363,9 +390,9 @@ func (f *faultEnv) containerdKilled(t *testing.T) {
 	img, ref := f.image(1<<20, p.Host)
 	l := f.start(f.config(time.Minute, []string{p.Host}, ref)...)
 	f.until(l, 30*time.Second, "a layer download held midway", func() bool { return hold.Held() > 0 })
-	f.ctrd.Kill()
+	f.killRuntime()
 	hold.Release()
-	f.ctrd.Start()
+	f.startRuntime()
 	healed := time.Now()
 	r := f.wait(l, 60*time.Second)
 	f.finish(t, r, healed, time.Now(), ref)
@@ -540,7 +567,7 @@ func (f *faultEnv) sigterm(t *testing.T) {
 		lost = f.verify(t, r)
 	}
 	ctx := context.Background()
-	c, err := cri.Connect(ctx, f.ctrd.Endpoint)
+	c, err := cri.Connect(ctx, f.endpoint())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -561,8 +588,11 @@ func (f *faultEnv) sigterm(t *testing.T) {
 		}
 	}
 	// The CRI's own pull leases are not ours to judge; the preloader's
-	// (none in a CRI pull) must be gone.
-	ours := len(f.ourLeases(t))
+	// (none in a CRI pull) must be gone. CRI-O has no leases.
+	ours := 0
+	if f.ctrd != nil {
+		ours = len(f.ourLeases(t))
+	}
 	if ours != 0 {
 		t.Errorf("%d leases of the preloader left after SIGTERM", ours)
 	}

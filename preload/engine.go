@@ -283,12 +283,19 @@ func (e *Engine) pullOnce(ctx context.Context, cfg *config.Config, img config.Im
 		pctx, cancel := context.WithTimeout(ctx, cfg.PullTimeout)
 		err = e.pullWith(pctx, cfg, img.Name, auth)
 		timedOut := err != nil && attemptTimedOut(ctx, pctx, err)
+		runtimeCanceled := status.Code(err) == codes.Canceled && pctx.Err() == nil
 		cancel()
 		if err == nil {
 			return nil
 		}
 		if timedOut {
 			return fmt.Errorf("attempt exceeded pullTimeout %s: %w", cfg.PullTimeout, err)
+		}
+		if runtimeCanceled {
+			// Canceled by the runtime itself, not by the preloader: CRI-O
+			// does so when a pull shows no progress for its
+			// pull_progress_timeout. A stall, which a retry may get past.
+			return fmt.Errorf("%w: the runtime canceled the pull (CRI-O: no progress for its pull_progress_timeout): %w", noderuntime.ErrStalled, err)
 		}
 		if reason, _ := Classify(err); reason != failure.Unauthorized {
 			return err

@@ -102,6 +102,18 @@ func TestRunOutcomes(t *testing.T) {
 			wantStatus: preload.StatusPulled, wantPulls: 3, wantTries: 3,
 		},
 		{
+			// CRI-O's pull_progress_timeout cuts a pull whose progress
+			// stopped and answers Canceled: a stall, retried.
+			name: "canceled by the runtime is a stall, retried",
+			pull: func(attempt int, _ *runtimeapi.AuthConfig) error {
+				if attempt < 2 {
+					return status.Error(codes.Canceled, "unable to pull image: writing blob: storing blob to file: context canceled")
+				}
+				return nil
+			},
+			wantStatus: preload.StatusPulled, wantPulls: 2, wantTries: 2,
+		},
+		{
 			name: "503 is retried",
 			pull: func(attempt int, _ *runtimeapi.AuthConfig) error {
 				if attempt < 2 {

@@ -37,4 +37,5 @@ var (
 	PushTestImages    = daemons.PushTestImages
 	CompressibleLayer = daemons.CompressibleLayer
 	DropBookkeeping   = daemons.DropBookkeeping
+	LogTail           = daemons.LogTail
 )
