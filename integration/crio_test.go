@@ -70,9 +70,10 @@ func TestSandboxImageCRIO(t *testing.T) {
 
 // TestOnceCRIO runs `once` on a real CRI-O as the docs promise it there:
 // pulls with credentials from a registry with htpasswd behind TLS (the CA
-// in CRI-O's certs directory), unauthorized without them; pins and
-// refresh skipped with the reason and what to do instead; an archive
-// entry failing with reason "unsupported runtime".
+// in CRI-O's certs directory), unauthorized without them; pins, refresh,
+// prune and the disk budget skipped with the reason and what to do
+// instead; CRI-O's mirrors; an archive entry failing with reason
+// "unsupported runtime".
 func TestOnceCRIO(t *testing.T) {
 	secure := harness.StartRegistry(t, harness.RegistryOptions{Username: testUser, Password: testPassword, TLS: true})
 	app := harness.PushTestImages(t, secure, []harness.ImageSpec{{Repo: "corp/app", Tag: "1.0", BaseLayers: 1, OwnLayers: 1, LayerSize: 32 << 10}})[0]
@@ -124,15 +125,26 @@ func TestOnceCRIO(t *testing.T) {
 		assertPresent(t, crio.Endpoint, app.Ref)
 	})
 
-	t.Run("pins and refresh: skipped with the reason, the images present", func(t *testing.T) {
-		cfg := writeFile(t, dir, "pin.yaml", imagesYAML("none", app.Ref)+"pin: true\nrefresh: 1m\n")
+	t.Run("pins, refresh, prune and the disk budget: skipped with the reason, the images present", func(t *testing.T) {
+		// A fresh image: the disk budget is weighed before its pull.
+		fresh := harness.PushTestImages(t, secure, []harness.ImageSpec{{Repo: "corp/fresh", Tag: "1.0", OwnLayers: 1, LayerSize: 16 << 10}})[0]
+		cfg := writeFile(t, dir, "pin.yaml", imagesYAML("none", app.Ref, fresh.Ref)+"pin: true\nrefresh: 1m\nprune: true\n")
 		r := once(t, "--config", cfg, "--docker-config", creds)
+		if r.code != 0 {
+			t.Fatalf("first run: want exit 0:\n%s", r)
+		}
+		if want := `msg="disk budget not applied" reason="estimating image sizes for the disk budget needs containerd, and the runtime is ` + crioRuntime + `; keep the list within the disk yourself"`; !strings.Contains(r.stderr, want) {
+			t.Errorf("stderr lacks %s\n%s", want, r)
+		}
+		// A tag is checked for refresh once it is on the node: the second run.
+		r = once(t, "--config", cfg, "--docker-config", creds)
 		if r.code != 0 {
 			t.Fatalf("want exit 0:\n%s", r)
 		}
 		for _, want := range []string{
 			`msg="images not pinned" reason="pinning images needs containerd, and the runtime is ` + crioRuntime + `; pin them in the runtime's own config (CRI-O: pinned_images)"`,
 			`msg="tags not refreshed" reason="refreshing moving tags needs containerd, and the runtime is ` + crioRuntime + `; name images by digest, or pull moved tags with crictl pull"`,
+			`msg="prune failed" err="prune: pruning images (recording which images the preloader brought) needs containerd, and the runtime is ` + crioRuntime + `; leave removal to the kubelet's image garbage collection, or remove them by hand (crictl rmi)"`,
 		} {
 			if !strings.Contains(r.stderr, want) {
 				t.Errorf("stderr lacks %s\n%s", want, r)
