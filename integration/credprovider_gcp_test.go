@@ -12,7 +12,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kube-preloader/kube-preloader/cri"
@@ -170,18 +169,7 @@ func TestAgentGCPCredentialProviderServiceAccount(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	role := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "preloader-sa-tokens", Namespace: agentNS}, Rules: []rbacv1.PolicyRule{
-		{APIGroups: []string{""}, Resources: []string{"serviceaccounts/token"}, Verbs: []string{"create"}, ResourceNames: []string{"gar-puller", "gar-other"}},
-	}}
-	if _, err := c.RbacV1().Roles(agentNS).Create(ctx, role, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	binding := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "preloader-sa-tokens", Namespace: agentNS},
-		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: "preloader-sa-tokens"},
-		Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: agentSA, Namespace: agentNS}}}
-	if _, err := c.RbacV1().RoleBindings(agentNS).Create(ctx, binding, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	allowTokenRequests(t, c, "gar-puller", "gar-other")
 
 	open := harness.StartRegistry(t, harness.RegistryOptions{})
 	private := harness.StartRegistry(t, harness.RegistryOptions{Username: harness.GCPTokenUser, Password: harness.GCPAccessToken, TLS: true})

@@ -15,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/kube-preloader/kube-preloader/cri"
 	"github.com/kube-preloader/kube-preloader/integration/harness"
@@ -44,18 +45,7 @@ func TestAgentCredentialProviderToken(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	role := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "preloader-sa-tokens", Namespace: agentNS}, Rules: []rbacv1.PolicyRule{
-		{APIGroups: []string{""}, Resources: []string{"serviceaccounts/token"}, Verbs: []string{"create"}, ResourceNames: []string{"builder"}},
-	}}
-	if _, err := c.RbacV1().Roles(agentNS).Create(ctx, role, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	binding := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "preloader-sa-tokens", Namespace: agentNS},
-		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: "preloader-sa-tokens"},
-		Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: agentSA, Namespace: agentNS}}}
-	if _, err := c.RbacV1().RoleBindings(agentNS).Create(ctx, binding, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	allowTokenRequests(t, c, "builder")
 
 	open := harness.StartRegistry(t, harness.RegistryOptions{})
 	private := harness.StartRegistry(t, harness.RegistryOptions{Username: testUser, Password: testPassword})
@@ -160,5 +150,25 @@ providers:
 		if strings.Contains(s, req.Token) || strings.Contains(s, testPassword) {
 			t.Errorf("a token or the password shows: %.200s", s)
 		}
+	}
+}
+
+// allowTokenRequests gives the agent's ServiceAccount the Role rule the
+// docs give for token providers: create serviceaccounts/token, only for
+// the ServiceAccounts named.
+func allowTokenRequests(t *testing.T, c kubernetes.Interface, serviceAccounts ...string) {
+	t.Helper()
+	ctx := context.Background()
+	role := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "preloader-sa-tokens", Namespace: agentNS}, Rules: []rbacv1.PolicyRule{
+		{APIGroups: []string{""}, Resources: []string{"serviceaccounts/token"}, Verbs: []string{"create"}, ResourceNames: serviceAccounts},
+	}}
+	if _, err := c.RbacV1().Roles(agentNS).Create(ctx, role, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	binding := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "preloader-sa-tokens", Namespace: agentNS},
+		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: "preloader-sa-tokens"},
+		Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: agentSA, Namespace: agentNS}}}
+	if _, err := c.RbacV1().RoleBindings(agentNS).Create(ctx, binding, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
 	}
 }
