@@ -181,6 +181,20 @@ func (c *Client) ListContainers(ctx context.Context) ([]*runtimeapi.Container, e
 	return resp.Containers, nil
 }
 
+// ContainerMounts returns the mounts the runtime reports for container
+// id, image volumes among them; nil, without error, for a container
+// removed since it was listed.
+func (c *Client) ContainerMounts(ctx context.Context, id string) ([]*runtimeapi.Mount, error) {
+	resp, err := c.runtime.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: id})
+	if status.Code(err) == codes.NotFound {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("container status %s: %w", id, err)
+	}
+	return resp.GetStatus().GetMounts(), nil
+}
+
 // StatusInfo returns the runtime's verbose status info.
 func (c *Client) StatusInfo(ctx context.Context) (map[string]string, error) {
 	resp, err := c.runtime.Status(ctx, &runtimeapi.StatusRequest{Verbose: true})

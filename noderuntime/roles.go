@@ -117,6 +117,9 @@ type Budgeter interface {
 type Containers interface {
 	// ListContainers is every container, in any state.
 	ListContainers(ctx context.Context) ([]*runtimeapi.Container, error)
+	// ContainerMounts is what a container mounts, image volumes among
+	// them; nil for a container gone since it was listed.
+	ContainerMounts(ctx context.Context, id string) ([]*runtimeapi.Mount, error)
 	// SandboxImage asks the runtime now which pod-infra image it uses, so
 	// that a long-running agent follows a containerd reconfigured and
 	// restarted under it.

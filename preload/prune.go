@@ -95,7 +95,7 @@ func (e *Engine) Prune(ctx context.Context, cfg *config.Config) ([]Pruned, error
 	if len(left) == 0 {
 		return nil, nil
 	}
-	containers, err := e.pruner().ListContainers(ctx)
+	containers, err := e.containerUses(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("prune: %w", err)
 	}
@@ -145,7 +145,7 @@ func (e *Engine) leftTheList(ctx context.Context, cfg *config.Config, owned []no
 
 // pruneOne removes (or would remove) the owned record o; false when there
 // is nothing to say (the image is already gone).
-func (e *Engine) pruneOne(ctx context.Context, cfg *config.Config, o noderuntime.OwnedImage, containers []*runtimeapi.Container, leaving map[string]bool) (Pruned, bool) {
+func (e *Engine) pruneOne(ctx context.Context, cfg *config.Config, o noderuntime.OwnedImage, containers []containerUse, leaving map[string]bool) (Pruned, bool) {
 	st, err := e.pruner().ImageStatus(ctx, o.Name)
 	if err != nil {
 		return Pruned{Image: o.Name, Action: PruneFailed, Reason: err.Error()}, true
@@ -155,8 +155,8 @@ func (e *Engine) pruneOne(ctx context.Context, cfg *config.Config, o noderuntime
 		_ = e.pruner().Disown(ctx, e.Owner, o.Name)
 		return Pruned{}, false
 	}
-	if users := usersOf(st, containers); len(users) > 0 {
-		return Pruned{Image: o.Name, Action: PruneInUse, Reason: "used by container " + strings.Join(users, ", ")}, true
+	if why := inUse(st, containers); why != "" {
+		return Pruned{Image: o.Name, Action: PruneInUse, Reason: why}, true
 	}
 	// Other names of the image keep it, the preloader's go: only when
 	// every tag is one leaving the list does the image itself go, and
@@ -177,21 +177,71 @@ func (e *Engine) pruneOne(ctx context.Context, cfg *config.Config, o noderuntime
 	return Pruned{Image: o.Name, Action: PruneRemoved}, true
 }
 
-// usersOf is the containers that use img, as the kubelet's image GC
-// counts them: by image ID, or by any of its names.
-func usersOf(img *runtimeapi.Image, containers []*runtimeapi.Container) []string {
+// containerUse is one container, as the kubelet's image GC sees it: the
+// image it runs and the images it mounts as image volumes.
+type containerUse struct {
+	name   string
+	image  []string // its image as ListContainers names it
+	mounts []string // the image of each image volume it mounts
+}
+
+// containerUses is every container the runtime has, in any state, with
+// the image volumes it mounts. The kubelet's image GC asks the same: each
+// container's status, whose mounts carry the image of an image volume.
+func (e *Engine) containerUses(ctx context.Context) ([]containerUse, error) {
+	containers, err := e.pruner().ListContainers(ctx)
+	if err != nil {
+		return nil, err
+	}
+	uses := make([]containerUse, 0, len(containers))
+	for _, c := range containers {
+		mounts, err := e.pruner().ContainerMounts(ctx, c.Id)
+		if err != nil {
+			// Not knowing what it mounts, prune cannot tell what is unused.
+			return nil, err
+		}
+		uses = append(uses, useOf(c, mounts))
+	}
+	return uses, nil
+}
+
+func useOf(c *runtimeapi.Container, mounts []*runtimeapi.Mount) containerUse {
+	u := containerUse{name: containerName(c), image: []string{c.ImageRef, c.GetImage().GetImage(), c.ImageId}}
+	for _, m := range mounts {
+		if img := m.GetImage().GetImage(); img != "" {
+			u.mounts = append(u.mounts, img)
+		}
+	}
+	return u
+}
+
+// inUse says which containers keep img, by image ID or any of its names
+// (the kubelet's image GC matches the ID; a runtime that records a name
+// is matched too): those that run it, and those that mount it as an image
+// volume. Empty when none does.
+func inUse(img *runtimeapi.Image, containers []containerUse) string {
 	names := make(map[string]bool, 1+len(img.RepoTags)+len(img.RepoDigests))
 	names[img.Id] = true
 	for _, n := range slices.Concat(img.RepoTags, img.RepoDigests) {
 		names[n] = true
 	}
-	var users []string
+	var run, mount []string
 	for _, c := range containers {
-		if names[c.ImageRef] || names[c.GetImage().GetImage()] || names[c.ImageId] {
-			users = append(users, containerName(c))
+		if slices.ContainsFunc(c.image, func(n string) bool { return names[n] }) {
+			run = append(run, c.name)
+		}
+		if slices.ContainsFunc(c.mounts, func(n string) bool { return names[n] }) {
+			mount = append(mount, c.name)
 		}
 	}
-	return users
+	var why []string
+	if len(run) > 0 {
+		why = append(why, "used by container "+strings.Join(run, ", "))
+	}
+	if len(mount) > 0 {
+		why = append(why, "mounted as an image volume by container "+strings.Join(mount, ", "))
+	}
+	return strings.Join(why, "; ")
 }
 
 func containerName(c *runtimeapi.Container) string {

@@ -51,6 +51,12 @@ func TestPrune(t *testing.T) {
 				s.RunContainer("web", st.GetId())
 			},
 			want: []preload.Pruned{{Image: b, Action: preload.PruneInUse, Reason: "used by container web"}}, remain: []string{a, b, c}},
+		{name: "mounted as an image volume kept", later: parse("prune: true\n", a),
+			setup: func(s *critest.Server, _ *critest.Containerd) {
+				st, _ := connect(t, s).ImageStatus(context.Background(), b)
+				s.RunContainer("server", c, st.GetId())
+			},
+			want: []preload.Pruned{{Image: b, Action: preload.PruneInUse, Reason: "mounted as an image volume by container server"}}, remain: []string{a, b, c}},
 		{name: "another owner's too: only forgotten", later: parse("prune: true\n", a),
 			setup: func(_ *critest.Server, f *critest.Containerd) {
 				_ = f.Own(context.Background(), "agent:kube-preloader/preloader-config", b, false)

@@ -57,6 +57,7 @@ type Server struct {
 	sizes      map[string]uint64  // by image ID
 	remote     map[string]Remote  // published, by tag reference and repo@digest
 	containers []*runtimeapi.Container
+	mounts     map[string][]*runtimeapi.Mount // by container ID
 	calls      map[string]int
 }
 
@@ -95,7 +96,7 @@ func Start(t testing.TB) *Server {
 		t.Fatal(err)
 	}
 	s := &Server{Endpoint: "unix://" + sock, records: map[string]*record{}, sizes: map[string]uint64{},
-		remote: map[string]Remote{}, calls: map[string]int{}}
+		remote: map[string]Remote{}, mounts: map[string][]*runtimeapi.Mount{}, calls: map[string]int{}}
 	g := grpc.NewServer()
 	runtimeapi.RegisterImageServiceServer(g, s)
 	runtimeapi.RegisterRuntimeServiceServer(g, s)
@@ -211,12 +212,16 @@ func (s *Server) imageLocked(id string) *runtimeapi.Image {
 }
 
 // RunContainer adds a container of image (a name or an ID) to what
-// ListContainers reports.
-func (s *Server) RunContainer(name, image string) {
+// ListContainers reports, mounting each of volumes (names or IDs) as an
+// image volume, as ContainerStatus reports.
+func (s *Server) RunContainer(name, image string, volumes ...string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.containers = append(s.containers, &runtimeapi.Container{Id: name, Metadata: &runtimeapi.ContainerMetadata{Name: name},
 		Image: &runtimeapi.ImageSpec{Image: image}, ImageRef: image, State: runtimeapi.ContainerState_CONTAINER_RUNNING})
+	for i, v := range volumes {
+		s.mounts[name] = append(s.mounts[name], &runtimeapi.Mount{ContainerPath: fmt.Sprintf("/volume/%d", i), Image: &runtimeapi.ImageSpec{Image: v}, Readonly: true})
+	}
 }
 
 func (s *Server) ListContainers(context.Context, *runtimeapi.ListContainersRequest) (*runtimeapi.ListContainersResponse, error) {
@@ -224,6 +229,19 @@ func (s *Server) ListContainers(context.Context, *runtimeapi.ListContainersReque
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return &runtimeapi.ListContainersResponse{Containers: s.containers}, nil
+}
+
+func (s *Server) ContainerStatus(_ context.Context, req *runtimeapi.ContainerStatusRequest) (*runtimeapi.ContainerStatusResponse, error) {
+	s.count("ContainerStatus")
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range s.containers {
+		if c.Id == req.ContainerId {
+			return &runtimeapi.ContainerStatusResponse{Status: &runtimeapi.ContainerStatus{Id: c.Id, Metadata: c.Metadata, State: c.State,
+				Image: c.Image, ImageRef: c.ImageRef, Mounts: s.mounts[c.Id]}}, nil
+		}
+	}
+	return nil, status.Errorf(codes.NotFound, "container %q not found", req.ContainerId)
 }
 
 // Calls returns how often the named CRI method was called.
