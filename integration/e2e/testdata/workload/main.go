@@ -1,8 +1,8 @@
 // Command workload is the test workload of the e2e: a static binary that
 // says which image it is (/VERSION), proves it reaches the API server with its pod's
 // ServiceAccount token the way client-go's in-cluster config does
-// (KUBERNETES_SERVICE_HOST/PORT, the mounted token and ca.crt), and then
-// waits for SIGTERM.
+// (KUBERNETES_SERVICE_HOST/PORT, the mounted token and ca.crt), prints a
+// file it is asked to (an image volume's), and then waits for SIGTERM.
 package main
 
 import (
@@ -27,6 +27,10 @@ func main() {
 	signal.Notify(c, syscall.SIGTERM, syscall.SIGINT)
 	version, _ := os.ReadFile("/VERSION") // the image's tag, put there by the test
 	fmt.Printf("workload %s started\n", bytes.TrimSpace(version))
+	if path := os.Getenv("WORKLOAD_PRINT_FILE"); path != "" {
+		b, err := os.ReadFile(path)
+		fmt.Printf("file %s: %q %v\n", path, bytes.TrimSpace(b), err)
+	}
 	if os.Getenv("WORKLOAD_CHECK_API") != "" {
 		if user, err := whoami(); err != nil {
 			fmt.Printf("api: error: %v\n", err)
