@@ -6,6 +6,9 @@ import (
 	"strings"
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/yaml"
+
 	"github.com/kube-preloader/kube-preloader/preload/config"
 )
 
@@ -74,4 +77,31 @@ func configExamples(page string, all bool) []example {
 		}
 	}
 	return out
+}
+
+// TestPodExamplesDecode decodes every Pod the pages show (a ```yaml block
+// of kind: Pod) strictly, as the API server would refuse a misspelt
+// field, so that an operator who copies one gets the pod it describes.
+func TestPodExamplesDecode(t *testing.T) {
+	found := 0
+	for _, page := range markdownPages(t) {
+		data, err := os.ReadFile(filepath.Join(root, page))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ex := range configExamples(string(data), true) {
+			if !strings.Contains("\n"+ex.text, "\nkind: Pod\n") {
+				continue
+			}
+			found++
+			var pod corev1.Pod
+			if err := yaml.UnmarshalStrict([]byte(ex.text), &pod); err != nil {
+				t.Errorf("%s:%d: the Pod example does not decode: %v", page, ex.line, err)
+			}
+		}
+	}
+	if found == 0 {
+		t.Fatal("no Pod example found in the pages")
+	}
+	t.Logf("%d Pod examples checked", found)
 }
