@@ -18,9 +18,10 @@ import (
 // as an image volume, the container made through the CRI as the kubelet
 // makes it (the volume's image by the ID the runtime reported): on
 // containerd 2 the image, dropped from the list, stays while the
-// container exists and goes once it is removed. CRI-O reports the mount
-// the same way, where prune would look, but prune needs containerd's
-// records and says so; the mounted image stays.
+// container exists and goes once it is removed. containerd 1.6 refuses
+// the container. CRI-O reports the mount the same way, where prune would
+// look, but prune needs containerd's records and says so; the mounted
+// image stays.
 func TestPruneImageVolume(t *testing.T) {
 	reg := harness.StartRegistry(t, harness.RegistryOptions{})
 	imgs := harness.PushTestImages(t, reg, []harness.ImageSpec{
@@ -58,6 +59,16 @@ func TestPruneImageVolume(t *testing.T) {
 		}
 		assertAbsent(t, ctrd.Endpoint, weights)
 		assertPresent(t, ctrd.Endpoint, kept)
+	})
+
+	// containerd 1.6 predates image volumes: it takes the mount for a
+	// bind mount of no path, and no pod that mounts one starts there.
+	t.Run("containerd 1.6", func(t *testing.T) {
+		ctrd := harness.StartContainerd(t, harness.ContainerdOptions{Flavor: harness.Containerd16, SandboxImage: pause})
+		_, err := startImageVolumePod(t, ctrd.Conn(t), "", pause, weights)
+		if want := `failed to mkdir "": mkdir : no such file or directory`; err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("CreateContainer with an image volume on containerd 1.6: %v, want an error with %s", err, want)
+		}
 	})
 
 	t.Run("CRI-O", func(t *testing.T) {
@@ -98,6 +109,18 @@ type imageVolumePod struct {
 // container's status must report that mount back, which is how the
 // kubelet's image GC and prune learn it.
 func runImageVolumePod(t *testing.T, conn *grpc.ClientConn, cgroupParent, run, volume string) *imageVolumePod {
+	t.Helper()
+	p, err := startImageVolumePod(t, conn, cgroupParent, run, volume)
+	if err != nil {
+		t.Fatalf("CreateContainer with an image volume of %s: %v", volume, err)
+	}
+	return p
+}
+
+// startImageVolumePod is runImageVolumePod, but returns the runtime's
+// refusal of the container, as the kubelet reports it
+// (CreateContainerError).
+func startImageVolumePod(t *testing.T, conn *grpc.ClientConn, cgroupParent, run, volume string) (*imageVolumePod, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -154,7 +177,7 @@ func runImageVolumePod(t *testing.T, conn *grpc.ClientConn, cgroupParent, run, v
 		},
 	})
 	if err != nil {
-		t.Fatalf("CreateContainer with an image volume of %s: %v", volume, err)
+		return p, err
 	}
 	p.container = ctr.ContainerId
 	if _, err := rs.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: ctr.ContainerId}); err != nil {
@@ -171,7 +194,7 @@ func runImageVolumePod(t *testing.T, conn *grpc.ClientConn, cgroupParent, run, v
 	if !mounted {
 		t.Fatalf("the running container's status reports no image volume of %s (%s): mounts %v", volume, volumeID, cs.Status.Mounts)
 	}
-	return p
+	return p, nil
 }
 
 // remove stops and removes the container and its sandbox, as the kubelet
