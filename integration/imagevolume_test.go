@@ -52,7 +52,13 @@ func TestPruneImageVolume(t *testing.T) {
 		}
 		assertPresent(t, ctrd.Endpoint, weights, kept)
 
+		removed := pod.container
 		pod.remove(t)
+		// A container removed between prune's list and its status: no
+		// mounts, not a failed prune.
+		if mounts, err := node.cri(t).ContainerMounts(context.Background(), removed); mounts != nil || err != nil {
+			t.Errorf("ContainerMounts of a removed container = %v, %v; want none", mounts, err)
+		}
 		out = once("prune: true\n", kept)
 		if want := []preload.Pruned{{Image: weights, Action: preload.PruneRemoved}}; !samePruned(out.Pruned, want) {
 			t.Errorf("once no container mounts it: pruned %+v, want %+v", out.Pruned, want)
