@@ -15,7 +15,8 @@ package e2e
 // removed behind the kubelet's back (e), and the search for the password
 // in everything a user or an attacker with read access sees (f).
 // Scenario a's "before" needs a node that boots without the hook: its own
-// short-lived cluster. Scenarios b and g run again on containerd 2.x.
+// short-lived cluster. Scenarios b and g run again on containerd 2.x; a, b,
+// d and f on CRI-O.
 
 import (
 	"bytes"
@@ -45,6 +46,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/retry"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+	"sigs.k8s.io/yaml"
 
 	"github.com/kube-preloader/kube-preloader/integration/harness"
 )
@@ -73,21 +75,34 @@ const (
 )
 
 // nodeKind is one row of the test matrix: a kubelet release on a
-// containerd flavor.
+// containerd flavor, or on CRI-O.
 type nodeKind struct {
 	kubelet string
 	flavor  harness.Flavor
+	runtime harness.NodeRuntime
 }
 
-func (k nodeKind) String() string { return "kubelet-" + k.kubelet + "/" + string(k.flavor) }
+func (k nodeKind) String() string { return "kubelet-" + k.kubelet + "/" + k.runtimeName() }
+
+// runtimeName is the runtime as the rows name it: containerd's flavor, or
+// CRI-O with its release.
+func (k nodeKind) runtimeName() string {
+	if k.runtime == harness.RuntimeCRIO {
+		return "cri-o-" + strings.TrimPrefix(harness.CRIOVersion, "v")
+	}
+	return string(k.flavor)
+}
 
 // primary is what every scenario runs on: the newest supported kubelet on
 // containerd 2.x. The oldest supported kubelet runs a subset, on 2.x and
 // on containerd 1.6 (its last release to support 1.x: the legacy row).
 var (
-	primary  = nodeKind{harness.KubeVersion, harness.Containerd2}
-	oldest2  = nodeKind{harness.OldestKubeletVersion, harness.Containerd2}
-	oldest16 = nodeKind{harness.OldestKubeletVersion, harness.Containerd16}
+	primary  = nodeKind{kubelet: harness.KubeVersion, flavor: harness.Containerd2}
+	oldest2  = nodeKind{kubelet: harness.OldestKubeletVersion, flavor: harness.Containerd2}
+	oldest16 = nodeKind{kubelet: harness.OldestKubeletVersion, flavor: harness.Containerd16}
+	// crio is the newest kubelet on CRI-O, one minor older than the
+	// kubelet: the seed scenarios.
+	crio = nodeKind{kubelet: harness.KubeVersion, runtime: harness.RuntimeCRIO}
 )
 
 // TestE2E runs every scenario, the KEP-2535 rows included, on the primary
@@ -102,6 +117,7 @@ func TestE2E(t *testing.T) {
 	for _, k := range []nodeKind{oldest2, oldest16} {
 		ok[k.String()] = t.Run(k.String(), func(t *testing.T) { testScenariosSubset(t, k) })
 	}
+	ok[crio.String()] = t.Run(crio.String(), func(t *testing.T) { testScenariosCRIO(t, crio) })
 	t.Logf("e2e scenarios: %v (ok %v)", time.Since(start).Round(time.Millisecond), ok)
 }
 
@@ -165,6 +181,27 @@ func testScenariosSubset(t *testing.T, kind nodeKind) {
 		// The allowlist as this older kubelet matches it (prefixes).
 		r.scenarioAllowlist(t, "-")
 	}
+	r.scenarioNoSecrets(t, "f")
+	t.Logf("%s: scenarios in %v", kind, time.Since(start).Round(time.Millisecond))
+}
+
+// testScenariosCRIO runs the seed scenarios on a CRI-O node: a, before
+// and after the bootstrap hook; the agent installed from manifests/ as a
+// CRI-O node gets it, finding CRI-O's socket at /run/crio on its own; b
+// with Never and IfNotPresent pods; d, the registry down after warming;
+// and f's search.
+func testScenariosCRIO(t *testing.T, kind nodeKind) {
+	start := time.Now()
+	r := newRun(t, kind, false)
+	if !t.Run("a-before", r.scenarioPauseBefore) {
+		t.FailNow()
+	}
+	r.kube = harness.StartKube(t)
+	r.startNode(t, false)
+	r.scenarioPauseAfter(t)
+	r.deployAgent(t)
+	r.scenarioPrivate(t, "b")
+	r.scenarioRegistryDown(t)
 	r.scenarioNoSecrets(t, "f")
 	t.Logf("%s: scenarios in %v", kind, time.Since(start).Round(time.Millisecond))
 }
@@ -268,14 +305,20 @@ func newRun(t *testing.T, kind nodeKind, full bool) *run {
 	if full {
 		r.ecr = startECR(t, spec)
 	}
-	priv := harness.PushTestImages(t, r.priv, []harness.ImageSpec{
+	privSpecs := []harness.ImageSpec{
 		harness.PauseImageSpec(t, "pause", "3.10"),
 		spec("team/private", "1.0"),
 		spec("team/sa-private", "1.0"),
 		spec("team/via-client", "1.0"), // g
 		spec("team/via-cri", "1.0"),    // g: the CRI pull to compare with
-	})
-	for i, name := range []string{"pause", "private", "sa-private", "via-client", "via-cri"} {
+	}
+	privNames := []string{"pause", "private", "sa-private", "via-client", "via-cri"}
+	if kind.runtime == harness.RuntimeCRIO {
+		privSpecs = append(privSpecs, spec("team/private-inp", "1.0")) // b: IfNotPresent
+		privNames = append(privNames, "private-inp")
+	}
+	priv := harness.PushTestImages(t, r.priv, privSpecs)
+	for i, name := range privNames {
 		r.img[name] = priv[i]
 	}
 	if r.flavor == harness.Containerd2 && !r.full {
@@ -361,6 +404,7 @@ func (r *run) scenarioPauseBefore(t *testing.T) {
 	n := harness.StartNode(t, harness.NodeOptions{
 		Kube:           kube,
 		KubeletVersion: r.kind.kubelet,
+		Runtime:        r.kind.runtime,
 		Flavor:         r.flavor,
 		SandboxImage:   r.img["pause"].Ref,
 		Registries:     []*harness.Registry{r.pub, r.priv},
@@ -403,6 +447,7 @@ func (r *run) startNode(t *testing.T, taint bool) {
 	opts := harness.NodeOptions{
 		Kube:           r.kube,
 		KubeletVersion: r.kind.kubelet,
+		Runtime:        r.kind.runtime,
 		Flavor:         r.flavor,
 		SandboxImage:   r.img["pause"].Ref,
 		Registries:     []*harness.Registry{r.pub, r.priv},
@@ -439,8 +484,12 @@ func (r *run) startNode(t *testing.T, taint bool) {
 // config and hosts directory where k3s puts them. Elsewhere it is told the
 // harness's socket and, on containerd 2.x, which does not report its
 // sandbox image or config_path through the CRI, containerd's config file.
+// On CRI-O it is told the socket, which CRI-O's own status completes.
 func (r *run) onNode(t *testing.T, n *harness.Node, name string, timeout time.Duration, args ...string) cmdResult {
 	t.Helper()
+	if n.CRIO != nil {
+		return r.command(t, name, timeout, nil, preloaderBin, append(args, "--cri-endpoint", n.CRIO.Endpoint)...)
+	}
 	if ns := n.Containerd.Namespace; ns != nil {
 		bin, argv := ns.Wrap(preloaderBin, args...)
 		return r.command(t, name, timeout, nil, bin, argv...)
@@ -616,12 +665,41 @@ func (r *run) waitImage(t *testing.T) {
 // kustomizeApply is kubectl apply -k of the run's own layer on top of
 // integration/e2e/overlay, which sets what changes with every run: the
 // image's registry, the containerd directory, the API server's port and
-// the images.yaml.
+// the images.yaml. On CRI-O the layer is on manifests/ itself: the agent
+// is given no socket and finds CRI-O's at /run/crio, the base's mount of
+// the host's /run/crio, here pointed at the harness's CRI-O directory.
 func (r *run) kustomizeApply(t *testing.T) time.Time {
 	t.Helper()
 	dir := t.TempDir()
-	overlay := filepath.Join(repoRoot, "integration", "e2e", "overlay")
-	rel, err := filepath.Rel(dir, overlay)
+	base := filepath.Join(repoRoot, "integration", "e2e", "overlay")
+	runtimeVolume := "containerd"
+	runtimeDir := ""
+	env := ""
+	crioPatch := ""
+	if n := r.node; n.CRIO != nil {
+		base = filepath.Join(repoRoot, "manifests")
+		runtimeVolume, runtimeDir = "crio", n.CRIO.Dir
+		env = `            - name: KUBERNETES_SERVICE_HOST
+              value: 127.0.0.1
+`
+		// The kubelet gives a system-node-critical pod's containers
+		// oom_score_adj -997, as it does Guaranteed ones; runc cannot set a
+		// negative one where root lacks CAP_SYS_RESOURCE, as on the test
+		// machines, and CRI-O, unlike containerd, has no
+		// restrict_oom_score_adj to clamp it. Without the priority class
+		// the pod is Burstable (oom_score_adj above 0). The verifiers'
+		// directory is containerd's, outside the runtime's namespace: kept
+		// in the node's directory.
+		crioPatch = fmt.Sprintf(`
+      - op: remove
+        path: /spec/template/spec/priorityClassName
+      - op: replace
+        path: /spec/template/spec/volumes/%d/hostPath/path
+        value: %s`, baseVolumeIndex(t, "image-verifiers"), filepath.Join(n.Dir, "image-verifiers"))
+	} else {
+		runtimeDir = r.node.Containerd.Dir
+	}
+	rel, err := filepath.Rel(dir, base)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -650,8 +728,8 @@ patches:
         value: {name: kubelet-config-dir, mountPath: %s, readOnly: true}
       - op: add
         path: /spec/template/spec/volumes/-
-        value: {name: kubelet-config-dir, hostPath: {path: %s, type: Directory}}
-`, rel, r.pub.Host, name, tag, kubeletDropIns, kubeletDropIns, r.node.KubeletConfigDir))
+        value: {name: kubelet-config-dir, hostPath: {path: %s, type: Directory}}%s
+`, rel, r.pub.Host, name, tag, kubeletDropIns, kubeletDropIns, r.node.KubeletConfigDir, crioPatch))
 	port := strconv.Itoa(r.node.APIServerPort())
 	write(t, filepath.Join(dir, "daemonset-run.yaml"), `apiVersion: apps/v1
 kind: DaemonSet
@@ -664,14 +742,14 @@ spec:
       containers:
         - name: preloader
           env:
-            - name: KUBERNETES_SERVICE_PORT
+`+env+`            - name: KUBERNETES_SERVICE_PORT
               value: "`+port+`"
             - name: KUBERNETES_SERVICE_PORT_HTTPS
               value: "`+port+`"
       volumes:
-        - name: containerd
+        - name: `+runtimeVolume+`
           hostPath:
-            path: `+r.node.Containerd.Dir+`
+            path: `+runtimeDir+`
         - name: kubelet-config
           hostPath:
             path: `+r.node.KubeletConfigFile+`
@@ -692,6 +770,27 @@ data:
 	}
 	t.Logf("kubectl apply -k %s:\n%s", dir, res.out)
 	return applied
+}
+
+// baseVolumeIndex is the index of the base DaemonSet's volume name in its
+// volumes, for a JSON patch.
+func baseVolumeIndex(t *testing.T, name string) int {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(repoRoot, "manifests", "base", "daemonset.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ds appsv1.DaemonSet
+	if err := yaml.Unmarshal(b, &ds); err != nil {
+		t.Fatal(err)
+	}
+	for i, v := range ds.Spec.Template.Spec.Volumes {
+		if v.Name == name {
+			return i
+		}
+	}
+	t.Fatalf("manifests/base/daemonset.yaml has no volume %s", name)
+	return -1
 }
 
 // waitAgentPod waits for the DaemonSet's pod on the run's node, other than
@@ -810,24 +909,51 @@ func (r *run) scenarioPrivate(t *testing.T, name string) {
 		t.Fatal(err)
 	}
 
-	cases := []struct {
+	type privCase struct {
 		pod, image, via string
+		policy          corev1.PullPolicy
 		entry           cfgEntry
-	}{
-		{"b-secret", r.img["private"].Ref, "pullSecrets", cfgEntry{Image: r.img["private"].Ref, PullSecrets: []string{"regcred"}}},
-		{"b-sa", r.img["sa-private"].Ref, "serviceAccount", cfgEntry{Image: r.img["sa-private"].Ref, ServiceAccount: "builder"}},
+	}
+	cases := []privCase{
+		{"b-secret", r.img["private"].Ref, "pullSecrets", corev1.PullNever, cfgEntry{Image: r.img["private"].Ref, PullSecrets: []string{"regcred"}}},
+		{"b-sa", r.img["sa-private"].Ref, "serviceAccount", corev1.PullNever, cfgEntry{Image: r.img["sa-private"].Ref, ServiceAccount: "builder"}},
+	}
+	if inp, ok := r.img["private-inp"]; ok {
+		// IfNotPresent: the kubelet pulls with the pod's credentials, which
+		// are none, until the image is on the node.
+		cases = append(cases, privCase{"b-ifnotpresent", inp.Ref, "pullSecrets", corev1.PullIfNotPresent, cfgEntry{Image: inp.Ref, PullSecrets: []string{"regcred"}}})
 	}
 	before := map[string]string{}
 	for _, c := range cases {
-		pod := hostPod(n, c.pod, c.image, corev1.PullNever)
+		pod := hostPod(n, c.pod, c.image, c.policy)
 		if len(pod.Spec.ImagePullSecrets) != 0 {
 			t.Fatal("pod has imagePullSecrets")
 		}
 		createPod(t, n, pod)
 	}
 	for _, c := range cases {
-		p := n.WaitContainerWaiting(t, "default", c.pod, "ErrImageNeverPull", time.Minute)
-		before[c.pod] = fmt.Sprintf("%s, ErrImageNeverPull", p.Status.Phase)
+		if c.policy == corev1.PullNever {
+			p := n.WaitContainerWaiting(t, "default", c.pod, "ErrImageNeverPull", time.Minute)
+			before[c.pod] = fmt.Sprintf("%s, ErrImageNeverPull", p.Status.Phase)
+			continue
+		}
+		p := n.WaitPod(t, "default", c.pod, time.Minute, "failing to pull", func(p *corev1.Pod) bool {
+			w := harness.WaitingReason(p)
+			return w == "ErrImagePull" || w == "ImagePullBackOff"
+		})
+		// "Failed: Failed to pull image ...", beside "Failed: Error: ErrImagePull".
+		var msg string
+		for deadline := time.Now().Add(30 * time.Second); msg == "" && time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+			for _, e := range n.PodEvents("default", c.pod) {
+				if m, ok := strings.CutPrefix(e, "Failed: "); ok && strings.Contains(m, c.image) && mentionsUnauthorized(m) {
+					msg = m
+				}
+			}
+		}
+		if msg == "" {
+			t.Errorf("%s: the kubelet's pull failed, but no Failed Event says it was refused for want of credentials: %q", c.pod, n.PodEvents("default", c.pod))
+		}
+		before[c.pod] = fmt.Sprintf("%s, %s (%s)", p.Status.Phase, harness.WaitingReason(p), unauthorizedWord(msg))
 	}
 
 	// Listed: with the pod's own Secret, and through a ServiceAccount's.
@@ -861,11 +987,11 @@ func (r *run) scenarioPrivate(t *testing.T, name string) {
 	}
 	for _, c := range cases {
 		p := getPod(t, n, "default", c.pod)
-		if len(p.Spec.ImagePullSecrets) != 0 || p.Spec.Containers[0].ImagePullPolicy != corev1.PullNever {
+		if len(p.Spec.ImagePullSecrets) != 0 || p.Spec.Containers[0].ImagePullPolicy != c.policy {
 			t.Errorf("%s: imagePullSecrets %v policy %s", c.pod, p.Spec.ImagePullSecrets, p.Spec.Containers[0].ImagePullPolicy)
 		}
 		verdicts.add(verdict{
-			scenario:  r.row(name + " private image, Never, listed with " + c.via),
+			scenario:  r.row(name + " private image, " + string(c.policy) + ", listed with " + c.via),
 			before:    before[c.pod],
 			after:     fmt.Sprintf("%s (no imagePullSecrets); agent had it %.1fs after the edit", p.Status.Phase, present[c.pod].Seconds()),
 			toRunning: running[c.pod],
@@ -992,7 +1118,7 @@ func (r *run) scenarioRefresh(t *testing.T) {
 	r.entries = append(r.entries, cfgEntry{Image: v1.Ref, Refresh: every})
 	r.writeConfig(t)
 	digestOnNode := func() string {
-		st, err := runtimeapi.NewImageServiceClient(n.Containerd.Conn(t)).ImageStatus(context.Background(),
+		st, err := runtimeapi.NewImageServiceClient(n.RuntimeConn(t)).ImageStatus(context.Background(),
 			&runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: v1.Ref}})
 		if err != nil || st.Image == nil {
 			return ""
@@ -1122,7 +1248,7 @@ func (r *run) lastSync(t *testing.T) float64 {
 
 func (r *run) imagePresent(t *testing.T, ref string) bool {
 	t.Helper()
-	is := runtimeapi.NewImageServiceClient(r.node.Containerd.Conn(t))
+	is := runtimeapi.NewImageServiceClient(r.node.RuntimeConn(t))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	resp, err := is.ImageStatus(ctx, &runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: ref}})
@@ -1319,7 +1445,7 @@ func (r *run) row(s string) string {
 	if r.kind == primary {
 		return s
 	}
-	return s + " [" + strings.TrimPrefix(r.kind.kubelet, "v") + ", " + string(r.flavor) + "]"
+	return s + " [" + strings.TrimPrefix(r.kind.kubelet, "v") + ", " + r.kind.runtimeName() + "]"
 }
 
 func tolerateNotReady(p *corev1.Pod) *corev1.Pod {

@@ -17,6 +17,7 @@ type (
 	Registry          = daemons.Registry
 	ImageSpec         = daemons.ImageSpec
 	TestImage         = daemons.TestImage
+	MountNamespace    = daemons.MountNamespace
 )
 
 const (

@@ -25,6 +25,8 @@ import (
 	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/yaml"
 
+	"google.golang.org/grpc"
+
 	"github.com/kube-preloader/kube-preloader/integration/harness/daemons"
 )
 
@@ -35,6 +37,12 @@ type NodeOptions struct {
 	// NodeName is the Node's name (kubelet --hostname-override); default
 	// "preloader-node".
 	NodeName string
+	// Runtime is the kubelet's runtime: RuntimeContainerd (the default) or
+	// RuntimeCRIO, a StartCRIO with SandboxImage as its pause_image and
+	// Registries reachable, which the kubelet and the caller's hooks reach
+	// at CRIO.Endpoint. Flavor, Layout, Snapshotter and Containerd are
+	// containerd's and must be unset with RuntimeCRIO.
+	Runtime NodeRuntime
 	// Containerd is an already started runtime for the kubelet (its
 	// SandboxImage, Snapshotter and Flavor are then its own). Nil: StartNode
 	// starts one with Flavor, Snapshotter and SandboxImage.
@@ -86,6 +94,14 @@ type NodeOptions struct {
 	NoWaitReady bool
 }
 
+// NodeRuntime is the container runtime a Node's kubelet runs on.
+type NodeRuntime string
+
+const (
+	RuntimeContainerd NodeRuntime = "containerd"
+	RuntimeCRIO       NodeRuntime = "cri-o"
+)
+
 // Node is a one-node cluster on 127.0.0.1: kube-controller-manager,
 // kube-scheduler, a kubelet and containerd, on the API server of a Kube.
 // Pods must use hostNetwork: true (the CNI network is loopback only) and,
@@ -99,9 +115,12 @@ type Node struct {
 	Kube *Kube
 	// Client is the Kube's admin client.
 	Client kubernetes.Interface
-	// Containerd is the kubelet's runtime (Endpoint, Address, ConfigFile).
+	// Containerd is the kubelet's runtime (Endpoint, Address, ConfigFile);
+	// nil on a CRI-O node.
 	Containerd *Containerd
-	// SandboxImage is containerd's pod-infra image (empty when
+	// CRIO is the kubelet's runtime on a CRI-O node (RuntimeCRIO), else nil.
+	CRIO *CRIO
+	// SandboxImage is the runtime's pod-infra image (empty when
 	// NodeOptions.Containerd was given: it is then the caller's).
 	SandboxImage string
 	// PodLogsDir is the kubelet's podLogsDir (PodLogs reads it).
@@ -154,6 +173,13 @@ func StartNode(t T, opts NodeOptions) *Node {
 	k := opts.Kube
 	n := &Node{Name: opts.NodeName, Kube: k, Client: k.Client, KubeletVersion: opts.KubeletVersion, t: t, opts: opts, procs: map[string]*daemons.Process{}}
 
+	if opts.Runtime == "" {
+		opts.Runtime = RuntimeContainerd
+	}
+	crio := opts.Runtime == RuntimeCRIO
+	if crio && (opts.Containerd != nil || opts.Flavor != "" || opts.Layout != "" || opts.Snapshotter != "") {
+		t.Fatal("StartNode: Containerd, Flavor, Layout and Snapshotter are containerd's, not CRI-O's")
+	}
 	if opts.Containerd == nil {
 		if opts.SandboxImage == "" {
 			reg := StartRegistry(t, RegistryOptions{})
@@ -161,14 +187,23 @@ func StartNode(t T, opts NodeOptions) *Node {
 			opts.Registries = append(opts.Registries, reg)
 		}
 		n.SandboxImage = opts.SandboxImage
-		if opts.Snapshotter == "" {
-			opts.Snapshotter = NodeSnapshotter()
+		switch {
+		case crio:
+			// CRI-O reads its registries.conf once, at start: every
+			// registry now.
+			n.CRIO = StartCRIO(t, CRIOOptions{PauseImage: opts.SandboxImage, Registries: opts.Registries})
+		default:
+			if opts.Snapshotter == "" {
+				opts.Snapshotter = NodeSnapshotter()
+			}
+			opts.Containerd = StartContainerd(t, ContainerdOptions{Flavor: opts.Flavor, SandboxImage: opts.SandboxImage, Snapshotter: opts.Snapshotter, Layout: opts.Layout})
 		}
-		opts.Containerd = StartContainerd(t, ContainerdOptions{Flavor: opts.Flavor, SandboxImage: opts.SandboxImage, Snapshotter: opts.Snapshotter, Layout: opts.Layout})
 	}
 	n.Containerd = opts.Containerd
-	for _, reg := range opts.Registries {
-		reg.TrustIn(n.Containerd)
+	if !crio {
+		for _, reg := range opts.Registries {
+			reg.TrustIn(n.Containerd)
+		}
 	}
 
 	// Registered after the containerd's cleanup, so it runs before it: the
@@ -250,10 +285,57 @@ func (n *Node) APIServerEnv() []corev1.EnvVar {
 // APIServerPort is the API server's port on 127.0.0.1.
 func (n *Node) APIServerPort() int { return n.Kube.apiPort }
 
-// LogFile is the log of a component: "containerd", "kubelet",
-// "kube-controller-manager" or "kube-scheduler".
+// RuntimeName is the kubelet's runtime as logs name it: containerd's
+// flavor, or cri-o.
+func (n *Node) RuntimeName() string {
+	if n.CRIO != nil {
+		return string(RuntimeCRIO)
+	}
+	return string(n.Containerd.Flavor)
+}
+
+// RuntimeEndpoint is the CRI endpoint the kubelet uses.
+func (n *Node) RuntimeEndpoint() string {
+	if n.CRIO != nil {
+		return n.CRIO.Endpoint
+	}
+	return n.Containerd.Endpoint
+}
+
+// RuntimeConn is a gRPC connection to the kubelet's runtime's CRI, closed
+// when the test ends.
+func (n *Node) RuntimeConn(t T) *grpc.ClientConn {
+	t.Helper()
+	if n.CRIO != nil {
+		return n.CRIO.Conn(t)
+	}
+	return n.Containerd.Conn(t)
+}
+
+// RuntimeNamespace is the mount namespace the runtime and the kubelet run
+// in: CRI-O's own, or containerd's with a Layout; nil for the host's.
+func (n *Node) RuntimeNamespace() *MountNamespace {
+	if n.CRIO != nil {
+		return n.CRIO.Namespace
+	}
+	return n.Containerd.Namespace
+}
+
+func (n *Node) runtimeRunning() bool {
+	if n.CRIO != nil {
+		return n.CRIO.Running()
+	}
+	return n.Containerd.Running()
+}
+
+// LogFile is the log of a component: "containerd" (the runtime's, CRI-O's
+// on a CRI-O node), "kubelet", "kube-controller-manager" or
+// "kube-scheduler".
 func (n *Node) LogFile(component string) string {
 	if component == "containerd" {
+		if n.CRIO != nil {
+			return n.CRIO.LogPath
+		}
 		return n.Containerd.LogPath
 	}
 	return filepath.Join(n.Dir, component, component+".log")
@@ -388,8 +470,8 @@ func (n *Node) startKubelet() error {
 			"webhook":   map[string]any{"enabled": false},
 		},
 		Authorization:            map[string]any{"mode": "AlwaysAllow"},
-		ContainerRuntimeEndpoint: n.Containerd.Endpoint,
-		ImageServiceEndpoint:     n.Containerd.Endpoint,
+		ContainerRuntimeEndpoint: n.RuntimeEndpoint(),
+		ImageServiceEndpoint:     n.RuntimeEndpoint(),
 		// Facts of these machines (cgroup v1, no systemd, no swap setup).
 		CgroupDriver:  "cgroupfs",
 		FailCgroupV1:  false,
@@ -475,7 +557,10 @@ func (n *Node) startKubelet() error {
 	}
 	n.KubeletStarted = time.Now()
 	bin := kubeletBinary(n.opts.KubeletVersion)
-	if ns := n.Containerd.Namespace; ns != nil {
+	// In the runtime's namespace: the runtime must see the kubelet's
+	// mounts (projected volumes) to bind them into containers, and the
+	// kubelet the hostPaths as the runtime resolves them.
+	if ns := n.RuntimeNamespace(); ns != nil {
 		bin, args = ns.Wrap(bin, args...)
 	}
 	return n.startProcess("kubelet", bin, args)
@@ -610,7 +695,7 @@ func (n *Node) WaitReady(t T, timeout time.Duration) {
 					fresh := !c.LastHeartbeatTime.Time.Before(n.KubeletStarted.Truncate(time.Second))
 					if c.Status == corev1.ConditionTrue && fresh {
 						n.ReadyAfter = time.Since(n.KubeletStarted)
-						t.Logf("node %s (%s) Ready %v after the kubelet started", n.Name, n.Containerd.Flavor, n.ReadyAfter.Round(time.Millisecond))
+						t.Logf("node %s (%s) Ready %v after the kubelet started", n.Name, n.RuntimeName(), n.ReadyAfter.Round(time.Millisecond))
 						return
 					}
 					last = fmt.Sprintf("Ready=%s %s: %s", c.Status, c.Reason, c.Message)
@@ -647,8 +732,8 @@ func (n *Node) exited() error {
 			return fmt.Errorf("%s exited: %v", name, err)
 		}
 	}
-	if !n.Containerd.Running() {
-		return fmt.Errorf("containerd is not running")
+	if !n.runtimeRunning() {
+		return fmt.Errorf("%s is not running", n.RuntimeName())
 	}
 	return nil
 }
@@ -866,7 +951,7 @@ func (n *Node) cleanup() {
 		go func() { defer wg.Done(); p.Stop(10 * time.Second) }()
 	}
 	wg.Wait()
-	if ns := n.Containerd.Namespace; ns != nil {
+	if ns := n.RuntimeNamespace(); ns != nil {
 		if err := ns.UnmountBelow(n.Dir); err != nil {
 			n.t.Logf("node cleanup: %v", err)
 		}
