@@ -430,7 +430,7 @@ func mentionsUnauthorized(msg string) bool {
 }
 
 func unauthorizedWord(msg string) string {
-	for _, w := range []string{"401 Unauthorized", "unauthorized", "401", "authorization failed"} {
+	for _, w := range []string{"401 Unauthorized", "unauthorized", "401", "authorization failed", "authentication required"} {
 		if strings.Contains(strings.ToLower(msg), strings.ToLower(w)) {
 			return w
 		}
@@ -667,7 +667,8 @@ func (r *run) waitImage(t *testing.T) {
 // image's registry, the containerd directory, the API server's port and
 // the images.yaml. On CRI-O the layer is on manifests/ itself: the agent
 // is given no socket and finds CRI-O's at /run/crio, the base's mount of
-// the host's /run/crio, here pointed at the harness's CRI-O directory.
+// the host's /run/crio, here pointed at the node's directory of CRI-O's
+// socket.
 func (r *run) kustomizeApply(t *testing.T) time.Time {
 	t.Helper()
 	dir := t.TempDir()
@@ -678,7 +679,7 @@ func (r *run) kustomizeApply(t *testing.T) time.Time {
 	crioPatch := ""
 	if n := r.node; n.CRIO != nil {
 		base = filepath.Join(repoRoot, "manifests")
-		runtimeVolume, runtimeDir = "crio", n.CRIO.Dir
+		runtimeVolume, runtimeDir = "crio", n.CRIOSocketDir
 		env = `            - name: KUBERNETES_SERVICE_HOST
               value: 127.0.0.1
 `

@@ -8,7 +8,9 @@ import (
 	"maps"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -120,6 +122,13 @@ type Node struct {
 	Containerd *Containerd
 	// CRIO is the kubelet's runtime on a CRI-O node (RuntimeCRIO), else nil.
 	CRIO *CRIO
+	// CRIOSocketDir, on a CRI-O node, holds CRI-O's socket alone, as
+	// crio.sock (a bind mount of CRIO.Address in the runtime's namespace),
+	// as /run/crio does on a real node: a pod's hostPath for the socket.
+	// One of CRIO.Dir would include CRI-O's storage root, for which CRI-O
+	// forces HostToContainer propagation, and the namespace's private
+	// mounts refuse that.
+	CRIOSocketDir string
 	// SandboxImage is the runtime's pod-infra image (empty when
 	// NodeOptions.Containerd was given: it is then the caller's).
 	SandboxImage string
@@ -192,6 +201,9 @@ func StartNode(t T, opts NodeOptions) *Node {
 			// CRI-O reads its registries.conf once, at start: every
 			// registry now.
 			n.CRIO = StartCRIO(t, CRIOOptions{PauseImage: opts.SandboxImage, Registries: opts.Registries})
+			if err := hideHugepages(n.CRIO.Namespace); err != nil {
+				t.Fatalf("node: %v", err)
+			}
 		default:
 			if opts.Snapshotter == "" {
 				opts.Snapshotter = NodeSnapshotter()
@@ -214,6 +226,11 @@ func StartNode(t T, opts NodeOptions) *Node {
 	}
 	n.Dir = dir
 	t.Cleanup(func() { n.cleanup() })
+	if n.CRIO != nil {
+		if err := n.bindCRIOSocket(); err != nil {
+			t.Fatalf("node: %v", err)
+		}
+	}
 
 	if err := n.startControllers(); err != nil {
 		t.Fatalf("node: %v", err)
@@ -229,6 +246,55 @@ func StartNode(t T, opts NodeOptions) *Node {
 		n.WaitReady(t, 2*time.Minute)
 	}
 	return n
+}
+
+func (n *Node) bindCRIOSocket() error {
+	n.CRIOSocketDir = filepath.Join(n.Dir, "crio-run")
+	sock := filepath.Join(n.CRIOSocketDir, "crio.sock")
+	if err := os.MkdirAll(n.CRIOSocketDir, 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(sock, nil, 0o600); err != nil {
+		return err
+	}
+	name, args := n.CRIO.Namespace.Wrap("/bin/mount", "--bind", n.CRIO.Address, sock)
+	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
+		return fmt.Errorf("bind CRI-O's socket into %s: %v: %s", n.CRIOSocketDir, err, out)
+	}
+	return nil
+}
+
+// hideHugepages covers /sys/kernel/mm/hugepages with an empty directory in
+// ns, where the kubelet runs beside CRI-O, on a cgroup v1 host whose
+// hugetlb controller is in the kernel but mounted nowhere (as on the test
+// machines). The kubelet gives every container a hugepage limit, 0 unless
+// requested, for each page size listed there; CRI-O passes the limits on
+// since /proc/cgroups lists the controller, and runc then fails every
+// container with "cannot set hugetlb limit". containerd drops them itself
+// (disable_hugetlb_controller, on by default).
+func hideHugepages(ns *MountNamespace) error {
+	info, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return err
+	}
+	for _, line := range strings.Split(string(info), "\n") {
+		_, after, ok := strings.Cut(line, " - ")
+		f := strings.Fields(after)
+		if !ok || len(f) < 3 {
+			continue
+		}
+		if f[0] == "cgroup2" && strings.Fields(line)[4] == "/sys/fs/cgroup" {
+			return nil
+		}
+		if f[0] == "cgroup" && slices.Contains(strings.Split(f[2], ","), "hugetlb") {
+			return nil
+		}
+	}
+	name, args := ns.Wrap("/bin/mount", "-t", "tmpfs", "-o", "ro,size=4k", "hugepages-hidden", "/sys/kernel/mm/hugepages")
+	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
+		return fmt.Errorf("hide /sys/kernel/mm/hugepages from the kubelet: %v: %s", err, out)
+	}
+	return nil
 }
 
 // checkDevNull fails fast on a machine whose /dev/null is no longer the
