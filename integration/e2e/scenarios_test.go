@@ -200,10 +200,33 @@ func testScenariosCRIO(t *testing.T, kind nodeKind) {
 	r.startNode(t, false)
 	r.scenarioPauseAfter(t)
 	r.deployAgent(t)
+	r.checkAgentOnCRIO(t)
 	r.scenarioPrivate(t, "b")
 	r.scenarioRegistryDown(t)
 	r.scenarioNoSecrets(t, "f")
 	t.Logf("%s: scenarios in %v", kind, time.Since(start).Round(time.Millisecond))
+}
+
+// checkAgentOnCRIO: the agent, given no socket, found CRI-O's where a
+// CRI-O node has it, and its status on the Node names CRI-O.
+func (r *run) checkAgentOnCRIO(t *testing.T) {
+	t.Helper()
+	want := strings.TrimPrefix(harness.CRIOVersion, "v")
+	deadline := time.Now().Add(time.Minute)
+	for {
+		st := harness.ViewNode(r.node.Client, r.node.Name).Status
+		if st != nil && st.Runtime != nil && st.Runtime.Name == "cri-o" && st.Runtime.Version == want {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the Node's status does not name cri-o %s as the runtime: %+v", want, st)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	logs, err := r.node.PodLogs(agentNamespace, r.agentPod, agentContainer)
+	if line := `msg=connected endpoint=unix:///run/crio/crio.sock runtime=cri-o version=` + want; err != nil || !strings.Contains(logs, line) {
+		t.Fatalf("agent log lacks %q: %v\n%s", line, err, tailLines(logs, 20))
+	}
 }
 
 // run is one cluster's registries, images, credentials and what the
