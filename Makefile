@@ -143,7 +143,7 @@ chart-push: chart
 	$(HELM) push $(HELM_PUSH_FLAGS) dist/kube-preloader-$(CHART_VERSION).tgz $(CHART_REPO)
 
 # The real-node proof: a one-node cluster (etcd, kube-apiserver,
-# controller-manager, scheduler, kubelet, containerd 1.6 and 2.x) on
+# controller-manager, scheduler, kubelet, containerd 1.6 and 2.x, CRI-O) on
 # 127.0.0.1, the agent image built with `make image` and installed with
 # kubectl apply -k integration/e2e/overlay; prints the scenario table. A
 # missing prerequisite fails it, as under CI.

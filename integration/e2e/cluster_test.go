@@ -1,6 +1,7 @@
 // Package e2e proves kube-preloader on a real node: etcd, kube-apiserver,
-// kube-controller-manager, kube-scheduler, a kubelet and containerd, all
-// on 127.0.0.1, started by the tests (integration/harness StartNode).
+// kube-controller-manager, kube-scheduler, a kubelet and containerd or
+// CRI-O, all on 127.0.0.1, started by the tests (integration/harness
+// StartNode).
 package e2e
 
 import (
