@@ -100,8 +100,8 @@ var (
 	primary  = nodeKind{kubelet: harness.KubeVersion, flavor: harness.Containerd2}
 	oldest2  = nodeKind{kubelet: harness.OldestKubeletVersion, flavor: harness.Containerd2}
 	oldest16 = nodeKind{kubelet: harness.OldestKubeletVersion, flavor: harness.Containerd16}
-	// crio is the newest kubelet on CRI-O, one minor older than the
-	// kubelet: the seed scenarios.
+	// crio is the newest kubelet on CRI-O 1.36, a minor older than it:
+	// the seed scenarios.
 	crio = nodeKind{kubelet: harness.KubeVersion, runtime: harness.RuntimeCRIO}
 )
 

@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"google.golang.org/grpc"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -26,8 +27,6 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/yaml"
-
-	"google.golang.org/grpc"
 
 	"github.com/kube-preloader/kube-preloader/integration/harness/daemons"
 )
@@ -105,7 +104,8 @@ const (
 )
 
 // Node is a one-node cluster on 127.0.0.1: kube-controller-manager,
-// kube-scheduler, a kubelet and containerd, on the API server of a Kube.
+// kube-scheduler, a kubelet and containerd or CRI-O, on the API server of
+// a Kube.
 // Pods must use hostNetwork: true (the CNI network is loopback only) and,
 // to reach the API server, APIServerEnv() in each container's env.
 type Node struct {
@@ -155,9 +155,9 @@ type Node struct {
 
 const defaultNodeName = "preloader-node"
 
-// StartNode starts containerd (unless given), kube-controller-manager,
-// kube-scheduler and the kubelet on opts.Kube, each with its own directory
-// and log, and waits until the Node is Ready. Missing binaries skip the
+// StartNode starts the runtime (containerd unless given, or CRI-O),
+// kube-controller-manager, kube-scheduler and the kubelet on opts.Kube,
+// each with its own directory and log, and waits until the Node is Ready. Missing binaries skip the
 // test (fail it under CI=true). Everything is stopped, unmounted and
 // removed when the test ends (PRELOADER_KEEP_KUBE=1 keeps a failed test's
 // directory).
@@ -196,15 +196,14 @@ func StartNode(t T, opts NodeOptions) *Node {
 			opts.Registries = append(opts.Registries, reg)
 		}
 		n.SandboxImage = opts.SandboxImage
-		switch {
-		case crio:
+		if crio {
 			// CRI-O reads its registries.conf once, at start: every
 			// registry now.
 			n.CRIO = StartCRIO(t, CRIOOptions{PauseImage: opts.SandboxImage, Registries: opts.Registries})
 			if err := hideHugepages(n.CRIO.Namespace); err != nil {
 				t.Fatalf("node: %v", err)
 			}
-		default:
+		} else {
 			if opts.Snapshotter == "" {
 				opts.Snapshotter = NodeSnapshotter()
 			}
