@@ -4,10 +4,11 @@
 # conmon, CNI plugins, prometheus and its promtool for the metrics tests,
 # skopeo for the image builder's test) when missing, and containerd 2.x,
 # CRI-O, helm 4 (the chart's tests and the e2e's install), helm-docs (the
-# chart's README) and ecr-credential-provider (the credential provider
-# tests) built from the Go module proxy into a cache outside the repo. With
-# the argument "demo", only what `make demo` runs: the registry and Debian's
-# containerd packages, and containerd 2.x too with "containerd2". With
+# chart's README), ecr-credential-provider (the credential provider
+# tests) and oras (the OCI artifact tests) built from the Go module proxy
+# into a cache outside the repo. With the argument "demo", only what
+# `make demo` runs: the registry and Debian's containerd packages, and
+# containerd 2.x too with "containerd2". With
 # "ctr", also ctr 2.x, the peer of the archive import benchmark; with
 # "crictl", crictl, the peer of the pull benchmark.
 # Usage: scripts/install-deps.sh [demo [containerd2]] [ctr] [crictl]
@@ -92,6 +93,19 @@ if [[ -z "$want_demo" && ! -x "$CACHE/bin/ecr-credential-provider-$ECR_PROVIDER_
   (cd "$tools_dir/credproviders" && CGO_ENABLED=0 go build -trimpath -o "$tmp/ecr-credential-provider" k8s.io/cloud-provider-aws/cmd/ecr-credential-provider)
   mv "$tmp/ecr-credential-provider" "$CACHE/bin/ecr-credential-provider-$ECR_PROVIDER_VERSION"
   rm -rf "$tmp"
+fi
+# The ORAS CLI, which pushes the OCI artifacts (empty and custom configs,
+# artifactType) the integration tests preload, at the version
+# tools/oras/go.mod requires.
+ORAS_VERSION=$(awk '$1 == "oras.land/oras" {print $2}' "$tools_dir/oras/go.mod")
+if [[ -z "$want_demo" && ! -x "$CACHE/bin/oras-$ORAS_VERSION" ]]; then
+  echo "install-deps: building oras $ORAS_VERSION into $CACHE/bin (once; about 4 min on 2 cores with a cold Go cache)" >&2
+  start=$SECONDS
+  tmp=$(mktemp -d)
+  (cd "$tools_dir/oras" && CGO_ENABLED=0 go build -trimpath -o "$tmp/oras" oras.land/oras/cmd/oras)
+  mv "$tmp/oras" "$CACHE/bin/oras-$ORAS_VERSION"
+  rm -rf "$tmp"
+  echo "install-deps: oras $ORAS_VERSION built in $((SECONDS - start)) s" >&2
 fi
 # CRI-O and its pinns, the CRI-only runtime the integration tests run the
 # preloader on, at the version tools/crio/go.mod requires: the proxy lists
