@@ -11,6 +11,8 @@ import (
 	"github.com/distribution/reference"
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/kube-preloader/kube-preloader/artifact"
 )
 
 // ociImages reads an OCI image layout: oci-layout, index.json, blobs/.
@@ -82,6 +84,12 @@ func (s *scan) resolve(ctx context.Context, desc ocispec.Descriptor) (Image, err
 			return Image{}, fmt.Errorf("no manifest for platform %s (the archive has %s)", platforms.Format(s.platform), s.platforms(ctx, desc))
 		}
 		return Image{}, err
+	}
+	// Only containerd imports archives, and it unpacks no artifact: said
+	// here, before the layers' count against the diff IDs would fail it
+	// in terms that do not say why.
+	if shape := artifact.ShapeOf(m); !artifact.Mountable("containerd", shape) {
+		return Image{}, &artifact.Error{Ref: "manifest " + desc.Digest.String(), Shape: shape, Runtime: "containerd"}
 	}
 	// images.Manifest does not check the platform of a top-level manifest.
 	if images.IsManifestType(desc.MediaType) {

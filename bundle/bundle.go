@@ -22,6 +22,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/kube-preloader/kube-preloader/artifact"
 )
 
 // Annotations on index.json entries that name an image. containerd's
@@ -167,6 +169,16 @@ func fetch(ctx context.Context, s Source, opts Options) (fetched, error) {
 }
 
 func resolved(s Source, img v1.Image) (fetched, error) {
+	m, err := img.Manifest()
+	if err != nil {
+		return fetched{}, err
+	}
+	// A bundle is for containerd's import, which unpacks no artifact:
+	// refused here rather than on the node.
+	shape := artifact.Shape{ConfigMediaType: string(m.Config.MediaType), ArtifactType: m.ArtifactType}
+	if !artifact.Mountable("containerd", shape) {
+		return fetched{}, &artifact.Error{Ref: s.from(), Shape: shape, Runtime: "containerd"}
+	}
 	digest, err := img.Digest()
 	if err != nil {
 		return fetched{}, err

@@ -2,11 +2,16 @@ package noderuntime
 
 import (
 	"context"
+	"fmt"
 	"time"
 
+	"github.com/distribution/reference"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/kube-preloader/kube-preloader/archive"
+	"github.com/kube-preloader/kube-preloader/artifact"
 	"github.com/kube-preloader/kube-preloader/containerd"
 	"github.com/kube-preloader/kube-preloader/cri"
 )
@@ -25,6 +30,9 @@ type ContainerdPuller interface {
 	FollowPull(ctx context.Context, ref string, auth *runtimeapi.AuthConfig, pull func(context.Context) error) error
 	RegistryNear(ctx context.Context, ref string, d time.Duration) (bool, time.Duration, error)
 	LargestLayer(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (int64, error)
+	// Shape is what the manifest of the image record ref holds, read
+	// from the content store.
+	Shape(ctx context.Context, ref string) (artifact.Shape, error)
 	CollectGarbage(ctx context.Context) error
 }
 
@@ -99,11 +107,49 @@ func (s *containerdStore) PullImage(ctx context.Context, ref string, auth *runti
 		id, err = s.criStore.PullImage(ctx, ref, auth)
 		return err
 	})
-	return id, err
+	if err != nil {
+		return id, err
+	}
+	// The CRI pull of an artifact succeeds with nothing unpacked.
+	if err := s.refuseArtifact(ctx, ref); err != nil {
+		return "", err
+	}
+	return id, nil
 }
 
 func (s *containerdStore) PullDirect(ctx context.Context, ref string, auth *runtimeapi.AuthConfig, maxDownloads int) error {
-	return s.ctrd.Pull(ctx, ref, auth, maxDownloads)
+	err := s.ctrd.Pull(ctx, ref, auth, maxDownloads)
+	// Asked even when the pull failed: the client records an artifact
+	// before its unpack fails, and that failure, retried, fails again.
+	if rerr := s.refuseArtifact(ctx, ref); rerr != nil {
+		return rerr
+	}
+	return err
+}
+
+// refuseArtifact returns an *artifact.Error if the image record ref is an
+// artifact containerd cannot hold for a pod to mount, and removes that
+// record: the kubelet must not find it present. No record, or one it
+// cannot read, is no artifact here; the pull's own outcome stands.
+func (s *containerdStore) refuseArtifact(ctx context.Context, ref string) error {
+	shape, err := s.ctrd.Shape(ctx, ref)
+	if err != nil || artifact.Mountable(s.facts.Name, shape) {
+		return nil
+	}
+	refusal := &artifact.Error{Ref: ref, Shape: shape, Runtime: s.facts.runtime()}
+	// The pull's deadline may be spent; the record must go all the same.
+	ctx = context.WithoutCancel(ctx)
+	if err := s.criStore.RemoveImage(ctx, ref); err != nil && status.Code(err) != codes.NotFound {
+		return fmt.Errorf("%w (and removing its image record: %w)", refusal, err)
+	}
+	name := ref
+	if named, err := reference.ParseDockerRef(ref); err == nil {
+		name = named.String()
+	}
+	if err := s.ctrd.RemoveName(ctx, name); err != nil {
+		return fmt.Errorf("%w (and removing its image record: %w)", refusal, err)
+	}
+	return refusal
 }
 
 func (s *containerdStore) RegistryNear(ctx context.Context, ref string, d time.Duration) (bool, time.Duration, error) {

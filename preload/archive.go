@@ -16,6 +16,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/kube-preloader/kube-preloader/archive"
+	"github.com/kube-preloader/kube-preloader/artifact"
 	"github.com/kube-preloader/kube-preloader/failure"
 	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/preload/config"
@@ -119,7 +120,11 @@ func (e *Engine) importArchive(ctx context.Context, cfg *config.Config, file str
 	}
 	defer a.Close()
 	contents, err := archive.Inspect(ctx, a, platforms.DefaultSpec())
-	if err != nil {
+	var art *artifact.Error
+	switch {
+	case errors.As(err, &art):
+		return fail(failure.Unsupported, err)
+	case err != nil:
 		return fail(failure.Archive, err)
 	}
 	imgs := contents.Images

@@ -11,9 +11,11 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/distribution/reference"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/kube-preloader/kube-preloader/archive"
+	"github.com/kube-preloader/kube-preloader/artifact"
 	"github.com/kube-preloader/kube-preloader/containerd"
 )
 
@@ -288,6 +290,11 @@ func (f *Containerd) PullNeed(context.Context, string, *runtimeapi.AuthConfig) (
 
 func (f *Containerd) LargestLayer(context.Context, string, *runtimeapi.AuthConfig) (int64, error) {
 	return 0, nil
+}
+
+// Shape: the fake's images are all images.
+func (f *Containerd) Shape(context.Context, string) (artifact.Shape, error) {
+	return artifact.Shape{ConfigMediaType: ocispec.MediaTypeImageConfig}, nil
 }
 
 func (f *Containerd) CollectGarbage(context.Context) error { return nil }
