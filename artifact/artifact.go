@@ -44,11 +44,12 @@ func (s Shape) String() string {
 
 // Mountable decides whether a runtime, by the name its CRI Version gives
 // ("containerd", "cri-o"), holds an image of shape s so that a pod can
-// mount its content. containerd (up to 2.4 at least) records an artifact
-// as an image but unpacks only layers an image config lists: the pod that
-// mounts it fails, or finds none of its files. CRI-O keeps artifacts in
-// an artifact store of its own and mounts them. Other runtimes are
-// trusted as the kubelet trusts them.
+// mount its content. containerd (1.6 to 2.4) records an artifact as an
+// image but unpacks only the layers an image config lists: its pull
+// fails, or "succeeds" with nothing unpacked and the pod that mounts it
+// fails or finds none of its files. CRI-O keeps artifacts in an artifact
+// store of its own and mounts them. Other runtimes are trusted as the
+// kubelet trusts them.
 func Mountable(runtime string, s Shape) bool {
 	if s.Image() {
 		return true

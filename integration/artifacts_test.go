@@ -19,61 +19,46 @@ import (
 // TestArtifacts preloads OCI artifacts the ORAS CLI pushed, one
 // image-shaped and two that are not (an empty config with an
 // artifactType; a config of its own type), and checks what the kubelet
-// will find. containerd 2.4 records the others without unpacking them,
-// through its CRI (a "successful" pull) or its client (an unpack that
-// fails again on every retry): each is a final failure, unsupported
-// runtime, with no image record left. CRI-O keeps all three.
+// will find. containerd records the others without unpacking them: 2.4's
+// CRI "pulls" them with nothing unpacked, 1.6's CRI and the client of
+// either fail their unpack again on every retry. Each is a final failure,
+// unsupported runtime, saying why, with no image record left behind; one
+// the kubelet pulled is not present either. CRI-O keeps all three.
+// Archives and bundles refuse an artifact as one.
 func TestArtifacts(t *testing.T) {
 	reg := harness.StartRegistry(t, harness.RegistryOptions{})
 	a := harness.PushArtifacts(t, reg, "models/m")
 	refs := []string{a.Image, a.Empty, a.Custom}
 
-	for _, via := range []string{"cri", "containerd"} {
-		t.Run("containerd 2.4.2 pullVia "+via, func(t *testing.T) {
-			node := newTestNode(t, harness.Containerd2)
-			start := time.Now()
-			r := node.once(t, pullViaConfig(via, "", refs...), "--timeout", "2m")
-			took := time.Since(start)
-			if r.code != 1 {
-				t.Fatalf("want exit 1:\n%s", r)
-			}
-			out := parseOnce(t, r)
-			if st, reason := out.status(a.Image); st != "pulled" {
-				t.Errorf("%s: %s %q, want pulled", a.Image, st, reason)
-			}
-			assertPresent(t, node.ctrd.Endpoint, a.Image)
-			for _, img := range out.Images {
-				if img.Image == a.Image {
-					continue
-				}
-				if img.Status != "failed" || img.Reason != "unsupported runtime" || img.Attempts != 1 {
-					t.Errorf("%s: %s %q after %d attempts, want failed \"unsupported runtime\" after 1", img.Image, img.Status, img.Reason, img.Attempts)
-				}
-				for _, want := range []string{img.Image + " is an OCI artifact", "containerd " + out.Runtime.Version + " does not unpack OCI artifacts"} {
-					if !strings.Contains(img.Error, want) {
-						t.Errorf("%s: error %q lacks %q", img.Image, img.Error, want)
-					}
-				}
-			}
-			if took > time.Minute {
-				t.Errorf("once took %v: the artifacts' failure was retried", took)
-			}
-			c := node.cri(t)
-			is := node.containerd(t).ImageService()
-			for _, ref := range []string{a.Empty, a.Custom} {
-				if img, err := c.ImageStatus(context.Background(), ref); err != nil || img != nil {
-					t.Errorf("CRI ImageStatus(%s) = %v, %v; want absent", ref, img, err)
-				}
-				name, err := reference.ParseDockerRef(ref)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if rec, err := is.Get(context.Background(), name.String()); !errdefs.IsNotFound(err) {
-					t.Errorf("containerd image record %s = %v, %v; want none left behind", name, rec.Target.Digest, err)
-				}
-			}
-		})
+	for _, flavor := range flavors {
+		for _, via := range []string{"cri", "containerd"} {
+			t.Run(string(flavor)+" pullVia "+via, func(t *testing.T) { testArtifactsContainerd(t, flavor, via, a) })
+		}
 	}
+
+	t.Run("containerd 2.4.2: an artifact the kubelet pulled is not present", func(t *testing.T) {
+		node := newTestNode(t, harness.Containerd2)
+		c := node.cri(t)
+		// The kubelet's pull of an image volume's artifact "succeeds".
+		if _, err := c.PullImage(context.Background(), a.Empty, nil); err != nil {
+			t.Fatal(err)
+		}
+		r := node.once(t, pullViaConfig("cri", "", a.Empty))
+		if r.code != 1 {
+			t.Fatalf("want exit 1:\n%s", r)
+		}
+		out := parseOnce(t, r)
+		if st, reason := out.status(a.Empty); st != "failed" || reason != "unsupported runtime" {
+			t.Errorf("%s: %s %q, want failed \"unsupported runtime\"\n%s", a.Empty, st, reason, r)
+		}
+		if want := a.Empty + " is an OCI artifact"; !strings.Contains(out.Images[0].Error, want) {
+			t.Errorf("error %q lacks %q", out.Images[0].Error, want)
+		}
+		// Not the preloader's: it leaves the kubelet's record alone.
+		if img, err := c.ImageStatus(context.Background(), a.Empty); err != nil || img == nil {
+			t.Errorf("CRI ImageStatus(%s) = %v, %v; want the kubelet's record kept", a.Empty, img, err)
+		}
+	})
 
 	t.Run("CRI-O 1.36.3", func(t *testing.T) {
 		crio := harness.StartCRIO(t, harness.CRIOOptions{PauseImage: "registry.example/unused/pause:0", Registries: []*harness.Registry{reg}})
@@ -132,5 +117,53 @@ func orasRun(t *testing.T, args ...string) {
 	t.Helper()
 	if out, err := exec.Command(harness.ORASBinary(), args...).CombinedOutput(); err != nil {
 		t.Fatalf("oras %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
+// testArtifactsContainerd preloads a's artifacts on containerd through
+// pullVia via.
+func testArtifactsContainerd(t *testing.T, flavor harness.Flavor, via string, a harness.Artifacts) {
+	refs := []string{a.Image, a.Empty, a.Custom}
+	node := newTestNode(t, flavor)
+	start := time.Now()
+	r := node.once(t, pullViaConfig(via, "", refs...), "--timeout", "2m")
+	took := time.Since(start)
+	if r.code != 1 {
+		t.Fatalf("want exit 1:\n%s", r)
+	}
+	out := parseOnce(t, r)
+	if st, reason := out.status(a.Image); st != "pulled" {
+		t.Errorf("%s: %s %q, want pulled", a.Image, st, reason)
+	}
+	assertPresent(t, node.ctrd.Endpoint, a.Image)
+	for _, img := range out.Images {
+		if img.Image == a.Image {
+			continue
+		}
+		if img.Status != "failed" || img.Reason != "unsupported runtime" || img.Attempts != 1 {
+			t.Errorf("%s: %s %q after %d attempts, want failed \"unsupported runtime\" after 1", img.Image, img.Status, img.Reason, img.Attempts)
+		}
+		for _, want := range []string{img.Image + " is an OCI artifact", "containerd " + out.Runtime.Version + " does not unpack OCI artifacts"} {
+			if !strings.Contains(img.Error, want) {
+				t.Errorf("%s: error %q lacks %q", img.Image, img.Error, want)
+			}
+		}
+	}
+	if took > time.Minute {
+		t.Errorf("once took %v: the artifacts' failure was retried", took)
+	}
+	c := node.cri(t)
+	is := node.containerd(t).ImageService()
+	for _, ref := range []string{a.Empty, a.Custom} {
+		if img, err := c.ImageStatus(context.Background(), ref); err != nil || img != nil {
+			t.Errorf("CRI ImageStatus(%s) = %v, %v; want absent", ref, img, err)
+		}
+		name, err := reference.ParseDockerRef(ref)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rec, err := is.Get(context.Background(), name.String()); !errdefs.IsNotFound(err) {
+			t.Errorf("containerd image record %s = %v, %v; want none left behind", name, rec.Target.Digest, err)
+		}
 	}
 }

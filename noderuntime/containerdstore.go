@@ -107,14 +107,13 @@ func (s *containerdStore) PullImage(ctx context.Context, ref string, auth *runti
 		id, err = s.criStore.PullImage(ctx, ref, auth)
 		return err
 	})
-	if err != nil {
-		return id, err
+	// Asked even when the pull failed: containerd 2.x's CRI "pulls" an
+	// artifact with nothing unpacked, 1.6's records it and then fails
+	// its unpack, again on every retry.
+	if rerr := s.refuseArtifact(ctx, ref); rerr != nil {
+		return "", rerr
 	}
-	// The CRI pull of an artifact succeeds with nothing unpacked.
-	if err := s.refuseArtifact(ctx, ref); err != nil {
-		return "", err
-	}
-	return id, nil
+	return id, err
 }
 
 func (s *containerdStore) PullDirect(ctx context.Context, ref string, auth *runtimeapi.AuthConfig, maxDownloads int) error {
@@ -132,11 +131,10 @@ func (s *containerdStore) PullDirect(ctx context.Context, ref string, auth *runt
 // record: the kubelet must not find it present. No record, or one it
 // cannot read, is no artifact here; the pull's own outcome stands.
 func (s *containerdStore) refuseArtifact(ctx context.Context, ref string) error {
-	shape, err := s.ctrd.Shape(ctx, ref)
-	if err != nil || artifact.Mountable(s.facts.Name, shape) {
+	refusal := s.CheckArtifact(ctx, ref)
+	if refusal == nil {
 		return nil
 	}
-	refusal := &artifact.Error{Ref: ref, Shape: shape, Runtime: s.facts.runtime()}
 	// The pull's deadline may be spent; the record must go all the same.
 	ctx = context.WithoutCancel(ctx)
 	if err := s.criStore.RemoveImage(ctx, ref); err != nil && status.Code(err) != codes.NotFound {
@@ -150,6 +148,16 @@ func (s *containerdStore) refuseArtifact(ctx context.Context, ref string) error 
 		return fmt.Errorf("%w (and removing its image record: %w)", refusal, err)
 	}
 	return refusal
+}
+
+// CheckArtifact reads the manifest of the image record ref from
+// containerd's content store.
+func (s *containerdStore) CheckArtifact(ctx context.Context, ref string) error {
+	shape, err := s.ctrd.Shape(ctx, ref)
+	if err != nil || artifact.Mountable(s.facts.Name, shape) {
+		return nil
+	}
+	return &artifact.Error{Ref: ref, Shape: shape, Runtime: s.facts.runtime()}
 }
 
 func (s *containerdStore) RegistryNear(ctx context.Context, ref string, d time.Duration) (bool, time.Duration, error) {

@@ -52,6 +52,11 @@ type Puller interface {
 	// CollectGarbage frees what no image holds, before it returns: what
 	// a pull that ran out of space wrote.
 	CollectGarbage(ctx context.Context) error
+	// CheckArtifact returns an *artifact.Error if the image ref the node
+	// has is an OCI artifact the runtime holds without its content, so
+	// that a pod could not mount it; nil when it is not, or the runtime
+	// cannot tell.
+	CheckArtifact(ctx context.Context, ref string) error
 }
 
 // Importer writes images that come from elsewhere than their registry:

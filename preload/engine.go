@@ -195,6 +195,13 @@ func (e *Engine) Run(ctx context.Context, cfg *config.Config, images []config.Im
 			continue
 		}
 		st, err := e.presence().ImageStatus(ctx, r.Image)
+		var unmountable error
+		if err == nil && st != nil && r.Status == "" {
+			// On the node before this run (the kubelet pulled it): it
+			// may be an artifact the runtime holds without its content,
+			// never present. Not brought by this run, it stays.
+			unmountable = e.puller().CheckArtifact(ctx, r.Image)
+		}
 		switch {
 		case err != nil:
 			*r = failed(r.Image, err, r.Duration, r.Attempts)
@@ -203,6 +210,8 @@ func (e *Engine) Run(ctx context.Context, cfg *config.Config, images []config.Im
 			// the kubelet asks: the promise is about ImageStatus, so this
 			// is a failure, never "present".
 			*r = Result{Image: r.Image, Status: StatusFailed, Source: r.Source, Reason: failure.NotPresent, Duration: r.Duration, Attempts: r.Attempts}
+		case unmountable != nil:
+			*r = failed(r.Image, unmountable, r.Duration, r.Attempts)
 		default:
 			if r.Status == "" {
 				r.Status = StatusPresent
