@@ -22,6 +22,7 @@ import (
 
 	"github.com/kube-preloader/kube-preloader/archive"
 	"github.com/kube-preloader/kube-preloader/archive/archivetest"
+	"github.com/kube-preloader/kube-preloader/artifact"
 )
 
 var amd64 = ocispec.Platform{OS: "linux", Architecture: "amd64"}
@@ -443,6 +444,24 @@ func TestOpen(t *testing.T) {
 			}
 			if !strings.Contains(err.Error(), tt.want) || errors.Is(err, os.ErrNotExist) != tt.notExist {
 				t.Errorf("err = %v, want %q (not exist: %v)", err, tt.want, tt.notExist)
+			}
+		})
+	}
+}
+
+// TestInspectArtifact: an OCI layout of an artifact (a config that is not
+// an image config) fails as one, not as layers that do not match diff IDs.
+func TestInspectArtifact(t *testing.T) {
+	for _, mt := range []types.MediaType{"application/vnd.oci.empty.v1+json", "application/vnd.example.model.config.v1+json"} {
+		t.Run(string(mt), func(t *testing.T) {
+			img := mutate.ConfigMediaType(mutate.MediaType(image(t, "linux/amd64", layer(t, 1)), types.OCIManifestSchema1), mt)
+			_, err := inspect(t, write(t, archivetest.OCILayout, []archivetest.Image{{Names: []string{"registry.example/model:1"}, Image: img}}))
+			var art *artifact.Error
+			if !errors.As(err, &art) || art.Shape.ConfigMediaType != string(mt) {
+				t.Fatalf("err = %v, want an artifact.Error for config %s", err, mt)
+			}
+			if want := "registry.example/model:1"; !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "layers, config") {
+				t.Errorf("err = %v, want it to name %s and not count layers against diff IDs", err, want)
 			}
 		})
 	}
