@@ -34,6 +34,9 @@ type Artifacts struct {
 	Empty string
 	// Custom has a config and a file of media types of its own.
 	Custom string
+	// File is the content of the one file, model.bin, that Empty and
+	// Custom hold; Image holds model/weights.bin in its layer.
+	File []byte
 }
 
 // The artifact and config types of the artifacts PushArtifacts pushes.
@@ -69,11 +72,12 @@ func PushArtifacts(t T, reg *Registry, repo string) Artifacts {
 		t.Fatal(err)
 	}
 	write("image-config.json", cfg)
-	write("model.bin", bytes.Repeat([]byte("weights "), 4096))
+	file := bytes.Repeat([]byte("weights "), 4096)
+	write("model.bin", file)
 	write("custom-config.json", []byte(`{"format":"example","version":1}`))
 
 	ref := func(tag string) string { return reg.Host + "/" + repo + ":" + tag }
-	a := Artifacts{Image: ref("image"), Empty: ref("empty"), Custom: ref("custom")}
+	a := Artifacts{Image: ref("image"), Empty: ref("empty"), Custom: ref("custom"), File: file}
 	for _, args := range [][]string{
 		{a.Image, "--config", "image-config.json:application/vnd.oci.image.config.v1+json", "layer.tar.gz:application/vnd.oci.image.layer.v1.tar+gzip"},
 		// The file without a media type: ORAS gives it the OCI layer
