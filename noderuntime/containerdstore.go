@@ -154,7 +154,7 @@ func (s *containerdStore) refuseArtifact(ctx context.Context, ref string) error 
 // containerd's content store.
 func (s *containerdStore) CheckArtifact(ctx context.Context, ref string) error {
 	shape, err := s.ctrd.Shape(ctx, ref)
-	if err != nil || artifact.Mountable(s.facts.Name, shape) {
+	if err != nil || artifact.Mountable("containerd", shape) {
 		return nil
 	}
 	return &artifact.Error{Ref: ref, Shape: shape, Runtime: s.facts.runtime()}

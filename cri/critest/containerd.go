@@ -26,9 +26,21 @@ import (
 type Containerd struct {
 	cri *Server
 
-	mu      sync.Mutex
-	imports int
-	pulls   []string
+	mu        sync.Mutex
+	imports   int
+	pulls     []string
+	artifacts map[string]artifact.Shape
+}
+
+// Artifact makes the manifest of ref, once pulled, that of an artifact of
+// shape s.
+func (f *Containerd) Artifact(ref string, s artifact.Shape) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.artifacts == nil {
+		f.artifacts = make(map[string]artifact.Shape)
+	}
+	f.artifacts[ref] = s
 }
 
 // NewContainerd is the containerd behind s.
@@ -292,8 +304,13 @@ func (f *Containerd) LargestLayer(context.Context, string, *runtimeapi.AuthConfi
 	return 0, nil
 }
 
-// Shape: the fake's images are all images.
-func (f *Containerd) Shape(context.Context, string) (artifact.Shape, error) {
+// Shape is an image's, unless Artifact made ref an artifact.
+func (f *Containerd) Shape(_ context.Context, ref string) (artifact.Shape, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if s, ok := f.artifacts[ref]; ok {
+		return s, nil
+	}
 	return artifact.Shape{ConfigMediaType: ocispec.MediaTypeImageConfig}, nil
 }
 
