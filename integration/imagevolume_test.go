@@ -19,9 +19,9 @@ import (
 // makes it (the volume's image by the ID the runtime reported): on
 // containerd 2 the image, dropped from the list, stays while the
 // container exists and goes once it is removed. containerd 1.6 refuses
-// the container. CRI-O reports the mount the same way, where prune would
-// look, but prune needs containerd's records and says so; the mounted
-// image stays.
+// the container. CRI-O on overlay storage reports the mount the same
+// way, where prune would look, but prune needs containerd's records and
+// says so; the mounted image stays. CRI-O on vfs refuses the container.
 func TestPruneImageVolume(t *testing.T) {
 	reg := harness.StartRegistry(t, harness.RegistryOptions{})
 	imgs := harness.PushTestImages(t, reg, []harness.ImageSpec{
@@ -81,7 +81,7 @@ func TestPruneImageVolume(t *testing.T) {
 		// CRI-O mounts image volumes with its storage driver's mount
 		// options, which vfs, the harness's default, has none of.
 		crio := harness.StartCRIO(t, harness.CRIOOptions{PauseImage: pause, Registries: []*harness.Registry{reg},
-			ConfigDropIn: "[crio]\nstorage_driver = \"overlay\"\n"})
+			StorageDriver: "overlay"})
 		env := []string{cri.EndpointEnv + "=" + crio.Endpoint}
 		dir := t.TempDir()
 		r := preloader(t, time.Minute, env, "once", "--config", writeFile(t, dir, "images.yaml", imagesYAML("none", weights, kept)))
@@ -98,6 +98,20 @@ func TestPruneImageVolume(t *testing.T) {
 			t.Errorf("stderr lacks %s\n%s", want, r)
 		}
 		assertPresent(t, crio.Endpoint, weights, kept)
+	})
+
+	// On vfs, the harness's default and a driver some nodes run, CRI-O
+	// mounts no image volume, preloaded or not.
+	t.Run("CRI-O vfs", func(t *testing.T) {
+		crio := harness.StartCRIO(t, harness.CRIOOptions{PauseImage: pause, Registries: []*harness.Registry{reg}})
+		env := []string{cri.EndpointEnv + "=" + crio.Endpoint}
+		if r := preloader(t, time.Minute, env, "once", "--config", writeFile(t, t.TempDir(), "images.yaml", imagesYAML("none", weights))); r.code != 0 {
+			t.Fatalf("once: %s", r)
+		}
+		_, err := startImageVolumePod(t, crio.Conn(t), crio.CgroupParent, pause, weights)
+		if want := "vfs driver does not support mount options"; err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("CreateContainer with an image volume on CRI-O with vfs: %v, want an error with %s", err, want)
+		}
 	})
 }
 

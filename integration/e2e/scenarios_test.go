@@ -1270,17 +1270,7 @@ func (r *run) lastSync(t *testing.T) float64 {
 	return 0
 }
 
-func (r *run) imagePresent(t *testing.T, ref string) bool {
-	t.Helper()
-	is := runtimeapi.NewImageServiceClient(r.node.RuntimeConn(t))
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	resp, err := is.ImageStatus(ctx, &runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: ref}})
-	if err != nil {
-		t.Fatalf("CRI ImageStatus %s: %v", ref, err)
-	}
-	return resp.Image != nil
-}
+func (r *run) imagePresent(t *testing.T, ref string) bool { return imagePresent(t, r.node, ref) }
 
 // ---------------------------------------------------------------------
 // f: the password and the auth string appear nowhere a user reads.
@@ -1465,11 +1455,15 @@ func (r *run) scenarioPullViaContainerd(t *testing.T, name string) {
 // ---------------------------------------------------------------------
 // helpers
 
-func (r *run) row(s string) string {
-	if r.kind == primary {
+func (r *run) row(s string) string { return r.kind.row(s) }
+
+// row names a verdict row's scenario with the node kind, but for the
+// primary one's.
+func (k nodeKind) row(s string) string {
+	if k == primary {
 		return s
 	}
-	return s + " [" + strings.TrimPrefix(r.kind.kubelet, "v") + ", " + r.kind.runtimeName() + "]"
+	return s + " [" + strings.TrimPrefix(k.kubelet, "v") + ", " + k.runtimeName() + "]"
 }
 
 func tolerateNotReady(p *corev1.Pod) *corev1.Pod {

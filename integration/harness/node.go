@@ -42,8 +42,12 @@ type NodeOptions struct {
 	// RuntimeCRIO, a StartCRIO with SandboxImage as its pause_image and
 	// Registries reachable, which the kubelet and the caller's hooks reach
 	// at CRIO.Endpoint. Flavor, Layout, Snapshotter and Containerd are
-	// containerd's and must be unset with RuntimeCRIO.
+	// containerd's and must be unset with RuntimeCRIO; StorageDriver is
+	// CRI-O's and must be unset with containerd.
 	Runtime NodeRuntime
+	// StorageDriver is the CRI-O's (CRIOOptions.StorageDriver): default
+	// vfs; "overlay" for pods that mount image volumes.
+	StorageDriver string
 	// Containerd is an already started runtime for the kubelet (its
 	// SandboxImage, Snapshotter and Flavor are then its own). Nil: StartNode
 	// starts one with Flavor, Snapshotter and SandboxImage.
@@ -189,6 +193,9 @@ func StartNode(t T, opts NodeOptions) *Node {
 	if crio && (opts.Containerd != nil || opts.Flavor != "" || opts.Layout != "" || opts.Snapshotter != "") {
 		t.Fatal("StartNode: Containerd, Flavor, Layout and Snapshotter are containerd's, not CRI-O's")
 	}
+	if !crio && opts.StorageDriver != "" {
+		t.Fatal("StartNode: StorageDriver is CRI-O's, not containerd's (Snapshotter)")
+	}
 	if opts.Containerd == nil {
 		if opts.SandboxImage == "" {
 			reg := StartRegistry(t, RegistryOptions{})
@@ -199,7 +206,7 @@ func StartNode(t T, opts NodeOptions) *Node {
 		if crio {
 			// CRI-O reads its registries.conf once, at start: every
 			// registry now.
-			n.CRIO = StartCRIO(t, CRIOOptions{PauseImage: opts.SandboxImage, Registries: opts.Registries})
+			n.CRIO = StartCRIO(t, CRIOOptions{PauseImage: opts.SandboxImage, Registries: opts.Registries, StorageDriver: opts.StorageDriver})
 			if err := hideHugepages(n.CRIO.Namespace); err != nil {
 				t.Fatalf("node: %v", err)
 			}

@@ -51,11 +51,16 @@ type CRIOOptions struct {
 	// RegistriesDropIn is a registries.conf.d drop-in, e.g. a
 	// [[registry.mirror]] of a registry.
 	RegistriesDropIn string
+	// StorageDriver is containers/storage's driver: "vfs" (the default),
+	// which works on any filesystem, or "overlay", which CRI-O needs to
+	// mount image volumes (vfs has no mount options) and which needs a
+	// kernel that lets root mount an overlay on Dir's filesystem.
+	StorageDriver string
 }
 
 // CRIO is a CRI-O daemon confined to its own directory: config, storage
-// (vfs), run state, the paths it writes on the host by default (version
-// files, namespaces, exits, attach sockets, pod logs), its registries
+// (StorageDriver), run state, the paths it writes on the host by default
+// (version files, namespaces, exits, attach sockets, pod logs), its registries
 // config and the CAs it trusts. It runs in a MountNamespace of its own,
 // where CertsDir is bound at the path CRI-O reads CAs from, so parallel
 // daemons see only their own registries.
@@ -74,6 +79,7 @@ type CRIO struct {
 	Root, RunRoot     string
 	LogPath           string
 	PauseImage        string
+	StorageDriver     string
 	// CgroupParent is for the test's pods (LinuxPodSandboxConfig): with
 	// the cgroupfs manager the kubelet makes and removes pod cgroups, so
 	// the harness removes this one, with what CRI-O left in it.
@@ -94,11 +100,18 @@ type CRIO struct {
 // drop_infra_ctr, since root here lacks CAP_SYS_RESOURCE and an infra
 // container's negative oom_score_adj would fail (CRI-O has no
 // restrict_oom_score_adj), which for the same reason leaves Guaranteed
-// pods out; vfs storage, which works on any filesystem.
+// pods out; vfs storage unless StorageDriver says otherwise.
 func StartCRIO(t T, opts CRIOOptions) *CRIO {
 	t.Helper()
 	if opts.PauseImage == "" {
 		opts.PauseImage = "registry.k8s.io/pause:3.10"
+	}
+	switch opts.StorageDriver {
+	case "":
+		opts.StorageDriver = "vfs"
+	case "vfs", "overlay":
+	default:
+		t.Fatalf("cri-o: StorageDriver %q: want vfs or overlay", opts.StorageDriver)
 	}
 	bin, pinns := CRIOBinaries()
 	Require(t, "CRI-O "+CRIOVersion, bin)
@@ -125,6 +138,7 @@ func StartCRIO(t T, opts CRIOOptions) *CRIO {
 		RunRoot:           filepath.Join(dir, "runroot"),
 		LogPath:           filepath.Join(dir, "crio.log"),
 		PauseImage:        opts.PauseImage,
+		StorageDriver:     opts.StorageDriver,
 		CgroupParent:      "/harness-" + filepath.Base(dir),
 		t:                 t,
 	}
@@ -173,7 +187,7 @@ func (c *CRIO) writeFiles(opts CRIOOptions, pinns string) error {
 		c.RegistriesConf: "unqualified-search-registries = []\n",
 		// containers/storage reads this, not the host's
 		// /etc/containers/storage.conf, for what crio.conf leaves unset.
-		c.storageConf(): "[storage]\ndriver = \"vfs\"\ngraphroot = " + strconv.Quote(c.Root) + "\nrunroot = " + strconv.Quote(c.RunRoot) + "\n",
+		c.storageConf(): "[storage]\ndriver = " + strconv.Quote(c.StorageDriver) + "\ngraphroot = " + strconv.Quote(c.Root) + "\nrunroot = " + strconv.Quote(c.RunRoot) + "\n",
 	}
 	if opts.ConfigDropIn != "" {
 		files[filepath.Join(c.ConfigDir, "50-test.conf")] = opts.ConfigDropIn
@@ -217,7 +231,7 @@ func crioConfig(c *CRIO, pinns, cniDir string) string {
 	return `[crio]
 root = ` + q(c.Root) + `
 runroot = ` + q(c.RunRoot) + `
-storage_driver = "vfs"
+storage_driver = ` + q(c.StorageDriver) + `
 log_dir = ` + d("pods") + `
 version_file = ` + d("version") + `
 version_file_persist = ` + d("version-persist") + `
@@ -347,8 +361,8 @@ func (c *CRIO) Conn(t T) *grpc.ClientConn {
 }
 
 // cleanup removes the pod sandboxes through the CRI while it runs, stops
-// the daemon, unmounts what it mounted below Dir in its namespace, and
-// removes Dir; the namespace's own cleanup then kills any conmon left.
+// the daemon, unmounts what it mounted below Dir in its namespace (overlay
+// layers, image volumes), and removes Dir; the namespace's own cleanup then kills any conmon left.
 func (c *CRIO) cleanup() {
 	if c.Running() {
 		removeSandboxes(c.t, "cri-o", c.Endpoint)
