@@ -71,7 +71,7 @@ func TestArtifactsMount(t *testing.T) {
 	t.Run("CRI-O 1.36.3", func(t *testing.T) {
 		// Image volumes need a storage driver with mount options: not vfs.
 		crio := harness.StartCRIO(t, harness.CRIOOptions{PauseImage: pause, Registries: []*harness.Registry{reg},
-			ConfigDropIn: "[crio]\nstorage_driver = \"overlay\"\n"})
+			StorageDriver: "overlay"})
 		p := runImageVolumePod(t, crio.Conn(t), crio.CgroupParent, pause, a.Image)
 		if _, err := os.Stat(filepath.Join(crio.Namespace.Path(mounted(t, p)), "model", "weights.bin")); err != nil {
 			t.Errorf("image-shaped artifact: %v", err)
