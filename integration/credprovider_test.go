@@ -33,11 +33,7 @@ func TestOnceCredentialProvider(t *testing.T) {
 	ctrd := harness.StartContainerd(t, harness.ContainerdOptions{Flavor: harness.Containerd2, SandboxImage: pause.Ref})
 
 	dir, bin, runs := t.TempDir(), t.TempDir(), t.TempDir()
-	build := exec.Command("go", "build", "-o", filepath.Join(bin, "registry-login"), "github.com/kube-preloader/kube-preloader/credprovider/testdata/plugin")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build test plugin: %v\n%s", err, out)
-	}
+	buildTestPlugin(t, filepath.Join(bin, "registry-login"))
 	if err := os.Symlink(filepath.Join(bin, "registry-login"), filepath.Join(bin, "crashing")); err != nil {
 		t.Fatal(err)
 	}
@@ -112,11 +108,7 @@ func TestOnceCredentialProviderToken(t *testing.T) {
 	ctrd := harness.StartContainerd(t, harness.ContainerdOptions{Flavor: harness.Containerd2, SandboxImage: pause.Ref})
 
 	dir, bin, runs := t.TempDir(), t.TempDir(), t.TempDir()
-	build := exec.Command("go", "build", "-o", filepath.Join(bin, "sa-required"), "github.com/kube-preloader/kube-preloader/credprovider/testdata/plugin")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build test plugin: %v\n%s", err, out)
-	}
+	buildTestPlugin(t, filepath.Join(bin, "sa-required"))
 	if err := os.Symlink(filepath.Join(bin, "sa-required"), filepath.Join(bin, "sa-optional")); err != nil {
 		t.Fatal(err)
 	}
@@ -200,11 +192,7 @@ func TestOnceCredentialProviderFaults(t *testing.T) {
 
 	dir, bin, runs := t.TempDir(), t.TempDir(), t.TempDir()
 	plugin := filepath.Join(dir, "plugin")
-	build := exec.Command("go", "build", "-o", plugin, "github.com/kube-preloader/kube-preloader/credprovider/testdata/plugin")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build test plugin: %v\n%s", err, out)
-	}
+	buildTestPlugin(t, plugin)
 	fifo := filepath.Join(dir, "never-written")
 	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
 		t.Fatal(err)
@@ -338,5 +326,16 @@ providers:
 	}
 	if took < credprovider.DefaultTimeout || took > credprovider.DefaultTimeout+45*time.Second {
 		t.Errorf("once took %v; want the kubelet's fixed minute for the hanging plugin, paid once", took)
+	}
+}
+
+// buildTestPlugin builds credprovider's test plugin at path, static as
+// the agent's image needs.
+func buildTestPlugin(t *testing.T, path string) {
+	t.Helper()
+	build := exec.Command("go", "build", "-o", path, "github.com/kube-preloader/kube-preloader/credprovider/testdata/plugin")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build test plugin: %v\n%s", err, out)
 	}
 }

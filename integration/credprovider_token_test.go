@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -62,11 +61,7 @@ func TestAgentCredentialProviderToken(t *testing.T) {
 	defer rt.Close()
 
 	dir, bin, runs := t.TempDir(), t.TempDir(), t.TempDir()
-	build := exec.Command("go", "build", "-o", filepath.Join(bin, "sa-login"), "github.com/kube-preloader/kube-preloader/credprovider/testdata/plugin")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build test plugin: %v\n%s", err, out)
-	}
+	buildTestPlugin(t, filepath.Join(bin, "sa-login"))
 	providers := writeFile(t, dir, "providers.yaml", fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1
 kind: CredentialProviderConfig
 providers:
