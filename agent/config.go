@@ -6,6 +6,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/kube-preloader/kube-preloader/preload/config"
+	"github.com/kube-preloader/kube-preloader/workloads"
 )
 
 // loadedConfig is a config that parsed, with the hash of the bytes it came
@@ -39,8 +40,8 @@ func (a *Agent) currentConfig() *loadedConfig {
 		cs.gone = false
 	}
 
-	data, ok := cm.Data[ConfigKey]
-	hash := config.Hash([]byte(data))
+	_, ok := cm.Data[ConfigKey]
+	hash := workloads.Hash(cm.Data, ConfigKey)
 	if !ok {
 		hash = "no " + ConfigKey // never a hash, so it cannot match content
 	}
@@ -55,7 +56,7 @@ func (a *Agent) currentConfig() *loadedConfig {
 	if !ok {
 		err = fmt.Errorf("ConfigMap %s has no key %s", a.cmKey, ConfigKey)
 	} else {
-		cfg, err = config.Parse(a.configFile(), []byte(data))
+		cfg, err = a.parse(cm.Data)
 	}
 	if err != nil {
 		cs.badHash = hash
@@ -66,6 +67,25 @@ func (a *Agent) currentConfig() *loadedConfig {
 	a.configLoaded.Store(true)
 	a.log.Info("config loaded", "configmap", a.cmKey, "configHash", hash, "images", len(cfg.Images), "resync", cfg.Resync.String(), "rollout", cfg.Rollout.Describe())
 	return cs.good
+}
+
+// parse reads images.yaml and adds the images `preloader controller`
+// derived from workloads, when it has written them.
+func (a *Agent) parse(data map[string]string) (*config.Config, error) {
+	cfg, err := config.Parse(a.configFile(), []byte(data[ConfigKey]))
+	if err != nil {
+		return nil, err
+	}
+	derived, ok := data[workloads.Key]
+	if !ok {
+		return cfg, nil
+	}
+	l, err := workloads.Decode(fmt.Sprintf("configmap %s %s", a.cmKey, workloads.Key), derived)
+	if err != nil {
+		return nil, err
+	}
+	workloads.Merge(cfg, l)
+	return cfg, nil
 }
 
 // configFile is the name Parse puts in front of every problem's line
@@ -83,7 +103,7 @@ func (a *Agent) configInvalid(cm *corev1.ConfigMap, hash string, err error) {
 		keeping = "keeping the last good config " + good.hash
 	}
 	a.log.Error("invalid config", "configmap", a.cmKey, "configHash", hash, "keeping", keeping, "err", err)
-	msg := fmt.Sprintf("%s; %s:\n%v", ConfigKey+" is invalid", keeping, err)
+	msg := fmt.Sprintf("the config is invalid; %s:\n%v", keeping, err)
 	a.recorder.Event(cm, corev1.EventTypeWarning, ReasonInvalidConfig, eventMessage(msg))
 	a.nodeEvent(corev1.EventTypeWarning, ReasonInvalidConfig, fmt.Sprintf("ConfigMap %s: %s", a.cmKey, msg))
 }

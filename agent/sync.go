@@ -83,7 +83,7 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 	// A guessed sandbox image counts here as any other: the agent retries
 	// every resync and its status shows the failure, with no bootstrap to
 	// hold up.
-	apply, _ := preload.Plan(cfg.Config, node.Labels, preload.Sandbox{Name: sandbox})
+	apply, _ := preload.Plan(cfg.Config, node, preload.Sandbox{Name: sandbox})
 	key := desiredKey(cfg.hash, apply)
 
 	// At rest: the same images as last time, all present then, and one

@@ -12,7 +12,9 @@ import (
 // types, only core/v1, coordination/v1 (Leases, the pull slots: one
 // small type) and authentication/v1 (TokenRequest, the body of the
 // service account tokens that credential providers with tokenAttributes
-// receive: three small types, no further imports) are linked.
+// receive: three small types, no further imports) are linked, and for
+// `preloader controller`'s workloads apps/v1 and batch/v1, with
+// scheduling/v1alpha3, which batch/v1's Job refers to.
 func TestBinaryLinksNoClientset(t *testing.T) {
 	out, err := exec.Command("go", "list", "-deps", "github.com/kube-preloader/kube-preloader/cmd/preloader").CombinedOutput()
 	if err != nil {
@@ -24,9 +26,12 @@ func TestBinaryLinksNoClientset(t *testing.T) {
 		"k8s.io/client-go/informers":         true,
 	}
 	allowed := map[string]bool{
-		"k8s.io/api/core/v1":           true,
-		"k8s.io/api/coordination/v1":   true,
-		"k8s.io/api/authentication/v1": true,
+		"k8s.io/api/core/v1":             true,
+		"k8s.io/api/coordination/v1":     true,
+		"k8s.io/api/authentication/v1":   true,
+		"k8s.io/api/apps/v1":             true,
+		"k8s.io/api/batch/v1":            true,
+		"k8s.io/api/scheduling/v1alpha3": true,
 	}
 	for _, pkg := range strings.Fields(string(out)) {
 		if banned[pkg] || strings.HasPrefix(pkg, "k8s.io/api/") && !allowed[pkg] {

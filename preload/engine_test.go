@@ -13,6 +13,8 @@ import (
 	"github.com/containerd/errdefs"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/kube-preloader/kube-preloader/cri"
@@ -305,22 +307,39 @@ func TestPlan(t *testing.T) {
 		{Name: "r/a:1"},
 		{Name: "r/gpu:1", NodeSelector: map[string]string{"gpu": "true"}},
 		{Name: "r/pause:3", NodeSelector: map[string]string{"never": "x"}},
+		// A derived image: in pool a or b, or on node n9 by name.
+		{Name: "r/pool:1", NodeAffinity: []corev1.NodeSelectorTerm{
+			{MatchExpressions: []corev1.NodeSelectorRequirement{{Key: "pool", Operator: corev1.NodeSelectorOpIn, Values: []string{"a", "b"}}}},
+			{MatchFields: []corev1.NodeSelectorRequirement{{Key: "metadata.name", Operator: corev1.NodeSelectorOpIn, Values: []string{"n9"}}}},
+		}},
+		{Name: "r/bad:1", NodeAffinity: []corev1.NodeSelectorTerm{
+			{MatchExpressions: []corev1.NodeSelectorRequirement{{Key: "pool", Operator: "Near", Values: []string{"a"}}}},
+		}},
 	}
 	tests := []struct {
 		name    string
+		node    string
 		labels  map[string]string
 		sandbox preload.Sandbox
 		apply   []string
 		skipped []string
 	}{
-		{"no labels", nil, preload.Sandbox{}, []string{"r/a:1"}, []string{"r/gpu:1", "r/pause:3"}},
-		{"gpu node", map[string]string{"gpu": "true"}, preload.Sandbox{}, []string{"r/a:1", "r/gpu:1"}, []string{"r/pause:3"}},
-		{"sandbox added first", nil, preload.Sandbox{Name: "r/p:1"}, []string{"r/p:1", "r/a:1"}, []string{"r/gpu:1", "r/pause:3"}},
-		{"sandbox listed keeps its entry", nil, preload.Sandbox{Name: "r/pause:3"}, []string{"r/a:1", "r/pause:3"}, []string{"r/gpu:1"}},
+		{"unknown node", "", nil, preload.Sandbox{}, []string{"r/a:1"}, []string{"r/gpu:1", "r/pause:3", "r/pool:1", "r/bad:1"}},
+		{"no labels", "n1", nil, preload.Sandbox{}, []string{"r/a:1"}, []string{"r/gpu:1", "r/pause:3", "r/pool:1", "r/bad:1"}},
+		{"gpu node", "n1", map[string]string{"gpu": "true"}, preload.Sandbox{}, []string{"r/a:1", "r/gpu:1"}, []string{"r/pause:3", "r/pool:1", "r/bad:1"}},
+		{"affinity by label", "n1", map[string]string{"pool": "b"}, preload.Sandbox{}, []string{"r/a:1", "r/pool:1"}, []string{"r/gpu:1", "r/pause:3", "r/bad:1"}},
+		{"affinity by name", "n9", nil, preload.Sandbox{}, []string{"r/a:1", "r/pool:1"}, []string{"r/gpu:1", "r/pause:3", "r/bad:1"}},
+		{"affinity not matched", "n1", map[string]string{"pool": "c"}, preload.Sandbox{}, []string{"r/a:1"}, []string{"r/gpu:1", "r/pause:3", "r/pool:1", "r/bad:1"}},
+		{"sandbox added first", "", nil, preload.Sandbox{Name: "r/p:1"}, []string{"r/p:1", "r/a:1"}, []string{"r/gpu:1", "r/pause:3", "r/pool:1", "r/bad:1"}},
+		{"sandbox listed keeps its entry", "", nil, preload.Sandbox{Name: "r/pause:3"}, []string{"r/a:1", "r/pause:3"}, []string{"r/gpu:1", "r/pool:1", "r/bad:1"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			apply, skipped := preload.Plan(&cfg, tt.labels, tt.sandbox)
+			var node *corev1.Node
+			if tt.node != "" {
+				node = &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: tt.node, Labels: tt.labels}}
+			}
+			apply, skipped := preload.Plan(&cfg, node, tt.sandbox)
 			if got := names(apply); !equal(got, tt.apply) {
 				t.Errorf("apply = %v, want %v", got, tt.apply)
 			}

@@ -1,15 +1,20 @@
 package preload
 
-import "github.com/kube-preloader/kube-preloader/preload/config"
+import (
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/component-helpers/scheduling/corev1/nodeaffinity"
 
-// Plan splits cfg.Images into those that apply to a node with the given
-// labels and those that do not. The sandbox image (when not empty) always
-// applies: every pod needs it; one that is a guess and that cfg does not
-// list is tried as Image.Guess. Nil labels mean the node is unknown, as in
-// `preloader once`: images with a nodeSelector then do not apply.
-func Plan(cfg *config.Config, labels map[string]string, sandbox Sandbox) (apply, skipped []config.Image) {
+	"github.com/kube-preloader/kube-preloader/preload/config"
+)
+
+// Plan splits cfg.Images into those that apply to node and those that do
+// not. The sandbox image (when not empty) always applies: every pod needs
+// it; one that is a guess and that cfg does not list is tried as
+// Image.Guess. A nil node is unknown, as in `preloader once`: images with
+// a nodeSelector or node affinity then do not apply.
+func Plan(cfg *config.Config, node *corev1.Node, sandbox Sandbox) (apply, skipped []config.Image) {
 	for _, img := range cfg.Images {
-		if matches(img.NodeSelector, labels) || img.Name == sandbox.Name {
+		if placed(img, node) || img.Name == sandbox.Name {
 			apply = append(apply, img)
 		} else {
 			skipped = append(skipped, img)
@@ -29,6 +34,30 @@ func contains(images []config.Image, name string) bool {
 		}
 	}
 	return false
+}
+
+// placed says whether img goes on node: its nodeSelector, and its node
+// affinity matched as the kubelet matches a pod's required node affinity
+// when it admits the pod.
+func placed(img config.Image, node *corev1.Node) bool {
+	var labels map[string]string
+	if node != nil {
+		labels = node.Labels
+	}
+	if !matches(img.NodeSelector, labels) {
+		return false
+	}
+	if len(img.NodeAffinity) == 0 {
+		return true
+	}
+	if node == nil {
+		return false
+	}
+	sel, err := nodeaffinity.NewNodeSelector(&corev1.NodeSelector{NodeSelectorTerms: img.NodeAffinity})
+	if err != nil {
+		return false // a term the scheduler could not parse places no pod either
+	}
+	return sel.Match(node)
 }
 
 func matches(selector, labels map[string]string) bool {

@@ -96,6 +96,10 @@ func (o *onceOptions) run(ctx context.Context, stdout, stderr io.Writer) error {
 		// One node has no cluster to take turns with; the agents do.
 		log.Info("rollout is for the agent: once ignores it", "rollout", cfg.Rollout.Describe())
 	}
+	if len(cfg.Workloads) > 0 {
+		// Workloads are the cluster's; `preloader controller` turns them into images.
+		log.Info("workloads are for the controller and the agents: once ignores them", "selections", len(cfg.Workloads))
+	}
 	store, err := o.runtime.connect(ctx, log)
 	if err != nil {
 		return err

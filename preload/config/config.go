@@ -4,6 +4,8 @@ import (
 	"math"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+
 	"k8s.io/apimachinery/pkg/util/wait"
 )
 
@@ -34,6 +36,9 @@ type Config struct {
 	// Rollout coordinates the agents' pulls across the cluster; `once`
 	// ignores it.
 	Rollout Rollout
+	// Workloads select the workloads whose images `preloader controller`
+	// adds for the agents; `once` ignores them.
+	Workloads []Workload
 }
 
 // Retry bounds the exponential backoff between attempts of one image.
@@ -62,8 +67,14 @@ type Image struct {
 	PullSecrets    []string
 	ServiceAccount string
 	NodeSelector   map[string]string
-	Archive        string
-	Mirror         string
+	// NodeAffinity, when set, are node selector terms (ORed) the node must
+	// match too: a derived image's placement (package workloads).
+	NodeAffinity []corev1.NodeSelectorTerm
+	// Workloads name the workloads a derived image comes from; none for
+	// the entries of images.yaml.
+	Workloads []string
+	Archive   string
+	Mirror    string
 	// NoPrune (prune: false) keeps the image on the node when it leaves
 	// the list, whatever Config.Prune says.
 	NoPrune bool

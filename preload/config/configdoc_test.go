@@ -128,6 +128,10 @@ func configWith(kv ...string) (string, int) {
 		if rest, ok := strings.CutPrefix(key, "images[]."); ok {
 			indent, key = "    ", rest
 		}
+		if rest, ok := strings.CutPrefix(key, "workloads[]."); ok {
+			b.WriteString("workloads:\n  - " + rest + ": " + value + "\n")
+			continue
+		}
 		parts := strings.Split(key, ".")
 		for j, part := range parts {
 			if j < len(parts)-1 && j < len(written) && written[j] == part {
@@ -206,6 +210,13 @@ func TestConfigDocDefaults(t *testing.T) {
 			got, err := Parse("default.yaml", []byte(data))
 			if err != nil {
 				t.Fatalf("%s:%d: the documented default %s: %v\n%s", configDoc, r.line, m[1], err, data)
+			}
+			want := want
+			if strings.HasPrefix(r.key, "workloads[].") {
+				// A selection's key left out is a selection without it.
+				if want, err = Parse("empty.yaml", []byte(minimalConfig+"workloads:\n  - {}\n")); err != nil {
+					t.Fatal(err)
+				}
 			}
 			if g, w := comparable(got), comparable(want); !reflect.DeepEqual(g, w) {
 				t.Errorf("%s:%d: %s: %s differs from the key left out:\n%+v\nwant\n%+v", configDoc, r.line, r.key, m[1], g, w)
@@ -331,6 +342,10 @@ func configFor(key, v string, b bound) (string, int) {
 			fmt.Fprintf(&sb, "  - image: registry.example/app-%d:1\n", i)
 		}
 		return sb.String(), 2 // the list starts on line 2
+	}
+	if n, ok := strings.CutPrefix(v, "#"); ok && key == "workloads" {
+		count, _ := strconv.Atoi(n)
+		return minimalConfig + "workloads:" + strings.Repeat("\n  - {}", count) + "\n", 4 // the list starts on line 4
 	}
 	if b.atLeast != "" {
 		return configWith(b.atLeast, v, key, v)

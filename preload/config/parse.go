@@ -206,6 +206,7 @@ func (p *parser) config(root *yaml.Node) *Config {
 		"refresh":      func(v *yaml.Node, path string) { p.duration(v, path, 0, &cfg.Refresh) },
 		"diskBudget":   func(v *yaml.Node, path string) { p.budget(v, path, &cfg.DiskBudget) },
 		"rollout":      func(v *yaml.Node, path string) { p.rollout(v, path, &cfg.Rollout) },
+		"workloads":    func(v *yaml.Node, path string) { cfg.Workloads = p.workloads(v, path) },
 	})
 	if images == nil {
 		if root.Kind == yaml.MappingNode {
