@@ -11,6 +11,7 @@ import (
 	"k8s.io/client-go/util/retry"
 
 	"github.com/kube-preloader/kube-preloader/kubeapi"
+	"github.com/kube-preloader/kube-preloader/workloads"
 )
 
 // FieldManager names warm's writes in managedFields.
@@ -27,6 +28,7 @@ var backoff = wait.Backoff{Steps: 12, Duration: 10 * time.Millisecond, Factor: 2
 // Edit is the ConfigMap once it lists the image.
 type Edit struct {
 	Data            string // its images.yaml
+	Hash            string // the config hash the agents report for it
 	ResourceVersion string
 	Added           bool // false: an entry already named the image
 }
@@ -74,7 +76,7 @@ func addOnce(ctx context.Context, cs kubeapi.Interface, ns, name string, img Ima
 		return Edit{}, &ConfigError{fmt.Errorf("ConfigMap %s/%s key %s: %w", ns, name, ConfigKey, err)}
 	}
 	if !changed {
-		return Edit{Data: old, ResourceVersion: cm.ResourceVersion}, nil
+		return Edit{Data: old, Hash: workloads.Hash(cm.Data, ConfigKey), ResourceVersion: cm.ResourceVersion}, nil
 	}
 	if cm.Data == nil {
 		cm.Data = map[string]string{}
@@ -86,5 +88,5 @@ func addOnce(ctx context.Context, cs kubeapi.Interface, ns, name string, img Ima
 	if err != nil {
 		return Edit{}, err
 	}
-	return Edit{Data: updated.Data[ConfigKey], ResourceVersion: updated.ResourceVersion, Added: true}, nil
+	return Edit{Data: updated.Data[ConfigKey], Hash: workloads.Hash(updated.Data, ConfigKey), ResourceVersion: updated.ResourceVersion, Added: true}, nil
 }

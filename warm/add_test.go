@@ -14,6 +14,8 @@ import (
 	clienttesting "k8s.io/client-go/testing"
 
 	"github.com/kube-preloader/kube-preloader/kubeapi/clientset"
+	"github.com/kube-preloader/kube-preloader/preload/config"
+	"github.com/kube-preloader/kube-preloader/workloads"
 )
 
 func configMap(data map[string]string) *corev1.ConfigMap {
@@ -67,8 +69,20 @@ func TestAdd(t *testing.T) {
 		cm.ResourceVersion = "42"
 		cs := fake.NewClientset(cm)
 		edit, err := Add(ctx, clientset.New(cs), "kube-preloader", "preloader-config", img)
-		if err != nil || edit != (Edit{Data: data, ResourceVersion: "42"}) || len(updates(cs)) != 0 {
+		if err != nil || edit != (Edit{Data: data, Hash: config.Hash([]byte(data)), ResourceVersion: "42"}) || len(updates(cs)) != 0 {
 			t.Fatalf("edit %+v, %v, updates %v: want the ConfigMap as it is, unwritten", edit, err, updates(cs))
+		}
+	})
+	t.Run("derived-list-kept", func(t *testing.T) {
+		derived := "images:\n  - image: corp.example/web:1\n    workloads: [shop/deployment/web]\n"
+		cs := fake.NewClientset(configMap(map[string]string{ConfigKey: "images: []\n", workloads.Key: derived}))
+		edit, err := Add(ctx, clientset.New(cs), "kube-preloader", "preloader-config", img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cm := updates(cs)[0].GetObject().(*corev1.ConfigMap)
+		if cm.Data[workloads.Key] != derived || edit.Hash != workloads.Hash(cm.Data, ConfigKey) || edit.Hash == config.Hash([]byte(edit.Data)) {
+			t.Errorf("edit %+v of %v: want %s kept and the hash of both keys", edit, cm.Data, workloads.Key)
 		}
 	})
 	t.Run("no-data", func(t *testing.T) {

@@ -16,7 +16,7 @@ import (
 
 	"github.com/kube-preloader/kube-preloader/kubeapi"
 	"github.com/kube-preloader/kube-preloader/nodestatus"
-	"github.com/kube-preloader/kube-preloader/preload/config"
+	"github.com/kube-preloader/kube-preloader/workloads"
 )
 
 // Waiter watches Nodes' status annotations (and the ConfigMap, which others
@@ -57,7 +57,7 @@ type nodeState struct {
 // Wait returns nil once every node that reports has the image, and an
 // error when ctx ends first or someone takes the image out of the config.
 func (w *Waiter) Wait(ctx context.Context) error {
-	w.accept = map[string]bool{config.Hash([]byte(w.Edit.Data)): true}
+	w.accept = map[string]bool{w.Edit.Hash: true}
 	w.removed, w.lastProgress, w.reported = false, "", map[string]string{}
 	changed := make(chan struct{}, 1)
 	nodes, cms, err := w.informers(changed)
@@ -146,7 +146,7 @@ func (w *Waiter) observeConfig(objs []any) {
 		if !ok {
 			continue
 		}
-		h := config.Hash([]byte(data))
+		h := workloads.Hash(cm.Data, ConfigKey)
 		if w.accept[h] {
 			continue
 		}

@@ -157,7 +157,7 @@ func newWaitCluster(t *testing.T, nodes ...*metav1.PartialObjectMetadata) *waitC
 // start runs Wait for newImage, just added, for at most timeout.
 func (c *waitCluster) start(timeout time.Duration) *waitCluster {
 	w := &Waiter{Client: clientset.New(c.cs), Metadata: c.mc, Namespace: testNS, Name: testCM, Image: mustParse(c.t, newImage),
-		Edit: Edit{Data: with, ResourceVersion: "100", Added: true}, Progress: c.progress}
+		Edit: Edit{Data: with, Hash: config.Hash([]byte(with)), ResourceVersion: "100", Added: true}, Progress: c.progress}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	c.t.Cleanup(cancel)
 	go func() { c.done <- w.Wait(ctx) }()

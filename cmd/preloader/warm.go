@@ -12,7 +12,6 @@ import (
 	"k8s.io/client-go/metadata"
 
 	"github.com/kube-preloader/kube-preloader/kubeapi"
-	"github.com/kube-preloader/kube-preloader/preload/config"
 	"github.com/kube-preloader/kube-preloader/warm"
 )
 
@@ -106,7 +105,7 @@ func (o *warmOptions) run(ctx context.Context, stdout, stderr io.Writer) error {
 	if err != nil {
 		return addExit(err)
 	}
-	hash := config.Hash([]byte(edit.Data))
+	hash := edit.Hash
 	if edit.Added {
 		fmt.Fprintf(stdout, "added %s to %s/%s %s (config %s)\n", o.image, ns, name, warm.ConfigKey, hash)
 	} else {

@@ -22,7 +22,7 @@ import (
 
 	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/nodestatus"
-	"github.com/kube-preloader/kube-preloader/preload/config"
+	"github.com/kube-preloader/kube-preloader/workloads"
 )
 
 // The agent's namespace, ConfigMap and ServiceAccount, as manifests/ names
@@ -259,6 +259,7 @@ func (a *Agent) Eventually(t T, timeout time.Duration, what string, cond func() 
 func SetImagesYAML(t T, c kubernetes.Interface, data string) string {
 	t.Helper()
 	cms := c.CoreV1().ConfigMaps(AgentNamespace)
+	var hash string
 	err := retry.RetryOnConflict(retry.DefaultBackoff, func() error {
 		cm, err := cms.Get(context.Background(), AgentConfigMap, metav1.GetOptions{})
 		if err != nil {
@@ -268,13 +269,16 @@ func SetImagesYAML(t T, c kubernetes.Interface, data string) string {
 			cm.Data = map[string]string{}
 		}
 		cm.Data["images.yaml"] = data
-		_, err = cms.Update(context.Background(), cm, metav1.UpdateOptions{})
+		updated, err := cms.Update(context.Background(), cm, metav1.UpdateOptions{})
+		if err == nil {
+			hash = workloads.Hash(updated.Data, "images.yaml")
+		}
 		return err
 	})
 	if err != nil {
 		t.Fatalf("edit ConfigMap: %v", err)
 	}
-	return config.Hash([]byte(data))
+	return hash
 }
 
 // NodeView is what `kubectl get node -o yaml` shows of the agent's work.
