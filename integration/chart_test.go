@@ -586,13 +586,20 @@ spec:
 
 func kubectlStdin(t *testing.T, k *harness.Kube, stdin string, args ...string) string {
 	t.Helper()
-	cmd := exec.Command(harness.KubeBinary("kubectl"), append([]string{"--kubeconfig", k.Kubeconfig}, args...)...)
-	cmd.Stdin = strings.NewReader(stdin)
-	out, err := cmd.CombinedOutput()
+	out, err := kubectlInput(k, stdin, args...)
 	if err != nil {
 		t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
-	return string(out)
+	return out
+}
+
+// kubectlInput is kubectlStdin for a command that may fail: its combined
+// output and error.
+func kubectlInput(k *harness.Kube, stdin string, args ...string) (string, error) {
+	cmd := exec.Command(harness.KubeBinary("kubectl"), append([]string{"--kubeconfig", k.Kubeconfig}, args...)...)
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
 }
 
 // objectsByKey parses a multi-document YAML stream into objects keyed

@@ -17,6 +17,7 @@ func TestToolVersions(t *testing.T) {
 		{"../../tools/credproviders/go.mod", "k8s.io/cloud-provider-aws", harness.ECRCredentialProviderVersion},
 		{"../../tools/crio/go.mod", "github.com/cri-o/cri-o", harness.CRIOVersion},
 		{"../../tools/oras/go.mod", "oras.land/oras", harness.ORASVersion},
+		{"../../tools/karpenter/go.mod", "sigs.k8s.io/karpenter", harness.KarpenterVersion},
 	} {
 		t.Run(tc.module, func(t *testing.T) {
 			mod, err := os.ReadFile(tc.goMod)
@@ -24,7 +25,9 @@ func TestToolVersions(t *testing.T) {
 				t.Fatal(err)
 			}
 			for line := range strings.Lines(string(mod)) {
-				if f := strings.Fields(line); len(f) >= 2 && f[0] == tc.module {
+				// In a require block, or a require line of its own.
+				f := strings.Fields(strings.TrimPrefix(line, "require "))
+				if len(f) >= 2 && f[0] == tc.module {
 					if f[1] != tc.want {
 						t.Errorf("%s requires %s, harness looks for %s", tc.goMod, f[1], tc.want)
 					}
