@@ -30,6 +30,7 @@ import (
 	"github.com/kube-preloader/kube-preloader/failure"
 	"github.com/kube-preloader/kube-preloader/kubeapi"
 	"github.com/kube-preloader/kube-preloader/noderuntime"
+	"github.com/kube-preloader/kube-preloader/nodestatus"
 	"github.com/kube-preloader/kube-preloader/preload"
 	"github.com/kube-preloader/kube-preloader/waves"
 )
@@ -76,6 +77,11 @@ type Options struct {
 	// policy is not read and status does not show it.
 	KubeletConfig    string
 	KubeletConfigDir string
+	// TaintKey is the key of the taint the agent removes from its Node once
+	// the node is ready (it never adds one); empty:
+	// nodestatus.TaintNotReady. A key with a cluster-autoscaler
+	// startup-taint prefix makes it a taint the autoscaler expects to go.
+	TaintKey string
 	// CredentialProviders are the node kubelet's credential provider
 	// plugins, asked after the image's pull Secrets as the kubelet asks
 	// them after a pod's; nil: none.
@@ -95,6 +101,8 @@ type Agent struct {
 	// tokenAttributes.
 	tokens *saTokens
 	cmKey  string // namespace/name of the ConfigMap in its informer's store
+	// taintKey is the taint the agent removes once ready.
+	taintKey string
 
 	informers  []cache.SharedIndexInformer
 	configMaps cache.SharedIndexInformer
@@ -151,17 +159,24 @@ func New(opts Options) (*Agent, error) {
 	case opts.NodeName == "":
 		return nil, errors.New("agent: Options.NodeName is required")
 	}
+	if opts.TaintKey == "" {
+		opts.TaintKey = nodestatus.TaintNotReady
+	}
+	if err := nodestatus.CheckTaintKey(opts.TaintKey); err != nil {
+		return nil, fmt.Errorf("agent: taint key: %w", err)
+	}
 	log := opts.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	a := &Agent{
-		opts:    opts,
-		log:     log.With("node", opts.NodeName),
-		metrics: newMetrics(opts.Store),
-		cmKey:   opts.Namespace + "/" + opts.ConfigMap,
-		wake:    make(chan struct{}, 1),
-		pulls:   &preload.Pulls{},
+		opts:     opts,
+		log:      log.With("node", opts.NodeName),
+		metrics:  newMetrics(opts.Store),
+		cmKey:    opts.Namespace + "/" + opts.ConfigMap,
+		taintKey: opts.TaintKey,
+		wake:     make(chan struct{}, 1),
+		pulls:    &preload.Pulls{},
 	}
 	a.rollout = &waves.Rollout{Leases: opts.Client.Leases(opts.Namespace), Nodes: opts.Client.Nodes(), Identity: opts.NodeName, Log: a.log}
 

@@ -192,6 +192,28 @@ func (e *testEnv) node() *corev1.Node {
 	return n
 }
 
+// condition is the Node's preloader.io/ImagesReady condition; zero when
+// it has none.
+func (e *testEnv) condition() corev1.NodeCondition {
+	e.t.Helper()
+	c, _ := nodestatus.ConditionFrom(e.node().Status.Conditions)
+	return c
+}
+
+// nodeWrites counts the writes of the Node itself and of its status.
+func nodeWrites(actions []k8stesting.Action) (meta, status int) {
+	for _, a := range writes(actions) {
+		switch {
+		case a.GetResource().Resource != "nodes":
+		case a.GetSubresource() == "status":
+			status++
+		default:
+			meta++
+		}
+	}
+	return meta, status
+}
+
 func (e *testEnv) status() nodestatus.Status {
 	e.t.Helper()
 	var st nodestatus.Status
@@ -260,6 +282,20 @@ func (e *testEnv) waitSyncs(n int) []syncSnapshot {
 	return append([]syncSnapshot(nil), e.history[from:from+n]...)
 }
 
+// wakeAndWait wakes the agent and waits for the sync that follows.
+func (e *testEnv) wakeAndWait() {
+	e.t.Helper()
+	e.mu.Lock()
+	from := len(e.history)
+	e.mu.Unlock()
+	e.agent.Wake()
+	eventually(e.t, "a sync after Wake", func() (bool, string) {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		return len(e.history) > from, ""
+	})
+}
+
 func (e *testEnv) waitFirstSync() {
 	e.t.Helper()
 	eventually(e.t, "the first sync", func() (bool, string) {
@@ -281,7 +317,8 @@ func TestNoConfigThenConfigMapPreloadsAndReports(t *testing.T) {
 	srv := httptest.NewServer(e.agent.Handler())
 	defer srv.Close()
 
-	// No ConfigMap: not ready, nothing pulled, the Node left alone.
+	// No ConfigMap: not ready, nothing pulled, the Node left alone but
+	// for its condition, which says why.
 	e.waitFirstSync()
 	if code := get(t, srv.URL+"/readyz"); code != http.StatusServiceUnavailable {
 		t.Errorf("/readyz without config = %d, want 503", code)
@@ -292,8 +329,19 @@ func TestNoConfigThenConfigMapPreloadsAndReports(t *testing.T) {
 	if n := e.runtime.Calls("PullImage"); n != 0 {
 		t.Errorf("%d pulls without a config", n)
 	}
-	if w := writes(e.client.Actions()); len(w) != 0 {
-		t.Errorf("API writes without a config: %v", w)
+	eventually(t, "condition NoConfig", func() (bool, string) {
+		c := e.condition()
+		return c.Reason == nodestatus.ReasonNoConfig && c.Status == corev1.ConditionFalse, fmt.Sprintf("%+v", c)
+	})
+	if c := e.condition(); !strings.Contains(c.Message, "no ConfigMap "+testNS+"/"+testCM) || c.LastTransitionTime.IsZero() {
+		t.Errorf("condition without a config: %+v", c)
+	}
+	e.wakeAndWait() // a sync that finds the condition shown writes nothing
+	if meta, status := nodeWrites(e.client.Actions()); meta != 0 || status != 1 {
+		t.Errorf("Node writes without a config: %d of the Node, %d of its status; want 0, 1: %v", meta, status, writes(e.client.Actions()))
+	}
+	if n := e.node(); n.Labels[nodestatus.LabelReady] != "" || len(n.Spec.Taints) != 2 || n.Annotations[nodestatus.AnnotationStatus] != "" {
+		t.Errorf("Node without a config: labels %v, taints %v, annotations %v; want them as they were", n.Labels, n.Spec.Taints, n.Annotations)
 	}
 
 	data := testConfig("  - image: " + appImage + "\n  - image: registry.k8s.io/pause:3.10\n")
@@ -313,6 +361,13 @@ func TestNoConfigThenConfigMapPreloadsAndReports(t *testing.T) {
 	n := e.node()
 	if got := n.Labels[nodestatus.LabelReady]; got != "true" {
 		t.Errorf("label %s = %q, want true", nodestatus.LabelReady, got)
+	}
+	eventually(t, "condition True", func() (bool, string) {
+		c := e.condition()
+		return c.Status == corev1.ConditionTrue, fmt.Sprintf("%+v", c)
+	})
+	if c := e.condition(); c.Reason != nodestatus.ReasonImagesPresent || c.Message != "2/2 images present" {
+		t.Errorf("condition when ready: %+v, want ImagesPresent, 2/2 images present", c)
 	}
 	if len(n.Spec.Taints) != 1 || n.Spec.Taints[0].Key != "other" {
 		t.Errorf("taints = %+v, want only the other one", n.Spec.Taints)
@@ -595,14 +650,11 @@ func TestFailuresBackOffAndAreReportedOnce(t *testing.T) {
 	if n := countEvents(e.events(metav1.NamespaceDefault), ReasonPreloadFailed); n != 1 {
 		t.Errorf("%d PreloadFailed events, want 1", n)
 	}
-	patches := 0
-	for _, a := range writes(e.client.Actions()) {
-		if a.GetResource().Resource == "nodes" {
-			patches++
-		}
+	if meta, status := nodeWrites(e.client.Actions()); meta != 1 || status != 1 {
+		t.Errorf("%d Node writes and %d of its status while failing the same way, want 1 and 1", meta, status)
 	}
-	if patches != 1 {
-		t.Errorf("%d Node writes while failing the same way, want 1", patches)
+	if c := e.condition(); c.Status != corev1.ConditionFalse || c.Reason != nodestatus.ReasonImagesFailed || c.Message != "0/1 images present, 1 failed" {
+		t.Errorf("condition while failing: %+v", c)
 	}
 
 	fail.Delete(appImage)
@@ -831,5 +883,62 @@ func writeFile(t *testing.T, path, content string) {
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// With a taint key of its own the agent removes that taint and leaves
+// preloader.io/not-ready, which is then someone else's; before a valid
+// config its condition says why nothing happens.
+func TestTaintKeyAndConfigInvalidCondition(t *testing.T) {
+	const startup = "startup-taint.cluster-autoscaler.kubernetes.io/preloader"
+	taints := []corev1.Taint{
+		{Key: startup, Value: "true", Effect: corev1.TaintEffectNoSchedule},
+		{Key: nodestatus.TaintNotReady, Effect: corev1.TaintEffectNoSchedule},
+	}
+	cm := newConfigMap("imagez: []\n")
+	e := startWith(t, nil, func(o *Options) { o.TaintKey = startup }, newNode(nil, taints...), cm)
+	eventually(t, "condition ConfigInvalid", func() (bool, string) {
+		c := e.condition()
+		return c.Reason == nodestatus.ReasonConfigInvalid && c.Status == corev1.ConditionFalse, fmt.Sprintf("%+v", c)
+	})
+	if meta, _ := nodeWrites(e.client.Actions()); meta != 0 {
+		t.Errorf("%d writes of the Node without a valid config, want 0", meta)
+	}
+
+	cm.Data[ConfigKey] = testConfig("  - image: " + appImage + "\n")
+	if _, err := e.client.CoreV1().ConfigMaps(testNS).Update(context.Background(), cm, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.waitStatus("ready", func(st nodestatus.Status) bool { return st.Total == 1 && st.Ready() })
+	eventually(t, "condition True", func() (bool, string) {
+		c := e.condition()
+		return c.Status == corev1.ConditionTrue, fmt.Sprintf("%+v", c)
+	})
+	if got := e.node().Spec.Taints; len(got) != 1 || got[0].Key != nodestatus.TaintNotReady {
+		t.Errorf("taints %v, want only %s: the agent removes %s", got, nodestatus.TaintNotReady, startup)
+	}
+}
+
+// An agent that starts without its ConfigMap on a Node its label calls
+// ready does not contradict it: it writes nothing.
+func TestNoConfigLeavesAReadyNodeAlone(t *testing.T) {
+	e := start(t, nil, newNode(map[string]string{nodestatus.LabelReady: "true"}))
+	e.waitFirstSync()
+	e.wakeAndWait()
+	if w := writes(e.client.Actions()); len(w) != 0 {
+		t.Errorf("API writes without a config on a ready Node: %v", w)
+	}
+}
+
+func TestNewRefusesABadTaintKey(t *testing.T) {
+	rt, err := cri.Connect(context.Background(), critest.Start(t).Endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Close()
+	_, err = New(Options{Client: clientset.New(fake.NewClientset()), Store: noderuntime.CRIOnly(rt), Namespace: testNS, ConfigMap: testCM, NodeName: testNode,
+		TaintKey: "node.kubernetes.io/not-ready"})
+	if err == nil || !strings.Contains(err.Error(), "taint key") {
+		t.Errorf("New with taint key node.kubernetes.io/not-ready: %v, want a refusal", err)
 	}
 }

@@ -24,22 +24,33 @@ import (
 type nodeView struct {
 	ready   string // the preloader.io/ready label, "" when absent
 	status  string // the preloader.io/status annotation
-	tainted bool   // has a preloader.io/not-ready taint, whatever its effect
+	tainted bool   // has the taint the agent removes, whatever its effect
+	// cond is the preloader.io/ImagesReady condition without its times;
+	// zero when absent.
+	cond nodestatus.Condition
 }
 
-func viewOf(n *corev1.Node) nodeView {
+// viewOf is what n shows of ours; taintKey is the taint the agent
+// removes.
+func viewOf(n *corev1.Node, taintKey string) nodeView {
 	v := nodeView{ready: n.Labels[nodestatus.LabelReady], status: n.Annotations[nodestatus.AnnotationStatus]}
 	for _, t := range n.Spec.Taints {
-		if t.Key == nodestatus.TaintNotReady {
+		if t.Key == taintKey {
 			v.tainted = true
 		}
+	}
+	if c, ok := nodestatus.ConditionFrom(n.Status.Conditions); ok {
+		v.cond = nodestatus.Condition{Status: c.Status, Reason: c.Reason, Message: c.Message}
 	}
 	return v
 }
 
-// pendingWrite is the view a patch of ours produced, and when.
+// pendingWrite is the view our writes produce, and when. A write of both
+// the Node and its status is two requests: via is the view between them,
+// whose echo is ours too.
 type pendingWrite struct {
 	view nodeView
+	via  *nodeView
 	at   time.Time
 	// seen is set by the node handler when the informer delivers our write:
 	// its store, updated before handlers run, holds it or something newer.
@@ -55,12 +66,14 @@ const pendingTTL = 30 * time.Second
 // nodeSelectors may use changed, or someone else changed what we own. The
 // echo of our own write is neither.
 func (a *Agent) nodeChanged(old, cur *corev1.Node) bool {
-	v := viewOf(cur)
-	if p := a.pending.Load(); p != nil && v == p.view {
-		p.seen.Store(true)
+	v := viewOf(cur, a.taintKey)
+	if p := a.pending.Load(); p != nil && (v == p.view || p.via != nil && v == *p.via) {
+		if v == p.view {
+			p.seen.Store(true)
+		}
 		return !labelsEqual(old.Labels, cur.Labels)
 	}
-	return !labelsEqual(old.Labels, cur.Labels) || v != viewOf(old)
+	return !labelsEqual(old.Labels, cur.Labels) || v != viewOf(old, a.taintKey)
 }
 
 // labelsEqual compares labels other than our own, which a nodeSelector
@@ -94,7 +107,7 @@ func (a *Agent) ownView() (*corev1.Node, nodeView) {
 	if n == nil {
 		return nil, nodeView{}
 	}
-	v := viewOf(n)
+	v := viewOf(n, a.taintKey)
 	switch {
 	case p == nil:
 	case seen || v == p.view || time.Since(p.at) >= pendingTTL:
@@ -143,13 +156,19 @@ func sameStatus(a, b nodestatus.Status) bool {
 	return nodestatus.Encode(a) == nodestatus.Encode(b)
 }
 
-// nodeWrite is what a sync has to change on the Node.
+// nodeWrite is what a sync has to change on the Node: its metadata and
+// taint (meta), its condition (cond), or both.
 type nodeWrite struct {
+	meta        bool
 	status      nodestatus.Status
 	annotation  string
 	ready       string
 	removeTaint bool
 	wasReady    bool // the Node said ready before
+	// cond, when not nil, is the condition to write; transition says its
+	// status differs from the one the Node shows.
+	cond       *nodestatus.Condition
+	transition bool
 }
 
 // planWrite compares st with what the Node shows and returns the write
@@ -158,7 +177,8 @@ type nodeWrite struct {
 // when something last happened, not when the agent last looked. A Node
 // that still shows pulls in flight is written even when nothing else
 // differs: a sync's status has none, and a node at rest must not show
-// progress that ended.
+// progress that ended. The condition is written only when its status,
+// reason or message differ: it has no heartbeat.
 func planWrite(v nodeView, st nodestatus.Status, now time.Time) (nodeWrite, bool) {
 	prev, err := nodestatus.Decode(v.status)
 	same := err == nil && sameStatus(prev, st)
@@ -174,47 +194,88 @@ func planWrite(v nodeView, st nodestatus.Status, now time.Time) (nodeWrite, bool
 		removeTaint: st.Ready() && v.tainted,
 		wasReady:    v.ready == "true",
 	}
-	return w, !same || len(prev.Pulling) > 0 || w.ready != v.ready || w.removeTaint
+	w.meta = !same || len(prev.Pulling) > 0 || w.ready != v.ready || w.removeTaint
+	w.setCond(v, nodestatus.ConditionOf(st))
+	return w, w.meta || w.cond != nil
 }
 
-// writeNode applies w as one patch: label, annotation and, when ready, the
-// node without its not-ready taint. Taints are a list that a merge patch
-// replaces whole, so that part carries the resourceVersion it was computed
-// from and is redone from a fresh read on conflict; the label and
-// annotation are map keys and need no precondition.
-func (a *Agent) writeNode(ctx context.Context, node *corev1.Node, w nodeWrite) error {
+// setCond has w write c unless the Node shows it already.
+func (w *nodeWrite) setCond(v nodeView, c nodestatus.Condition) {
+	if c != v.cond {
+		w.cond, w.transition = &c, c.Status != v.cond.Status
+	}
+}
+
+// after is the view of the Node once w is written over v.
+func (w nodeWrite) after(v nodeView) nodeView {
+	if w.meta {
+		v.ready, v.status, v.tainted = w.ready, w.annotation, v.tainted && !w.removeTaint
+	}
+	if w.cond != nil {
+		v.cond = *w.cond
+	}
+	return v
+}
+
+// writeNode applies w over v, what ownView says node shows: one patch of
+// the Node for label, annotation and, when ready, the node without its
+// not-ready taint, then one of its status for the condition. Taints are a
+// list that a merge patch replaces whole, so that part carries the
+// resourceVersion it was computed from and is redone from a fresh read on
+// conflict; the label and annotation are map keys and need no
+// precondition, and conditions merge by type.
+func (a *Agent) writeNode(ctx context.Context, node *corev1.Node, v nodeView, w nodeWrite) error {
 	nodes := a.opts.Client.Nodes()
-	fresh := false
-	var p *pendingWrite
-	err := retry.RetryOnConflict(retry.DefaultBackoff, func() error {
-		if fresh {
-			n, err := nodes.Get(ctx, node.Name, metav1.GetOptions{})
+	// Expected before the first request: the watch may deliver the echo
+	// before the response arrives.
+	p := &pendingWrite{view: w.after(v), at: time.Now()}
+	if w.meta && w.cond != nil {
+		metaOnly := w
+		metaOnly.cond = nil
+		via := metaOnly.after(v)
+		p.via = &via
+	}
+	a.pending.Store(p)
+	fail := func(what string, err error) error {
+		a.pending.CompareAndSwap(p, nil)
+		return fmt.Errorf("patch node %s%s: %w", node.Name, what, err)
+	}
+	if w.meta {
+		fresh := false
+		err := retry.RetryOnConflict(retry.DefaultBackoff, func() error {
+			if fresh {
+				n, err := nodes.Get(ctx, node.Name, metav1.GetOptions{})
+				if err != nil {
+					return err
+				}
+				node = n
+			}
+			fresh = true
+			body, err := json.Marshal(a.patchFor(node, w))
 			if err != nil {
 				return err
 			}
-			node = n
-		}
-		fresh = true
-		body, err := json.Marshal(patchFor(node, w))
-		if err != nil {
+			_, err = nodes.Patch(ctx, node.Name, types.MergePatchType, body, metav1.PatchOptions{FieldManager: "preloader"})
 			return err
+		})
+		if err != nil {
+			return fail("", err)
 		}
-		// Expected before the request: the watch may deliver the echo
-		// before the response arrives.
-		p = &pendingWrite{view: nodeView{ready: w.ready, status: w.annotation, tainted: viewOf(node).tainted && !w.removeTaint}, at: time.Now()}
-		a.pending.Store(p)
-		_, err = nodes.Patch(ctx, node.Name, types.MergePatchType, body, metav1.PatchOptions{FieldManager: "preloader"})
-		return err
-	})
-	if err != nil {
-		a.pending.CompareAndSwap(p, nil)
-		return fmt.Errorf("patch node %s: %w", node.Name, err)
+	}
+	if w.cond != nil {
+		body, err := json.Marshal(conditionPatch(*w.cond, w.transition, time.Now()))
+		if err == nil {
+			_, err = nodes.Patch(ctx, node.Name, types.StrategicMergePatchType, body, metav1.PatchOptions{FieldManager: "preloader"}, "status")
+		}
+		if err != nil {
+			return fail(" status", err)
+		}
 	}
 	a.lastWriteAt.Store(time.Now().UnixNano())
 	return nil
 }
 
-func patchFor(node *corev1.Node, w nodeWrite) map[string]any {
+func (a *Agent) patchFor(node *corev1.Node, w nodeWrite) map[string]any {
 	meta := map[string]any{
 		"annotations": map[string]string{nodestatus.AnnotationStatus: w.annotation},
 	}
@@ -227,7 +288,7 @@ func patchFor(node *corev1.Node, w nodeWrite) map[string]any {
 	}
 	var kept []corev1.Taint
 	for _, t := range node.Spec.Taints {
-		if t.Key != nodestatus.TaintNotReady {
+		if t.Key != a.taintKey {
 			kept = append(kept, t)
 		}
 	}
@@ -237,6 +298,26 @@ func patchFor(node *corev1.Node, w nodeWrite) map[string]any {
 	meta["resourceVersion"] = node.ResourceVersion
 	patch["spec"] = map[string]any{"taints": kept} // nil: null, which deletes the field
 	return patch
+}
+
+// conditionPatch is the strategic merge patch of the Node's status that
+// sets the condition c, merged by type so that the kubelet's conditions
+// stay as they are. lastHeartbeatTime is the time of this write (there is
+// no other); lastTransitionTime moves only with a transition of the
+// status, and is otherwise left as the Node has it.
+func conditionPatch(c nodestatus.Condition, transition bool, now time.Time) map[string]any {
+	at := metav1.NewTime(now.UTC().Truncate(time.Second))
+	cond := map[string]any{
+		"type":              nodestatus.ConditionImagesReady,
+		"status":            c.Status,
+		"reason":            c.Reason,
+		"message":           c.Message,
+		"lastHeartbeatTime": at,
+	}
+	if transition {
+		cond["lastTransitionTime"] = at
+	}
+	return map[string]any{"status": map[string]any{"conditions": []any{cond}}}
 }
 
 // nodeEvent records an Event on our Node, by its UID when the informer

@@ -92,8 +92,8 @@ func (a *Agent) writeProgress(ctx context.Context, start, now time.Time, fresh f
 		st = fresh()
 	}
 	st.Pulling = pulling
-	w := nodeWrite{status: st, annotation: nodestatus.Encode(st), ready: v.ready}
-	if err := a.writeNode(ctx, node, w); err != nil {
+	w := nodeWrite{meta: true, status: st, annotation: nodestatus.Encode(st), ready: v.ready}
+	if err := a.writeNode(ctx, node, v, w); err != nil {
 		if ctx.Err() == nil {
 			a.log.Warn("cannot show progress on the Node", "err", err)
 		}

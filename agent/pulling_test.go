@@ -65,7 +65,7 @@ func TestPlanWriteWithProgress(t *testing.T) {
 		{"pulls ended, status the same: written, Changed kept", withPulling, base, true, changed},
 		{"pulls ended, status differs: Changed moves", withPulling, nodestatus.Status{ConfigHash: "c2", Present: 3, Total: 3}, true, now.Truncate(time.Second)},
 	} {
-		v := nodeView{ready: "true", status: nodestatus.Encode(tt.shown)}
+		v := nodeView{ready: "true", status: nodestatus.Encode(tt.shown), cond: nodestatus.ConditionOf(base)}
 		w, needed := planWrite(v, tt.st, now)
 		if needed != tt.wantNeeded || !w.status.Changed.Equal(tt.wantChanged) || len(w.status.Pulling) != 0 {
 			t.Errorf("%s: needed %v, changed %v, pulling %v; want %v, %v, none", tt.name, needed, w.status.Changed, w.status.Pulling, tt.wantNeeded, tt.wantChanged)

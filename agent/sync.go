@@ -64,7 +64,7 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 	start := time.Now()
 	cfg := a.currentConfig()
 	if cfg == nil {
-		return 0 // the ConfigMap informer wakes us
+		return a.reportUnconfigured(ctx) // the ConfigMap informer wakes us
 	}
 	node := a.currentNode()
 	if node == nil {
@@ -297,14 +297,44 @@ func (a *Agent) report(ctx context.Context, st nodestatus.Status) error {
 	if !needed {
 		return nil
 	}
-	if err := a.writeNode(ctx, node, w); err != nil {
+	if err := a.writeNode(ctx, node, v, w); err != nil {
 		return err
 	}
-	a.log.Info("Node updated", "ready", w.ready, "present", st.Present, "total", st.Total, "taintRemoved", w.removeTaint)
+	c := w.after(v).cond
+	a.log.Info("Node updated", "ready", w.ready, "present", st.Present, "total", st.Total, "taintRemoved", w.removeTaint, "condition", string(c.Status)+" "+c.Reason)
 	if st.Ready() && !w.wasReady {
 		a.nodeEvent(corev1.EventTypeNormal, ReasonImagesReady, fmt.Sprintf("All %d images present (config %s)", st.Total, st.ConfigHash))
 	}
 	return nil
+}
+
+// unconfiguredRetry is when an agent without a config, which has no
+// retry schedule of its own, tries again to show that on the Node.
+const unconfiguredRetry = 10 * time.Second
+
+// reportUnconfigured shows on the Node's condition that the agent has no
+// config to apply, unless the label says the node is ready: an agent
+// restarted without its ConfigMap does not contradict a verdict it cannot
+// check again, and leaves label, annotation and taint alone too. It
+// returns when to try again: only when woken, unless the write failed.
+func (a *Agent) reportUnconfigured(ctx context.Context) time.Duration {
+	node, v := a.ownView()
+	if node == nil || v.ready == "true" {
+		return 0
+	}
+	var w nodeWrite
+	w.setCond(v, nodestatus.Unconfigured(a.cmKey, a.state.config.badHash != ""))
+	if w.cond == nil {
+		return 0
+	}
+	if err := a.writeNode(ctx, node, v, w); err != nil {
+		if ctx.Err() == nil {
+			a.log.Error("cannot update the Node", "err", err)
+		}
+		return unconfiguredRetry
+	}
+	a.log.Info("Node updated", "condition", string(w.cond.Status)+" "+w.cond.Reason)
+	return 0
 }
 
 // reportFailures records an Event for each image that newly failed or

@@ -1,8 +1,9 @@
 // Package nodestatus is the contract between the agent, which writes what
 // a node holds on its Node object, and the readers of it (`preloader
-// status`, `warm --wait`, pods that select the label): the label, the
-// annotation and its format, the taint, and what ready means, for one Node
-// (Read, List) and for all of them (Verdict).
+// status`, `warm --wait`, pods that select the label, autoscalers and
+// controllers that watch the condition or the taint): the label, the
+// annotation and its format, the condition, the taint, and what ready
+// means, for one Node (Read, List) and for all of them (Verdict).
 package nodestatus
 
 import (
@@ -15,7 +16,13 @@ import (
 const (
 	LabelReady       = "preloader.io/ready"
 	AnnotationStatus = "preloader.io/status"
-	TaintNotReady    = "preloader.io/not-ready"
+	// ConditionImagesReady is the Node condition that says what the label
+	// says, for readers that work from conditions (the Node Readiness
+	// Controller, `kubectl describe node`).
+	ConditionImagesReady = "preloader.io/ImagesReady"
+	// TaintNotReady is the taint the agent removes once the node is
+	// ready, unless `agent --taint-key` names another.
+	TaintNotReady = "preloader.io/not-ready"
 )
 
 // FormatVersion is the version of the annotation's format that this

@@ -15,10 +15,12 @@ import (
 	"github.com/kube-preloader/kube-preloader/agent"
 	"github.com/kube-preloader/kube-preloader/kubeapi"
 	"github.com/kube-preloader/kube-preloader/kubelet"
+	"github.com/kube-preloader/kube-preloader/nodestatus"
 )
 
 type agentOptions struct {
 	configMap, nodeName, kubeconfig, metricsAddr string
+	taintKey                                     string
 	kubeletConfig, kubeletConfigDir              string
 	runtime                                      runtimeFlags
 	credProviders                                credProviderFlags
@@ -31,8 +33,9 @@ func newAgentCmd() *cobra.Command {
 		Short: "Keep this node's images present as a ConfigMap says, and report on the Node",
 		Long: `Keep this node's images present as the ConfigMap says, on every change of
 it and every resync, and report on the Node: the label preloader.io/ready,
-the annotation preloader.io/status, Events, the removal of the taint
-preloader.io/not-ready, and /metrics. It runs in the DaemonSet of
+the annotation preloader.io/status, the condition preloader.io/ImagesReady,
+Events, the removal of the taint preloader.io/not-ready (or --taint-key's),
+and /metrics. It runs in the DaemonSet of
 manifests/; a bad ConfigMap keeps the last good config running.`,
 		Example: `  # As the DaemonSet runs it (NODE_NAME from the downward API):
   preloader agent --configmap kube-preloader/preloader-config
@@ -49,6 +52,7 @@ manifests/; a bad ConfigMap keeps the last good config running.`,
 	f.StringVar(&o.nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (default: $NODE_NAME, set from the downward API)")
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file (default: the pod's service account)")
 	f.StringVar(&o.metricsAddr, "metrics-addr", agent.DefaultMetricsAddr, "address for /metrics, /healthz and /readyz; empty disables them")
+	f.StringVar(&o.taintKey, "taint-key", nodestatus.TaintNotReady, "the key of the taint the agent removes from its Node once the node is ready (it never adds one), e.g. startup-taint.cluster-autoscaler.kubernetes.io/preloader for cluster-autoscaler")
 	f.StringVar(&o.kubeletConfig, "kubelet-config", kubelet.DefaultConfigFile, "the node kubelet's --config file, read for its credential verification policy; empty: do not read it")
 	f.StringVar(&o.kubeletConfigDir, "kubelet-config-dir", "", "the node kubelet's --config-dir (drop-ins), if it has one")
 	o.runtime.add(f)
@@ -63,6 +67,9 @@ func (o *agentOptions) run(ctx context.Context, stderr io.Writer) error {
 	}
 	if o.nodeName == "" {
 		return usageError("agent: --node-name (or $NODE_NAME) is required")
+	}
+	if err := nodestatus.CheckTaintKey(o.taintKey); err != nil {
+		return usageError("agent: --taint-key: %v", err)
 	}
 	plugins, err := o.credProviders.load()
 	if err != nil {
@@ -95,6 +102,7 @@ func (o *agentOptions) run(ctx context.Context, stderr io.Writer) error {
 		Namespace:   ns,
 		ConfigMap:   name,
 		NodeName:    o.nodeName,
+		TaintKey:    o.taintKey,
 		MetricsAddr: o.metricsAddr,
 		Log:         log,
 
