@@ -52,7 +52,7 @@ manifests/; a bad ConfigMap keeps the last good config running.`,
 	f.StringVar(&o.nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (default: $NODE_NAME, set from the downward API)")
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file (default: the pod's service account)")
 	f.StringVar(&o.metricsAddr, "metrics-addr", agent.DefaultMetricsAddr, "address for /metrics, /healthz and /readyz; empty disables them")
-	f.StringVar(&o.taintKey, "taint-key", nodestatus.TaintNotReady, "the key of the taint the agent removes from its Node once the node is ready (it never adds one), e.g. startup-taint.cluster-autoscaler.kubernetes.io/preloader for cluster-autoscaler")
+	f.StringVar(&o.taintKey, "taint-key", nodestatus.TaintNotReady, "the key of the taint the agent removes from its Node once the node is ready; it never adds one")
 	f.StringVar(&o.kubeletConfig, "kubelet-config", kubelet.DefaultConfigFile, "the node kubelet's --config file, read for its credential verification policy; empty: do not read it")
 	f.StringVar(&o.kubeletConfigDir, "kubelet-config-dir", "", "the node kubelet's --config-dir (drop-ins), if it has one")
 	o.runtime.add(f)

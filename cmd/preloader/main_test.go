@@ -39,6 +39,8 @@ func TestCommandLine(t *testing.T) {
 		{[]string{"once", "--config", "images.yaml", "-o", "xml"}, `must be one of table, wide, json, yaml, not "xml"`},
 		{[]string{"once"}, "once: --config is required"},
 		{[]string{"agent", "--configmap", "images"}, "--configmap must be NAMESPACE/NAME"},
+		{[]string{"agent", "--configmap", "ns/images", "--node-name", "n1", "--taint-key", "preloader.io/not ready"}, `--taint-key: "preloader.io/not ready" is not a valid taint key`},
+		{[]string{"agent", "--configmap", "ns/images", "--node-name", "n1", "--taint-key", "node.kubernetes.io/not-ready"}, "--taint-key: \"node.kubernetes.io/not-ready\" is a taint Kubernetes manages"},
 	} {
 		code, _, stderr := execute(tt.args...)
 		if code != exitInvalid || !strings.Contains(stderr.String(), tt.stderr) {
