@@ -126,6 +126,10 @@ func TestManifests(t *testing.T) {
 			_, err := agent.CoreV1().Nodes().List(ctx, metav1.ListOptions{FieldSelector: "metadata.name=node-1"})
 			return err
 		},
+		"patch Node condition (status)": func() error {
+			_, err := agent.CoreV1().Nodes().Patch(ctx, "node-1", types.StrategicMergePatchType, []byte(imagesReady("preloader.io/ImagesReady")), metav1.PatchOptions{}, "status")
+			return err
+		},
 		"patch Node label": func() error {
 			_, err := agent.CoreV1().Nodes().Patch(ctx, "node-1", types.MergePatchType, []byte(`{"metadata":{"labels":{"preloader.io/ready":"true"}}}`), metav1.PatchOptions{})
 			return err
@@ -170,8 +174,8 @@ func TestManifests(t *testing.T) {
 		"update Node": func() error { _, err := agent.CoreV1().Nodes().Update(ctx, node, metav1.UpdateOptions{}); return err },
 		"delete Node": func() error { return agent.CoreV1().Nodes().Delete(ctx, "node-1", metav1.DeleteOptions{}) },
 		"list Pods":   func() error { _, err := agent.CoreV1().Pods("").List(ctx, metav1.ListOptions{}); return err },
-		"patch Node status": func() error {
-			_, err := agent.CoreV1().Nodes().Patch(ctx, "node-1", types.MergePatchType, []byte(`{"status":{"phase":"x"}}`), metav1.PatchOptions{}, "status")
+		"update Node status (PUT)": func() error {
+			_, err := agent.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{})
 			return err
 		},
 	}
@@ -186,4 +190,5 @@ func TestManifests(t *testing.T) {
 		}
 	}
 	t.Run("node restriction", func(t *testing.T) { nodeRestriction(t, k) })
+	t.Run("node restriction, taintKey", func(t *testing.T) { nodeRestrictionTaintKey(t, k) })
 }
