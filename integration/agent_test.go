@@ -165,6 +165,9 @@ func testAgent(t *testing.T, flavor harness.Flavor) {
 		if v := node(); !v.Tainted {
 			t.Errorf("not-ready taint removed from a node that is not ready: %s", v)
 		}
+		if c := node().Condition; c == nil || c.Status != corev1.ConditionFalse || c.Reason != nodestatus.ReasonImagesFailed || c.Message != "2/3 images present, 1 failed" {
+			t.Errorf("condition %s: %+v, want False ImagesFailed \"2/3 images present, 1 failed\"", nodestatus.ConditionImagesReady, c)
+		}
 		for _, ref := range []string{pause.Ref, app} {
 			if criImage(t, rt, ref) == "" {
 				t.Errorf("CRI ImageStatus(%s): absent, want present", ref)
@@ -198,6 +201,9 @@ func testAgent(t *testing.T, flavor harness.Flavor) {
 		}
 		if v.Tainted {
 			t.Errorf("ready node keeps the %s taint: %v", nodestatus.TaintNotReady, v.Node.Spec.Taints)
+		}
+		if c := v.Condition; c == nil || c.Status != corev1.ConditionTrue || c.Reason != nodestatus.ReasonImagesPresent || c.Message != "3/3 images present" {
+			t.Errorf("condition %s: %+v, want True ImagesPresent \"3/3 images present\"", nodestatus.ConditionImagesReady, c)
 		}
 		// Other taints stay: ours, and the node.kubernetes.io/not-ready the
 		// API server's TaintNodesByCondition gave the new Node.

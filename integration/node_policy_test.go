@@ -218,9 +218,7 @@ func nodeRestriction(t *testing.T, k *harness.Kube) {
 // taint like any other.
 func nodeRestrictionTaintKey(t *testing.T, k *harness.Kube) {
 	const key = "startup-taint.cluster-autoscaler.kubernetes.io/preloader"
-	policy := harness.MustHelm(t, "", "template", "kube-preloader", chartDir, "-n", harness.AgentNamespace,
-		"--set", "taintKey="+key, "--show-only", "templates/node-policy.yaml")
-	kubectlStdin(t, k, policy, "apply", "-f", "-")
+	applyNodePolicy(t, k, key)
 
 	startup := corev1.Taint{Key: key, Value: "true", Effect: corev1.TaintEffectNoSchedule}
 	notReady := corev1.Taint{Key: nodestatus.TaintNotReady, Effect: corev1.TaintEffectNoSchedule}
@@ -250,6 +248,17 @@ func nodeRestrictionTaintKey(t *testing.T, k *harness.Kube) {
 		{name: "taintKey " + key + ": remove both", as: "n1", why: msgTaint, do: nw.taints("n1", other)},
 		{name: "taintKey " + key + ": remove another Node's (n2) " + key, as: "n1", why: "may not write Node", do: nw.taints("n2", notReady, other)},
 	}, taints)
+}
+
+// applyNodePolicy applies the chart's node policy rendered with taintKey
+// key over the one manifests/ holds, as `helm upgrade --set taintKey=KEY`
+// would. The API server takes a changed policy into account a moment
+// later.
+func applyNodePolicy(t *testing.T, k *harness.Kube, key string) {
+	t.Helper()
+	policy := harness.MustHelm(t, "", "template", "kube-preloader", chartDir, "-n", harness.AgentNamespace,
+		"--set", "taintKey="+key, "--show-only", "templates/node-policy.yaml")
+	kubectlStdin(t, k, policy, "apply", "-f", "-")
 }
 
 // runNodeWrites tries each write on Nodes reset to taints, prints the

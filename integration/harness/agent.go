@@ -287,7 +287,9 @@ type NodeView struct {
 	Ready   string // label preloader.io/ready
 	Status  *nodestatus.Status
 	Tainted bool // preloader.io/not-ready
-	Err     string
+	// Condition is the preloader.io/ImagesReady condition, nil without one.
+	Condition *corev1.NodeCondition
+	Err       string
 }
 
 // ViewNode reads the Node; a failed read or an annotation that is not JSON
@@ -302,6 +304,9 @@ func ViewNode(c kubernetes.Interface, name string) NodeView {
 		if tn.Key == nodestatus.TaintNotReady {
 			v.Tainted = true
 		}
+	}
+	if c, ok := nodestatus.ConditionFrom(n.Status.Conditions); ok {
+		v.Condition = &c
 	}
 	if a, ok := n.Annotations[nodestatus.AnnotationStatus]; ok {
 		var st nodestatus.Status
@@ -324,11 +329,34 @@ func (v NodeView) String() string {
 			ann = a
 		}
 	}
-	return fmt.Sprintf("label %s=%q, taint %s: %v, annotation %s", nodestatus.LabelReady, v.Ready, nodestatus.TaintNotReady, v.Tainted, ann)
+	cond := "<none>"
+	if c := v.Condition; c != nil {
+		cond = fmt.Sprintf("%s %s %q", c.Status, c.Reason, c.Message)
+	}
+	return fmt.Sprintf("label %s=%q, taint %s: %v, condition %s: %s, annotation %s", nodestatus.LabelReady, v.Ready, nodestatus.TaintNotReady, v.Tainted,
+		nodestatus.ConditionImagesReady, cond, ann)
+}
+
+// ConditionAgrees says whether the Node's condition says what its label
+// says, with the counts of its status; "" when it does.
+func (v NodeView) ConditionAgrees() string {
+	c := v.Condition
+	switch {
+	case c == nil:
+		return fmt.Sprintf("no condition %s; node shows %s", nodestatus.ConditionImagesReady, v)
+	case v.Status == nil:
+		return fmt.Sprintf("a condition but no status; node shows %s", v)
+	case (c.Status == corev1.ConditionTrue) != (v.Ready == "true"):
+		return fmt.Sprintf("condition %s and label %q disagree; node shows %s", c.Status, v.Ready, v)
+	case !strings.HasPrefix(c.Message, fmt.Sprintf("%d/%d images present", v.Status.Present, v.Status.Total)):
+		return fmt.Sprintf("condition message %q does not count the status's %d/%d; node shows %s", c.Message, v.Status.Present, v.Status.Total, v)
+	}
+	return ""
 }
 
 // Shows reports whether the Node shows config hash with present/total and
-// the ready label to match; "" when it does, else what it shows.
+// the ready label and the condition to match; "" when it does, else what
+// it shows.
 func (v NodeView) Shows(hash string, present, total int) string {
 	switch {
 	case v.Err != "":
@@ -337,7 +365,7 @@ func (v NodeView) Shows(hash string, present, total int) string {
 		v.Ready != fmt.Sprint(present == total):
 		return fmt.Sprintf("want config %s with %d/%d; node shows %s", hash, present, total, v)
 	}
-	return ""
+	return v.ConditionAgrees()
 }
 
 // FailedReason is the reason the Node's status gives for image, "" if it

@@ -465,3 +465,38 @@ func waitFile(path string, p *daemons.Process, timeout time.Duration) ([]byte, e
 	}
 	return nil, fmt.Errorf("%s not written after %v", path, timeout)
 }
+
+// Requests is how many requests of verb (as the API server counts them:
+// PATCH, UPDATE, …) on resource and subresource ("" for none) the API
+// server has answered with a 2xx since it started, from its own
+// apiserver_request_total.
+func (k *Kube) Requests(t T, verb, resource, subresource string) float64 {
+	t.Helper()
+	body, err := k.Client.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(context.Background())
+	if err != nil {
+		t.Fatalf("kube-apiserver /metrics: %v", err)
+	}
+	want := []string{`verb="` + verb + `"`, `resource="` + resource + `"`, `subresource="` + subresource + `"`}
+	var n float64
+next:
+	for _, line := range strings.Split(string(body), "\n") {
+		if !strings.HasPrefix(line, "apiserver_request_total{") || !strings.Contains(line, `code="2`) {
+			continue
+		}
+		labels, value, ok := strings.Cut(line[len("apiserver_request_total{"):], "} ")
+		if !ok {
+			continue
+		}
+		for _, w := range want {
+			if !strings.Contains(","+labels+",", ","+w+",") {
+				continue next
+			}
+		}
+		v, err := strconv.ParseFloat(strings.TrimSpace(value), 64)
+		if err != nil {
+			t.Fatalf("kube-apiserver /metrics: %q: %v", line, err)
+		}
+		n += v
+	}
+	return n
+}
