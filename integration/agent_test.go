@@ -154,7 +154,7 @@ func testAgent(t *testing.T, flavor harness.Flavor) {
 		// the gpu image's nodeSelector does not match.
 		agent.Eventually(t, time.Minute, "node status", func() string {
 			v := node()
-			if why := v.Shows(hash, 2, 3); why != "" {
+			if why := v.ShowsWithCondition(hash, 2, 3); why != "" {
 				return why
 			}
 			if r := v.FailedReason(bySecret); !strings.Contains(r, "secret kube-preloader/regcred not found") {
@@ -194,7 +194,7 @@ func testAgent(t *testing.T, flavor harness.Flavor) {
 		if _, err := c.CoreV1().Secrets(agentNS).Create(ctx, sec, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		agent.Eventually(t, time.Minute, "node ready", func() string { return node().Shows(hash, 3, 3) })
+		agent.Eventually(t, time.Minute, "node ready", func() string { return node().ShowsWithCondition(hash, 3, 3) })
 		v := node()
 		if got := v.Status.Runtime; got == nil || got.Name != "containerd" || got.Name != rt.RuntimeName || got.Version != rt.RuntimeVersion {
 			t.Errorf("status names runtime %+v, want containerd %s as its CRI says", got, rt.RuntimeVersion)
@@ -230,7 +230,7 @@ func testAgent(t *testing.T, flavor harness.Flavor) {
 		base = append(base, "  - image: "+tool+"\n")
 		s := time.Now()
 		hash = harness.SetImagesYAML(t, c, agentConfig(base...))
-		agent.Eventually(t, time.Minute, "status of the new config", func() string { return node().Shows(hash, 4, 4) })
+		agent.Eventually(t, time.Minute, "status of the new config", func() string { return node().ShowsWithCondition(hash, 4, 4) })
 		t.Logf("config edit → node status with the pulled image: %v", time.Since(s).Round(time.Millisecond))
 		if criImage(t, rt, tool) == "" {
 			t.Errorf("CRI ImageStatus(%s): absent", tool)
@@ -245,7 +245,7 @@ func testAgent(t *testing.T, flavor harness.Flavor) {
 		hash = harness.SetImagesYAML(t, c, agentConfig(base...))
 		agent.Eventually(t, time.Minute, "failure for the missing ServiceAccount", func() string {
 			v := node()
-			if why := v.Shows(hash, 4, 5); why != "" {
+			if why := v.ShowsWithCondition(hash, 4, 5); why != "" {
 				return why
 			}
 			if r := v.FailedReason(bySA); !strings.Contains(r, "serviceaccount kube-preloader/builder not found") {
@@ -266,7 +266,7 @@ func testAgent(t *testing.T, flavor harness.Flavor) {
 		if _, err := c.CoreV1().ServiceAccounts(agentNS).Create(ctx, sa, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		agent.Eventually(t, time.Minute, "image via the ServiceAccount", func() string { return node().Shows(hash, 5, 5) })
+		agent.Eventually(t, time.Minute, "image via the ServiceAccount", func() string { return node().ShowsWithCondition(hash, 5, 5) })
 		if criImage(t, rt, bySA) == "" {
 			t.Errorf("CRI ImageStatus(%s): absent", bySA)
 		}
@@ -308,7 +308,7 @@ func testAgent(t *testing.T, flavor harness.Flavor) {
 		// Fixed again: applied as any edit.
 		base = append(base, "# fixed\n")
 		hash = harness.SetImagesYAML(t, c, agentConfig(base...))
-		agent.Eventually(t, 30*time.Second, "the fixed config", func() string { return node().Shows(hash, 5, 5) })
+		agent.Eventually(t, 30*time.Second, "the fixed config", func() string { return node().ShowsWithCondition(hash, 5, 5) })
 	})
 	if !ok {
 		return
@@ -322,7 +322,7 @@ func testAgent(t *testing.T, flavor harness.Flavor) {
 		if _, err := c.CoreV1().Nodes().Patch(ctx, nodeName, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		agent.Eventually(t, time.Minute, "gpu image on the labelled node", func() string { return node().Shows(hash, 6, 6) })
+		agent.Eventually(t, time.Minute, "gpu image on the labelled node", func() string { return node().ShowsWithCondition(hash, 6, 6) })
 		if criImage(t, rt, gpu) == "" {
 			t.Errorf("CRI ImageStatus(%s): absent", gpu)
 		}
@@ -402,7 +402,7 @@ func testAgent(t *testing.T, flavor harness.Flavor) {
 		// Back as it was, for what follows: the agent pulls it again.
 		harness.SetImagesYAML(t, c, before)
 		agent.Eventually(t, 30*time.Second, "the image back", func() string {
-			return node().Shows(hash, 7, 7)
+			return node().ShowsWithCondition(hash, 7, 7)
 		})
 	})
 	if !ok {

@@ -51,7 +51,7 @@ func TestAgentConditionAndTaintKey(t *testing.T) {
 		return slices.ContainsFunc(v.Node.Spec.Taints, func(t corev1.Taint) bool { return t.Key == key })
 	}
 
-	agent.Eventually(t, time.Minute, "condition False", func() string { return node().Shows(hash, 2, 3) })
+	agent.Eventually(t, time.Minute, "condition False", func() string { return node().ShowsWithCondition(hash, 2, 3) })
 	v := node()
 	if c := v.Condition; c.Status != corev1.ConditionFalse || c.Reason != nodestatus.ReasonImagesFailed || c.Message != "2/3 images present, 1 failed" {
 		t.Errorf("condition while %s fails: %s %s %q", gone, c.Status, c.Reason, c.Message)
@@ -62,7 +62,7 @@ func TestAgentConditionAndTaintKey(t *testing.T) {
 	falseAt := v.Condition.LastTransitionTime
 
 	hash = harness.SetImagesYAML(t, c, agentConfig("  - image: "+app+"\n"))
-	agent.Eventually(t, time.Minute, "condition True", func() string { return node().Shows(hash, 2, 2) })
+	agent.Eventually(t, time.Minute, "condition True", func() string { return node().ShowsWithCondition(hash, 2, 2) })
 	v = node()
 	if c := v.Condition; c.Status != corev1.ConditionTrue || c.Reason != nodestatus.ReasonImagesPresent || c.Message != "2/2 images present" {
 		t.Errorf("condition when ready: %s %s %q", c.Status, c.Reason, c.Message)

@@ -355,8 +355,7 @@ func (v NodeView) ConditionAgrees() string {
 }
 
 // Shows reports whether the Node shows config hash with present/total and
-// the ready label and the condition to match; "" when it does, else what
-// it shows.
+// the ready label to match; "" when it does, else what it shows.
 func (v NodeView) Shows(hash string, present, total int) string {
 	switch {
 	case v.Err != "":
@@ -364,6 +363,16 @@ func (v NodeView) Shows(hash string, present, total int) string {
 	case v.Status == nil || v.Status.ConfigHash != hash || v.Status.Present != present || v.Status.Total != total ||
 		v.Ready != fmt.Sprint(present == total):
 		return fmt.Sprintf("want config %s with %d/%d; node shows %s", hash, present, total, v)
+	}
+	return ""
+}
+
+// ShowsWithCondition is Shows, and the condition in step with the label
+// (ConditionAgrees). The agent writes the condition one request after the
+// label: poll for it, do not expect it the moment the label shows.
+func (v NodeView) ShowsWithCondition(hash string, present, total int) string {
+	if why := v.Shows(hash, present, total); why != "" {
+		return why
 	}
 	return v.ConditionAgrees()
 }
