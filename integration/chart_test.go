@@ -19,6 +19,7 @@ import (
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 
 	"github.com/kube-preloader/kube-preloader/integration/harness"
+	"github.com/kube-preloader/kube-preloader/nodestatus"
 )
 
 const chartDir = "../charts/kube-preloader"
@@ -178,6 +179,8 @@ func TestChartValues(t *testing.T) {
 			{[]string{"--set", "image.digest=latest"}, "at '/image/digest'"},
 			{[]string{"--set", "pullSecrets[0].name=regcred", "--set", "pullSecrets[0].registry=corp.example"}, "at '/pullSecrets/0'"},
 			{[]string{"--set", "metrics.port=0"}, "at '/metrics/port'"},
+			{[]string{"--set", "taintKey=preloader.io/not ready"}, "at '/taintKey'"},
+			{[]string{"--set", "taintKey=node.kubernetes.io/not-ready"}, "at '/taintKey'"},
 			{[]string{"--set", "resync=5m"}, "additional properties 'resync' not allowed"},
 			{[]string{"--set", "metrics.podMonitor.enabled=true"}, "metrics.podMonitor.enabled: the cluster serves no monitoring.coreos.com/v1 PodMonitor"},
 			{[]string{"--set", "metrics.serviceMonitor.enabled=true"}, "metrics.serviceMonitor.enabled: the cluster serves no monitoring.coreos.com/v1 ServiceMonitor"},
@@ -193,6 +196,21 @@ func TestChartValues(t *testing.T) {
 			if err == nil || !strings.Contains(out, tc.want) {
 				t.Errorf("helm template %s: want an error saying %q, got %v:\n%s", strings.Join(tc.args, " "), tc.want, err, out)
 			}
+		}
+	})
+	t.Run("taintKey", func(t *testing.T) {
+		const key = "startup-taint.cluster-autoscaler.kubernetes.io/preloader"
+		objs, out, err := render(t, "--set", "taintKey="+key)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		c := dig(objs["DaemonSet/ops/preloader"], "spec", "template", "spec", "containers").([]any)[0].(map[string]any)
+		if args := fmt.Sprint(c["args"]); !strings.Contains(args, "--taint-key "+key) {
+			t.Errorf("args %s lack --taint-key %s", args, key)
+		}
+		policy := fmt.Sprint(dig(objs["ValidatingAdmissionPolicy//kube-preloader-node-restriction"], "spec", "validations"))
+		if !strings.Contains(policy, "t.key == '"+key+"'") || strings.Contains(policy, nodestatus.TaintNotReady) {
+			t.Errorf("node policy with taintKey %s: %s", key, policy)
 		}
 	})
 	t.Run("set", func(t *testing.T) {
