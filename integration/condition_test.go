@@ -1,6 +1,8 @@
 package integration
 
 import (
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -8,6 +10,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/yaml"
 
 	"github.com/kube-preloader/kube-preloader/integration/harness"
 	"github.com/kube-preloader/kube-preloader/nodestatus"
@@ -124,4 +127,48 @@ func lastSync(t *testing.T, a *harness.Agent) float64 {
 	}
 	t.Fatalf("/metrics has no preloader_last_successful_sync_timestamp_seconds:\n%s", body)
 	return 0
+}
+
+// TestNodeReadinessDocChartValues: the chart values the node readiness
+// page shows for a taint key are values the chart takes, and give the
+// agent that --taint-key and the node policy the same key.
+func TestNodeReadinessDocChartValues(t *testing.T) {
+	page, err := os.ReadFile(nodeReadinessPage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var blocks []string
+	for _, part := range strings.Split(string(page), "```yaml\n")[1:] {
+		if b, _, _ := strings.Cut(part, "```"); strings.Contains(b, "taintKey:") {
+			blocks = append(blocks, b)
+		}
+	}
+	if len(blocks) == 0 {
+		t.Fatalf("%s shows no chart values with taintKey", nodeReadinessPage)
+	}
+	for _, b := range blocks {
+		var values struct {
+			TaintKey string `json:"taintKey"`
+		}
+		lines := strings.Split(strings.TrimRight(b, " \n"), "\n")
+		indent := len(lines[0]) - len(strings.TrimLeft(lines[0], " "))
+		for i, l := range lines {
+			lines[i] = l[min(indent, len(l)-len(strings.TrimLeft(l, " "))):]
+		}
+		doc := strings.Join(lines, "\n") + "\n"
+		if err := yaml.Unmarshal([]byte(doc), &values); err != nil || values.TaintKey == "" {
+			t.Errorf("values block %q: taintKey %q, %v", doc, values.TaintKey, err)
+			continue
+		}
+		file := filepath.Join(t.TempDir(), "values.yaml")
+		if err := os.WriteFile(file, []byte(doc), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out := harness.MustHelm(t, "", "template", "kube-preloader", chartDir, "-n", harness.AgentNamespace, "-f", file)
+		for _, want := range []string{"- --taint-key\n            - \"" + values.TaintKey + "\"", "t.key == '" + values.TaintKey + "'"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("the chart rendered with the page's values %q lacks %q", doc, want)
+			}
+		}
+	}
 }
