@@ -13,11 +13,14 @@ import (
 	"context"
 	"fmt"
 
+	appsv1 "k8s.io/api/apps/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
@@ -50,10 +53,21 @@ type Interface interface {
 	CreateToken(ctx context.Context, namespace, name string, tr *authenticationv1.TokenRequest) (*authenticationv1.TokenRequest, error)
 }
 
+// Workloads is the API of the kinds `preloader controller` derives image
+// lists from. It is apart from Interface: the agent never reads them.
+type Workloads interface {
+	Deployments(namespace string) Resource[*appsv1.Deployment, *appsv1.DeploymentList]
+	StatefulSets(namespace string) Resource[*appsv1.StatefulSet, *appsv1.StatefulSetList]
+	DaemonSets(namespace string) Resource[*appsv1.DaemonSet, *appsv1.DaemonSetList]
+	Jobs(namespace string) Resource[*batchv1.Job, *batchv1.JobList]
+	CronJobs(namespace string) Resource[*batchv1.CronJob, *batchv1.CronJobList]
+}
+
 // Scheme knows the core/v1 types, all the preloader reads, writes and
-// records Events about, coordination/v1 Leases, a single small type, and
+// records Events about, coordination/v1 Leases, a single small type,
 // authentication/v1, whose TokenRequest is the body of a ServiceAccount's
-// token subresource (three small types).
+// token subresource (three small types), and the workload kinds of apps/v1
+// and batch/v1 that the controller reads.
 var Scheme = runtime.NewScheme()
 
 var (
@@ -71,6 +85,12 @@ func init() {
 	if err := authenticationv1.AddToScheme(Scheme); err != nil {
 		panic(err)
 	}
+	if err := appsv1.AddToScheme(Scheme); err != nil {
+		panic(err)
+	}
+	if err := batchv1.AddToScheme(Scheme); err != nil {
+		panic(err)
+	}
 	metav1.AddToGroupVersion(Scheme, corev1.SchemeGroupVersion)
 }
 
@@ -78,9 +98,13 @@ func init() {
 type Client struct {
 	rest         rest.Interface
 	coordination rest.Interface
+	apps, batch  rest.Interface
 }
 
-var _ Interface = (*Client)(nil)
+var (
+	_ Interface = (*Client)(nil)
+	_ Workloads = (*Client)(nil)
+)
 
 // NewForConfig returns a Client of the API server cfg names, configured as
 // the generated core/v1 client configures itself, protobuf preferred.
@@ -96,14 +120,27 @@ func NewForConfig(cfg *rest.Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
-	cc := rest.CopyConfig(c)
-	cc.GroupVersion = &coordinationv1.SchemeGroupVersion
-	cc.APIPath = "/apis"
-	coord, err := rest.RESTClientFor(cc)
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client for coordination.k8s.io: %w", err)
+	group := func(gv schema.GroupVersion) (rest.Interface, error) {
+		gc := rest.CopyConfig(c)
+		gc.GroupVersion = &gv
+		gc.APIPath = "/apis"
+		r, err := rest.RESTClientFor(gc)
+		if err != nil {
+			return nil, fmt.Errorf("kubernetes client for %s: %w", gv.Group, err)
+		}
+		return r, nil
 	}
-	return &Client{rest: rc, coordination: coord}, nil
+	out := &Client{rest: rc}
+	if out.coordination, err = group(coordinationv1.SchemeGroupVersion); err != nil {
+		return nil, err
+	}
+	if out.apps, err = group(appsv1.SchemeGroupVersion); err != nil {
+		return nil, err
+	}
+	if out.batch, err = group(batchv1.SchemeGroupVersion); err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 func resource[T interface {
@@ -142,6 +179,26 @@ func (c *Client) Nodes() Resource[*corev1.Node, *corev1.NodeList] {
 
 func (c *Client) Leases(namespace string) Resource[*coordinationv1.Lease, *coordinationv1.LeaseList] {
 	return resourceOf(c.coordination, "leases", namespace, func() *coordinationv1.Lease { return &coordinationv1.Lease{} }, func() *coordinationv1.LeaseList { return &coordinationv1.LeaseList{} })
+}
+
+func (c *Client) Deployments(namespace string) Resource[*appsv1.Deployment, *appsv1.DeploymentList] {
+	return resourceOf(c.apps, "deployments", namespace, func() *appsv1.Deployment { return &appsv1.Deployment{} }, func() *appsv1.DeploymentList { return &appsv1.DeploymentList{} })
+}
+
+func (c *Client) StatefulSets(namespace string) Resource[*appsv1.StatefulSet, *appsv1.StatefulSetList] {
+	return resourceOf(c.apps, "statefulsets", namespace, func() *appsv1.StatefulSet { return &appsv1.StatefulSet{} }, func() *appsv1.StatefulSetList { return &appsv1.StatefulSetList{} })
+}
+
+func (c *Client) DaemonSets(namespace string) Resource[*appsv1.DaemonSet, *appsv1.DaemonSetList] {
+	return resourceOf(c.apps, "daemonsets", namespace, func() *appsv1.DaemonSet { return &appsv1.DaemonSet{} }, func() *appsv1.DaemonSetList { return &appsv1.DaemonSetList{} })
+}
+
+func (c *Client) Jobs(namespace string) Resource[*batchv1.Job, *batchv1.JobList] {
+	return resourceOf(c.batch, "jobs", namespace, func() *batchv1.Job { return &batchv1.Job{} }, func() *batchv1.JobList { return &batchv1.JobList{} })
+}
+
+func (c *Client) CronJobs(namespace string) Resource[*batchv1.CronJob, *batchv1.CronJobList] {
+	return resourceOf(c.batch, "cronjobs", namespace, func() *batchv1.CronJob { return &batchv1.CronJob{} }, func() *batchv1.CronJobList { return &batchv1.CronJobList{} })
 }
 
 func (c *Client) CreateToken(ctx context.Context, namespace, name string, tr *authenticationv1.TokenRequest) (*authenticationv1.TokenRequest, error) {

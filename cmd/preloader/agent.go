@@ -76,7 +76,7 @@ func (o *agentOptions) run(ctx context.Context, stderr io.Writer) error {
 		return err
 	}
 
-	restConfig, err := agentClusterConfig(o.kubeconfig)
+	restConfig, err := longRunningConfig("agent", o.kubeconfig)
 	if err != nil {
 		return err
 	}
@@ -118,10 +118,11 @@ func (o *agentOptions) run(ctx context.Context, stderr io.Writer) error {
 	return a.Run(ctx)
 }
 
-// agentClusterConfig is the pod's service account, or --kubeconfig when
-// given (for running the agent outside the cluster). Unlike status and
-// warm, it sets no client timeout: that would cut the informers' watches.
-func agentClusterConfig(kubeconfig string) (*rest.Config, error) {
+// longRunningConfig is the pod's service account, or --kubeconfig when
+// given (for running the agent or controller outside the cluster), with
+// the user agent preloader-COMMAND/VERSION. Unlike status and warm, it sets
+// no client timeout: that would cut the informers' watches.
+func longRunningConfig(command, kubeconfig string) (*rest.Config, error) {
 	var (
 		cfg *rest.Config
 		err error
@@ -132,8 +133,8 @@ func agentClusterConfig(kubeconfig string) (*rest.Config, error) {
 		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
 	}
 	if err != nil {
-		return nil, &exitError{code: exitInvalid, err: fmt.Errorf("agent: kubeconfig: %w", err)}
+		return nil, &exitError{code: exitInvalid, err: fmt.Errorf("%s: kubeconfig: %w", command, err)}
 	}
-	cfg.UserAgent = "preloader-agent/" + version
+	cfg.UserAgent = "preloader-" + command + "/" + version
 	return cfg, nil
 }

@@ -108,7 +108,7 @@ unreachable.`,
 		},
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return err })
-	root.AddCommand(newOnceCmd(), newAgentCmd(), newStatusCmd(), newWarmCmd(), newBundleCmd(), newAllowlistCmd(), newVersionCmd())
+	root.AddCommand(newOnceCmd(), newAgentCmd(), newControllerCmd(), newStatusCmd(), newWarmCmd(), newBundleCmd(), newAllowlistCmd(), newVersionCmd())
 	return root
 }
 

@@ -6,7 +6,9 @@ package clientset
 import (
 	"context"
 
+	appsv1 "k8s.io/api/apps/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -17,6 +19,16 @@ import (
 
 // New returns cs as a kubeapi.Interface.
 func New(cs kubernetes.Interface) kubeapi.Interface { return clientset{cs} }
+
+// Client is both APIs of kubeapi.
+type Client interface {
+	kubeapi.Interface
+	kubeapi.Workloads
+}
+
+// NewWithWorkloads returns cs as a kubeapi.Interface that also serves the
+// workload kinds.
+func NewWithWorkloads(cs kubernetes.Interface) Client { return clientset{cs} }
 
 type clientset struct{ cs kubernetes.Interface }
 
@@ -53,4 +65,24 @@ func (c clientset) Leases(ns string) kubeapi.Resource[*coordinationv1.Lease, *co
 
 func (c clientset) CreateToken(ctx context.Context, ns, name string, tr *authenticationv1.TokenRequest) (*authenticationv1.TokenRequest, error) {
 	return c.cs.CoreV1().ServiceAccounts(ns).CreateToken(ctx, name, tr, metav1.CreateOptions{})
+}
+
+func (c clientset) Deployments(ns string) kubeapi.Resource[*appsv1.Deployment, *appsv1.DeploymentList] {
+	return c.cs.AppsV1().Deployments(ns)
+}
+
+func (c clientset) StatefulSets(ns string) kubeapi.Resource[*appsv1.StatefulSet, *appsv1.StatefulSetList] {
+	return c.cs.AppsV1().StatefulSets(ns)
+}
+
+func (c clientset) DaemonSets(ns string) kubeapi.Resource[*appsv1.DaemonSet, *appsv1.DaemonSetList] {
+	return c.cs.AppsV1().DaemonSets(ns)
+}
+
+func (c clientset) Jobs(ns string) kubeapi.Resource[*batchv1.Job, *batchv1.JobList] {
+	return c.cs.BatchV1().Jobs(ns)
+}
+
+func (c clientset) CronJobs(ns string) kubeapi.Resource[*batchv1.CronJob, *batchv1.CronJobList] {
+	return c.cs.BatchV1().CronJobs(ns)
 }
