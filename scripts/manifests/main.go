@@ -34,6 +34,8 @@ const (
 	release   = "kube-preloader"
 	namespace = "kube-preloader"
 	source    = "charts/kube-preloader"
+	// controllerFile is the chart's template of preloader controller.
+	controllerFile = "controller.yaml"
 )
 
 // distributions are the chart's distribution values but auto; kubeadm is
@@ -132,6 +134,29 @@ func run(ctx context.Context, helm, kubectl, chart, out string) error {
 			kustomization([]string{"../../base"}, paths))
 	}
 
+	// The controller is opt-in, as in the chart (it runs when the config
+	// has workloads): a directory of its own, applied beside the base.
+	var controller []doc
+	all, err := render(ctx, helm, chart, "kubeadm", "controller.enabled=true")
+	if err != nil {
+		return err
+	}
+	var texts []string
+	for _, d := range all {
+		if d.file == controllerFile {
+			controller = append(controller, d)
+			texts = append(texts, d.text)
+		}
+	}
+	if len(controller) == 0 {
+		return fmt.Errorf("the chart renders nothing from %s with controller.enabled=true", controllerFile)
+	}
+	files["controller/"+controllerFile] = header(strings.Join(texts, "---\n"))
+	files["controller/kustomization.yaml"] = header(`# preloader controller (docs/operations/workloads.md), for a config with
+# workloads: kubectl apply -k manifests/controller, after manifests/. It
+# reads ServiceAccounts only with the chart's controller.readServiceAccounts.
+` + kustomization([]string{controllerFile}, nil))
+
 	tmp, err := os.MkdirTemp("", "manifests-")
 	if err != nil {
 		return err
@@ -151,6 +176,9 @@ func run(ctx context.Context, helm, kubectl, chart, out string) error {
 			return fmt.Errorf("overlay %s: %w", dist, err)
 		}
 	}
+	if err := check(ctx, kubectl, filepath.Join(tmp, "controller"), controller); err != nil {
+		return fmt.Errorf("controller: %w", err)
+	}
 	if err := os.RemoveAll(out); err != nil {
 		return err
 	}
@@ -159,9 +187,12 @@ func run(ctx context.Context, helm, kubectl, chart, out string) error {
 
 // render is helm template of the chart for dist, with the Namespace (as
 // kubectl apply -k needs it) and without Helm's release labels.
-func render(ctx context.Context, helm, chart, dist string) ([]doc, error) {
-	cmd := exec.CommandContext(ctx, helm, "template", release, chart, "-n", namespace,
-		"--set", "namespace.create=true", "--set", "distribution="+dist)
+func render(ctx context.Context, helm, chart, dist string, set ...string) ([]doc, error) {
+	args := []string{"template", release, chart, "-n", namespace, "--set", "namespace.create=true", "--set", "distribution=" + dist}
+	for _, v := range set {
+		args = append(args, "--set", v)
+	}
+	cmd := exec.CommandContext(ctx, helm, args...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	stdout, err := cmd.Output()

@@ -152,3 +152,44 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- define "preloader.agentUser" -}}
 system:serviceaccount:{{ .Release.Namespace }}:preloader
 {{- end -}}
+
+{{- define "preloader.controllerUser" -}}
+system:serviceaccount:{{ .Release.Namespace }}:preloader-controller
+{{- end -}}
+
+{{/*
+The controller runs when controller.enabled says so, or, unset, when the
+chart's config has a workloads section (a string config: a line starting
+with "workloads:").
+*/}}
+{{- define "preloader.controllerEnabled" -}}
+{{- $on := .Values.controller.enabled -}}
+{{- if kindIs "invalid" $on -}}
+{{- if .Values.existingConfigMap -}}
+{{- $on = false -}}
+{{- else if kindIs "string" .Values.config -}}
+{{- $on = regexMatch "(?m)^workloads:" .Values.config -}}
+{{- else -}}
+{{- $on = hasKey .Values.config "workloads" -}}
+{{- end -}}
+{{- end -}}
+{{- $on -}}
+{{- end -}}
+
+{{- define "preloader.controllerReadsServiceAccounts" -}}
+{{- $on := .Values.controller.readServiceAccounts -}}
+{{- if kindIs "invalid" $on -}}
+{{- $on = false -}}
+{{- if .Values.existingConfigMap -}}
+{{- else if kindIs "string" .Values.config -}}
+{{- $on = regexMatch "usePullSecrets:\\s*true" .Values.config -}}
+{{- else -}}
+{{- range (.Values.config.workloads | default list) -}}
+{{- if and (kindIs "map" .) .usePullSecrets -}}
+{{- $on = true -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $on -}}
+{{- end -}}
