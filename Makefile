@@ -5,7 +5,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 GOTEST    := $(GO) test -count=1
 
-.PHONY: all build deps runtime-deps test unit integration docs demo bench fuzz image chart chart-push e2e soak scale test-faults clean
+.PHONY: all build deps runtime-deps test unit integration docs demo bench fuzz image chart chart-push e2e soak scale api-load test-faults clean
 
 all: build
 
@@ -105,6 +105,14 @@ SCALE_TIMEOUT ?= 30m
 # docs/development/scale.md. Not part of make test: N containerd and N agents at once.
 scale: deps
 	PRELOADER_SCALE=$(SCALE_NODES) $(GOTEST) -run '^TestScale' -v -timeout $(SCALE_TIMEOUT) ./integration/scale/
+
+LOAD_NODES  ?= 5
+LOAD_WINDOW ?= 15m
+# LOAD_NODES agents and preloader controller at rest, behind a proxy that
+# counts the API requests of each, for LOAD_WINDOW with 10 and with 200
+# selected workloads: the figures of docs/operations/large-clusters.md.
+api-load: deps
+	PRELOADER_LOAD_NODES=$(LOAD_NODES) PRELOADER_LOAD_WINDOW=$(LOAD_WINDOW) $(GOTEST) -run '^TestAPILoadAtRest$$' -v -timeout 60m ./integration/scale/
 
 # The fault suite verbose, with its table for
 # docs/development/reliability.md, then the soak.
