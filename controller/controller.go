@@ -180,20 +180,30 @@ func (s *publisher) poke() {
 }
 
 // handler pokes the loop on every change that can change the list: not a
-// workload's status, which moves all the time and changes no image.
+// workload's status, which moves all the time and changes no image, but
+// a Job's end, which takes its images out.
 func (s *publisher) handler() cache.ResourceEventHandler {
 	return cache.ResourceEventHandlerFuncs{
 		AddFunc: func(any) { s.poke() },
 		UpdateFunc: func(old, cur any) {
-			o, err1 := meta.Accessor(old)
-			c, err2 := meta.Accessor(cur)
-			if err1 == nil && err2 == nil && o.GetGeneration() != 0 && o.GetGeneration() == c.GetGeneration() && maps.Equal(o.GetLabels(), c.GetLabels()) {
-				return
+			if changes(old, cur) {
+				s.poke()
 			}
-			s.poke()
 		},
 		DeleteFunc: func(any) { s.poke() },
 	}
+}
+
+func changes(old, cur any) bool {
+	o, ok1 := workloads.Of(old)
+	c, ok2 := workloads.Of(cur)
+	om, err1 := meta.Accessor(old)
+	cm, err2 := meta.Accessor(cur)
+	if !ok1 || !ok2 || err1 != nil || err2 != nil {
+		return true // the ConfigMap, a ServiceAccount
+	}
+	return om.GetGeneration() == 0 || om.GetGeneration() != cm.GetGeneration() ||
+		!maps.Equal(o.Labels, c.Labels) || o.Done != c.Done || o.Owned != c.Owned
 }
 
 // once computes the list and writes it if its bytes changed.
@@ -306,14 +316,29 @@ func (s *publisher) serviceAccounts(ctx context.Context) (func(ns, name string) 
 }
 
 // slim drops what the controller never reads before an object is cached:
-// managed fields and annotations (kubectl's last-applied copy of the whole
-// object among them) are most of a workload's size.
+// managed fields, annotations (kubectl's last-applied copy of the whole
+// object among them) and status are most of a workload's size. A Job keeps
+// its conditions, which say whether it ended.
 func slim(obj any) (any, error) {
+	if _, cm := obj.(*corev1.ConfigMap); cm {
+		obj.(*corev1.ConfigMap).ManagedFields = nil
+		return obj, nil
+	}
 	if m, err := meta.Accessor(obj); err == nil {
 		m.SetManagedFields(nil)
-		if _, cm := obj.(*corev1.ConfigMap); !cm {
-			m.SetAnnotations(nil)
-		}
+		m.SetAnnotations(nil)
+	}
+	switch o := obj.(type) {
+	case *appsv1.Deployment:
+		o.Status = appsv1.DeploymentStatus{}
+	case *appsv1.StatefulSet:
+		o.Status = appsv1.StatefulSetStatus{}
+	case *appsv1.DaemonSet:
+		o.Status = appsv1.DaemonSetStatus{}
+	case *batchv1.CronJob:
+		o.Status = batchv1.CronJobStatus{}
+	case *batchv1.Job:
+		o.Status = batchv1.JobStatus{Conditions: o.Status.Conditions}
 	}
 	return obj, nil
 }

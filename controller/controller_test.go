@@ -7,6 +7,7 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
@@ -98,7 +99,10 @@ func TestPublishes(t *testing.T) {
 
 	// A status change (same generation): no write.
 	before := patches()
-	d, _ := cs.AppsV1().Deployments("shop").Get(ctx, "web", metav1.GetOptions{})
+	d, err := cs.AppsV1().Deployments("shop").Get(ctx, "web", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	d.Status.Replicas = 3
 	if _, err := cs.AppsV1().Deployments("shop").UpdateStatus(ctx, d, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
@@ -117,6 +121,23 @@ func TestPublishes(t *testing.T) {
 	eventually("next revision", func(v string, _ bool) bool {
 		return strings.Contains(v, "nginx:1.28") && !strings.Contains(v, "nginx:1.27")
 	})
+
+	// A Job's images count until it ends; its end is a status change.
+	job := &batchv1.Job{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "migrate", Generation: 1},
+		Spec: batchv1.JobSpec{Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{
+			Containers: []corev1.Container{{Name: "m", Image: "corp.example/migrate:3"}},
+		}}},
+	}
+	if job, err = cs.BatchV1().Jobs("shop").Create(ctx, job, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually("a running Job", func(v string, _ bool) bool { return strings.Contains(v, "corp.example/migrate:3") })
+	job.Status.Conditions = []batchv1.JobCondition{{Type: batchv1.JobComplete, Status: corev1.ConditionTrue}}
+	if _, err := cs.BatchV1().Jobs("shop").UpdateStatus(ctx, job, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually("a Job that completed", func(v string, _ bool) bool { return !strings.Contains(v, "corp.example/migrate:3") })
 
 	// No selection: the key goes.
 	cm, _ := cs.CoreV1().ConfigMaps("kp").Get(ctx, "cfg", metav1.GetOptions{})

@@ -240,25 +240,37 @@ func TestControllerLeaderElection(t *testing.T) {
 
 // TestControllerWorkloads: `preloader controller` as the chart installs it
 // (helm install with a workloads section, the controller run as its
-// ServiceAccount) publishes the images of the workloads in covered
-// namespaces that match the selector, follows a Deployment's next revision,
-// and its key survives `preloader warm --image` and `helm upgrade`.
+// ServiceAccount) and two agents on real containerd 2.x, one node in pool
+// a and one in pool b. A Deployment created in a covered namespace gets
+// its image onto the node its nodeSelector names, and only there, without
+// any ConfigMap edit; its next revision's image follows and the old one
+// leaves the list; workloads in another namespace or outside the
+// selector are not preloaded. The key survives `helm upgrade` and
+// `preloader warm --image`.
 func TestControllerWorkloads(t *testing.T) {
 	k := harness.StartKube(t)
 	c := k.Client
 	ctx := context.Background()
-	bin, err := harness.BuildPreloader(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	reg := harness.StartRegistry(t, harness.RegistryOptions{})
+	imgs := harness.PushTestImages(t, reg, []harness.ImageSpec{
+		{Repo: "shop/web", Tag: "1.0", OwnLayers: 1, LayerSize: 32 << 10},
+		{Repo: "shop/web", Tag: "1.1", OwnLayers: 1, LayerSize: 32 << 10},
+		{Repo: "shop/report", Tag: "2.0", OwnLayers: 1, LayerSize: 32 << 10},
+		{Repo: "shop/batch", Tag: "1.0", OwnLayers: 1, LayerSize: 32 << 10},
+		{Repo: "lab/web", Tag: "1.0", OwnLayers: 1, LayerSize: 32 << 10},
+	})
+	web10, web11, report, batch, labWeb := imgs[0].Ref, imgs[1].Ref, imgs[2].Ref, imgs[3].Ref, imgs[4].Ref
+
 	createNamespaces(t, c, agentNS, "shop", "lab")
 	values := filepath.Join(t.TempDir(), "values.yaml")
 	writeValues := func(extraImage string) {
-		v := "distribution: kubeadm\nconfig:\n  sandboxImage: none\n  images:\n    - image: registry.k8s.io/pause:3.10\n"
+		v := "distribution: kubeadm\nconfig:\n  sandboxImage: none\n  resync: 3s\n  retry: {initialDelay: 200ms, maxDelay: 2s}\n  images:"
 		if extraImage != "" {
-			v += "    - image: " + extraImage + "\n"
+			v += "\n    - image: " + extraImage + "\n"
+		} else {
+			v += " []\n"
 		}
-		v += "  workloads:\n    - namespaces: [shop]\n      selector: {matchLabels: {tier: web}}\n"
+		v += "  workloads:\n    - namespaces: [shop]\n      selector: tier=web\n"
 		if err := os.WriteFile(values, []byte(v), 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -268,26 +280,46 @@ func TestControllerWorkloads(t *testing.T) {
 	if _, err := c.AppsV1().Deployments(agentNS).Get(ctx, "preloader-controller", metav1.GetOptions{}); err != nil {
 		t.Fatalf("the chart with workloads renders no controller Deployment: %v", err)
 	}
-	startController(t, bin, k.KubeconfigFor(t, agentNS, controllerSA), "controller-0")
+	startController(t, preloaderBin, k.KubeconfigFor(t, agentNS, controllerSA), "controller-0")
+	nodes := map[string]string{"pool-a-1": "a", "pool-b-1": "b"}
+	agents := map[string]*harness.Agent{}
+	for n, pool := range nodes {
+		createNode(t, c, n, nil, func(node *corev1.Node) { node.Labels["pool"] = pool })
+		ctrd := harness.StartContainerd(t, harness.ContainerdOptions{Flavor: harness.Containerd2})
+		agents[n] = startAgent(t, k.KubeconfigForPodOn(t, agentNS, agentSA, n), n, ctrd)
+	}
+	// Each node shows the config of both keys as they are now, with this
+	// many images, all present.
+	nodesShow := func(what string, want map[string]int) {
+		t.Helper()
+		cm, err := c.CoreV1().ConfigMaps(agentNS).Get(ctx, harness.AgentConfigMap, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		hash := workloads.Hash(cm.Data, "images.yaml")
+		for n, total := range want {
+			agents[n].Eventually(t, 60*time.Second, what+" on "+n, func() string { return harness.ViewNode(c, n).Shows(hash, total, total) })
+		}
+	}
 
-	web := deploymentOf("shop", "web", "corp.example/shop/web:1.0", map[string]string{"tier": "web"}, map[string]string{"pool": "a"})
+	web := deploymentOf("shop", "web", web10, map[string]string{"tier": "web"}, map[string]string{"pool": "a"})
 	if _, err := c.AppsV1().Deployments("shop").Create(ctx, web, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	// Not selected: another label, another namespace.
 	for _, d := range []*appsv1.Deployment{
-		deploymentOf("shop", "batch", "corp.example/shop/batch:1.0", map[string]string{"tier": "batch"}, nil),
-		deploymentOf("lab", "web", "corp.example/lab/web:1.0", map[string]string{"tier": "web"}, nil),
+		deploymentOf("shop", "batch", batch, map[string]string{"tier": "batch"}, nil),
+		deploymentOf("lab", "web", labWeb, map[string]string{"tier": "web"}, nil),
 	} {
 		if _, err := c.AppsV1().Deployments(d.Namespace).Create(ctx, d, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	// Another kind, selected.
+	// Another kind, selected, placed nowhere in particular.
 	cron := &batchv1.CronJob{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "report", Labels: map[string]string{"tier": "web"}},
 		Spec: batchv1.CronJobSpec{Schedule: "0 * * * *", JobTemplate: batchv1.JobTemplateSpec{Spec: batchv1.JobSpec{Template: corev1.PodTemplateSpec{
-			Spec: corev1.PodSpec{RestartPolicy: corev1.RestartPolicyNever, Containers: []corev1.Container{{Name: "r", Image: "corp.example/shop/report:2.0"}}},
+			Spec: corev1.PodSpec{RestartPolicy: corev1.RestartPolicyNever, Containers: []corev1.Container{{Name: "r", Image: report}}},
 		}}}},
 	}
 	if _, err := c.BatchV1().CronJobs("shop").Create(ctx, cron, metav1.CreateOptions{}); err != nil {
@@ -295,12 +327,12 @@ func TestControllerWorkloads(t *testing.T) {
 	}
 
 	data := eventuallyKey(t, c, 10*time.Second, "the selected Deployment and CronJob", func(data string, ok bool) string {
-		if w := lists("corp.example/shop/web:1.0")(data, ok); w != "" {
+		if w := lists(web10)(data, ok); w != "" {
 			return w
 		}
-		return lists("corp.example/shop/report:2.0")(data, ok)
+		return lists(report)(data, ok)
 	})
-	for _, img := range []string{"corp.example/shop/batch:1.0", "corp.example/lab/web:1.0"} {
+	for _, img := range []string{batch, labWeb} {
 		if strings.Contains(data, img) {
 			t.Errorf("%s lists %s, of a workload outside the selection", workloads.Key, img)
 		}
@@ -308,25 +340,28 @@ func TestControllerWorkloads(t *testing.T) {
 	if !strings.Contains(data, "shop/deployment/web") || !strings.Contains(data, "pool") {
 		t.Errorf("%s does not name the workload and its nodeSelector:\n%s", workloads.Key, data)
 	}
+	// pool a: web and report; pool b: report only.
+	nodesShow("the selected workloads' images", map[string]int{"pool-a-1": 2, "pool-b-1": 1})
 
 	// The next revision: its image replaces the old one.
-	web, err = c.AppsV1().Deployments("shop").Get(ctx, "web", metav1.GetOptions{})
+	web, err := c.AppsV1().Deployments("shop").Get(ctx, "web", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	web.Spec.Template.Spec.Containers[0].Image = "corp.example/shop/web:1.1"
+	web.Spec.Template.Spec.Containers[0].Image = web11
 	if _, err := c.AppsV1().Deployments("shop").Update(ctx, web, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	data = eventuallyKey(t, c, 10*time.Second, "the next revision", func(data string, ok bool) string {
-		if w := lists("corp.example/shop/web:1.1")(data, ok); w != "" {
+		if w := lists(web11)(data, ok); w != "" {
 			return w
 		}
-		if strings.Contains(data, "corp.example/shop/web:1.0") {
+		if strings.Contains(data, web10) {
 			return "the old image is still listed"
 		}
 		return ""
 	})
+	nodesShow("the next revision's image", map[string]int{"pool-a-1": 2, "pool-b-1": 1})
 
 	// What writes the ConfigMap besides the controller keeps the key: a
 	// watch sees every version, so a key erased and restored shows too.
@@ -357,7 +392,7 @@ func TestControllerWorkloads(t *testing.T) {
 	}
 	// After helm: helm 4 applies server-side, and refuses to take
 	// images.yaml back from warm (existingConfigMap is for that).
-	out, err := exec.Command(bin, "warm", "--configmap", agentNS+"/"+harness.AgentConfigMap, "--image", "corp.example/tools/warm:1.0", "--kubeconfig", k.Kubeconfig).CombinedOutput()
+	out, err := exec.Command(preloaderBin, "warm", "--configmap", agentNS+"/"+harness.AgentConfigMap, "--image", "corp.example/tools/warm:1.0", "--kubeconfig", k.Kubeconfig).CombinedOutput()
 	if err != nil {
 		t.Fatalf("preloader warm: %v\n%s", err, out)
 	}
