@@ -265,6 +265,56 @@ func TestChartValues(t *testing.T) {
 	})
 }
 
+// TestChartController: the controller's objects follow the config's
+// workloads section unless controller.enabled says otherwise, and it may
+// read ServiceAccounts only when a selection uses pull secrets.
+func TestChartController(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		args       []string
+		controller bool
+		readsSAs   bool
+	}{
+		{"defaults", nil, false, false},
+		{"workloads", []string{"--set-json", `config={"images":[],"workloads":[{"namespaces":["shop"]}]}`}, true, false},
+		{"workloads as a string", []string{"--set-string", "config=images: []\nworkloads:\n  - namespaces: [shop]\n"}, true, false},
+		{"usePullSecrets", []string{"--set-json", `config={"images":[],"workloads":[{"usePullSecrets":true}]}`}, true, true},
+		{"turned off", []string{"--set-json", `config={"images":[],"workloads":[{}]}`, "--set", "controller.enabled=false"}, false, false},
+		{"existingConfigMap", []string{"--set", "existingConfigMap=site", "--set", "controller.enabled=true", "--set", "controller.readServiceAccounts=true"}, true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out := harness.MustHelm(t, "", append([]string{"template", "kube-preloader", chartDir, "-n", "ops"}, tc.args...)...)
+			objs := objectsByKey(t, []byte(out))
+			d := objs["Deployment/ops/preloader-controller"]
+			if (d != nil) != tc.controller {
+				t.Fatalf("controller Deployment rendered: %v, want %v", d != nil, tc.controller)
+			}
+			if !tc.controller {
+				return
+			}
+			args := fmt.Sprint(dig(d, "spec", "template", "spec", "containers").([]any)[0].(map[string]any)["args"])
+			cm := "preloader-config"
+			if strings.Contains(strings.Join(tc.args, " "), "existingConfigMap=site") {
+				cm = "site"
+			}
+			if args != "[controller --configmap ops/"+cm+"]" {
+				t.Errorf("args %s", args)
+			}
+			role := fmt.Sprint(dig(objs["Role/ops/preloader-controller"], "rules"))
+			if !strings.Contains(role, "resourceNames:["+cm+"]") || !strings.Contains(role, "resourceNames:[preloader-controller]") {
+				t.Errorf("the controller's Role does not name its ConfigMap and Lease: %s", role)
+			}
+			rules := fmt.Sprint(dig(objs["ClusterRole//kube-preloader-controller"], "rules"))
+			if got := strings.Contains(rules, "serviceaccounts"); got != tc.readsSAs {
+				t.Errorf("ClusterRole reads serviceaccounts: %v, want %v: %s", got, tc.readsSAs, rules)
+			}
+			if strings.Contains(rules, "secrets") || strings.Contains(rules, "create") || strings.Contains(rules, "patch") {
+				t.Errorf("the controller's ClusterRole grants more than reads of workloads: %s", rules)
+			}
+		})
+	}
+}
+
 // credentialProviderMount is one hostPath the agent sees of the kubelet's
 // credential provider config or plugins.
 type credentialProviderMount struct {
