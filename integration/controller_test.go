@@ -219,6 +219,33 @@ func TestControllerLeaderElection(t *testing.T) {
 		t.Error("both electors led at once")
 	}
 
+	// Another holder in the Lease (a replica that took it while this one
+	// could not renew): the leader's next renewal finds it, stops its
+	// work and returns ErrLostLeadership.
+	l, err := k.Client.CoordinationV1().Leases(agentNS).Get(context.Background(), controller.LeaseName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	intruder := "replica-c"
+	now := metav1.NewMicroTime(time.Now())
+	l.Spec.HolderIdentity, l.Spec.RenewTime = &intruder, &now
+	if _, err := k.Client.CoordinationV1().Leases(agentNS).Update(context.Background(), l, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	taken := time.Now()
+	select {
+	case err := <-results[other]:
+		if !errors.Is(err, controller.ErrLostLeadership) {
+			t.Errorf("Run of the leader whose Lease was taken: %v, want ErrLostLeadership", err)
+		}
+		if leading[other].Load() {
+			t.Error("the work of the leader that lost its Lease still runs")
+		}
+		t.Logf("the leader saw its Lease taken %s after", time.Since(taken).Round(time.Millisecond))
+	case <-time.After(controller.DefaultRenewEvery + 5*time.Second):
+		t.Fatal("the leader did not notice another holder of its Lease")
+	}
+
 	// The lease-names policy: the controller may create only its own
 	// Lease; the agents may not write it.
 	ctx := context.Background()
@@ -227,7 +254,7 @@ func TestControllerLeaderElection(t *testing.T) {
 		t.Errorf("the controller creating preloader-slot-0: %v, want a refusal by kube-preloader-lease-names", err)
 	}
 	agentCS := kubernetes.NewForConfigOrDie(k.ConfigFor(t, agentNS, agentSA))
-	l, err := agentCS.CoordinationV1().Leases(agentNS).Get(ctx, controller.LeaseName, metav1.GetOptions{})
+	l, err = agentCS.CoordinationV1().Leases(agentNS).Get(ctx, controller.LeaseName, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
