@@ -6,7 +6,10 @@
 //
 // The controller informs on the five workload kinds across the cluster,
 // on its ConfigMap (by name) and, once a selection asks for pull secrets,
-// on ServiceAccounts. A change of any of them, debounced, recomputes the
+// on ServiceAccounts. Cluster-wide even when every selection names its
+// namespaces: the selection changes with the ConfigMap, without a restart,
+// and one watch per kind costs the API server less than one per kind and
+// namespace. A change of any of them, debounced, recomputes the
 // list; the key is written only when its bytes change, as a merge patch
 // of that one key under its own field manager, so images.yaml and every
 // other key stay as their owners (helm, `preloader warm`) wrote them. At
@@ -20,7 +23,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"sync"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -78,7 +80,7 @@ func Run(ctx context.Context, o Options) error {
 		Leases: o.Client.Leases(o.Namespace), Name: LeaseName, Identity: o.Identity,
 		LeaseDuration: o.LeaseDuration, RenewEvery: o.RenewEvery, RetryEvery: o.RetryEvery, Log: o.Log,
 	}
-	err := e.Run(ctx, func(ctx context.Context) error { return newSync(o).run(ctx) })
+	err := e.Run(ctx, func(ctx context.Context) error { return newPublisher(o).run(ctx) })
 	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
 		return nil
 	}
@@ -92,14 +94,13 @@ type publisher struct {
 	kick  chan struct{}
 	cm    cache.SharedIndexInformer
 	kinds []cache.SharedIndexInformer
-	saMu  sync.Mutex
 	sa    cache.SharedIndexInformer // started once a selection has usePullSecrets
 
 	lastBad  string // the last invalid images.yaml logged, so it is logged once
 	selected bool   // the last config had a selection
 }
 
-func newSync(o Options) *publisher {
+func newPublisher(o Options) *publisher {
 	return &publisher{o: o, log: o.Log, kick: make(chan struct{}, 1)}
 }
 
@@ -289,8 +290,6 @@ func usesPullSecrets(sel []config.Workload) bool {
 // serviceAccounts starts the ServiceAccount informer the first time a
 // selection needs it, and returns its lookup.
 func (s *publisher) serviceAccounts(ctx context.Context) (func(ns, name string) *corev1.ServiceAccount, error) {
-	s.saMu.Lock()
-	defer s.saMu.Unlock()
 	if s.sa == nil {
 		c := s.o.Client
 		s.sa = kubeapi.NewInformer(c, c.ServiceAccounts(""), &corev1.ServiceAccount{}, nil)
