@@ -154,18 +154,24 @@ func TestAPILoadAtRest(t *testing.T) {
 	}
 	counter := startAPICounter(t, k)
 
-	// The workloads' images are never pulled (the registry does not
-	// exist, and the agents retry slowly): at rest is after the first
-	// attempts, whatever their outcome.
-	harness.SetImagesYAML(t, c, "sandboxImage: none\nretry: {initialDelay: 1h, maxDelay: 1h}\nimages: []\nworkloads:\n  - namespaces: [shop]\n")
+	// Real images, small, so that the agents hold them all and are at
+	// rest: present, nothing to retry.
+	reg := harness.StartRegistry(t, harness.RegistryOptions{})
+	var specs []harness.ImageSpec
+	for i := range 200 {
+		specs = append(specs, harness.ImageSpec{Repo: fmt.Sprintf("shop/app-%03d", i), Tag: "1", OwnLayers: 1, LayerSize: 1 << 10})
+	}
+	imgs := harness.PushTestImages(t, reg, specs)
+	harness.SetImagesYAML(t, c, "sandboxImage: none\nimages: []\nworkloads:\n  - namespaces: [shop]\n")
 	ctrl := startControllerProcess(t, bin, counter.through(t, k.KubeconfigFor(t, harness.AgentNamespace, "preloader-controller")))
-	for i := range n {
-		node := fmt.Sprintf("load-%02d", i)
-		if _, err := c.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: node}}, metav1.CreateOptions{}); err != nil {
+	nodes := make([]string, n)
+	for i := range nodes {
+		nodes[i] = fmt.Sprintf("load-%02d", i)
+		if _, err := c.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodes[i]}}, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		ctrd := harness.StartContainerd(t, harness.ContainerdOptions{Flavor: harness.Containerd2})
-		harness.StartAgent(t, harness.AgentOptions{Bin: bin, Kubeconfig: counter.through(t, k.KubeconfigForPodOn(t, harness.AgentNamespace, harness.AgentServiceAccount, node)), Node: node, Containerd: ctrd})
+		harness.StartAgent(t, harness.AgentOptions{Bin: bin, Kubeconfig: counter.through(t, k.KubeconfigForPodOn(t, harness.AgentNamespace, harness.AgentServiceAccount, nodes[i])), Node: nodes[i], Containerd: ctrd})
 	}
 
 	created := 0
@@ -178,7 +184,7 @@ func TestAPILoadAtRest(t *testing.T) {
 					Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "x"}},
 					Template: corev1.PodTemplateSpec{
 						ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "x"}},
-						Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: fmt.Sprintf("registry.invalid/shop/app-%03d:1", created)}}},
+						Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: imgs[created].Ref}}},
 					},
 				},
 			}
@@ -186,14 +192,16 @@ func TestAPILoadAtRest(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		want := fmt.Sprintf("registry.invalid/shop/app-%03d:1", m-1)
+		want := imgs[m-1].Ref
 		deadline := time.Now().Add(time.Minute)
+		var hash string
 		for {
 			cm, err := c.CoreV1().ConfigMaps(harness.AgentNamespace).Get(ctx, harness.AgentConfigMap, metav1.GetOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
 			if strings.Contains(cm.Data[workloads.Key], want) {
+				hash = workloads.Hash(cm.Data, "images.yaml")
 				break
 			}
 			if time.Now().After(deadline) {
@@ -201,7 +209,17 @@ func TestAPILoadAtRest(t *testing.T) {
 			}
 			time.Sleep(200 * time.Millisecond)
 		}
-		// Let the agents take the change in and settle, then count.
+		// At rest: every node holds every image, then a pause for the
+		// last status writes and Events.
+		deadline = time.Now().Add(10 * time.Minute)
+		for _, node := range nodes {
+			for why := "?"; why != ""; {
+				if why = harness.ViewNode(c, node).Shows(hash, m, m); why != "" && time.Now().After(deadline) {
+					t.Fatalf("%d workloads: %s: %s", m, node, why)
+				}
+				time.Sleep(time.Second)
+			}
+		}
 		time.Sleep(20 * time.Second)
 		counter.take()
 		time.Sleep(window)
