@@ -107,7 +107,7 @@ scale: deps
 	PRELOADER_SCALE=$(SCALE_NODES) $(GOTEST) -run '^TestScale' -v -timeout $(SCALE_TIMEOUT) ./integration/scale/
 
 LOAD_NODES  ?= 5
-LOAD_WINDOW ?= 15m
+LOAD_WINDOW ?= 10m
 # LOAD_NODES agents and preloader controller at rest, behind a proxy that
 # counts the API requests of each, for LOAD_WINDOW with 10 and with 200
 # selected workloads: the figures of docs/operations/large-clusters.md.
