@@ -19,10 +19,14 @@ type loadedConfig struct {
 // configState remembers the last good config and what has been said about
 // the ConfigMap, so that each problem is explained once, not every sync.
 type configState struct {
-	good       *loadedConfig
-	badHash    string // content last reported invalid
-	gone       bool   // the ConfigMap's absence has been reported
-	waitLogged bool   // "no ConfigMap yet" has been logged
+	good    *loadedConfig
+	badHash string // content last reported invalid
+	// unlistedHash is content whose workloads section preloader
+	// controller has not listed yet (no workloads.yaml): not applied,
+	// since the list it would give is not the whole list.
+	unlistedHash string
+	gone         bool // the ConfigMap's absence has been reported
+	waitLogged   bool // "no ConfigMap yet" has been logged
 }
 
 // currentConfig returns the config to apply: the ConfigMap's, or, when it is
@@ -50,6 +54,8 @@ func (a *Agent) currentConfig() *loadedConfig {
 		return cs.good
 	case hash == cs.badHash:
 		return cs.good // invalid, and already explained
+	case hash == cs.unlistedHash:
+		return cs.good // waiting for the controller, already said
 	}
 
 	var cfg *config.Config
@@ -59,11 +65,23 @@ func (a *Agent) currentConfig() *loadedConfig {
 		cfg, err = a.parse(cm.Data)
 	}
 	if err != nil {
-		cs.badHash = hash
+		cs.badHash, cs.unlistedHash = hash, ""
 		a.configInvalid(cm, hash, err)
 		return cs.good
 	}
-	cs.good, cs.badHash = &loadedConfig{Config: cfg, hash: hash}, ""
+	if _, listed := cm.Data[workloads.Key]; !listed && len(cfg.Workloads) > 0 {
+		// Applied now, a config whose images come from workloads would
+		// make a new node ready, and lift its taint, with none of them.
+		cs.unlistedHash, cs.badHash = hash, ""
+		keeping := "nothing is preloaded until it does"
+		if cs.good != nil {
+			keeping = "keeping the last good config " + cs.good.hash
+		}
+		a.log.Warn("images.yaml selects workloads, but preloader controller has not listed their images yet (key "+workloads.Key+"); is it running?",
+			"configmap", a.cmKey, "configHash", hash, "keeping", keeping)
+		return cs.good
+	}
+	cs.good, cs.badHash, cs.unlistedHash = &loadedConfig{Config: cfg, hash: hash}, "", ""
 	a.configLoaded.Store(true)
 	a.log.Info("config loaded", "configmap", a.cmKey, "configHash", hash, "images", len(cfg.Images), "resync", cfg.Resync.String(), "rollout", cfg.Rollout.Describe())
 	return cs.good
@@ -112,7 +130,7 @@ func (a *Agent) configInvalid(cm *corev1.ConfigMap, hash string, err error) {
 // first config that only waits; after it, the last good config stays.
 func (a *Agent) configMissing() {
 	cs := &a.state.config
-	cs.badHash = "" // a ConfigMap created again is judged afresh
+	cs.badHash, cs.unlistedHash = "", "" // a ConfigMap created again is judged afresh
 	if cs.good == nil {
 		if !cs.waitLogged {
 			cs.waitLogged = true

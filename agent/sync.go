@@ -106,6 +106,7 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 		}
 	}
 	if !atRest {
+		a.leaveUnconfigured(ctx, cfg, apply)
 		results, err := a.runInTurn(ctx, cfg, apply)
 		if err != nil {
 			return a.syncFailed(ctx, cfg, ReasonRuntimeUnavailable, err)
@@ -323,7 +324,11 @@ func (a *Agent) reportUnconfigured(ctx context.Context) time.Duration {
 		return 0
 	}
 	var w nodeWrite
-	w.setCond(v, nodestatus.Unconfigured(a.cmKey, a.state.config.badHash != ""))
+	c := nodestatus.Unconfigured(a.cmKey, a.state.config.badHash != "")
+	if a.state.config.unlistedHash != "" {
+		c = nodestatus.WorkloadsNotListed(a.cmKey)
+	}
+	w.setCond(v, c)
 	if w.cond == nil {
 		return 0
 	}
@@ -335,6 +340,37 @@ func (a *Agent) reportUnconfigured(ctx context.Context) time.Duration {
 	}
 	a.log.Info("Node updated", "condition", string(w.cond.Status)+" "+w.cond.Reason)
 	return 0
+}
+
+// leaveUnconfigured moves a condition that says the agent has no config
+// (or waits for the controller's list) on to the images still missing,
+// before a run that may pull for minutes: a condition that still said
+// "nothing is preloaded" meanwhile would be wrong. Only to False: the
+// run's own report says True, with the label.
+func (a *Agent) leaveUnconfigured(ctx context.Context, cfg *loadedConfig, images []config.Image) {
+	node, v := a.ownView()
+	switch {
+	case node == nil:
+		return
+	case v.cond.Reason != nodestatus.ReasonNoConfig && v.cond.Reason != nodestatus.ReasonConfigInvalid && v.cond.Reason != nodestatus.ReasonWorkloadsNotListed:
+		return
+	}
+	st := a.freshStatus(ctx, cfg.hash, images)
+	if st.Ready() {
+		return
+	}
+	var w nodeWrite
+	w.setCond(v, nodestatus.ConditionOf(st))
+	if w.cond == nil {
+		return
+	}
+	if err := a.writeNode(ctx, node, v, w); err != nil {
+		if ctx.Err() == nil {
+			a.log.Error("cannot update the Node", "err", err)
+		}
+		return
+	}
+	a.log.Info("Node updated", "condition", string(w.cond.Status)+" "+w.cond.Reason)
 }
 
 // reportFailures records an Event for each image that newly failed or

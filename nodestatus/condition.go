@@ -29,6 +29,10 @@ const (
 	// ReasonConfigInvalid: the agent's ConfigMap holds no valid config and
 	// none was loaded before.
 	ReasonConfigInvalid = "ConfigInvalid"
+	// ReasonWorkloadsNotListed: the config selects workloads, and
+	// preloader controller has not written their images yet; none was
+	// loaded before.
+	ReasonWorkloadsNotListed = "WorkloadsNotListed"
 )
 
 // Condition is what the agent writes of ConditionImagesReady; the times
@@ -81,6 +85,14 @@ func Unconfigured(configMap string, invalid bool) Condition {
 	}
 	return Condition{Status: corev1.ConditionFalse, Reason: ReasonNoConfig,
 		Message: fmt.Sprintf("no ConfigMap %s yet; nothing is preloaded", configMap)}
+}
+
+// WorkloadsNotListed is the condition of a node whose agent waits for
+// preloader controller's list of the workloads that the config of the
+// ConfigMap configMap (NAMESPACE/NAME) selects.
+func WorkloadsNotListed(configMap string) Condition {
+	return Condition{Status: corev1.ConditionFalse, Reason: ReasonWorkloadsNotListed,
+		Message: fmt.Sprintf("ConfigMap %s selects workloads, and preloader controller has not listed their images yet (key workloads.yaml); nothing is preloaded", configMap)}
 }
 
 // ConditionFrom is the ConditionImagesReady of a Node's conditions; false
