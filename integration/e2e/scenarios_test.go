@@ -61,6 +61,9 @@ const (
 	agentMetrics = "http://127.0.0.1:9741/metrics"
 	// notReadyTaint is the taint nodes register with and the agent lifts.
 	notReadyTaint = "preloader.io/not-ready"
+	// startupTaint is a taint cluster-autoscaler knows, by its prefix, to
+	// be a startup taint: the new node's, and its agent's --taint-key.
+	startupTaint = "startup-taint.cluster-autoscaler.kubernetes.io/preloader"
 	// resync is the agent's resync in the test's images.yaml.
 	resync = 5 * time.Second
 	// kubeletDropIns is where the agent's pod sees the kubelet's
@@ -260,6 +263,13 @@ type run struct {
 	agentPod string
 	// entries and sandbox are the images.yaml the test last wrote.
 	entries []cfgEntry
+	// workloads are the namespaces of its workloads section; with them
+	// the install includes preloader controller.
+	workloads []string
+	// taintKey is the taint the node registers with and the agent lifts:
+	// the chart's taintKey, which the install sets where it is not the
+	// default.
+	taintKey string
 	// prune: the config says prune: true (scenario p).
 	prune   bool
 	sandbox string
@@ -286,7 +296,7 @@ type cmdResult struct {
 
 func newRun(t *testing.T, kind nodeKind, full bool) *run {
 	t.Helper()
-	r := &run{kind: kind, flavor: kind.flavor, full: full, img: map[string]harness.TestImage{}, sandbox: "auto"}
+	r := &run{kind: kind, flavor: kind.flavor, full: full, img: map[string]harness.TestImage{}, sandbox: "auto", taintKey: notReadyTaint}
 	r.kubectl = kubectlBinary(t)
 	r.user = "e2e-puller"
 	r.password = "pw-" + randomHex(t, 12)
@@ -464,7 +474,7 @@ func unauthorizedWord(msg string) string {
 // startNode starts the run's node: containerd with the pause image on the
 // private registry, the bootstrap hook (`preloader once` with a legacy
 // .dockercfg) before the kubelet, and, with taint, the kubelet registering
-// the node with preloader.io/not-ready.
+// the node with the run's taintKey.
 func (r *run) startNode(t *testing.T, taint bool) {
 	t.Helper()
 	opts := harness.NodeOptions{
@@ -489,7 +499,7 @@ func (r *run) startNode(t *testing.T, taint bool) {
 		opts.Layout = "k3s"
 	}
 	if taint {
-		opts.RegisterWithTaints = []corev1.Taint{{Key: notReadyTaint, Effect: corev1.TaintEffectNoSchedule}}
+		opts.RegisterWithTaints = []corev1.Taint{{Key: r.taintKey, Effect: corev1.TaintEffectNoSchedule}}
 	}
 	r.node = harness.StartNode(t, opts)
 	t.Cleanup(func() {
@@ -728,11 +738,12 @@ func (r *run) kustomizeApply(t *testing.T) time.Time {
 		t.Fatal(err)
 	}
 	name, tag, _ := strings.Cut(strings.TrimPrefix(r.agentImage, r.pub.Host+"/"), ":")
+	extraResources, extraPatches := r.installExtras(t, dir)
 	write(t, filepath.Join(dir, "kustomization.yaml"), fmt.Sprintf(`apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
 resources:
   - %s
-images:
+%simages:
   - name: ghcr.io/kube-preloader/preloader
     newName: %s/%s
     newTag: %s
@@ -753,7 +764,7 @@ patches:
       - op: add
         path: /spec/template/spec/volumes/-
         value: {name: kubelet-config-dir, hostPath: {path: %s, type: Directory}}%s
-`, rel, r.pub.Host, name, tag, kubeletDropIns, kubeletDropIns, r.node.KubeletConfigDir, crioPatch))
+%s`, rel, extraResources, r.pub.Host, name, tag, kubeletDropIns, kubeletDropIns, r.node.KubeletConfigDir, crioPatch, extraPatches))
 	port := strconv.Itoa(r.node.APIServerPort())
 	write(t, filepath.Join(dir, "daemonset-run.yaml"), `apiVersion: apps/v1
 kind: DaemonSet
@@ -873,6 +884,9 @@ func (r *run) renderConfig() string {
 		if e.Refresh > 0 {
 			fmt.Fprintf(&b, "    refresh: %s\n", e.Refresh)
 		}
+	}
+	if len(r.workloads) > 0 {
+		fmt.Fprintf(&b, "workloads:\n  - namespaces: [%s]\n", strings.Join(r.workloads, ", "))
 	}
 	fmt.Fprintf(&b, "sandboxImage: %s\nresync: %s\n", r.sandbox, resync)
 	if r.prune {
