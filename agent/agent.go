@@ -182,7 +182,9 @@ func New(opts Options) (*Agent, error) {
 
 	// The ConfigMap and the Node are each watched alone (a field selector
 	// on the name, so a node in a big cluster receives nothing but its own
-	// object), Secrets and ServiceAccounts across the namespace.
+	// object), Secrets and ServiceAccounts across the namespace; Secrets
+	// of other namespaces one by one, as the config names them
+	// (secretWatches).
 	byName := func(name string) func(*metav1.ListOptions) {
 		return func(o *metav1.ListOptions) {
 			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", name).String()
@@ -198,6 +200,7 @@ func New(opts Options) (*Agent, error) {
 		namespace:       opts.Namespace,
 		secrets:         corelisters.NewSecretLister(secrets.GetIndexer()),
 		serviceAccounts: corelisters.NewServiceAccountLister(serviceAccounts.GetIndexer()),
+		elsewhere:       &secretWatches{client: c, wake: a.Wake, log: a.log},
 	}
 	a.tokens = &saTokens{client: c, namespace: opts.Namespace, serviceAccounts: a.creds.serviceAccounts, now: time.Now}
 

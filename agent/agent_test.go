@@ -98,7 +98,17 @@ func start(t *testing.T, setup func(*critest.Server), objs ...runtime.Object) *t
 // startWith is start with the agent's Options adjusted by opts.
 func startWith(t *testing.T, setup func(*critest.Server), opts func(*Options), objs ...runtime.Object) *testEnv {
 	t.Helper()
+	return startAPI(t, setup, opts, nil, objs...)
+}
+
+// startAPI is startWith with the fake API server adjusted by api (its
+// reactors) before the agent starts.
+func startAPI(t *testing.T, setup func(*critest.Server), opts func(*Options), api func(*fake.Clientset), objs ...runtime.Object) *testEnv {
+	t.Helper()
 	e := &testEnv{t: t, client: fake.NewClientset(objs...), runtime: critest.Start(t), logs: &syncBuffer{}, done: make(chan error, 1)}
+	if api != nil {
+		api(e.client)
+	}
 	if setup != nil {
 		setup(e.runtime)
 	}

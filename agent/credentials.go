@@ -3,8 +3,10 @@ package agent
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 
+	corev1 "k8s.io/api/core/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
@@ -26,6 +28,9 @@ type credentials struct {
 	namespace       string
 	secrets         corelisters.SecretLister
 	serviceAccounts corelisters.ServiceAccountLister
+	// elsewhere are the Secrets named NAMESPACE/NAME, of other
+	// namespaces.
+	elsewhere *secretWatches
 }
 
 // imageAuth is what credentials found for one run.
@@ -110,17 +115,53 @@ func (c credentials) keyring(img config.Image) (*keyring.Keyring, string) {
 	}
 	k := &keyring.Keyring{}
 	for _, name := range names {
-		s, err := c.secrets.Secrets(c.namespace).Get(name)
-		if err != nil {
-			return nil, fmt.Sprintf("secret %s/%s not found", c.namespace, name)
+		s, problem := c.secret(name)
+		if problem != "" {
+			return nil, problem
 		}
 		// The error names the Secret, its type and what is wrong, by key
 		// and position, never by value.
-		if err := k.AddFromSecret(string(s.Type), s.Data, fmt.Sprintf("secret %s/%s", c.namespace, name)); err != nil {
+		if err := k.AddFromSecret(string(s.Type), s.Data, fmt.Sprintf("secret %s/%s", s.Namespace, s.Name)); err != nil {
 			return nil, err.Error()
 		}
 	}
 	return k, ""
+}
+
+// secret finds a pull secret: NAME in the agent's namespace, or
+// NAMESPACE/NAME, which a workload selection with usePullSecrets names.
+func (c credentials) secret(name string) (*corev1.Secret, string) {
+	ns, n, qualified := splitQualified(name)
+	if !qualified || ns == c.namespace {
+		if !qualified {
+			ns, n = c.namespace, name
+		}
+		s, err := c.secrets.Secrets(ns).Get(n)
+		if err != nil {
+			return nil, fmt.Sprintf("secret %s/%s not found", ns, n)
+		}
+		return s, ""
+	}
+	return c.elsewhere.get(ns, n)
+}
+
+// elsewhereKeys are the Secrets of other namespaces that images name, as
+// NAMESPACE/NAME.
+func (c credentials) elsewhereKeys(images []config.Image) []string {
+	var keys []string
+	for _, img := range images {
+		for _, name := range img.PullSecrets {
+			if ns, _, ok := splitQualified(name); ok && ns != c.namespace && !slices.Contains(keys, name) {
+				keys = append(keys, name)
+			}
+		}
+	}
+	return keys
+}
+
+// splitQualified splits NAMESPACE/NAME; ok is false for a bare NAME.
+func splitQualified(s string) (ns, name string, ok bool) {
+	return strings.Cut(s, "/")
 }
 
 // gatedStore refuses, without asking the runtime, to pull references

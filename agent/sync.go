@@ -189,6 +189,10 @@ func (a *Agent) runInTurn(ctx context.Context, cfg *loadedConfig, images []confi
 // run makes the images present: one bounded engine run, so that a failure
 // shows in status soon and a new config waits at most one attempt.
 func (a *Agent) run(ctx context.Context, cfg *loadedConfig, images []config.Image) ([]preload.Result, error) {
+	if keys := a.creds.elsewhereKeys(images); len(keys) > 0 || a.creds.elsewhere.watching() {
+		a.creds.elsewhere.want(ctx, keys)
+		a.creds.elsewhere.wait(ctx, settleTimeout)
+	}
 	creds := a.creds.resolve(images)
 	creds.plugins = a.opts.CredentialProviders.Gate(ctx, a.tokens)
 	engine := a.engine()
