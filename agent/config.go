@@ -90,26 +90,7 @@ func (a *Agent) currentConfig() *loadedConfig {
 // parse reads images.yaml and adds the images `preloader controller`
 // derived from workloads, when it has written them.
 func (a *Agent) parse(data map[string]string) (*config.Config, error) {
-	cfg, err := config.Parse(a.configFile(), []byte(data[ConfigKey]))
-	if err != nil {
-		return nil, err
-	}
-	derived, ok := data[workloads.Key]
-	if !ok {
-		return cfg, nil
-	}
-	l, err := workloads.Decode(fmt.Sprintf("configmap %s %s", a.cmKey, workloads.Key), derived)
-	if err != nil {
-		return nil, err
-	}
-	workloads.Merge(cfg, l)
-	return cfg, nil
-}
-
-// configFile is the name Parse puts in front of every problem's line
-// number, so that messages say where to look.
-func (a *Agent) configFile() string {
-	return fmt.Sprintf("configmap %s %s", a.cmKey, ConfigKey)
+	return workloads.Config("configmap "+a.cmKey, ConfigKey, data)
 }
 
 // configInvalid explains a bad config in the log and in Events on the

@@ -29,6 +29,9 @@ type Waiter struct {
 	Image           Image
 	Edit            Edit      // what Add returned
 	Progress        io.Writer // where counts and nodes' failures are printed
+	// Target, if set, is a workload whose images to wait for instead of
+	// Image; Edit is then unused.
+	Target *Target
 
 	accept  map[string]bool // config hashes that list the image
 	removed bool            // a later config no longer lists it
@@ -36,6 +39,8 @@ type Waiter struct {
 	// reason last printed for each node: each is printed when it changes.
 	lastProgress string
 	reported     map[string]string
+	// acceptImage is, per image of Target, the config hashes that list it.
+	acceptImage map[string]map[string]bool
 }
 
 // UnreachableError is Wait ending before it could read the Nodes and the
@@ -56,9 +61,29 @@ type nodeState struct {
 
 // Wait returns nil once every node that reports has the image, and an
 // error when ctx ends first or someone takes the image out of the config.
+// With Target set, it waits instead for the workload's images on the
+// nodes that will run it (WaitWorkload).
 func (w *Waiter) Wait(ctx context.Context) error {
+	if w.Target != nil {
+		return w.waitWorkload(ctx)
+	}
 	w.accept = map[string]bool{w.Edit.Hash: true}
 	w.removed, w.lastProgress, w.reported = false, "", map[string]string{}
+	var states []nodeState
+	return w.watch(ctx, func(cms, nodes []any) (bool, error) {
+		w.observeConfig(cms)
+		if w.removed {
+			return false, fmt.Errorf("%s was removed from %s/%s while waiting", w.Image.Ref, w.Namespace, w.Name)
+		}
+		states = w.evaluate(nodes)
+		return w.progress(states), nil
+	}, func(ctx context.Context) error { return w.timedOut(ctx, states) })
+}
+
+// watch runs the informers and calls step with what they hold, at first
+// and after every change, until it is done or fails; when ctx ends first,
+// timedOut says what was still lacking.
+func (w *Waiter) watch(ctx context.Context, step func(cms, nodes []any) (bool, error), timedOut func(context.Context) error) error {
 	changed := make(chan struct{}, 1)
 	nodes, cms, err := w.informers(changed)
 	if err != nil {
@@ -71,20 +96,15 @@ func (w *Waiter) Wait(ctx context.Context) error {
 	if err := w.synced(ctx, nodes, cms); err != nil {
 		return err
 	}
-
 	for {
-		w.observeConfig(cms.GetStore().List())
-		if w.removed {
-			return fmt.Errorf("%s was removed from %s/%s while waiting", w.Image.Ref, w.Namespace, w.Name)
-		}
-		states := w.evaluate(nodes.GetStore().List())
-		if w.progress(states) {
-			return nil
+		done, err := step(cms.GetStore().List(), nodes.GetStore().List())
+		if done || err != nil {
+			return err
 		}
 		select {
 		case <-changed:
 		case <-ctx.Done():
-			return w.timedOut(ctx, states)
+			return timedOut(ctx)
 		}
 	}
 }

@@ -1,8 +1,31 @@
 package workloads
 
 import (
+	"fmt"
+
 	"github.com/kube-preloader/kube-preloader/preload/config"
 )
+
+// Config is the config the agents follow for a ConfigMap's data: its key
+// imagesKey parsed, with the images of Key merged in when the controller
+// has written them. where names the ConfigMap in errors ("configmap
+// NS/NAME").
+func Config(where, imagesKey string, data map[string]string) (*config.Config, error) {
+	cfg, err := config.Parse(fmt.Sprintf("%s %s", where, imagesKey), []byte(data[imagesKey]))
+	if err != nil {
+		return nil, err
+	}
+	derived, ok := data[Key]
+	if !ok {
+		return cfg, nil
+	}
+	l, err := Decode(fmt.Sprintf("%s %s", where, Key), derived)
+	if err != nil {
+		return nil, err
+	}
+	Merge(cfg, l)
+	return cfg, nil
+}
 
 // Merge adds to cfg the images of l that its own list does not name: an
 // entry someone wrote in images.yaml wins whole (its nodeSelector, its
