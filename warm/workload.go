@@ -1,6 +1,7 @@
 package warm
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"sort"
@@ -9,6 +10,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/component-helpers/scheduling/corev1/nodeaffinity"
 
+	"github.com/kube-preloader/kube-preloader/kubeapi"
 	"github.com/kube-preloader/kube-preloader/nodestatus"
 	"github.com/kube-preloader/kube-preloader/preload"
 	"github.com/kube-preloader/kube-preloader/preload/config"
@@ -204,4 +206,66 @@ func imageOn(img Image, listed bool, accepted map[string]bool, n nodestatus.Node
 	}
 	ni.State = StatePresent
 	return ni
+}
+
+// GetWorkload reads the workload ref names.
+func GetWorkload(ctx context.Context, api kubeapi.Workloads, ref workloads.Ref) (any, error) {
+	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	opts := metav1.GetOptions{}
+	var (
+		obj any
+		err error
+	)
+	switch ref.Kind {
+	case workloads.KindDeployment:
+		obj, err = api.Deployments(ref.Namespace).Get(ctx, ref.Name, opts)
+	case workloads.KindStatefulSet:
+		obj, err = api.StatefulSets(ref.Namespace).Get(ctx, ref.Name, opts)
+	case workloads.KindDaemonSet:
+		obj, err = api.DaemonSets(ref.Namespace).Get(ctx, ref.Name, opts)
+	case workloads.KindJob:
+		obj, err = api.Jobs(ref.Namespace).Get(ctx, ref.Name, opts)
+	case workloads.KindCronJob:
+		obj, err = api.CronJobs(ref.Namespace).Get(ctx, ref.Name, opts)
+	default:
+		return nil, fmt.Errorf("workload %s: kind %q is not covered", ref, ref.Kind)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("workload %s: %w", ref, err)
+	}
+	return obj, nil
+}
+
+// Resolve reads the ConfigMap ns/name and the workload ref, and returns
+// the workload's Target once the ConfigMap's config covers it: a
+// NotCoveredError if it does not, a ConfigError if the config does not
+// parse.
+func Resolve(ctx context.Context, api interface {
+	kubeapi.Interface
+	kubeapi.Workloads
+}, ns, name string, ref workloads.Ref) (Target, error) {
+	rctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	cm, err := api.ConfigMaps(ns).Get(rctx, name, metav1.GetOptions{})
+	cancel()
+	if err != nil {
+		return Target{}, fmt.Errorf("ConfigMap %s/%s: %w", ns, name, err)
+	}
+	where := fmt.Sprintf("configmap %s/%s", ns, name)
+	cfg, err := workloads.Config(where, ConfigKey, cm.Data)
+	if err != nil {
+		return Target{}, &ConfigError{err}
+	}
+	obj, err := GetWorkload(ctx, api, ref)
+	if err != nil {
+		return Target{}, err
+	}
+	t, err := TargetOf(obj)
+	if err != nil {
+		return Target{}, err
+	}
+	if err := t.Covered(cfg, where); err != nil {
+		return Target{}, err
+	}
+	return t, nil
 }
