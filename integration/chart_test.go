@@ -189,6 +189,8 @@ func TestChartValues(t *testing.T) {
 			{[]string{"--set", "credentialProviders.enabled=yes"}, "at '/credentialProviders/enabled'"},
 			{[]string{"--set", "credentialProviders.bin=/opt/bin"}, "additional properties 'bin' not allowed"},
 			{[]string{"--set", "credentialProviders.serviceAccounts={Builder}"}, "at '/credentialProviders/serviceAccounts/0'"},
+			{[]string{"--set", "workloadPullSecrets.shop={Regcred}"}, "at '/workloadPullSecrets/shop/0'"},
+			{[]string{"--set", "workloadPullSecrets.Shop={regcred}"}, "'Shop' does not match pattern"},
 			{[]string{"--set", "distribution=kubeadm", "--set", "credentialProviders.enabled=true"}, "credentialProviders: set both config and binDir, the paths the node's kubelet has in --image-credential-provider-config and --image-credential-provider-bin-dir (distribution kubeadm has no default for them"},
 			{[]string{"--set", "distribution=microk8s", "--set", "credentialProviders.config=/etc/cp.yaml"}, "distribution microk8s has no default for them"},
 		} {
