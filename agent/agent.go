@@ -291,6 +291,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	var informers sync.WaitGroup
 	defer informers.Wait()
+	defer a.creds.elsewhere.running.Wait()
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 

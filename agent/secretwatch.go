@@ -45,6 +45,9 @@ type secretWatches struct {
 
 	mu      sync.Mutex
 	watches map[string]*secretWatch // by NAMESPACE/NAME
+	// running counts the watches' goroutines, which end with the context
+	// want was given: Run waits for them.
+	running sync.WaitGroup
 }
 
 type secretWatch struct {
@@ -132,12 +135,12 @@ func (s *secretWatches) start(ctx context.Context, ns, name string, retry time.D
 		w.settle()
 		s.log.Warn("may not read a workload pull secret", "secret", key, "retryIn", retry)
 	})
-	go w.inf.RunWithContext(ctx)
-	go func() {
+	s.running.Go(func() { w.inf.RunWithContext(ctx) })
+	s.running.Go(func() {
 		if cache.WaitForCacheSync(ctx.Done(), w.inf.HasSynced) {
 			w.settle()
 		}
-	}()
+	})
 	s.log.Info("watching a workload pull secret", "secret", key)
 	return w
 }
