@@ -136,6 +136,24 @@ func TestWorkloadPullSecrets(t *testing.T) {
 		return st.Present == 3 && len(st.Failed) == 1 && st.Failed[0].Image == deniedImage
 	})
 
+	// Syncs go on (the refused image is retried on the config's backoff)
+	// without a request in shop: the watches serve them, and the refused
+	// Secret is asked for again only after deniedRetryMin.
+	inShop := func() int {
+		n := 0
+		for _, a := range e.client.Actions() {
+			if a.GetNamespace() == "shop" {
+				n++
+			}
+		}
+		return n
+	}
+	before := inShop()
+	e.waitSyncs(20)
+	if after := inShop(); after != before {
+		t.Errorf("%d requests in shop during 20 syncs, want none", after-before)
+	}
+
 	// Every read in shop names one Secret; no Get per sync.
 	for _, a := range e.client.Actions() {
 		if a.GetNamespace() != "shop" {
