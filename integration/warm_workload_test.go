@@ -211,8 +211,8 @@ func TestWarmWorkload(t *testing.T) {
 				t.Errorf("warm --workload %s: want exit 2 saying %q:\n%s", tc.workload, tc.want, r)
 			}
 		}
-		if r := warm(time.Minute, "--workload", "shop/deployment/web", "--image", "x:1"); r.code != 2 {
-			t.Errorf("--workload with --image: want exit 2:\n%s", r)
+		if r := warm(time.Minute, "--workload", "shop/deployment/web", "--image", "x:1"); r.code != 2 || !strings.Contains(r.stderr, "exclude each other") {
+			t.Errorf("--workload with --image: want exit 2 saying they exclude each other:\n%s", r)
 		}
 	})
 }

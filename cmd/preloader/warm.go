@@ -92,8 +92,11 @@ func (o *warmOptions) run(ctx context.Context, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if (o.image == "") == (o.workload == "") {
-		return usageError("warm: give one of --image and --workload")
+	switch {
+	case o.image == "" && o.workload == "":
+		return usageError("warm: --image is required, or --workload")
+	case o.image != "" && o.workload != "":
+		return usageError("warm: --image and --workload exclude each other")
 	}
 	if o.timeout < 0 {
 		return usageError("warm: --timeout must not be negative")
