@@ -106,7 +106,9 @@ type Report struct {
 	// Silent are matching nodes without a status annotation: no agent
 	// reports there.
 	Silent []string
-	Images []ImageReport
+	// Reporting counts the matching nodes whose agent reports.
+	Reporting int
+	Images    []ImageReport
 }
 
 // Done says whether every matching node that reports has every image.
@@ -167,6 +169,7 @@ func (t Target) locate(cfg *config.Config, hash string, accept map[string]map[st
 		}
 		ms = append(ms, matching{st, plan})
 	}
+	r.Reporting = len(ms)
 	for _, img := range t.Images {
 		ir := ImageReport{Image: img, Listed: cfg != nil && slices.ContainsFunc(cfg.Images, func(c config.Image) bool { return c.Name == img.Norm })}
 		for _, m := range ms {

@@ -172,9 +172,17 @@ func TestLocate(t *testing.T) {
 			}
 			var out bytes.Buffer
 			r.Print(&out, "kube-preloader", "preloader-config")
-			for k, v := range tt.want {
-				if v != StatePresent && !strings.Contains(out.String(), strings.Fields(k)[1]) {
-					t.Errorf("the printed report does not name %s (%s):\n%s", strings.Fields(k)[1], v, out.String())
+			for _, ir := range r.Images {
+				if !ir.Listed {
+					if !strings.Contains(out.String(), ir.Image.Ref+": not in ConfigMap") {
+						t.Errorf("the printed report does not say %s is not listed yet:\n%s", ir.Image.Ref, out.String())
+					}
+					continue
+				}
+				for _, n := range ir.Nodes {
+					if n.State != StatePresent && !strings.Contains(out.String(), n.Node) {
+						t.Errorf("the printed report does not name %s (%s):\n%s", n.Node, n.State, out.String())
+					}
 				}
 			}
 		})

@@ -119,9 +119,13 @@ func (ir ImageReport) summary(ns, name string) string {
 // workload have it, lack it and why, and which have not yet reported the
 // config that lists it.
 func (r Report) Print(out io.Writer, ns, name string) {
-	fmt.Fprintf(out, "%s: %d images; ConfigMap %s/%s is at config %s\n", r.Target.Ref, len(r.Images), ns, name, r.Config)
+	fmt.Fprintf(out, "%s: %d images, %d nodes will run it (%d with an agent reporting); ConfigMap %s/%s is at config %s\n",
+		r.Target.Ref, len(r.Images), r.Reporting+len(r.Silent), r.Reporting, ns, name, r.Config)
 	for _, ir := range r.Images {
 		fmt.Fprintln(out, ir.summary(ns, name))
+		if !ir.Listed {
+			continue // every node is waiting for the list
+		}
 		byState := map[string][]string{}
 		for _, n := range ir.Nodes {
 			if n.State == StatePresent {
