@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -63,8 +64,14 @@ func TestWorkloadPullSecrets(t *testing.T) {
 			return nil
 		}
 	}
-	// The API server lets the agent read shop/regcred only, as a Role with
-	// resourceNames would.
+	// The API server lets the agent read shop/regcred and shop/cartcred
+	// only, as a Role with resourceNames would, until admincred is granted
+	// too.
+	var granted struct {
+		sync.Mutex
+		names map[string]bool
+	}
+	granted.names = map[string]bool{"regcred": true, "cartcred": true}
 	api := func(c *fake.Clientset) {
 		deny := func(a k8stesting.Action) (bool, runtime.Object, error) {
 			if a.GetNamespace() != "shop" {
@@ -77,7 +84,10 @@ func TestWorkloadPullSecrets(t *testing.T) {
 			case k8stesting.WatchAction:
 				fs = a.GetWatchRestrictions().Fields.String()
 			}
-			if fs == "metadata.name=regcred" || fs == "metadata.name=cartcred" {
+			granted.Lock()
+			ok := granted.names[strings.TrimPrefix(fs, "metadata.name=")]
+			granted.Unlock()
+			if ok {
 				return false, nil, nil
 			}
 			name := strings.TrimPrefix(fs, "metadata.name=")
@@ -153,6 +163,23 @@ func TestWorkloadPullSecrets(t *testing.T) {
 	if after := inShop(); after != before {
 		t.Errorf("%d requests in shop during 20 syncs, want none", after-before)
 	}
+
+	// The grant follows: the refused Secret is asked for again once its
+	// retry is due (shortened here), and the image pulled.
+	sw := e.agent.creds.elsewhere
+	sw.mu.Lock()
+	if w := sw.watches["shop/admincred"]; w != nil {
+		w.mu.Lock()
+		w.retry = 50 * time.Millisecond
+		w.mu.Unlock()
+	}
+	sw.mu.Unlock()
+	granted.Lock()
+	granted.names["admincred"] = true
+	granted.Unlock()
+	e.waitStatus("the admin image present once admincred is granted", func(st nodestatus.Status) bool {
+		return st.Present == 4 && len(st.Failed) == 0
+	})
 
 	// Every read in shop names one Secret; no Get per sync.
 	for _, a := range e.client.Actions() {
