@@ -51,10 +51,20 @@ func viewOf(n *corev1.Node, taintKey string) nodeView {
 type pendingWrite struct {
 	view nodeView
 	via  *nodeView
+	// cond says the write ends with the condition: a Node that shows it
+	// shows our last request, even when someone changed the rest between
+	// our two requests.
+	cond bool
 	at   time.Time
 	// seen is set by the node handler when the informer delivers our write:
 	// its store, updated before handlers run, holds it or something newer.
 	seen atomic.Bool
+}
+
+// delivers says whether a Node that shows v holds our write, or
+// something newer.
+func (p *pendingWrite) delivers(v nodeView) bool {
+	return v == p.view || p.cond && v.cond == p.view.cond
 }
 
 // pendingTTL bounds how long the sync loop trusts its own last write over
@@ -67,11 +77,13 @@ const pendingTTL = 30 * time.Second
 // echo of our own write is neither.
 func (a *Agent) nodeChanged(old, cur *corev1.Node) bool {
 	v := viewOf(cur, a.taintKey)
-	if p := a.pending.Load(); p != nil && (v == p.view || p.via != nil && v == *p.via) {
-		if v == p.view {
+	if p := a.pending.Load(); p != nil {
+		if p.delivers(v) {
 			p.seen.Store(true)
 		}
-		return !labelsEqual(old.Labels, cur.Labels)
+		if v == p.view || p.via != nil && v == *p.via {
+			return !labelsEqual(old.Labels, cur.Labels)
+		}
 	}
 	return !labelsEqual(old.Labels, cur.Labels) || v != viewOf(old, a.taintKey)
 }
@@ -110,7 +122,7 @@ func (a *Agent) ownView() (*corev1.Node, nodeView) {
 	v := viewOf(n, a.taintKey)
 	switch {
 	case p == nil:
-	case seen || v == p.view || time.Since(p.at) >= pendingTTL:
+	case seen || p.delivers(v) || time.Since(p.at) >= pendingTTL:
 		a.pending.CompareAndSwap(p, nil)
 	default:
 		return n, p.view
@@ -228,7 +240,7 @@ func (a *Agent) writeNode(ctx context.Context, node *corev1.Node, v nodeView, w 
 	nodes := a.opts.Client.Nodes()
 	// Expected before the first request: the watch may deliver the echo
 	// before the response arrives.
-	p := &pendingWrite{view: w.after(v), at: time.Now()}
+	p := &pendingWrite{view: w.after(v), cond: w.cond != nil, at: time.Now()}
 	if w.meta && w.cond != nil {
 		metaOnly := w
 		metaOnly.cond = nil
