@@ -108,19 +108,12 @@ func (o *warmOptions) run(ctx context.Context, stdout, stderr io.Writer) error {
 	if err != nil {
 		return usageError("warm: --image %q: %v", o.image, err)
 	}
-	cfg, err := o.kube.restConfig()
+	cs, mc, err := o.clients()
 	if err != nil {
 		return err
 	}
-	cs, err := kubeapi.NewForConfig(cfg)
-	if err != nil {
-		return &exitError{code: exitInvalid, err: err}
-	}
-	if o.timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, o.timeout)
-		defer cancel()
-	}
+	ctx, cancel := o.withTimeout(ctx)
+	defer cancel()
 
 	edit, err := warm.Add(ctx, cs, ns, name, img)
 	if err != nil {
@@ -135,10 +128,6 @@ func (o *warmOptions) run(ctx context.Context, stdout, stderr io.Writer) error {
 	if !o.wait {
 		return nil
 	}
-	mc, err := metadata.NewForConfig(cfg)
-	if err != nil {
-		return &exitError{code: exitInvalid, err: err}
-	}
 	w := &warm.Waiter{Client: cs, Metadata: mc, Namespace: ns, Name: name, Image: img, Edit: edit, Progress: stderr}
 	return waitExit(w.Wait(ctx))
 }
@@ -150,23 +139,12 @@ func (o *warmOptions) runWorkload(ctx context.Context, ns, name string, stdout, 
 	if err != nil {
 		return usageError("warm: --workload: %v", err)
 	}
-	cfg, err := o.kube.restConfig()
+	cs, mc, err := o.clients()
 	if err != nil {
 		return err
 	}
-	cs, err := kubeapi.NewForConfig(cfg)
-	if err != nil {
-		return &exitError{code: exitInvalid, err: err}
-	}
-	mc, err := metadata.NewForConfig(cfg)
-	if err != nil {
-		return &exitError{code: exitInvalid, err: err}
-	}
-	if o.timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, o.timeout)
-		defer cancel()
-	}
+	ctx, cancel := o.withTimeout(ctx)
+	defer cancel()
 	target, err := warm.Resolve(ctx, cs, ns, name, ref)
 	if err != nil {
 		return resolveExit(err)
@@ -181,6 +159,31 @@ func (o *warmOptions) runWorkload(ctx context.Context, ns, name string, stdout, 
 		return nil
 	}
 	return waitExit(w.Wait(ctx))
+}
+
+// clients are warm's API clients: typed, and of metadata for the Nodes.
+func (o *warmOptions) clients() (*kubeapi.Client, metadata.Interface, error) {
+	cfg, err := o.kube.restConfig()
+	if err != nil {
+		return nil, nil, err
+	}
+	cs, err := kubeapi.NewForConfig(cfg)
+	if err != nil {
+		return nil, nil, &exitError{code: exitInvalid, err: err}
+	}
+	mc, err := metadata.NewForConfig(cfg)
+	if err != nil {
+		return nil, nil, &exitError{code: exitInvalid, err: err}
+	}
+	return cs, mc, nil
+}
+
+// withTimeout bounds ctx by --timeout, when one is given.
+func (o *warmOptions) withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
+	if o.timeout > 0 {
+		return context.WithTimeout(ctx, o.timeout)
+	}
+	return ctx, func() {}
 }
 
 // resolveExit gives warm.Resolve's errors their exit codes: a workload

@@ -3,14 +3,12 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
-	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 
-	appsv1 "k8s.io/api/apps/v1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/kube-preloader/kube-preloader/integration/harness"
@@ -169,14 +167,7 @@ func nested[T any](t *testing.T, obj map[string]any, path ...any) T {
 // args, for a JSON patch.
 func baseArgIndex(t *testing.T, arg string) int {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(repoRoot, "manifests", "base", "daemonset.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ds appsv1.DaemonSet
-	if err := yaml.Unmarshal(b, &ds); err != nil {
-		t.Fatal(err)
-	}
+	ds := baseDaemonSet(t)
 	i := slices.Index(ds.Spec.Template.Spec.Containers[0].Args, arg)
 	if i < 0 {
 		t.Fatalf("manifests/base/daemonset.yaml: no argument %s", arg)

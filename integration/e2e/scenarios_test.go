@@ -807,9 +807,8 @@ data:
 	return applied
 }
 
-// baseVolumeIndex is the index of the base DaemonSet's volume name in its
-// volumes, for a JSON patch.
-func baseVolumeIndex(t *testing.T, name string) int {
+// baseDaemonSet is the agent's DaemonSet as manifests/base has it.
+func baseDaemonSet(t *testing.T) appsv1.DaemonSet {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join(repoRoot, "manifests", "base", "daemonset.yaml"))
 	if err != nil {
@@ -819,6 +818,14 @@ func baseVolumeIndex(t *testing.T, name string) int {
 	if err := yaml.Unmarshal(b, &ds); err != nil {
 		t.Fatal(err)
 	}
+	return ds
+}
+
+// baseVolumeIndex is the index of the base DaemonSet's volume name in its
+// volumes, for a JSON patch.
+func baseVolumeIndex(t *testing.T, name string) int {
+	t.Helper()
+	ds := baseDaemonSet(t)
 	for i, v := range ds.Spec.Template.Spec.Volumes {
 		if v.Name == name {
 			return i
