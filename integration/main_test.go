@@ -21,6 +21,11 @@ import (
 var preloaderBin string
 
 func TestMain(m *testing.M) {
+	// The harness keeps its runtimes' images under /tmp.
+	if err := harness.CheckDiskBudget("/tmp"); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
 	dir, err := os.MkdirTemp("", "preloader-bin")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
