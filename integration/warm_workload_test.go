@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -17,24 +16,6 @@ import (
 	"github.com/kube-preloader/kube-preloader/nodestatus"
 	"github.com/kube-preloader/kube-preloader/workloads"
 )
-
-// deployment is a Deployment of image on nodes labelled pool=web.
-func deployment(ns, name, image string) *appsv1.Deployment {
-	labels := map[string]string{"app": name}
-	return &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: labels},
-		Spec: appsv1.DeploymentSpec{
-			Selector: &metav1.LabelSelector{MatchLabels: labels},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels},
-				Spec: corev1.PodSpec{
-					NodeSelector: map[string]string{"pool": "web"},
-					Containers:   []corev1.Container{{Name: name, Image: image}},
-				},
-			},
-		},
-	}
-}
 
 // publishAs writes workloads.yaml as preloader controller would for the
 // ConfigMap's selections and the workloads given, and returns the hash.
@@ -99,11 +80,13 @@ func TestWarmWorkload(t *testing.T) {
 
 	sel := strings.Replace(agentConfig(), "images:\n", "images: []\nworkloads:\n  - namespaces: [shop]\n", 1)
 	harness.SetImagesYAML(t, c, sel)
-	dep := deployment("shop", "web", web1)
+	// The web Deployment runs on nodes labelled pool=web.
+	webPool := map[string]string{"pool": "web"}
+	dep := deploymentOf("shop", "web", web1, map[string]string{"app": "web"}, webPool)
 	if dep, err = c.AppsV1().Deployments("shop").Create(ctx, dep, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.AppsV1().Deployments("other").Create(ctx, deployment("other", "web", web1), metav1.CreateOptions{}); err != nil {
+	if _, err := c.AppsV1().Deployments("other").Create(ctx, deploymentOf("other", "web", web1, map[string]string{"app": "web"}, webPool), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	hash := publishAs(t, c, sel, dep)
