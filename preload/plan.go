@@ -2,9 +2,9 @@ package preload
 
 import (
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/component-helpers/scheduling/corev1/nodeaffinity"
 
 	"github.com/kube-preloader/kube-preloader/preload/config"
+	"github.com/kube-preloader/kube-preloader/workloads"
 )
 
 // Plan splits cfg.Images into those that apply to node and those that do
@@ -47,17 +47,7 @@ func placed(img config.Image, node *corev1.Node) bool {
 	if !matches(img.NodeSelector, labels) {
 		return false
 	}
-	if len(img.NodeAffinity) == 0 {
-		return true
-	}
-	if node == nil {
-		return false
-	}
-	sel, err := nodeaffinity.NewNodeSelector(&corev1.NodeSelector{NodeSelectorTerms: img.NodeAffinity})
-	if err != nil {
-		return false // a term the scheduler could not parse places no pod either
-	}
-	return sel.Match(node)
+	return workloads.Matches(img.NodeAffinity, node)
 }
 
 func matches(selector, labels map[string]string) bool {

@@ -8,7 +8,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/component-helpers/scheduling/corev1/nodeaffinity"
 
 	"github.com/kube-preloader/kube-preloader/kubeapi"
 	"github.com/kube-preloader/kube-preloader/nodestatus"
@@ -68,11 +67,7 @@ func (t Target) Covered(cfg *config.Config, where string) error {
 // runsOn says whether the workload's pods may run on node, as the kubelet
 // admits them.
 func (t Target) runsOn(node *corev1.Node) bool {
-	if t.Placement == nil {
-		return true
-	}
-	sel, err := nodeaffinity.NewNodeSelector(&corev1.NodeSelector{NodeSelectorTerms: t.Placement})
-	return err == nil && sel.Match(node)
+	return workloads.Matches(t.Placement, node)
 }
 
 // Where a node stands with one image.

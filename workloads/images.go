@@ -5,6 +5,7 @@ import (
 	"slices"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/component-helpers/scheduling/corev1/nodeaffinity"
 
 	"github.com/kube-preloader/kube-preloader/preload/config"
 )
@@ -76,4 +77,19 @@ func Placement(w Workload) []corev1.NodeSelectorTerm {
 
 func sortedKeys(m map[string]string) []string {
 	return slices.Sorted(maps.Keys(m))
+}
+
+// Matches says whether node is within terms (ORed, as Placement returns
+// them; none: every node), matched as the kubelet matches a pod's required
+// node affinity when it admits the pod. An unknown node matches only no
+// terms; terms that do not parse match no node, as they place no pod.
+func Matches(terms []corev1.NodeSelectorTerm, node *corev1.Node) bool {
+	if len(terms) == 0 {
+		return true
+	}
+	if node == nil {
+		return false
+	}
+	sel, err := nodeaffinity.NewNodeSelector(&corev1.NodeSelector{NodeSelectorTerms: terms})
+	return err == nil && sel.Match(node)
 }
