@@ -5,7 +5,7 @@
 # skopeo for the image builder's test) when missing, and containerd 2.x,
 # CRI-O, helm 4 (the chart's tests and the e2e's install), helm-docs (the
 # chart's README), ecr-credential-provider (the credential provider
-# tests) and oras (the OCI artifact tests) built from the Go module proxy
+# tests), oras (the OCI artifact tests) and cosign (the signature tests) built from the Go module proxy
 # into a cache outside the repo. With the argument "demo", only what
 # `make demo` runs: the registry and Debian's containerd packages, and
 # containerd 2.x too with "containerd2". With
@@ -106,6 +106,18 @@ if [[ -z "$want_demo" && ! -x "$CACHE/bin/oras-$ORAS_VERSION" ]]; then
   mv "$tmp/oras" "$CACHE/bin/oras-$ORAS_VERSION"
   rm -rf "$tmp"
   echo "install-deps: oras $ORAS_VERSION built in $((SECONDS - start)) s" >&2
+fi
+# cosign, which signs the images of the signature tests (key pair, no
+# transparency log), at the version tools/cosign/go.mod requires.
+COSIGN_VERSION=$(awk '$1 == "github.com/sigstore/cosign/v2" {print $2}' "$tools_dir/cosign/go.mod")
+if [[ -z "$want_demo" && ! -x "$CACHE/bin/cosign-$COSIGN_VERSION" ]]; then
+  echo "install-deps: building cosign $COSIGN_VERSION into $CACHE/bin (once; about 13 min on 2 cores with a cold Go cache)" >&2
+  start=$SECONDS
+  tmp=$(mktemp -d)
+  (cd "$tools_dir/cosign" && CGO_ENABLED=0 go build -trimpath -o "$tmp/cosign" github.com/sigstore/cosign/v2/cmd/cosign)
+  mv "$tmp/cosign" "$CACHE/bin/cosign-$COSIGN_VERSION"
+  rm -rf "$tmp"
+  echo "install-deps: cosign $COSIGN_VERSION built in $((SECONDS - start)) s" >&2
 fi
 # CRI-O and its pinns, the CRI-only runtime the integration tests run the
 # preloader on, at the version tools/crio/go.mod requires: the proxy lists

@@ -17,6 +17,7 @@ func TestToolVersions(t *testing.T) {
 		{"../../tools/credproviders/go.mod", "k8s.io/cloud-provider-aws", harness.ECRCredentialProviderVersion},
 		{"../../tools/crio/go.mod", "github.com/cri-o/cri-o", harness.CRIOVersion},
 		{"../../tools/oras/go.mod", "oras.land/oras", harness.ORASVersion},
+		{"../../tools/cosign/go.mod", "github.com/sigstore/cosign/v2", harness.CosignVersion},
 		{"../../tools/karpenter/go.mod", "sigs.k8s.io/karpenter", harness.KarpenterVersion},
 	} {
 		t.Run(tc.module, func(t *testing.T) {
