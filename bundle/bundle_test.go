@@ -28,6 +28,8 @@ import (
 	"github.com/kube-preloader/kube-preloader/bundle"
 )
 
+var amd64 = bundle.Platforms{List: []ocispec.Platform{{OS: "linux", Architecture: "amd64"}}}
+
 func TestWriteRoundTrip(t *testing.T) {
 	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
 	defer srv.Close()
@@ -81,8 +83,8 @@ func TestWriteRoundTrip(t *testing.T) {
 		{Name: host + "/multi:3"},
 	}
 	var buf, progress bytes.Buffer
-	opts := bundle.Options{Platform: v1.Platform{OS: "linux", Architecture: "amd64"}, Progress: &progress, ProgressEvery: time.Millisecond}
-	if err := bundle.Write(context.Background(), &buf, sources, opts); err != nil {
+	opts := bundle.Options{Platforms: amd64, Progress: &progress, ProgressEvery: time.Millisecond}
+	if _, err := bundle.Write(context.Background(), &buf, bundle.NewRegistry(nil, nil), sources, opts); err != nil {
 		t.Fatal(err)
 	}
 
@@ -150,7 +152,7 @@ func TestWriteMissingPlatform(t *testing.T) {
 	if err := remote.WriteIndex(ref, idx); err != nil {
 		t.Fatal(err)
 	}
-	err = bundle.Write(context.Background(), io.Discard, []bundle.Source{{Name: host + "/arm:1"}}, bundle.Options{Platform: v1.Platform{OS: "linux", Architecture: "amd64"}})
+	_, err = bundle.Write(context.Background(), io.Discard, bundle.NewRegistry(nil, nil), []bundle.Source{{Name: host + "/arm:1"}}, bundle.Options{Platforms: amd64})
 	if err == nil || !strings.Contains(err.Error(), "arm:1") {
 		t.Errorf("err = %v, want a failure naming the image", err)
 	}

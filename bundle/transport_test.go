@@ -16,8 +16,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/kube-preloader/kube-preloader/archive/archivetest"
 	"github.com/kube-preloader/kube-preloader/bundle"
@@ -113,12 +113,9 @@ func (c *corpRegistry) authorizations(role string) []string {
 
 func TestWriteCorporateRegistry(t *testing.T) {
 	c := startCorpRegistry(t)
-	src := bundle.Source{
-		Name: c.host + "/team/app:1",
-		Auth: []authn.Authenticator{authn.FromConfig(authn.AuthConfig{Username: corpUser, Password: corpPassword})},
-	}
+	src := bundle.Source{Name: c.host + "/team/app:1"}
 	var buf bytes.Buffer
-	if err := bundle.Write(context.Background(), &buf, []bundle.Source{src}, bundle.Options{Platform: v1.Platform{OS: "linux", Architecture: "amd64"}}); err != nil {
+	if err := writeWith(&buf, src, authn.AuthConfig{Username: corpUser, Password: corpPassword}); err != nil {
 		t.Fatalf("bundle from a registry with its token service and object store on private addresses: %v", err)
 	}
 	if buf.Len() == 0 {
@@ -140,11 +137,19 @@ func TestWriteCorporateRegistry(t *testing.T) {
 	}
 
 	// A wrong password: unauthorized, and the password is not quoted.
-	src.Auth = []authn.Authenticator{authn.FromConfig(authn.AuthConfig{Username: corpUser, Password: "wrong-pw"})}
-	err := bundle.Write(context.Background(), io.Discard, []bundle.Source{src}, bundle.Options{Platform: v1.Platform{OS: "linux", Architecture: "amd64"}})
+	err := writeWith(io.Discard, src, authn.AuthConfig{Username: corpUser, Password: "wrong-pw"})
 	if err == nil || !strings.Contains(strings.ToLower(err.Error()), "unauthorized") || strings.Contains(err.Error(), "wrong-pw") {
 		t.Errorf("err = %v, want unauthorized without the password", err)
 	}
+}
+
+// writeWith bundles src for linux/amd64 from its registry with one
+// credential (then anonymous).
+func writeWith(w io.Writer, src bundle.Source, cred authn.AuthConfig) error {
+	store := bundle.NewRegistry(func(string) []authn.Authenticator { return []authn.Authenticator{authn.FromConfig(cred)} }, nil)
+	opts := bundle.Options{Platforms: bundle.Platforms{List: []ocispec.Platform{{OS: "linux", Architecture: "amd64"}}}}
+	_, err := bundle.Write(context.Background(), w, store, []bundle.Source{src}, opts)
+	return err
 }
 
 func contains(list []string, s string) bool {
@@ -197,10 +202,8 @@ func TestWriteBasicAndTokenRegistry(t *testing.T) {
 	if err := remote.Write(ref, img); err != nil {
 		t.Fatal(err)
 	}
-	opts := bundle.Options{Platform: v1.Platform{OS: "linux", Architecture: "amd64"}}
 	write := func(cfg authn.AuthConfig) error {
-		src := bundle.Source{Name: host + "/team/app:1", Auth: []authn.Authenticator{authn.FromConfig(cfg)}}
-		return bundle.Write(context.Background(), io.Discard, []bundle.Source{src}, opts)
+		return writeWith(io.Discard, bundle.Source{Name: host + "/team/app:1"}, cfg)
 	}
 	if err := write(authn.AuthConfig{Username: corpUser, Password: corpPassword}); err != nil {
 		t.Errorf("Basic: %v", err)

@@ -11,7 +11,6 @@ import (
 
 	"github.com/containerd/platforms"
 	"github.com/google/go-containerregistry/pkg/authn"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 	"github.com/spf13/cobra"
@@ -44,7 +43,7 @@ nodes with no registry: put it in the config's archiveDir.`,
 	f := cmd.Flags()
 	f.StringVar(&o.config, "config", "", "image list (images.yaml)")
 	f.StringVarP(&o.out, "output", "o", "", "bundle file to write; .gz or .zst compresses it")
-	f.StringVar(&o.platform, "platform", platforms.DefaultString(), "platform of the nodes, os/arch[/variant]")
+	f.StringVar(&o.platform, "platform", platforms.DefaultString(), "platforms of the nodes, os/arch[/variant] separated by commas, or all")
 	f.StringArrayVar(&o.dockerConfigs, "docker-config", nil, "docker config file with registry credentials; repeatable. Default: the kubelet's search paths")
 	cmd.MarkFlagFilename("config", "yaml", "yml")
 	return cmd
@@ -54,7 +53,7 @@ func (o *bundleOptions) run(ctx context.Context, stderr io.Writer) error {
 	if o.config == "" || o.out == "" {
 		return usageError("bundle: --config and -o are required")
 	}
-	p, err := v1.ParsePlatform(o.platform)
+	ps, err := bundle.ParsePlatforms(o.platform)
 	if err != nil {
 		return usageError("bundle: --platform: %v", err)
 	}
@@ -66,7 +65,7 @@ func (o *bundleOptions) run(ctx context.Context, stderr io.Writer) error {
 	if err != nil {
 		return &exitError{code: exitInvalid, err: err}
 	}
-	sources, err := bundleSources(cfg, keyring, stderr)
+	sources, err := bundleSources(cfg, stderr)
 	if err != nil {
 		return err
 	}
@@ -74,7 +73,9 @@ func (o *bundleOptions) run(ctx context.Context, stderr io.Writer) error {
 		return usageError("bundle: %s lists no image to fetch", o.config)
 	}
 	start := time.Now()
-	if err := writeBundle(ctx, o.out, sources, *p, stderr); err != nil {
+	store := bundle.NewRegistry(credentials(keyring), nil)
+	opts := bundle.Options{Platforms: ps, Progress: stderr, ProgressEvery: 2 * time.Second}
+	if err := writeBundle(ctx, o.out, store, sources, opts); err != nil {
 		return fmt.Errorf("bundle %s: %w", o.out, err)
 	}
 	fmt.Fprintf(stderr, "bundle: wrote %s in %s\n", o.out, time.Since(start).Round(time.Millisecond))
@@ -84,7 +85,7 @@ func (o *bundleOptions) run(ctx context.Context, stderr io.Writer) error {
 // bundleSources lists what to fetch: every image of the config, from its
 // mirror if it has one, and the sandbox image if the config names one.
 // Images that come from an archive are the node's already.
-func bundleSources(cfg *config.Config, kr *keyring.Keyring, stderr io.Writer) ([]bundle.Source, error) {
+func bundleSources(cfg *config.Config, stderr io.Writer) ([]bundle.Source, error) {
 	images := cfg.Images
 	switch cfg.SandboxImage {
 	case config.SandboxAuto:
@@ -112,20 +113,29 @@ func bundleSources(cfg *config.Config, kr *keyring.Keyring, stderr io.Writer) ([
 			}
 			s.From = from
 		}
-		for _, a := range kr.Lookup(s.From) {
-			s.Auth = append(s.Auth, authn.FromConfig(authn.AuthConfig{
-				Username: a.Username, Password: a.Password, Auth: a.Auth,
-				IdentityToken: a.IdentityToken, RegistryToken: a.RegistryToken,
-			}))
-		}
 		sources = append(sources, s)
 	}
 	return sources, nil
 }
 
+// credentials are the docker configs' credentials for a reference, in
+// the order the kubelet tries them.
+func credentials(kr *keyring.Keyring) func(ref string) []authn.Authenticator {
+	return func(ref string) []authn.Authenticator {
+		var auths []authn.Authenticator
+		for _, a := range kr.Lookup(ref) {
+			auths = append(auths, authn.FromConfig(authn.AuthConfig{
+				Username: a.Username, Password: a.Password, Auth: a.Auth,
+				IdentityToken: a.IdentityToken, RegistryToken: a.RegistryToken,
+			}))
+		}
+		return auths
+	}
+}
+
 // writeBundle writes to a temporary file beside path and renames it into
 // place only when complete, so that no half bundle is ever imported.
-func writeBundle(ctx context.Context, path string, sources []bundle.Source, p v1.Platform, stderr io.Writer) (err error) {
+func writeBundle(ctx context.Context, path string, store bundle.Store, sources []bundle.Source, opts bundle.Options) (err error) {
 	// A rename over a device (-o /dev/null) would replace the device node.
 	if fi, err := os.Stat(path); err == nil && !fi.Mode().IsRegular() {
 		return fmt.Errorf("bundle: -o %s is not a regular file", path)
@@ -149,8 +159,7 @@ func writeBundle(ctx context.Context, path string, sources []bundle.Source, p v1
 			return err
 		}
 	}
-	opts := bundle.Options{Platform: p, Progress: stderr, ProgressEvery: 2 * time.Second}
-	if err := bundle.Write(ctx, w, sources, opts); err != nil {
+	if _, err := bundle.Write(ctx, w, store, sources, opts); err != nil {
 		return err
 	}
 	if err := w.Close(); err != nil {
