@@ -168,25 +168,25 @@ func LoadLock(path string) (*Lock, digest.Digest, error) {
 	return l, digest.FromBytes(data), nil
 }
 
-var yamlLine = regexp.MustCompile(`line (\d+): `)
+var yamlLine = regexp.MustCompile(`^\s*line (\d+): `)
 
 // ParseLock reads a lock. An error starts with the line it is on and a
 // colon ("12: ..."), or a colon alone when no line applies.
 func ParseLock(data []byte) (*Lock, error) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, yamlSyntaxError(err, data)
+	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	var l Lock
 	if err := dec.Decode(&l); err != nil {
-		msg := strings.TrimPrefix(err.Error(), "yaml: ")
-		msg = strings.TrimPrefix(msg, "unmarshal errors:\n")
+		// Type errors, one a line: "line N: msg".
+		msg := strings.TrimPrefix(err.Error(), "yaml: unmarshal errors:\n")
 		if m := yamlLine.FindStringSubmatchIndex(msg); m != nil {
 			return nil, fmt.Errorf("%s: %s", msg[m[2]:m[3]], strings.TrimSpace(msg[m[1]:]))
 		}
 		return nil, fmt.Errorf(" %s", msg)
-	}
-	var doc yaml.Node
-	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return nil, fmt.Errorf(" %w", err)
 	}
 	if err := l.validate(lines(&doc)); err != nil {
 		return nil, err

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -22,6 +21,7 @@ import (
 
 type bundleOptions struct {
 	config, out, platform string
+	lock, since, partSize string
 	dockerConfigs         []string
 }
 
@@ -32,11 +32,25 @@ func newBundleCmd() *cobra.Command {
 		Short: "Fetch every configured image into one archive for air-gapped nodes",
 		Long: `Fetch every image of the config (and the sandbox image it names) from its
 registry, or its mirror, into one OCI archive that once and agent import on
-nodes with no registry: put it in the config's archiveDir.`,
-		Example: `  # For arm64 nodes, compressed, with credentials from a docker config:
-  preloader bundle --config images.yaml -o images.tar.zst --platform linux/arm64 --docker-config ~/.docker/config.json`,
+nodes with no registry: put it in the config's archiveDir.
+
+Each image keeps the index its reference names, with the manifests and blobs
+of the chosen platforms. A lock, which records every digest, goes into the
+archive and beside it as FILE.lock: --lock rebuilds exactly its digests,
+--since leaves out the layers an older bundle carried.`,
+		Example: `  # For amd64 and arm64 nodes, compressed, with credentials from a docker config:
+  preloader bundle --config images.yaml -o images.tar.zst --platform linux/amd64,linux/arm64 --docker-config ~/.docker/config.json
+
+  # Next month: only what changed since, in parts of at most 4 GiB:
+  preloader bundle --config images.yaml -o update.tar.zst --since images.tar.zst.lock --max-part-size 4GiB
+
+  # The same digests again, whatever the tags name now:
+  preloader bundle --config images.yaml -o images.tar.zst --lock images.tar.zst.lock`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cmd.Flags().Changed("platform") && o.lock != "" {
+				return usageError("bundle: --platform and --lock: the lock says which platforms")
+			}
 			return o.run(cmd.Context(), cmd.ErrOrStderr())
 		},
 	}
@@ -44,8 +58,14 @@ nodes with no registry: put it in the config's archiveDir.`,
 	f.StringVar(&o.config, "config", "", "image list (images.yaml)")
 	f.StringVarP(&o.out, "output", "o", "", "bundle file to write; .gz or .zst compresses it")
 	f.StringVar(&o.platform, "platform", platforms.DefaultString(), "platforms of the nodes, os/arch[/variant] separated by commas, or all")
+	f.StringVar(&o.lock, "lock", "", "lock of an earlier bundle (FILE.lock): fetch exactly its digests")
+	f.StringVar(&o.since, "since", "", "lock of an earlier bundle: leave out the layers it holds (a delta)")
+	f.StringVar(&o.partSize, "max-part-size", "", "split the bundle into FILE.part-001, FILE.part-002, … of at most this size: bytes, or with a unit (500Mi, 4G, 4GiB)")
 	f.StringArrayVar(&o.dockerConfigs, "docker-config", nil, "docker config file with registry credentials; repeatable. Default: the kubelet's search paths")
 	cmd.MarkFlagFilename("config", "yaml", "yml")
+	cmd.MarkFlagFilename("lock", "lock")
+	cmd.MarkFlagFilename("since", "lock")
+	cmd.AddCommand(newBundleInspectCmd())
 	return cmd
 }
 
@@ -53,9 +73,28 @@ func (o *bundleOptions) run(ctx context.Context, stderr io.Writer) error {
 	if o.config == "" || o.out == "" {
 		return usageError("bundle: --config and -o are required")
 	}
-	ps, err := bundle.ParsePlatforms(o.platform)
-	if err != nil {
+	opts := bundle.Options{Progress: stderr, ProgressEvery: 2 * time.Second}
+	var err error
+	if opts.Platforms, err = bundle.ParsePlatforms(o.platform); err != nil {
 		return usageError("bundle: --platform: %v", err)
+	}
+	var partSize int64
+	if o.partSize != "" {
+		if partSize, err = parseSize(o.partSize); err != nil {
+			return usageError("bundle: --max-part-size: %v", err)
+		}
+	}
+	if o.lock != "" {
+		if opts.Lock, _, err = bundle.LoadLock(o.lock); err != nil {
+			return usageError("bundle: --lock: %v", err)
+		}
+	}
+	if o.since != "" {
+		old, d, err := bundle.LoadLock(o.since)
+		if err != nil {
+			return usageError("bundle: --since: %v", err)
+		}
+		opts.Since = &bundle.Delta{Old: old, File: filepath.Base(o.since), Digest: d}
 	}
 	cfg, err := config.Load(o.config)
 	if err != nil {
@@ -72,13 +111,22 @@ func (o *bundleOptions) run(ctx context.Context, stderr io.Writer) error {
 	if len(sources) == 0 {
 		return usageError("bundle: %s lists no image to fetch", o.config)
 	}
+	if opts.Lock != nil {
+		names := make([]string, len(sources))
+		for i, s := range sources {
+			names[i] = s.Name
+		}
+		if err := opts.Lock.Match(names); err != nil {
+			return usageError("bundle: --lock %s does not fit %s: %v", o.lock, o.config, err)
+		}
+	}
 	start := time.Now()
 	store := bundle.NewRegistry(credentials(keyring), nil)
-	opts := bundle.Options{Platforms: ps, Progress: stderr, ProgressEvery: 2 * time.Second}
-	if err := writeBundle(ctx, o.out, store, sources, opts); err != nil {
+	names, err := writeBundle(ctx, o.out, partSize, store, sources, opts)
+	if err != nil {
 		return fmt.Errorf("bundle %s: %w", o.out, err)
 	}
-	fmt.Fprintf(stderr, "bundle: wrote %s in %s\n", o.out, time.Since(start).Round(time.Millisecond))
+	fmt.Fprintf(stderr, "bundle: wrote %s and %s.lock in %s\n", strings.Join(names, ", "), o.out, time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
@@ -133,45 +181,44 @@ func credentials(kr *keyring.Keyring) func(ref string) []authn.Authenticator {
 	}
 }
 
-// writeBundle writes to a temporary file beside path and renames it into
-// place only when complete, so that no half bundle is ever imported.
-func writeBundle(ctx context.Context, path string, store bundle.Store, sources []bundle.Source, opts bundle.Options) (err error) {
-	// A rename over a device (-o /dev/null) would replace the device node.
-	if fi, err := os.Stat(path); err == nil && !fi.Mode().IsRegular() {
-		return fmt.Errorf("bundle: -o %s is not a regular file", path)
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+// writeBundle writes the bundle to temporary files beside path (or its
+// parts) and renames them into place, with the lock beside them, only
+// when complete, so that no half bundle is ever imported. It returns the
+// files written.
+func writeBundle(ctx context.Context, path string, partSize int64, store bundle.Store, sources []bundle.Source, opts bundle.Options) (names []string, err error) {
+	f, err := bundle.Create(path, partSize)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer func() {
 		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
+			f.Abort()
 		}
 	}()
-	var w io.WriteCloser = nopCloser{tmp}
+	var w io.WriteCloser = nopCloser{f}
 	switch {
 	case strings.HasSuffix(path, ".gz") || strings.HasSuffix(path, ".tgz"):
-		w = gzip.NewWriter(tmp)
+		w = gzip.NewWriter(f)
 	case strings.HasSuffix(path, ".zst") || strings.HasSuffix(path, ".zstd"):
-		if w, err = zstd.NewWriter(tmp); err != nil {
-			return err
+		if w, err = zstd.NewWriter(f); err != nil {
+			return nil, err
 		}
 	}
-	if _, err := bundle.Write(ctx, w, store, sources, opts); err != nil {
-		return err
+	lock, err := bundle.Write(ctx, w, store, sources, opts)
+	if err != nil {
+		return nil, err
 	}
 	if err := w.Close(); err != nil {
-		return err
+		return nil, err
 	}
-	if err := tmp.Chmod(0o644); err != nil {
-		return err
+	data, err := lock.Marshal()
+	if err != nil {
+		return nil, err
 	}
-	if err := tmp.Close(); err != nil {
-		return err
+	if err := f.Commit(data); err != nil {
+		return nil, err
 	}
-	return os.Rename(tmp.Name(), path)
+	return f.Names(), nil
 }
 
 type nopCloser struct{ io.Writer }
