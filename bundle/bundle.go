@@ -432,6 +432,9 @@ func (img image) lock(origin string) LockImage {
 // hand must not pass for the digests it names.
 func (img image) check(want LockImage) error {
 	got := img.lock("")
+	if len(got.Platforms) != len(want.Platforms) {
+		return fmt.Errorf("%s has %d manifests, the lock %d", img.desc.Digest, len(got.Platforms), len(want.Platforms))
+	}
 	for i, p := range got.Platforms {
 		w := want.Platforms[i]
 		if p.Config != w.Config || !equalBlobs(p.Layers, w.Layers) {

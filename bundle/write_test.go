@@ -239,6 +239,13 @@ func TestWriteLockAndSince(t *testing.T) {
 		}
 	}
 
+	// A lock edited by hand does not pass for the digests it names.
+	edited, _ := bundle.ParseLock(a)
+	edited.Images[1].Platforms[0].Layers[1].Digest = digest.FromString("other")
+	if _, _, err := write(t, reg.host, bundle.Options{Lock: edited}, sources...); err == nil || !strings.Contains(err.Error(), "names other blobs than the lock has") {
+		t.Errorf("edited lock: %v, want a failure", err)
+	}
+
 	// A delta of the moved tag against the old lock.
 	data, delta, err := write(t, reg.host, bundle.Options{Platforms: opts.Platforms, Since: &bundle.Delta{Old: old, File: "old.lock", Digest: digest.FromBytes(a)}}, sources...)
 	if err != nil {

@@ -19,6 +19,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/kube-preloader/kube-preloader/containerd"
 )
@@ -50,6 +51,14 @@ type ImageSpec struct {
 	// binary built by the test), and Entrypoint into the config.
 	Files      map[string][]byte
 	Entrypoint []string
+
+	// Platforms, when set, make the tag an OCI index of one image per
+	// platform (os/arch[/variant]): base layers shared, own layers per
+	// platform. Unset: one image of the machine's architecture.
+	Platforms []string
+	// Revision, when set, changes the own layers: the same tag pushed
+	// again with another revision is another image.
+	Revision string
 }
 
 // TestImage is an image pushed by PushTestImages.
@@ -63,6 +72,11 @@ type TestImage struct {
 	Size   int64
 	Layers []string // compressed layer digests, base first
 	Image  v1.Image
+
+	// For a multi-platform spec, Digest is the index's and Size its
+	// manifest's; Index is the index, and Manifests its images by platform.
+	Index     v1.ImageIndex
+	Manifests map[string]TestImage
 }
 
 // PushTestImages builds the images and pushes them to reg, in order. Blobs
@@ -91,11 +105,14 @@ func pushTestImage(reg *Registry, spec ImageSpec) (TestImage, error) {
 		spec.LayerSize = 16 << 10
 	}
 	ti := TestImage{Spec: spec, Ref: reg.Host + "/" + spec.Repo + ":" + spec.Tag}
-	img, err := BuildTestImage(spec)
+	ref, err := name.ParseReference(ti.Ref)
 	if err != nil {
 		return ti, err
 	}
-	ref, err := name.ParseReference(ti.Ref)
+	if len(spec.Platforms) > 0 {
+		return pushTestIndex(reg, ti, ref)
+	}
+	img, err := BuildTestImage(spec)
 	if err != nil {
 		return ti, err
 	}
@@ -103,12 +120,16 @@ func pushTestImage(reg *Registry, spec ImageSpec) (TestImage, error) {
 	if err != nil {
 		return ti, err
 	}
+	return describeTestImage(ti, img)
+}
+
+func describeTestImage(ti TestImage, img v1.Image) (TestImage, error) {
 	digest, err := img.Digest()
 	if err != nil {
 		return ti, err
 	}
 	ti.Image, ti.Digest = img, digest.String()
-	ti.DigestRef = reg.Host + "/" + spec.Repo + "@" + ti.Digest
+	ti.DigestRef = strings.TrimSuffix(ti.Ref, ":"+ti.Spec.Tag) + "@" + ti.Digest
 	m, err := img.Manifest()
 	if err != nil {
 		return ti, err
@@ -125,10 +146,57 @@ func pushTestImage(reg *Registry, spec ImageSpec) (TestImage, error) {
 	return ti, nil
 }
 
+// pushTestIndex pushes an index of one image per platform of ti's spec.
+func pushTestIndex(reg *Registry, ti TestImage, ref name.Reference) (TestImage, error) {
+	idx := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
+	ti.Manifests = map[string]TestImage{}
+	for _, p := range ti.Spec.Platforms {
+		plat, err := v1.ParsePlatform(p)
+		if err != nil {
+			return ti, err
+		}
+		img, err := buildTestImage(ti.Spec, *plat)
+		if err != nil {
+			return ti, err
+		}
+		idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: plat}})
+		m, err := describeTestImage(TestImage{Spec: ti.Spec, Ref: ti.Ref}, img)
+		if err != nil {
+			return ti, err
+		}
+		ti.Manifests[p] = m
+	}
+	if err := remote.WriteIndex(ref, idx, remote.WithAuth(reg.Authenticator()), remote.WithTransport(reg.Transport())); err != nil {
+		return ti, err
+	}
+	digest, err := idx.Digest()
+	if err != nil {
+		return ti, err
+	}
+	size, err := idx.Size()
+	if err != nil {
+		return ti, err
+	}
+	ti.Index, ti.Digest, ti.Size = idx, digest.String(), size
+	ti.DigestRef = strings.TrimSuffix(ti.Ref, ":"+ti.Spec.Tag) + "@" + ti.Digest
+	return ti, nil
+}
+
 // BuildTestImage builds the image of spec without pushing it. Zero fields
 // are used as is (no defaults), except BaseLayerSize, which is LayerSize
 // when zero.
 func BuildTestImage(spec ImageSpec) (v1.Image, error) {
+	return buildTestImage(spec, v1.Platform{OS: "linux", Architecture: runtime.GOARCH})
+}
+
+func buildTestImage(spec ImageSpec, platform v1.Platform) (v1.Image, error) {
+	own := fmt.Sprintf("own/%s:%s", spec.Repo, spec.Tag)
+	if len(spec.Platforms) > 0 {
+		own += "/" + platform.String()
+	}
+	if spec.Revision != "" {
+		own += "@" + spec.Revision
+	}
 	layers := append([]v1.Layer(nil), spec.Prebuilt...)
 	baseSize := spec.LayerSize
 	if spec.BaseLayerSize != 0 {
@@ -137,12 +205,12 @@ func BuildTestImage(spec ImageSpec) (v1.Image, error) {
 	for i := range spec.BaseLayers {
 		layers = append(layers, randomLayer(fmt.Sprintf("%s/%d", spec.BaseSeed, i), baseSize))
 	}
-	own := randomLayer
+	ownLayer := randomLayer
 	if spec.Compressible {
-		own = fourLetterLayer
+		ownLayer = fourLetterLayer
 	}
 	for i := range spec.OwnLayers {
-		layers = append(layers, own(fmt.Sprintf("own/%s:%s/%d", spec.Repo, spec.Tag, i), spec.LayerSize))
+		layers = append(layers, ownLayer(fmt.Sprintf("%s/%d", own, i), spec.LayerSize))
 	}
 	if len(spec.Files) > 0 {
 		layers = append(layers, filesLayer(spec.Files))
@@ -156,7 +224,7 @@ func BuildTestImage(spec ImageSpec) (v1.Image, error) {
 		return nil, err
 	}
 	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", runtime.GOARCH
+	cf.OS, cf.Architecture, cf.Variant = platform.OS, platform.Architecture, platform.Variant
 	cf.Config.Entrypoint = spec.Entrypoint
 	return mutate.ConfigFile(img, cf)
 }
