@@ -21,8 +21,9 @@ var partSuffix = regexp.MustCompile(`\.part-(\d{3,})$`)
 type File struct {
 	path  string
 	max   int64 // 0: one file
-	parts []*os.File
-	n     int64 // bytes in the last part
+	parts []*os.File // open, until Commit or Abort
+	count int        // parts started
+	n     int64      // bytes in the last part
 }
 
 // Create starts writing the bundle path, split into parts of at most
@@ -45,13 +46,14 @@ func Create(path string, maxPartSize int64) (*File, error) {
 func (f *File) next() error {
 	name := filepath.Base(f.path)
 	if f.max > 0 {
-		name = filepath.Base(PartName(f.path, len(f.parts)+1))
+		name = filepath.Base(PartName(f.path, f.count+1))
 	}
 	tmp, err := os.CreateTemp(filepath.Dir(f.path), "."+name+".*")
 	if err != nil {
 		return err
 	}
 	f.parts = append(f.parts, tmp)
+	f.count++
 	f.n = 0
 	return nil
 }
@@ -84,8 +86,8 @@ func (f *File) Names() []string {
 	if f.max == 0 {
 		return []string{f.path}
 	}
-	names := make([]string, len(f.parts))
-	for i := range f.parts {
+	names := make([]string, f.count)
+	for i := range names {
 		names[i] = PartName(f.path, i+1)
 	}
 	return names

@@ -47,6 +47,9 @@ func TestFilePartsAndReadLock(t *testing.T) {
 	if err := f.Commit(rawLock); err != nil {
 		t.Fatal(err)
 	}
+	if names := f.Names(); len(names) != (len(data)+max-1)/max || names[0] != bundle.PartName(path, 1) {
+		t.Errorf("Names after Commit: %q", names)
+	}
 	var joined []byte
 	want := (len(data) + max - 1) / max
 	for i := 1; i <= want; i++ {

@@ -424,6 +424,9 @@ func TestBundleParts(t *testing.T) {
 	if n < 4 || !slices.Equal(names, wantNames) {
 		t.Errorf("files written: %q, want 4 or more parts and the lock: %q", names, wantNames)
 	}
+	if said := fmt.Sprintf("wrote %d parts, images.tar.zst.part-001 to %s, and %s.lock", n, filepath.Base(bundle.PartName(out, n)), out); !strings.Contains(r.stderr, said) {
+		t.Errorf("bundle does not say %q:\n%s", said, r.stderr)
+	}
 	files := bundleFiles(t, joined)
 	if !bytes.Equal(files[bundle.LockEntry], readFile(t, out+".lock")) {
 		t.Errorf("the parts joined are not a bundle with the lock beside them")

@@ -126,7 +126,11 @@ func (o *bundleOptions) run(ctx context.Context, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("bundle %s: %w", o.out, err)
 	}
-	fmt.Fprintf(stderr, "bundle: wrote %s and %s.lock in %s\n", strings.Join(names, ", "), o.out, time.Since(start).Round(time.Millisecond))
+	wrote := names[0]
+	if len(names) > 1 {
+		wrote = fmt.Sprintf("%d parts, %s to %s,", len(names), filepath.Base(names[0]), filepath.Base(names[len(names)-1]))
+	}
+	fmt.Fprintf(stderr, "bundle: wrote %s and %s.lock in %s\n", wrote, o.out, time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
