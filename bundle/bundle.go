@@ -185,7 +185,7 @@ func Write(ctx context.Context, w io.Writer, store Store, sources []Source, opts
 		return nil, err
 	}
 	stop()
-	summary := fmt.Sprintf("bundle: %d images, %d blobs, %s", len(imgs), len(bw.written), mib(p.done.Load()))
+	summary := fmt.Sprintf("bundle: %d images, %d blobs, %s", len(imgs), len(bw.written)-bw.skipped, mib(p.done.Load()))
 	if opts.Since != nil {
 		summary += fmt.Sprintf("; %d layers left out, in %s", bw.skipped, opts.Since.File)
 	}
