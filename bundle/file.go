@@ -20,7 +20,7 @@ var partSuffix = regexp.MustCompile(`\.part-(\d{3,})$`)
 // file until Commit, so that no half bundle is ever imported.
 type File struct {
 	path  string
-	max   int64 // 0: one file
+	max   int64      // 0: one file
 	parts []*os.File // open, until Commit or Abort
 	count int        // parts started
 	n     int64      // bytes in the last part

@@ -11,6 +11,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	"gopkg.in/yaml.v3"
+
+	"github.com/kube-preloader/kube-preloader/yamlpos"
 )
 
 // LockVersion is the version of the lock format this preloader writes and
@@ -175,7 +177,11 @@ var yamlLine = regexp.MustCompile(`^\s*line (\d+): `)
 func ParseLock(data []byte) (*Lock, error) {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return nil, yamlSyntaxError(err, data)
+		line, msg := yamlpos.SyntaxError(err, data)
+		if line == 0 {
+			return nil, fmt.Errorf(" %s", msg)
+		}
+		return nil, fmt.Errorf("%d: %s", line, msg)
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)

@@ -1,8 +1,9 @@
-package bundle
+// Package yamlpos finds the line of the input that a yaml.v3 syntax error
+// is about, which yaml.v3's own text gets wrong by one for some errors.
+package yamlpos
 
 import (
 	"bytes"
-	"fmt"
 	"io"
 	"regexp"
 	"strconv"
@@ -11,20 +12,16 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-// The line yaml.v3 means in a syntax error, found as package config
-// finds it for images.yaml.
-
 // yamlError is all that yaml.v3 tells of a syntax error: its text,
 // "yaml: line N: msg", or "yaml: msg" when it names no line.
 var yamlError = regexp.MustCompile(`(?s)^yaml: (?:line (\d+): )?(.*)$`)
 
-// yamlSyntaxError is err with the line of data it is on, as "N: msg".
-func yamlSyntaxError(err error, data []byte) error {
-	line, msg := splitYAMLError(err)
-	if line == 0 {
-		return fmt.Errorf(" %s", msg)
-	}
-	return fmt.Errorf("%d: %s", errorLine(data, line, msg), msg)
+// SyntaxError returns the line of data that yaml.v3's syntax error err is
+// on, 0 when none applies, and its message without the "yaml: line N:"
+// prefix.
+func SyntaxError(err error, data []byte) (line int, msg string) {
+	line, msg = splitYAMLError(err)
+	return errorLine(data, line, msg), msg
 }
 
 // splitYAMLError returns the line that yaml.v3's error names, 0 if none,
