@@ -30,13 +30,21 @@ const (
 type File struct {
 	Path        string
 	Compression string
+	// Parts are the files it is read from when it is split into parts
+	// (Path itself does not exist then), in order.
+	Parts []string
 
-	f *os.File
+	f     source
+	parts *parts
 }
 
 // Open opens name, a path relative to dir or an absolute path below it,
 // refusing anything that resolves outside dir, symbolic links included: the
 // node's archive directory is the only place archives are read from.
+//
+// When name does not exist but its parts do (name.part-001, …), Open reads
+// them as one file; a gap in their numbering is an error that wraps
+// ErrIncomplete and names the missing part.
 func Open(dir, name string) (*File, error) {
 	rel := name
 	if filepath.IsAbs(name) {
@@ -54,6 +62,13 @@ func Open(dir, name string) (*File, error) {
 	f, err := root.Open(rel)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
+			p, perr := openParts(root, dir, rel)
+			switch {
+			case perr != nil:
+				return nil, fmt.Errorf("archive %s: %w", path, perr)
+			case p != nil:
+				return newFile(path, p, p)
+			}
 			return nil, fmt.Errorf("archive %s: %w", path, os.ErrNotExist)
 		}
 		// os.Root reports escapes (.., symlinks pointing out) as a generic
@@ -71,7 +86,17 @@ func Open(dir, name string) (*File, error) {
 		f.Close()
 		return nil, fmt.Errorf("archive %s: %w", path, err)
 	}
-	a := &File{Path: path, f: f}
+	return newFile(path, f, nil)
+}
+
+func newFile(path string, f source, p *parts) (*File, error) {
+	a := &File{Path: path, f: f, parts: p}
+	if p != nil {
+		for _, pt := range p.files {
+			a.Parts = append(a.Parts, pt.path)
+		}
+	}
+	var err error
 	if a.Compression, err = detect(f); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("archive %s: %w", path, err)
@@ -122,10 +147,10 @@ var magics = []struct {
 }
 
 // detect reads the magic bytes at the start of the file.
-func detect(f *os.File) (string, error) {
+func detect(f io.ReaderAt) (string, error) {
 	head := make([]byte, 6)
-	n, err := io.ReadFull(f, head)
-	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
+	n, err := f.ReadAt(head, 0)
+	if err != nil && err != io.EOF {
 		return "", err
 	}
 	head = head[:n]

@@ -273,14 +273,59 @@ func TestInspectPlatforms(t *testing.T) {
 			t.Errorf("got %+v, want the amd64 config %s", got, configDigest(t, amd))
 		}
 	})
+	// An image without the node's platform is reported by name, beside
+	// the images the archive has for it.
 	for _, f := range archivetest.Formats {
 		t.Run("only arm64, "+string(f), func(t *testing.T) {
-			_, err := inspect(t, write(t, f, []archivetest.Image{{Names: []string{"registry.example/arm:1"}, Image: arm}}))
-			if err == nil || !strings.Contains(err.Error(), "platform linux/amd64") || !strings.Contains(err.Error(), "linux/arm64") {
-				t.Errorf("err = %v, want one naming the wanted and the available platform", err)
+			c, err := inspectContents(t, write(t, f, []archivetest.Image{
+				{Names: []string{"registry.example/arm:1"}, Image: arm},
+				{Names: []string{"registry.example/amd:1"}, Image: amd},
+			}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(c.Images) != 1 || !slices.Equal(c.Images[0].Names, []string{"registry.example/amd:1"}) {
+				t.Errorf("images %+v, want registry.example/amd:1 alone", c.Images)
+			}
+			if len(c.Unavailable) != 1 {
+				t.Fatalf("unavailable %v, want the arm64 image", c.Unavailable)
+			}
+			msg := c.Unavailable[0].Error()
+			for _, want := range []string{"registry.example/arm:1", "platform linux/amd64", "the archive has linux/arm64"} {
+				if !strings.Contains(msg, want) {
+					t.Errorf("%q does not say %q", msg, want)
+				}
 			}
 		})
 	}
+	t.Run("index without the node's platform, beside one with it", func(t *testing.T) {
+		s390x := image(t, "linux/s390x", layer(t, 3))
+		armOnly := mutate.AppendManifests(mutate.IndexMediaType(empty.Index, types.OCIImageIndex),
+			mutate.IndexAddendum{Add: arm, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "arm64"}}},
+			mutate.IndexAddendum{Add: s390x, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "s390x"}}},
+		)
+		both := mutate.AppendManifests(mutate.IndexMediaType(empty.Index, types.OCIImageIndex),
+			mutate.IndexAddendum{Add: arm, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "arm64"}}},
+			mutate.IndexAddendum{Add: amd, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}},
+		)
+		var buf bytes.Buffer
+		if err := archivetest.WriteLayout(&buf,
+			archivetest.Entry{Name: "registry.example/arm-only:1", Index: armOnly},
+			archivetest.Entry{Name: "registry.example/both:1", Index: both},
+		); err != nil {
+			t.Fatal(err)
+		}
+		c, err := inspectContents(t, buf.Bytes())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(c.Images) != 1 || string(c.Images[0].Config) != configDigest(t, amd) {
+			t.Errorf("images %+v, want both:1 with the amd64 config", c.Images)
+		}
+		if len(c.Unavailable) != 1 || !strings.Contains(c.Unavailable[0].Error(), "registry.example/arm-only:1: no manifest for platform linux/amd64 (the archive has linux/arm64, linux/s390x)") {
+			t.Errorf("unavailable %v, want arm-only:1 with the platforms it has", c.Unavailable)
+		}
+	})
 }
 
 func TestInspectBad(t *testing.T) {
@@ -294,6 +339,17 @@ func TestInspectBad(t *testing.T) {
 			}
 			return h, c
 		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	dropConfigs := func(data []byte) []byte {
+		var configs []string
+		for _, img := range imgs {
+			configs = append(configs, configDigest(t, img.Image))
+		}
+		out, err := archivetest.DropBlobs(data, configs...)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -317,8 +373,8 @@ func TestInspectBad(t *testing.T) {
 	}{
 		{"truncated tar", oci[:len(oci)/2], "truncated"},
 		{"truncated gzip", gz[:len(gz)-100], "truncated"},
-		{"oci layers missing", dropLayers(oci), "missing from the archive"},
 		{"docker layers missing", dropLayers(docker), "missing from the archive"},
+		{"oci config missing", dropConfigs(oci), "missing from the archive"},
 		{"entry with ..", prepend(oci, "../../etc/cron.d/x"), `"../../etc/cron.d/x": path with ..`},
 		{"entry with .. inside", prepend(docker, "blobs/../../x"), "path with .."},
 		{"absolute entry", prepend(oci, "/etc/passwd"), "absolute path"},

@@ -33,13 +33,19 @@ func (s *scan) dockerImages() error {
 			names = append(names, n)
 		}
 		img, err := s.dockerImage(path.Clean(m.Config), m.Layers)
-		if err != nil {
+		var perr *PlatformError
+		switch {
+		case errors.As(err, &perr):
+			perr.Names = names
+			s.contents.Unavailable = append(s.contents.Unavailable, perr)
+			continue
+		case err != nil:
 			return fmt.Errorf("image %s: %w", describe(names, digest.Digest(m.Config)), err)
 		}
 		img.Names = names
 		s.addImage(img)
 	}
-	if len(s.contents.Images) == 0 {
+	if len(s.contents.Images)+len(s.contents.Unavailable) == 0 {
 		return errors.New("manifest.json lists no images")
 	}
 	return nil
@@ -64,7 +70,7 @@ func (s *scan) dockerImage(configPath string, layerPaths []string) (Image, error
 		return Image{}, fmt.Errorf("config %s: %w", configPath, err)
 	}
 	if p := platforms.Normalize(cfg.Platform); p.OS != "" && !s.match.Match(p) {
-		return Image{}, fmt.Errorf("no image for platform %s (the archive has %s)", platforms.Format(s.platform), platforms.Format(p))
+		return Image{}, &PlatformError{Digest: ce.digest, Platform: platforms.Format(s.platform), Has: platforms.Format(p)}
 	}
 	if len(layerPaths) != len(cfg.RootFS.DiffIDs) {
 		return Image{}, fmt.Errorf("manifest.json lists %d layers, config %s has %d", len(layerPaths), configPath, len(cfg.RootFS.DiffIDs))

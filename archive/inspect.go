@@ -24,6 +24,8 @@ import (
 // Contents is what an archive holds for a platform, and where.
 type Contents struct {
 	Images []Image
+	// Unavailable are the images it holds for other platforms only.
+	Unavailable []*PlatformError
 
 	file  *File
 	blobs map[digest.Digest]blob
@@ -44,6 +46,11 @@ type Image struct {
 	Target ocispec.Descriptor
 	// Blobs are Target and every blob below it for the platform.
 	Blobs []ocispec.Descriptor
+	// Absent are the layers among Blobs that the archive does not hold: a
+	// delta leaves out the layers of the bundle it was made since, which
+	// the node must have already. Only an OCI layout's layers may be
+	// absent; everything else an image needs must be in the archive.
+	Absent []ocispec.Descriptor
 	// Layers are its layers for the platform, bottom first, each with the
 	// diff ID its config lists: what an unpack applies, known before any
 	// blob is written so that a layer can be applied as soon as it is in.
@@ -71,9 +78,26 @@ const (
 	maxJSONTotal = 256 << 20
 )
 
+// blockSize is a tar block: entries are padded to it, and two zero blocks
+// end the archive.
+const blockSize = 512
+
 // headSize is how much of an entry Inspect reads to tell JSON and
 // compressed content from the rest.
 const headSize = 512
+
+// PlatformError is an image of the archive that has no manifest for the
+// platform asked for.
+type PlatformError struct {
+	Names    []string
+	Digest   digest.Digest // of its index.json entry, or its config
+	Platform string        // the one asked for
+	Has      string        // the platforms the archive has for it
+}
+
+func (e *PlatformError) Error() string {
+	return fmt.Sprintf("image %s: no manifest for platform %s (the archive has %s)", describe(e.Names, e.Digest), e.Platform, e.Has)
+}
 
 // ErrCorrupt is what Each reports for a blob whose content does not have
 // the digest the archive stores it under or its config lists.
@@ -91,6 +115,12 @@ var ErrCorrupt = errors.New("digest mismatch")
 func Inspect(ctx context.Context, a *File, platform ocispec.Platform) (*Contents, error) {
 	c, err := inspect(ctx, a, platform)
 	if err != nil {
+		if a.parts != nil && errors.Is(err, io.ErrUnexpectedEOF) {
+			// Nothing tells a missing last part from a truncated one:
+			// name both.
+			missing, last := a.parts.next()
+			err = fmt.Errorf("%w: the parts end before the archive does: part %s is missing, or %s is incomplete (%v)", ErrIncomplete, missing, last, err)
+		}
 		return nil, fmt.Errorf("archive %s: %w", a.Path, err)
 	}
 	return c, nil
@@ -112,6 +142,7 @@ func inspect(ctx context.Context, a *File, platform ocispec.Platform) (*Contents
 		links:    make(map[string]string),
 		contents: &Contents{file: a, blobs: make(map[digest.Digest]blob)},
 		platform: platforms.Normalize(platform),
+		needEnd:  a.parts != nil,
 	}
 	s.match = platforms.Only(s.platform)
 	if err := s.read(tarStream); err != nil {
@@ -153,6 +184,10 @@ type scan struct {
 	contents  *Contents
 	platform  ocispec.Platform
 	match     platforms.MatchComparer
+	// needEnd: the tar stream must end with its end-of-archive blocks.
+	// A split archive's parts can end exactly where an entry does, which
+	// the tar reader takes for the end of the archive.
+	needEnd bool
 }
 
 // counter counts the bytes read through it: the offsets of entries.
@@ -194,9 +229,13 @@ func (s *scan) read(r io.Reader) error {
 		tr = tar.NewReader(cr)
 	}
 	buf := make([]byte, 1<<20)
+	var lastEnd int64 // where the last entry's content and padding end
 	for {
 		hdr, err := tr.Next()
 		if err == io.EOF {
+			if s.needEnd && cr.n-lastEnd < 2*blockSize {
+				return fmt.Errorf("truncated: no end-of-archive blocks after the last entry: %w", io.ErrUnexpectedEOF)
+			}
 			break
 		}
 		if err != nil {
@@ -209,11 +248,13 @@ func (s *scan) read(r io.Reader) error {
 		if err != nil {
 			return err
 		}
+		lastEnd = cr.n
 		switch hdr.Typeflag {
 		case tar.TypeReg, tar.TypeRegA: //nolint:staticcheck // old writers still use TypeRegA
 			// tar.Reader reads exactly the header blocks: what it has
 			// read so far ends where the content starts.
 			offset := cr.n
+			lastEnd = offset + (hdr.Size+blockSize-1)/blockSize*blockSize
 			e, err := s.readEntry(tr, name, hdr, buf)
 			if err != nil {
 				return fmt.Errorf("entry %q: %w", hdr.Name, notTar(err))

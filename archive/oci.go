@@ -40,13 +40,20 @@ func (s *scan) ociImages(ctx context.Context) error {
 			return err
 		}
 		img, err := s.resolve(ctx, desc)
-		if err != nil {
+		var perr *PlatformError
+		switch {
+		case errors.As(err, &perr):
+			// The archive's other images may still be imported.
+			perr.Names, perr.Digest = names, desc.Digest
+			s.contents.Unavailable = append(s.contents.Unavailable, perr)
+			continue
+		case err != nil:
 			return fmt.Errorf("image %s: %w", describe(names, desc.Digest), err)
 		}
 		img.Names = names
 		s.addImage(img)
 	}
-	if len(s.contents.Images) == 0 {
+	if len(s.contents.Images)+len(s.contents.Unavailable) == 0 {
 		return errors.New("index.json lists no images")
 	}
 	return nil
@@ -81,7 +88,7 @@ func (s *scan) resolve(ctx context.Context, desc ocispec.Descriptor) (Image, err
 	m, err := images.Manifest(ctx, p, desc, s.match)
 	if err != nil {
 		if strings.Contains(err.Error(), "no match for platform") {
-			return Image{}, fmt.Errorf("no manifest for platform %s (the archive has %s)", platforms.Format(s.platform), s.platforms(ctx, desc))
+			return Image{}, &PlatformError{Platform: platforms.Format(s.platform), Has: s.platforms(ctx, desc)}
 		}
 		return Image{}, err
 	}
@@ -98,7 +105,7 @@ func (s *scan) resolve(ctx context.Context, desc ocispec.Descriptor) (Image, err
 			return Image{}, fmt.Errorf("config %s: %w", m.Config.Digest, err)
 		}
 		if cp.OS != "" && !s.match.Match(cp) {
-			return Image{}, fmt.Errorf("no manifest for platform %s (the archive has %s)", platforms.Format(s.platform), platforms.Format(cp))
+			return Image{}, &PlatformError{Platform: platforms.Format(s.platform), Has: platforms.Format(cp)}
 		}
 	}
 	layers, err := ociLayers(ctx, p, m)
@@ -111,10 +118,18 @@ func (s *scan) resolve(ctx context.Context, desc ocispec.Descriptor) (Image, err
 		Layers: layers,
 	}
 	collect := images.HandlerFunc(func(ctx context.Context, d ocispec.Descriptor) ([]ocispec.Descriptor, error) {
+		d = ocispec.Descriptor{MediaType: d.MediaType, Digest: d.Digest, Size: d.Size}
+		if _, _, ok := s.entry(blobPath(d.Digest)); !ok && images.IsLayerType(d.MediaType) {
+			// A delta's: the import takes it from the node's content
+			// store, or fails before it writes anything.
+			img.Blobs = append(img.Blobs, d)
+			img.Absent = append(img.Absent, d)
+			return nil, nil
+		}
 		if err := s.addBlob(d, blobPath(d.Digest)); err != nil {
 			return nil, err
 		}
-		img.Blobs = append(img.Blobs, ocispec.Descriptor{MediaType: d.MediaType, Digest: d.Digest, Size: d.Size})
+		img.Blobs = append(img.Blobs, d)
 		return images.Children(ctx, p, d)
 	})
 	if err := images.Walk(ctx, images.LimitManifests(images.FilterPlatforms(collect, s.match), s.match, 1), img.Target); err != nil {

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -106,12 +107,23 @@ func (c *Client) Close() error { return c.c.Close() }
 // applied, two at a time, while the other blobs are still being written. containerd's own importer (client.Import, as
 // `ctr images import` uses it) writes every tar entry one at a time,
 // unchecked, before any unpacking; integration/bench compares the two.
+//
+// Layers the archive lacks (a delta's) must be in the content store
+// already: they are checked before anything is written, and held by the
+// import's lease while it runs.
 func (c *Client) Import(ctx context.Context, contents *archive.Contents, want []archive.Image) (err error) {
+	absent, err := c.checkAbsent(ctx, want)
+	if err != nil {
+		return err
+	}
 	ctx, release, err := c.lease(ctx, "import")
 	if err != nil {
 		return err
 	}
 	defer func() { release(err) }()
+	if err := c.holdContent(ctx, absent); err != nil {
+		return err
+	}
 
 	var records []images.Image
 	for _, img := range want {
@@ -124,12 +136,21 @@ func (c *Client) Import(ctx context.Context, contents *archive.Contents, want []
 
 	var blobs []ocispec.Descriptor
 	for _, img := range want {
-		blobs = append(blobs, img.Blobs...)
+		for _, b := range img.Blobs {
+			if !slices.Contains(absent, b.Digest) {
+				blobs = append(blobs, b)
+			}
+		}
 	}
 	u := c.newUnpacker(want)
 	cs := c.c.ContentStore()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
+		for _, d := range absent {
+			if err := u.written(gctx, d); err != nil {
+				return err
+			}
+		}
 		err := contents.Each(gctx, blobs, func(desc ocispec.Descriptor, r io.Reader) error {
 			if err := content.WriteBlob(gctx, cs, "preloader-"+desc.Digest.String(), r, desc); err != nil {
 				return fmt.Errorf("write blob %s: %w", desc.Digest, err)
@@ -151,6 +172,63 @@ func (c *Client) Import(ctx context.Context, contents *archive.Contents, want []
 		return errors.New("some images were left unpacked")
 	}
 	return c.record(ctx, records)
+}
+
+// checkAbsent checks that the content store has every layer the archive
+// lacks, and returns their digests. The error names each image's missing
+// layers and wraps archive.ErrIncomplete.
+func (c *Client) checkAbsent(ctx context.Context, want []archive.Image) ([]digest.Digest, error) {
+	cs := c.c.ContentStore()
+	var (
+		absent  []digest.Digest
+		known   = make(map[digest.Digest]bool)
+		missing []string
+	)
+	for _, img := range want {
+		var lacks []string
+		for _, d := range img.Absent {
+			has, ok := known[d.Digest]
+			if !ok {
+				_, err := cs.Info(ctx, d.Digest)
+				switch {
+				case err == nil:
+					has = true
+					absent = append(absent, d.Digest)
+				case !errdefs.IsNotFound(err):
+					return nil, fmt.Errorf("image %s: layer %s: %w", describe(img), d.Digest, err)
+				}
+				known[d.Digest] = has
+			}
+			if !has {
+				lacks = append(lacks, d.Digest.String())
+			}
+		}
+		if len(lacks) > 0 {
+			missing = append(missing, fmt.Sprintf("image %s lacks %s", describe(img), strings.Join(lacks, ", ")))
+		}
+	}
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("%w: layers neither in the archive nor in the node's content store (a delta imports only where the images it was made since are): %s",
+			archive.ErrIncomplete, strings.Join(missing, "; "))
+	}
+	return absent, nil
+}
+
+// holdContent adds blobs the import uses but does not write to its lease,
+// so that the garbage collector leaves them while it runs, even if the
+// images that hold them are removed meanwhile.
+func (c *Client) holdContent(ctx context.Context, blobs []digest.Digest) error {
+	id, ok := leases.FromContext(ctx)
+	if !ok || len(blobs) == 0 {
+		return nil
+	}
+	ls := c.c.LeasesService()
+	for _, d := range blobs {
+		if err := ls.AddResource(ctx, leases.Lease{ID: id}, leases.Resource{ID: d.String(), Type: "content"}); err != nil {
+			return fmt.Errorf("lease layer %s: %w", d, err)
+		}
+	}
+	return nil
 }
 
 // streamCut marks as unavailable a write that containerd cut: a gRPC

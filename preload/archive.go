@@ -54,7 +54,9 @@ func (e *Engine) importArchives(ctx context.Context, cfg *config.Config, images 
 
 // archiveFiles lists the archives to import, as paths relative to
 // cfg.ArchiveDir: those images name, then the rest of the directory's
-// files, sorted. Hidden files (an upload in progress) are left out.
+// files, sorted. The parts of a split archive (FILE.part-001, …) are the
+// one archive FILE. Hidden files (an upload in progress) and the files
+// carried beside archives (carriedBeside) are left out.
 func archiveFiles(cfg *config.Config, images []config.Image) (files []string, wanted map[string][]config.Image) {
 	wanted = make(map[string][]config.Image)
 	for _, img := range images {
@@ -62,6 +64,9 @@ func archiveFiles(cfg *config.Config, images []config.Image) (files []string, wa
 			continue
 		}
 		f := filepath.Clean(img.Archive)
+		if whole, _, ok := archive.PartOf(f); ok {
+			f = whole
+		}
 		if _, ok := wanted[f]; !ok {
 			files = append(files, f)
 		}
@@ -76,15 +81,29 @@ func archiveFiles(cfg *config.Config, images []config.Image) (files []string, wa
 	}
 	var rest []string
 	for _, d := range entries {
-		if d.IsDir() || strings.HasPrefix(d.Name(), ".") {
+		name := d.Name()
+		if d.IsDir() || strings.HasPrefix(name, ".") || carriedBeside(name) {
 			continue
 		}
-		if _, ok := wanted[d.Name()]; !ok {
-			rest = append(rest, d.Name())
+		if whole, _, ok := archive.PartOf(name); ok {
+			name = whole
+		}
+		if _, ok := wanted[name]; !ok && !slices.Contains(rest, name) {
+			rest = append(rest, name)
 		}
 	}
 	sort.Strings(rest)
 	return append(files, rest...), wanted
+}
+
+// carriedBeside tells the files that travel with archives and are none: a
+// bundle's lock (FILE.lock), checksums and detached signatures.
+func carriedBeside(name string) bool {
+	switch filepath.Ext(name) {
+	case ".lock", ".sha256", ".sha512", ".sig", ".asc":
+		return true
+	}
+	return name == "SHA256SUMS" || name == "SHA512SUMS"
 }
 
 // importArchive imports one archive unless the runtime already has all of
@@ -127,7 +146,7 @@ func (e *Engine) importArchive(ctx context.Context, cfg *config.Config, file str
 	case err != nil:
 		return fail(failure.Archive, err)
 	}
-	imgs := contents.Images
+	imgs, unavailable := contents.Images, contents.Unavailable
 
 	var results []Result
 	result := func(name string, status Status, reason failure.Reason, err error) {
@@ -143,10 +162,24 @@ func (e *Engine) importArchive(ctx context.Context, cfg *config.Config, file str
 	for _, w := range wanted {
 		switch {
 		case slices.ContainsFunc(imgs, func(i archive.Image) bool { return slices.Contains(i.Names, w.Name) }):
-		case len(imgs) == 1:
+		case slices.ContainsFunc(unavailable, func(u *archive.PlatformError) bool { return slices.Contains(u.Names, w.Name) }):
+		case len(imgs) == 1 && len(unavailable) == 0:
 			imgs[0].Names = append(imgs[0].Names, w.Name)
+		case len(imgs) == 0 && len(unavailable) == 1:
+			unavailable[0].Names = append(unavailable[0].Names, w.Name)
 		default:
-			result(w.Name, StatusFailed, failure.Archive, fmt.Errorf("archive %s holds %d images and none is named %s (it has %s)", path, len(imgs), w.Name, archiveNames(imgs)))
+			result(w.Name, StatusFailed, failure.Archive, fmt.Errorf("archive %s holds %d images and none is named %s (it has %s)", path, len(imgs)+len(unavailable), w.Name, archiveNames(imgs, unavailable)))
+		}
+	}
+	// An image without the node's platform fails by name; the archive's
+	// other images are imported.
+	for _, u := range unavailable {
+		err := fmt.Errorf("archive %s: %w", path, u)
+		if len(u.Names) == 0 {
+			result(fmt.Sprintf("%s (%s)", path, u.Digest), StatusFailed, failure.Archive, err)
+		}
+		for _, n := range u.Names {
+			result(n, StatusFailed, failure.Archive, err)
 		}
 	}
 	var named []archive.Image
@@ -176,7 +209,11 @@ func (e *Engine) importArchive(ctx context.Context, cfg *config.Config, file str
 
 	if err := e.importRetrying(ctx, cfg.Retry, path, contents, named); err != nil {
 		reason := importReason(ctx, err)
-		err = fmt.Errorf("archive %s: import: %w", path, err)
+		if errors.Is(err, archive.ErrIncomplete) {
+			err = fmt.Errorf("archive %s: %w", path, err)
+		} else {
+			err = fmt.Errorf("archive %s: import: %w", path, err)
+		}
 		for _, img := range named {
 			for _, n := range img.Names {
 				result(n, StatusFailed, reason, err)
@@ -254,8 +291,10 @@ func importReason(ctx context.Context, err error) failure.Reason {
 		// the import stopped, and nothing is retried.
 		err = cerr
 	}
-	if errors.Is(err, archive.ErrCorrupt) {
-		return failure.Archive // a layer found corrupt as it was written
+	if errors.Is(err, archive.ErrCorrupt) || errors.Is(err, archive.ErrIncomplete) {
+		// A layer found corrupt as it was written, or a delta's layers
+		// that the node lacks.
+		return failure.Archive
 	}
 	switch reason, _ := Classify(err); reason {
 	case failure.Runtime, failure.NoSpace, failure.Canceled, failure.Timeout:
@@ -278,10 +317,13 @@ func imageIDs(images []*runtimeapi.Image) map[string]string {
 	return ids
 }
 
-func archiveNames(imgs []archive.Image) string {
+func archiveNames(imgs []archive.Image, unavailable []*archive.PlatformError) string {
 	var names []string
 	for _, img := range imgs {
 		names = append(names, img.Names...)
+	}
+	for _, u := range unavailable {
+		names = append(names, u.Names...)
 	}
 	if len(names) == 0 {
 		return "no names"

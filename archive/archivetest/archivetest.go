@@ -488,3 +488,64 @@ func Prepend(data []byte, p string, content []byte) ([]byte, error) {
 func IsBlob(p string) bool {
 	return strings.HasPrefix(p, "blobs/") || path.Base(p) == "layer.tar" || strings.HasSuffix(p, ".tar.gz")
 }
+
+// Entry is one entry of an OCI layout's index.json: an image or an index
+// (exactly one of them), named as a bundle names it.
+type Entry struct {
+	Name  string
+	Image v1.Image
+	Index v1.ImageIndex
+}
+
+// WriteLayout writes an OCI layout of entries, each named in both
+// io.containerd.image.name and org.opencontainers.image.ref.name, as
+// `preloader bundle` does.
+func WriteLayout(w io.Writer, entries ...Entry) error {
+	return writeLayout(w, func(p layout.Path) error {
+		for _, e := range entries {
+			opt := layout.WithAnnotations(map[string]string{"io.containerd.image.name": e.Name, "org.opencontainers.image.ref.name": e.Name})
+			var err error
+			if e.Index != nil {
+				err = p.AppendIndex(e.Index, opt)
+			} else {
+				err = p.AppendImage(e.Image, opt)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// DropBlobs returns the OCI layout data without the blobs of digests, as
+// a delta bundle leaves out what the bundle it was made since holds.
+func DropBlobs(data []byte, digests ...string) ([]byte, error) {
+	drop := make(map[string]bool)
+	for _, d := range digests {
+		drop["blobs/"+strings.Replace(d, ":", "/", 1)] = true
+	}
+	return Edit(data, func(h *tar.Header, c []byte) (*tar.Header, []byte) {
+		if drop[path.Clean(h.Name)] {
+			return nil, nil
+		}
+		return h, c
+	})
+}
+
+// WriteParts splits data byte-wise into parts of size bytes (the last one
+// shorter), written as dir/file.part-001, … as `preloader bundle
+// --max-part-size` does, and returns their paths.
+func WriteParts(dir, file string, data []byte, size int) ([]string, error) {
+	var paths []string
+	for i := 0; len(data) > 0 || i == 0; i++ {
+		n := min(size, len(data))
+		p := filepath.Join(dir, fmt.Sprintf("%s.part-%03d", file, i+1))
+		if err := os.WriteFile(p, data[:n], 0o644); err != nil {
+			return nil, err
+		}
+		paths = append(paths, p)
+		data = data[n:]
+	}
+	return paths, nil
+}
