@@ -50,6 +50,23 @@ func testArchive(t *testing.T, dir, file string, f archivetest.Format, names ...
 	return ids
 }
 
+// split replaces dir/file with n parts of it and returns their paths.
+func split(t *testing.T, dir, file string, n int) []string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(dir, file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	parts, err := archivetest.WriteParts(dir, file, data, len(data)/n+1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(dir, file)); err != nil {
+		t.Fatal(err)
+	}
+	return parts
+}
+
 type outcome struct {
 	status preload.Status
 	reason failure.Reason
@@ -145,6 +162,76 @@ func TestRunArchives(t *testing.T) {
 				}
 			},
 			want: map[string]outcome{"notes.txt": {preload.StatusFailed, failure.Archive}},
+		},
+		{
+			name: "a bundle's lock, checksums and signatures beside it are no archives",
+			setup: func(t *testing.T, dir string, _ *critest.Server) {
+				testArchive(t, dir, "ab.tar", archivetest.OCILayout, []string{a}, []string{b})
+				for _, f := range []string{"ab.tar.lock", "ab.tar.sha256", "SHA256SUMS", "ab.tar.sig"} {
+					if err := os.WriteFile(filepath.Join(dir, f), []byte("version: 1\n"), 0o644); err != nil {
+						t.Fatal(err)
+					}
+				}
+			},
+			want: map[string]outcome{
+				a: {preload.StatusImported, failure.Reason{}},
+				b: {preload.StatusImported, failure.Reason{}},
+			},
+			wantImports: 1,
+		},
+		{
+			name: "the parts of a split archive are one archive",
+			setup: func(t *testing.T, dir string, _ *critest.Server) {
+				testArchive(t, dir, "ab.tar", archivetest.OCILayout, []string{a}, []string{b})
+				split(t, dir, "ab.tar", 3)
+			},
+			images: []config.Image{{Ref: a, Name: a, Archive: "ab.tar"}},
+			want: map[string]outcome{
+				a: {preload.StatusImported, failure.Reason{}},
+				b: {preload.StatusImported, failure.Reason{}},
+			},
+			wantImports: 1,
+		},
+		{
+			name: "a split archive with a part missing imports nothing",
+			setup: func(t *testing.T, dir string, _ *critest.Server) {
+				testArchive(t, dir, "ab.tar", archivetest.OCILayout, []string{a}, []string{b})
+				parts := split(t, dir, "ab.tar", 3)
+				if err := os.Remove(parts[1]); err != nil {
+					t.Fatal(err)
+				}
+			},
+			want: map[string]outcome{"ab.tar": {preload.StatusFailed, failure.Archive}},
+		},
+		{
+			name: "an image without the node's platform fails by name, the others import",
+			setup: func(t *testing.T, dir string, _ *critest.Server) {
+				var imgs []archivetest.Image
+				for i, p := range []string{"linux/amd64", "linux/arm64"} {
+					l, err := archivetest.Layer(uint64(700+i), 1024, true)
+					if err != nil {
+						t.Fatal(err)
+					}
+					img, err := archivetest.NewImage(p, l)
+					if err != nil {
+						t.Fatal(err)
+					}
+					imgs = append(imgs, archivetest.Image{Names: []string{[]string{a, x}[i]}, Image: img})
+				}
+				var buf bytes.Buffer
+				if err := archivetest.Write(&buf, archivetest.OCILayout, imgs); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(filepath.Join(dir, "two.tar"), buf.Bytes(), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			},
+			images: images(a, x),
+			want: map[string]outcome{
+				a: {preload.StatusImported, failure.Reason{}},
+				x: {preload.StatusFailed, failure.Archive},
+			},
+			wantImports: 1,
 		},
 		{
 			name:   "archive missing",
