@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/containerd/v2/core/images"
 	"github.com/distribution/reference"
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -180,6 +181,15 @@ func checkContents(t *testing.T, c *archive.Contents) {
 				t.Fatalf("image name %q is not normalized: %v", n, err)
 			}
 		}
+		absent := map[digest.Digest]bool{}
+		for _, b := range img.Absent {
+			// Only layers may be absent: the import checks that the node
+			// has them, and reads everything else from the archive.
+			if !images.IsLayerType(b.MediaType) || !slices.ContainsFunc(img.Blobs, func(d ocispec.Descriptor) bool { return d.Digest == b.Digest }) {
+				t.Fatalf("image %v: absent %+v is not one of its layers", img.Names, b)
+			}
+			absent[b.Digest] = true
+		}
 		for _, b := range img.Blobs {
 			if err := b.Digest.Validate(); err != nil || b.Size < 0 {
 				t.Fatalf("image %v: blob %+v: %v", img.Names, b, err)
@@ -187,9 +197,16 @@ func checkContents(t *testing.T, c *archive.Contents) {
 			if prev, ok := want[b.Digest]; ok && prev.Size != b.Size {
 				t.Fatalf("blob %s with sizes %d and %d", b.Digest, prev.Size, b.Size)
 			}
-			want[b.Digest] = b
+			if !absent[b.Digest] {
+				want[b.Digest] = b
+				descs = append(descs, b)
+			}
 		}
-		descs = append(descs, img.Blobs...)
+	}
+	for _, u := range c.Unavailable {
+		if u.Platform == "" || u.Error() == "" {
+			t.Fatalf("unavailable image %+v says nothing", u)
+		}
 	}
 	var mu sync.Mutex
 	got := map[digest.Digest]int{}
