@@ -1,7 +1,8 @@
 // Package archive reads image archives as users bring them to air-gapped
 // nodes: `docker save` output (the classic layout and Docker 25's combined
-// OCI layout) and OCI image layouts, as plain tar, gzip or zstd. It checks an
-// archive's structure and metadata before anything is imported and says
+// OCI layout) and OCI image layouts, as plain tar, gzip or zstd, in one
+// file or split byte-wise into numbered parts. It checks an archive's
+// structure and metadata before anything is imported and says
 // what it holds, and checks the layers as the import reads them; the
 // import itself is the containerd package's job.
 package archive

@@ -38,7 +38,7 @@ var (
 	Invalid      = Reason{"invalid reference", "invalid_reference"}
 	// Archive and Import share their label: to a dashboard both are an
 	// archive that did not become images.
-	Archive     = Reason{"bad archive", "archive"}   // unreadable, unsafe, truncated, wrong digest or platform
+	Archive     = Reason{"bad archive", "archive"}   // unreadable, unsafe, truncated, wrong digest or platform, incomplete (a part, a delta's layers)
 	Import      = Reason{"import failed", "archive"} // a sound archive the runtime did not take
 	Unsupported = Reason{"unsupported runtime", "unsupported"}
 	NotPresent  = Reason{"not present after pull", "not_present"} // pulled or listed, yet ImageStatus does not find it
