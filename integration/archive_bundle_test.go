@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
@@ -103,7 +104,7 @@ func testArchiveParts(t *testing.T, flavor harness.Flavor) {
 		missing string
 	}{
 		{0, "part bundle.tar.zst.part-002 is missing, or bundle.tar.zst.part-001 is incomplete"}, // the stream ends early
-		{2, "part bundle.tar.zst.part-002 is missing"},                                          // a gap
+		{2, "part bundle.tar.zst.part-002 is missing"},                                           // a gap
 	} {
 		t.Run("with "+filepath.Base(parts[step.part]), func(t *testing.T) {
 			copyFile(t, parts[step.part], dir)
@@ -327,4 +328,118 @@ func testArchivePlatforms(t *testing.T, flavor harness.Flavor) {
 	if st, err := c.ImageStatus(context.Background(), armOnly); err != nil || st != nil {
 		t.Errorf("CRI ImageStatus(%s) = %v, %v; want no image", armOnly, st, err)
 	}
+}
+
+// TestBundleToNode carries what `preloader bundle` writes to nodes: a
+// two-platform bundle split into parts, with an image of the other
+// platform only, and then a delta --since its lock.
+func TestBundleToNode(t *testing.T) {
+	reg := harness.StartRegistry(t, harness.RegistryOptions{Username: testUser, Password: testPassword})
+	both := []string{nodePlatform, otherArch()}
+	specs := []harness.ImageSpec{
+		{Repo: "site/app", Tag: "1.0", BaseLayers: 1, OwnLayers: 1, LayerSize: 512 << 10, Platforms: both},
+		{Repo: "site/tool", Tag: "1.0", BaseLayers: 1, OwnLayers: 1, LayerSize: 512 << 10, Platforms: both},
+		{Repo: "site/other-only", Tag: "1.0", OwnLayers: 1, LayerSize: 64 << 10, Platforms: []string{otherArch()}},
+	}
+	pushed := harness.PushTestImages(t, reg, specs)
+	app, tool, otherOnly := pushed[0].Ref, pushed[1].Ref, pushed[2].Ref
+	dir := t.TempDir()
+	creds := writeFile(t, dir, "config.json", harness.DockerConfigJSON(reg.Host, testUser, testPassword))
+	cfgPath := writeFile(t, dir, "images.yaml", imagesYAML("none", app, tool, otherOnly))
+	full := filepath.Join(dir, "full.tar.zst")
+	// --platform all: a list of platforms would refuse other-only, which
+	// lacks the node's.
+	r := preloader(t, 3*time.Minute, nil, "bundle", "--config", cfgPath, "-o", full, "--platform", "all", "--max-part-size", "1Mi", "--docker-config", creds)
+	if r.code != 0 {
+		t.Fatalf("bundle: want exit 0:\n%s", r)
+	}
+	parts, err := filepath.Glob(full + ".part-*")
+	if err != nil || len(parts) < 2 {
+		t.Fatalf("bundle wrote parts %q, the test needs several", parts)
+	}
+	slices.Sort(parts)
+
+	// A node takes each image from the archive its entry names, never
+	// from the registry.
+	nodeConfig := func(archives, file string) string {
+		return archiveConfig(archives, true, app+" archive="+file, tool+" archive="+file, otherOnly+" archive="+file)
+	}
+	node := newTestNode(t, harness.Containerd2)
+	archives := t.TempDir()
+	copyFile(t, full+".lock", archives)
+	for _, p := range parts[:len(parts)-1] {
+		copyFile(t, p, archives)
+	}
+	missing := fmt.Sprintf("part %s is missing", filepath.Base(parts[len(parts)-1]))
+	r = node.once(t, nodeConfig(archives, "full.tar.zst"))
+	out := parseArchiveResult(t, r)
+	for _, name := range []string{app, tool, otherOnly} {
+		if status, _, msg := out.result(t, name); status != "failed" || !strings.Contains(msg, missing) {
+			t.Errorf("%s with a part missing: %s %q, want failed saying %q", name, status, msg, missing)
+		}
+	}
+	if refs := node.refs(t); len(refs) != 0 {
+		t.Errorf("CRI lists %v with a part missing, want nothing", refs)
+	}
+
+	copyFile(t, parts[len(parts)-1], archives)
+	r = node.once(t, nodeConfig(archives, "full.tar.zst"))
+	if r.code != 1 {
+		t.Fatalf("want exit 1 (the other platform's image):\n%s", r)
+	}
+	out = parseArchiveResult(t, r)
+	if st := out.statuses(); st[app] != "imported" || st[tool] != "imported" {
+		t.Errorf("results %v, want %s and %s imported", st, app, tool)
+	}
+	want := fmt.Sprintf("image %s: no manifest for platform %s (the archive has %s)", otherOnly, nodePlatform, otherArch())
+	if status, _, msg := out.result(t, otherOnly); status != "failed" || !strings.Contains(msg, want) {
+		t.Errorf("%s: %s %q, want failed saying %q", otherOnly, status, msg, want)
+	}
+	assertPresent(t, node.ctrd.Endpoint, app, tool)
+
+	// app changes; the delta leaves out every layer the full bundle has.
+	specs[0].Revision = "2"
+	newApp := harness.PushTestImages(t, reg, specs[:1])[0]
+	delta := filepath.Join(dir, "delta.tar.zst")
+	r = preloader(t, 3*time.Minute, nil, "bundle", "--config", cfgPath, "-o", delta, "--platform", "all", "--since", full+".lock", "--docker-config", creds)
+	if r.code != 0 {
+		t.Fatalf("bundle --since: want exit 0:\n%s", r)
+	}
+
+	t.Run("delta on the node that has the bundle", func(t *testing.T) {
+		// The delta replaces the bundle in archiveDir.
+		for _, p := range parts {
+			if err := os.Remove(filepath.Join(archives, filepath.Base(p))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		copyFile(t, delta, archives)
+		r := node.once(t, nodeConfig(archives, "delta.tar.zst"))
+		out := parseArchiveResult(t, r)
+		if st := out.statuses(); st[app] != "imported" || st[tool] != "present" || st[otherOnly] != "failed" {
+			t.Errorf("results %v, want %s imported, %s present, %s failed\n%s", st, app, tool, otherOnly, r)
+		}
+		st, err := node.cri(t).ImageStatus(context.Background(), app)
+		if err != nil || st == nil || st.Id != imageID(t, newApp.Manifests[nodePlatform].Image) {
+			t.Errorf("CRI ImageStatus(%s) = %v, %v; want the new image", app, st, err)
+		}
+	})
+
+	t.Run("delta on a fresh node", func(t *testing.T) {
+		fresh := newTestNode(t, harness.Containerd2)
+		archives := t.TempDir()
+		copyFile(t, delta, archives)
+		r := fresh.once(t, nodeConfig(archives, "delta.tar.zst"))
+		out := parseArchiveResult(t, r)
+		base := pushed[1].Manifests[nodePlatform].Layers[0]
+		for _, name := range []string{app, tool} {
+			status, _, msg := out.result(t, name)
+			if status != "failed" || !strings.Contains(msg, "image "+tool+" lacks "+base) {
+				t.Errorf("%s: %s %q, want failed naming %s's missing layer %s", name, status, msg, tool, base)
+			}
+		}
+		if refs := fresh.refs(t); len(refs) != 0 {
+			t.Errorf("CRI lists %v after a refused delta, want nothing", refs)
+		}
+	})
 }
