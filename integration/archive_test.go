@@ -685,7 +685,6 @@ images:
 		t.Errorf("bundle reports no progress on stderr:\n%s", r.stderr)
 	}
 	reg.Stop()
-	keepLockOut(t, out)
 
 	nodeCfg := fmt.Sprintf("archiveDir: %s\n%s", archives, cfg)
 	for _, flavor := range flavors {

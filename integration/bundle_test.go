@@ -183,7 +183,6 @@ func TestBundlePlatforms(t *testing.T) {
 	}
 
 	reg.Stop()
-	keepLockOut(t, out)
 	nodeCfg := fmt.Sprintf("archiveDir: %s\n%s", archives, cfg)
 	for _, flavor := range flavors {
 		t.Run(string(flavor), func(t *testing.T) {
@@ -200,16 +199,6 @@ func TestBundlePlatforms(t *testing.T) {
 			}
 			assertPresent(t, node.ctrd.Endpoint, pushed[0].Ref, pushed[1].Ref)
 		})
-	}
-}
-
-// keepLockOut moves the lock beside a bundle out of its archive
-// directory: this node-side import predates the archiveDir scan that
-// skips *.lock.
-func keepLockOut(t *testing.T, bundle string) {
-	t.Helper()
-	if err := os.Rename(bundle+".lock", filepath.Join(t.TempDir(), filepath.Base(bundle)+".lock")); err != nil {
-		t.Fatal(err)
 	}
 }
 
