@@ -51,6 +51,7 @@ var instead = map[Op]string{
 	OpPin:        "pin them in the runtime's own config (CRI-O: pinned_images)",
 	OpBudget:     "keep the list within the disk yourself",
 	OpRefresh:    "name images by digest, or pull moved tags with crictl pull",
+	OpExport:     "bundle them from their registry instead (without --from-runtime), or on CRI-O copy each out of its storage with skopeo copy containers-storage:IMAGE oci-archive:FILE:IMAGE",
 	OpPrune:      "leave removal to the kubelet's image garbage collection, or remove them by hand (crictl rmi)",
 }
 

@@ -29,6 +29,7 @@ const (
 	OpPrune      Op = "pruning images (recording which images the preloader brought)"
 	OpRefresh    Op = "refreshing moving tags"
 	OpBudget     Op = "estimating image sizes for the disk budget"
+	OpExport     Op = "bundling the images a node holds (bundle --from-runtime)"
 )
 
 // OwnedImage is an image record an owner brought (containerd.Owned).

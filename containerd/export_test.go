@@ -1,0 +1,232 @@
+package containerd
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/containerd/v2/plugins/content/local"
+	"github.com/containerd/errdefs"
+	digest "github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// records is an image store of records by name, as containerd's.
+type records map[string]images.Image
+
+func (r records) Get(_ context.Context, name string) (images.Image, error) {
+	img, ok := r[name]
+	if !ok {
+		return images.Image{}, errdefs.ErrNotFound
+	}
+	return img, nil
+}
+
+// exportNode is a content store as a node holds a two-platform image it
+// pulled on amd64: the index, the amd64 manifest, config and layer, and
+// of arm64 nothing.
+type exportNode struct {
+	x                  exporter
+	root               string
+	index, amd, arm    ocispec.Descriptor
+	layer, config      ocispec.Descriptor
+	indexData, amdData []byte
+	layerData          []byte
+}
+
+func newExportNode(t *testing.T) *exportNode {
+	t.Helper()
+	ctx := context.Background()
+	root := t.TempDir()
+	cs, err := local.NewStore(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := func(mt string, data []byte) ocispec.Descriptor {
+		d := ocispec.Descriptor{MediaType: mt, Digest: digest.FromBytes(data), Size: int64(len(data))}
+		if err := content.WriteBlob(ctx, cs, d.Digest.String(), bytes.NewReader(data), d); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	blob := func(mt string, data []byte) ocispec.Descriptor {
+		return ocispec.Descriptor{MediaType: mt, Digest: digest.FromBytes(data), Size: int64(len(data))}
+	}
+	mustJSON := func(v any) []byte {
+		data, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return data
+	}
+	n := &exportNode{root: root, layerData: []byte("the layer's bytes")}
+	n.layer = put(ocispec.MediaTypeImageLayerGzip, n.layerData)
+	n.config = put(ocispec.MediaTypeImageConfig, []byte(`{"architecture":"amd64","os":"linux"}`))
+	manifest := func(config, layer ocispec.Descriptor) []byte {
+		return mustJSON(ocispec.Manifest{MediaType: ocispec.MediaTypeImageManifest, Config: config, Layers: []ocispec.Descriptor{layer}})
+	}
+	n.amdData = manifest(n.config, n.layer)
+	n.amd = put(ocispec.MediaTypeImageManifest, n.amdData)
+	armConfig := blob(ocispec.MediaTypeImageConfig, []byte(`{"architecture":"arm64","os":"linux"}`))
+	armLayer := blob(ocispec.MediaTypeImageLayerGzip, []byte("arm64 layer"))
+	n.arm = blob(ocispec.MediaTypeImageManifest, manifest(armConfig, armLayer))
+
+	amd, arm := n.amd, n.arm
+	amd.Platform = &ocispec.Platform{OS: "linux", Architecture: "amd64"}
+	arm.Platform = &ocispec.Platform{OS: "linux", Architecture: "arm64", Variant: "v8"}
+	n.indexData = mustJSON(ocispec.Index{MediaType: ocispec.MediaTypeImageIndex, Manifests: []ocispec.Descriptor{amd, arm}})
+	n.index = put(ocispec.MediaTypeImageIndex, n.indexData)
+	n.arm = arm
+
+	// The records containerd's CRI makes for a pull of team/app:1.0, and
+	// one of a single-platform image pulled as nginx.
+	n.x = exporter{
+		images: records{
+			"docker.io/team/app:1.0": {Name: "docker.io/team/app:1.0", Target: n.index},
+			"docker.io/team/app@" + n.index.Digest.String(): {Name: "docker.io/team/app@" + n.index.Digest.String(), Target: n.index},
+			"docker.io/library/nginx:latest":                 {Name: "docker.io/library/nginx:latest", Target: n.amd},
+		},
+		content: cs,
+	}
+	return n
+}
+
+func TestExportResolve(t *testing.T) {
+	n := newExportNode(t)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		ref  string
+		want ocispec.Descriptor
+	}{
+		// As the kubelet passes a pod's image: the CRI fills in the rest.
+		{"team/app:1.0", n.index},
+		{"docker.io/team/app:1.0", n.index},
+		{"nginx", n.amd},
+		{"docker.io/library/nginx", n.amd},
+		// By digest, and with a tag beside it, which the CRI drops.
+		{"team/app@" + n.index.Digest.String(), n.index},
+		{"team/app:1.0@" + n.index.Digest.String(), n.index},
+	} {
+		got, err := n.x.resolve(ctx, tc.ref)
+		if err != nil {
+			t.Errorf("Resolve(%s): %v", tc.ref, err)
+			continue
+		}
+		if got.Digest != tc.want.Digest || got.MediaType != tc.want.MediaType || got.Size != tc.want.Size {
+			t.Errorf("Resolve(%s) = %v, want %v", tc.ref, got, tc.want)
+		}
+	}
+
+	for _, tc := range []struct{ ref, named string }{
+		{"team/app:2.0", "docker.io/team/app:2.0"},
+		{"registry.example/other", "registry.example/other:latest"},
+	} {
+		_, err := n.x.resolve(ctx, tc.ref)
+		if !errors.Is(err, errdefs.ErrNotFound) {
+			t.Errorf("Resolve(%s) = %v, want an error wrapping errdefs.ErrNotFound", tc.ref, err)
+		}
+		if err == nil || err.Error() != tc.named+" is not on this node" {
+			t.Errorf("Resolve(%s) = %v, want %q", tc.ref, err, tc.named+" is not on this node")
+		}
+	}
+	if _, err := n.x.resolve(ctx, "Team/App"); err == nil || errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("Resolve of an invalid name = %v, want an error that is not ErrNotFound", err)
+	}
+}
+
+func TestExportFetch(t *testing.T) {
+	n := newExportNode(t)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		desc ocispec.Descriptor
+		want []byte
+	}{
+		{n.index, n.indexData},
+		{n.amd, n.amdData},
+		{n.layer, n.layerData},
+	} {
+		rc, err := n.x.fetch(ctx, "team/app:1.0", tc.desc)
+		if err != nil {
+			t.Errorf("Fetch(%s): %v", tc.desc.Digest, err)
+			continue
+		}
+		got, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil || !bytes.Equal(got, tc.want) {
+			t.Errorf("Fetch(%s) read %q, %v; want %q", tc.desc.Digest, got, err, tc.want)
+		}
+	}
+}
+
+func TestExportFetchMissing(t *testing.T) {
+	n := newExportNode(t)
+	ctx := context.Background()
+	armBare := n.arm
+	armBare.Platform = nil
+	absentLayer := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayerGzip, Digest: digest.FromString("gone"), Size: 4}
+	for _, tc := range []struct {
+		name string
+		ref  string
+		desc ocispec.Descriptor
+		want []string
+	}{
+		{"a platform the node did not pull", "team/app:1.0", n.arm,
+			[]string{"docker.io/team/app:1.0", "no linux/arm64/v8 manifest", n.arm.Digest.String(), "only linux/amd64", "from the registry"}},
+		{"its manifest without the index's platform", "team/app:1.0", armBare,
+			[]string{"docker.io/team/app:1.0", "no linux/arm64/v8 manifest", "only linux/amd64"}},
+		{"a layer containerd discarded", "team/app:1.0", absentLayer,
+			[]string{"docker.io/team/app:1.0", absentLayer.Digest.String(), "discard_unpacked_layers"}},
+		{"a manifest of an image with no index", "nginx", armBare,
+			[]string{"docker.io/library/nginx:latest", "manifest " + n.arm.Digest.String(), "not in containerd's content store"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rc, err := n.x.fetch(ctx, tc.ref, tc.desc)
+			if err == nil {
+				rc.Close()
+				t.Fatalf("Fetch of a blob the node lacks: no error")
+			}
+			if !errors.Is(err, errdefs.ErrNotFound) {
+				t.Errorf("Fetch: %v, want an error wrapping errdefs.ErrNotFound", err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("Fetch: %q, want it to say %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+// A blob damaged on the node's disk fails its read rather than landing in
+// a bundle.
+func TestExportFetchDamaged(t *testing.T) {
+	n := newExportNode(t)
+	ctx := context.Background()
+	path := filepath.Join(n.root, "blobs", "sha256", n.layer.Digest.Encoded())
+	damaged := bytes.ToUpper(n.layerData)
+	if err := os.WriteFile(path, damaged, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rc, err := n.x.fetch(ctx, "team/app:1.0", n.layer)
+	if err != nil {
+		t.Fatalf("Fetch: %v", err)
+	}
+	defer rc.Close()
+	if _, err := io.ReadAll(rc); err == nil || !strings.Contains(err.Error(), "does not match its digest") {
+		t.Errorf("reading a damaged blob: %v, want a digest mismatch", err)
+	}
+
+	short := n.layer
+	short.Size--
+	if _, err := n.x.fetch(ctx, "team/app:1.0", short); err == nil || errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("Fetch with the wrong size = %v, want an error that is not ErrNotFound", err)
+	}
+}
