@@ -90,9 +90,9 @@ func newExportNode(t *testing.T) *exportNode {
 	// one of a single-platform image pulled as nginx.
 	n.x = exporter{
 		images: records{
-			"docker.io/team/app:1.0": {Name: "docker.io/team/app:1.0", Target: n.index},
+			"docker.io/team/app:1.0":                        {Name: "docker.io/team/app:1.0", Target: n.index},
 			"docker.io/team/app@" + n.index.Digest.String(): {Name: "docker.io/team/app@" + n.index.Digest.String(), Target: n.index},
-			"docker.io/library/nginx:latest":                 {Name: "docker.io/library/nginx:latest", Target: n.amd},
+			"docker.io/library/nginx:latest":                {Name: "docker.io/library/nginx:latest", Target: n.amd},
 		},
 		content: cs,
 	}
