@@ -1,0 +1,174 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/containerd/errdefs"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	digest "github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/kube-preloader/kube-preloader/containerd"
+	"github.com/kube-preloader/kube-preloader/integration/harness"
+)
+
+// otherPlatform is a platform the test machine is not.
+func otherPlatform() v1.Platform {
+	if nodePlatform == "linux/arm64" {
+		return v1.Platform{OS: "linux", Architecture: "amd64"}
+	}
+	return v1.Platform{OS: "linux", Architecture: "arm64"}
+}
+
+// pushMultiPlatform pushes ref as an index of the node's platform and
+// another, and returns the index.
+func pushMultiPlatform(t *testing.T, reg *harness.Registry, ref string, seed uint64) v1.ImageIndex {
+	t.Helper()
+	other := otherPlatform()
+	node, err := v1.ParsePlatform(nodePlatform)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx := mutate.AppendManifests(mutate.IndexMediaType(empty.Index, types.OCIImageIndex),
+		mutate.IndexAddendum{Add: testImage(t, nodePlatform, seed), Descriptor: v1.Descriptor{Platform: node}},
+		mutate.IndexAddendum{Add: testImage(t, other.String(), seed+1), Descriptor: v1.Descriptor{Platform: &other}},
+	)
+	r, err := name.ParseReference(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.WriteIndex(r, idx, remote.WithAuth(reg.Authenticator()), remote.WithTransport(reg.Transport())); err != nil {
+		t.Fatalf("push %s: %v", ref, err)
+	}
+	return idx
+}
+
+// TestExportFromContainerd reads back, through containerd's API as
+// bundle --from-runtime does, images a real containerd pulled through
+// `once`: the record's target is the index the registry served, its
+// blobs read back byte for byte, and the platform containerd did not pull
+// is named when asked for.
+func TestExportFromContainerd(t *testing.T) {
+	for _, flavor := range flavors {
+		t.Run(string(flavor), func(t *testing.T) { testExportFromContainerd(t, flavor) })
+	}
+}
+
+func testExportFromContainerd(t *testing.T, flavor harness.Flavor) {
+	ctx := context.Background()
+	reg := harness.StartRegistry(t, harness.RegistryOptions{Username: testUser, Password: testPassword})
+	multiRef := reg.Host + "/team/multi:1"
+	idx := pushMultiPlatform(t, reg, multiRef, 501)
+	single := harness.PushTestImages(t, reg, []harness.ImageSpec{{Repo: "team/single", Tag: "1.0", OwnLayers: 2, LayerSize: 32 << 10}})[0]
+
+	node := newTestNode(t, flavor)
+	creds := writeFile(t, node.dir, "config.json", harness.DockerConfigJSON(reg.Host, testUser, testPassword))
+	r := node.once(t, imagesYAML("none", multiRef, single.Ref), "--docker-config", creds)
+	assertNoSecret(t, r.stdout, r.stderr)
+	if r.code != 0 {
+		t.Fatalf("once: want exit 0:\n%s", r)
+	}
+	reg.Stop()
+
+	c, err := containerd.New(ctx, node.ctrd.Address, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+
+	indexDigest, err := idx.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rawIndex, err := idx.RawManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	desc, err := c.Resolve(ctx, multiRef)
+	if err != nil {
+		t.Fatalf("Resolve(%s): %v", multiRef, err)
+	}
+	if desc.Digest.String() != indexDigest.String() || desc.MediaType != ocispec.MediaTypeImageIndex {
+		t.Errorf("Resolve(%s) = %s %s, want the index the registry served, %s", multiRef, desc.MediaType, desc.Digest, indexDigest)
+	}
+	if got := fetchAll(t, c, multiRef, desc); string(got) != string(rawIndex) {
+		t.Errorf("Fetch of the index of %s: %d bytes, not the registry's %d", multiRef, len(got), len(rawIndex))
+	}
+
+	// The node's platform reads back whole: manifest, config and layers.
+	im, err := idx.IndexManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mine, theirs ocispec.Descriptor
+	for _, m := range im.Manifests {
+		d := ocispec.Descriptor{MediaType: string(m.MediaType), Digest: digest.Digest(m.Digest.String()), Size: m.Size,
+			Platform: &ocispec.Platform{OS: m.Platform.OS, Architecture: m.Platform.Architecture}}
+		if m.Platform.String() == nodePlatform {
+			mine = d
+		} else {
+			theirs = d
+		}
+	}
+	var manifest ocispec.Manifest
+	if err := json.Unmarshal(fetchAll(t, c, multiRef, mine), &manifest); err != nil {
+		t.Fatalf("manifest of %s for %s: %v", multiRef, nodePlatform, err)
+	}
+	for _, blob := range append([]ocispec.Descriptor{manifest.Config}, manifest.Layers...) {
+		if got := fetchAll(t, c, multiRef, blob); int64(len(got)) != blob.Size {
+			t.Errorf("Fetch of %s of %s: %d bytes, want %d", blob.Digest, multiRef, len(got), blob.Size)
+		}
+	}
+
+	// containerd kept the index but not the other platform's manifest.
+	rc, err := c.Fetch(ctx, multiRef, theirs)
+	if err == nil {
+		rc.Close()
+		t.Fatalf("Fetch of the %s manifest of %s: no error, want it missing on a %s node", otherPlatform(), multiRef, nodePlatform)
+	}
+	if !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("Fetch of the %s manifest: %v, want an error wrapping errdefs.ErrNotFound", otherPlatform(), err)
+	}
+	for _, want := range []string{multiRef, "no " + otherPlatform().String() + " manifest", "only " + nodePlatform} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("Fetch of the %s manifest: %q, want it to say %q", otherPlatform(), err, want)
+		}
+	}
+
+	// A single-manifest image resolves to its manifest, by tag and by
+	// digest; an image the node lacks is named.
+	for _, ref := range []string{single.Ref, single.DigestRef} {
+		desc, err := c.Resolve(ctx, ref)
+		if err != nil || desc.Digest.String() != single.Digest {
+			t.Errorf("Resolve(%s) = %v, %v; want %s", ref, desc.Digest, err, single.Digest)
+		}
+	}
+	absent := reg.Host + "/team/absent:1"
+	if _, err := c.Resolve(ctx, absent); !errors.Is(err, errdefs.ErrNotFound) || !strings.Contains(err.Error(), absent+" is not on this node") {
+		t.Errorf("Resolve(%s) = %v, want it not on this node, wrapping errdefs.ErrNotFound", absent, err)
+	}
+}
+
+func fetchAll(t *testing.T, c *containerd.Client, ref string, desc ocispec.Descriptor) []byte {
+	t.Helper()
+	rc, err := c.Fetch(context.Background(), ref, desc)
+	if err != nil {
+		t.Fatalf("Fetch(%s, %s): %v", ref, desc.Digest, err)
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatalf("Fetch(%s, %s): %v", ref, desc.Digest, err)
+	}
+	return data
+}
