@@ -3,7 +3,6 @@ package containerd
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -13,7 +12,6 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/platforms"
 	"github.com/distribution/reference"
-	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
@@ -27,7 +25,7 @@ func (c *Client) Resolve(ctx context.Context, ref string) (ocispec.Descriptor, e
 }
 
 // Fetch reads one blob of the image ref from containerd's content store,
-// checked against desc's digest and size as it is read. A blob the node
+// as it is there: the bundle's writer checks its digest. A blob the node
 // lacks is a *MissingError, which wraps errdefs.ErrNotFound: containerd
 // keeps an image's index but usually only the manifests and blobs of the
 // platforms it pulled, and may keep no compressed layers at all.
@@ -121,7 +119,7 @@ func (x exporter) fetch(ctx context.Context, ref string, desc ocispec.Descriptor
 		ra.Close()
 		return nil, fmt.Errorf("%s: blob %s is %d bytes in containerd's content store, want %d", name, desc.Digest, ra.Size(), desc.Size)
 	}
-	return &verified{r: content.NewReader(ra), c: ra, v: desc.Digest.Verifier(), image: name, digest: desc.Digest}, nil
+	return readCloser{Reader: content.NewReader(ra), Closer: ra}, nil
 }
 
 // missing is the error of a blob desc of the image name that the content
@@ -180,24 +178,7 @@ func recordName(ref string) (string, error) {
 	return named.String(), nil
 }
 
-// verified reads a blob and fails its last read if the bytes do not have
-// the blob's digest: a content store damaged on disk must not make a
-// bundle whose import fails on every node.
-type verified struct {
-	r      io.Reader
-	c      io.Closer
-	v      digest.Verifier
-	image  string
-	digest digest.Digest
+type readCloser struct {
+	io.Reader
+	io.Closer
 }
-
-func (b *verified) Read(p []byte) (int, error) {
-	n, err := b.r.Read(p)
-	b.v.Write(p[:n])
-	if errors.Is(err, io.EOF) && !b.v.Verified() {
-		return n, fmt.Errorf("%s: blob %s in containerd's content store does not match its digest", b.image, b.digest)
-	}
-	return n, err
-}
-
-func (b *verified) Close() error { return b.c.Close() }
