@@ -69,6 +69,8 @@ type Client struct {
 	orphans    []leases.Lease // leases whose delete failed
 	transfers  transfers      // the bytes of the pulls in flight
 	ranges     *ranges        // blobs its pulls read in ranges, and their buffers
+	// exportLease holds what Resolve resolved; nil until it resolves.
+	exportLease *leases.Lease
 }
 
 // New connects to containerd at address. Images are unpacked into
@@ -92,8 +94,10 @@ func New(ctx context.Context, address, snapshotter string, opts ...Option) (*Cli
 	return cl, nil
 }
 
-// Close closes the connection.
-func (c *Client) Close() error { return c.c.Close() }
+// Close lets go of what Resolve held and closes the connection.
+func (c *Client) Close() error {
+	return errors.Join(c.releaseExport(), c.c.Close())
+}
 
 // Import writes the blobs of images (as archive.Inspect found them in an
 // archive) into containerd's content store, unpacks the images and records

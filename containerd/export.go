@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/platforms"
 	"github.com/distribution/reference"
@@ -20,8 +22,55 @@ import (
 // it imported it), so that a bundle made from the node names the digest
 // the registry served. ref is read as the kubelet hands it to the CRI,
 // which records docker.io/library/nginx:latest for nginx.
+//
+// What it resolves is held against containerd's garbage collector until
+// Close: the kubelet's image GC may remove the image while it is read.
 func (c *Client) Resolve(ctx context.Context, ref string) (ocispec.Descriptor, error) {
-	return c.exporter().resolve(ctx, ref)
+	desc, err := c.exporter().resolve(ctx, ref)
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	if err := c.hold(ctx, desc); err != nil {
+		return ocispec.Descriptor{}, fmt.Errorf("%s: %w", ref, err)
+	}
+	return desc, nil
+}
+
+// hold adds desc to the lease of what Resolve resolved: the collector
+// keeps a leased blob and what its labels reference, as the image record
+// kept them.
+func (c *Client) hold(ctx context.Context, desc ocispec.Descriptor) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ls := c.c.LeasesService()
+	if c.exportLease == nil {
+		l, err := ls.Create(ctx, leases.WithRandomID(), leases.WithExpiration(leaseExpiry), leases.WithLabel(LabelLease, "export"))
+		if err != nil {
+			return fmt.Errorf("lease: %w", err)
+		}
+		c.exportLease = &l
+	}
+	if err := ls.AddResource(ctx, *c.exportLease, leases.Resource{ID: desc.Digest.String(), Type: "content"}); err != nil {
+		return fmt.Errorf("lease %s: %w", desc.Digest, err)
+	}
+	return nil
+}
+
+// releaseExport deletes the lease of what Resolve resolved.
+func (c *Client) releaseExport() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.exportLease == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := c.c.LeasesService().Delete(ctx, *c.exportLease)
+	c.exportLease = nil
+	if err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("release the lease of exported images: %w", err)
+	}
+	return nil
 }
 
 // Fetch reads one blob of the image ref from containerd's content store,
@@ -67,18 +116,18 @@ func (e *MissingError) Error() string {
 	case e.Blob == nil:
 		return fmt.Sprintf("%s is not on this node", e.Image)
 	case e.Platform != nil:
-		held := "none of its platforms"
+		held := ""
 		if len(e.Held) > 0 {
-			held = strings.Join(e.Held, ", ")
+			held = "; it holds " + strings.Join(e.Held, ", ") + " only"
 		}
-		return fmt.Sprintf("%s: this node holds no %s manifest of it (%s), only %s: containerd keeps the platforms it pulled; bundle %s from the registry",
+		return fmt.Sprintf("%s: this node holds no %s manifest of it (%s)%s: containerd keeps the platforms it pulled; bundle %s from the registry",
 			e.Image, platforms.FormatAll(*e.Platform), e.Blob.Digest, held, platforms.FormatAll(*e.Platform))
 	case images.IsManifestType(e.Blob.MediaType) || images.IsIndexType(e.Blob.MediaType):
 		return fmt.Sprintf("%s: manifest %s is not in containerd's content store", e.Image, e.Blob.Digest)
 	default:
-		// containerd's CRI removes layers it has unpacked when its config
+		// containerd's CRI removes layers it has unpacked where its config
 		// sets discard_unpacked_layers, as some managed clusters do.
-		return fmt.Sprintf("%s: blob %s (%s) is not in containerd's content store: containerd discards layers it unpacked when its CRI sets discard_unpacked_layers; bundle the image from the registry",
+		return fmt.Sprintf("%s: blob %s (%s) is not in containerd's content store (containerd discards the layers it unpacked where its CRI config sets discard_unpacked_layers): bundle the image from the registry",
 			e.Image, e.Blob.Digest, e.Blob.MediaType)
 	}
 }
