@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -198,4 +201,27 @@ func fetchAll(t *testing.T, c *containerd.Client, ref string, desc ocispec.Descr
 		t.Fatalf("Fetch(%s, %s): %v", ref, desc.Digest, err)
 	}
 	return data
+}
+
+// TestBundleFromRuntimeCRIO: CRI-O keeps images where no containerd API
+// reaches, so bundle --from-runtime refuses it, with exit 1 and what to
+// do instead, and writes nothing.
+func TestBundleFromRuntimeCRIO(t *testing.T) {
+	crio := harness.StartCRIO(t, harness.CRIOOptions{PauseImage: "registry.example/unused/pause:0"})
+	dir := t.TempDir()
+	cfg := writeFile(t, dir, "images.yaml", imagesYAML("none", "registry.example/team/app:1.0"))
+	out := filepath.Join(dir, "bundle.tar")
+	r := preloader(t, time.Minute, nil, "bundle", "--from-runtime", "--cri-endpoint", crio.Endpoint, "--config", cfg, "-o", out)
+	if r.code != 1 {
+		t.Errorf("bundle --from-runtime on CRI-O: want exit 1:\n%s", r)
+	}
+	crioRuntime := "cri-o " + strings.TrimPrefix(harness.CRIOVersion, "v")
+	for _, want := range []string{"needs containerd", crioRuntime, "without --from-runtime", "skopeo copy containers-storage:"} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("bundle --from-runtime on CRI-O: stderr does not say %q:\n%s", want, r)
+		}
+	}
+	if entries, err := os.ReadDir(dir); err != nil || len(entries) != 1 {
+		t.Errorf("bundle --from-runtime on CRI-O left files beside the config: %v %v", entries, err)
+	}
 }
