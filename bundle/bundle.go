@@ -53,6 +53,10 @@ func (s Source) from() string {
 	return s.Name
 }
 
+// OriginRuntime is the lock's from of an image read from a node's
+// runtime.
+const OriginRuntime = "runtime"
+
 // Options configure Write.
 type Options struct {
 	Platforms Platforms
@@ -63,9 +67,11 @@ type Options struct {
 	// Since, when set, makes a delta: the layers Since.Old has are left
 	// out, every index, manifest and config is written.
 	Since *Delta
-	// Origin is the lock's from for every image (e.g. "runtime"); empty:
+	// Origin is the lock's from for every image (OriginRuntime); empty:
 	// each source's reference.
 	Origin string
+	// Runtime is recorded in the lock when the store is a node's runtime.
+	Runtime *LockRuntime
 	// Progress receives a line per image and, while blobs stream, one
 	// every ProgressEvery. Nil: no progress.
 	Progress      io.Writer
@@ -106,7 +112,7 @@ func Write(ctx context.Context, w io.Writer, store Store, sources []Source, opts
 	if opts.Lock == nil && !opts.Platforms.All && len(opts.Platforms.List) == 0 {
 		return nil, fmt.Errorf("no platform to bundle")
 	}
-	lock := &Lock{Version: LockVersion, Platforms: strings.Split(opts.Platforms.String(), ",")}
+	lock := &Lock{Version: LockVersion, Platforms: strings.Split(opts.Platforms.String(), ","), Runtime: opts.Runtime}
 	if opts.Lock != nil {
 		names := make([]string, len(sources))
 		for i, s := range sources {
@@ -145,7 +151,11 @@ func Write(ctx context.Context, w io.Writer, store Store, sources []Source, opts
 			}
 		}
 		p.total += size
-		p.printf("bundle: [%d/%d] %s (%s from %s; %s): %s to fetch\n", i+1, len(sources), s.Name, img.desc.Digest, s.from(), strings.Join(names, ", "), mib(size))
+		origin := s.from()
+		if opts.Origin != "" {
+			origin = opts.Origin
+		}
+		p.printf("bundle: [%d/%d] %s (%s from %s; %s): %s to fetch\n", i+1, len(sources), s.Name, img.desc.Digest, origin, strings.Join(names, ", "), mib(size))
 	}
 	rawLock, err := lock.Marshal()
 	if err != nil {

@@ -31,8 +31,17 @@ type Lock struct {
 	// Platforms are the platforms asked for: os/arch[/variant], or all.
 	Platforms []string `yaml:"platforms" json:"platforms"`
 	// Since is the lock of the bundle this one is a delta of.
-	Since  *LockSince  `yaml:"since,omitempty" json:"since,omitempty"`
-	Images []LockImage `yaml:"images" json:"images"`
+	Since *LockSince `yaml:"since,omitempty" json:"since,omitempty"`
+	// Runtime is the node's runtime the images were read from, for a
+	// bundle of what a node holds.
+	Runtime *LockRuntime `yaml:"runtime,omitempty" json:"runtime,omitempty"`
+	Images  []LockImage  `yaml:"images" json:"images"`
+}
+
+// LockRuntime is a node's container runtime as its CRI names it.
+type LockRuntime struct {
+	Name    string `yaml:"name" json:"name"`
+	Version string `yaml:"version" json:"version"`
 }
 
 // LockSince names the older bundle's lock by file name and digest.

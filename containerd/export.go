@@ -118,10 +118,10 @@ func (e *MissingError) Error() string {
 	case e.Platform != nil:
 		held := ""
 		if len(e.Held) > 0 {
-			held = "; it holds " + strings.Join(e.Held, ", ") + " only"
+			held = " (it holds " + strings.Join(e.Held, ", ") + " only)"
 		}
-		return fmt.Sprintf("%s: this node holds no %s manifest of it (%s)%s: containerd keeps the platforms it pulled; bundle %s from the registry",
-			e.Image, platforms.FormatAll(*e.Platform), e.Blob.Digest, held, platforms.FormatAll(*e.Platform))
+		return fmt.Sprintf("this node holds no %s manifest of %s%s: containerd keeps the platforms it pulled; bundle %s from the registry",
+			platforms.FormatAll(*e.Platform), e.Image, held, platforms.FormatAll(*e.Platform))
 	case images.IsManifestType(e.Blob.MediaType) || images.IsIndexType(e.Blob.MediaType):
 		return fmt.Sprintf("%s: manifest %s is not in containerd's content store", e.Image, e.Blob.Digest)
 	default:

@@ -175,9 +175,9 @@ func TestExportFetchMissing(t *testing.T) {
 		want []string
 	}{
 		{"a platform the node did not pull", "team/app:1.0", n.arm,
-			[]string{"docker.io/team/app:1.0", "no linux/arm64/v8 manifest", n.arm.Digest.String(), "it holds linux/amd64 only", "from the registry"}},
+			[]string{"no linux/arm64/v8 manifest of docker.io/team/app:1.0 (it holds linux/amd64 only)", "bundle linux/arm64/v8 from the registry"}},
 		{"its manifest without the index's platform", "team/app:1.0", armBare,
-			[]string{"docker.io/team/app:1.0", "no linux/arm64/v8 manifest", "it holds linux/amd64 only"}},
+			[]string{"no linux/arm64/v8 manifest of docker.io/team/app:1.0 (it holds linux/amd64 only)"}},
 		{"a layer containerd discarded", "team/app:1.0", absentLayer,
 			[]string{"docker.io/team/app:1.0", absentLayer.Digest.String(), "discard_unpacked_layers"}},
 		{"a manifest of an image with no index", "nginx", armBare,

@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -21,6 +23,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	bundlepkg "github.com/kube-preloader/kube-preloader/bundle"
 	"github.com/kube-preloader/kube-preloader/containerd"
 	"github.com/kube-preloader/kube-preloader/integration/harness"
 )
@@ -142,7 +145,7 @@ func testExportFromContainerd(t *testing.T, flavor harness.Flavor) {
 	if !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("Fetch of the %s manifest: %v, want an error wrapping errdefs.ErrNotFound", otherPlatform(), err)
 	}
-	for _, want := range []string{multiRef, "no " + otherPlatform().String() + " manifest", "it holds " + nodePlatform + " only"} {
+	for _, want := range []string{"no " + otherPlatform().String() + " manifest of " + multiRef, "(it holds " + nodePlatform + " only)"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("Fetch of the %s manifest: %q, want it to say %q", otherPlatform(), err, want)
 		}
@@ -223,5 +226,164 @@ func TestBundleFromRuntimeCRIO(t *testing.T) {
 	}
 	if entries, err := os.ReadDir(dir); err != nil || len(entries) != 1 {
 		t.Errorf("bundle --from-runtime on CRI-O left files beside the config: %v %v", entries, err)
+	}
+}
+
+// TestBundleFromRuntime: images a node pulled through `once` from a
+// registry with credentials, the registry gone, are bundled from the
+// node's containerd and imported on a fresh node, where the CRI shows
+// them with the same IDs and names. An image or a platform the node
+// lacks fails the bundle by name, and writes nothing.
+func TestBundleFromRuntime(t *testing.T) {
+	for _, flavor := range flavors {
+		t.Run(string(flavor), func(t *testing.T) { testBundleFromRuntime(t, flavor) })
+	}
+}
+
+func testBundleFromRuntime(t *testing.T, flavor harness.Flavor) {
+	ctx := context.Background()
+	reg := harness.StartRegistry(t, harness.RegistryOptions{Username: testUser, Password: testPassword})
+	multiRef := reg.Host + "/team/multi:1"
+	pushMultiPlatform(t, reg, multiRef, 601)
+	pushed := harness.PushTestImages(t, reg, []harness.ImageSpec{
+		{Repo: "team/app", Tag: "1.0", BaseLayers: 2, OwnLayers: 1, LayerSize: 64 << 10},
+		{Repo: "team/tool", Tag: "2.0", BaseLayers: 2, OwnLayers: 2, LayerSize: 64 << 10},
+		{Repo: "mirror/k8s/pause", Tag: "3.10", OwnLayers: 1, LayerSize: 4 << 10},
+	})
+	byDigest := reg.Host + "/team/tool@" + pushed[1].Digest
+	const mirrored = "registry.k8s.io/pause:3.10"
+	refs := []string{multiRef, pushed[0].Ref, byDigest, mirrored}
+	cfg := fmt.Sprintf(`sandboxImage: none
+retry: {initialDelay: 200ms, maxDelay: 1s}
+images:
+  - image: %s
+  - image: %s
+  - image: %s
+  - image: %s
+    mirror: %s/mirror/k8s
+`, multiRef, pushed[0].Ref, byDigest, mirrored, reg.Host)
+
+	source := newTestNode(t, flavor)
+	creds := writeFile(t, source.dir, "config.json", harness.DockerConfigJSON(reg.Host, testUser, testPassword))
+	r := source.once(t, cfg, "--docker-config", creds)
+	assertNoSecret(t, r.stdout, r.stderr)
+	if r.code != 0 {
+		t.Fatalf("once on the source node: want exit 0:\n%s", r)
+	}
+	reg.Stop()
+
+	dir := t.TempDir()
+	cfgPath := writeFile(t, dir, "images.yaml", cfg)
+	out := filepath.Join(dir, "bundle.tar.zst")
+	bundle := func(t *testing.T, cfgPath, out string, args ...string) run {
+		t.Helper()
+		r := preloader(t, 2*time.Minute, nil, append([]string{"bundle", "--from-runtime", "--cri-endpoint", source.ctrd.Endpoint, "--config", cfgPath, "-o", out}, args...)...)
+		assertNoSecret(t, r.stdout, r.stderr)
+		return r
+	}
+
+	t.Run("an image the node lacks is named, and nothing written", func(t *testing.T) {
+		absent := reg.Host + "/team/absent:1"
+		more := writeFile(t, dir, "more.yaml", cfg+"  - image: "+absent+"\n")
+		failed := filepath.Join(dir, "failed.tar")
+		r := bundle(t, more, failed)
+		if r.code != 1 || !strings.Contains(r.stderr, absent+" is not on this node") {
+			t.Errorf("bundle --from-runtime of an image the node lacks: want exit 1 naming %s:\n%s", absent, r)
+		}
+		assertNotWritten(t, failed)
+	})
+
+	t.Run("a platform the node did not pull is named, and nothing written", func(t *testing.T) {
+		other := otherPlatform().String()
+		failed := filepath.Join(dir, "other.tar")
+		r := bundle(t, cfgPath, failed, "--platform", nodePlatform+","+other)
+		if r.code != 1 || !strings.Contains(r.stderr, "no "+other+" manifest of "+multiRef) {
+			t.Errorf("bundle --from-runtime of a platform the node lacks: want exit 1 naming %s and %s:\n%s", multiRef, other, r)
+		}
+		assertNotWritten(t, failed)
+	})
+
+	r = bundle(t, cfgPath, out)
+	if r.code != 0 {
+		t.Fatalf("bundle --from-runtime: want exit 0:\n%s", r)
+	}
+	if !strings.Contains(r.stderr, "reading images from containerd") || !strings.Contains(r.stderr, "from runtime;") {
+		t.Errorf("bundle --from-runtime does not say which runtime it reads:\n%s", r.stderr)
+	}
+	r = preloader(t, time.Minute, nil, "bundle", "inspect", out)
+	if r.code != 0 || !strings.Contains(r.stdout, "read from a node's runtime: containerd ") {
+		t.Errorf("bundle inspect of a bundle from a node's runtime: want exit 0 naming the runtime:\n%s", r)
+	}
+	lock, _, err := bundlepkg.LoadLock(out + ".lock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lock.Runtime == nil || lock.Runtime.Name != "containerd" || lock.Runtime.Version == "" {
+		t.Errorf("lock's runtime = %+v, want containerd and its version", lock.Runtime)
+	}
+	for _, img := range lock.Images {
+		if img.From != "runtime" {
+			t.Errorf("lock: %s from %q, want runtime", img.Name, img.From)
+		}
+	}
+	if len(lock.Images) != len(refs) {
+		t.Errorf("lock has %d images, want %d", len(lock.Images), len(refs))
+	}
+
+	// Carried across: a fresh node, with no registry, imports the bundle
+	// from archiveDir.
+	archives := t.TempDir()
+	if err := os.Rename(out, filepath.Join(archives, filepath.Base(out))); err != nil {
+		t.Fatal(err)
+	}
+	target := newTestNode(t, flavor)
+	r = target.once(t, fmt.Sprintf("archiveDir: %s\n%s", archives, cfg))
+	if r.code != 0 {
+		t.Fatalf("once on a fresh node with the bundle: want exit 0:\n%s", r)
+	}
+	got := parseArchiveResult(t, r).statuses()
+	from, to := source.cri(t), target.cri(t)
+	for _, ref := range refs {
+		if got[ref] != "imported" {
+			t.Errorf("%s: %q on the fresh node, want imported\n%s", ref, got[ref], r)
+		}
+		want, err := from.ImageStatus(ctx, ref)
+		if err != nil || want == nil {
+			t.Fatalf("source node: CRI ImageStatus(%s) = %v, %v", ref, want, err)
+		}
+		img, err := to.ImageStatus(ctx, ref)
+		if err != nil || img == nil {
+			t.Errorf("fresh node: CRI ImageStatus(%s) = %v, %v; want present", ref, img, err)
+			continue
+		}
+		if img.Id != want.Id {
+			t.Errorf("%s: image ID %s on the fresh node, %s on the source", ref, img.Id, want.Id)
+		}
+		// The source also has the mirror's own names (once pulled from
+		// it), which the bundle does not carry: it names images as pods do.
+		wantTags, wantDigests := notMirror(want.RepoTags, reg.Host), notMirror(want.RepoDigests, reg.Host)
+		if !sameSet(img.RepoTags, wantTags) || !sameSet(img.RepoDigests, wantDigests) {
+			t.Errorf("%s: names %v %v on the fresh node, want %v %v as on the source", ref, img.RepoTags, img.RepoDigests, wantTags, wantDigests)
+		}
+	}
+}
+
+func notMirror(names []string, host string) []string {
+	return slices.DeleteFunc(slices.Clone(names), func(n string) bool { return strings.HasPrefix(n, host+"/mirror/") })
+}
+
+func sameSet(a, b []string) bool {
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.Sort(a)
+	slices.Sort(b)
+	return slices.Equal(a, b)
+}
+
+// assertNotWritten: no bundle, part or lock at path.
+func assertNotWritten(t *testing.T, path string) {
+	t.Helper()
+	matches, err := filepath.Glob(path + "*")
+	if err != nil || len(matches) > 0 {
+		t.Errorf("written after a failure: %v %v", matches, err)
 	}
 }

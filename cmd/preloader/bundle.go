@@ -13,9 +13,13 @@ import (
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/kube-preloader/kube-preloader/bundle"
+	"github.com/kube-preloader/kube-preloader/containerd"
+	"github.com/kube-preloader/kube-preloader/cri"
 	"github.com/kube-preloader/kube-preloader/cri/keyring"
+	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/preload/config"
 )
 
@@ -23,7 +27,12 @@ type bundleOptions struct {
 	config, out, platform string
 	lock, since, partSize string
 	dockerConfigs         []string
+	fromRuntime           bool
+	runtime               runtimeFlags
 }
+
+// The containerd behind a node's CRI is where --from-runtime reads.
+var _ bundle.Store = (*containerd.Client)(nil)
 
 func newBundleCmd() *cobra.Command {
 	var o bundleOptions
@@ -37,7 +46,12 @@ nodes with no registry: put it in the config's archiveDir.
 Each image keeps the index its reference names, with the manifests and blobs
 of the chosen platforms. A lock, which records every digest, goes into the
 archive and beside it as FILE.lock: --lock rebuilds exactly its digests,
---since leaves out the layers an older bundle carried.`,
+--since leaves out the layers an older bundle carried.
+
+With --from-runtime, read the images from this node's containerd instead,
+as it holds them (by the names the CRI records), asking no registry: an
+image or platform the node lacks fails the bundle, by name. It finds the
+runtime as once does; on a runtime other than containerd it refuses.`,
 		Example: `  # For amd64 and arm64 nodes, compressed, with credentials from a docker config:
   preloader bundle --config images.yaml -o images.tar.zst --platform linux/amd64,linux/arm64 --docker-config ~/.docker/config.json
 
@@ -45,11 +59,17 @@ archive and beside it as FILE.lock: --lock rebuilds exactly its digests,
   preloader bundle --config images.yaml -o update.tar.zst --since images.tar.zst.lock --max-part-size 4GiB
 
   # The same digests again, whatever the tags name now:
-  preloader bundle --config images.yaml -o images.tar.zst --lock images.tar.zst.lock`,
+  preloader bundle --config images.yaml -o images.tar.zst --lock images.tar.zst.lock
+
+  # On a node that has the images, for nodes of its platform:
+  preloader bundle --config images.yaml -o images.tar.zst --from-runtime`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if cmd.Flags().Changed("platform") && o.lock != "" {
 				return usageError("bundle: --platform and --lock: the lock says which platforms")
+			}
+			if err := o.checkRuntimeFlags(cmd.Flags()); err != nil {
+				return err
 			}
 			return o.run(cmd.Context(), cmd.ErrOrStderr())
 		},
@@ -62,6 +82,9 @@ archive and beside it as FILE.lock: --lock rebuilds exactly its digests,
 	f.StringVar(&o.since, "since", "", "lock of an earlier bundle: leave out the layers it holds (a delta)")
 	f.StringVar(&o.partSize, "max-part-size", "", "split the bundle into FILE.part-001, FILE.part-002, … of at most this size: bytes, or with a unit (500Mi, 4G, 4GiB)")
 	f.StringArrayVar(&o.dockerConfigs, "docker-config", nil, "docker config file with registry credentials; repeatable. Default: the kubelet's search paths")
+	f.BoolVar(&o.fromRuntime, "from-runtime", false, "read the images from this node's containerd, as it holds them, instead of their registries")
+	f.StringVar(&o.runtime.endpoint, "cri-endpoint", "", "with --from-runtime: CRI endpoint (default: $"+cri.EndpointEnv+", else the first known socket that answers)")
+	f.StringVar(&o.runtime.containerdAddress, "containerd-address", "", "with --from-runtime: containerd socket (default: the one containerd's CRI reports, else the CRI endpoint)")
 	cmd.MarkFlagFilename("config", "yaml", "yml")
 	cmd.MarkFlagFilename("lock", "lock")
 	cmd.MarkFlagFilename("since", "lock")
@@ -100,11 +123,7 @@ func (o *bundleOptions) run(ctx context.Context, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	keyring, err := loadKeyring(o.dockerConfigs)
-	if err != nil {
-		return &exitError{code: exitInvalid, err: err}
-	}
-	sources, err := bundleSources(cfg, stderr)
+	sources, err := bundleSources(cfg, o.fromRuntime, stderr)
 	if err != nil {
 		return err
 	}
@@ -120,8 +139,25 @@ func (o *bundleOptions) run(ctx context.Context, stderr io.Writer) error {
 			return usageError("bundle: --lock %s does not fit %s: %v", o.lock, o.config, err)
 		}
 	}
+	var store bundle.Store
+	if o.fromRuntime {
+		ctrd, facts, err := noderuntime.ConnectContainerd(ctx, o.runtime.options(nil), noderuntime.OpExport)
+		if err != nil {
+			return err
+		}
+		defer ctrd.Close()
+		fmt.Fprintf(stderr, "bundle: reading images from %s %s at %s\n", facts.Name, facts.Version, facts.ContainerdAddress)
+		store = ctrd
+		opts.Origin = bundle.OriginRuntime
+		opts.Runtime = &bundle.LockRuntime{Name: facts.Name, Version: facts.Version}
+	} else {
+		keyring, err := loadKeyring(o.dockerConfigs)
+		if err != nil {
+			return &exitError{code: exitInvalid, err: err}
+		}
+		store = bundle.NewRegistry(credentials(keyring), nil)
+	}
 	start := time.Now()
-	store := bundle.NewRegistry(credentials(keyring), nil)
 	names, err := writeBundle(ctx, o.out, partSize, store, sources, opts)
 	if err != nil {
 		return fmt.Errorf("bundle %s: %w", o.out, err)
@@ -134,10 +170,25 @@ func (o *bundleOptions) run(ctx context.Context, stderr io.Writer) error {
 	return nil
 }
 
+// checkRuntimeFlags refuses the flags of one source with the other's:
+// the runtime's without --from-runtime, registry credentials with it.
+func (o *bundleOptions) checkRuntimeFlags(f *pflag.FlagSet) error {
+	for _, name := range []string{"cri-endpoint", "containerd-address"} {
+		if f.Changed(name) && !o.fromRuntime {
+			return usageError("bundle: --%s is for --from-runtime", name)
+		}
+	}
+	if f.Changed("docker-config") && o.fromRuntime {
+		return usageError("bundle: --docker-config and --from-runtime: the node's runtime is asked, no registry")
+	}
+	return nil
+}
+
 // bundleSources lists what to fetch: every image of the config, from its
 // mirror if it has one, and the sandbox image if the config names one.
-// Images that come from an archive are the node's already.
-func bundleSources(cfg *config.Config, stderr io.Writer) ([]bundle.Source, error) {
+// Images that come from an archive are the node's already. A node's
+// runtime has each image under its own name, a mirror's included.
+func bundleSources(cfg *config.Config, fromRuntime bool, stderr io.Writer) ([]bundle.Source, error) {
 	images := cfg.Images
 	switch cfg.SandboxImage {
 	case config.SandboxAuto:
@@ -158,7 +209,7 @@ func bundleSources(cfg *config.Config, stderr io.Writer) ([]bundle.Source, error
 			continue
 		}
 		s := bundle.Source{Name: img.Name, From: img.Name}
-		if img.Mirror != "" {
+		if img.Mirror != "" && !fromRuntime {
 			from, err := config.MirrorRef(img.Name, img.Mirror)
 			if err != nil {
 				return nil, err

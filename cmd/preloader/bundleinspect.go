@@ -48,6 +48,9 @@ func writeLock(w io.Writer, format string, l *bundle.Lock) error {
 		return writeObject(w, format, l)
 	}
 	fmt.Fprintf(w, "platforms: %s\n", strings.Join(l.Platforms, ", "))
+	if l.Runtime != nil {
+		fmt.Fprintf(w, "read from a node's runtime: %s %s\n", l.Runtime.Name, l.Runtime.Version)
+	}
 	if l.Since != nil {
 		fmt.Fprintf(w, "delta since: %s (%s): layers of its images are left out\n", l.Since.File, l.Since.Digest)
 	}

@@ -10,7 +10,8 @@ import (
 	"github.com/kube-preloader/kube-preloader/noderuntime"
 )
 
-// runtimeFlags say where the node's runtime is, for once and agent.
+// runtimeFlags say where the node's runtime is, for once, agent and
+// bundle --from-runtime.
 type runtimeFlags struct {
 	endpoint, containerdAddress string
 }
@@ -21,5 +22,9 @@ func (f *runtimeFlags) add(fs *pflag.FlagSet) {
 }
 
 func (f *runtimeFlags) connect(ctx context.Context, log *slog.Logger) (noderuntime.Store, error) {
-	return noderuntime.Connect(ctx, noderuntime.Options{CRIEndpoint: f.endpoint, ContainerdAddress: f.containerdAddress, Log: log})
+	return noderuntime.Connect(ctx, f.options(log))
+}
+
+func (f *runtimeFlags) options(log *slog.Logger) noderuntime.Options {
+	return noderuntime.Options{CRIEndpoint: f.endpoint, ContainerdAddress: f.containerdAddress, Log: log}
 }
