@@ -126,7 +126,7 @@ func (e *MissingError) Error() string {
 		return fmt.Sprintf("%s: manifest %s is not in containerd's content store", e.Image, e.Blob.Digest)
 	default:
 		// containerd's CRI removes layers it has unpacked where its config
-		// sets discard_unpacked_layers, as some managed clusters do.
+		// sets discard_unpacked_layers.
 		return fmt.Sprintf("%s: blob %s (%s) is not in containerd's content store (containerd discards the layers it unpacked where its CRI config sets discard_unpacked_layers): bundle the image from the registry",
 			e.Image, e.Blob.Digest, e.Blob.MediaType)
 	}
