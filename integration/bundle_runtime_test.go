@@ -14,12 +14,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
-	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -36,27 +31,9 @@ func otherPlatform() v1.Platform {
 	return v1.Platform{OS: "linux", Architecture: "arm64"}
 }
 
-// pushMultiPlatform pushes ref as an index of the node's platform and
-// another, and returns the index.
-func pushMultiPlatform(t *testing.T, reg *harness.Registry, ref string, seed uint64) v1.ImageIndex {
-	t.Helper()
-	other := otherPlatform()
-	node, err := v1.ParsePlatform(nodePlatform)
-	if err != nil {
-		t.Fatal(err)
-	}
-	idx := mutate.AppendManifests(mutate.IndexMediaType(empty.Index, types.OCIImageIndex),
-		mutate.IndexAddendum{Add: testImage(t, nodePlatform, seed), Descriptor: v1.Descriptor{Platform: node}},
-		mutate.IndexAddendum{Add: testImage(t, other.String(), seed+1), Descriptor: v1.Descriptor{Platform: &other}},
-	)
-	r, err := name.ParseReference(ref)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.WriteIndex(r, idx, remote.WithAuth(reg.Authenticator()), remote.WithTransport(reg.Transport())); err != nil {
-		t.Fatalf("push %s: %v", ref, err)
-	}
-	return idx
+// multiPlatform is an image of the node's platform and another.
+func multiPlatform(repo string) harness.ImageSpec {
+	return harness.ImageSpec{Repo: repo, Tag: "1", BaseLayers: 1, OwnLayers: 1, LayerSize: 16 << 10, Platforms: []string{nodePlatform, otherPlatform().String()}}
 }
 
 // TestExportFromContainerd reads back, through containerd's API as
@@ -73,9 +50,8 @@ func TestExportFromContainerd(t *testing.T) {
 func testExportFromContainerd(t *testing.T, flavor harness.Flavor) {
 	ctx := context.Background()
 	reg := harness.StartRegistry(t, harness.RegistryOptions{Username: testUser, Password: testPassword})
-	multiRef := reg.Host + "/team/multi:1"
-	idx := pushMultiPlatform(t, reg, multiRef, 501)
-	single := harness.PushTestImages(t, reg, []harness.ImageSpec{{Repo: "team/single", Tag: "1.0", OwnLayers: 2, LayerSize: 32 << 10}})[0]
+	pushed := harness.PushTestImages(t, reg, []harness.ImageSpec{multiPlatform("team/multi"), {Repo: "team/single", Tag: "1.0", OwnLayers: 2, LayerSize: 32 << 10}})
+	multiRef, idx, single := pushed[0].Ref, pushed[0].Index, pushed[1]
 
 	node := newTestNode(t, flavor)
 	creds := writeFile(t, node.dir, "config.json", harness.DockerConfigJSON(reg.Host, testUser, testPassword))
@@ -243,16 +219,16 @@ func TestBundleFromRuntime(t *testing.T) {
 func testBundleFromRuntime(t *testing.T, flavor harness.Flavor) {
 	ctx := context.Background()
 	reg := harness.StartRegistry(t, harness.RegistryOptions{Username: testUser, Password: testPassword})
-	multiRef := reg.Host + "/team/multi:1"
-	pushMultiPlatform(t, reg, multiRef, 601)
 	pushed := harness.PushTestImages(t, reg, []harness.ImageSpec{
+		multiPlatform("team/multi"),
 		{Repo: "team/app", Tag: "1.0", BaseLayers: 2, OwnLayers: 1, LayerSize: 64 << 10},
 		{Repo: "team/tool", Tag: "2.0", BaseLayers: 2, OwnLayers: 2, LayerSize: 64 << 10},
 		{Repo: "mirror/k8s/pause", Tag: "3.10", OwnLayers: 1, LayerSize: 4 << 10},
 	})
-	byDigest := reg.Host + "/team/tool@" + pushed[1].Digest
+	multiRef := pushed[0].Ref
+	byDigest := pushed[2].DigestRef
 	const mirrored = "registry.k8s.io/pause:3.10"
-	refs := []string{multiRef, pushed[0].Ref, byDigest, mirrored}
+	refs := []string{multiRef, pushed[1].Ref, byDigest, mirrored}
 	cfg := fmt.Sprintf(`sandboxImage: none
 retry: {initialDelay: 200ms, maxDelay: 1s}
 images:
@@ -261,7 +237,7 @@ images:
   - image: %s
   - image: %s
     mirror: %s/mirror/k8s
-`, multiRef, pushed[0].Ref, byDigest, mirrored, reg.Host)
+`, multiRef, pushed[1].Ref, byDigest, mirrored, reg.Host)
 
 	source := newTestNode(t, flavor)
 	creds := writeFile(t, source.dir, "config.json", harness.DockerConfigJSON(reg.Host, testUser, testPassword))
