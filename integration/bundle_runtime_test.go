@@ -342,6 +342,25 @@ images:
 			t.Errorf("%s: names %v %v on the fresh node, want %v %v as on the source", ref, img.RepoTags, img.RepoDigests, wantTags, wantDigests)
 		}
 	}
+
+	t.Run("a layer containerd no longer holds is named, and nothing written", func(t *testing.T) {
+		// As containerd's collector leaves a node whose CRI config sets
+		// discard_unpacked_layers: the image unpacked, its layer gone.
+		app := pushed[1]
+		layer := digest.Digest(app.Layers[len(app.Layers)-1])
+		if err := source.containerd(t).ContentStore().Delete(ctx, layer); err != nil {
+			t.Fatal(err)
+		}
+		assertPresent(t, source.ctrd.Endpoint, app.Ref)
+		failed := filepath.Join(dir, "discarded.tar")
+		r := bundle(t, cfgPath, failed)
+		for _, want := range []string{app.Ref, layer.String() + " (", "not in containerd's content store", "discard_unpacked_layers"} {
+			if r.code != 1 || !strings.Contains(r.stderr, want) {
+				t.Errorf("bundle --from-runtime of an image without its layer: want exit 1 saying %q:\n%s", want, r)
+			}
+		}
+		assertNotWritten(t, failed)
+	})
 }
 
 func notMirror(names []string, host string) []string {
