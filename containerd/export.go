@@ -1,6 +1,7 @@
 package containerd
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -168,8 +169,14 @@ func (x exporter) fetch(ctx context.Context, ref string, desc ocispec.Descriptor
 		ra.Close()
 		return nil, fmt.Errorf("%s: blob %s is %d bytes in containerd's content store, want %d", name, desc.Digest, ra.Size(), desc.Size)
 	}
-	return readCloser{Reader: content.NewReader(ra), Closer: ra}, nil
+	// Each read of containerd's remote content store is a request of its
+	// own: read it in large ones, not in the caller's (io.Copy's 32 KiB).
+	return readCloser{Reader: bufio.NewReaderSize(content.NewReader(ra), readSize), Closer: ra}, nil
 }
+
+// readSize is what one read of a blob asks of containerd: the content
+// service streams it back in messages of 1 MiB.
+const readSize = 4 << 20
 
 // missing is the error of a blob desc of the image name that the content
 // store lacks; a manifest is named by its platform, which the index the

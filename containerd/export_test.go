@@ -210,3 +210,57 @@ func TestExportFetchWrongSize(t *testing.T) {
 		t.Errorf("Fetch with the wrong size = %v, want an error that is not ErrNotFound", err)
 	}
 }
+
+// countingStore counts the reads of blobs: each is a request to
+// containerd's content service.
+type countingStore struct {
+	content.Store
+	reads int
+}
+
+func (s *countingStore) ReaderAt(ctx context.Context, desc ocispec.Descriptor) (content.ReaderAt, error) {
+	ra, err := s.Store.ReaderAt(ctx, desc)
+	if err != nil {
+		return nil, err
+	}
+	return countingReaderAt{ReaderAt: ra, reads: &s.reads}, nil
+}
+
+type countingReaderAt struct {
+	content.ReaderAt
+	reads *int
+}
+
+func (r countingReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	*r.reads++
+	return r.ReaderAt.ReadAt(p, off)
+}
+
+// A blob copied in io.Copy's 32 KiB buffers is asked of containerd in
+// requests of readSize, not one round trip to containerd per buffer.
+func TestExportFetchReadsInLargeRequests(t *testing.T) {
+	ctx := context.Background()
+	local, err := local.NewStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte("layer bytes "), 9<<20/12)
+	desc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayerGzip, Digest: digest.FromBytes(data), Size: int64(len(data))}
+	if err := content.WriteBlob(ctx, local, "big", bytes.NewReader(data), desc); err != nil {
+		t.Fatal(err)
+	}
+	cs := &countingStore{Store: local}
+	x := exporter{images: records{}, content: cs}
+	rc, err := x.fetch(ctx, "team/app:1.0", desc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	var got bytes.Buffer
+	if _, err := io.Copy(struct{ io.Writer }{&got}, rc); err != nil || !bytes.Equal(got.Bytes(), data) {
+		t.Fatalf("Fetch read %d bytes, %v; want the %d written", got.Len(), err, len(data))
+	}
+	if want := (len(data) + readSize - 1) / readSize; cs.reads > want+1 {
+		t.Errorf("%d reads of a %d-byte blob, want at most %d", cs.reads, len(data), want+1)
+	}
+}
