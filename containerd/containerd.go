@@ -70,6 +70,7 @@ type Client struct {
 	transfers  transfers      // the bytes of the pulls in flight
 	ranges     *ranges        // blobs its pulls read in ranges, and their buffers
 	// exportLease holds what Resolve resolved; nil until it resolves.
+	exportMu    sync.Mutex
 	exportLease *leases.Lease
 }
 

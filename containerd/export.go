@@ -41,8 +41,8 @@ func (c *Client) Resolve(ctx context.Context, ref string) (ocispec.Descriptor, e
 // keeps a leased blob and what its labels reference, as the image record
 // kept them.
 func (c *Client) hold(ctx context.Context, desc ocispec.Descriptor) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	c.exportMu.Lock()
+	defer c.exportMu.Unlock()
 	ls := c.c.LeasesService()
 	if c.exportLease == nil {
 		l, err := ls.Create(ctx, leases.WithRandomID(), leases.WithExpiration(leaseExpiry), leases.WithLabel(LabelLease, "export"))
@@ -59,8 +59,8 @@ func (c *Client) hold(ctx context.Context, desc ocispec.Descriptor) error {
 
 // releaseExport deletes the lease of what Resolve resolved.
 func (c *Client) releaseExport() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	c.exportMu.Lock()
+	defer c.exportMu.Unlock()
 	if c.exportLease == nil {
 		return nil
 	}
