@@ -250,7 +250,8 @@ images:
 
 	dir := t.TempDir()
 	cfgPath := writeFile(t, dir, "images.yaml", cfg)
-	out := filepath.Join(dir, "bundle.tar.zst")
+	archives := t.TempDir()
+	out := filepath.Join(archives, "bundle.tar.zst")
 	bundle := func(t *testing.T, cfgPath, out string, args ...string) run {
 		t.Helper()
 		r := preloader(t, 2*time.Minute, nil, append([]string{"bundle", "--from-runtime", "--cri-endpoint", source.ctrd.Endpoint, "--config", cfgPath, "-o", out}, args...)...)
@@ -306,12 +307,8 @@ images:
 		t.Errorf("lock has %d images, want %d", len(lock.Images), len(refs))
 	}
 
-	// Carried across: a fresh node, with no registry, imports the bundle
-	// from archiveDir.
-	archives := t.TempDir()
-	if err := os.Rename(out, filepath.Join(archives, filepath.Base(out))); err != nil {
-		t.Fatal(err)
-	}
+	// Carried across with its lock: a fresh node, with no registry,
+	// imports the bundle from archiveDir.
 	target := newTestNode(t, flavor)
 	r = target.once(t, fmt.Sprintf("archiveDir: %s\n%s", archives, cfg))
 	if r.code != 0 {
