@@ -10,9 +10,10 @@ import (
 )
 
 const (
-	// SimpleSigningMediaType is the media type of a .sig manifest's layers:
-	// each blob is a payload that was signed.
-	SimpleSigningMediaType = "application/vnd.dev.cosignproject.cosign/simplesigning.v1+json"
+	// SimpleSigningMediaType is the media type cosign gives a .sig
+	// manifest's layers (its pkg/types): each blob is a payload that was
+	// signed.
+	SimpleSigningMediaType = "application/vnd.dev.cosign.simplesigning.v1+json"
 	// SignatureAnnotation holds, on such a layer, the base64 signature
 	// over its blob.
 	SignatureAnnotation = "dev.cosignproject.cosign/signature"
