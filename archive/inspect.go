@@ -26,6 +26,10 @@ type Contents struct {
 	Images []Image
 	// Unavailable are the images it holds for other platforms only.
 	Unavailable []*PlatformError
+	// Signatures are the cosign signature manifests the archive carries
+	// (index.json entries tagged sha256-<hex>.sig), by the digest they
+	// sign; they, and cosign's .att and .sbom entries, are not Images.
+	Signatures map[digest.Digest][]Signed
 
 	file  *File
 	blobs map[digest.Digest]blob

@@ -35,6 +35,12 @@ func (s *scan) ociImages(ctx context.Context) error {
 		if _, ok := desc.Annotations[images.AnnotationManifestSubject]; ok {
 			continue // a referrer (signature, SBOM), not an image
 		}
+		if cosign, err := s.cosignEntry(desc); cosign || err != nil {
+			if err != nil {
+				return err
+			}
+			continue
+		}
 		names, err := ociNames(desc.Annotations)
 		if err != nil {
 			return err

@@ -38,8 +38,11 @@ var (
 	Invalid      = Reason{"invalid reference", "invalid_reference"}
 	// Archive and Import share their label: to a dashboard both are an
 	// archive that did not become images.
-	Archive     = Reason{"bad archive", "archive"}   // unreadable, unsafe, truncated, wrong digest or platform, incomplete (a part, a delta's layers)
-	Import      = Reason{"import failed", "archive"} // a sound archive the runtime did not take
+	Archive = Reason{"bad archive", "archive"}   // unreadable, unsafe, truncated, wrong digest or platform, incomplete (a part, a delta's layers)
+	Import  = Reason{"import failed", "archive"} // a sound archive the runtime did not take
+	// Signature: with verify, an image without a valid signature by one
+	// of the keys, refused before anything of it was recorded.
+	Signature   = Reason{"signature", "signature"}
 	Unsupported = Reason{"unsupported runtime", "unsupported"}
 	NotPresent  = Reason{"not present after pull", "not_present"} // pulled or listed, yet ImageStatus does not find it
 	Canceled    = Reason{"canceled", "canceled"}
@@ -55,7 +58,7 @@ const (
 func All() []Reason {
 	return []Reason{
 		Unauthorized, NotFound, Unreachable, Registry, TLS, Timeout, Stalled, NoSpace, DiskBudget,
-		Runtime, Invalid, Archive, Import, Unsupported, NotPresent, Canceled, Other,
+		Runtime, Invalid, Archive, Import, Signature, Unsupported, NotPresent, Canceled, Other,
 	}
 }
 

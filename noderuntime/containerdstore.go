@@ -3,9 +3,13 @@ package noderuntime
 import (
 	"context"
 	"fmt"
+	"io"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"github.com/distribution/reference"
+	digest "github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -14,6 +18,7 @@ import (
 	"github.com/kube-preloader/kube-preloader/artifact"
 	"github.com/kube-preloader/kube-preloader/containerd"
 	"github.com/kube-preloader/kube-preloader/cri"
+	"github.com/kube-preloader/kube-preloader/signature"
 )
 
 // The containerd roles are what the preloader does through containerd's
@@ -62,6 +67,11 @@ type ContainerdRefresher interface {
 	MarkChecked(ctx context.Context, name string, at time.Time) error
 }
 
+// ContainerdSignatures reads signature manifests from registries.
+type ContainerdSignatures interface {
+	RegistryManifest(ctx context.Context, ref, tag string, auth *runtimeapi.AuthConfig) ([]byte, func(context.Context, ocispec.Descriptor) (io.ReadCloser, error), error)
+}
+
 // ContainerdBudgeter sizes a pull against the blobs containerd has.
 type ContainerdBudgeter interface {
 	PullNeed(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (DiskNeed, error)
@@ -75,6 +85,7 @@ type Containerd interface {
 	ContainerdPinner
 	ContainerdRecords
 	ContainerdRefresher
+	ContainerdSignatures
 	ContainerdBudgeter
 	Close() error
 }
@@ -194,6 +205,22 @@ func (s *containerdStore) RemoveName(ctx context.Context, name string) error {
 
 func (s *containerdStore) TagDigest(ctx context.Context, ref string, auth *runtimeapi.AuthConfig) (string, error) {
 	return s.ctrd.TagDigest(ctx, ref, auth)
+}
+
+func (s *containerdStore) Signatures(ctx context.Context, ref string, d digest.Digest, auth *runtimeapi.AuthConfig) ([]signature.Signature, error) {
+	tag := signature.Tag(d, "sig")
+	manifest, fetch, err := s.ctrd.RegistryManifest(ctx, ref, tag, auth)
+	if errdefs.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	sigs, err := signature.FromManifest(ctx, manifest, fetch)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", tag, err)
+	}
+	return sigs, nil
 }
 
 func (s *containerdStore) LocalDigest(ctx context.Context, name string) (string, time.Time, error) {

@@ -7,11 +7,13 @@ import (
 	"os"
 	"time"
 
+	digest "github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/kube-preloader/kube-preloader/archive"
 	"github.com/kube-preloader/kube-preloader/cri"
+	"github.com/kube-preloader/kube-preloader/signature"
 )
 
 // criStore is a runtime reached through the CRI alone (CRI-O,
@@ -52,6 +54,7 @@ var instead = map[Op]string{
 	OpBudget:     "keep the list within the disk yourself",
 	OpRefresh:    "name images by digest, or pull moved tags with crictl pull",
 	OpExport:     "bundle them from their registry instead (without --from-runtime), or on CRI-O copy each out of its storage with skopeo copy containers-storage:IMAGE oci-archive:FILE:IMAGE",
+	OpVerify:     "have the runtime check signatures itself (CRI-O: a sigstoreSigned requirement in its policy.json, containers-policy.json(5))",
 	OpPrune:      "leave removal to the kubelet's image garbage collection, or remove them by hand (crictl rmi)",
 }
 
@@ -84,6 +87,10 @@ func (s *criStore) RemoveName(context.Context, string) error { return s.Can(OpPr
 
 func (s *criStore) TagDigest(context.Context, string, *runtimeapi.AuthConfig) (string, error) {
 	return "", s.Can(OpRefresh)
+}
+
+func (s *criStore) Signatures(context.Context, string, digest.Digest, *runtimeapi.AuthConfig) ([]signature.Signature, error) {
+	return nil, s.Can(OpVerify)
 }
 
 func (s *criStore) LocalDigest(context.Context, string) (string, time.Time, error) {

@@ -4,9 +4,11 @@ import (
 	"context"
 	"time"
 
+	digest "github.com/opencontainers/go-digest"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/kube-preloader/kube-preloader/archive"
+	"github.com/kube-preloader/kube-preloader/signature"
 )
 
 // The roles below are the parts of a node's image store, each what one
@@ -107,6 +109,16 @@ type Refresher interface {
 	MarkChecked(ctx context.Context, name string, at time.Time) error
 }
 
+// Signatures are the cosign signatures registries keep beside images,
+// which verify checks before a pull.
+type Signatures interface {
+	Capable
+	// Signatures reads the signatures of d kept in the repository of ref
+	// (its sha256-<hex>.sig tag), from the registry a pull of ref would
+	// reach, with auth; none when the registry has no such tag.
+	Signatures(ctx context.Context, ref string, d digest.Digest, auth *runtimeapi.AuthConfig) ([]signature.Signature, error)
+}
+
 // Budgeter is what the disk budget weighs: the image filesystem and what
 // a pull would add to it.
 type Budgeter interface {
@@ -150,5 +162,6 @@ type Store interface {
 	Pinner
 	Records
 	Refresher
+	Signatures
 	Budgeter
 }

@@ -30,6 +30,7 @@ const (
 	OpRefresh    Op = "refreshing moving tags"
 	OpBudget     Op = "estimating image sizes for the disk budget"
 	OpExport     Op = "bundling the images a node holds (bundle --from-runtime)"
+	OpVerify     Op = "verify (checking the signature of the digest a tag names, then pulling that digest)"
 )
 
 // OwnedImage is an image record an owner brought (containerd.Owned).

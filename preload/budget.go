@@ -150,14 +150,15 @@ func (e *budgetError) Reason() failure.Reason { return failure.DiskBudget }
 // which gives no hook between manifest and layers: from its manifest and
 // layer trailers, asked with the pull's credentials. An image
 // whose size cannot be told is not held back; its pull says why it fails,
-// if it does.
-func (e *Engine) estimateAndReserve(ctx context.Context, p *budgetPlan, ref string, auth *runtimeapi.AuthConfig) error {
+// if it does. name is the image (or its mirror's name) in the plan; ref
+// is what is pulled, which verify pins to a digest.
+func (e *Engine) estimateAndReserve(ctx context.Context, p *budgetPlan, name, ref string, auth *runtimeapi.AuthConfig) error {
 	n, err := e.budgeter().PullNeed(ctx, ref, auth)
 	if err != nil {
-		p.settle(ref)
+		p.settle(name)
 		return nil
 	}
-	return p.reserve(ctx, ref, n)
+	return p.reserve(ctx, name, n)
 }
 
 type budgetKey struct{}

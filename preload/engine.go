@@ -118,6 +118,7 @@ func (e *Engine) Run(ctx context.Context, cfg *config.Config, images []config.Im
 		return nil, err
 	}
 	have := index(listed)
+	ctx = withVerification(ctx, cfg)
 
 	images = dedupe(images)
 	checks := e.checkTags(ctx, images, have)
@@ -531,10 +532,18 @@ func toPull(images []config.Image, fromArchives map[string]Result, have map[stri
 // pull, or by the containerd client. The latter is done only once the CRI
 // shows the image, which containerd 1.6's CRI learns of from an event.
 func (e *Engine) pullWith(ctx context.Context, cfg *config.Config, ref string, auth *runtimeapi.AuthConfig) error {
+	if v := verificationFrom(ctx); v != nil {
+		return e.pullSigned(ctx, cfg, v, ref, auth)
+	}
+	return e.pullRef(ctx, cfg, ref, ref, auth)
+}
+
+// pullRef pulls ref, in the disk budget as the image named name.
+func (e *Engine) pullRef(ctx context.Context, cfg *config.Config, name, ref string, auth *runtimeapi.AuthConfig) error {
 	plan := budgetFrom(ctx)
 	if cfg.PullVia != config.PullViaContainerd {
 		if plan != nil {
-			if err := e.estimateAndReserve(ctx, plan, ref, auth); err != nil {
+			if err := e.estimateAndReserve(ctx, plan, name, ref, auth); err != nil {
 				return err
 			}
 		}
@@ -543,7 +552,7 @@ func (e *Engine) pullWith(ctx context.Context, cfg *config.Config, ref string, a
 	}
 	if plan != nil {
 		ctx = noderuntime.WithReservation(ctx, func(ctx context.Context, need noderuntime.DiskNeed) error {
-			return plan.reserve(ctx, ref, need)
+			return plan.reserve(ctx, name, need)
 		})
 	}
 	if err := e.puller().PullDirect(ctx, ref, auth, cfg.MaxDownloads); err != nil {

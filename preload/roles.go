@@ -37,3 +37,6 @@ func (e *Engine) refresher() noderuntime.Refresher { return e.Store }
 
 // budgeter is what the disk budget asks of the runtime.
 func (e *Engine) budgeter() noderuntime.Budgeter { return e.Store }
+
+// signatures is what verify asks of the runtime before a pull.
+func (e *Engine) signatures() noderuntime.Signatures { return e.Store }

@@ -17,6 +17,7 @@ import (
 	"github.com/kube-preloader/kube-preloader/nodestatus"
 	"github.com/kube-preloader/kube-preloader/preload"
 	"github.com/kube-preloader/kube-preloader/preload/config"
+	"github.com/kube-preloader/kube-preloader/signature"
 )
 
 type onceOptions struct {
@@ -73,6 +74,14 @@ func (o *onceOptions) run(ctx context.Context, stdout, stderr io.Writer) error {
 	cfg, err := config.Load(o.config)
 	if err != nil {
 		return err
+	}
+	if cfg.Verify.On() {
+		// Read again when the run starts; read here too, so that a key
+		// file that is not there stops a bootstrap hook as a bad config
+		// does, rather than fail every image one by one.
+		if _, err := signature.LoadKeys(cfg.Verify.Keys...); err != nil {
+			return &exitError{code: exitInvalid, err: fmt.Errorf("%s: verify: %w", o.config, err)}
+		}
 	}
 	keyring, err := loadKeyring(o.dockerConfigs)
 	if err != nil {

@@ -3,6 +3,7 @@ package critest
 import (
 	"context"
 	"fmt"
+	"io"
 	"maps"
 	"slices"
 	"strings"
@@ -262,6 +263,12 @@ func (f *Containerd) RemoveName(_ context.Context, name string) error {
 	}
 	delete(s.sizes, r.id)
 	return nil
+}
+
+// RegistryManifest finds no tag: the Server's registry keeps no
+// signatures.
+func (f *Containerd) RegistryManifest(_ context.Context, ref, tag string, _ *runtimeapi.AuthConfig) ([]byte, func(context.Context, ocispec.Descriptor) (io.ReadCloser, error), error) {
+	return nil, nil, fmt.Errorf("resolve %s tag %s: %w", ref, tag, errdefs.ErrNotFound)
 }
 
 // TagDigest asks the Server's registry, as a pull of ref would.

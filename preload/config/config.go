@@ -39,7 +39,20 @@ type Config struct {
 	// Workloads select the workloads whose images `preloader controller`
 	// adds for the agents; `once` ignores them.
 	Workloads []Workload
+	// Verify, when it has keys, makes imports and pulls refuse an image
+	// without a valid cosign signature by one of them.
+	Verify Verify
 }
+
+// Verify is the signature check of imports and pulls.
+type Verify struct {
+	// Keys are files of cosign public keys (absolute paths), read when a
+	// run starts so that a mounted ConfigMap's update is taken.
+	Keys []string
+}
+
+// On says whether images must be signed.
+func (v Verify) On() bool { return len(v.Keys) > 0 }
 
 // Retry bounds the exponential backoff between attempts of one image.
 type Retry struct {

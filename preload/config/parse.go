@@ -207,6 +207,7 @@ func (p *parser) config(root *yaml.Node) *Config {
 		"diskBudget":   func(v *yaml.Node, path string) { p.budget(v, path, &cfg.DiskBudget) },
 		"rollout":      func(v *yaml.Node, path string) { p.rollout(v, path, &cfg.Rollout) },
 		"workloads":    func(v *yaml.Node, path string) { cfg.Workloads = p.workloads(v, path) },
+		"verify":       func(v *yaml.Node, path string) { p.verify(v, path, &cfg.Verify) },
 	})
 	if images == nil {
 		if root.Kind == yaml.MappingNode {
@@ -513,6 +514,46 @@ func (p *parser) budget(n *yaml.Node, path string, dst *Budget) {
 			dst.ImagefsAvailable, dst.setAvailable = s, true
 		},
 	})
+}
+
+// verify reads verify: {keys: [FILE...]}: at least one key file, each an
+// absolute path, as the agent's are files of a mounted ConfigMap and a
+// relative path would depend on the directory a command runs in.
+func (p *parser) verify(n *yaml.Node, path string, dst *Verify) {
+	var keys *yaml.Node
+	before := p.count()
+	if !p.fields(n, path, setters{"keys": func(v *yaml.Node, _ string) { keys = v }}) {
+		return
+	}
+	path = child(path, "keys")
+	if keys == nil && p.count() == before { // not for a misspelt key: that problem says it
+		p.errorf(n, path, "required: the public key files (cosign.pub) whose signatures images must have")
+	}
+	if keys == nil {
+		return
+	}
+	if keys.Kind != yaml.SequenceNode {
+		p.typeError(keys, path, "a list of public key files")
+		return
+	}
+	if len(keys.Content) == 0 {
+		p.errorf(keys, path, "lists no key: every image would be refused; leave verify out to check no signatures")
+		return
+	}
+	var files []string
+	for i, item := range keys.Content {
+		item, path := deref(item), fmt.Sprintf("%s[%d]", path, i)
+		s, ok := p.str(item, path)
+		if !ok {
+			continue
+		}
+		if !filepath.IsAbs(s) {
+			p.errorf(item, path, "must be an absolute path, got %s", quote(s))
+			continue
+		}
+		files = append(files, filepath.Clean(s))
+	}
+	dst.Keys = files
 }
 
 // prune reads true, false or dryRun.

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -102,8 +103,10 @@ pullTimeout: 90s
 retry: {initialDelay: 1s, maxDelay: 1s}
 resync: 1s
 pin: false
+verify: {keys: [/etc/preloader/keys/team.pub, /etc/preloader/keys//other.pub]}
 `, func(c *config.Config) bool {
 			return c.SandboxImage == "registry.k8s.io/pause:3.10" && c.ArchiveDir == "/srv/archives" &&
+				slices.Equal(c.Verify.Keys, []string{"/etc/preloader/keys/team.pub", "/etc/preloader/keys/other.pub"}) && c.Verify.On() &&
 				c.Concurrency == 64 && c.PullVia == "containerd" && c.MaxDownloads == 1 &&
 				c.PullTimeout == 90*time.Second && c.Retry == (config.Retry{InitialDelay: time.Second, MaxDelay: time.Second}) &&
 				c.Resync == time.Second && !c.Pin
@@ -323,6 +326,13 @@ func TestParseErrors(t *testing.T) {
 		{"pin yes", "images: []\npin: yes\n", []string{`images.yaml:2: pin: must be true or false, got string "yes"`}},
 		{"pin quoted", "images: []\npin: \"true\"\n", []string{`images.yaml:2: pin: must be true or false, got string "true"`}},
 		{"custom tag", "images: []\nsandboxImage: !ref pause\n", []string{`images.yaml:2: sandboxImage: must be a string, got !ref "pause"`}},
+		{"verify not a mapping", "images: []\nverify: /etc/keys/cosign.pub\n", []string{`images.yaml:2: verify: must be a mapping, got string "/etc/keys/cosign.pub"`}},
+		{"verify without keys", "images: []\nverify: {}\n", []string{`images.yaml:2: verify.keys: required: the public key files`}},
+		{"verify keys a string", "images: []\nverify:\n  keys: /etc/keys/cosign.pub\n", []string{`images.yaml:3: verify.keys: must be a list of public key files, got string "/etc/keys/cosign.pub"`}},
+		{"verify keys empty", "images: []\nverify:\n  keys: []\n", []string{`images.yaml:3: verify.keys: lists no key: every image would be refused`}},
+		{"verify relative key", "images: []\nverify:\n  keys:\n    - /etc/keys/a.pub\n    - cosign.pub\n", []string{`images.yaml:5: verify.keys[1]: must be an absolute path, got "cosign.pub"`}},
+		{"verify key not a string", "images: []\nverify:\n  keys: [1]\n", []string{`images.yaml:3: verify.keys[0]: must be a string, got integer 1`}},
+		{"verify typo", "images: []\nverify:\n  key: [/k.pub]\n", []string{`images.yaml:3: verify.key: unknown key; did you mean keys?`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			checkProblems(t, problems(t, tc.yaml), tc.want)
