@@ -20,6 +20,7 @@ import (
 
 	"github.com/kube-preloader/kube-preloader/integration/harness"
 	"github.com/kube-preloader/kube-preloader/nodestatus"
+	"github.com/kube-preloader/kube-preloader/preload/config"
 )
 
 const chartDir = "../charts/kube-preloader"
@@ -193,6 +194,8 @@ func TestChartValues(t *testing.T) {
 			{[]string{"--set", "workloadPullSecrets.Shop={regcred}"}, "'Shop' does not match pattern"},
 			{[]string{"--set", "distribution=kubeadm", "--set", "credentialProviders.enabled=true"}, "credentialProviders: set both config and binDir, the paths the node's kubelet has in --image-credential-provider-config and --image-credential-provider-bin-dir (distribution kubeadm has no default for them"},
 			{[]string{"--set", "distribution=microk8s", "--set", "credentialProviders.config=/etc/cp.yaml"}, "distribution microk8s has no default for them"},
+			{[]string{"--set", "verify.keys.team\\.pub=team"}, "at '/verify/keys/team.pub'"},
+			{[]string{"--set", "verify.keys.team/pub=-----BEGIN PUBLIC KEY-----"}, "'team/pub' does not match pattern"},
 		} {
 			_, out, err := render(t, tc.args...)
 			if err == nil || !strings.Contains(out, tc.want) {
@@ -213,6 +216,48 @@ func TestChartValues(t *testing.T) {
 		policy := fmt.Sprint(dig(objs["ValidatingAdmissionPolicy//kube-preloader-node-restriction"], "spec", "validations"))
 		if !strings.Contains(policy, "t.key == '"+key+"'") || strings.Contains(policy, nodestatus.TaintNotReady) {
 			t.Errorf("node policy with taintKey %s: %s", key, policy)
+		}
+	})
+	t.Run("verify keys", func(t *testing.T) {
+		const pem = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END PUBLIC KEY-----\n"
+		objs, out, err := render(t, "--set-string", "verify.keys.team\\.pub="+pem, "--set-string", "verify.keys.vendor\\.pub="+pem)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		keys := objs["ConfigMap/ops/preloader-verify-keys"]
+		if keys == nil || dig(keys, "data", "team.pub") != pem || dig(keys, "data", "vendor.pub") != pem {
+			t.Fatalf("ConfigMap ops/preloader-verify-keys holds %v, want both keys", keys)
+		}
+		cfg, err := config.Parse("images.yaml", []byte(dig(objs["ConfigMap/ops/preloader-config"], "data", "images.yaml").(string)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := []string{"/etc/preloader/keys/team.pub", "/etc/preloader/keys/vendor.pub"}; !slices.Equal(cfg.Verify.Keys, want) {
+			t.Errorf("the config verifies with %v, want %v", cfg.Verify.Keys, want)
+		}
+		pod := dig(objs["DaemonSet/ops/preloader"], "spec", "template", "spec").(map[string]any)
+		c := dig(pod, "containers").([]any)[0].(map[string]any)
+		if m := fmt.Sprint(c["volumeMounts"]); !strings.Contains(m, "mountPath:/etc/preloader/keys name:verify-keys readOnly:true") {
+			t.Errorf("the agent does not mount the keys read-only at /etc/preloader/keys: %s", m)
+		}
+		if v := fmt.Sprint(pod["volumes"]); !strings.Contains(v, "configMap:map[name:preloader-verify-keys] name:verify-keys") {
+			t.Errorf("no volume of the keys' ConfigMap: %s", v)
+		}
+
+		// A config that says verify itself, or none of it, is left as it is.
+		objs, out, err = render(t, "--set-string", "verify.keys.team\\.pub="+pem, "--set-json", `config={"images":[],"verify":{"keys":["/etc/preloader/keys/other.pub"]}}`)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		if got := dig(objs["ConfigMap/ops/preloader-config"], "data", "images.yaml").(string); !strings.Contains(got, "/etc/preloader/keys/other.pub") || strings.Contains(got, "team.pub") {
+			t.Errorf("the config's own verify was changed:\n%s", got)
+		}
+		objs, out, err = render(t)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		if _, ok := objs["ConfigMap/ops/preloader-verify-keys"]; ok || strings.Contains(out, "verify") {
+			t.Errorf("without keys: the chart renders verify:\n%s", out)
 		}
 	})
 	t.Run("set", func(t *testing.T) {

@@ -185,6 +185,27 @@ func TestOnceCRIO(t *testing.T) {
 		}
 	})
 
+	t.Run("verify: unsupported runtime, pointing at CRI-O's policy.json", func(t *testing.T) {
+		// An image the node lacks: verify concerns what a run pulls.
+		img := harness.PushTestImages(t, secure, []harness.ImageSpec{{Repo: "corp/signed", Tag: "1.0", OwnLayers: 1, LayerSize: 16 << 10}})[0]
+		key := writeFile(t, t.TempDir(), "team.pub", testPublicKeyPEM(t))
+		cfg := writeFile(t, dir, "verify.yaml", imagesYAML("none", img.Ref)+"verify:\n  keys:\n    - "+strconv.Quote(key)+"\n")
+		r := once(t, "--config", cfg, "-o", "json", "--docker-config", creds)
+		if r.code != 1 {
+			t.Fatalf("want exit 1:\n%s", r)
+		}
+		out := parseOnce(t, r)
+		if st, reason := out.status(img.Ref); st != "failed" || reason != "unsupported runtime" {
+			t.Errorf("%s %q, want failed \"unsupported runtime\"\n%s", st, reason, r)
+		}
+		for _, want := range []string{"needs containerd, and the runtime is " + crioRuntime, "policy.json", "sigstoreSigned"} {
+			if !strings.Contains(out.Images[0].Error, want) {
+				t.Errorf("error %q, want it to say %q", out.Images[0].Error, want)
+			}
+		}
+		assertAbsent(t, crio.Endpoint, img.Ref)
+	})
+
 	t.Run("archive entry: unsupported runtime", func(t *testing.T) {
 		archives := t.TempDir()
 		ref := "corp.example/offline/tool:1"

@@ -43,21 +43,30 @@ func SignatureManifest(sigs ...Signature) (v1.Image, error) {
 // (io.containerd.image.name and org.opencontainers.image.ref.name), with
 // each of sigs an extra index.json entry holding its .sig manifest.
 func WriteSigned(w io.Writer, imgs []Image, sigs []Signature) error {
+	for _, s := range sigs {
+		m, err := SignatureManifest(s)
+		if err != nil {
+			return err
+		}
+		imgs = append(imgs, Image{Names: []string{s.Name}, Image: m})
+	}
+	return WriteBundle(w, imgs, nil)
+}
+
+// WriteBundle writes imgs and indexes (by name) as an OCI layout named as
+// bundles name them, each manifest and index as it is.
+func WriteBundle(w io.Writer, imgs []Image, indexes map[string]v1.ImageIndex) error {
 	return writeLayout(w, func(p layout.Path) error {
+		for n, idx := range indexes {
+			if err := p.AppendIndex(idx, layout.WithAnnotations(names(n))); err != nil {
+				return err
+			}
+		}
 		for _, img := range imgs {
 			for _, n := range img.Names {
 				if err := p.AppendImage(img.Image, layout.WithAnnotations(names(n))); err != nil {
 					return err
 				}
-			}
-		}
-		for _, s := range sigs {
-			m, err := SignatureManifest(s)
-			if err != nil {
-				return err
-			}
-			if err := p.AppendImage(m, layout.WithAnnotations(names(s.Name))); err != nil {
-				return err
 			}
 		}
 		return nil

@@ -193,3 +193,8 @@ with "workloads:").
 {{- end -}}
 {{- $on -}}
 {{- end -}}
+
+{{/* Where the agent finds the verify keys of the chart's value verify.keys. */}}
+{{- define "preloader.verifyKeysDir" -}}
+/etc/preloader/keys
+{{- end }}
