@@ -182,7 +182,7 @@ func (e *Engine) importArchive(ctx context.Context, cfg *config.Config, file str
 			result(n, StatusFailed, failure.Archive, err)
 		}
 	}
-	imgs = verifyArchived(ctx, path, contents, imgs, func(name string, err error) {
+	imgs = e.verifyArchived(ctx, path, contents, imgs, func(name string, err error) {
 		result(name, StatusFailed, failure.Signature, err)
 	})
 	var named []archive.Image

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/distribution/reference"
 	digest "github.com/opencontainers/go-digest"
@@ -72,12 +73,16 @@ func (v *verification) check(image string, d digest.Digest, sigs []signature.Sig
 // multi-platform image), and reports each other named one through fail.
 // Unnamed images are kept: the import reports them as it does without
 // verify.
-func verifyArchived(ctx context.Context, path string, contents *archive.Contents, imgs []archive.Image, fail func(name string, err error)) []archive.Image {
+func (e *Engine) verifyArchived(ctx context.Context, path string, contents *archive.Contents, imgs []archive.Image, fail func(name string, err error)) []archive.Image {
 	v := verificationFrom(ctx)
 	if v == nil {
 		return imgs
 	}
+	start := time.Now()
 	var kept []archive.Image
+	defer func() {
+		e.log().Info("signatures checked", "archive", path, "images", len(imgs), "valid", len(kept), "seconds", time.Since(start).Seconds())
+	}()
 	for _, img := range imgs {
 		if len(img.Names) == 0 {
 			kept = append(kept, img)
