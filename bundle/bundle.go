@@ -12,6 +12,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -26,6 +27,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/kube-preloader/kube-preloader/artifact"
+	"github.com/kube-preloader/kube-preloader/signature"
 )
 
 // Annotations on index.json entries that name an image. containerd's
@@ -76,6 +78,11 @@ type Options struct {
 	// every ProgressEvery. Nil: no progress.
 	Progress      io.Writer
 	ProgressEvery time.Duration
+	// Verify, when set, requires every image to be signed with cosign by
+	// one of its keys, the signature read from the repository the image is
+	// fetched from; the bundle carries the signatures, and the
+	// attestations and SBOMs cosign keeps beside them.
+	Verify *signature.Keys
 }
 
 // Delta is the older bundle a delta is written against.
@@ -95,6 +102,8 @@ type image struct {
 	// platform of a manifest with no index above it, from its config.
 	platform  *ocispec.Platform
 	manifests []manifest
+	// attached are the cosign tags carried beside the image.
+	attached []Attached
 }
 
 type manifest struct {
@@ -131,11 +140,24 @@ func Write(ctx context.Context, w io.Writer, store Store, sources []Source, opts
 
 	p := &meter{w: opts.Progress, every: opts.ProgressEvery}
 	var imgs []image
+	var unsigned []error
 	counted := map[digest.Digest]bool{}
 	for i, s := range sources {
 		img, err := plan(ctx, store, s, opts)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", s.Name, err)
+		}
+		if opts.Verify != nil {
+			img.attached, err = attachments(ctx, store, s.Name, img.ref, img.desc.Digest, opts.Verify)
+			var se *SignatureError
+			switch {
+			case errors.As(err, &se):
+				// Every image is checked, so that one run names all
+				// those whose signature fails.
+				unsigned = append(unsigned, err)
+			case err != nil:
+				return nil, err
+			}
 		}
 		imgs = append(imgs, img)
 		lock.Images = append(lock.Images, img.lock(opts.Origin))
@@ -156,6 +178,12 @@ func Write(ctx context.Context, w io.Writer, store Store, sources []Source, opts
 			origin = opts.Origin
 		}
 		p.printf("bundle: [%d/%d] %s (%s from %s; %s): %s to fetch\n", i+1, len(sources), s.Name, img.desc.Digest, origin, strings.Join(names, ", "), mib(size))
+		if len(img.attached) > 0 {
+			p.printf("bundle: [%d/%d] %s: %s\n", i+1, len(sources), s.Name, carrying(s, img.attached))
+		}
+	}
+	if len(unsigned) > 0 {
+		return nil, fmt.Errorf("--verify-key: %d of %d images not signed by the keys:\n%w", len(unsigned), len(sources), errors.Join(unsigned...))
 	}
 	rawLock, err := lock.Marshal()
 	if err != nil {
@@ -183,6 +211,16 @@ func Write(ctx context.Context, w io.Writer, store Store, sources []Source, opts
 		desc.Platform = img.platform
 		desc.Annotations = map[string]string{AnnotationImageName: img.src.Name, AnnotationRefName: img.src.Name}
 		index.Manifests = append(index.Manifests, desc)
+	}
+	for _, img := range imgs {
+		for _, a := range img.attached {
+			if err := bw.attached(a); err != nil {
+				return nil, fmt.Errorf("%s: %w", a.Name, err)
+			}
+			desc := a.Desc
+			desc.Annotations = map[string]string{AnnotationImageName: a.Name, AnnotationRefName: a.Name}
+			index.Manifests = append(index.Manifests, desc)
+		}
 	}
 	data, err := json.Marshal(index)
 	if err != nil {
@@ -434,6 +472,9 @@ func (img image) lock(origin string) LockImage {
 			lp.Layers = append(lp.Layers, LockBlob{Digest: l.Digest, Size: l.Size})
 		}
 		li.Platforms = append(li.Platforms, lp)
+	}
+	for _, a := range img.attached {
+		li.Signatures = append(li.Signatures, LockTag{Tag: a.Tag, Digest: a.Desc.Digest, Size: a.Desc.Size})
 	}
 	return li
 }

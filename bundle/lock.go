@@ -63,6 +63,18 @@ type LockImage struct {
 	MediaType string         `yaml:"mediaType" json:"mediaType"`
 	Size      int64          `yaml:"size" json:"size"`
 	Platforms []LockPlatform `yaml:"platforms" json:"platforms"`
+	// Signatures are the cosign tags carried beside the image when the
+	// bundle checked signatures (--verify-key): the signature, and the
+	// attestations and SBOM where the registry had them.
+	Signatures []LockTag `yaml:"signatures,omitempty" json:"signatures,omitempty"`
+}
+
+// LockTag is a tag cosign keeps beside an image (sha256-<hex>.sig), with
+// the manifest the bundle carries for it.
+type LockTag struct {
+	Tag    string        `yaml:"tag" json:"tag"`
+	Digest digest.Digest `yaml:"digest" json:"digest"`
+	Size   int64         `yaml:"size" json:"size"`
 }
 
 // LockPlatform is one platform's manifest of an image and what it names.
@@ -102,7 +114,7 @@ func flowLayers(l *Lock) *yaml.Node {
 	}
 	var walk func(*yaml.Node, string)
 	walk = func(n *yaml.Node, key string) {
-		if key == "layers" && n.Kind == yaml.SequenceNode {
+		if (key == "layers" || key == "signatures") && n.Kind == yaml.SequenceNode {
 			for _, c := range n.Content {
 				c.Style = yaml.FlowStyle
 			}
@@ -281,6 +293,11 @@ func (l *Lock) validate(ll lockLines) error {
 				if err := b.Digest.Validate(); err != nil {
 					return at(line, "%s: %s: digest %q: %v", img.Name, p.Platform, b.Digest, err)
 				}
+			}
+		}
+		for _, t := range img.Signatures {
+			if err := t.Digest.Validate(); err != nil {
+				return at(line, "%s: signature %s: digest %q: %v", img.Name, t.Tag, t.Digest, err)
 			}
 		}
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/kube-preloader/kube-preloader/cri/keyring"
 	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/preload/config"
+	"github.com/kube-preloader/kube-preloader/signature"
 )
 
 type bundleOptions struct {
@@ -29,6 +30,7 @@ type bundleOptions struct {
 	dockerConfigs         []string
 	fromRuntime           bool
 	runtime               runtimeFlags
+	verifyKeys            []string
 }
 
 // The containerd behind a node's CRI is where --from-runtime reads.
@@ -85,6 +87,7 @@ runtime as once does; on a runtime other than containerd it refuses.`,
 	f.BoolVar(&o.fromRuntime, "from-runtime", false, "read the images from this node's containerd, as it holds them, instead of their registries")
 	f.StringVar(&o.runtime.endpoint, "cri-endpoint", "", "with --from-runtime: CRI endpoint (default: $"+cri.EndpointEnv+", else the first known socket that answers)")
 	f.StringVar(&o.runtime.containerdAddress, "containerd-address", "", "with --from-runtime: containerd socket (default: the one containerd's CRI reports, else the CRI endpoint)")
+	f.StringArrayVar(&o.verifyKeys, "verify-key", nil, "cosign public key (PEM): every image must be signed by one of the keys given, in the repository it is fetched from; repeatable. The bundle carries the signatures")
 	cmd.MarkFlagFilename("config", "yaml", "yml")
 	cmd.MarkFlagFilename("lock", "lock")
 	cmd.MarkFlagFilename("since", "lock")
@@ -118,6 +121,11 @@ func (o *bundleOptions) run(ctx context.Context, stderr io.Writer) error {
 			return usageError("bundle: --since: %v", err)
 		}
 		opts.Since = &bundle.Delta{Old: old, File: filepath.Base(o.since), Digest: d}
+	}
+	if len(o.verifyKeys) > 0 {
+		if opts.Verify, err = signature.LoadKeys(o.verifyKeys...); err != nil {
+			return usageError("bundle: --verify-key: %v", err)
+		}
 	}
 	cfg, err := config.Load(o.config)
 	if err != nil {

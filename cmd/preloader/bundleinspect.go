@@ -66,6 +66,34 @@ func writeLock(w io.Writer, format string, l *bundle.Lock) error {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", img.Name, short(img.Digest), p.Platform, short(p.Manifest.Digest), len(p.Layers), humanSize(uint64(size)), img.From)
 		}
 	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	return writeSignatures(w, l)
+}
+
+// writeSignatures lists the cosign tags a bundle carries, if it checked
+// signatures.
+func writeSignatures(w io.Writer, l *bundle.Lock) error {
+	var rows []string
+	for _, img := range l.Images {
+		var tags []string
+		for _, t := range img.Signatures {
+			tags = append(tags, t.Tag[strings.LastIndex(t.Tag, "."):]+" "+short(t.Digest))
+		}
+		if len(tags) > 0 {
+			rows = append(rows, img.Name+"\t"+strings.Join(tags, ", "))
+		}
+	}
+	if len(rows) == 0 {
+		return nil
+	}
+	fmt.Fprintln(w, "\nsignatures verified at bundle time (--verify-key), carried beside the images:")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "IMAGE\tCOSIGN TAGS")
+	for _, r := range rows {
+		fmt.Fprintln(tw, r)
+	}
 	return tw.Flush()
 }
 

@@ -47,6 +47,22 @@ func CosignSign(t T, reg *Registry, key CosignKey, ref string, extra ...string) 
 	runCosign(t, "", key.Password, reg, append(args, ref)...)
 }
 
+// CosignAttest attaches to ref, in reg, an in-toto attestation of the
+// predicate in file predicate, signed with key, as `cosign attest` does
+// with no transparency log: the tag sha256-<hex>.att beside the image.
+func CosignAttest(t T, reg *Registry, key CosignKey, ref, predicate string) {
+	t.Helper()
+	runCosign(t, "", key.Password, reg, "attest", "--key", key.Private, "--predicate", predicate, "--type", "custom", "--tlog-upload=false", "--yes", ref)
+}
+
+// CosignAttachSBOM attaches the SPDX JSON document in file sbom to ref, in
+// reg, unsigned, as `cosign attach sbom` does: the tag sha256-<hex>.sbom
+// beside the image.
+func CosignAttachSBOM(t T, reg *Registry, ref, sbom string) {
+	t.Helper()
+	runCosign(t, "", "", reg, "attach", "sbom", "--sbom", sbom, "--type", "spdx", ref)
+}
+
 // Cosign runs any other cosign command against reg (credentials and CA
 // set up as CosignSign does) and returns its combined output.
 func Cosign(t T, reg *Registry, key CosignKey, args ...string) string {
@@ -78,7 +94,10 @@ func runCosign(t T, dir, password string, reg *Registry, args ...string) string 
 		if reg.CACertPath != "" {
 			env = append(env, "SSL_CERT_FILE="+reg.CACertPath)
 		} else {
-			args = append(args[:1:1], append([]string{"--allow-http-registry"}, args[1:]...)...)
+			// Before the last argument, the image, so that it follows a
+			// subcommand of two words (attach sbom) too.
+			last := len(args) - 1
+			args = append(args[:last:last], "--allow-http-registry", args[last])
 		}
 	}
 	cmd := exec.Command(CosignBinary(), args...)
