@@ -1,6 +1,7 @@
 package bundle
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"crypto"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
+	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/kube-preloader/kube-preloader/signature"
@@ -204,7 +206,7 @@ func TestAttachments(t *testing.T) {
 				s.tag(t, sigRef, l)
 				s.blobs[l.Digest] = bytes.ToUpper(s.blobs[l.Digest])
 			},
-			err: "content has digest",
+			err: "got content of digest",
 		},
 	}
 	for _, tc := range tests {
@@ -247,6 +249,163 @@ func TestAttachments(t *testing.T) {
 			}
 			if strings.Join(names, " ") != strings.Join(tc.want, " ") {
 				t.Errorf("carried %v, want %v", names, tc.want)
+			}
+		})
+	}
+}
+
+// image stores a one-layer linux/amd64 image under ref and returns its
+// manifest's descriptor and layer.
+func (s *memStore) image(t *testing.T, ref string, seed string) (manifest, layer ocispec.Descriptor) {
+	t.Helper()
+	layer = s.put(ocispec.MediaTypeImageLayerGzip, []byte("layer "+seed))
+	cfg := s.put(ocispec.MediaTypeImageConfig, []byte(`{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["`+digest.FromString(seed).String()+`"]}}`))
+	raw, err := json.Marshal(ocispec.Manifest{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageManifest, Config: cfg, Layers: []ocispec.Descriptor{layer}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	manifest = s.put(ocispec.MediaTypeImageManifest, raw)
+	s.tags[ref] = manifest
+	return manifest, layer
+}
+
+// Write with Verify carries each image's cosign tags as index.json entries
+// with their blobs, whole even in a delta, and lists them in the lock; an
+// image whose signature fails stops it before anything is written, and
+// every such image is named.
+func TestWriteVerify(t *testing.T) {
+	key, stranger := newTestKey(t), newTestKey(t)
+	keys, err := signature.LoadKeys(key.pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	amd64 := Platforms{List: []ocispec.Platform{{OS: "linux", Architecture: "amd64"}}}
+	s := newMemStore()
+	app, appLayer := s.image(t, "reg.example/team/app:1", "app")
+	tool, _ := s.image(t, "reg.example/team/tool:1", "tool")
+	bare, _ := s.image(t, "reg.example/team/bare:1", "bare")
+	other, _ := s.image(t, "reg.example/team/other:1", "other")
+	sig := func(repo string, d digest.Digest, k testKey) ocispec.Descriptor {
+		return s.tag(t, repo+":"+signature.Tag(d, "sig"), k.signLayer(t, s, repo, d))
+	}
+	appSig := sig("reg.example/team/app", app.Digest, key)
+	appAtt := s.tag(t, "reg.example/team/app:"+signature.Tag(app.Digest, "att"), s.put("application/vnd.dsse.envelope.v1+json", []byte(`{}`)))
+	toolSig := sig("reg.example/team/tool", tool.Digest, key)
+	sig("reg.example/team/other", other.Digest, stranger)
+	signed := []Source{{Name: "reg.example/team/app:1"}, {Name: "reg.example/team/tool:1"}}
+
+	tests := []struct {
+		name    string
+		sources []Source
+		since   *Lock
+		err     []string // the error names these; nothing written
+	}{
+		{name: "signed", sources: signed},
+		{name: "signed delta", sources: signed, since: &Lock{Images: []LockImage{{Platforms: []LockPlatform{{Layers: []LockBlob{{Digest: appLayer.Digest}}}}}}}},
+		{
+			name:    "unsigned and other key",
+			sources: append(signed, Source{Name: "reg.example/team/bare:1"}, Source{Name: "reg.example/team/other:1"}),
+			err: []string{
+				"2 of 4 images not signed by the keys",
+				"reg.example/team/bare:1: unsigned: the registry has no signature reg.example/team/bare:" + signature.Tag(bare.Digest, "sig"),
+				"reg.example/team/other:1: signature reg.example/team/other:" + signature.Tag(other.Digest, "sig") + ": ",
+			},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var buf bytes.Buffer
+			opts := Options{Platforms: amd64, Verify: keys}
+			if tc.since != nil {
+				opts.Since = &Delta{Old: tc.since, File: "old.lock", Digest: digest.FromString("old")}
+			}
+			lock, err := Write(context.Background(), &buf, s, tc.sources, opts)
+			if tc.err != nil {
+				if err == nil {
+					t.Fatal("no error")
+				}
+				for _, want := range tc.err {
+					if !strings.Contains(err.Error(), want) {
+						t.Errorf("error %q does not say %q", err, want)
+					}
+				}
+				if strings.Contains(err.Error(), "team/app") || strings.Contains(err.Error(), "team/tool") {
+					t.Errorf("error %q names a signed image", err)
+				}
+				if buf.Len() != 0 {
+					t.Errorf("%d bytes written", buf.Len())
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			files := map[string][]byte{}
+			tr := tar.NewReader(&buf)
+			for {
+				h, err := tr.Next()
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				files[h.Name], _ = io.ReadAll(tr)
+			}
+			var index ocispec.Index
+			if err := json.Unmarshal(files["index.json"], &index); err != nil {
+				t.Fatal(err)
+			}
+			entries := map[string]digest.Digest{}
+			for _, d := range index.Manifests {
+				entries[d.Annotations[AnnotationRefName]] = d.Digest
+			}
+			carried := map[string]ocispec.Descriptor{
+				"reg.example/team/app:" + signature.Tag(app.Digest, "sig"):   appSig,
+				"reg.example/team/app:" + signature.Tag(app.Digest, "att"):   appAtt,
+				"reg.example/team/tool:" + signature.Tag(tool.Digest, "sig"): toolSig,
+			}
+			if len(entries) != len(carried)+len(tc.sources) {
+				t.Errorf("index.json entries %v, want the %d images and %d cosign tags", entries, len(tc.sources), len(carried))
+			}
+			for name, desc := range carried {
+				if entries[name] != desc.Digest {
+					t.Errorf("index.json: %s is %q, want %s", name, entries[name], desc.Digest)
+				}
+				var m ocispec.Manifest
+				if err := json.Unmarshal(files["blobs/sha256/"+desc.Digest.Encoded()], &m); err != nil {
+					t.Fatalf("%s: manifest: %v", name, err)
+				}
+				for _, b := range append(m.Layers, m.Config) {
+					if _, ok := files["blobs/sha256/"+b.Digest.Encoded()]; !ok {
+						t.Errorf("%s: blob %s (%s) not in the bundle", name, b.Digest, b.MediaType)
+					}
+				}
+			}
+			_, hasAppLayer := files["blobs/sha256/"+appLayer.Digest.Encoded()]
+			if hasAppLayer != (tc.since == nil) {
+				t.Errorf("app's layer in the bundle: %v, want %v", hasAppLayer, tc.since == nil)
+			}
+			var got []string
+			for _, img := range lock.Images {
+				for _, tag := range img.Signatures {
+					got = append(got, fmt.Sprintf("%s %s %s", img.Name, tag.Tag, tag.Digest))
+				}
+			}
+			want := []string{
+				"reg.example/team/app:1 " + signature.Tag(app.Digest, "sig") + " " + appSig.Digest.String(),
+				"reg.example/team/app:1 " + signature.Tag(app.Digest, "att") + " " + appAtt.Digest.String(),
+				"reg.example/team/tool:1 " + signature.Tag(tool.Digest, "sig") + " " + toolSig.Digest.String(),
+			}
+			if strings.Join(got, "\n") != strings.Join(want, "\n") {
+				t.Errorf("lock signatures:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+			}
+			inside, err := ParseLock(files[LockEntry])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(inside.Images) != 2 || len(inside.Images[0].Signatures) != 2 || inside.Images[0].Signatures[0] != lock.Images[0].Signatures[0] {
+				t.Errorf("the lock in the archive does not list the signatures: %+v", inside.Images)
 			}
 		})
 	}
