@@ -212,8 +212,13 @@ func Write(ctx context.Context, w io.Writer, store Store, sources []Source, opts
 		desc.Annotations = map[string]string{AnnotationImageName: img.src.Name, AnnotationRefName: img.src.Name}
 		index.Manifests = append(index.Manifests, desc)
 	}
+	carried := map[string]bool{} // two tags of one image share its cosign tags
 	for _, img := range imgs {
 		for _, a := range img.attached {
+			if carried[a.Name] {
+				continue
+			}
+			carried[a.Name] = true
 			if err := bw.attached(a); err != nil {
 				return nil, fmt.Errorf("%s: %w", a.Name, err)
 			}

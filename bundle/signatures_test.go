@@ -292,7 +292,8 @@ func TestWriteVerify(t *testing.T) {
 	appAtt := s.tag(t, "reg.example/team/app:"+signature.Tag(app.Digest, "att"), s.put("application/vnd.dsse.envelope.v1+json", []byte(`{}`)))
 	toolSig := sig("reg.example/team/tool", tool.Digest, key)
 	sig("reg.example/team/other", other.Digest, stranger)
-	signed := []Source{{Name: "reg.example/team/app:1"}, {Name: "reg.example/team/tool:1"}}
+	s.tags["reg.example/team/app:latest"] = app
+	signed := []Source{{Name: "reg.example/team/app:1"}, {Name: "reg.example/team/tool:1"}, {Name: "reg.example/team/app:latest"}}
 
 	tests := []struct {
 		name    string
@@ -306,7 +307,7 @@ func TestWriteVerify(t *testing.T) {
 			name:    "unsigned and other key",
 			sources: append(signed, Source{Name: "reg.example/team/bare:1"}, Source{Name: "reg.example/team/other:1"}),
 			err: []string{
-				"2 of 4 images not signed by the keys",
+				"2 of 5 images not signed by the keys",
 				"reg.example/team/bare:1: unsigned: the registry has no signature reg.example/team/bare:" + signature.Tag(bare.Digest, "sig"),
 				"reg.example/team/other:1: signature reg.example/team/other:" + signature.Tag(other.Digest, "sig") + ": ",
 			},
@@ -365,8 +366,8 @@ func TestWriteVerify(t *testing.T) {
 				"reg.example/team/app:" + signature.Tag(app.Digest, "att"):   appAtt,
 				"reg.example/team/tool:" + signature.Tag(tool.Digest, "sig"): toolSig,
 			}
-			if len(entries) != len(carried)+len(tc.sources) {
-				t.Errorf("index.json entries %v, want the %d images and %d cosign tags", entries, len(tc.sources), len(carried))
+			if len(index.Manifests) != len(carried)+len(tc.sources) {
+				t.Errorf("index.json entries %v, want the %d images and %d cosign tags, each once", entries, len(tc.sources), len(carried))
 			}
 			for name, desc := range carried {
 				if entries[name] != desc.Digest {
@@ -396,6 +397,8 @@ func TestWriteVerify(t *testing.T) {
 				"reg.example/team/app:1 " + signature.Tag(app.Digest, "sig") + " " + appSig.Digest.String(),
 				"reg.example/team/app:1 " + signature.Tag(app.Digest, "att") + " " + appAtt.Digest.String(),
 				"reg.example/team/tool:1 " + signature.Tag(tool.Digest, "sig") + " " + toolSig.Digest.String(),
+				"reg.example/team/app:latest " + signature.Tag(app.Digest, "sig") + " " + appSig.Digest.String(),
+				"reg.example/team/app:latest " + signature.Tag(app.Digest, "att") + " " + appAtt.Digest.String(),
 			}
 			if strings.Join(got, "\n") != strings.Join(want, "\n") {
 				t.Errorf("lock signatures:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
@@ -404,7 +407,7 @@ func TestWriteVerify(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if len(inside.Images) != 2 || len(inside.Images[0].Signatures) != 2 || inside.Images[0].Signatures[0] != lock.Images[0].Signatures[0] {
+			if len(inside.Images) != 3 || len(inside.Images[0].Signatures) != 2 || inside.Images[0].Signatures[0] != lock.Images[0].Signatures[0] {
 				t.Errorf("the lock in the archive does not list the signatures: %+v", inside.Images)
 			}
 		})
