@@ -48,7 +48,9 @@ nodes with no registry: put it in the config's archiveDir.
 Each image keeps the index its reference names, with the manifests and blobs
 of the chosen platforms. A lock, which records every digest, goes into the
 archive and beside it as FILE.lock: --lock rebuilds exactly its digests,
---since leaves out the layers an older bundle carried.
+--since leaves out the layers an older bundle carried. --verify-key refuses
+an image not signed with cosign by one of the keys, in the repository it is
+fetched from, and carries the signatures for the nodes to check.
 
 With --from-runtime, read the images from this node's containerd instead,
 as it holds them (by the names the CRI records), asking no registry: an
@@ -62,6 +64,10 @@ runtime as once does; on a runtime other than containerd it refuses.`,
 
   # The same digests again, whatever the tags name now:
   preloader bundle --config images.yaml -o images.tar.zst --lock images.tar.zst.lock
+
+  # Only images the build team signed with cosign, their signatures carried for the nodes:
+  preloader bundle --config images.yaml -o images.tar.zst --verify-key cosign.pub
+
 
   # On a node that has the images, for nodes of its platform:
   preloader bundle --config images.yaml -o images.tar.zst --from-runtime`,
