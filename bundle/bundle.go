@@ -103,7 +103,7 @@ type image struct {
 	platform  *ocispec.Platform
 	manifests []manifest
 	// attached are the cosign tags carried beside the image.
-	attached []Attached
+	attached []cosignTag
 }
 
 type manifest struct {
@@ -149,7 +149,7 @@ func Write(ctx context.Context, w io.Writer, store Store, sources []Source, opts
 		}
 		if opts.Verify != nil {
 			img.attached, err = attachments(ctx, store, s.Name, img.ref, img.desc.Digest, opts.Verify)
-			var se *SignatureError
+			var se *signatureError
 			switch {
 			case errors.As(err, &se):
 				// Every image is checked, so that one run names all

@@ -23,9 +23,9 @@ import (
 // one that must be there.
 var cosignSuffixes = []string{"sig", "att", "sbom"}
 
-// Attached is a cosign tag a bundle carries beside an image, as an
-// index.json entry of its own.
-type Attached struct {
+// cosignTag is a tag cosign keeps beside an image, which a bundle carries
+// as an index.json entry of its own.
+type cosignTag struct {
 	// Name is the entry's name: the repository of the image's name, and
 	// the tag (docker.io/library/nginx:sha256-<hex>.sig).
 	Name string
@@ -45,7 +45,7 @@ type Attached struct {
 }
 
 // blob returns the content of one of a's blobs.
-func (a Attached) blob(desc ocispec.Descriptor) ([]byte, error) {
+func (a cosignTag) blob(desc ocispec.Descriptor) ([]byte, error) {
 	data, ok := a.blobs[desc.Digest]
 	if !ok {
 		return nil, fmt.Errorf("blob %s: not in %s", desc.Digest, a.From)
@@ -53,24 +53,24 @@ func (a Attached) blob(desc ocispec.Descriptor) ([]byte, error) {
 	return data, nil
 }
 
-// SignatureError says why an image's signature does not hold: none in the
+// signatureError says why an image's signature does not hold: none in the
 // registry, or none valid for the keys.
-type SignatureError struct {
+type signatureError struct {
 	Image string // the image's name in the config
 	Err   error
 }
 
-func (e *SignatureError) Error() string {
+func (e *signatureError) Error() string {
 	return e.Image + ": " + e.Err.Error()
 }
 
-func (e *SignatureError) Unwrap() error { return e.Err }
+func (e *signatureError) Unwrap() error { return e.Err }
 
 // attachments checks that one of keys signs d, the digest name resolved to
 // when fetched from from, with the signature cosign keeps in from's
 // repository, and returns the cosign tags to carry beside the image. A
-// missing or invalid signature is a *SignatureError.
-func attachments(ctx context.Context, store Store, name, from string, d digest.Digest, keys *signature.Keys) ([]Attached, error) {
+// missing or invalid signature is a *signatureError.
+func attachments(ctx context.Context, store Store, name, from string, d digest.Digest, keys *signature.Keys) ([]cosignTag, error) {
 	named, err := reference.ParseNormalizedNamed(name)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
@@ -79,14 +79,14 @@ func attachments(ctx context.Context, store Store, name, from string, d digest.D
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", from, err)
 	}
-	var out []Attached
+	var out []cosignTag
 	for _, suffix := range cosignSuffixes {
 		tag := signature.Tag(d, suffix)
 		ref := src.Name() + ":" + tag
 		a, err := readAttached(ctx, store, ref)
 		switch {
 		case errors.Is(err, errdefs.ErrNotFound) && suffix == "sig":
-			return nil, &SignatureError{Image: name, Err: fmt.Errorf("%w: the registry has no signature %s", signature.ErrUnsigned, ref)}
+			return nil, &signatureError{Image: name, Err: fmt.Errorf("%w: the registry has no signature %s", signature.ErrUnsigned, ref)}
 		case errors.Is(err, errdefs.ErrNotFound):
 			continue
 		case err != nil:
@@ -99,7 +99,7 @@ func attachments(ctx context.Context, store Store, name, from string, d digest.D
 				err = keys.Verify(d, sigs)
 			}
 			if err != nil {
-				return nil, &SignatureError{Image: name, Err: fmt.Errorf("signature %s: %w", ref, err)}
+				return nil, &signatureError{Image: name, Err: fmt.Errorf("signature %s: %w", ref, err)}
 			}
 		}
 		out = append(out, a)
@@ -107,7 +107,7 @@ func attachments(ctx context.Context, store Store, name, from string, d digest.D
 	return out, nil
 }
 
-func (a Attached) fetch(_ context.Context, desc ocispec.Descriptor) (io.ReadCloser, error) {
+func (a cosignTag) fetch(_ context.Context, desc ocispec.Descriptor) (io.ReadCloser, error) {
 	data, err := a.blob(desc)
 	if err != nil {
 		return nil, err
@@ -116,21 +116,21 @@ func (a Attached) fetch(_ context.Context, desc ocispec.Descriptor) (io.ReadClos
 }
 
 // readAttached reads a cosign tag's manifest and blobs into memory.
-func readAttached(ctx context.Context, store Store, ref string) (Attached, error) {
+func readAttached(ctx context.Context, store Store, ref string) (cosignTag, error) {
 	desc, err := store.Resolve(ctx, ref)
 	if err != nil {
-		return Attached{}, err
+		return cosignTag{}, err
 	}
-	a := Attached{From: ref, Desc: desc, blobs: make(map[digest.Digest][]byte)}
+	a := cosignTag{From: ref, Desc: desc, blobs: make(map[digest.Digest][]byte)}
 	if a.Manifest, err = readSmall(ctx, store, ref, desc); err != nil {
-		return Attached{}, fmt.Errorf("manifest: %w", err)
+		return cosignTag{}, fmt.Errorf("manifest: %w", err)
 	}
 	var m ocispec.Manifest
 	if err := json.Unmarshal(a.Manifest, &m); err != nil {
-		return Attached{}, fmt.Errorf("manifest %s: %w", desc.Digest, err)
+		return cosignTag{}, fmt.Errorf("manifest %s: %w", desc.Digest, err)
 	}
 	if len(m.Layers) == 0 {
-		return Attached{}, fmt.Errorf("manifest %s (%s) has no layers: not what cosign writes", desc.Digest, desc.MediaType)
+		return cosignTag{}, fmt.Errorf("manifest %s (%s) has no layers: not what cosign writes", desc.Digest, desc.MediaType)
 	}
 	for _, b := range append([]ocispec.Descriptor{m.Config}, m.Layers...) {
 		if _, ok := a.blobs[b.Digest]; ok {
@@ -139,11 +139,11 @@ func readAttached(ctx context.Context, store Store, ref string) (Attached, error
 		// Cosign's blobs are small (a payload, an envelope, an SBOM of
 		// some megabytes): in memory, like a manifest or config.
 		if err := b.Digest.Validate(); err != nil {
-			return Attached{}, fmt.Errorf("manifest %s: blob %q: %w", desc.Digest, b.Digest, err)
+			return cosignTag{}, fmt.Errorf("manifest %s: blob %q: %w", desc.Digest, b.Digest, err)
 		}
 		data, err := readSmall(ctx, store, ref, b)
 		if err != nil {
-			return Attached{}, err
+			return cosignTag{}, err
 		}
 		a.blobs[b.Digest] = data
 		a.Blobs = append(a.Blobs, b)
@@ -152,7 +152,7 @@ func readAttached(ctx context.Context, store Store, ref string) (Attached, error
 }
 
 // carrying says what is carried beside an image, and from where.
-func carrying(s Source, as []Attached) string {
+func carrying(s Source, as []cosignTag) string {
 	var kinds []string
 	for _, a := range as {
 		kinds = append(kinds, a.Tag[strings.LastIndex(a.Tag, "."):])
@@ -167,7 +167,7 @@ func carrying(s Source, as []Attached) string {
 // attached writes a carried tag's blobs that are not written yet, then its
 // manifest. A delta carries them whole: the node reads them from the
 // archive, never from its content store.
-func (bw *blobWriter) attached(a Attached) error {
+func (bw *blobWriter) attached(a cosignTag) error {
 	for _, b := range a.Blobs {
 		data, err := a.blob(b)
 		if err != nil {

@@ -147,7 +147,7 @@ func TestAttachments(t *testing.T) {
 		name     string
 		setup    func(t *testing.T, s *memStore)
 		want     []string // carried entries' names
-		sigError string   // a *SignatureError saying this
+		sigError string   // a *signatureError saying this
 		err      string   // another error saying this
 	}{
 		{
@@ -214,7 +214,7 @@ func TestAttachments(t *testing.T) {
 			s := newMemStore()
 			tc.setup(t, s)
 			got, err := attachments(context.Background(), s, name, from, d, keys)
-			var se *SignatureError
+			var se *signatureError
 			switch {
 			case tc.sigError != "":
 				if !errors.As(err, &se) || !strings.Contains(err.Error(), tc.sigError) || !strings.HasPrefix(err.Error(), name+": ") {
