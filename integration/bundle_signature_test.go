@@ -146,6 +146,59 @@ func TestBundleVerifyKey(t *testing.T) {
 		if d := layout.entries[reg.Host+"/team/app:"+sigTag(app.Digest, "sig")].Digest.Encoded()[:12]; !strings.Contains(r.stdout, ".sig sha256:"+d) {
 			t.Errorf("bundle inspect does not show the signature sha256:%s… it carries for %s:\n%s", d, app.Ref, r)
 		}
+
+		// A node that verifies imports the bundle with the signatures it
+		// carries; the cosign entries are not images.
+		archives := t.TempDir()
+		if err := os.Rename(out, filepath.Join(archives, filepath.Base(out))); err != nil {
+			t.Fatal(err)
+		}
+		node := newTestNode(t, harness.Containerd2)
+		nodeCfg := fmt.Sprintf("sandboxImage: none\narchiveDir: %s\nverify:\n  keys: [%s]\nimages:\n%s", archives, key.Public, images)
+		r = node.once(t, nodeCfg)
+		if r.code != 0 {
+			t.Fatalf("once with verify on the bundle: want exit 0:\n%s", r)
+		}
+		got := parseArchiveResult(t, r).statuses()
+		for _, ref := range []string{app.Ref, "corp.example/team/tool:2.0", reg.Host + "/team/multi:3.0"} {
+			if got[ref] != "imported" {
+				t.Errorf("%s: %q, want imported\n%s", ref, got[ref], r)
+			}
+		}
+		for _, ref := range node.refs(t) {
+			if strings.Contains(ref, "sha256-") {
+				t.Errorf("a cosign entry was imported as an image: %s", ref)
+			}
+		}
+	})
+
+	t.Run("without --verify-key", func(t *testing.T) {
+		images := fmt.Sprintf("  - image: %s\n", app.Ref)
+		r, out := bundle(t, images)
+		if r.code != 0 {
+			t.Fatalf("bundle: want exit 0:\n%s", r)
+		}
+		for entry := range readLayout(t, out).entries {
+			if strings.Contains(entry, "sha256-") {
+				t.Errorf("a bundle made without --verify-key carries %s", entry)
+			}
+		}
+		// Nothing to verify with: a node that verifies refuses the image.
+		archives := t.TempDir()
+		if err := os.Rename(out, filepath.Join(archives, filepath.Base(out))); err != nil {
+			t.Fatal(err)
+		}
+		node := newTestNode(t, harness.Containerd2)
+		r = node.once(t, fmt.Sprintf("sandboxImage: none\narchiveDir: %s\nverify:\n  keys: [%s]\nimages: []\n", archives, key.Public))
+		var reason string
+		for _, i := range parseArchiveResult(t, r).Images {
+			if i.Image == app.Ref {
+				reason = i.Reason
+			}
+		}
+		if r.code != 1 || reason != "signature" {
+			t.Errorf("once with verify on a bundle without signatures: want exit 1, %s refused with reason signature:\n%s", app.Ref, r)
+		}
 	})
 
 	refused := []struct {
