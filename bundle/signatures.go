@@ -83,13 +83,19 @@ func attachments(ctx context.Context, store Store, name, from string, d digest.D
 	for _, suffix := range cosignSuffixes {
 		tag := signature.Tag(d, suffix)
 		ref := src.Name() + ":" + tag
-		a, err := readAttached(ctx, store, ref)
+		// Only the tag may be missing: a manifest whose blobs the registry
+		// lacks is a broken registry, not an unsigned image.
+		desc, err := store.Resolve(ctx, ref)
 		switch {
 		case errors.Is(err, errdefs.ErrNotFound) && suffix == "sig":
 			return nil, &signatureError{Image: name, Err: fmt.Errorf("%w: the registry has no signature %s", signature.ErrUnsigned, ref)}
 		case errors.Is(err, errdefs.ErrNotFound):
 			continue
 		case err != nil:
+			return nil, fmt.Errorf("%s: %s: %w", name, ref, err)
+		}
+		a, err := readCosignTag(ctx, store, ref, desc)
+		if err != nil {
 			return nil, fmt.Errorf("%s: %s: %w", name, ref, err)
 		}
 		a.Name, a.Tag = named.Name()+":"+tag, tag
@@ -115,13 +121,11 @@ func (a cosignTag) fetch(_ context.Context, desc ocispec.Descriptor) (io.ReadClo
 	return io.NopCloser(bytes.NewReader(data)), nil
 }
 
-// readAttached reads a cosign tag's manifest and blobs into memory.
-func readAttached(ctx context.Context, store Store, ref string) (cosignTag, error) {
-	desc, err := store.Resolve(ctx, ref)
-	if err != nil {
-		return cosignTag{}, err
-	}
+// readCosignTag reads a cosign tag's manifest, which ref resolved to, and
+// its blobs into memory.
+func readCosignTag(ctx context.Context, store Store, ref string, desc ocispec.Descriptor) (cosignTag, error) {
 	a := cosignTag{From: ref, Desc: desc, blobs: make(map[digest.Digest][]byte)}
+	var err error
 	if a.Manifest, err = readSmall(ctx, store, ref, desc); err != nil {
 		return cosignTag{}, fmt.Errorf("manifest: %w", err)
 	}

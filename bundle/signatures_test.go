@@ -200,6 +200,25 @@ func TestAttachments(t *testing.T) {
 			err: "HTTP 500",
 		},
 		{
+			name: "registry lacks the signature's payload",
+			setup: func(t *testing.T, s *memStore) {
+				l := key.signLayer(t, s, repo, d)
+				s.tag(t, sigRef, l)
+				delete(s.blobs, l.Digest)
+			},
+			err: "not found",
+		},
+		{
+			name: "registry lacks the attestation's envelope",
+			setup: func(t *testing.T, s *memStore) {
+				s.tag(t, sigRef, key.signLayer(t, s, repo, d))
+				l := envelope(s)
+				s.tag(t, attRef, l)
+				delete(s.blobs, l.Digest)
+			},
+			err: attRef,
+		},
+		{
 			name: "blob does not match its digest",
 			setup: func(t *testing.T, s *memStore) {
 				l := key.signLayer(t, s, repo, d)
