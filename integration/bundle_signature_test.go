@@ -147,12 +147,9 @@ func TestBundleVerifyKey(t *testing.T) {
 			t.Errorf("bundle inspect does not show the signature sha256:%s… it carries for %s:\n%s", d, app.Ref, r)
 		}
 
-		// A node that verifies imports the bundle with the signatures it
-		// carries; the cosign entries are not images.
-		archives := t.TempDir()
-		if err := os.Rename(out, filepath.Join(archives, filepath.Base(out))); err != nil {
-			t.Fatal(err)
-		}
+		// A node that verifies imports the bundle, its lock beside it, with
+		// the signatures it carries; the cosign entries are not images.
+		archives := filepath.Dir(out) // the bundle and its lock
 		node := newTestNode(t, harness.Containerd2)
 		nodeCfg := fmt.Sprintf("sandboxImage: none\narchiveDir: %s\nverify:\n  keys: [%s]\nimages:\n%s", archives, key.Public, images)
 		r = node.once(t, nodeCfg)
@@ -184,10 +181,7 @@ func TestBundleVerifyKey(t *testing.T) {
 			}
 		}
 		// Nothing to verify with: a node that verifies refuses the image.
-		archives := t.TempDir()
-		if err := os.Rename(out, filepath.Join(archives, filepath.Base(out))); err != nil {
-			t.Fatal(err)
-		}
+		archives := filepath.Dir(out) // the bundle and its lock
 		node := newTestNode(t, harness.Containerd2)
 		r = node.once(t, fmt.Sprintf("sandboxImage: none\narchiveDir: %s\nverify:\n  keys: [%s]\nimages: []\n", archives, key.Public))
 		var reason string
