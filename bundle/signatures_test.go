@@ -29,8 +29,9 @@ import (
 	"github.com/kube-preloader/kube-preloader/signature"
 )
 
-// memStore is a registry in memory: tags by reference, blobs by digest,
-// and errors to return for some references.
+// memStore is a registry in memory: tags by reference (a reference by
+// digest finds any tag's), blobs by digest, and errors to return for some
+// references.
 type memStore struct {
 	tags   map[string]ocispec.Descriptor
 	blobs  map[digest.Digest][]byte
@@ -46,6 +47,13 @@ func (s *memStore) Resolve(_ context.Context, ref string) (ocispec.Descriptor, e
 		return ocispec.Descriptor{}, err
 	}
 	d, ok := s.tags[ref]
+	if _, at, byDigest := strings.Cut(ref, "@"); byDigest {
+		for _, t := range s.tags {
+			if t.Digest.String() == at {
+				d, ok = t, true
+			}
+		}
+	}
 	if !ok {
 		return ocispec.Descriptor{}, fmt.Errorf("%s: %w", ref, errdefs.ErrNotFound)
 	}
@@ -318,9 +326,11 @@ func TestWriteVerify(t *testing.T) {
 		name    string
 		sources []Source
 		since   *Lock
+		locked  bool     // rebuilt from a lock: images by digest
 		err     []string // the error names these; nothing written
 	}{
 		{name: "signed", sources: signed},
+		{name: "signed, from a lock", sources: signed, locked: true},
 		{name: "signed delta", sources: signed, since: &Lock{Images: []LockImage{{Platforms: []LockPlatform{{Layers: []LockBlob{{Digest: appLayer.Digest}}}}}}}},
 		{
 			name:    "unsigned and other key",
@@ -338,6 +348,12 @@ func TestWriteVerify(t *testing.T) {
 			opts := Options{Platforms: amd64, Verify: keys}
 			if tc.since != nil {
 				opts.Since = &Delta{Old: tc.since, File: "old.lock", Digest: digest.FromString("old")}
+			}
+			if tc.locked {
+				var err error
+				if opts.Lock, err = Write(context.Background(), io.Discard, s, tc.sources, Options{Platforms: amd64}); err != nil {
+					t.Fatal(err)
+				}
 			}
 			lock, err := Write(context.Background(), &buf, s, tc.sources, opts)
 			if tc.err != nil {
