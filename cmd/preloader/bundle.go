@@ -68,7 +68,6 @@ runtime as once does; on a runtime other than containerd it refuses.`,
   # Only images the build team signed with cosign, their signatures carried for the nodes:
   preloader bundle --config images.yaml -o images.tar.zst --verify-key cosign.pub
 
-
   # On a node that has the images, for nodes of its platform:
   preloader bundle --config images.yaml -o images.tar.zst --from-runtime`,
 		Args: cobra.NoArgs,
@@ -194,6 +193,9 @@ func (o *bundleOptions) checkRuntimeFlags(f *pflag.FlagSet) error {
 	}
 	if f.Changed("docker-config") && o.fromRuntime {
 		return usageError("bundle: --docker-config and --from-runtime: the node's runtime is asked, no registry")
+	}
+	if f.Changed("verify-key") && o.fromRuntime {
+		return usageError("bundle: --verify-key and --from-runtime: signatures are read from the registries, and a node's runtime keeps none (verify the images when you bundle them from their registry)")
 	}
 	return nil
 }

@@ -29,6 +29,7 @@ func TestBundleFromRuntimeRefusals(t *testing.T) {
 		{[]string{"--cri-endpoint", crio.Endpoint}, exitInvalid, []string{"--cri-endpoint is for --from-runtime"}},
 		{[]string{"--containerd-address", "/run/containerd/containerd.sock"}, exitInvalid, []string{"--containerd-address is for --from-runtime"}},
 		{[]string{"--from-runtime", "--docker-config", cfg}, exitInvalid, []string{"--docker-config and --from-runtime"}},
+		{[]string{"--from-runtime", "--verify-key", cfg}, exitInvalid, []string{"--verify-key and --from-runtime", "a node's runtime keeps none"}},
 		{[]string{"--from-runtime", "--cri-endpoint", crio.Endpoint}, exitMissing, []string{
 			"bundle --from-runtime) needs containerd, and the runtime is cri-o 1.36.3",
 			"without --from-runtime", "skopeo copy containers-storage:IMAGE oci-archive:FILE:IMAGE",
