@@ -4,20 +4,10 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/sha256"
-	"crypto/x509"
-	"encoding/base64"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -27,6 +17,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/kube-preloader/kube-preloader/signature"
+	"github.com/kube-preloader/kube-preloader/signature/signaturetest"
 )
 
 // memStore is a registry in memory: tags by reference (a reference by
@@ -92,40 +83,13 @@ func (s *memStore) tag(t *testing.T, ref string, layers ...ocispec.Descriptor) o
 	return d
 }
 
-type testKey struct {
-	priv *ecdsa.PrivateKey
-	pub  string // PEM file
-}
-
-func newTestKey(t *testing.T) testKey {
-	t.Helper()
-	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.MarshalPKIXPublicKey(priv.Public())
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub := filepath.Join(t.TempDir(), "cosign.pub")
-	if err := os.WriteFile(pub, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return testKey{priv: priv, pub: pub}
-}
-
 // signLayer is a simplesigning layer as cosign sign writes it: the payload
 // naming d and repo, the signature over it in an annotation.
-func (k testKey) signLayer(t *testing.T, s *memStore, repo string, d digest.Digest) ocispec.Descriptor {
+func signLayer(t *testing.T, s *memStore, k signaturetest.Key, repo string, d digest.Digest) ocispec.Descriptor {
 	t.Helper()
-	payload := fmt.Sprintf(`{"critical":{"identity":{"docker-reference":%q},"image":{"docker-manifest-digest":%q},"type":"cosign container image signature"},"optional":null}`, repo, d)
-	sum := sha256.Sum256([]byte(payload))
-	sig, err := k.priv.Sign(rand.Reader, sum[:], crypto.SHA256)
-	if err != nil {
-		t.Fatal(err)
-	}
-	desc := s.put(signature.SimpleSigningMediaType, []byte(payload))
-	desc.Annotations = map[string]string{signature.SignatureAnnotation: base64.StdEncoding.EncodeToString(sig)}
+	sig := k.SignImage(t, repo, d)
+	desc := s.put(signature.SimpleSigningMediaType, sig.Payload)
+	desc.Annotations = map[string]string{signature.SignatureAnnotation: sig.Base64}
 	return desc
 }
 
@@ -139,8 +103,8 @@ func TestAttachments(t *testing.T) {
 	)
 	d := digest.NewDigestFromEncoded(digest.SHA256, imgHex)
 	other := digest.FromString("another image")
-	key, stranger := newTestKey(t), newTestKey(t)
-	keys, err := signature.LoadKeys(key.pub)
+	key, stranger := signaturetest.NewKey(t), signaturetest.NewKey(t)
+	keys, err := signature.LoadKeys(key.Public)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,7 +125,7 @@ func TestAttachments(t *testing.T) {
 		{
 			name: "signed, with attestation and SBOM",
 			setup: func(t *testing.T, s *memStore) {
-				s.tag(t, sigRef, key.signLayer(t, s, repo, d))
+				s.tag(t, sigRef, signLayer(t, s, key, repo, d))
 				s.tag(t, attRef, envelope(s))
 				s.tag(t, sbomRef, s.put("text/spdx+json", []byte(`{"spdxVersion":"SPDX-2.3"}`)))
 			},
@@ -170,7 +134,7 @@ func TestAttachments(t *testing.T) {
 		{
 			name: "signed by one of two signatures",
 			setup: func(t *testing.T, s *memStore) {
-				s.tag(t, sigRef, stranger.signLayer(t, s, repo, d), key.signLayer(t, s, repo, d))
+				s.tag(t, sigRef, signLayer(t, s, stranger, repo, d), signLayer(t, s, key, repo, d))
 			},
 			want: []string{canon + ":sha256-" + imgHex + ".sig"},
 		},
@@ -181,18 +145,18 @@ func TestAttachments(t *testing.T) {
 		},
 		{
 			name:     "signed with another key",
-			setup:    func(t *testing.T, s *memStore) { s.tag(t, sigRef, stranger.signLayer(t, s, repo, d)) },
+			setup:    func(t *testing.T, s *memStore) { s.tag(t, sigRef, signLayer(t, s, stranger, repo, d)) },
 			sigError: sigRef,
 		},
 		{
 			name:     "signature of another image",
-			setup:    func(t *testing.T, s *memStore) { s.tag(t, sigRef, key.signLayer(t, s, repo, other)) },
+			setup:    func(t *testing.T, s *memStore) { s.tag(t, sigRef, signLayer(t, s, key, repo, other)) },
 			sigError: sigRef,
 		},
 		{
 			name: "payload changed after signing",
 			setup: func(t *testing.T, s *memStore) {
-				l := key.signLayer(t, s, repo, d)
+				l := signLayer(t, s, key, repo, d)
 				forged := s.put(l.MediaType, bytes.Replace(s.blobs[l.Digest], []byte(repo), []byte("evil.example/app"), 1))
 				forged.Annotations = l.Annotations
 				s.tag(t, sigRef, forged)
@@ -202,7 +166,7 @@ func TestAttachments(t *testing.T) {
 		{
 			name: "registry fails on the attestation",
 			setup: func(t *testing.T, s *memStore) {
-				s.tag(t, sigRef, key.signLayer(t, s, repo, d))
+				s.tag(t, sigRef, signLayer(t, s, key, repo, d))
 				s.broken[attRef] = errors.New("HTTP 500")
 			},
 			err: "HTTP 500",
@@ -210,7 +174,7 @@ func TestAttachments(t *testing.T) {
 		{
 			name: "registry lacks the signature's payload",
 			setup: func(t *testing.T, s *memStore) {
-				l := key.signLayer(t, s, repo, d)
+				l := signLayer(t, s, key, repo, d)
 				s.tag(t, sigRef, l)
 				delete(s.blobs, l.Digest)
 			},
@@ -219,7 +183,7 @@ func TestAttachments(t *testing.T) {
 		{
 			name: "registry lacks the attestation's envelope",
 			setup: func(t *testing.T, s *memStore) {
-				s.tag(t, sigRef, key.signLayer(t, s, repo, d))
+				s.tag(t, sigRef, signLayer(t, s, key, repo, d))
 				l := envelope(s)
 				s.tag(t, attRef, l)
 				delete(s.blobs, l.Digest)
@@ -229,7 +193,7 @@ func TestAttachments(t *testing.T) {
 		{
 			name: "blob does not match its digest",
 			setup: func(t *testing.T, s *memStore) {
-				l := key.signLayer(t, s, repo, d)
+				l := signLayer(t, s, key, repo, d)
 				s.tag(t, sigRef, l)
 				s.blobs[l.Digest] = bytes.ToUpper(s.blobs[l.Digest])
 			},
@@ -301,8 +265,8 @@ func (s *memStore) image(t *testing.T, ref string, seed string) (manifest, layer
 // image whose signature fails stops it before anything is written, and
 // every such image is named.
 func TestWriteVerify(t *testing.T) {
-	key, stranger := newTestKey(t), newTestKey(t)
-	keys, err := signature.LoadKeys(key.pub)
+	key, stranger := signaturetest.NewKey(t), signaturetest.NewKey(t)
+	keys, err := signature.LoadKeys(key.Public)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -312,8 +276,8 @@ func TestWriteVerify(t *testing.T) {
 	tool, _ := s.image(t, "reg.example/team/tool:1", "tool")
 	bare, _ := s.image(t, "reg.example/team/bare:1", "bare")
 	other, _ := s.image(t, "reg.example/team/other:1", "other")
-	sig := func(repo string, d digest.Digest, k testKey) ocispec.Descriptor {
-		return s.tag(t, repo+":"+signature.Tag(d, "sig"), k.signLayer(t, s, repo, d))
+	sig := func(repo string, d digest.Digest, k signaturetest.Key) ocispec.Descriptor {
+		return s.tag(t, repo+":"+signature.Tag(d, "sig"), signLayer(t, s, k, repo, d))
 	}
 	appSig := sig("reg.example/team/app", app.Digest, key)
 	appAtt := s.tag(t, "reg.example/team/app:"+signature.Tag(app.Digest, "att"), s.put("application/vnd.dsse.envelope.v1+json", []byte(`{}`)))

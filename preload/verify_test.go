@@ -3,14 +3,6 @@ package preload_test
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/sha256"
-	"crypto/x509"
-	"encoding/base64"
-	"encoding/pem"
-	"fmt"
 	"maps"
 	"os"
 	"path/filepath"
@@ -27,42 +19,14 @@ import (
 	"github.com/kube-preloader/kube-preloader/preload"
 	"github.com/kube-preloader/kube-preloader/preload/config"
 	"github.com/kube-preloader/kube-preloader/signature"
+	"github.com/kube-preloader/kube-preloader/signature/signaturetest"
 )
 
-// cosignKey is a signing key made in the test, signing as `cosign sign
-// --key` does, and its public key in a file as cosign.pub.
-type cosignKey struct {
-	priv *ecdsa.PrivateKey
-	pub  string
-}
-
-func newCosignKey(t *testing.T) cosignKey {
-	t.Helper()
-	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.MarshalPKIXPublicKey(priv.Public())
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub := filepath.Join(t.TempDir(), "cosign.pub")
-	if err := os.WriteFile(pub, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return cosignKey{priv, pub}
-}
-
 // sign is the .sig entry a bundle carries for repo@d, signed by k.
-func (k cosignKey) sign(t *testing.T, repo string, d v1.Hash) archivetest.Signature {
+func sign(t *testing.T, k signaturetest.Key, repo string, d v1.Hash) archivetest.Signature {
 	t.Helper()
-	payload := fmt.Appendf(nil, `{"critical":{"identity":{"docker-reference":%q},"image":{"docker-manifest-digest":%q},"type":"cosign container image signature"},"optional":null}`, repo, d)
-	h := sha256.Sum256(payload)
-	sig, err := ecdsa.SignASN1(rand.Reader, k.priv, h[:])
-	if err != nil {
-		t.Fatal(err)
-	}
-	return archivetest.Signature{Name: repo + ":" + signature.Tag(digestOf(d), "sig"), Payload: payload, Base64: base64.StdEncoding.EncodeToString(sig)}
+	sig := k.SignImage(t, repo, digestOf(d))
+	return archivetest.Signature{Name: repo + ":" + signature.Tag(digestOf(d), "sig"), Payload: sig.Payload, Base64: sig.Base64}
 }
 
 func digestOf(h v1.Hash) digest.Digest { return digest.Digest(h.String()) }
@@ -82,7 +46,7 @@ func testImage(t *testing.T, seed uint64) v1.Image {
 
 func TestRunVerifyArchives(t *testing.T) {
 	const a, b = "registry.example/team/a:1", "registry.example/team/b:1"
-	team, other := newCosignKey(t), newCosignKey(t)
+	team, other := signaturetest.NewKey(t), signaturetest.NewKey(t)
 	imgA, imgB := testImage(t, 1), testImage(t, 2)
 	da, _ := imgA.Digest()
 	db, _ := imgB.Digest()
@@ -98,34 +62,34 @@ func TestRunVerifyArchives(t *testing.T) {
 		imports int
 	}{
 		{
-			name: "both signed by the key", verify: true, keys: []string{team.pub},
-			sigs:    []archivetest.Signature{team.sign(t, "registry.example/team/a", da), team.sign(t, "registry.example/team/b", db)},
+			name: "both signed by the key", verify: true, keys: []string{team.Public},
+			sigs:    []archivetest.Signature{sign(t, team, "registry.example/team/a", da), sign(t, team, "registry.example/team/b", db)},
 			want:    map[string]outcome{a: {preload.StatusImported, failure.Reason{}}, b: {preload.StatusImported, failure.Reason{}}},
 			imports: 1,
 		},
 		{
-			name: "one unsigned: the signed one imports alone", verify: true, keys: []string{team.pub},
-			sigs:    []archivetest.Signature{team.sign(t, "registry.example/team/a", da)},
+			name: "one unsigned: the signed one imports alone", verify: true, keys: []string{team.Public},
+			sigs:    []archivetest.Signature{sign(t, team, "registry.example/team/a", da)},
 			want:    map[string]outcome{a: {preload.StatusImported, failure.Reason{}}, b: {preload.StatusFailed, failure.Signature}},
 			says:    map[string]string{b: "unsigned"},
 			imports: 1,
 		},
 		{
-			name: "signed by another key", verify: true, keys: []string{team.pub},
-			sigs: []archivetest.Signature{other.sign(t, "registry.example/team/a", da), other.sign(t, "registry.example/team/b", db)},
+			name: "signed by another key", verify: true, keys: []string{team.Public},
+			sigs: []archivetest.Signature{sign(t, other, "registry.example/team/a", da), sign(t, other, "registry.example/team/b", db)},
 			want: map[string]outcome{a: {preload.StatusFailed, failure.Signature}, b: {preload.StatusFailed, failure.Signature}},
 			says: map[string]string{a: "not signed by any of the keys", b: "not signed by any of the keys"},
 		},
 		{
-			name: "either of two keys", verify: true, keys: []string{other.pub, team.pub},
-			sigs:    []archivetest.Signature{team.sign(t, "registry.example/team/a", da), other.sign(t, "registry.example/team/b", db)},
+			name: "either of two keys", verify: true, keys: []string{other.Public, team.Public},
+			sigs:    []archivetest.Signature{sign(t, team, "registry.example/team/a", da), sign(t, other, "registry.example/team/b", db)},
 			want:    map[string]outcome{a: {preload.StatusImported, failure.Reason{}}, b: {preload.StatusImported, failure.Reason{}}},
 			imports: 1,
 		},
 		{
-			name: "b's entry carries a's signature", verify: true, keys: []string{team.pub},
-			sigs: []archivetest.Signature{team.sign(t, "registry.example/team/a", da), func() archivetest.Signature {
-				s := team.sign(t, "registry.example/team/a", da)
+			name: "b's entry carries a's signature", verify: true, keys: []string{team.Public},
+			sigs: []archivetest.Signature{sign(t, team, "registry.example/team/a", da), func() archivetest.Signature {
+				s := sign(t, team, "registry.example/team/a", da)
 				s.Name = "registry.example/team/b:" + signature.Tag(digestOf(db), "sig")
 				return s
 			}()},
@@ -134,13 +98,13 @@ func TestRunVerifyArchives(t *testing.T) {
 			imports: 1,
 		},
 		{
-			name: "a key file that cannot be read", verify: true, keys: []string{"/nonexistent/keys/team.pub"},
-			sigs: []archivetest.Signature{team.sign(t, "registry.example/team/a", da)},
+			name: "a key file that cannot be read", verify: true, keys: []string{"/nonexistent/keys/team.Public"},
+			sigs: []archivetest.Signature{sign(t, team, "registry.example/team/a", da)},
 			want: map[string]outcome{a: {preload.StatusFailed, failure.Signature}, b: {preload.StatusFailed, failure.Signature}},
-			says: map[string]string{a: "/nonexistent/keys/team.pub", b: "/nonexistent/keys/team.pub"},
+			says: map[string]string{a: "/nonexistent/keys/team.Public", b: "/nonexistent/keys/team.Public"},
 		},
 		{
-			name: "without verify, signatures are carried, not imported", sigs: []archivetest.Signature{team.sign(t, "registry.example/team/a", da)},
+			name: "without verify, signatures are carried, not imported", sigs: []archivetest.Signature{sign(t, team, "registry.example/team/a", da)},
 			want:    map[string]outcome{a: {preload.StatusImported, failure.Reason{}}, b: {preload.StatusImported, failure.Reason{}}},
 			imports: 1,
 		},
@@ -191,9 +155,9 @@ func TestRunVerifyArchives(t *testing.T) {
 
 func TestRunVerifyPulls(t *testing.T) {
 	const name = "registry.example/team/app:1"
-	team := newCosignKey(t)
+	team := signaturetest.NewKey(t)
 	cfg := testConfig()
-	cfg.Verify = config.Verify{Keys: []string{team.pub}}
+	cfg.Verify = config.Verify{Keys: []string{team.Public}}
 
 	t.Run("an unsigned image is not pulled", func(t *testing.T) {
 		s := critest.Start(t)

@@ -3,16 +3,7 @@ package signature_test
 import (
 	"bytes"
 	"context"
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/ed25519"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/sha256"
-	"crypto/x509"
-	"encoding/base64"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -25,100 +16,40 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/kube-preloader/kube-preloader/signature"
+	"github.com/kube-preloader/kube-preloader/signature/signaturetest"
 )
 
-// signer is a key pair made in the test, signing as `cosign sign --key`
-// does: ASN.1 ECDSA over the SHA-256 of the payload (ed25519 signs the
-// payload itself).
-type signer struct {
-	priv crypto.Signer
-}
-
-func newSigner(t *testing.T, kind string) signer {
-	t.Helper()
-	switch kind {
-	case "ed25519":
-		_, priv, err := ed25519.GenerateKey(rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return signer{priv}
-	default:
-		priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return signer{priv}
-	}
-}
-
-// pubFile writes the public key as cosign.pub holds it.
-func (s signer) pubFile(t *testing.T) string {
-	t.Helper()
-	der, err := x509.MarshalPKIXPublicKey(s.priv.Public())
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "cosign.pub")
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
-func (s signer) sign(t *testing.T, p []byte) signature.Signature {
-	t.Helper()
-	var sig []byte
-	var err error
-	if _, ok := s.priv.(ed25519.PrivateKey); ok {
-		sig, err = s.priv.Sign(rand.Reader, p, crypto.Hash(0))
-	} else {
-		h := sha256.Sum256(p)
-		sig, err = s.priv.Sign(rand.Reader, h[:], crypto.SHA256)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	return signature.Signature{Payload: p, Base64: base64.StdEncoding.EncodeToString(sig)}
-}
-
-// cosignPayload is the simple-signing payload cosign v2 writes for
-// `cosign sign` of repo@d.
-func cosignPayload(repo string, d digest.Digest) []byte {
-	return fmt.Appendf(nil, `{"critical":{"identity":{"docker-reference":%q},"image":{"docker-manifest-digest":%q},"type":"cosign container image signature"},"optional":null}`, repo, d)
-}
-
 func TestVerify(t *testing.T) {
-	team, other, edTeam := newSigner(t, "ecdsa"), newSigner(t, "ecdsa"), newSigner(t, "ed25519")
+	team, other, edTeam := signaturetest.NewKey(t), signaturetest.NewKey(t), signaturetest.NewEd25519Key(t)
 	img := digest.FromString("the image's index")
 	moved := digest.FromString("another image")
 	const repo = "registry.example:5000/team/app"
-	p := cosignPayload(repo, img)
+	p := signaturetest.Payload(repo, img)
 	tampered := bytes.Replace(p, []byte("team/app"), []byte("team/evil"), 1)
 
 	for _, tt := range []struct {
 		name string
-		keys []signer
+		keys []signaturetest.Key
 		sigs []signature.Signature
 		want error // nil: valid
 		says string
 	}{
-		{name: "signed by the key", keys: []signer{team}, sigs: []signature.Signature{team.sign(t, p)}},
-		{name: "signed by the second of two keys", keys: []signer{other, team}, sigs: []signature.Signature{team.sign(t, p)}},
-		{name: "an ed25519 key", keys: []signer{edTeam}, sigs: []signature.Signature{edTeam.sign(t, p)}},
-		{name: "one of several signatures is by the key", keys: []signer{team}, sigs: []signature.Signature{other.sign(t, p), team.sign(t, p)}},
-		{name: "signed by another key", keys: []signer{team}, sigs: []signature.Signature{other.sign(t, p)}, want: signature.ErrWrongKey, says: "1 signature(s), 1 key(s)"},
-		{name: "unsigned", keys: []signer{team}, want: signature.ErrUnsigned, says: img.String()},
-		{name: "a signature for another digest", keys: []signer{team}, sigs: []signature.Signature{team.sign(t, cosignPayload(repo, moved))}, want: signature.ErrOtherDigest, says: "cosign.pub signed " + moved.String()},
-		{name: "a payload changed after signing", keys: []signer{team}, sigs: []signature.Signature{{Payload: tampered, Base64: team.sign(t, p).Base64}}, want: signature.ErrWrongKey},
-		{name: "a signature that is not base64", keys: []signer{team}, sigs: []signature.Signature{{Payload: p, Base64: "not base64!"}}, want: signature.ErrWrongKey},
-		{name: "a signed payload that is not a cosign image signature", keys: []signer{team}, sigs: []signature.Signature{team.sign(t, []byte(`{"critical":{"type":"atomic container signature","image":{"docker-manifest-digest":"`+img.String()+`"}}}`))}, want: signature.ErrOtherDigest, says: "not a cosign image signature"},
-		{name: "the docker-reference is another registry's (a mirror's)", keys: []signer{team}, sigs: []signature.Signature{team.sign(t, cosignPayload("mirror.internal/team/app", img))}},
+		{name: "signed by the key", keys: []signaturetest.Key{team}, sigs: []signature.Signature{team.Sign(t, p)}},
+		{name: "signed by the second of two keys", keys: []signaturetest.Key{other, team}, sigs: []signature.Signature{team.Sign(t, p)}},
+		{name: "an ed25519 key", keys: []signaturetest.Key{edTeam}, sigs: []signature.Signature{edTeam.Sign(t, p)}},
+		{name: "one of several signatures is by the key", keys: []signaturetest.Key{team}, sigs: []signature.Signature{other.Sign(t, p), team.Sign(t, p)}},
+		{name: "signed by another key", keys: []signaturetest.Key{team}, sigs: []signature.Signature{other.Sign(t, p)}, want: signature.ErrWrongKey, says: "1 signature(s), 1 key(s)"},
+		{name: "unsigned", keys: []signaturetest.Key{team}, want: signature.ErrUnsigned, says: img.String()},
+		{name: "a signature for another digest", keys: []signaturetest.Key{team}, sigs: []signature.Signature{team.Sign(t, signaturetest.Payload(repo, moved))}, want: signature.ErrOtherDigest, says: "cosign.pub signed " + moved.String()},
+		{name: "a payload changed after signing", keys: []signaturetest.Key{team}, sigs: []signature.Signature{{Payload: tampered, Base64: team.Sign(t, p).Base64}}, want: signature.ErrWrongKey},
+		{name: "a signature that is not base64", keys: []signaturetest.Key{team}, sigs: []signature.Signature{{Payload: p, Base64: "not base64!"}}, want: signature.ErrWrongKey},
+		{name: "a signed payload that is not a cosign image signature", keys: []signaturetest.Key{team}, sigs: []signature.Signature{team.Sign(t, []byte(`{"critical":{"type":"atomic container signature","image":{"docker-manifest-digest":"`+img.String()+`"}}}`))}, want: signature.ErrOtherDigest, says: "not a cosign image signature"},
+		{name: "the docker-reference is another registry's (a mirror's)", keys: []signaturetest.Key{team}, sigs: []signature.Signature{team.Sign(t, signaturetest.Payload("mirror.internal/team/app", img))}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			var files []string
 			for _, k := range tt.keys {
-				files = append(files, k.pubFile(t))
+				files = append(files, k.Public)
 			}
 			keys, err := signature.LoadKeys(files...)
 			if err != nil {
@@ -147,7 +78,7 @@ func TestLoadKeys(t *testing.T) {
 		}
 		return path
 	}
-	good := newSigner(t, "ecdsa").pubFile(t)
+	good := signaturetest.NewKey(t).Public
 	for _, tt := range []struct {
 		name  string
 		paths []string
@@ -207,14 +138,14 @@ func sigManifest(t *testing.T, layers ...ocispec.Descriptor) []byte {
 }
 
 func TestFromManifest(t *testing.T) {
-	team := newSigner(t, "ecdsa")
+	team := signaturetest.NewKey(t)
 	img := digest.FromString("image")
-	p := cosignPayload("r.example/app", img)
-	s := team.sign(t, p)
+	p := signaturetest.Payload("r.example/app", img)
+	s := team.Sign(t, p)
 	pd := digest.FromBytes(p)
 	layer := ocispec.Descriptor{MediaType: signature.SimpleSigningMediaType, Digest: pd, Size: int64(len(p)), Annotations: map[string]string{signature.SignatureAnnotation: s.Base64}}
 	store := blobs{pd: p}
-	keys, err := signature.LoadKeys(team.pubFile(t))
+	keys, err := signature.LoadKeys(team.Public)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,13 +2,6 @@ package bench
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/sha256"
-	"crypto/x509"
-	"encoding/base64"
-	"encoding/pem"
 	"fmt"
 	"os"
 	"os/exec"
@@ -26,6 +19,7 @@ import (
 	"github.com/kube-preloader/kube-preloader/cri"
 	"github.com/kube-preloader/kube-preloader/integration/harness"
 	"github.com/kube-preloader/kube-preloader/signature"
+	"github.com/kube-preloader/kube-preloader/signature/signaturetest"
 )
 
 // verifyImages is the verify benchmark's bundle: ten images on a shared
@@ -41,18 +35,8 @@ const verifyImages = 10
 // the import (ratio of medians, minus one).
 func BenchmarkArchiveVerify(b *testing.B) {
 	bin := preloaderPath(b)
-	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		b.Fatal(err)
-	}
-	der, err := x509.MarshalPKIXPublicKey(priv.Public())
-	if err != nil {
-		b.Fatal(err)
-	}
-	key := filepath.Join(b.TempDir(), "team.pub")
-	if err := os.WriteFile(key, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o644); err != nil {
-		b.Fatal(err)
-	}
+	signer := signaturetest.NewKey(b)
+	key := signer.Public
 	layer := func(seed uint64, size int, text bool) v1.Layer {
 		l, err := archivetest.Layer(seed, size, text)
 		if err != nil {
@@ -74,14 +58,8 @@ func BenchmarkArchiveVerify(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		// The payload as cosign writes it, signed as `cosign sign --key` signs.
-		payload := fmt.Appendf(nil, `{"critical":{"identity":{"docker-reference":%q},"image":{"docker-manifest-digest":%q},"type":"cosign container image signature"},"optional":null}`, repo, d)
-		h := sha256.Sum256(payload)
-		sig, err := ecdsa.SignASN1(rand.Reader, priv, h[:])
-		if err != nil {
-			b.Fatal(err)
-		}
-		sigs = append(sigs, archivetest.Signature{Name: repo + ":" + signature.Tag(digest.Digest(d.String()), "sig"), Payload: payload, Base64: base64.StdEncoding.EncodeToString(sig)})
+		sig := signer.SignImage(b, repo, digest.Digest(d.String()))
+		sigs = append(sigs, archivetest.Signature{Name: repo + ":" + signature.Tag(digest.Digest(d.String()), "sig"), Payload: sig.Payload, Base64: sig.Base64})
 	}
 	var buf bytes.Buffer
 	if err := archivetest.WriteSigned(&buf, imgs, sigs); err != nil {
