@@ -191,7 +191,10 @@ func LoadLock(path string) (*Lock, digest.Digest, error) {
 	return l, digest.FromBytes(data), nil
 }
 
-var yamlLine = regexp.MustCompile(`^\s*line (\d+): `)
+var (
+	yamlLine     = regexp.MustCompile(`^\s*line (\d+): `)
+	unknownField = regexp.MustCompile(`field (\S+) not found in type \S+`)
+)
 
 // ParseLock reads a lock. An error starts with the line it is on and a
 // colon ("12: ..."), or a colon alone when no line applies.
@@ -210,6 +213,8 @@ func ParseLock(data []byte) (*Lock, error) {
 	if err := dec.Decode(&l); err != nil {
 		// Type errors, one a line: "line N: msg".
 		msg := strings.TrimPrefix(err.Error(), "yaml: unmarshal errors:\n")
+		// yaml.v3 names Go types ("field x not found in type bundle.LockImage"): say it in the lock's words.
+		msg = unknownField.ReplaceAllString(msg, "unknown field $1")
 		if m := yamlLine.FindStringSubmatchIndex(msg); m != nil {
 			return nil, fmt.Errorf("%s: %s", msg[m[2]:m[3]], strings.TrimSpace(msg[m[1]:]))
 		}

@@ -92,7 +92,7 @@ images:
 		{[]string{"--max-part-size", "4"}, "less than the smallest part"},
 		{[]string{"--lock", filepath.Join(dir, "none.lock")}, "--lock: open " + filepath.Join(dir, "none.lock")},
 		{[]string{"--lock", badYAML}, "--lock: " + badYAML + ":2: did not find expected ',' or ']'"},
-		{[]string{"--since", unknownField}, "--since: " + unknownField + ":4: field colour not found"},
+		{[]string{"--since", unknownField}, "--since: " + unknownField + ":4: unknown field colour"},
 		{[]string{"--lock", badDigest}, badDigest + ":4: a: digest \"sha256:nothex\""},
 		{[]string{"--lock", version2}, version2 + ":1: version 2: this preloader reads lock version 1"},
 		{[]string{"--lock", goodLock}, "the lock has no entry for registry.example/team/app:1.0 (write a new lock without --lock to add it)"},
