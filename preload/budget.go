@@ -69,12 +69,8 @@ func (p *budgetPlan) reserve(ctx context.Context, name string, need noderuntime.
 	if !ok {
 		return nil
 	}
-	for j := range i {
-		select {
-		case <-p.done[j]:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+	if err := p.awaitEarlier(ctx, name, i); err != nil {
+		return err
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -93,6 +89,40 @@ func (p *budgetPlan) reserve(ctx context.Context, name string, need noderuntime.
 	}
 	p.used += total
 	p.log.Info("disk budget: room taken", "image", name, "need", mib(total), "how", needHow(need))
+	return nil
+}
+
+// await returns once every image before the one named name has been
+// decided. A pull through containerd's client awaits this before it
+// starts: it asks for room while containerd's unpacker holds its lock on
+// the manifest, and had it waited there for an earlier image that pulls
+// the same manifest (by tag and by digest), neither would go on.
+func (p *budgetPlan) await(ctx context.Context, name string) error {
+	i, ok := p.index[name]
+	if !ok {
+		return nil
+	}
+	return p.awaitEarlier(ctx, name, i)
+}
+
+func (p *budgetPlan) awaitEarlier(ctx context.Context, name string, i int) error {
+	logged := false
+	for j := range i {
+		select {
+		case <-p.done[j]:
+			continue
+		default:
+		}
+		if !logged {
+			p.log.Info("disk budget: waiting for the images before it to be decided", "image", name)
+			logged = true
+		}
+		select {
+		case <-p.done[j]:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	return nil
 }
 

@@ -1,10 +1,12 @@
 package preload
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/kube-preloader/kube-preloader/noderuntime"
 	"github.com/kube-preloader/kube-preloader/preload/config"
@@ -58,5 +60,35 @@ func TestReserve(t *testing.T) {
 	p.used = 90 << 20
 	if err := p.reserve(t.Context(), "c", noderuntime.DiskNeed{}); err != nil {
 		t.Errorf("c, which needs nothing new: %v, want room", err)
+	}
+}
+
+// TestAwait: a pull through containerd's client starts only once the
+// images before it are decided, so that it never asks for room, holding
+// containerd's lock on its manifest, while an earlier one is undecided.
+func TestAwait(t *testing.T) {
+	newPlan := func() *budgetPlan {
+		return &budgetPlan{budget: config.DefaultBudget(), capacity: 100 << 20, free: 90 << 20, limit: 85 << 20, log: slog.New(slog.DiscardHandler),
+			index: map[string]int{"a": 0, "b": 1}, done: []chan struct{}{make(chan struct{}), make(chan struct{})}, held: map[int]error{}}
+	}
+	for _, tc := range []struct {
+		name    string
+		decided []string // images decided before the await
+		want    error
+	}{
+		{"a", nil, nil},
+		{"not in the plan", nil, nil},
+		{"b", []string{"a"}, nil},
+		{"b", nil, context.DeadlineExceeded},
+	} {
+		p := newPlan()
+		for _, d := range tc.decided {
+			p.settle(d)
+		}
+		ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+		if err := p.await(ctx, tc.name); !errors.Is(err, tc.want) && err != tc.want {
+			t.Errorf("await %s with %v decided: %v, want %v", tc.name, tc.decided, err, tc.want)
+		}
+		cancel()
 	}
 }

@@ -551,6 +551,9 @@ func (e *Engine) pullRef(ctx context.Context, cfg *config.Config, name, ref stri
 		return err
 	}
 	if plan != nil {
+		if err := plan.await(ctx, name); err != nil {
+			return err
+		}
 		ctx = noderuntime.WithReservation(ctx, func(ctx context.Context, need noderuntime.DiskNeed) error {
 			return plan.reserve(ctx, name, need)
 		})
