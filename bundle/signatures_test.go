@@ -1,7 +1,6 @@
 package bundle
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -16,6 +15,7 @@ import (
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/kube-preloader/kube-preloader/archive/archivetest"
 	"github.com/kube-preloader/kube-preloader/signature"
 	"github.com/kube-preloader/kube-preloader/signature/signaturetest"
 )
@@ -340,17 +340,9 @@ func TestWriteVerify(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			files := map[string][]byte{}
-			tr := tar.NewReader(&buf)
-			for {
-				h, err := tr.Next()
-				if err == io.EOF {
-					break
-				}
-				if err != nil {
-					t.Fatal(err)
-				}
-				files[h.Name], _ = io.ReadAll(tr)
+			files, err := archivetest.Files(&buf)
+			if err != nil {
+				t.Fatal(err)
 			}
 			var index ocispec.Index
 			if err := json.Unmarshal(files["index.json"], &index); err != nil {

@@ -1,11 +1,9 @@
 package bundle_test
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"io"
 	"log"
 	"net/http/httptest"
@@ -74,22 +72,11 @@ func (r *testRegistry) index(ref string, seed uint64, plats ...string) v1.ImageI
 // tarEntries are the files of a bundle's tar stream.
 func tarEntries(t *testing.T, data []byte) map[string][]byte {
 	t.Helper()
-	files := map[string][]byte{}
-	tr := tar.NewReader(bytes.NewReader(data))
-	for {
-		hdr, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			return files
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, err := io.ReadAll(tr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		files[hdr.Name] = b
+	files, err := archivetest.Files(bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
 	}
+	return files
 }
 
 func blobName(h v1.Hash) string { return "blobs/sha256/" + h.Hex }

@@ -1,11 +1,9 @@
 package integration
 
 import (
-	"archive/tar"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"os"
 	"path/filepath"
@@ -22,6 +20,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/kube-preloader/kube-preloader/archive/archivetest"
 	"github.com/kube-preloader/kube-preloader/integration/harness"
 )
 
@@ -294,27 +293,17 @@ func readLayout(t *testing.T, path string) layout {
 	}
 	defer f.Close()
 	l := layout{entries: make(map[string]ocispec.Descriptor), blobs: make(map[string][]byte)}
+	files, err := archivetest.Files(f)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
 	var index ocispec.Index
-	tr := tar.NewReader(f)
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatalf("%s: %v", path, err)
-		}
-		data, err := io.ReadAll(tr)
-		if err != nil {
-			t.Fatalf("%s: %s: %v", path, h.Name, err)
-		}
-		switch {
-		case h.Name == "index.json":
-			if err := json.Unmarshal(data, &index); err != nil {
-				t.Fatalf("%s: index.json: %v", path, err)
-			}
-		case strings.HasPrefix(h.Name, "blobs/sha256/"):
-			l.blobs["sha256:"+strings.TrimPrefix(h.Name, "blobs/sha256/")] = data
+	if err := json.Unmarshal(files["index.json"], &index); err != nil {
+		t.Fatalf("%s: index.json: %v", path, err)
+	}
+	for name, data := range files {
+		if hex, ok := strings.CutPrefix(name, "blobs/sha256/"); ok {
+			l.blobs["sha256:"+hex] = data
 		}
 	}
 	for _, d := range index.Manifests {

@@ -1,10 +1,8 @@
 package integration
 
 import (
-	"archive/tar"
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -20,6 +18,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/kube-preloader/kube-preloader/archive/archivetest"
 	"github.com/kube-preloader/kube-preloader/bundle"
 	"github.com/kube-preloader/kube-preloader/integration/harness"
 )
@@ -47,22 +46,11 @@ func bundleFiles(t *testing.T, data []byte) map[string][]byte {
 			t.Fatal(err)
 		}
 	}
-	files := map[string][]byte{}
-	tr := tar.NewReader(bytes.NewReader(data))
-	for {
-		hdr, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			return files
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, err := io.ReadAll(tr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		files[hdr.Name] = b
+	files, err := archivetest.Files(bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
 	}
+	return files
 }
 
 func readFile(t *testing.T, path string) []byte {

@@ -549,3 +549,24 @@ func WriteParts(dir, file string, data []byte, size int) ([]string, error) {
 	}
 	return paths, nil
 }
+
+// Files reads a tar stream (an archive, uncompressed) into its entries'
+// contents by name, for tests that look at what a writer wrote.
+func Files(r io.Reader) (map[string][]byte, error) {
+	files := map[string][]byte{}
+	tr := tar.NewReader(r)
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			return files, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		b, err := io.ReadAll(tr)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", hdr.Name, err)
+		}
+		files[hdr.Name] = b
+	}
+}
